@@ -1,0 +1,109 @@
+"""The aiohttp application: one dispatcher that hands each request to its front door.
+
+Front ends (Mercurial wire v1, v2, Git LFS) register a handler per routing.Kind from their
+`setup(app)` function, listed in FRONTENDS. Each front end authenticates, translates its typed
+errors into its own body format, and never sees a path that routing.resolve() rejected.
+Anything a front end lets escape becomes a logged 500 carrying the request id, and the server
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from . import __version__
+from .auth import Authenticator
+from .config import Config
+from .logs import request_id_middleware
+from .routing import BadPath, Kind, Target, resolve
+from .urls import TrustedProxies, external_base
+
+__all__ = ["CTX", "Handler", "ServerContext", "create_app"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request, Target], Awaitable[web.StreamResponse]]
+
+# Modules with a `setup(app: web.Application) -> None` that registers handlers on the context.
+FRONTENDS: list[str] = []
+
+
+@dataclass
+class ServerContext:
+    """What every front end shares. Front ends keep their own state under their own AppKeys."""
+
+    config: Config
+    auth: Authenticator
+    proxies: TrustedProxies
+    handlers: dict[Kind, Handler] = field(default_factory=dict)
+
+    def register(self, kind: Kind, handler: Handler) -> None:
+        if kind in self.handlers:
+            raise RuntimeError(f"two handlers for {kind}")
+        self.handlers[kind] = handler
+
+    def base_url(self, request: web.BaseRequest) -> str:
+        """scheme://host[/prefix] as the client reached us (see urls.external_base)."""
+        return external_base(
+            scheme=request.scheme, host=request.host, peer=request.remote, headers=request.headers,
+            base_url=self.config.server.base_url, proxies=self.proxies)
+
+
+CTX = web.AppKey("lfsserve_ctx", ServerContext)
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except (ConnectionResetError, ConnectionAbortedError):
+        raise
+    except Exception:
+        log.exception("unhandled error serving %s %s", request.method, request.path_qs)
+        rid = request.get("request_id", "-")
+        return web.Response(status=500, text=f"internal server error (request id {rid})\n",
+                            headers={"X-Request-Id": rid})
+
+
+async def _dispatch(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    try:
+        target = resolve(request.path, request.raw_path, "cmd" in request.query)
+    except BadPath as exc:
+        return web.Response(status=400, text=f"bad request path: {exc}\n")
+    handler = ctx.handlers.get(target.kind)
+    if handler is None:
+        return web.Response(status=404, text=f"not found: nothing is served at {request.path}\n")
+    return await handler(request, target)
+
+
+async def _index(request: web.Request, target: Target) -> web.StreamResponse:
+    return web.Response(text=f"lfsserve {__version__}\n")
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    return web.Response(text="ok\n")
+
+
+def create_app(config: Config, frontends: list[str] | None = None) -> web.Application:
+    ctx = ServerContext(config=config, auth=Authenticator(config),
+                        proxies=TrustedProxies(config.server.trusted_proxies))
+    # Bodies a handler reads whole (batch JSON, v1 POST args) are small; everything large streams
+    # from request.content, which this limit does not apply to.
+    app = web.Application(middlewares=[request_id_middleware, _error_middleware],
+                          client_max_size=16 * 1024 * 1024)
+    app[CTX] = ctx
+    for name in FRONTENDS if frontends is None else frontends:
+        importlib.import_module(name).setup(app)
+    if Kind.INDEX not in ctx.handlers:
+        ctx.register(Kind.INDEX, _index)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_route("*", "/{tail:.*}", _dispatch)
+    return app

@@ -1,0 +1,379 @@
+"""Authentication and authorization: who is calling, and may they read or write this repository.
+
+Credentials:
+- `Authorization: Basic` with a user from the htpasswd file (bcrypt), or with a user's token as the
+  password (handy for credential helpers and `[auth]` sections in hgrc);
+- `Authorization: Bearer <token>` with a token from the token file;
+- `Authorization: Bearer lfs1.…`: a short-lived signed action token that the LFS batch API put in
+  an action's header; it grants one operation on one object of one namespace and nothing else.
+
+Authorization: the first access rule whose glob matches the repository decides; without a
+matching rule authenticated users may read and write and anonymous clients get `auth.anonymous`.
+Write implies read. Front ends turn Unauthorized into 401 (with a Basic challenge: hg understands
+nothing else) and Forbidden into 403, each in its own body format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import enum
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import bcrypt
+
+from .config import AccessRule, Config
+
+__all__ = [
+    "ANONYMOUS",
+    "AuthError",
+    "Authenticator",
+    "Forbidden",
+    "Permission",
+    "Principal",
+    "Unauthorized",
+    "hash_token",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Permission(enum.IntEnum):
+    NONE = 0
+    READ = 1
+    WRITE = 2
+
+    @classmethod
+    def parse(cls, word: str) -> "Permission":
+        return {"none": cls.NONE, "read": cls.READ, "write": cls.WRITE}[word]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who made a request. `name` is None for anonymous clients."""
+
+    name: str | None
+    via: str  # "anonymous" | "basic" | "bearer" | "signed"
+    # For via == "signed": what the action token grants.
+    scope: tuple[str, str, str] | None = None  # (namespace, oid, operation)
+
+    @property
+    def authenticated(self) -> bool:
+        return self.name is not None
+
+    def __str__(self) -> str:
+        return self.name or "-"
+
+
+ANONYMOUS = Principal(None, "anonymous")
+
+
+class AuthError(Exception):
+    """Base of the errors a front end turns into 401 / 403."""
+
+    status = 403
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class Unauthorized(AuthError):
+    """No (valid) credentials and the operation needs some: answer 401 with a challenge."""
+
+    status = 401
+
+
+class Forbidden(AuthError):
+    """Authenticated, but not allowed to do this: answer 403."""
+
+    status = 403
+
+
+def hash_token(token: str) -> str:
+    """How tokens are kept in the token file: hex SHA-256 (tokens are long random strings)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _glob_to_regex(glob: str) -> re.Pattern[str]:
+    out = []
+    i = 0
+    while i < len(glob):
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif glob[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif glob[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(glob[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+class _ReloadingFile:
+    """A small credentials file parsed into a dict, re-read when its mtime or size changes."""
+
+    def __init__(self, path: str, parse: Callable[[str, str], dict[str, str]]):
+        self.path = Path(path).expanduser() if path else None
+        self._parse = parse
+        self._stamp: tuple[int, int] | None = None
+        self._checked = 0.0
+        self.entries: dict[str, str] = {}
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> None:
+        if self.path is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._checked < 1.0:
+            return
+        self._checked = now
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            if self.entries:
+                log.warning("credentials file %s disappeared; no users from it", self.path)
+            self.entries, self._stamp = {}, None
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            self.entries = self._parse(self.path.read_text(encoding="utf-8"), str(self.path))
+            self._stamp = stamp
+
+
+def _parse_htpasswd(text: str, where: str) -> dict[str, str]:
+    users = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, hashed = line.partition(":")
+        if not sep or not user:
+            log.warning("%s:%d: not a 'user:hash' line; ignored", where, lineno)
+            continue
+        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            log.warning("%s:%d: user %r has a non-bcrypt hash; only bcrypt is accepted (htpasswd -B)",
+                        where, lineno, user)
+            continue
+        users[user] = hashed
+    return users
+
+
+def _parse_tokens(text: str, where: str) -> dict[str, str]:
+    """token file lines are `user:sha256hex`; the result maps the hash to the user."""
+    tokens = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, digest = line.partition(":")
+        if not sep or not user or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            log.warning("%s:%d: not a 'user:sha256hex' line; ignored", where, lineno)
+            continue
+        tokens[digest] = user
+    return tokens
+
+
+SIGNED_PREFIX = "lfs1."
+
+
+class Authenticator:
+    """Checks credentials and access rules for every front end."""
+
+    # Successful bcrypt checks are remembered for this long, so that the dozens of requests of one
+    # `hg clone` cost one bcrypt computation, not dozens.
+    CACHE_SECONDS = 300.0
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.realm = config.auth.realm
+        self.anonymous = Permission.parse(config.auth.anonymous)
+        self._htpasswd = _ReloadingFile(config.auth.htpasswd, _parse_htpasswd)
+        self._tokens = _ReloadingFile(config.auth.tokens, _parse_tokens)
+        self._rules = [(_glob_to_regex(r.repos), r) for r in config.auth.rules]
+        self._basic_cache: dict[bytes, tuple[str, float]] = {}
+        self._key = self._load_key()
+
+    # -- keys and signed action tokens ---------------------------------------------------------
+    def _load_key(self) -> bytes:
+        path = Path(self.config.auth.secret_file).expanduser() if self.config.auth.secret_file else (
+            self.config.root / "secret.key")
+        try:
+            key = path.read_bytes()
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            key = secrets.token_bytes(32)
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(key)
+            try:
+                os.link(tmp, path)  # first writer wins if two servers start at once
+            except FileExistsError:
+                pass
+            os.unlink(tmp)
+            key = path.read_bytes()
+        if len(key) < 16:
+            raise ValueError(f"{path}: secret key is shorter than 16 bytes")
+        return key
+
+    def _mac(self, *fields: str) -> str:
+        msg = "\0".join(fields).encode("utf-8")
+        digest = hmac.new(self._key, msg, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+    def sign_action(self, principal: Principal, namespace: str, oid: str, operation: str,
+                    expires_at: int) -> str:
+        """A token granting `operation` ("upload"|"download"|"verify") on one object until `expires_at`."""
+        user = base64.urlsafe_b64encode((principal.name or "").encode("utf-8")).rstrip(b"=").decode("ascii")
+        mac = self._mac(namespace, oid, operation, str(expires_at), user)
+        return f"{SIGNED_PREFIX}{expires_at}.{user}.{mac}"
+
+    def _check_signed(self, token: str) -> tuple[int, str, str] | None:
+        """Split a signed token into (expires_at, user, mac); None when it is not well formed."""
+        parts = token[len(SIGNED_PREFIX):].split(".")
+        if len(parts) != 3 or not parts[0].isdigit():
+            return None
+        return int(parts[0]), parts[1], parts[2]
+
+    def signed_grants(self, principal: Principal, namespace: str, oid: str, operation: str) -> bool:
+        """Whether a principal authenticated by a signed token may do this exact operation."""
+        return principal.via == "signed" and principal.scope == (namespace, oid, operation)
+
+    # -- authentication -------------------------------------------------------------------------
+    async def authenticate(self, headers: Mapping[str, str], scope_hint: tuple[str, str, str] | None = None
+                           ) -> Principal:
+        """Who sent these headers. Raises Unauthorized for bad credentials (never falls back to anonymous).
+
+        `scope_hint` is the (namespace, oid, operation) the request is for; a signed token is only
+        accepted when it was issued for exactly that.
+        """
+        value = headers.get("Authorization")
+        if not value:
+            return ANONYMOUS
+        scheme, _, cred = value.strip().partition(" ")
+        scheme = scheme.lower()
+        cred = cred.strip()
+        if scheme == "basic":
+            return await self._basic(cred)
+        if scheme == "bearer":
+            if cred.startswith(SIGNED_PREFIX):
+                return self._signed(cred, scope_hint)
+            user = self._token_user(cred)
+            if user is None:
+                raise Unauthorized("invalid token")
+            return Principal(user, "bearer")
+        raise Unauthorized(f"unsupported authorization scheme {scheme!r} (use Basic or Bearer)")
+
+    def _signed(self, token: str, scope: tuple[str, str, str] | None) -> Principal:
+        parsed = self._check_signed(token)
+        if parsed is None or scope is None:
+            raise Unauthorized("invalid action token")
+        expires_at, user_b64, mac = parsed
+        if not hmac.compare_digest(mac, self._mac(*scope, str(expires_at), user_b64)):
+            raise Unauthorized("action token is not valid for this object")
+        if expires_at < time.time():
+            raise Unauthorized("action token expired; request a new one from the batch API")
+        try:
+            user = base64.urlsafe_b64decode(user_b64 + "=" * (-len(user_b64) % 4)).decode("utf-8") or None
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("invalid action token")
+        return Principal(user, "signed", scope)
+
+    def _token_user(self, token: str) -> str | None:
+        self._tokens.refresh()
+        return self._tokens.entries.get(hash_token(token))
+
+    async def _basic(self, cred: str) -> Principal:
+        try:
+            decoded = base64.b64decode(cred, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("malformed Basic credentials")
+        user, sep, password = decoded.partition(":")
+        if not sep or not user:
+            raise Unauthorized("malformed Basic credentials")
+        # A user's token also works as their password.
+        token_user = self._token_user(password)
+        if token_user is not None and token_user == user:
+            return Principal(user, "basic")
+        self._htpasswd.refresh()
+        hashed = self._htpasswd.entries.get(user)
+        if hashed is None:
+            raise Unauthorized("unknown user or wrong password")
+        cache_key = hashlib.sha256(f"{user}\0{password}\0{hashed}".encode("utf-8")).digest()
+        now = time.monotonic()
+        hit = self._basic_cache.get(cache_key)
+        if hit is not None and hit[1] > now:
+            return Principal(user, "basic")
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(None, bcrypt.checkpw, password.encode("utf-8"), hashed.encode("ascii"))
+        if not ok:
+            raise Unauthorized("unknown user or wrong password")
+        if len(self._basic_cache) > 10000:
+            self._basic_cache = {k: v for k, v in self._basic_cache.items() if v[1] > now}
+        self._basic_cache[cache_key] = (user, now + self.CACHE_SECONDS)
+        return Principal(user, "basic")
+
+    # -- authorization --------------------------------------------------------------------------
+    def _rule_for(self, repo: str) -> AccessRule | None:
+        for regex, rule in self._rules:
+            if regex.match(repo):
+                return rule
+        return None
+
+    def permission(self, principal: Principal, repo: str) -> Permission:
+        """The most this principal may do on this repository (or LFS namespace)."""
+        rule = self._rule_for(repo)
+        if rule is None:
+            return Permission.WRITE if principal.authenticated else self.anonymous
+
+        def listed(names: list[str]) -> bool:
+            if "anonymous" in names:
+                return True
+            if not principal.authenticated:
+                return False
+            return "*" in names or principal.name in names
+
+        if listed(rule.write):
+            return Permission.WRITE
+        if listed(rule.read):
+            return Permission.READ
+        return Permission.NONE
+
+    def authorize(self, principal: Principal, repo: str, needed: Permission) -> None:
+        """Raise Unauthorized (anonymous: ask for credentials) or Forbidden unless allowed."""
+        if principal.via == "signed":
+            # Signed action tokens were checked against their scope in authenticate(); they carry
+            # no repository-wide rights.
+            raise Forbidden("an action token only grants the object transfer it was issued for")
+        if self.permission(principal, repo) >= needed:
+            return
+        what = "write to" if needed is Permission.WRITE else "read"
+        if not principal.authenticated:
+            raise Unauthorized(f"authentication required to {what} {repo}")
+        raise Forbidden(f"user {principal.name} may not {what} {repo}")
+
+    async def require(self, headers: Mapping[str, str], repo: str, needed: Permission) -> Principal:
+        """authenticate() then authorize(); the usual call of a front end."""
+        principal = await self.authenticate(headers)
+        self.authorize(principal, repo, needed)
+        return principal
+
+    def challenge(self) -> dict[str, str]:
+        """Headers for a 401: Basic for hg and browsers, LFS-Authenticate for git-lfs."""
+        value = f'Basic realm="{self.realm}", charset="UTF-8"'
+        return {"WWW-Authenticate": value, "LFS-Authenticate": value}

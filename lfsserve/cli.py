@@ -1,0 +1,157 @@
+"""Command line: `lfsserve serve` and the admin commands.
+
+Each subcommand is a function taking the parsed arguments and returning the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import re
+import secrets
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file (see config.example.toml)")
+    p.add_argument("--root", metavar="DIR", help="data directory (default ./data)")
+
+
+def _config_from(args: argparse.Namespace, **server_overrides) -> Config:
+    overrides = {"server": {"root": args.root, **server_overrides}}
+    anonymous = getattr(args, "anonymous", None)
+    if anonymous is not None:
+        overrides["auth"] = {"anonymous": anonymous}
+    return load_config(args.config, overrides=overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import run
+
+    config = _config_from(args, host=args.host, port=args.port, base_url=args.base_url)
+    return run(config)
+
+
+_USER = re.compile(r"[A-Za-z0-9._@+-]{1,64}\Z")
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.user}: ")
+        if password != getpass.getpass("again: "):
+            raise SystemExit("lfsserve: passwords do not match")
+    if not password:
+        raise SystemExit("lfsserve: empty password")
+    return password
+
+
+def _rewrite_entries(path: Path, user: str, new_line: str | None) -> None:
+    """Replace (or add, or with None remove) `user`'s line in a `user:...` file, atomically."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    kept = [ln for ln in lines if ln.partition(":")[0] != user]
+    if new_line is not None:
+        kept.append(new_line)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("".join(ln + "\n" for ln in kept))
+    os.replace(tmp, path)
+
+
+def cmd_adduser(args: argparse.Namespace) -> int:
+    import bcrypt
+
+    if not _USER.match(args.user):
+        print(f"lfsserve: invalid user name {args.user!r}", file=sys.stderr)
+        return 2
+    path = Path(args.htpasswd)
+    if args.delete:
+        _rewrite_entries(path, args.user, None)
+        print(f"removed {args.user} from {path}")
+        return 0
+    hashed = bcrypt.hashpw(_read_password(args).encode("utf-8"), bcrypt.gensalt(rounds=args.rounds))
+    _rewrite_entries(path, args.user, f"{args.user}:{hashed.decode('ascii')}")
+    print(f"set password of {args.user} in {path}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from .auth import hash_token
+
+    if not _USER.match(args.user):
+        print(f"lfsserve: invalid user name {args.user!r}", file=sys.stderr)
+        return 2
+    path = Path(args.tokens)
+    if args.revoke:
+        _rewrite_entries(path, args.user, None)
+        print(f"revoked every token of {args.user} in {path}")
+        return 0
+    token = secrets.token_urlsafe(32)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    lines.append(f"{args.user}:{hash_token(token)}")
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("".join(ln + "\n" for ln in lines))
+    os.replace(tmp, path)
+    # Only the hash is stored: this is the one time the token can be seen.
+    print(token)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lfsserve", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lfsserve {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the server")
+    _add_config_args(p)
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free one)")
+    p.add_argument("--anonymous", choices=["none", "read", "write"],
+                   help="what unauthenticated clients may do (default read)")
+    p.add_argument("--base-url", help="external URL of the server, e.g. https://hg.example.com/hg")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("adduser", help="set (or delete) a user's password in an htpasswd file (bcrypt)")
+    p.add_argument("--htpasswd", required=True, metavar="FILE")
+    p.add_argument("user")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.add_argument("--delete", action="store_true", help="remove the user")
+    p.add_argument("--rounds", type=int, default=12, help="bcrypt cost (default 12)")
+    p.set_defaults(func=cmd_adduser)
+
+    p = sub.add_parser("token", help="create a bearer token for a user (printed once) or revoke them")
+    p.add_argument("--tokens", required=True, metavar="FILE")
+    p.add_argument("user")
+    p.add_argument("--revoke", action="store_true", help="remove every token of the user")
+    p.set_defaults(func=cmd_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"lfsserve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""Typed configuration: dataclasses loaded from TOML, overridden by flags, then by LFSSERVE_* env vars.
+
+Precedence (lowest first): built-in defaults, the TOML file, command-line flags, environment
+variables. Environment variables win so that a container image's baked-in config can be adjusted
+with `docker run -e`.
+
+Every option is a field below and appears, commented, in config.example.toml. Validation happens
+once, at start-up, and a bad value raises ConfigError naming the key (`server.port: ...`).
+
+Environment variables are `LFSSERVE_<SECTION>_<KEY>` in upper case (LFSSERVE_SERVER_PORT,
+LFSSERVE_AUTH_ANONYMOUS); the most common ones also have short forms: LFSSERVE_HOST,
+LFSSERVE_PORT, LFSSERVE_ROOT, LFSSERVE_ANONYMOUS, LFSSERVE_BASE_URL. Lists in env vars are
+comma-separated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "AccessRule",
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "HgConfig",
+    "LfsConfig",
+    "LimitsConfig",
+    "LogConfig",
+    "ServerConfig",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type; the message names the key."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Data directory: repositories live in <root>/repos, LFS objects in <root>/lfs.
+    root: str = "./data"
+    # External URL of this server, e.g. "https://hg.example.com/hg". When empty, URLs are built from
+    # the request (Host, or X-Forwarded-* / Forwarded from a trusted proxy).
+    base_url: str = ""
+    # Peers (IP addresses or CIDR networks) whose X-Forwarded-* / Forwarded headers are believed.
+    trusted_proxies: list[str] = field(default_factory=list)
+    # Threads for blocking work (file I/O, hashing, revlog parsing, compression). 0 = automatic.
+    executor_threads: int = 0
+    # Seconds that in-flight requests get to finish after SIGTERM before the server exits.
+    shutdown_grace: float = 30.0
+
+
+@dataclass
+class AccessRule:
+    # Glob over repository / LFS namespace paths ("*" matches within one path segment, "**" across).
+    repos: str = "**"
+    # Who may read and write: user names, "*" for any authenticated user, "anonymous" for everyone.
+    read: list[str] = field(default_factory=list)
+    write: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AuthConfig:
+    # What unauthenticated clients may do everywhere no access rule says otherwise: none|read|write.
+    anonymous: str = "read"
+    # htpasswd file with bcrypt entries ("user:$2y$..."), e.g. made by `lfsserve adduser`.
+    htpasswd: str = ""
+    # Token file: one "user:sha256-hex-of-token" line each, e.g. made by `lfsserve token`.
+    tokens: str = ""
+    realm: str = "lfsserve"
+    # Key for the short-lived signed tokens in LFS action hrefs. Empty: a random key kept in
+    # <root>/secret.key (created with mode 0600 on first start).
+    secret_file: str = ""
+    # Per-repository rules; the first rule whose glob matches decides. No match: authenticated
+    # users may read and write, anonymous clients get `anonymous`.
+    rules: list[AccessRule] = field(default_factory=list)
+
+
+@dataclass
+class LfsConfig:
+    # Most objects one batch request may name (hg sends every blob of an update in one batch).
+    max_batch_objects: int = 10000
+    # Largest object accepted, in bytes; 0 = unlimited. Larger uploads get 413.
+    max_object_size: int = 0
+    # Lifetime in seconds of the signed action hrefs handed out by the batch API.
+    action_expiry: int = 3600
+    # Refuse an hg push whose lfs pointers name blobs this server does not have.
+    require_pushed_blobs: bool = True
+    # Serve the Git LFS file-locking API.
+    locking: bool = True
+
+
+@dataclass
+class HgConfig:
+    # Where repositories live; empty = <root>/repos.
+    repos_dir: str = ""
+    # Let a push to a repository that does not exist create it (needs write permission there).
+    create_on_push: bool = False
+    # A publishing server makes pushed changesets public.
+    publishing: bool = True
+    # Compression engines for mercurial-0.2 responses, in the server's order of preference.
+    compression: list[str] = field(default_factory=lambda: ["zstd", "zlib"])
+    # Serve the experimental wire protocol v2 (exp-http-v2-0003).
+    wire_v2: bool = True
+    # Accept bundle1 (pre-bundle2) clients.
+    bundle1: bool = True
+    # Allow `hg clone --stream`.
+    stream_clone: bool = True
+
+
+@dataclass
+class LogConfig:
+    # debug|info|warning|error
+    level: str = "info"
+    # Access log format: combined|json|off
+    access_format: str = "combined"
+
+
+@dataclass
+class LimitsConfig:
+    # Longest a request may take before the server gives up on it, in seconds; 0 = no limit.
+    request_timeout: float = 0.0
+    # Concurrent requests one client address may have in flight; 0 = unlimited. Over: 429.
+    per_client_concurrency: int = 0
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    lfs: LfsConfig = field(default_factory=LfsConfig)
+    hg: HgConfig = field(default_factory=HgConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    # -- derived paths ---------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return Path(self.server.root).expanduser().resolve()
+
+    @property
+    def repos_dir(self) -> Path:
+        if self.hg.repos_dir:
+            return Path(self.hg.repos_dir).expanduser().resolve()
+        return self.root / "repos"
+
+    @property
+    def lfs_dir(self) -> Path:
+        return self.root / "lfs"
+
+    def validate(self) -> None:
+        """Check values that types alone do not constrain; raise ConfigError naming the key."""
+        s = self.server
+        if not 0 <= s.port <= 65535:
+            raise ConfigError(f"server.port: must be 0-65535, got {s.port}")
+        if s.base_url and not s.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"server.base_url: must start with http:// or https://, got {s.base_url!r}")
+        for i, proxy in enumerate(s.trusted_proxies):
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigError(f"server.trusted_proxies[{i}]: not an IP address or network: {proxy!r}")
+        if s.executor_threads < 0:
+            raise ConfigError("server.executor_threads: must be >= 0")
+        if s.shutdown_grace < 0:
+            raise ConfigError("server.shutdown_grace: must be >= 0")
+        if self.auth.anonymous not in ("none", "read", "write"):
+            raise ConfigError(f"auth.anonymous: must be none, read or write, got {self.auth.anonymous!r}")
+        for name in ("htpasswd", "tokens"):
+            path = getattr(self.auth, name)
+            if path and not Path(path).expanduser().is_file():
+                raise ConfigError(f"auth.{name}: file not found: {path}")
+        for i, rule in enumerate(self.auth.rules):
+            if not rule.repos:
+                raise ConfigError(f"auth.rules[{i}].repos: must not be empty")
+        if self.lfs.max_batch_objects < 1:
+            raise ConfigError("lfs.max_batch_objects: must be >= 1")
+        if self.lfs.max_object_size < 0:
+            raise ConfigError("lfs.max_object_size: must be >= 0")
+        if self.lfs.action_expiry < 10:
+            raise ConfigError("lfs.action_expiry: must be at least 10 seconds")
+        for i, engine in enumerate(self.hg.compression):
+            if engine not in ("zstd", "zlib", "none"):
+                raise ConfigError(f"hg.compression[{i}]: unknown engine {engine!r} (zstd, zlib, none)")
+        if self.log.level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log.level: must be debug, info, warning or error, got {self.log.level!r}")
+        if self.log.access_format not in ("combined", "json", "off"):
+            raise ConfigError(f"log.access_format: must be combined, json or off, got {self.log.access_format!r}")
+        if self.limits.request_timeout < 0:
+            raise ConfigError("limits.request_timeout: must be >= 0")
+        if self.limits.per_client_concurrency < 0:
+            raise ConfigError("limits.per_client_concurrency: must be >= 0")
+
+
+# Short environment variable names for the options containers set most often.
+ENV_SHORTCUTS = {
+    "LFSSERVE_HOST": ("server", "host"),
+    "LFSSERVE_PORT": ("server", "port"),
+    "LFSSERVE_ROOT": ("server", "root"),
+    "LFSSERVE_BASE_URL": ("server", "base_url"),
+    "LFSSERVE_ANONYMOUS": ("auth", "anonymous"),
+}
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert a TOML value (or an env-var string) to the annotated type, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return _build(tp, value, key)
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a programming error
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            where = f"{prefix}.{k}" if prefix else k
+            raise ConfigError(f"{where}: unknown option")
+    kwargs = {}
+    for k, v in data.items():
+        where = f"{prefix}.{k}" if prefix else k
+        kwargs[k] = _convert(v, hints[k], where)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, over: Mapping) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in env.items():
+        if not name.startswith("LFSSERVE_"):
+            continue
+        if name in ENV_SHORTCUTS:
+            section, key = ENV_SHORTCUTS[name]
+        else:
+            rest = name[len("LFSSERVE_"):].lower()
+            section, _, key = rest.partition("_")
+            if section not in sections or not key:
+                continue  # not a config variable (e.g. LFSSERVE_NO_SKIP used by the tests)
+            section_cls = typing.get_type_hints(Config)[section]
+            if key not in {f.name for f in dataclasses.fields(section_cls)}:
+                raise ConfigError(f"{name}: no option {section}.{key}")
+            if key == "rules":
+                raise ConfigError(f"{name}: auth.rules can only be set in the TOML file")
+            if typing.get_origin(typing.get_type_hints(section_cls)[key]) is list:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration: defaults < TOML file < `overrides` (flags) < environment."""
+    data: dict = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}")
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}")
+    if overrides:
+        data = _merge(data, {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in overrides.items()})
+    data = _merge(data, _env_overrides(os.environ if env is None else env))
+    config = _build(Config, data, "")
+    config.validate()
+    return config

@@ -1,0 +1,1 @@
+"""The Mercurial data model: revlogs, store, repository, changegroups, bundle2, transactions (no HTTP, no asyncio)."""

@@ -1,0 +1,1 @@
+"""Git LFS front end: batch API, basic transfer, file locking."""

@@ -1,0 +1,79 @@
+"""Running the server: event loop (uvloop when installed), executor, listening socket, signals.
+
+On SIGTERM or SIGINT the server stops accepting connections, gives in-flight requests up to
+`server.shutdown_grace` seconds to finish, and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from . import __version__
+from .aio import Executor, set_default_executor
+from .app import create_app
+from .config import Config
+from .logs import AccessLogger, JsonAccessLogger, setup_logging
+
+__all__ = ["run", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Serve until `stop` is set (or SIGTERM/SIGINT arrives)."""
+    executor = Executor(config.server.executor_threads)
+    set_default_executor(executor)
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(executor.pool)
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+    app = create_app(config)
+    access = {"combined": AccessLogger, "json": JsonAccessLogger}.get(config.log.access_format)
+    runner = web.AppRunner(
+        app,
+        access_log_class=access or AccessLogger,
+        access_log=logging.getLogger("lfsserve.access") if access else None,
+        handle_signals=False,
+        shutdown_timeout=config.server.shutdown_grace,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
+    await site.start()
+    port = config.server.port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    host = config.server.host
+    shown = f"[{host}]" if ":" in host else host
+    # Tests and scripts wait for this exact line (and read the port from it when --port 0).
+    print(f"lfsserve {__version__}: listening on http://{shown}:{port} (data in {config.root})", flush=True)
+    try:
+        await stop.wait()
+        log.info("shutting down: no new connections, up to %.0fs for requests in flight",
+                 config.server.shutdown_grace)
+    finally:
+        await runner.cleanup()
+        executor.shutdown()
+
+
+def run(config: Config) -> int:
+    setup_logging(config.log.level)
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        uvloop = None
+    if uvloop is not None and sys.platform != "win32":
+        uvloop.run(serve(config))
+    else:
+        asyncio.run(serve(config))
+    return 0

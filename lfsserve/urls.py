@@ -1,0 +1,79 @@
+"""The server's external URL as a client sees it, for absolute URLs in answers (LFS action hrefs).
+
+Order: `server.base_url` when configured; else, only when the TCP peer is a trusted proxy, the
+`Forwarded` header (RFC 7239) or `X-Forwarded-Proto/Host/Prefix`; else the request's own scheme
+and Host. Headers from untrusted peers are ignored: anyone could send them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from functools import lru_cache
+from typing import Iterable, Mapping
+
+__all__ = ["external_base", "TrustedProxies"]
+
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?\Z|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?\Z")
+_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?\Z")
+
+
+class TrustedProxies:
+    def __init__(self, networks: Iterable[str]):
+        self._nets = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    @lru_cache(maxsize=1024)
+    def trusts(self, peer: str | None) -> bool:
+        if not peer or not self._nets:
+            return False
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return False  # a unix socket peer, etc.
+        return any(addr in net for net in self._nets)
+
+
+def _first(value: str | None) -> str | None:
+    if not value:
+        return None
+    return value.split(",")[0].strip() or None
+
+
+def _parse_forwarded(value: str) -> dict[str, str]:
+    """The first element of a Forwarded header (the hop nearest the client) as a dict."""
+    first = value.split(",")[0]
+    out = {}
+    for pair in first.split(";"):
+        k, sep, v = pair.strip().partition("=")
+        if sep:
+            out[k.strip().lower()] = v.strip().strip('"')
+    return out
+
+
+def external_base(*, scheme: str, host: str | None, peer: str | None, headers: Mapping[str, str],
+                  base_url: str, proxies: TrustedProxies) -> str:
+    """The URL prefix (scheme://host[/prefix], no trailing slash) under which clients reach us."""
+    if base_url:
+        return base_url.rstrip("/")
+    prefix = ""
+    if proxies.trusts(peer):
+        fwd = headers.get("Forwarded")
+        if fwd:
+            parts = _parse_forwarded(fwd)
+            f_scheme, f_host = parts.get("proto"), parts.get("host")
+        else:
+            f_scheme = _first(headers.get("X-Forwarded-Proto"))
+            f_host = _first(headers.get("X-Forwarded-Host"))
+        # A proxy's value is only taken when well formed; otherwise the request's own is kept.
+        if f_scheme in ("http", "https"):
+            scheme = f_scheme
+        if f_host and _HOST.match(f_host):
+            host = f_host
+        f_prefix = _first(headers.get("X-Forwarded-Prefix")) or ""
+        if f_prefix.startswith("/") and _PREFIX.match(f_prefix):
+            prefix = f_prefix
+    if scheme not in ("http", "https"):
+        scheme = "http"
+    if not host or not _HOST.match(host):
+        host = "localhost"
+    return f"{scheme}://{host}{prefix.rstrip('/')}"

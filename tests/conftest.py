@@ -1,0 +1,36 @@
+"""Shared fixtures: a real lfsserve process, a real hg client. See tests/support.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .support import Hg, LfsserveProcess, start_lfsserve
+
+
+@pytest.fixture
+def lfsserve(tmp_path: Path):
+    """Factory: `lfsserve(*args, config=..., anonymous=...)` starts a server; all are stopped at the end.
+
+    A server that died during the test fails it: bad input must leave the server serving.
+    """
+    started: list[LfsserveProcess] = []
+
+    def start(*args: str, root: Path | None = None, **kwargs) -> LfsserveProcess:
+        server = start_lfsserve(root or tmp_path / f"server{len(started)}", *args, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    died = [s for s in started if not s.alive() and not s.stopped]
+    for s in started:
+        s.stop()
+    if died:
+        pytest.fail("lfsserve exited during the test:\n" + "\n".join(s.log()[-4000:] for s in died))
+
+
+@pytest.fixture
+def hg(tmp_path: Path) -> Hg:
+    """The real hg 7.2.4 client with an isolated HOME/hgrc (lfs usercache private to the test)."""
+    return Hg(tmp_path / "hg-home")

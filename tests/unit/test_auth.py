@@ -1,0 +1,103 @@
+import base64
+import time
+
+import bcrypt
+import pytest
+
+from lfsserve.auth import ANONYMOUS, Authenticator, Forbidden, Permission, Principal, Unauthorized, hash_token
+from lfsserve.config import load_config
+
+
+def basic(user, pw):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}
+
+
+@pytest.fixture
+def authn(tmp_path):
+    (tmp_path / "htpasswd").write_text(
+        "alice:" + bcrypt.hashpw(b"wonderland", bcrypt.gensalt(4)).decode() + "\n"
+        "bob:" + bcrypt.hashpw(b"builder", bcrypt.gensalt(4)).decode() + "\n"
+        "md5user:$apr1$abc$def\n")
+    (tmp_path / "tokens").write_text(f"carol:{hash_token('carol-token')}\n")
+    (tmp_path / "c.toml").write_text(f"""
+[server]
+root = "{tmp_path / 'data'}"
+[auth]
+htpasswd = "{tmp_path / 'htpasswd'}"
+tokens = "{tmp_path / 'tokens'}"
+[[auth.rules]]
+repos = "private/**"
+read = ["alice", "carol"]
+write = ["alice"]
+[[auth.rules]]
+repos = "open/*"
+write = ["anonymous"]
+""")
+    return Authenticator(load_config(tmp_path / "c.toml", env={}))
+
+
+async def test_basic_and_tokens(authn):
+    assert (await authn.authenticate(basic("alice", "wonderland"))).name == "alice"
+    assert (await authn.authenticate(basic("alice", "wonderland"))).name == "alice"  # cached path
+    assert (await authn.authenticate({"Authorization": "Bearer carol-token"})).name == "carol"
+    assert (await authn.authenticate(basic("carol", "carol-token"))).name == "carol"
+    assert await authn.authenticate({}) is ANONYMOUS
+    for headers in (basic("alice", "nope"), basic("md5user", "x"), basic("carol", "wrong"),
+                    basic("bob", "carol-token"), {"Authorization": "Bearer nope"},
+                    {"Authorization": "Basic !!!"}, {"Authorization": "Digest x"}):
+        with pytest.raises(Unauthorized):
+            await authn.authenticate(headers)
+
+
+async def test_rules(authn):
+    alice, bob, carol = Principal("alice", "basic"), Principal("bob", "basic"), Principal("carol", "bearer")
+    assert authn.permission(alice, "private/x/y") is Permission.WRITE
+    assert authn.permission(carol, "private/x") is Permission.READ
+    assert authn.permission(bob, "private/x") is Permission.NONE
+    assert authn.permission(ANONYMOUS, "private/x") is Permission.NONE
+    assert authn.permission(ANONYMOUS, "open/x") is Permission.WRITE
+    assert authn.permission(ANONYMOUS, "open/x/y") is Permission.READ  # "*" stays in one segment
+    assert authn.permission(bob, "elsewhere") is Permission.WRITE
+    with pytest.raises(Unauthorized):
+        authn.authorize(ANONYMOUS, "private/x", Permission.READ)
+    with pytest.raises(Forbidden):
+        authn.authorize(carol, "private/x", Permission.WRITE)
+    with pytest.raises(Unauthorized):
+        authn.authorize(ANONYMOUS, "elsewhere", Permission.WRITE)
+    authn.authorize(ANONYMOUS, "elsewhere", Permission.READ)
+
+
+async def test_signed_action_tokens(authn):
+    alice = Principal("alice", "basic")
+    scope = ("private/r", "a" * 64, "upload")
+    tok = authn.sign_action(alice, *scope, expires_at=int(time.time()) + 60)
+    p = await authn.authenticate({"Authorization": f"Bearer {tok}"}, scope)
+    assert p.name == "alice" and authn.signed_grants(p, *scope)
+    assert not authn.signed_grants(p, "private/r", "a" * 64, "download")
+    for other in [("private/other", "a" * 64, "upload"), ("private/r", "b" * 64, "upload"),
+                  ("private/r", "a" * 64, "download"), None]:
+        with pytest.raises(Unauthorized):
+            await authn.authenticate({"Authorization": f"Bearer {tok}"}, other)
+    expired = authn.sign_action(alice, *scope, expires_at=int(time.time()) - 1)
+    with pytest.raises(Unauthorized, match="expired"):
+        await authn.authenticate({"Authorization": f"Bearer {expired}"}, scope)
+    with pytest.raises(Unauthorized):
+        await authn.authenticate({"Authorization": f"Bearer {tok[:-2]}xx"}, scope)
+    with pytest.raises(Forbidden):  # a signed token carries no repository-wide rights
+        authn.authorize(p, "private/r", Permission.READ)
+
+
+async def test_files_reloaded(authn, tmp_path):
+    with pytest.raises(Unauthorized):
+        await authn.authenticate({"Authorization": "Bearer dave-token"})
+    with open(tmp_path / "tokens", "a") as fh:
+        fh.write(f"dave:{hash_token('dave-token')}\n")
+    authn._tokens._checked = 0  # skip the 1 s re-stat throttle
+    assert (await authn.authenticate({"Authorization": "Bearer dave-token"})).name == "dave"
+
+
+def test_secret_key_persisted(tmp_path):
+    cfg = load_config(overrides={"server": {"root": str(tmp_path)}}, env={})
+    a, b = Authenticator(cfg), Authenticator(cfg)
+    assert a._key == b._key and len(a._key) == 32
+    assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600
