@@ -1,0 +1,77 @@
+"""Where served repositories live, and the in-process lock that serializes pushes to each.
+
+A repository path (already validated by routing) maps to `<repos_dir>/<path>`; that directory is a
+repository when it holds `.hg/`. Repositories do not nest: a path below an existing repository is
+not a repository. Symlinks may not lead a path outside `repos_dir`.
+
+Opening and reading a repository is the engine's business (lfsserve.hg), done in the executor;
+this module only answers "which directory" and "may I write now".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["RepoRegistry", "RepoPathError"]
+
+
+class RepoPathError(ValueError):
+    """The path cannot hold a repository (outside the root, or inside another repository)."""
+
+
+class RepoRegistry:
+    def __init__(self, repos_dir: Path):
+        self.base = Path(repos_dir).resolve()
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def path_of(self, name: str) -> Path:
+        """The directory of repository `name` (which need not exist yet).
+
+        Raises RepoPathError when the path would leave `repos_dir` through a symlink or lies
+        inside another repository.
+        """
+        path = self.base / name
+        real = path.resolve()
+        if real != self.base and self.base not in real.parents:
+            raise RepoPathError(f"{name}: leads outside the repositories directory")
+        parent = path.parent
+        while parent != self.base and self.base in parent.parents:
+            if (parent / ".hg").is_dir():
+                raise RepoPathError(f"{name}: lies inside repository {parent.relative_to(self.base)}")
+            parent = parent.parent
+        return path
+
+    def exists(self, name: str) -> bool:
+        try:
+            return (self.path_of(name) / ".hg").is_dir()
+        except RepoPathError:
+            return False
+
+    def names(self) -> Iterator[str]:
+        """Every repository under the root, as sorted "/"-separated paths (blocking: use the executor)."""
+        if not self.base.is_dir():
+            return
+        for dirpath, dirnames, _ in os.walk(self.base):
+            if ".hg" in dirnames:
+                rel = Path(dirpath).relative_to(self.base)
+                if str(rel) != ".":
+                    yield rel.as_posix()
+                dirnames[:] = []  # no nesting: do not look inside a repository
+                continue
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+
+    def write_lock(self, name: str) -> asyncio.Lock:
+        """The lock a push to `name` holds: pushes to one repository run one at a time.
+
+        (The engine also takes Mercurial's on-disk store lock, which keeps an `hg` process and
+        lfsserve apart; this one keeps lfsserve's own pushes queued without polling that lock.)
+        """
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[name] = lock
+        return lock
