@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import Hg, LfsserveProcess, start_lfsserve
+from .support import Hg, LfsserveProcess, hg593_exe, start_lfsserve
 
 
 @pytest.fixture
@@ -34,3 +34,15 @@ def lfsserve(tmp_path: Path):
 def hg(tmp_path: Path) -> Hg:
     """The real hg 7.2.4 client with an isolated HOME/hgrc (lfs usercache private to the test)."""
     return Hg(tmp_path / "hg-home")
+
+
+@pytest.fixture(scope="session")
+def hg593_path() -> str:
+    """Mercurial 5.9.3 (pure Python) executable, built once into a cached venv."""
+    return hg593_exe()
+
+
+@pytest.fixture
+def hg593(tmp_path: Path, hg593_path: str) -> Hg:
+    """The real Mercurial 5.9.3 client (wire protocol v2 capable), isolated like `hg`."""
+    return Hg(tmp_path / "hg593-home", exe=hg593_path)

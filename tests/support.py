@@ -150,6 +150,50 @@ def run(cmd: list[str], cwd: Path | str | None = None, env: dict | None = None, 
     return res
 
 
+HG593_VENV = Path(os.environ.get("LFSSERVE_HG593_VENV", Path.home() / ".cache" / "lfsserve" / "hg593"))
+
+
+def _build_hg593(venv: Path) -> None:
+    """Install Mercurial 5.9.3 from its sdist, pure Python (its C extensions do not build on 3.11)."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="hg593-build-"))
+    try:
+        if not (venv / "bin" / "python").exists():
+            run([sys.executable, "-m", "venv", str(venv)])
+        run([str(venv / "bin" / "python"), "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             "-d", str(work), "mercurial==5.9.3"], timeout=600)
+        (sdist,) = work.glob("mercurial-5.9.3.tar.gz")
+        run(["tar", "xzf", str(sdist), "-C", str(work)])
+        run([str(venv / "bin" / "python"), "setup.py", "--pure", "install"], cwd=work / "mercurial-5.9.3",
+            timeout=900)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def hg593_exe() -> str:
+    """Path of a Mercurial 5.9.3 (pure) `hg`, building the cached venv on first use.
+
+    The last Mercurial series with the wire protocol v2 client, and a cg02-only client for v1.
+    Cached in ~/.cache/lfsserve/hg593 (LFSSERVE_HG593_VENV overrides); concurrent test
+    processes wait for one build.
+    """
+    import fcntl
+
+    exe = HG593_VENV / "bin" / "hg"
+    HG593_VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(HG593_VENV) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ok = exe.exists() and b"version 5.9.3" in subprocess.run(
+            [str(exe), "--version"], capture_output=True, env=hg_env(HG593_VENV / "home")).stdout
+        if not ok:
+            try:
+                _build_hg593(HG593_VENV)
+            except (AssertionError, subprocess.SubprocessError, ValueError) as exc:
+                require(False, f"could not build Mercurial 5.9.3 (pure) into {HG593_VENV}: {exc}")
+    return str(exe)
+
+
 class Hg:
     """The real Mercurial 7.2.4 client, with an isolated configuration."""
 
