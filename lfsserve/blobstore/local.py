@@ -14,6 +14,8 @@ it streams out.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -76,6 +78,23 @@ def _storage_error(exc: OSError, what: str) -> Exception:
     return exc
 
 
+def _load_sync_file_range():
+    """libc's sync_file_range (Linux), to start writing an upload to disk while it arrives."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+_WRITEBACK_EVERY = 8 * CHUNK
+_IOV_MAX = 1024
+
+
 class _Sink:
     """Hashes (and optionally writes) a stream, in CHUNK-sized steps run in a worker thread.
 
@@ -83,37 +102,54 @@ class _Sink:
     at most two chunks are in memory per upload.
     """
 
-    def __init__(self, fd: int | None, max_size: int):
+    def __init__(self, fd: int | None, max_size: int, writeback: bool = False):
         self.fd = fd
         self.max_size = max_size
         self.hash = hashlib.sha256()
         self.size = 0
-        self._buf = bytearray()
+        self._parts: list[bytes] = []  # received, not yet handed to the thread (no copying)
+        self._held = 0
         self._pending: asyncio.Future | None = None
+        # Start writing to disk as data arrives, so the final fsync has little left to do.
+        self._writeback = writeback and _sync_file_range is not None
+        self._written = 0
+        self._flushed = 0
 
-    def _absorb(self, data: bytearray) -> None:
-        self.hash.update(data)
+    def _absorb(self, parts: list[bytes]) -> None:
+        for part in parts:
+            self.hash.update(part)
         if self.fd is not None:
-            view = memoryview(data)
-            while view:
-                n = os.write(self.fd, view)
-                view = view[n:]
+            total = 0
+            for i in range(0, len(parts), _IOV_MAX):
+                group = parts[i:i + _IOV_MAX]
+                size = sum(map(len, group))
+                done = os.writev(self.fd, group)
+                if done < size:  # short write (rare): finish it piece by piece
+                    view = memoryview(b"".join(group))[done:]
+                    while view:
+                        view = view[os.write(self.fd, view):]
+                total += size
+            self._written += total
+            if self._writeback and self._written - self._flushed >= _WRITEBACK_EVERY:
+                _sync_file_range(self.fd, self._flushed, self._written - self._flushed, _SYNC_FILE_RANGE_WRITE)
+                self._flushed = self._written
 
     async def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.max_size and self.size > self.max_size:
             raise TooLarge(self.max_size)
-        self._buf += chunk
-        if len(self._buf) >= CHUNK:
+        self._parts.append(chunk)
+        self._held += len(chunk)
+        if self._held >= CHUNK:
             await self._flush()
 
     async def _flush(self) -> None:
         if self._pending is not None:
             await self._pending
             self._pending = None
-        if self._buf:
-            data, self._buf = self._buf, bytearray()
-            self._pending = asyncio.ensure_future(run_blocking(self._absorb, data))
+        if self._parts:
+            parts, self._parts, self._held = self._parts, [], 0
+            self._pending = asyncio.ensure_future(run_blocking(self._absorb, parts))
 
     async def finish(self) -> str:
         await self._flush()
@@ -124,7 +160,7 @@ class _Sink:
 
     async def abandon(self) -> None:
         """Wait for the chunk in flight (so its thread no longer touches fd) and drop the rest."""
-        self._buf = bytearray()
+        self._parts, self._held = [], 0
         if self._pending is not None:
             try:
                 await asyncio.shield(self._pending)
@@ -138,16 +174,26 @@ class LocalBlobStore(BlobStore):
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
+        self._objects_str = str(self.objects)
         # fsync objects and directories before an upload is acknowledged (lfs.fsync).
         self.durable = durable
         self._stamps = SqliteDb(self.root / "verified.sqlite3", _STAMPS_SCHEMA, durable=False, name="stamps")
+        # Installing an upload waits on fsync, which costs no CPU but can take milliseconds: it gets
+        # its own threads, so that concurrent uploads wait on the disk together (the journal
+        # commits their fsyncs as a group) without starving the shared executor's hashing.
+        self._sync_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def path(self, oid: str) -> Path:
         _check_oid(oid)
         return self.objects / oid[0:2] / oid[2:4] / oid
 
+    def _fspath(self, oid: str) -> str:
+        """path() as a string, for hot loops (pathlib objects cost microseconds each)."""
+        return f"{self._objects_str}/{oid[0:2]}/{oid[2:4]}/{oid}"
+
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
+        self._sync_pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="lfsserve-fsync")
         await run_blocking(self._prepare)
         await self._stamps.astart()
         removed = await run_blocking(self.clean_temps)
@@ -156,6 +202,9 @@ class LocalBlobStore(BlobStore):
 
     async def close(self) -> None:
         await self._stamps.astop()
+        if self._sync_pool is not None:
+            pool, self._sync_pool = self._sync_pool, None
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
 
     def _prepare(self) -> None:
         self.objects.mkdir(parents=True, exist_ok=True)
@@ -184,8 +233,9 @@ class LocalBlobStore(BlobStore):
         return removed
 
     # -- stamps --------------------------------------------------------------------------------
-    async def _read_stamps(self, oids: list[str]) -> dict[str, tuple[tuple[int, int, int, int], bool]]:
-        def q(conn: sqlite3.Connection):
+    @staticmethod
+    def _stamps_query(oids: list[str]):
+        def q(conn: sqlite3.Connection) -> dict[str, tuple[tuple[int, int, int, int], bool]]:
             out = {}
             for i in range(0, len(oids), 500):
                 part = oids[i:i + 500]
@@ -195,8 +245,13 @@ class LocalBlobStore(BlobStore):
                 for oid, size, ino, mtime, ctime, ok in rows:
                     out[oid] = ((size, ino, mtime, ctime), bool(ok))
             return out
+        return q
 
-        return await self._stamps.read(q) if oids else {}
+    def _lookup(self, oids: list[str]):
+        """(stat results, remembered stamps) for `oids`, in one worker-thread job."""
+        stats = self._stat_many(oids)
+        stamps = self._stamps.read_here(self._stamps_query(list(stats))) if stats else {}
+        return stats, stamps
 
     async def _record(self, oid: str, stamp: tuple[int, int, int, int], ok: bool) -> None:
         def w(conn: sqlite3.Connection) -> None:
@@ -210,9 +265,10 @@ class LocalBlobStore(BlobStore):
     # -- state ---------------------------------------------------------------------------------
     def _stat_many(self, oids: list[str]) -> dict[str, os.stat_result]:
         out = {}
-        for oid in oids:
+        path = self._fspath
+        for oid in oids:  # validated by the caller
             try:
-                st = os.stat(self.path(oid))
+                st = os.stat(path(oid))
             except FileNotFoundError:
                 continue
             if stat_mod.S_ISREG(st.st_mode):
@@ -255,8 +311,7 @@ class LocalBlobStore(BlobStore):
         unique = list(dict.fromkeys(oids))
         for oid in unique:
             _check_oid(oid)
-        stats = await run_blocking(self._stat_many, unique)
-        stamps = await self._read_stamps(list(stats))
+        stats, stamps = await run_blocking(self._lookup, unique)
         out: dict[str, ObjectState] = {}
         budget = rehash_budget
         for oid in unique:
@@ -345,7 +400,7 @@ class LocalBlobStore(BlobStore):
             fd, tmp = await run_blocking(self._open_temp, oid)
         except OSError as exc:
             raise _storage_error(exc, oid)
-        sink = _Sink(fd, max_size)
+        sink = _Sink(fd, max_size, writeback=self.durable)
         try:
             try:
                 async for chunk in chunks:
@@ -356,7 +411,8 @@ class LocalBlobStore(BlobStore):
             if digest != oid:
                 raise HashMismatch(oid, digest, sink.size)
             try:
-                created = await run_blocking(self._install, oid, fd, tmp)
+                created = await asyncio.get_running_loop().run_in_executor(
+                    self._sync_pool, self._install, oid, fd, tmp)
             except OSError as exc:
                 raise _storage_error(exc, oid)
         finally:
