@@ -356,7 +356,12 @@ class LocalBlobStore(BlobStore):
                 _fsync_dir(d.parent)
 
     def _install(self, oid: str, fd: int, tmp: Path) -> bool:
-        """Make the verified temp file the object. False when an intact copy got there first."""
+        """Make the verified temp file the object. False when an intact copy got there first.
+
+        The content is on disk before its name is, and the name before the upload is
+        acknowledged. (Linking first and syncing after was measured: ext4 still commits its
+        journal once per fsync, so nothing is saved by the weaker order.)
+        """
         if self.durable:
             os.fsync(fd)
         os.fchmod(fd, 0o444)
