@@ -93,13 +93,15 @@ _sync_file_range = _load_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
 _WRITEBACK_EVERY = 8 * CHUNK
 _IOV_MAX = 1024
+_SMALL_STEP = 256 * 1024
+_LARGE = 8 * CHUNK
 
 
 class _Sink:
     """Hashes (and optionally writes) a stream, in CHUNK-sized steps run in a worker thread.
 
     While the thread hashes and writes one chunk, the event loop keeps receiving the next one;
-    at most two chunks are in memory per upload.
+    at most two chunks are in memory per upload (256 KiB ones until the upload passes 8 MiB).
     """
 
     def __init__(self, fd: int | None, max_size: int, writeback: bool = False):
@@ -140,7 +142,9 @@ class _Sink:
             raise TooLarge(self.max_size)
         self._parts.append(chunk)
         self._held += len(chunk)
-        if self._held >= CHUNK:
+        # Small steps while the upload is small (many concurrent small uploads stay light on
+        # memory), full CHUNKs once it is large (fewer thread hand-offs per byte).
+        if self._held >= (CHUNK if self.size > _LARGE else _SMALL_STEP):
             await self._flush()
 
     async def _flush(self) -> None:
