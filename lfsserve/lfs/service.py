@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import AsyncIterator, Collection, Iterable
+from typing import AsyncIterator, Iterable
 
 from ..auth import Authenticator, Permission, Principal
 from ..blobstore import BlobStore, PutResult, Status, is_oid

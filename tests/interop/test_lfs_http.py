@@ -12,7 +12,6 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
