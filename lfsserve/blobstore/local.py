@@ -67,6 +67,15 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _classify(st: os.stat_result | None, known: tuple[tuple[int, int, int, int], bool] | None) -> ObjectState:
+    """An object's state from its file's stat and the stamp remembered when it was last checked."""
+    if st is None:
+        return MISSING
+    if known is not None and known[0] == _stamp(st):
+        return ObjectState(Status.OK if known[1] else Status.CORRUPT, st.st_size)
+    return ObjectState(Status.UNVERIFIED, st.st_size)
+
+
 def _check_oid(oid: str) -> None:
     if not is_oid(oid):
         raise InvalidOid(f"not an object id (64 lowercase hex digits): {str(oid)[:80]!r}")
@@ -154,6 +163,18 @@ class _Sink:
         if self._parts:
             parts, self._parts, self._held = self._parts, [], 0
             self._pending = asyncio.ensure_future(run_blocking(self._absorb, parts))
+
+    async def drain(self) -> None:
+        """Wait for the chunk in flight; what is still held is left for absorb_rest()."""
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+
+    def absorb_rest(self) -> None:
+        """In a worker thread, after drain(): hash and write what is still held."""
+        parts, self._parts, self._held = self._parts, [], 0
+        if parts:
+            self._absorb(parts)
 
     async def finish(self) -> str:
         await self._flush()
@@ -257,12 +278,15 @@ class LocalBlobStore(BlobStore):
         stamps = self._stamps.read_here(self._stamps_query(list(stats))) if stats else {}
         return stats, stamps
 
-    async def _record(self, oid: str, stamp: tuple[int, int, int, int], ok: bool) -> None:
+    @staticmethod
+    def _stamp_writer(oid: str, stamp: tuple[int, int, int, int], ok: bool):
         def w(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR REPLACE INTO verified VALUES (?,?,?,?,?,?)", (oid, *stamp, int(ok)))
+        return w
 
+    async def _record(self, oid: str, stamp: tuple[int, int, int, int], ok: bool) -> None:
         try:
-            await self._stamps.write(w)
+            await self._stamps.write(self._stamp_writer(oid, stamp, ok))
         except sqlite3.Error as exc:  # only a cache: the object will be re-hashed next time
             log.warning("could not record verification of %s: %s", oid, exc)
 
@@ -319,18 +343,11 @@ class LocalBlobStore(BlobStore):
         out: dict[str, ObjectState] = {}
         budget = rehash_budget
         for oid in unique:
-            st = stats.get(oid)
-            if st is None:
-                out[oid] = MISSING
-                continue
-            known = stamps.get(oid)
-            if known is not None and known[0] == _stamp(st):
-                out[oid] = ObjectState(Status.OK if known[1] else Status.CORRUPT, st.st_size)
-            elif st.st_size <= budget:
-                budget -= st.st_size
-                out[oid] = await self._rehash(oid)
-            else:
-                out[oid] = ObjectState(Status.UNVERIFIED, st.st_size)
+            state = _classify(stats.get(oid), stamps.get(oid))
+            if state.status is Status.UNVERIFIED and state.size <= budget:
+                budget -= state.size
+                state = await self._rehash(oid)
+            out[oid] = state
         return out
 
     async def verify(self, oid: str) -> ObjectState:
@@ -387,10 +404,45 @@ class LocalBlobStore(BlobStore):
             _fsync_dir(final.parent)
         return True
 
+    def _begin(self, oid: str) -> tuple[ObjectState, int | None, Path | None]:
+        """First step of an upload, in a worker thread: the object's state and, unless it is
+        already stored and sound, a locked temp file to receive it."""
+        stats, stamps = self._lookup([oid])
+        state = _classify(stats.get(oid), stamps.get(oid))
+        if state.status is Status.OK:
+            return state, None, None
+        fd, tmp = self._open_temp(oid)
+        return state, fd, tmp
+
+    def _complete(self, sink: _Sink, oid: str, fd: int, tmp: Path) -> bool:
+        """Last step of an upload, in a sync-pool thread: hash and write what is left, check the
+        oid, install, remember it as verified; the temp file is closed and removed in any case."""
+        try:
+            sink.absorb_rest()
+            digest = sink.hash.hexdigest()
+            if digest != oid:
+                raise HashMismatch(oid, digest, sink.size)
+            created = self._install(oid, fd, tmp)
+        finally:
+            _close_and_unlink(fd, tmp)
+        if created and self.durable:
+            # Stamped after the temp name is gone (unlinking it changes the file's ctime).
+            # Without fsync a crash could leave the blocks unwritten under unchanged metadata,
+            # so a non-durable store leaves new objects unverified until first checked.
+            stamp = _stamp(os.stat(self._fspath(oid)))
+            try:
+                self._stamps.write_sync(self._stamp_writer(oid, stamp, True))
+            except sqlite3.Error as exc:  # only a cache: the object gets re-hashed later
+                log.warning("could not record verification of %s: %s", oid, exc)
+        return created
+
     async def put(self, oid: str, chunks: AsyncIterator[bytes], *, max_size: int = 0) -> PutResult:
         _check_oid(oid)
-        current = await self.state(oid)
-        if current.status is Status.OK:
+        try:
+            current, fd, tmp = await run_blocking(self._begin, oid)
+        except OSError as exc:
+            raise _storage_error(exc, oid)
+        if fd is None or tmp is None:
             # Already stored and sound: check the client really has the content (it may be
             # claiming it to gain access), without writing it again.
             sink = _Sink(None, max_size)
@@ -405,34 +457,27 @@ class LocalBlobStore(BlobStore):
                 raise HashMismatch(oid, digest, sink.size)
             return PutResult(created=False, size=sink.size)
 
-        try:
-            fd, tmp = await run_blocking(self._open_temp, oid)
-        except OSError as exc:
-            raise _storage_error(exc, oid)
         sink = _Sink(fd, max_size, writeback=self.durable)
+        handed_over = False
         try:
             try:
                 async for chunk in chunks:
                     await sink.feed(chunk)
-                digest = await sink.finish()
+                await sink.drain()
             except OSError as exc:
                 raise _storage_error(exc, oid)
-            if digest != oid:
-                raise HashMismatch(oid, digest, sink.size)
+            # From here the sync-pool job owns the temp file, even if this task is cancelled.
+            handed_over = True
             try:
                 created = await asyncio.get_running_loop().run_in_executor(
-                    self._sync_pool, self._install, oid, fd, tmp)
+                    self._sync_pool, self._complete, sink, oid, fd, tmp)
             except OSError as exc:
                 raise _storage_error(exc, oid)
         finally:
-            # Runs to completion even if this task is cancelled (client gone): first let the
-            # chunk in flight finish with the fd, then close and unlink off the loop.
-            await asyncio.shield(asyncio.ensure_future(_discard(sink, fd, tmp)))
-        if created and self.durable:
-            # Without fsync a crash could leave this file's blocks unwritten under unchanged
-            # metadata, so a non-durable store leaves it unverified: checked before first use.
-            st = await run_blocking(os.stat, self.path(oid))
-            await self._record(oid, _stamp(st), True)
+            if not handed_over:
+                # Runs to completion even if this task is cancelled (client gone): let the chunk
+                # in flight finish with the fd, then close and unlink off the loop.
+                await asyncio.shield(asyncio.ensure_future(_discard(sink, fd, tmp)))
         return PutResult(created=created, size=sink.size)
 
     # -- reading -------------------------------------------------------------------------------

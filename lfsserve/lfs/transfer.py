@@ -10,6 +10,7 @@ operation) or ordinary credentials, checked like any other request to the reposi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -137,9 +138,11 @@ async def handle_verify(request: web.Request, target: Target) -> web.StreamRespo
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise LfsError(422, "invalid size: it must be a non-negative integer")
     await _principal(request, svc, ns, oid, "verify", Permission.WRITE)
-    if not await svc.namespaces.visible(ns, [oid]):
+    visible, state = await asyncio.gather(svc.namespaces.visible(ns, [oid]), svc.store.state(oid))
+    if not visible:
         raise LfsError(404, f"object {oid} was not uploaded to {ns}")
-    state = await svc.store.state(oid, rehash_budget=svc.config.lfs.batch_rehash_bytes)
+    if state.status is Status.UNVERIFIED:
+        state = await svc.store.state(oid, rehash_budget=svc.config.lfs.batch_rehash_bytes)
     if not state.present:
         raise LfsError(404, f"object {oid} was not uploaded to {ns}")
     if state.status is Status.CORRUPT:
