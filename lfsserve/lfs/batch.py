@@ -106,8 +106,11 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
     svc.stats.batch_requests += 1
     svc.stats.batch_objects += len(req.objects)
 
+    signers = {op: svc.auth.action_signer(principal, namespace, op, expires_at)
+               for op in (("download",) if req.operation == "download" else ("upload", "verify"))}
+
     def action(href: str, oid: str, operation: str, accept: str) -> dict[str, Any]:
-        token = svc.auth.sign_action(principal, namespace, oid, operation, expires_at)
+        token = signers[operation](oid)
         return {"href": href, "header": {"Accept": accept, "Authorization": f"Bearer {token}"},
                 "expires_in": expires_in, "expires_at": expires_iso}
 
