@@ -209,3 +209,17 @@ def test_large_download_and_clients_leaving_mid_download(lfsserve):
     assert status == 206 and body == data[1000:2000]
     assert request(url)[2] == data
     assert "Traceback" not in server.log()
+
+
+def test_cross_namespace_oid_guessing_is_refused(lfsserve):
+    server = lfsserve()
+    secret = b"team/app's private asset\n"
+    oid = oid_of(secret)
+    assert request(f"{server.url}/team/app/.hg/lfs/objects/{oid}", "PUT", secret)[0] == 201
+    status, _, body = batch(f"{server.url}/other/repo.git/info/lfs", "download", [{"oid": oid, "size": len(secret)}])
+    assert status == 200 and body["objects"][0]["error"]["code"] == 404
+    assert request(f"{server.url}/other/repo/.hg/lfs/objects/{oid}")[0] == 404
+    _, _, body = batch(f"{server.url}/other/repo.git/info/lfs", "upload", [{"oid": oid, "size": len(secret)}])
+    assert "upload" in body["objects"][0]["actions"]  # no "already there" hint either
+    assert request(f"{server.url}/other/repo/.hg/lfs/objects/{oid}", "PUT", b"guess" * 5)[0] == 422
+    assert request(f"{server.url}/other/repo/.hg/lfs/objects/{oid}")[0] == 404
