@@ -278,6 +278,13 @@ class LocalBlobStore(BlobStore):
         stamps = self._stamps.read_here(self._stamps_query(list(stats))) if stats else {}
         return stats, stamps
 
+    def _cheap_states(self, oids: list[str]) -> dict[str, ObjectState]:
+        """states() without re-hashing, entirely in a worker thread (validation included)."""
+        for oid in oids:
+            _check_oid(oid)
+        stats, stamps = self._lookup(oids)
+        return {oid: _classify(stats.get(oid), stamps.get(oid)) for oid in oids}
+
     @staticmethod
     def _stamp_writer(oid: str, stamp: tuple[int, int, int, int], ok: bool):
         def w(conn: sqlite3.Connection) -> None:
@@ -336,18 +343,13 @@ class LocalBlobStore(BlobStore):
         return ObjectState(Status.OK if ok else Status.CORRUPT, st.st_size)
 
     async def states(self, oids: Collection[str], *, rehash_budget: int = 0) -> dict[str, ObjectState]:
-        unique = list(dict.fromkeys(oids))
-        for oid in unique:
-            _check_oid(oid)
-        stats, stamps = await run_blocking(self._lookup, unique)
-        out: dict[str, ObjectState] = {}
+        out = await run_blocking(self._cheap_states, list(dict.fromkeys(oids)))
         budget = rehash_budget
-        for oid in unique:
-            state = _classify(stats.get(oid), stamps.get(oid))
-            if state.status is Status.UNVERIFIED and state.size <= budget:
-                budget -= state.size
-                state = await self._rehash(oid)
-            out[oid] = state
+        if budget:
+            for oid, state in out.items():
+                if state.status is Status.UNVERIFIED and state.size <= budget:
+                    budget -= state.size
+                    out[oid] = await self._rehash(oid)
         return out
 
     async def verify(self, oid: str) -> ObjectState:
