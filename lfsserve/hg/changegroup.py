@@ -394,8 +394,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     result = ApplyResult()
     clw = writers.changelog
     clstart = len(clw)
-    parents_before = [(e[5], e[6]) for e in clw.entries]
-    result.heads_before = len(repo.heads()) if len(repo.changelog) else 0
+    result.heads_before = len(repo.head_revs())
 
     manifests_needed: dict[bytes, int] = {}
 
@@ -480,14 +479,22 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     if added_cl:
         repo._set_new_draft(added_cl[0], len(added_cl))
     result.added = [clw.node(r) for r in added_cl]
-    # heads, as hg counts them: over all changesets, a closing head does not count
-    n_old = clstart
-    parents_all = parents_before + [(clw.entries[r][5], clw.entries[r][6]) for r in range(clstart, len(clw))]
-    from .dagop import heads_of
+    # heads, as hg counts them: over all changesets (an empty changelog has one head, the null
+    # revision), a closing head does not count
+    if clstart == 0:
+        old_heads = {NULLREV}
+    elif clstart == len(repo.changelog):
+        old_heads = set(repo.all_head_revs())
+    else:  # a previous changegroup of this transaction added revisions
+        from .dagop import heads_of
 
-    # an empty changelog has one head, the null revision (hg counts it too)
-    old_heads = set(heads_of(parents_before)) if n_old else {NULLREV}
-    new_heads = set(heads_of(parents_all)) if parents_all else {NULLREV}
+        old_heads = set(heads_of([(e[5], e[6]) for e in clw.entries[:clstart]]))
+    new_heads = set(old_heads)
+    for r in range(clstart, len(clw)):
+        e = clw.entries[r]
+        new_heads.discard(e[5])
+        new_heads.discard(e[6])
+        new_heads.add(r)
     removed = old_heads - new_heads
     added_heads = new_heads - old_heads
     delta = len(added_heads) - len(removed)

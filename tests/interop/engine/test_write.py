@@ -16,6 +16,7 @@ import pytest
 
 from lfsserve.hg.error import BadChangegroup, LockTimeout, PushRaced
 from lfsserve.hg.repository import Repository
+from lfsserve.hg.verify import verify
 
 from .bundles import hg20
 from .repos import HERE, hg_dump
@@ -84,6 +85,7 @@ def test_push_into_empty_repo_matches_hg_unbundle(built, session_hg, tmp_path, n
     res = apply(tmp_path / "ours", cg, version)
     hg_unbundle(session_hg, tmp_path / "ref", cg, version, tmp_path, *lfs)
     session_hg(*lfs, "verify", "-q", cwd=tmp_path / "ours")
+    assert verify(Repository.open(tmp_path / "ours")) == []  # also checks the fncache
     ours, ref = hg_dump(tmp_path / "ours"), hg_dump(tmp_path / "ref")
     assert dump_without_storage(ours) == dump_without_storage(ref)
     assert set(ours["phases"]) == {0}  # published
