@@ -12,6 +12,7 @@ chunk is a delta header then a delta:
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
@@ -314,12 +315,27 @@ def finalize_writer(repo, tr, writers: _Writers) -> None:
         known = set(repo.store.read_fncache())
         new = [n for n in dict.fromkeys(writers.new_store_files) if n not in known]
         if new:
-            tr.append_file(b"fncache", b"".join(encode_dir(n) + b"\n" for n in new))
+            lines = b"".join(encode_dir(n) + b"\n" for n in new)
+            path = repo.store.fncache_path()
+            if path.exists() and path.stat().st_size:
+                with open(path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        lines = b"\n" + lines
+            tr.append_file(b"fncache", lines)
     if writers.add_lfs_requirement and "lfs" not in repo.requirements:
         path = repo.store.path / "requires"
         reqs = set(path.read_bytes().decode().split()) if path.exists() else set()
         reqs.add("lfs")
         tr.replace_file(b"requires", b"".join(r.encode() + b"\n" for r in sorted(reqs)))
+
+        def remember() -> None:
+            repo.requirements = frozenset(repo.requirements | {"lfs"})
+            repo.has_lfs = True
+
+        tr.add_after_close(remember)
+    # everything the new changesets refer to is durable before they become visible
+    tr.sync(skip=(writers.changelog.rl.index_path,))
     writers.changelog.finalize()
 
 

@@ -61,6 +61,8 @@ class Repository:
         self.store = Store(self.root, requirements)
         self.has_lfs = "lfs" in requirements
         self.publishing = True
+        # fsync pushes before acknowledging them (set False only where durability does not matter)
+        self.durable = True
         self.compression = "zstd" if "revlog-compression-zstd" in requirements else "zlib"
         self.generaldelta = "generaldelta" in requirements
         self.sparse = "sparserevlog" in requirements
@@ -647,7 +649,7 @@ class Repository:
         if self._tr is not None:
             yield self._tr
             return
-        tr = Transaction(self.store, desc)
+        tr = Transaction(self.store, desc, durable=self.durable)
         self._tr = tr
         self._phase_override = None
         try:
