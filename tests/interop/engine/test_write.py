@@ -350,3 +350,25 @@ def test_lock_is_shared_with_hg(built, session_hg, tmp_path):
     with Repository.open(target).lock(timeout=1):
         pass
     assert not (target / ".hg" / "store" / "lock").exists()
+
+
+def test_push_into_persistent_nodemap_repo(built, session_hg, tmp_path):
+    """hg's on-disk nodemap stays valid: we only append, which hg's docket check handles."""
+    pn = ("--config", "format.use-persistent-nodemap=yes",
+          "--config", "storage.revlog.persistent-nodemap.slow-path=allow")
+    target = tmp_path / "pn"
+    session_hg(*pn, "clone", "-q", "-r", "3", str(built["varied"]), str(target))
+    assert "persistent-nodemap" in Repository.open(target).requirements
+    assert (target / ".hg" / "store" / "00changelog.n").exists()
+    cg = hg_changegroup(built["varied"], "03", tmp_path / "cg", common=Repository.open(target).heads())
+    res = apply(target, cg, "03")
+    assert res.added
+    session_hg(*pn, "verify", "-q", cwd=target)
+    want = session_hg("log", "-r", "not secret()", "-T", "{node}\\n", cwd=built["varied"]).stdout.split()
+    got = session_hg(*pn, "log", "-T", "{node}\\n", cwd=target).stdout.split()
+    assert sorted(got) == sorted(want)
+    for node in want:
+        session_hg(*pn, "log", "-r", node.decode(), "-T", "{rev}", cwd=target)  # nodemap lookups
+    session_hg(*pn, "update", "-q", "default", cwd=target)
+    session_hg(*pn, "tag", "after-push", cwd=target)  # hg writes on top of our push
+    session_hg(*pn, "verify", "-q", cwd=target)
