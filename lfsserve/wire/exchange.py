@@ -311,7 +311,7 @@ def _plan_parts(config, repo, heads, common, b2caps, opts, listkeys):
                              "servers not advertising it; the client may be buggy")
         if "v2" not in b2caps.get("stream", []):
             raise Abort("the client does not support stream clone v2 (stream=v2 bundle2 capability)")
-        stream_files = repo.stream_files()
+        stream_files = _stream_plan(repo)
         revs: list[int] = []
     else:
         stream_files = None
@@ -394,26 +394,51 @@ def tags_fnodes(repo, heads: list[bytes]) -> list[tuple[bytes, bytes]]:
 STREAM_READ = 1024 * 1024
 
 
-def _stream2_part(repo, files: list[tuple[str, int]]) -> OutPart:
+def _stream_plan(repo) -> tuple[list[tuple[bytes, int]], dict[bytes, bytes]]:
+    """The store files of a stream clone, and the small files sent from memory.
+
+    A non-publishing server also sends `phaseroots` (as hg does), read under the lock like the
+    sizes of the other files; a publishing one does not, so the client sees everything public.
+    """
+    files = list(repo.stream_files())
+    extra: dict[bytes, bytes] = {}
+    if not repo.publishing:
+        with repo.lock():
+            try:
+                with repo.open_store_file(b"phaseroots") as fh:
+                    extra[b"phaseroots"] = fh.read()
+            except FileNotFoundError:
+                pass
+        files = [(n, s) for n, s in files if n != b"phaseroots"]
+        files += [(n, len(d)) for n, d in extra.items()]
+    return files, extra
+
+
+def _stream2_part(repo, plan) -> OutPart:
+    files, extra = plan
     total = sum(size for _, size in files)
     reqs = ",".join(stream_requirements(repo))
     params = [(b"requirements", urllib.parse.quote(reqs, safe="").encode("ascii")),
               (b"filecount", b"%d" % len(files)), (b"bytecount", b"%d" % total)]
-    return OutPart(b"STREAM2", params, data=_stream_file_data(repo, files, stream2=True))
+    return OutPart(b"STREAM2", params, data=_stream_file_data(repo, files, extra, stream2=True))
 
 
-def _stream_file_data(repo, files: list[tuple[str, int]], *, stream2: bool) -> Iterator[bytes]:
+def _stream_file_data(repo, files: list[tuple[bytes, int]], extra: dict[bytes, bytes], *,
+                      stream2: bool) -> Iterator[bytes]:
     from ..hg.error import CorruptRevlog
     for name, size in files:
         bname = os.fsencode(name)
         yield (bundle2.stream2_entry_header(b"s", bname, size) if stream2
                else b"%s\0%d\n" % (bname, size))
+        if name in extra:
+            yield extra[name]
+            continue
         with repo.open_store_file(name) as fh:
             left = size
             while left:
                 data = fh.read(min(left, STREAM_READ))
                 if not data:
-                    raise CorruptRevlog(f"store file {name} shrank while being streamed")
+                    raise CorruptRevlog(f"store file {os.fsdecode(name)} shrank while being streamed")
                 left -= len(data)
                 yield data
 
@@ -423,9 +448,9 @@ def stream_out(config: Config, repo) -> Iterator[bytes]:
     if not stream_allowed(config, repo):
         yield b"1\n"
         return
-    files = repo.stream_files()
+    files, extra = _stream_plan(repo)
     yield b"0\n%d %d\n" % (len(files), sum(size for _, size in files))
-    yield from _stream_file_data(repo, files, stream2=False)
+    yield from _stream_file_data(repo, files, extra, stream2=False)
 
 
 def changegroup_legacy(repo, roots: list[bytes], heads: list[bytes] | None) -> Callable[[], Iterator[bytes]]:
