@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import urllib.parse
 from dataclasses import dataclass, field
@@ -394,44 +395,72 @@ def tags_fnodes(repo, heads: list[bytes]) -> list[tuple[bytes, bytes]]:
 STREAM_READ = 1024 * 1024
 
 
-def _stream_plan(repo) -> tuple[list[tuple[bytes, int]], dict[bytes, bytes]]:
-    """The store files of a stream clone, and the small files sent from memory.
+# Cache files hg itself copies in a stream clone (mercurial's cacheutil); the client checks each
+# against the changelog before trusting it, so a stale one only costs it a recomputation.
+_CACHE_FILE = re.compile(rb"(branch[23](-[a-z.-]+)?|rbc-names-v2|rbc-revs-v2|tags2(-[a-z.-]+)?|hgtagsfnodes1)\Z")
+MAX_CACHE_FILE = 8 * 1024 * 1024
 
-    A non-publishing server also sends `phaseroots` (as hg does), read under the lock like the
-    sizes of the other files; a publishing one does not, so the client sees everything public.
-    """
-    files = list(repo.stream_files())
-    extra: dict[bytes, bytes] = {}
-    if not repo.publishing:
-        with repo.lock():
+
+@dataclass
+class StreamPlan:
+    files: list[tuple[bytes, int]]          # store files, read from disk up to their size
+    from_memory: dict[bytes, bytes]         # store files sent from a snapshot (phaseroots)
+    caches: list[tuple[bytes, bytes]]       # .hg/cache files (stream2 only), snapshots
+
+    def entries(self, stream2: bool) -> list[tuple[bytes, int]]:
+        return self.files + ([(n, len(d)) for n, d in self.caches] if stream2 else [])
+
+
+def _stream_plan(repo) -> StreamPlan:
+    """What a stream clone sends: the engine's store files with their sizes, plus, snapshotted
+    under the lock: `phaseroots` when the server is not publishing (as hg; a publishing server
+    leaves it out so the client sees everything public) and hg's cache files when present."""
+    files = [(n, sz) for n, sz in repo.stream_files() if n != b"phaseroots"]
+    memory: dict[bytes, bytes] = {}
+    caches: list[tuple[bytes, bytes]] = []
+    cache_dir = Path(repo.root) / ".hg" / "cache"
+    with repo.lock():
+        if not repo.publishing:
             try:
                 with repo.open_store_file(b"phaseroots") as fh:
-                    extra[b"phaseroots"] = fh.read()
+                    memory[b"phaseroots"] = fh.read()
             except FileNotFoundError:
                 pass
-        files = [(n, s) for n, s in files if n != b"phaseroots"]
-        files += [(n, len(d)) for n, d in extra.items()]
-    return files, extra
+        try:
+            names = sorted(os.listdir(cache_dir))
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        for name in names:
+            bname = os.fsencode(name)
+            if not _CACHE_FILE.match(bname):
+                continue
+            try:
+                with open(cache_dir / name, "rb") as fh:
+                    data = fh.read(MAX_CACHE_FILE + 1)
+            except OSError:
+                continue
+            if len(data) <= MAX_CACHE_FILE:
+                caches.append((bname, data))
+    files += [(n, len(d)) for n, d in memory.items()]
+    return StreamPlan(files, memory, caches)
 
 
-def _stream2_part(repo, plan) -> OutPart:
-    files, extra = plan
-    total = sum(size for _, size in files)
+def _stream2_part(repo, plan: StreamPlan) -> OutPart:
+    entries = plan.entries(stream2=True)
     reqs = ",".join(stream_requirements(repo))
     params = [(b"requirements", urllib.parse.quote(reqs, safe="").encode("ascii")),
-              (b"filecount", b"%d" % len(files)), (b"bytecount", b"%d" % total)]
-    return OutPart(b"STREAM2", params, data=_stream_file_data(repo, files, extra, stream2=True))
+              (b"filecount", b"%d" % len(entries)), (b"bytecount", b"%d" % sum(sz for _, sz in entries))]
+    return OutPart(b"STREAM2", params, data=_stream_file_data(repo, plan, stream2=True))
 
 
-def _stream_file_data(repo, files: list[tuple[bytes, int]], extra: dict[bytes, bytes], *,
-                      stream2: bool) -> Iterator[bytes]:
+def _stream_file_data(repo, plan: StreamPlan, *, stream2: bool) -> Iterator[bytes]:
     from ..hg.error import CorruptRevlog
-    for name, size in files:
+    for name, size in plan.files:
         bname = os.fsencode(name)
         yield (bundle2.stream2_entry_header(b"s", bname, size) if stream2
                else b"%s\0%d\n" % (bname, size))
-        if name in extra:
-            yield extra[name]
+        if name in plan.from_memory:
+            yield plan.from_memory[name]
             continue
         with repo.open_store_file(name) as fh:
             left = size
@@ -441,6 +470,10 @@ def _stream_file_data(repo, files: list[tuple[bytes, int]], extra: dict[bytes, b
                     raise CorruptRevlog(f"store file {os.fsdecode(name)} shrank while being streamed")
                 left -= len(data)
                 yield data
+    if stream2:
+        for name, data in plan.caches:
+            yield bundle2.stream2_entry_header(b"c", name, len(data))
+            yield data
 
 
 def stream_out(config: Config, repo) -> Iterator[bytes]:
@@ -448,9 +481,10 @@ def stream_out(config: Config, repo) -> Iterator[bytes]:
     if not stream_allowed(config, repo):
         yield b"1\n"
         return
-    files, extra = _stream_plan(repo)
-    yield b"0\n%d %d\n" % (len(files), sum(size for _, size in files))
-    yield from _stream_file_data(repo, files, extra, stream2=False)
+    plan = _stream_plan(repo)
+    entries = plan.entries(stream2=False)
+    yield b"0\n%d %d\n" % (len(entries), sum(size for _, size in entries))
+    yield from _stream_file_data(repo, plan, stream2=False)
 
 
 def changegroup_legacy(repo, roots: list[bytes], heads: list[bytes] | None) -> Callable[[], Iterator[bytes]]:
