@@ -22,6 +22,7 @@ from .error import Abort, BadChangegroup, CorruptRevlog
 from .filelog import LfsPointerError, parse_lfs_pointer
 from .manifest import changed_entries, parse_manifest
 from .mdiff import PatchError, patch, textdiff, trivial_header
+from .phases import HIDDEN_FROM
 from .node import NULLID, NULLREV, hash_revision
 from .revlog import REVIDX_EXTSTORED, REVIDX_KNOWN, REVLOGV1, Revlog, RevlogWriter, flag_names
 from .store import Store, encode_dir
@@ -264,8 +265,9 @@ class ApplyResult:
     heads_after: int = 0
     lfs_oids: set = field(default_factory=set)
     return_code: int = 1
-    revisions: int = 0
-    files: int = 0
+    revisions: int = 0  # every new revision: changesets, manifests and file revisions
+    file_revisions: int = 0  # new file revisions (hg's "added N changesets with M changes")
+    files: int = 0  # files with new revisions
 
 
 class _Writers:
@@ -410,7 +412,6 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     result = ApplyResult()
     clw = writers.changelog
     clstart = len(clw)
-    result.heads_before = len(repo.head_revs())
 
     manifests_needed: dict[bytes, int] = {}
 
@@ -480,6 +481,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
         if added:
             result.files += 1
             result.revisions += len(added)
+            result.file_revisions += len(added)
 
     # every file revision the new manifests name must exist now
     for mnode, changes in manifest_changes:
@@ -495,19 +497,27 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     if added_cl:
         repo._set_new_draft(added_cl[0], len(added_cl))
     result.added = [clw.node(r) for r in added_cl]
-    # heads, as hg counts them: over all changesets (an empty changelog has one head, the null
-    # revision), a closing head does not count
-    if clstart == 0:
-        old_heads = {NULLREV}
-    elif clstart == len(repo.changelog):
-        old_heads = set(repo.all_head_revs())
+    # heads as hg counts them for a server: over the served (visible) changesets; an empty view
+    # has one head, the null revision; a closing head does not count
+    phase = repo._phase_override if repo._phase_override is not None else repo.phase_array
+    if clstart == len(repo.changelog) and repo._phase_override is None:
+        old_heads = set(repo.head_revs())
     else:  # a previous changegroup of this transaction added revisions
         from .dagop import heads_of
 
-        old_heads = set(heads_of([(e[5], e[6]) for e in clw.entries[:clstart]]))
+        vis = bytearray(1 if phase[r] < HIDDEN_FROM else 0 for r in range(clstart))
+        old_heads = set(heads_of([(e[5], e[6]) for e in clw.entries[:clstart]], vis))
+    result.heads_before = len(old_heads)
+    if not old_heads:
+        old_heads = {NULLREV}
     new_heads = set(old_heads)
+    hidden_new: set[int] = set()
     for r in range(clstart, len(clw)):
         e = clw.entries[r]
+        parents = [p for p in (e[5], e[6]) if p != NULLREV]
+        if any((p in hidden_new) if p >= clstart else phase[p] >= HIDDEN_FROM for p in parents):
+            hidden_new.add(r)  # on top of a secret changeset: secret too, not served
+            continue
         new_heads.discard(e[5])
         new_heads.discard(e[6])
         new_heads.add(r)
