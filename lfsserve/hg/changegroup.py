@@ -22,7 +22,6 @@ from .error import Abort, BadChangegroup, CorruptRevlog
 from .filelog import LfsPointerError, parse_lfs_pointer
 from .manifest import changed_entries, parse_manifest
 from .mdiff import PatchError, patch, textdiff, trivial_header
-from .phases import HIDDEN_FROM
 from .node import NULLID, NULLREV, hash_revision
 from .revlog import REVIDX_EXTSTORED, REVIDX_KNOWN, REVLOGV1, Revlog, RevlogWriter, flag_names
 from .store import Store, encode_dir
@@ -497,27 +496,24 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     if added_cl:
         repo._set_new_draft(added_cl[0], len(added_cl))
     result.added = [clw.node(r) for r in added_cl]
-    # heads as hg counts them for a server: over the served (visible) changesets; an empty view
-    # has one head, the null revision; a closing head does not count
-    phase = repo._phase_override if repo._phase_override is not None else repo.phase_array
-    if clstart == len(repo.changelog) and repo._phase_override is None:
-        old_heads = set(repo.head_revs())
+    # heads as hg's apply() counts them, even on a server: over all changesets, secret ones
+    # included (real `hg serve` reports "+1 heads" for a push on top of a changeset whose secret
+    # child the client never saw); an empty changelog has one head, the null revision; a closing
+    # head does not count
+    result.heads_before = len(repo.head_revs()) if clstart == len(repo.changelog) else 0
+    if clstart == 0:
+        old_heads = {NULLREV}
+    elif clstart == len(repo.changelog):
+        old_heads = set(repo.all_head_revs())
     else:  # a previous changegroup of this transaction added revisions
         from .dagop import heads_of
 
-        vis = bytearray(1 if phase[r] < HIDDEN_FROM else 0 for r in range(clstart))
-        old_heads = set(heads_of([(e[5], e[6]) for e in clw.entries[:clstart]], vis))
-    result.heads_before = len(old_heads)
-    if not old_heads:
-        old_heads = {NULLREV}
+        old_heads = set(heads_of([(e[5], e[6]) for e in clw.entries[:clstart]]))
+    if clstart != len(repo.changelog):
+        result.heads_before = len(old_heads)
     new_heads = set(old_heads)
-    hidden_new: set[int] = set()
     for r in range(clstart, len(clw)):
         e = clw.entries[r]
-        parents = [p for p in (e[5], e[6]) if p != NULLREV]
-        if any((p in hidden_new) if p >= clstart else phase[p] >= HIDDEN_FROM for p in parents):
-            hidden_new.add(r)  # on top of a secret changeset: secret too, not served
-            continue
         new_heads.discard(e[5])
         new_heads.discard(e[6])
         new_heads.add(r)
