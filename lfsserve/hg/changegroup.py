@@ -264,8 +264,9 @@ class ApplyResult:
     heads_after: int = 0
     lfs_oids: set = field(default_factory=set)
     return_code: int = 1
-    revisions: int = 0
-    files: int = 0
+    revisions: int = 0  # every new revision: changesets, manifests and file revisions
+    file_revisions: int = 0  # new file revisions (hg's "added N changesets with M changes")
+    files: int = 0  # files with new revisions
 
 
 class _Writers:
@@ -410,7 +411,6 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     result = ApplyResult()
     clw = writers.changelog
     clstart = len(clw)
-    result.heads_before = len(repo.head_revs())
 
     manifests_needed: dict[bytes, int] = {}
 
@@ -480,6 +480,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
         if added:
             result.files += 1
             result.revisions += len(added)
+            result.file_revisions += len(added)
 
     # every file revision the new manifests name must exist now
     for mnode, changes in manifest_changes:
@@ -495,8 +496,11 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     if added_cl:
         repo._set_new_draft(added_cl[0], len(added_cl))
     result.added = [clw.node(r) for r in added_cl]
-    # heads, as hg counts them: over all changesets (an empty changelog has one head, the null
-    # revision), a closing head does not count
+    # heads as hg's apply() counts them, even on a server: over all changesets, secret ones
+    # included (real `hg serve` reports "+1 heads" for a push on top of a changeset whose secret
+    # child the client never saw); an empty changelog has one head, the null revision; a closing
+    # head does not count
+    result.heads_before = len(repo.head_revs()) if clstart == len(repo.changelog) else 0
     if clstart == 0:
         old_heads = {NULLREV}
     elif clstart == len(repo.changelog):
@@ -505,6 +509,8 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
         from .dagop import heads_of
 
         old_heads = set(heads_of([(e[5], e[6]) for e in clw.entries[:clstart]]))
+    if clstart != len(repo.changelog):
+        result.heads_before = len(old_heads)
     new_heads = set(old_heads)
     for r in range(clstart, len(clw)):
         e = clw.entries[r]

@@ -144,7 +144,8 @@ def test_return_codes_match_hg(session_hg, tmp_path):
     session_hg("commit", "-A", "-m", "root", cwd=src)
 
     def push_and_compare():
-        common = Repository.open(ours).heads() if len(Repository.open(ours).changelog) else []
+        mine = Repository.open(ours)
+        common = [h for h in mine.heads() if h != b"\0" * 20]
         cg = hg_changegroup(src, "02", tmp_path / "cg", common=common)
         res = apply(ours, cg, "02")
         bundle = tmp_path / "b.hg"
@@ -168,6 +169,15 @@ def test_return_codes_match_hg(session_hg, tmp_path):
     session_hg("merge", "-r", "3", cwd=src)
     session_hg("commit", "-m", "merge", cwd=src)
     push_and_compare()
+    # the server has a secret child of the head the client builds on (the same changeset in
+    # both repositories): hg still counts it as a head, so this push adds one
+    for repo_ in (ours, ref):
+        session_hg("update", "-q", "tip", cwd=repo_)
+        (repo_ / "s").write_text("secret\n")
+        session_hg("commit", "-q", "-A", "--secret", "-m", "s", "-u", "x", "-d", "0 0", cwd=repo_)
+    (src / "h").write_text("h\n")
+    session_hg("commit", "-A", "-m", "on the merge", cwd=src)
+    assert push_and_compare().return_code == 2
     session_hg("verify", "-q", cwd=ours)
 
 
