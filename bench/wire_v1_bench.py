@@ -141,7 +141,11 @@ def _children_cpu() -> float:
 
 
 def measure(server: Server, fn) -> tuple[float, float, float]:
-    """(wall, server CPU, client CPU) of fn(); client CPU is that of the hg processes it ran."""
+    """(wall, server CPU, client CPU) of fn(); client CPU is that of the hg processes it ran.
+
+    Dirty pages left by the previous scenario (thousands of files written or deleted) are flushed
+    first; otherwise their writeback lands as kernel time on whichever client runs next."""
+    os.sync()
     c0, k0 = server.cpu(), _children_cpu()
     t0 = time.monotonic()
     fn()
@@ -150,37 +154,55 @@ def measure(server: Server, fn) -> tuple[float, float, float]:
     return wall, server.cpu() - c0, _children_cpu() - k0
 
 
-def scenarios(server: Server, work: Path, env: dict, base_clone: Path) -> dict[str, tuple[float, float, float]]:
-    out = {}
-    d = work / server.name
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    out["clone"] = measure(server, lambda: run_hg(["clone", "-U", server.url, str(d / "clone")], env))
-    run_hg(["verify", "-q", "-R", str(d / "clone")], env)
-    out["stream clone"] = measure(server, lambda: run_hg(["clone", "-U", "--stream", server.url,
-                                                          str(d / "stream")], env))
-    run_hg(["verify", "-q", "-R", str(d / "stream")], env)
-    shutil.copytree(base_clone, d / "pull", symlinks=True)
-    out["pull 100"] = measure(server, lambda: run_hg(["pull", "-R", str(d / "pull"), server.url], env))
+def _clone(server: Server, d: Path, env: dict, base_clone: Path) -> None:
+    run_hg(["clone", "-U", server.url, str(d / "clone")], env)
 
+
+def _stream(server: Server, d: Path, env: dict, base_clone: Path) -> None:
+    run_hg(["clone", "-U", "--stream", server.url, str(d / "stream")], env)
+
+
+def _pull(server: Server, d: Path, env: dict, base_clone: Path) -> None:
+    run_hg(["pull", "-R", str(d / "pull"), server.url], env)
+
+
+def _eight(server: Server, d: Path, env: dict, base_clone: Path) -> None:
     errors: list[str] = []
 
-    def eight():
-        def one(i):
-            try:
-                run_hg(["clone", "-U", server.url, str(d / f"c8-{i}")], env)
-            except RuntimeError as exc:
-                errors.append(str(exc))
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    out["8 concurrent clones"] = measure(server, eight)
+    def one(i):
+        try:
+            run_hg(["clone", "-U", server.url, str(d / f"c8-{i}")], env)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     if errors:
         raise RuntimeError(f"{server.name}: {len(errors)} of 8 concurrent clones failed: {errors[0]}")
+
+
+# (name, run, what to verify afterwards)
+SCENARIOS = [
+    ("clone", _clone, "clone"),
+    ("stream clone", _stream, "stream"),
+    ("pull 100", _pull, "pull"),
+    ("8 concurrent clones", _eight, None),
+]
+
+
+def run_scenario(name, fn, check, server: Server, work: Path, env: dict, base_clone: Path):
+    d = work / "run"
     shutil.rmtree(d, ignore_errors=True)
-    return out
+    d.mkdir(parents=True)
+    if name == "pull 100":
+        shutil.copytree(base_clone, d / "pull", symlinks=True)
+    got = measure(server, lambda: fn(server, d, env, base_clone))
+    if check:
+        run_hg(["verify", "-q", "-R", str(d / check)], env)
+    shutil.rmtree(d, ignore_errors=True)
+    return got
 
 
 def main() -> int:
@@ -215,12 +237,14 @@ def main() -> int:
                      f"http://127.0.0.1:{hport}/", env)
         results: dict[str, dict[str, tuple[float, float, float]]] = {}
         try:
-            for _ in range(args.repeat):
-                for server in (hgs, lfs):
-                    got = scenarios(server, work, env, base)
-                    best = results.setdefault(server.name, {})
-                    for k, v in got.items():
-                        best[k] = tuple(min(a, b) for a, b in zip(best.get(k, v), v))
+            # Scenario by scenario, the two servers back to back, in alternating order: whatever the
+            # machine does meanwhile falls on both alike.
+            for i in range(args.repeat):
+                for name, fn, check in SCENARIOS:
+                    for server in ((hgs, lfs) if i % 2 == 0 else (lfs, hgs)):
+                        v = run_scenario(name, fn, check, server, work, env, base)
+                        best = results.setdefault(server.name, {})
+                        best[name] = tuple(min(a, b) for a, b in zip(best.get(name, v), v))
         finally:
             lfs.stop()
             hgs.stop()
