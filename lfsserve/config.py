@@ -97,6 +97,14 @@ class LfsConfig:
     require_pushed_blobs: bool = True
     # Serve the Git LFS file-locking API.
     locking: bool = True
+    # Objects whose files changed on disk since they were last verified are re-hashed before a
+    # batch answer names them, up to this many bytes per request; beyond it they are verified
+    # while being downloaded (a corrupt one is cut off before its last byte).
+    batch_rehash_bytes: int = 256 * 1024 * 1024
+    # fsync each uploaded object and its directory before acknowledging the upload. Off trades
+    # durability on power loss for speed on storage where fsync is slow; objects are then
+    # re-verified before they are first served.
+    fsync: bool = True
 
 
 @dataclass
@@ -115,6 +123,12 @@ class HgConfig:
     bundle1: bool = True
     # Allow `hg clone --stream`.
     stream_clone: bool = True
+    # Advertise `httppostargs`: clients then send command arguments in POST bodies, not headers.
+    httppostargs: bool = True
+    # zstd level for compressed pull answers (1 fastest .. 22 smallest; hg serve uses 3).
+    zstd_level: int = 3
+    # Seconds a push waits for the repository's store lock (held by another writer) before failing.
+    lock_timeout: float = 30.0
 
 
 @dataclass
@@ -186,11 +200,17 @@ class Config:
             raise ConfigError("lfs.max_batch_objects: must be >= 1")
         if self.lfs.max_object_size < 0:
             raise ConfigError("lfs.max_object_size: must be >= 0")
+        if self.lfs.batch_rehash_bytes < 0:
+            raise ConfigError("lfs.batch_rehash_bytes: must be >= 0")
         if self.lfs.action_expiry < 10:
             raise ConfigError("lfs.action_expiry: must be at least 10 seconds")
         for i, engine in enumerate(self.hg.compression):
             if engine not in ("zstd", "zlib", "none"):
                 raise ConfigError(f"hg.compression[{i}]: unknown engine {engine!r} (zstd, zlib, none)")
+        if not 1 <= self.hg.zstd_level <= 22:
+            raise ConfigError(f"hg.zstd_level: must be 1-22, got {self.hg.zstd_level}")
+        if self.hg.lock_timeout < 0:
+            raise ConfigError("hg.lock_timeout: must be >= 0")
         if self.log.level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log.level: must be debug, info, warning or error, got {self.log.level!r}")
         if self.log.access_format not in ("combined", "json", "off"):

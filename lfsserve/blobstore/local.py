@@ -1,0 +1,605 @@
+"""Blob store on the local filesystem: `<root>/objects/<oid[0:2]>/<oid[2:4]>/<oid>`.
+
+Uploads stream into `<root>/tmp/` (same filesystem) while being hashed, one MiB at a time in a
+worker thread so hashing overlaps with receiving; only a complete, matching upload is fsync'ed
+and linked into place. A temp file is flock'ed while its upload runs, so start-up cleanup removes
+exactly the abandoned ones, even with another server process sharing the directory.
+
+Integrity is checked cheaply: when an object is verified, its (size, inode, mtime, ctime) stamp is
+remembered in `<root>/verified.sqlite3`. An object whose stamp still matches is known good and can
+be sent with sendfile; one that changed is re-hashed (in a batch, within a budget) or verified while
+it streams out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import sqlite3
+import stat as stat_mod
+from pathlib import Path
+from typing import AsyncIterator, Collection
+
+from ..aio import run_blocking
+from ..sqlitedb import SqliteDb
+from .base import (
+    MISSING,
+    BlobHandle,
+    BlobStore,
+    CorruptObject,
+    HashMismatch,
+    InvalidOid,
+    ObjectMissing,
+    ObjectState,
+    PutResult,
+    Status,
+    StorageFull,
+    TooLarge,
+    is_oid,
+)
+
+__all__ = ["LocalBlobStore"]
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20  # hashing and file I/O unit: large enough that hashlib releases the GIL for long
+_STAMPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS verified (
+    oid      TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL,
+    ino      INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    ok       INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _classify(st: os.stat_result | None, known: tuple[tuple[int, int, int, int], bool] | None) -> ObjectState:
+    """An object's state from its file's stat and the stamp remembered when it was last checked."""
+    if st is None:
+        return MISSING
+    if known is not None and known[0] == _stamp(st):
+        return ObjectState(Status.OK if known[1] else Status.CORRUPT, st.st_size)
+    return ObjectState(Status.UNVERIFIED, st.st_size)
+
+
+def _check_oid(oid: str) -> None:
+    if not is_oid(oid):
+        raise InvalidOid(f"not an object id (64 lowercase hex digits): {str(oid)[:80]!r}")
+
+
+def _storage_error(exc: OSError, what: str) -> Exception:
+    if exc.errno in _NO_SPACE:
+        return StorageFull(f"no space left to store {what}")
+    return exc
+
+
+def _load_sync_file_range():
+    """libc's sync_file_range (Linux), to start writing an upload to disk while it arrives."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+_WRITEBACK_EVERY = 8 * CHUNK
+_IOV_MAX = 1024
+_SMALL_STEP = 256 * 1024
+_LARGE = 8 * CHUNK
+
+
+class _Sink:
+    """Hashes (and optionally writes) a stream, in CHUNK-sized steps run in a worker thread.
+
+    While the thread hashes and writes one chunk, the event loop keeps receiving the next one;
+    at most two chunks are in memory per upload (256 KiB ones until the upload passes 8 MiB).
+    """
+
+    def __init__(self, fd: int | None, max_size: int, writeback: bool = False):
+        self.fd = fd
+        self.max_size = max_size
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self._parts: list[bytes] = []  # received, not yet handed to the thread (no copying)
+        self._held = 0
+        self._pending: asyncio.Future | None = None
+        # Start writing to disk as data arrives, so the final fsync has little left to do.
+        self._writeback = writeback and _sync_file_range is not None
+        self._written = 0
+        self._flushed = 0
+
+    def _absorb(self, parts: list[bytes]) -> None:
+        for part in parts:
+            self.hash.update(part)
+        if self.fd is not None:
+            total = 0
+            for i in range(0, len(parts), _IOV_MAX):
+                group = parts[i:i + _IOV_MAX]
+                size = sum(map(len, group))
+                done = os.writev(self.fd, group)
+                if done < size:  # short write (rare): finish it piece by piece
+                    view = memoryview(b"".join(group))[done:]
+                    while view:
+                        view = view[os.write(self.fd, view):]
+                total += size
+            self._written += total
+            if self._writeback and self._written - self._flushed >= _WRITEBACK_EVERY:
+                _sync_file_range(self.fd, self._flushed, self._written - self._flushed, _SYNC_FILE_RANGE_WRITE)
+                self._flushed = self._written
+
+    async def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.max_size and self.size > self.max_size:
+            raise TooLarge(self.max_size)
+        self._parts.append(chunk)
+        self._held += len(chunk)
+        # Small steps while the upload is small (many concurrent small uploads stay light on
+        # memory), full CHUNKs once it is large (fewer thread hand-offs per byte).
+        if self._held >= (CHUNK if self.size > _LARGE else _SMALL_STEP):
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        if self._parts:
+            parts, self._parts, self._held = self._parts, [], 0
+            self._pending = asyncio.ensure_future(run_blocking(self._absorb, parts))
+
+    async def drain(self) -> None:
+        """Wait for the chunk in flight; what is still held is left for absorb_rest()."""
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+
+    def absorb_rest(self) -> None:
+        """In a worker thread, after drain(): hash and write what is still held."""
+        parts, self._parts, self._held = self._parts, [], 0
+        if parts:
+            self._absorb(parts)
+
+    async def finish(self) -> str:
+        await self._flush()
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        return self.hash.hexdigest()
+
+    async def abandon(self) -> None:
+        """Wait for the chunk in flight (so its thread no longer touches fd) and drop the rest."""
+        self._parts, self._held = [], 0
+        if self._pending is not None:
+            try:
+                await asyncio.shield(self._pending)
+            except Exception:
+                pass
+            self._pending = None
+
+
+class LocalBlobStore(BlobStore):
+    def __init__(self, root: Path | str, *, durable: bool = True):
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.tmp = self.root / "tmp"
+        self._objects_str = str(self.objects)
+        # fsync objects and directories before an upload is acknowledged (lfs.fsync).
+        self.durable = durable
+        self._stamps = SqliteDb(self.root / "verified.sqlite3", _STAMPS_SCHEMA, durable=False, name="stamps")
+        # Installing an upload waits on fsync, which costs no CPU but can take milliseconds: it gets
+        # its own threads, so that concurrent uploads wait on the disk together (the journal
+        # commits their fsyncs as a group) without starving the shared executor's hashing.
+        self._sync_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def path(self, oid: str) -> Path:
+        _check_oid(oid)
+        return self.objects / oid[0:2] / oid[2:4] / oid
+
+    def _fspath(self, oid: str) -> str:
+        """path() as a string, for hot loops (pathlib objects cost microseconds each)."""
+        return f"{self._objects_str}/{oid[0:2]}/{oid[2:4]}/{oid}"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        self._sync_pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="lfsserve-fsync")
+        await run_blocking(self._prepare)
+        await self._stamps.astart()
+        removed = await run_blocking(self.clean_temps)
+        if removed:
+            log.info("removed %d abandoned upload(s) from %s", removed, self.tmp)
+
+    async def close(self) -> None:
+        await self._stamps.astop()
+        if self._sync_pool is not None:
+            pool, self._sync_pool = self._sync_pool, None
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+
+    def _prepare(self) -> None:
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def clean_temps(self) -> int:
+        """Delete temp files no upload holds a lock on (left by a crash or a killed process)."""
+        removed = 0
+        for entry in os.scandir(self.tmp):
+            try:
+                fd = os.open(entry.path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # an upload in progress (maybe in another process)
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
+        return removed
+
+    # -- stamps --------------------------------------------------------------------------------
+    @staticmethod
+    def _stamps_query(oids: list[str]):
+        def q(conn: sqlite3.Connection) -> dict[str, tuple[tuple[int, int, int, int], bool]]:
+            out = {}
+            for i in range(0, len(oids), 500):
+                part = oids[i:i + 500]
+                rows = conn.execute(
+                    f"SELECT oid, size, ino, mtime_ns, ctime_ns, ok FROM verified WHERE oid IN "
+                    f"({','.join('?' * len(part))})", part)
+                for oid, size, ino, mtime, ctime, ok in rows:
+                    out[oid] = ((size, ino, mtime, ctime), bool(ok))
+            return out
+        return q
+
+    def _lookup(self, oids: list[str]):
+        """(stat results, remembered stamps) for `oids`, in one worker-thread job."""
+        stats = self._stat_many(oids)
+        stamps = self._stamps.read_here(self._stamps_query(list(stats))) if stats else {}
+        return stats, stamps
+
+    @staticmethod
+    def _stamp_writer(oid: str, stamp: tuple[int, int, int, int], ok: bool):
+        def w(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO verified VALUES (?,?,?,?,?,?)", (oid, *stamp, int(ok)))
+        return w
+
+    async def _record(self, oid: str, stamp: tuple[int, int, int, int], ok: bool) -> None:
+        try:
+            await self._stamps.write(self._stamp_writer(oid, stamp, ok))
+        except sqlite3.Error as exc:  # only a cache: the object will be re-hashed next time
+            log.warning("could not record verification of %s: %s", oid, exc)
+
+    # -- state ---------------------------------------------------------------------------------
+    def _stat_many(self, oids: list[str]) -> dict[str, os.stat_result]:
+        out = {}
+        path = self._fspath
+        for oid in oids:  # validated by the caller
+            try:
+                st = os.stat(path(oid))
+            except FileNotFoundError:
+                continue
+            if stat_mod.S_ISREG(st.st_mode):
+                out[oid] = st
+        return out
+
+    def _hash_file(self, oid: str) -> tuple[str, os.stat_result] | None:
+        """(sha256 hex, stat before hashing) or None if the file vanished or changed meanwhile."""
+        try:
+            fd = os.open(self.path(oid), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            before = os.fstat(fd)
+            h = hashlib.sha256()
+            while True:
+                data = os.read(fd, CHUNK)
+                if not data:
+                    break
+                h.update(data)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if _stamp(before) != _stamp(after):
+            return None
+        return h.hexdigest(), before
+
+    async def _rehash(self, oid: str) -> ObjectState:
+        res = await run_blocking(self._hash_file, oid)
+        if res is None:
+            return MISSING if not await run_blocking(self.path(oid).exists) else ObjectState(Status.UNVERIFIED)
+        digest, st = res
+        ok = digest == oid
+        await self._record(oid, _stamp(st), ok)
+        if not ok:
+            log.error("LFS object %s is corrupt: its content hashes to %s", oid, digest)
+        return ObjectState(Status.OK if ok else Status.CORRUPT, st.st_size)
+
+    async def states(self, oids: Collection[str], *, rehash_budget: int = 0) -> dict[str, ObjectState]:
+        unique = list(dict.fromkeys(oids))
+        for oid in unique:
+            _check_oid(oid)
+        stats, stamps = await run_blocking(self._lookup, unique)
+        out: dict[str, ObjectState] = {}
+        budget = rehash_budget
+        for oid in unique:
+            state = _classify(stats.get(oid), stamps.get(oid))
+            if state.status is Status.UNVERIFIED and state.size <= budget:
+                budget -= state.size
+                state = await self._rehash(oid)
+            out[oid] = state
+        return out
+
+    async def verify(self, oid: str) -> ObjectState:
+        _check_oid(oid)
+        return await self._rehash(oid)
+
+    # -- writing -------------------------------------------------------------------------------
+    def _open_temp(self, oid: str) -> tuple[int, Path]:
+        path = self.tmp / f"{oid}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd, path
+
+    def _ensure_dir(self, path: Path) -> None:
+        """mkdir -p, fsync'ing the parent of every directory created so the new entries last."""
+        missing = []
+        p = path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue
+            if self.durable:
+                _fsync_dir(d.parent)
+
+    def _install(self, oid: str, fd: int, tmp: Path) -> bool:
+        """Make the verified temp file the object. False when an intact copy got there first.
+
+        The content is on disk before its name is, and the name before the upload is
+        acknowledged. (Linking first and syncing after was measured: ext4 still commits its
+        journal once per fsync, so nothing is saved by the weaker order.)
+        """
+        if self.durable:
+            os.fsync(fd)
+        os.fchmod(fd, 0o444)
+        final = self.path(oid)
+        self._ensure_dir(final.parent)
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            # A concurrent upload finished first, or a damaged copy is in place: keep a good one.
+            res = self._hash_file(oid)
+            if res is not None and res[0] == oid:
+                return False
+            os.replace(tmp, final)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
+            os.replace(tmp, final)  # no hard links here: rename (may replace a concurrent copy: same bytes)
+        if self.durable:
+            _fsync_dir(final.parent)
+        return True
+
+    def _begin(self, oid: str) -> tuple[ObjectState, int | None, Path | None]:
+        """First step of an upload, in a worker thread: the object's state and, unless it is
+        already stored and sound, a locked temp file to receive it."""
+        stats, stamps = self._lookup([oid])
+        state = _classify(stats.get(oid), stamps.get(oid))
+        if state.status is Status.OK:
+            return state, None, None
+        fd, tmp = self._open_temp(oid)
+        return state, fd, tmp
+
+    def _complete(self, sink: _Sink, oid: str, fd: int, tmp: Path) -> bool:
+        """Last step of an upload, in a sync-pool thread: hash and write what is left, check the
+        oid, install, remember it as verified; the temp file is closed and removed in any case."""
+        try:
+            sink.absorb_rest()
+            digest = sink.hash.hexdigest()
+            if digest != oid:
+                raise HashMismatch(oid, digest, sink.size)
+            created = self._install(oid, fd, tmp)
+        finally:
+            _close_and_unlink(fd, tmp)
+        if created and self.durable:
+            # Stamped after the temp name is gone (unlinking it changes the file's ctime).
+            # Without fsync a crash could leave the blocks unwritten under unchanged metadata,
+            # so a non-durable store leaves new objects unverified until first checked.
+            stamp = _stamp(os.stat(self._fspath(oid)))
+            try:
+                self._stamps.write_sync(self._stamp_writer(oid, stamp, True))
+            except sqlite3.Error as exc:  # only a cache: the object gets re-hashed later
+                log.warning("could not record verification of %s: %s", oid, exc)
+        return created
+
+    async def put(self, oid: str, chunks: AsyncIterator[bytes], *, max_size: int = 0) -> PutResult:
+        _check_oid(oid)
+        try:
+            current, fd, tmp = await run_blocking(self._begin, oid)
+        except OSError as exc:
+            raise _storage_error(exc, oid)
+        if fd is None or tmp is None:
+            # Already stored and sound: check the client really has the content (it may be
+            # claiming it to gain access), without writing it again.
+            sink = _Sink(None, max_size)
+            try:
+                async for chunk in chunks:
+                    await sink.feed(chunk)
+                digest = await sink.finish()
+            except BaseException:
+                await sink.abandon()
+                raise
+            if digest != oid:
+                raise HashMismatch(oid, digest, sink.size)
+            return PutResult(created=False, size=sink.size)
+
+        sink = _Sink(fd, max_size, writeback=self.durable)
+        handed_over = False
+        try:
+            try:
+                async for chunk in chunks:
+                    await sink.feed(chunk)
+                await sink.drain()
+            except OSError as exc:
+                raise _storage_error(exc, oid)
+            # From here the sync-pool job owns the temp file, even if this task is cancelled.
+            handed_over = True
+            try:
+                created = await asyncio.get_running_loop().run_in_executor(
+                    self._sync_pool, self._complete, sink, oid, fd, tmp)
+            except OSError as exc:
+                raise _storage_error(exc, oid)
+        finally:
+            if not handed_over:
+                # Runs to completion even if this task is cancelled (client gone): let the chunk
+                # in flight finish with the fd, then close and unlink off the loop.
+                await asyncio.shield(asyncio.ensure_future(_discard(sink, fd, tmp)))
+        return PutResult(created=created, size=sink.size)
+
+    # -- reading -------------------------------------------------------------------------------
+    async def get(self, oid: str) -> BlobHandle:
+        state = await self.state(oid)
+        if state.status is Status.MISSING:
+            raise ObjectMissing(f"object {oid} does not exist")
+        if state.status is Status.CORRUPT:
+            raise CorruptObject(f"object {oid} is corrupt")
+        ok = state.status is Status.OK
+        return BlobHandle(oid, state.size, ok, self.path(oid) if ok else None)
+
+    async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        oid = handle.oid
+        end = handle.size if end is None else min(end, handle.size)
+        whole = start == 0 and end == handle.size
+        check = not handle.verified
+        if check and not whole:
+            # A part cannot be checked on its own: check everything first.
+            state = await self._rehash(oid)
+            if state.status is Status.CORRUPT:
+                raise CorruptObject(f"object {oid} is corrupt")
+            if state.status is not Status.OK:
+                raise ObjectMissing(f"object {oid} changed while being read; try again")
+            check = False
+        try:
+            fd = await run_blocking(os.open, self.path(oid), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {oid} does not exist")
+        try:
+            st = await run_blocking(os.fstat, fd)
+            if st.st_size != handle.size:
+                raise ObjectMissing(f"object {oid} changed while being read; try again")
+            h = hashlib.sha256() if check else None
+
+            def chunk_at(pos: int, n: int) -> bytes:
+                data = os.pread(fd, n, pos)
+                if h is not None:
+                    h.update(data)
+                return data
+
+            pos = start
+            held: bytes | None = None
+            while pos < end:
+                data = await run_blocking(chunk_at, pos, min(CHUNK, end - pos))
+                if not data:
+                    raise CorruptObject(f"object {oid} is shorter than its recorded size")
+                pos += len(data)
+                if held is not None:
+                    yield held
+                held = data
+            if h is not None:
+                ok = h.hexdigest() == oid
+                await self._record(oid, _stamp(st), ok)
+                if not ok:
+                    log.error("LFS object %s is corrupt (found while sending it)", oid)
+                    raise CorruptObject(f"object {oid} is corrupt")
+            if held is not None:
+                yield held
+        finally:
+            await asyncio.shield(run_blocking(os.close, fd))
+
+    # -- maintenance ---------------------------------------------------------------------------
+    async def delete(self, oid: str) -> bool:
+        path = self.path(oid)
+
+        def rm() -> bool:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return False
+            return True
+
+        removed = await run_blocking(rm)
+
+        def forget(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM verified WHERE oid = ?", (oid,))
+
+        await self._stamps.write(forget)
+        return removed
+
+    def _list_shard(self, shard: str) -> list[tuple[str, int, float]]:
+        out = []
+        for sub in os.scandir(self.objects / shard):
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(sub.path):
+                if is_oid(entry.name) and entry.name.startswith(shard + sub.name):
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat_mod.S_ISREG(st.st_mode):
+                        out.append((entry.name, st.st_size, st.st_mtime))
+        return out
+
+    async def list(self) -> AsyncIterator[tuple[str, int, float]]:
+        shards = await run_blocking(
+            lambda: sorted(e.name for e in os.scandir(self.objects)
+                           if len(e.name) == 2 and e.is_dir(follow_symlinks=False)))
+        for shard in shards:
+            for item in await run_blocking(self._list_shard, shard):
+                yield item
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _discard(sink: _Sink, fd: int, tmp: Path) -> None:
+    await sink.abandon()
+    await run_blocking(_close_and_unlink, fd, tmp)
+
+
+def _close_and_unlink(fd: int, path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
