@@ -278,12 +278,18 @@ class LocalBlobStore(BlobStore):
         stamps = self._stamps.read_here(self._stamps_query(list(stats))) if stats else {}
         return stats, stamps
 
-    def _cheap_states(self, oids: list[str]) -> dict[str, ObjectState]:
-        """states() without re-hashing, entirely in a worker thread (validation included)."""
-        for oid in oids:
-            _check_oid(oid)
-        stats, stamps = self._lookup(oids)
-        return {oid: _classify(stats.get(oid), stamps.get(oid)) for oid in oids}
+    def _lookup_on(self, oids: list[str]):
+        """_lookup() as a job for the stamps database's own thread.
+
+        states() runs here rather than in the shared executor: each stat() and each row
+        releases and retakes the GIL, and with many batch requests at once several executor
+        threads doing that starve the event loop (measured: p99 of 64 concurrent batches of 100
+        went from ~240 ms to ~130 ms). One thread serialises the lookups instead.
+        """
+        def job(conn: sqlite3.Connection):
+            stats = self._stat_many(oids)
+            return stats, (self._stamps_query(list(stats))(conn) if stats else {})
+        return job
 
     @staticmethod
     def _stamp_writer(oid: str, stamp: tuple[int, int, int, int], ok: bool):
@@ -343,7 +349,11 @@ class LocalBlobStore(BlobStore):
         return ObjectState(Status.OK if ok else Status.CORRUPT, st.st_size)
 
     async def states(self, oids: Collection[str], *, rehash_budget: int = 0) -> dict[str, ObjectState]:
-        out = await run_blocking(self._cheap_states, list(dict.fromkeys(oids)))
+        unique = list(dict.fromkeys(oids))
+        for oid in unique:
+            _check_oid(oid)
+        stats, stamps = await self._stamps.read(self._lookup_on(unique))
+        out = {oid: _classify(stats.get(oid), stamps.get(oid)) for oid in unique}
         budget = rehash_budget
         if budget:
             for oid, state in out.items():
