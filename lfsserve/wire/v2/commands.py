@@ -13,7 +13,6 @@ one); it reaches the client as a command error with a readable message.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -180,9 +179,11 @@ def run(ctx: Context, request: CommandRequest) -> Iterator[Any]:
     """The result values of one command request (a generator: errors surface on first use)."""
     if request.error:
         raise CommandError(request.error)
-    cmd = available_commands(ctx).get(request.name)
+    cmd = COMMANDS.get(request.name)
     if cmd is None:
         raise CommandError("unknown wire protocol command: %s", request.name)
+    if cmd.available is not None and not cmd.available(ctx):
+        raise CommandError("command %s is not available for this repository", request.name)
     if request.data is not None:
         raise CommandError("command %s does not accept command data", request.name)
     kwargs = validate_args(cmd, request.args)
@@ -279,30 +280,8 @@ def resolve_revisions(ctx: Context, specs: list[Any]) -> list[int]:
     return sorted(revs)
 
 
-class _ManifestCache:
-    """Parsed manifests by node, the few most recent: a changeset's parents were usually just read."""
-
-    def __init__(self, repo: Any, size: int = 32):
-        self.read = repo.manifestlog.read
-        self.size = size
-        self.items: OrderedDict[bytes, dict] = OrderedDict()
-
-    def __call__(self, node: bytes) -> dict:
-        if node == NULLID:
-            return {}
-        m = self.items.get(node)
-        if m is None:
-            m = self.read(node)
-            self.items[node] = m
-            if len(self.items) > self.size:
-                self.items.popitem(last=False)
-        else:
-            self.items.move_to_end(node)
-        return m
-
-
 def emit_revisions(revlog: Any, revs: list[int], *, haveparents: bool, fields: set[bytes],
-                   linknodes: dict[int, bytes] | None = None) -> Iterator[Any]:
+                   linknodes: dict[int, bytes] | None = None, what: str = "revision") -> Iterator[Any]:
     """Per revision: a map (node, parents, linknode, deltabasenode) then its data, as the client asked.
 
     Data is a delta when the receiver can resolve its base: a base sent earlier in this answer,
@@ -317,33 +296,37 @@ def emit_revisions(revlog: Any, revs: list[int], *, haveparents: bool, fields: s
     prev = NULLREV
     for rev in sorted(revs):
         node = revlog.node(rev)
+        if revlog.flags(rev):
+            # v2 has no field for storage flags: an lfs pointer would arrive as file content.
+            raise CommandError(f"{what} %s has storage flags (lfs) that wire protocol v2 cannot "
+                               "carry; use wire protocol v1", node.hex())
         p1, p2 = revlog.parentrevs(rev)
         entry: dict[bytes, Any] = {b"node": node}
         if b"parents" in fields:
             entry[b"parents"] = [revlog.node(p1) if p1 != NULLREV else NULLID,
                                  revlog.node(p2) if p2 != NULLREV else NULLID]
-        if b"linknode" in fields and linknodes is not None:
+        if linknodes is not None and b"linknode" in fields:
             entry[b"linknode"] = linknodes[rev]
         if not want_data:
             yield entry
             continue
-        usable = sent | ({p1, p2} - {NULLREV} if haveparents else set())
-        base, patch = revlog.delta(rev)
-        if base not in usable:
+        stored = revlog.deltaparent(rev)
+        if stored != NULLREV and (stored in sent or (haveparents and stored in (p1, p2))):
+            base, data = revlog.delta(rev)
+        else:
             if haveparents and p1 != NULLREV:
                 base = p1
             elif prev != NULLREV:
                 base = prev
             else:
                 base = NULLREV
-            patch = None
+            data = None
         if base == NULLREV:
             data = revlog.revision(rev)
             entry[b"fieldsfollowing"] = [[b"revision", len(data)]]
         else:
-            if patch is None:
-                patch = mdiff.textdiff(revlog.revision(base), revlog.revision(rev))
-            data = patch
+            if data is None:
+                data = mdiff.textdiff(revlog.revision(base), revlog.revision(rev))
             entry[b"deltabasenode"] = revlog.node(base)
             entry[b"fieldsfollowing"] = [[b"delta", len(data)]]
         yield entry
@@ -481,7 +464,7 @@ def manifestdata(ctx: Context, nodes: list[bytes], haveparents: bool, fields: se
         revs.append(rev)
     revs = sorted(set(revs))
     yield {b"totalitems": len(revs)}
-    yield from emit_revisions(store, revs, haveparents=haveparents, fields=fields)
+    yield from emit_revisions(store, revs, haveparents=haveparents, fields=fields, what="manifest")
 
 
 def _linknodes(ctx: Context, store: Any, revs: list[int]) -> dict[int, bytes]:
@@ -510,7 +493,8 @@ def filedata(ctx: Context, haveparents: bool, nodes: list[bytes], fields: set[by
     revs = sorted(set(revs))
     yield {b"totalitems": len(revs)}
     linknodes = _linknodes(ctx, store, revs) if b"linknode" in fields else None
-    yield from emit_revisions(store, revs, haveparents=haveparents, fields=fields, linknodes=linknodes)
+    yield from emit_revisions(store, revs, haveparents=haveparents, fields=fields, linknodes=linknodes,
+                              what=f"file {path.decode('utf-8', 'replace')} revision")
 
 
 class PathFilter:
@@ -573,38 +557,36 @@ class PathFilter:
 }, extra={b"recommendedbatchsize": FILESDATA_BATCH})
 def filesdata(ctx: Context, haveparents: bool, fields: set[bytes], pathfilter: dict | None,
               revisions: list[Any]) -> Iterator[Any]:
-    from ...hg.changegroup import changeset_files
-
     repo = ctx.repo
     cl = repo.changelog
+    ml = repo.manifestlog
     match = PathFilter(pathfilter)
     revs = resolve_revisions(ctx, revisions)
-    manifest = _ManifestCache(repo)
 
     # path -> {file node: changeset that introduced it (first in the requested order)}
     fnodes: dict[bytes, dict[bytes, bytes]] = {}
     for rev in revs:
-        entry = cl.read(rev)
-        m = manifest(entry.manifest)
+        node = cl.node(rev)
+        mnode = cl.manifest_node(rev)
         if haveparents:
-            # Only file revisions this changeset introduces: a touched file still in its
-            # manifest (a removal lists the file but has no revision to send) whose node
-            # differs from both parents' (the client has those, or gets them with the parents).
-            parents = [manifest(cl.read(p).manifest) for p in cl.parentrevs(rev) if p != NULLREV]
-            candidates = []
-            for path in changeset_files(repo, rev):
-                item = m.get(path)
+            # Only the file revisions this changeset introduces: a file it lists that is still
+            # in its manifest (a removal lists the file but has no revision to send) with a node
+            # neither parent has (the client has those, or gets them with the parents).
+            pnodes = [cl.manifest_node(p) for p in cl.parentrevs(rev) if p != NULLREV]
+            for path in cl.read(rev).files:
+                if not match(path):
+                    continue
+                item = ml.find(mnode, path)
                 if item is None:
                     continue
-                if any(pm.get(path, (None,))[0] == item[0] for pm in parents):
+                fnode = item[0]
+                if any((ml.find(pm, path) or (None,))[0] == fnode for pm in pnodes):
                     continue
-                candidates.append((path, item[0]))
-        else:
-            candidates = [(path, item[0]) for path, item in m.items()]
-        node = cl.node(rev)
-        for path, fnode in candidates:
-            if match(path):
                 fnodes.setdefault(path, {}).setdefault(fnode, node)
+        else:
+            for path, (fnode, _) in ml.read(mnode).items():
+                if match(path):
+                    fnodes.setdefault(path, {}).setdefault(fnode, node)
 
     yield {b"totalpaths": len(fnodes), b"totalitems": sum(len(v) for v in fnodes.values())}
     for path in sorted(fnodes):
@@ -613,16 +595,16 @@ def filesdata(ctx: Context, haveparents: bool, fields: set[bytes], pathfilter: d
         for fnode, linknode in fnodes[path].items():
             frev = store.get_rev(fnode)
             if frev is None:
-                raise hgerror.CorruptRevlog(f"manifest names file revision {fnode.hex()} of {path!r}, "
-                                            "which its filelog lacks")
+                raise hgerror.CorruptRevlog(f"a manifest names revision {fnode.hex()} of "
+                                            f"{path.decode('utf-8', 'replace')}, which its filelog lacks")
             by_rev[frev] = linknode
         yield {b"path": path, b"totalitems": len(by_rev)}
         yield from emit_revisions(store, list(by_rev), haveparents=haveparents, fields=fields,
-                                  linknodes=by_rev)
+                                  linknodes=by_rev, what=f"file {path.decode('utf-8', 'replace')} revision")
 
 
-RAW_FILE_SETS = {b"changelog": ("00changelog.i", "00changelog.d"),
-                 b"manifestlog": ("00manifest.i", "00manifest.d")}
+RAW_FILE_SETS = {b"changelog": (b"00changelog.i", b"00changelog.d"),
+                 b"manifestlog": (b"00manifest.i", b"00manifest.d")}
 
 
 def _raw_store_allowed(ctx: Context) -> bool:
@@ -643,19 +625,20 @@ def rawstorefiledata(ctx: Context, files: list[Any]) -> Iterator[Any]:
     # push appends to them; each is then read only up to its recorded size.
     sendfiles = [(name, size) for name, size in repo.stream_files() if name in wanted]
     # Manifests before the changelog, so a reader never sees a changeset whose manifest is missing.
-    sendfiles.sort(key=lambda item: (not item[0].startswith("00manifest"), item[0]))
+    sendfiles.sort(key=lambda item: (not item[0].startswith(b"00manifest"), item[0]))
     yield {b"filecount": len(sendfiles), b"totalsize": sum(size for _, size in sendfiles)}
     for name, size in sendfiles:
-        yield {b"location": b"store", b"path": name.encode("utf-8"), b"size": size}
+        yield {b"location": b"store", b"path": name, b"size": size}
         yield IndefiniteBytes(_read_store_file(repo, name, size))
 
 
-def _read_store_file(repo: Any, name: str, size: int, chunk: int = 32768) -> Iterator[bytes]:
+def _read_store_file(repo: Any, name: bytes, size: int, chunk: int = 32768) -> Iterator[bytes]:
     with repo.open_store_file(name) as fh:
         left = size
         while left > 0:
             data = fh.read(min(chunk, left))
             if not data:
-                raise hgerror.CorruptRevlog(f"store file {name} is shorter than its recorded size {size}")
+                raise hgerror.CorruptRevlog(f"store file {name.decode()} is shorter than its recorded "
+                                            f"size {size}")
             left -= len(data)
             yield data

@@ -127,6 +127,10 @@ async def maybe_upgrade(request: web.Request, target: Target, v1caps: bytes) -> 
         ctx = await _context(state, target, request)
     except _Refusal as exc:
         return _text(exc.status, exc.message, **exc.headers)
+    if ctx.repo.has_lfs:
+        # v2 carries no revision flags: an lfs pointer would reach the client as file content.
+        log.info("[%s] %s uses lfs: answering the v2 handshake with v1", ctx.request_id, target.repo)
+        return None
     descriptor = await run_blocking(commands.api_descriptor, ctx)
     body = cbor.encode({b"apibase": b"api/", b"apis": {API_NAME.encode("ascii"): descriptor},
                         b"v1capabilities": v1caps})
