@@ -128,7 +128,25 @@ def stream_requirements(repo) -> list[str]:
     return sorted(set(repo.requirements) - STREAM_IGNORABLE)
 
 
-def server_bundle2_caps(config: Config) -> dict[str, list[str]]:
+def has_secret(repo) -> bool:
+    """Whether any changeset is secret. Secret is inherited by descendants, so some changelog
+    head (counting secret ones) is secret exactly when any changeset is."""
+    fast = getattr(repo, "has_secret", None)
+    if fast is not None:
+        return bool(fast())
+    cl = getattr(repo, "changelog", None)
+    if cl is None:
+        return False
+    return any(repo.phase(r) == SECRET for r in cl.heads())
+
+
+def stream_allowed(config: Config, repo) -> bool:
+    """As hg serve: stream clones are off while the repository has secret changesets (the raw
+    store would hand them out)."""
+    return config.hg.stream_clone and not has_secret(repo)
+
+
+def server_bundle2_caps(config: Config, repo) -> dict[str, list[str]]:
     caps: dict[str, list[str]] = {
         "HG20": [],
         "bookmarks": [],
@@ -140,7 +158,7 @@ def server_bundle2_caps(config: Config) -> dict[str, list[str]]:
         "phases": ["heads"],
         "pushkey": [],
     }
-    if config.hg.stream_clone:
+    if stream_allowed(config, repo):
         caps["stream"] = ["v2"]
     return caps
 
@@ -155,7 +173,7 @@ def capabilities_bytes(config: Config, repo) -> bytes:
     caps = [
         "batch",
         "branchmap",
-        "bundle2=" + urllib.parse.quote(bundle2.encode_caps(server_bundle2_caps(config))),
+        "bundle2=" + urllib.parse.quote(bundle2.encode_caps(server_bundle2_caps(config, repo))),
         "changegroupsubset",
         "getbundle",
         "httpheader=1024",
@@ -173,7 +191,7 @@ def capabilities_bytes(config: Config, repo) -> bytes:
         caps.append("httppostargs")
     if repo.has_lfs:
         caps.append("lfs-serve")
-    if config.hg.stream_clone:
+    if stream_allowed(config, repo):
         reqs = stream_requirements(repo)
         caps.append("stream" if not set(reqs) - {"revlogv1"} else "streamreqs=" + ",".join(reqs))
     if clonebundles_manifest(repo) is not None:
@@ -284,7 +302,7 @@ def _cg_version(repo, b2caps: dict[str, list[str]]) -> str:
 def _plan_parts(config, repo, heads, common, b2caps, opts, listkeys):
     """Check everything that can be checked up front; return a generator function of the parts."""
     if opts["stream"]:
-        if not config.hg.stream_clone:
+        if not stream_allowed(config, repo):
             raise Abort("stream data requested but server does not allow this feature",
                         hint="well-behaved clients should not be requesting stream data from "
                              "servers not advertising it; the client may be buggy")
@@ -399,7 +417,7 @@ def _stream_file_data(repo, files: list[tuple[str, int]], *, stream2: bool) -> I
 
 def stream_out(config: Config, repo) -> Iterator[bytes]:
     """Legacy `stream_out`: `0\\n`, `<files> <bytes>\\n`, then `name\\0size\\n` + data per file."""
-    if not config.hg.stream_clone:
+    if not stream_allowed(config, repo):
         yield b"1\n"
         return
     files = repo.stream_files()
@@ -469,6 +487,12 @@ def unbundle(config: Config, repo_path: Path, repo, heads_arg: bytes, body: Bina
     """Apply a pushed bundle. `repo` is the opened repository, or None when it does not exist and
     may be created (it then is, and removed again if the push fails)."""
     their_heads = parse_unbundle_heads(heads_arg)
+    # As hg: the heads argument is checked before the bundle is even looked at, and a mismatch is
+    # the plain "0\n<message>" answer whatever the bundle's format.
+    try:
+        check_heads(repo if repo is not None else AbsentRepo(opts.publishing), their_heads, "preparing changes")
+    except PushRaced as exc:
+        return PushReply(b"0\n%s\n" % exc.message.encode("utf-8"))
     magic = body.read(4)
     if magic == b"HG20":
         kind = "bundle2"
@@ -482,14 +506,6 @@ def unbundle(config: Config, repo_path: Path, repo, heads_arg: bytes, body: Bina
                          f"(starts with {magic[:4]!r}, expected HG20 or HG10)")
     if kind == "bundle1" and not config.hg.bundle1:
         raise BundleRequired()
-    check_target = repo if repo is not None else AbsentRepo(opts.publishing)
-    try:
-        check_heads(check_target, their_heads, "preparing changes")
-    except PushRaced as exc:
-        if kind == "bundle1":
-            return PushReply(b"0\n%s\n" % exc.message.encode("utf-8"))
-        return PushReply(bundle2.encode_parts(
-            [OutPart(b"output"), OutPart(b"ERROR:PUSHRACED", [(b"message", exc.message.encode())])]))
 
     created = False
     if repo is None:
@@ -513,7 +529,7 @@ def unbundle(config: Config, repo_path: Path, repo, heads_arg: bytes, body: Bina
 
 def _added_message(result) -> str:
     n = len(result.added)
-    revs = getattr(result, "file_revisions", None)
+    revs = getattr(result, "file_revisions", getattr(result, "revisions", None))
     files = getattr(result, "files", None)
     msg = f"added {n} changesets"
     if revs is not None and files is not None:
@@ -715,19 +731,14 @@ def _handle_part(repo, part, lazy: _LazyTransaction, texts: list[str], final: li
             nodes = [n for p, n in entries if p == phase]
             if not nodes:
                 continue
-            for n in nodes:
-                if _node_rev(repo, n) is None:
-                    raise Abort(f"phase-heads names unknown changeset {n.hex()}")
-            tr = tr or lazy.get()
+            tr = tr or lazy.get()   # the engine refuses unknown nodes (LookupError)
             repo.phases_advance(tr, phase, nodes)
     elif name == b"bookmarks":
         changes: dict[bytes, bytes | None] = {}
         for book, node in bundle2.decode_bookmarks(part.read_all(MAX_SMALL_PART)):
             if b"@" in book:
                 raise Abort(f"cannot accept divergent bookmark {book.decode('utf-8', 'replace')}!")
-            if node is not None and _node_rev(repo, node) is None:
-                raise Abort(f"bookmark {book.decode('utf-8', 'replace')} points to unknown changeset {node.hex()}")
-            changes[book] = node
+            changes[book] = node  # unknown nodes: the engine raises LookupError
         if changes:
             repo.set_bookmarks(lazy.get(), changes)
     elif name == b"pushkey":

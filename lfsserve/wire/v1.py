@@ -312,24 +312,22 @@ async def _spool(request: web.Request, spool_dir: Path):
 
 
 def _lfs_checker(request: web.Request, repo_name: str, principal: Principal):
-    """A sync callback for the push thread: which lfs oids are not acceptable (None: no check)."""
+    """A callback for the push thread: which lfs oids of the push are not acceptable.
+
+    The LFS service also makes the acceptable ones visible in this repository's namespace, so it
+    is called even when lfs.require_pushed_blobs is off (the refusal is then skipped)."""
     config = request.app[CTX].config
-    service = None
     try:
-        from ..lfs import LFS_SERVICE  # type: ignore[attr-defined]
+        from ..lfs import LFS_SERVICE
         service = request.app.get(LFS_SERVICE)
     except ImportError:
-        pass
-    if service is None and not config.lfs.require_pushed_blobs:
-        return None
-    loop = asyncio.get_running_loop()
+        service = None
 
     def check(oids: set[str]) -> set[str]:
         if service is None:
-            return set(oids)  # nothing can vouch for these blobs
-        future = asyncio.run_coroutine_threadsafe(
-            service.accept_pushed_pointers(repo_name, sorted(oids), principal), loop)
-        bad = set(future.result(timeout=600))
+            bad = set(oids)  # no LFS store in this server: nothing can vouch for these blobs
+        else:
+            bad = set(service.accept_pushed_pointers_sync(repo_name, sorted(oids), principal))
         return bad if config.lfs.require_pushed_blobs else set()
     return check
 

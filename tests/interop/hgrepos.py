@@ -46,7 +46,7 @@ def build_rich_repo(hg: Hg, path: Path) -> None:
     commit("merge stable into default")
     t[0] += 60
     hg("tag", "-d", f"{t[0]} 0", "v1.0", cwd=path)
-    hg("bookmark", "feature", cwd=path)
+    hg("bookmark", "-r", ".", "feature", cwd=path)
     (path / NON_ASCII).write_text("non-ascii path, edited\n")
     commit("edit non-ascii file")
     hg("phase", "--public", "-r", "3", cwd=path)
@@ -67,7 +67,9 @@ LOG_TEMPLATE = "{node} {phase} {branch} {bookmarks} {tags}\n"
 
 
 def history(hg: Hg, repo: Path, revs: str = "not secret()") -> str:
-    return hg.out("log", "-R", str(repo), "-r", revs, "-T", LOG_TEMPLATE)
+    """`hg log` with LOG_TEMPLATE, less the `tip` tag (a secret changeset is the source's tip)."""
+    out = hg.out("log", "-R", str(repo), "-r", revs, "-T", LOG_TEMPLATE)
+    return "".join(" ".join(w for w in line.split(" ") if w != "tip").rstrip() + "\n" for line in out.splitlines())
 
 
 def manifests(hg: Hg, repo: Path, revs: str = "not secret()") -> list[str]:

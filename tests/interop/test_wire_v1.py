@@ -39,15 +39,15 @@ def raw(server, method: str, path: str, headers: dict | None = None, body: bytes
         conn.close()
 
 
-def heads_of(hg: Hg, repo: Path) -> str:
-    return hg.out("heads", "-R", str(repo), "-T", "{node}\n")
-
-
 # -- capabilities and transport ---------------------------------------------------------------------
 
-def test_capabilities_match_hg_serve(lfsserve, rich):
+def test_capabilities_match_hg_serve(lfsserve, hg, rich):
     server = lfsserve()
-    install(server, rich, "team/app")
+    served = install(server, rich, "team/app")
+    # with a secret changeset there is no stream clone, as with hg serve
+    caps = raw(server, "GET", "/team/app?cmd=capabilities")[3].decode().split(" ")
+    assert not [c for c in caps if c.startswith("stream")] and "stream%3Dv2" not in caps[2]
+    hg("phase", "--draft", "--force", "-r", "secret()", cwd=served)
     status, reason, headers, body = raw(server, "GET", "/team/app?cmd=capabilities")
     assert (status, reason, headers["Content-Type"]) == (200, "Script output follows", "application/mercurial-0.1")
     caps = body.decode().split(" ")
@@ -82,7 +82,7 @@ def test_commands_by_hand(lfsserve, hg, rich):
     results = body.split(b";")
     assert len(results) == 4 and results[1] == b"1" and results[2].startswith(b"1 ")
     assert results[3] == f"feature\t{feature}".encode()  # the tab survives, nothing needed escaping
-    heads = set(heads_of(hg, rich).split()) - {secret}
+    heads = set(hg.out("log", "-R", str(rich), "-r", "heads(not secret())", "-T", "{node}\n").split())
     assert set(results[0].decode().split()) == heads
     assert raw(server, "GET", "/r?cmd=branchmap")[3].decode().splitlines()[0].startswith("default ")
     assert raw(server, "GET", "/r?cmd=listkeys&namespace=namespaces")[3] == \
@@ -388,3 +388,44 @@ def test_bad_pushes_leave_repo_unchanged(lfsserve, hg, rich, tmp_path):
     assert _reply_parts(body)[0][0] == b"reply:changegroup"
     verify(hg, served)
     assert len(history(hg, served, "all()").splitlines()) == len(before.splitlines()) + 1
+
+
+# -- lfs --------------------------------------------------------------------------------------------
+
+def test_lfs_push_clone_and_missing_blobs(lfsserve, hg, tmp_path):
+    """Blobs go to lfsserve's own LFS endpoint (lfs.url unset), the first lfs push adds the
+    requirement (`lfs-serve` appears), a plain client clones and gets the files, and a push whose
+    blobs are not on the server is refused."""
+    import os
+    server = lfsserve(config="[hg]\ncreate_on_push = true\n")
+    url = f"{server.url}/media"
+    lfs = Hg(tmp_path / "lfs-home", hgrc="[extensions]\nlfs =\n[lfs]\ntrack = size('>1KB')\n")
+    src = tmp_path / "src"
+    lfs("init", str(src))
+    big = os.urandom(300 * 1024)
+    (src / "big.bin").write_bytes(big)
+    (src / "small.txt").write_text("small\n")
+    lfs("commit", "-q", "-A", "-m", "lfs files", "-d", "1700600000 0", cwd=src)
+    out = lfs.out("push", url, cwd=src)
+    assert "remote: added 1 changesets" in out
+    caps = raw(server, "GET", "/media?cmd=capabilities")[3].decode().split(" ")
+    assert "lfs" in caps and "lfs-serve" in caps
+    assert "lfs" in (server.root / "repos" / "media" / ".hg" / "requires").read_text().split()
+
+    clone = tmp_path / "clone"
+    res = hg("clone", url, str(clone))
+    assert b"lfs will be enabled for this repository" in res.stdout
+    assert (clone / "big.bin").read_bytes() == big
+    verify(hg, clone)
+    assert history(hg, src, "all()") == history(hg, clone, "all()")
+
+    # a client that put its blobs somewhere else: the server does not have them
+    (src / "big2.bin").write_bytes(os.urandom(200 * 1024))
+    lfs("commit", "-q", "-A", "-m", "blob elsewhere", "-d", "1700600060 0", cwd=src)
+    elsewhere = (tmp_path / "elsewhere").as_uri()
+    res = lfs("push", "--config", f"lfs.url={elsewhere}", url, cwd=src, check=False)
+    assert res.returncode != 0 and b"not on this server" in res.stderr
+    assert len(history(hg, server.root / "repos" / "media", "all()").splitlines()) == 1
+    # pushing normally uploads the blob and succeeds
+    lfs("push", url, cwd=src)
+    assert len(history(hg, server.root / "repos" / "media", "all()").splitlines()) == 2
