@@ -19,6 +19,8 @@ import cbor2
 import pytest
 
 from ..support import Hg
+from lfsserve.wire.v2.framing import encode_frame
+
 from ..wire_v2_client import HEADERS, decode_response, request_body
 from .hgrepos import NON_ASCII, assert_same, build_rich_repo
 
@@ -58,7 +60,7 @@ def add_changes(hg: Hg, repo: Path) -> None:
     commit(hg, repo, "stable fix")
     hg("update", "-q", "feature", cwd=repo)
     hg("merge", "-q", "stable", cwd=repo)
-    hg("rm", "-q", "stable.txt", cwd=repo)
+    hg("rm", "-q", "-f", "stable.txt", cwd=repo)
     commit(hg, repo, "merge stable again, removing stable.txt in the merge")
     (repo / "new.bin").write_bytes(os.urandom(70_000))
     hg("add", "-q", "new.bin", cwd=repo)
@@ -87,7 +89,7 @@ def used_v2(debug_output: str, *commands: str) -> None:
         assert f"sending command {name}:" in debug_output, f"no v2 {name} in:\n{debug_output[-3000:]}"
     assert re.search(r"received frame\(size=\d+; request=\d+; stream=2; streamflags=[^;]*; "
                      r"type=command-response", debug_output)
-    assert "cmd=getbundle" not in debug_output
+    assert "sending getbundle command" not in debug_output
 
 
 def publish(hg: Hg, repo: Path) -> None:
@@ -125,7 +127,7 @@ def test_clone_and_pull(lfsserve, hg, zhg, v2, tmp_path):
 
     out = v2("pull", "--debug", cwd=clone).stdout.decode()   # nothing new: still a v2 exchange
     used_v2(out, "changesetdata")
-    assert "no changes found" in out
+    assert "all remote heads known locally" in out and "add changeset" not in out
     check_clone(v2, hg, source, clone)
 
 
@@ -133,13 +135,21 @@ def test_stream_clone(lfsserve, hg, zhg, v2, tmp_path):
     server, source = serve_repo(lfsserve, zhg, tmp_path)
     add_changes(zhg, source)
     publish(zhg, source)
-    for flags in (["--stream"], []):
-        clone = tmp_path / f"clone{len(flags)}"
-        out = v2("clone", *flags, "--debug", server.url + "/team/app", str(clone)).stdout.decode()
-        used_v2(out, *(["rawstorefiledata"] if flags else ["manifestdata"]), "changesetdata", "filesdata")
-        assert ("sending command rawstorefiledata" in out) == bool(flags)
-        check_clone(v2, hg, source, clone)
-        check_working_copy(source, clone)
+    url = server.url + "/team/app"
+    # The raw changelog would carry the secret changeset: not offered, a normal clone happens.
+    clone = tmp_path / "clone-with-secret"
+    out = v2("clone", "--stream", "--debug", url, str(clone)).stdout.decode()
+    assert "sending command rawstorefiledata" not in out
+    used_v2(out, "changesetdata", "manifestdata", "filesdata")
+    check_clone(v2, hg, source, clone)
+
+    zhg("phase", "-q", "--public", "-r", "all()", cwd=source)
+    clone = tmp_path / "clone"
+    out = v2("clone", "--stream", "--debug", url, str(clone)).stdout.decode()
+    used_v2(out, "rawstorefiledata", "changesetdata", "filesdata")
+    assert "sending command manifestdata" not in out     # the manifests came raw
+    check_clone(v2, hg, source, clone)
+    check_working_copy(source, clone)
 
 
 def test_stream_clone_of_zstd_repo_falls_back_to_a_normal_clone(lfsserve, hg, v2, tmp_path):
@@ -189,25 +199,40 @@ def post(base: str, command: str, body: bytes, access: str = "ro"):
     return http(f"{base}{API}/{access}/{command}", body, HEADERS)
 
 
+def handshake(base: str, **headers: str):
+    return http(base + "?cmd=capabilities", headers={
+        "X-HgUpgrade-1": "exp-http-v2-0003", "X-HgProto-1": "cbor", "Accept": "application/mercurial-0.1",
+        **headers})
+
+
 def test_handshake_and_capabilities(lfsserve, zhg, tmp_path):
     server, source = serve_repo(lfsserve, zhg, tmp_path)
     base = server.url + "/team/app"
-    status, headers, body = http(base + "?cmd=capabilities", headers={
-        "X-HgUpgrade-1": "exp-http-v2-0003", "X-HgProto-1": "cbor", "Accept": "application/mercurial-0.1"})
+    status, headers, body = handshake(base)
     assert status == 200 and headers["Content-Type"] == "application/mercurial-cbor"
     caps = cbor2.loads(body)
     assert caps[b"apibase"] == b"api/"
     assert b"batch" in caps[b"v1capabilities"].split()
     api = caps[b"apis"][b"exp-http-v2-0003"]
-    assert set(api[b"commands"]) == {b"branchmap", b"capabilities", b"changesetdata", b"filedata",
-                                     b"filesdata", b"heads", b"known", b"listkeys", b"lookup",
-                                     b"manifestdata", b"pushkey", b"rawstorefiledata"}
+    everything = {b"branchmap", b"capabilities", b"changesetdata", b"filedata", b"filesdata", b"heads",
+                  b"known", b"listkeys", b"lookup", b"manifestdata", b"pushkey", b"rawstorefiledata"}
+    # A secret changeset is in the raw changelog: no raw store files (stream clone) then.
+    assert set(api[b"commands"]) == everything - {b"rawstorefiledata"}
     assert api[b"commands"][b"pushkey"][b"permissions"] == [b"push"]
     assert api[b"commands"][b"manifestdata"][b"recommendedbatchsize"] == 100000
+    assert api[b"commands"][b"filesdata"][b"recommendedbatchsize"] == 50000
+    assert api[b"commands"][b"changesetdata"][b"args"][b"fields"] == {
+        b"type": b"set", b"required": False, b"default": set(),
+        b"validvalues": {b"bookmarks", b"parents", b"phase", b"revision"}}
     assert api[b"framingmediatypes"] == [b"application/mercurial-exp-framing-0006"]
     assert api[b"pathfilterprefixes"] == {b"path:", b"rootfilesin:"}
-    assert set(api[b"rawrepoformats"]) <= {b"generaldelta", b"revlogv1", b"sparserevlog"}
+    assert set(api[b"rawrepoformats"]) == {b"generaldelta", b"revlogv1", b"sparserevlog"}
+    zhg("phase", "-q", "--public", "-r", "all()", cwd=source)
+    api = cbor2.loads(handshake(base)[2])[b"apis"][b"exp-http-v2-0003"]
+    assert set(api[b"commands"]) == everything
     # Without the cbor protocol (or the upgrade header) the answer is plain v1.
+    status, headers, body = handshake(base, **{"X-HgProto-1": "0.1 0.2"})
+    assert status == 200 and headers["Content-Type"].startswith("application/mercurial-0.1")
     status, headers, body = http(base + "?cmd=capabilities", headers={"X-HgUpgrade-1": "exp-http-v2-0003"})
     assert status == 200 and headers["Content-Type"].startswith("application/mercurial-0.1")
     # The v2 capabilities command answers the same descriptor.
@@ -218,10 +243,12 @@ def test_handshake_and_capabilities(lfsserve, zhg, tmp_path):
 def test_commands_answer_and_errors_are_readable(lfsserve, hg, zhg, tmp_path):
     server, source = serve_repo(lfsserve, zhg, tmp_path)
     base = server.url + "/team/app"
-    tip = bytes.fromhex(hg.out("log", "-r", "tip", "-T", "{node}", cwd=source))
-    heads = {bytes.fromhex(n) for n in hg.out("heads", "-T", "{node}\n", cwd=source).split()}
+    tip = bytes.fromhex(hg.out("log", "-r", "feature", "-T", "{node}", cwd=source))
+    heads = {bytes.fromhex(n) for n in hg.out("log", "-r", "heads(not secret())", "-T", "{node}\n",
+                                               cwd=source).split()}
+    secret = bytes.fromhex(hg.out("log", "-r", "secret()", "-T", "{node}", cwd=source))
 
-    body = request_body(("heads", None), ("known", {b"nodes": [tip, b"\1" * 20]}),
+    body = request_body(("heads", None), ("known", {b"nodes": [tip, b"\1" * 20, secret]}),
                         ("lookup", {b"key": b"feature"}), ("listkeys", {b"namespace": b"bookmarks"}),
                         ("branchmap", None), ("nosuch", None), ("known", {b"nodes": [b"short"]}),
                         ("heads", {b"publiconly": b"yes"}), ("lookup", {b"key": b"nonexistent"}),
@@ -236,7 +263,7 @@ def test_commands_answer_and_errors_are_readable(lfsserve, hg, zhg, tmp_path):
     assert resp.encoding == b"zstd-8mb"
     a = resp.answers
     assert set(a[1].objects[0]) == heads
-    assert a[3].objects == [b"10"]
+    assert a[3].objects == [b"100"]
     assert a[5].objects == [tip]
     assert a[7].objects == [{b"feature": tip.hex().encode()}]
     assert set(a[9].objects[0]) == {b"default", b"stable"}
@@ -287,7 +314,7 @@ def test_bad_requests_get_4xx_or_error_answers_and_the_server_keeps_serving(lfss
         assert (got, text in answer.decode()) == (status, True), (method, path, got, answer)
 
     # A command map in text strings (Mercurial's CBOR has none) is answered under its request id.
-    text_map = b"\x0f\x00\x00\x01\x00\x01\x01\x11" + cbor2.dumps({"name": "heads"})
+    text_map = encode_frame(1, 1, 0x1, 0x1, 0x1, cbor2.dumps({"name": "heads"}))
     status, _, raw = post(base, "multirequest", text_map)
     err = decode_response(raw).answers[1].values[0]
     assert status == 200 and err[b"status"] == b"error" and b"text strings" in err[b"error"][b"message"]
@@ -300,11 +327,10 @@ def test_bad_requests_get_4xx_or_error_answers_and_the_server_keeps_serving(lfss
 def test_switched_off(lfsserve, hg, zhg, v2, tmp_path):
     server, source = serve_repo(lfsserve, zhg, tmp_path, config="[hg]\nwire_v2 = false\n")
     base = server.url + "/team/app"
-    status, headers, _ = http(base + "?cmd=capabilities", headers={
-        "X-HgUpgrade-1": "exp-http-v2-0003", "X-HgProto-1": "cbor"})
+    status, headers, _ = handshake(base)
     assert status == 200 and headers["Content-Type"].startswith("application/mercurial-0.1")
     assert post(base, "heads", request_body(("heads", None)))[0] == 404
     clone = tmp_path / "clone"
     out = v2("clone", "--debug", base, str(clone)).stdout.decode()
-    assert "sending command" not in out and "cmd=getbundle" in out   # v1 did the job
+    assert "sending command " not in out and "sending getbundle command" in out   # v1 did the job
     check_clone(v2, hg, source, clone)

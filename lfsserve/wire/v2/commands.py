@@ -608,8 +608,16 @@ RAW_FILE_SETS = {b"changelog": (b"00changelog.i", b"00changelog.d"),
 
 
 def _raw_store_allowed(ctx: Context) -> bool:
-    revlog_formats = {r for r in ctx.repo.requirements if r in REVLOG_FORMATS}
-    return ctx.stream_clone and revlog_formats <= RAW_READABLE_FORMATS
+    """Whether the raw changelog/manifest files give a client exactly what it may see.
+
+    They carry every changeset, and no phase information (a client without phaseroots sees
+    everything public): so not with secret or hidden changesets, nor with drafts on a
+    non-publishing server. And only in revlog formats a v2-era client reads.
+    """
+    repo = ctx.repo
+    revlog_formats = {r for r in repo.requirements if r in REVLOG_FORMATS}
+    return (ctx.stream_clone and revlog_formats <= RAW_READABLE_FORMATS and not repo.has_hidden()
+            and (ctx.publishing or not repo.draft_roots()))
 
 
 @command("rawstorefiledata", permission="pull", args={"files": Arg("list")}, available=_raw_store_allowed)
