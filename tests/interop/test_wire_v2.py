@@ -334,3 +334,66 @@ def test_switched_off(lfsserve, hg, zhg, v2, tmp_path):
     out = v2("clone", "--debug", base, str(clone)).stdout.decode()
     assert "sending command " not in out and "sending getbundle command" in out   # v1 did the job
     check_clone(v2, hg, source, clone)
+
+
+def test_data_commands_by_hand(lfsserve, hg, zhg, tmp_path):
+    """filedata, filesdata with a path filter and without haveparents, changesetexplicitdepth,
+    rawstorefiledata: answers checked against what hg 7.2.4 says about the same repository."""
+    from lfsserve.hg.mdiff import patch
+
+    server, source = serve_repo(lfsserve, zhg, tmp_path)
+    base = server.url + "/team/app"
+
+    def node(rev: str) -> bytes:
+        return bytes.fromhex(hg.out("log", "-r", rev, "-T", "{node}", cwd=source))
+
+    def fnode(rev: str, path: str) -> bytes:
+        for line in hg.out("manifest", "--debug", "-r", rev, cwd=source).splitlines():
+            if line.endswith(" " + path):   # "<node> <mode> [*|@] <path>"
+                return bytes.fromhex(line[:40])
+        raise AssertionError(path)
+
+    readme = [fnode("0", "README"), fnode("feature", "README")]
+    body = request_body(
+        ("filedata", {b"path": b"README", b"nodes": readme, b"fields": {b"parents", b"revision", b"linknode"}}),
+        ("changesetdata", {b"revisions": [{b"type": b"changesetexplicitdepth", b"nodes": [node("feature")],
+                                           b"depth": 2}], b"fields": {b"parents"}}),
+        ("filesdata", {b"revisions": [{b"type": b"changesetexplicit", b"nodes": [node("feature")]}],
+                       b"fields": {b"revision", b"linknode"}, b"haveparents": False,
+                       b"pathfilter": {b"include": [b"rootfilesin:dir"]}}),
+        ("filedata", {b"path": b"no/such", b"nodes": []}),
+        encodings=[b"zlib"])
+    a = decode_response(post(base, "multirequest", body)[2]).answers
+
+    header, first, text0, second, data1 = a[1].objects
+    assert header == {b"totalitems": 2}
+    assert first[b"node"] == readme[0] and first[b"parents"] == [b"\0" * 20] * 2
+    assert first[b"linknode"] == node("0") and first[b"fieldsfollowing"] == [[b"revision", len(text0)]]
+    assert text0 == hg("cat", "-r", "0", "README", cwd=source).stdout
+    text1 = patch(text0, data1) if b"deltabasenode" in second else data1
+    assert text1 == hg("cat", "-r", "feature", "README", cwd=source).stdout
+
+    assert a[3].objects[0] == {b"totalitems": 2}
+    assert [o[b"node"] for o in a[3].objects[1:]] == [node("feature~1"), node("feature")]
+    assert a[3].objects[2][b"parents"] == [node("feature~1"), b"\0" * 20]
+
+    objs = a[5].objects
+    paths = sorted(h[b"path"] for h in objs if isinstance(h, dict) and b"path" in h)
+    assert paths == sorted(p.encode() for p in hg.out("files", "-r", "feature", "rootfilesin:dir",
+                                                      cwd=source).split("\n") if p)
+    assert objs[0] == {b"totalpaths": len(paths), b"totalitems": len(paths)}
+    entries = [o for o in objs if isinstance(o, dict) and b"node" in o]
+    assert all(b"revision" == e[b"fieldsfollowing"][0][0] and b"linknode" in e for e in entries)
+
+    assert a[7].status == b"error" and a[7].values[0][b"error"][b"message"] % tuple(
+        a[7].values[0][b"error"][b"args"]) == b"unknown file: no/such"
+
+    # The raw store files, byte for byte (once no secret changeset forbids them).
+    zhg("phase", "-q", "--public", "-r", "all()", cwd=source)
+    raw = decode_response(post(base, "rawstorefiledata", request_body(
+        ("rawstorefiledata", {b"files": [b"changelog", b"manifestlog"]})))[2]).answers[1].objects
+    store = source / ".hg" / "store"
+    files = {m[b"path"].decode(): data for m, data in zip(raw[1::2], raw[2::2])}
+    assert raw[0] == {b"filecount": len(files), b"totalsize": sum(len(d) for d in files.values())}
+    assert files and all((store / name).read_bytes() == data for name, data in files.items())
+    assert {"00changelog.i", "00manifest.i"} <= set(files)
