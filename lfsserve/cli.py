@@ -108,6 +108,85 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from .hg.error import HgError
+    from .hg.repository import Repository
+    from .repos import RepoPathError, RepoRegistry
+
+    config = _config_from(args)
+    registry = RepoRegistry(config.repos_dir)
+    try:
+        path = registry.path_of(args.name)
+        repo = Repository.init(path, lfs=args.lfs)
+    except (RepoPathError, HgError) as exc:
+        print(f"lfsserve: {exc}", file=sys.stderr)
+        return 1
+    print(f"created repository {args.name} in {repo.root}" + (" (lfs)" if args.lfs else ""))
+    return 0
+
+
+class _ProgressLine:
+    """A one-line progress display on stderr, only when it is a terminal."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.active = sys.stderr.isatty()
+        self.last = ""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.active:
+            return
+        width = 30
+        filled = width * done // total if total else width
+        line = f"\r{self.label}: {stage:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+        if line != self.last:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            self.last = line
+
+    def clear(self) -> None:
+        if self.active and self.last:
+            sys.stderr.write("\r" + " " * len(self.last) + "\r")
+            sys.stderr.flush()
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .hg.error import HgError
+    from .hg.repository import Repository
+    from .hg.verify import verify_with_stats
+    from .repos import RepoPathError, RepoRegistry
+
+    config = _config_from(args)
+    registry = RepoRegistry(config.repos_dir)
+    names = args.repos or list(registry.names())
+    if not names:
+        print(f"lfsserve: no repositories under {config.repos_dir}", file=sys.stderr)
+        return 1
+    first_bad = None
+    for name in names:
+        progress = _ProgressLine(name)
+        try:
+            repo = Repository.open(registry.path_of(name))
+            problems, stats = verify_with_stats(repo, progress)
+        except (RepoPathError, HgError) as exc:
+            progress.clear()
+            print(f"{name}: {exc}")
+            first_bad = first_bad or f"{name}: {exc}"
+            continue
+        progress.clear()
+        if problems:
+            for problem in problems:
+                print(f"{name}: {problem}")
+            first_bad = first_bad or f"{name}: {problems[0]}"
+        else:
+            print(f"{name}: ok ({stats.changesets} changesets, {stats.manifests} manifests, "
+                  f"{stats.files} files, {stats.revisions} revisions checked)")
+    if first_bad:
+        print(f"lfsserve: verify failed, first problem: {first_bad}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lfsserve", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"lfsserve {__version__}")
@@ -135,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--revoke", action="store_true", help="remove every token of the user")
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("init", help="create an empty repository (as `hg init` of Mercurial 7.2.4)")
+    _add_config_args(p)
+    p.add_argument("name", help="repository path under the repositories directory, e.g. team/app")
+    p.add_argument("--lfs", action="store_true", help="require the lfs extension (large files as lfs pointers)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("verify", help="check every revision of served repositories")
+    _add_config_args(p)
+    p.add_argument("repos", nargs="*", metavar="REPO", help="repositories to check (default: all)")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 

@@ -22,7 +22,7 @@ from .filelog import LfsPointerError, parse_lfs_pointer
 from .manifest import changed_entries, parse_manifest
 from .mdiff import PatchError, patch, textdiff, trivial_header
 from .node import NULLID, NULLREV, hash_revision
-from .revlog import REVIDX_EXTSTORED, REVIDX_KNOWN, Revlog, RevlogWriter, flag_names
+from .revlog import REVIDX_EXTSTORED, REVIDX_KNOWN, REVLOGV1, Revlog, RevlogWriter, flag_names
 from .store import Store, encode_dir
 
 __all__ = ["generate", "apply", "supported_versions", "ApplyResult", "ChunkReader", "HEADERS"]
@@ -274,7 +274,9 @@ class _Writers:
         self.repo = repo
         self.tr = tr
         self.new_store_files: list[bytes] = []
-        self.changelog = self._writer(repo.changelog, b"00changelog.i", delay=True)
+        # hg 7 creates the changelog split and without generaldelta (deltas against the previous
+        # revision); an existing changelog keeps its format
+        self.changelog = self._writer(repo.changelog, b"00changelog.i", delay=True, header=REVLOGV1)
         self.manifest = self._writer(repo.manifestlog.revlog, b"00manifest.i")
         self.files: dict[bytes, RevlogWriter] = {}
         self.add_lfs_requirement = False
@@ -284,11 +286,12 @@ class _Writers:
         if name.startswith(b"data/"):
             self.new_store_files.append(name)
 
-    def _writer(self, rl: Revlog, index_name: bytes, delay: bool = False) -> RevlogWriter:
+    def _writer(self, rl: Revlog, index_name: bytes, delay: bool = False, header: int | None = None) -> RevlogWriter:
         repo = self.repo
         return RevlogWriter(rl, self.tr, index_name=index_name, data_name=index_name[:-2] + b".d",
                             compression=repo.compression, sparse=repo.sparse,
-                            create_header=repo._revlog_header(), delay=delay, on_new_file=self._note_new)
+                            create_header=repo._revlog_header() if header is None else header,
+                            delay=delay, on_new_file=self._note_new)
 
     def file(self, path: bytes) -> RevlogWriter:
         w = self.files.get(path)
@@ -391,8 +394,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     result = ApplyResult()
     clw = writers.changelog
     clstart = len(clw)
-    parents_before = [(e[5], e[6]) for e in clw.entries]
-    result.heads_before = len(repo.heads()) if len(repo.changelog) else 0
+    result.heads_before = len(repo.head_revs())
 
     manifests_needed: dict[bytes, int] = {}
 
@@ -477,13 +479,22 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     if added_cl:
         repo._set_new_draft(added_cl[0], len(added_cl))
     result.added = [clw.node(r) for r in added_cl]
-    # heads, as hg counts them: over all changesets, a closing head does not count
-    n_old = clstart
-    parents_all = parents_before + [(clw.entries[r][5], clw.entries[r][6]) for r in range(clstart, len(clw))]
-    from .dagop import heads_of
+    # heads, as hg counts them: over all changesets (an empty changelog has one head, the null
+    # revision), a closing head does not count
+    if clstart == 0:
+        old_heads = {NULLREV}
+    elif clstart == len(repo.changelog):
+        old_heads = set(repo.all_head_revs())
+    else:  # a previous changegroup of this transaction added revisions
+        from .dagop import heads_of
 
-    old_heads = set(heads_of(parents_before)) if n_old else set()
-    new_heads = set(heads_of(parents_all))
+        old_heads = set(heads_of([(e[5], e[6]) for e in clw.entries[:clstart]]))
+    new_heads = set(old_heads)
+    for r in range(clstart, len(clw)):
+        e = clw.entries[r]
+        new_heads.discard(e[5])
+        new_heads.discard(e[6])
+        new_heads.add(r)
     removed = old_heads - new_heads
     added_heads = new_heads - old_heads
     delta = len(added_heads) - len(removed)

@@ -216,7 +216,11 @@ class Repository:
         return mask
 
     def has_hidden(self) -> bool:
-        return any(p >= phases.HIDDEN_FROM for p in self.phase_array)
+        """True when some changeset is not served (secret, archived or internal)."""
+        arr = self.phase_array
+        return bool(arr) and max(arr) >= phases.HIDDEN_FROM
+
+    has_secret = has_hidden
 
     def is_visible(self, rev: int) -> bool:
         return rev == NULLREV or (0 <= rev < len(self.changelog) and self.phase_array[rev] < phases.HIDDEN_FROM)
@@ -246,7 +250,18 @@ class Repository:
     # -- heads and branches
     def head_revs(self) -> list[int]:
         """Visible heads, ascending."""
-        return dagop.heads_of(self.parents_list, self.visible_mask)
+        visible = self.visible_mask
+        if self._phase_override is not None:
+            return dagop.heads_of(self.parents_list, visible)
+        cache = self.changelog.index.derived
+        got = cache.get("heads")
+        if got is None or got[0] is not visible:
+            got = cache["heads"] = (visible, dagop.heads_of(self.parents_list, visible))
+        return list(got[1])
+
+    def all_head_revs(self) -> list[int]:
+        """Heads of all changesets, secret ones included, ascending."""
+        return list(self._derived("all_heads", lambda: dagop.heads_of(self.parents_list)))
 
     def heads(self) -> list[bytes]:
         """Visible heads, newest first (the order `hg heads` and the wire protocol use)."""
@@ -533,23 +548,34 @@ class Repository:
     def stream_files(self) -> list[tuple[bytes, int]]:
         """Store files of a stream clone with their sizes: filelogs, then the manifest, then the
         changelog (so the changelog never names data the copy lacks). Sizes are read under the
-        lock; read each file only up to its size."""
+        lock; read each file only up to its size, through open_store_file()."""
         with self.lock():
             names = self.store.data_files() + [b"00manifest.d", b"00manifest.i", b"00changelog.d",
                                                 b"00changelog.i"]
             out = []
+            self._stream_inodes = {}
             for name in names:
                 try:
-                    size = os.path.getsize(self.store.join(name))
+                    st = os.stat(self.store.join(name))
                 except FileNotFoundError:
                     continue
-                out.append((name, size))
+                self._stream_inodes[name] = st.st_ino
+                out.append((name, st.st_size))
         return out
 
     def open_store_file(self, name: bytes):
+        """Open a store file by its unencoded name (for stream clones)."""
         if b"\0" in name or name.startswith(b"/") or b".." in name.split(b"/"):
             raise Abort(f"invalid store file name {name!r}")
-        return open(self.store.join(name), "rb")
+        fh = open(self.store.join(name), "rb")
+        expected = getattr(self, "_stream_inodes", {}).get(name)
+        if expected is not None and os.fstat(fh.fileno()).st_ino != expected:
+            # appends are fine (we read up to the listed size), but a push that split an inline
+            # revlog replaced this file: its first bytes are no longer what was listed
+            fh.close()
+            raise Abort(f"{name.decode('utf-8', 'replace')} was rewritten while being streamed",
+                        hint="a push changed the repository; clone again")
+        return fh
 
     # -- locking and transactions
     @contextlib.contextmanager
@@ -579,6 +605,8 @@ class Repository:
                 lk.acquire(max(0.0, timeout - (time.monotonic() - start)))
                 locks.append(lk)
             self._lock_depth = 1
+            # whatever was read before the lock may be stale now
+            self.invalidate()
             self.recover()
             yield
         finally:
@@ -791,7 +819,7 @@ class Repository:
             return None
         node = bytes.fromhex(value.decode())
         rev = self._resolve_tr_rev(node)
-        if rev is None:
+        if rev is None or rev == NULLREV:
             return None
         arr = self._phase_override if self._phase_override is not None else self.phase_array
         if rev < len(arr) and arr[rev] >= phases.HIDDEN_FROM:

@@ -128,7 +128,7 @@ class Index:
     """A parsed revlog index. Immutable once built; shared between threads."""
 
     __slots__ = ("key", "version", "inline", "generaldelta", "entries", "positions", "inline_data",
-                 "consumed", "trailing", "_nodemap", "derived", "__weakref__")
+                 "consumed", "trailing", "_nodemap", "derived", "last_raw", "__weakref__")
 
     def __init__(self, key, header: int, entries: list, positions: list | None, inline_data,
                  consumed: int, trailing: int):
@@ -142,6 +142,7 @@ class Index:
         self.consumed = consumed  # bytes of the .i file that form whole revisions
         self.trailing = trailing  # bytes after the last whole revision (an append in progress)
         self._nodemap = None
+        self.last_raw = b""  # split revlogs: the last whole entry as stored (to extend safely)
         # values computed from this exact index (parents lists, phases...), shared like the index
         self.derived: dict = {}
 
@@ -188,7 +189,29 @@ def parse_index(data: bytes, key=None, name: str = "revlog", default_header: int
         return Index(key, header, _fix_first(entries), positions, data, pos, n - pos)
     whole = len(data) - len(data) % ENTRY_SIZE
     entries = list(ENTRY.iter_unpack(memoryview(data)[:whole]))
-    return Index(key, header, _fix_first(entries), None, None, whole, len(data) - whole)
+    idx = Index(key, header, _fix_first(entries), None, None, whole, len(data) - whole)
+    idx.last_raw = bytes(data[whole - ENTRY_SIZE:whole]) if whole else b""
+    return idx
+
+
+def _extend_index(old: Index, key, tail: bytes) -> Index | None:
+    """`old` plus the entries in `tail` (the file from old.consumed - 64 on), if the file only grew."""
+    if tail[:ENTRY_SIZE] != old.last_raw:
+        return None  # rewritten (rolled back and written again): parse everything
+    body = memoryview(tail)[ENTRY_SIZE:]
+    whole = len(body) - len(body) % ENTRY_SIZE
+    header = (FLAG_INLINE_DATA if old.inline else 0) | (FLAG_GENERALDELTA if old.generaldelta else 0) | old.version
+    new = list(ENTRY.iter_unpack(body[:whole]))
+    idx = Index(key, header, old.entries + new, None, None, old.consumed + whole, len(body) - whole)
+    idx.last_raw = bytes(body[whole - ENTRY_SIZE:whole]) if whole else old.last_raw
+    m = old._nodemap
+    if m is not None:
+        m = dict(m)
+        base = len(old.entries)
+        for i, e in enumerate(new):
+            m[e[E_NODE]] = base + i
+        idx._nodemap = m
+    return idx
 
 
 def _fix_first(entries: list) -> list:
@@ -214,6 +237,10 @@ class _IndexCache:
                 return None
             self._items.move_to_end(path)
             return idx
+
+    def peek(self, path: str) -> Index | None:
+        with self._lock:
+            return self._items.get(path)
 
     def put(self, path: str, idx: Index) -> None:
         with self._lock:
@@ -242,6 +269,16 @@ def load_index(path: str, name: str, default_header: int) -> Index:
         idx = INDEX_CACHE.get(path, key)
         if idx is not None:
             return idx
+        old = INDEX_CACHE.peek(path)
+        if (old is not None and old.key is not None and not old.inline and old.entries
+                and old.key[2] == st.st_ino and st.st_size > old.consumed):
+            # the usual case after a push: parse only what was appended
+            fh.seek(old.consumed - ENTRY_SIZE)
+            idx = _extend_index(old, key, fh.read(st.st_size - old.consumed + ENTRY_SIZE))
+            if idx is not None:
+                INDEX_CACHE.put(path, idx)
+                return idx
+            fh.seek(0)
         data = fh.read(st.st_size)
     idx = parse_index(data, key, name, default_header)
     if not idx.inline:
@@ -562,8 +599,9 @@ class RevlogWriter:
 
     Revisions of filelogs and the manifest are appended to their files as they come (nobody
     refers to them until the changelog does). With `delay=True` (the changelog) nothing becomes
-    visible before `finalize()`: index entries wait in memory (split revlog) or the whole file is
-    rewritten to `<index>.a` and renamed into place (inline revlog).
+    visible before `finalize()`: the revlog is split first if it is inline (hg 7 never keeps an
+    inline changelog either), data goes to the .d file at once, and index entries wait in memory
+    until `finalize()` appends them in one write.
     """
 
     def __init__(self, revlog: Revlog, tr, *, index_name: str, data_name: str, compression: str,
@@ -598,7 +636,6 @@ class RevlogWriter:
         self._ifd: int | None = None
         self._dfd: int | None = None
         self._inline_size = idx.consumed if idx.inline else 0  # .i bytes (inline)
-        self._a_path: str | None = None
         self._inline_pos: dict[int, int] = {}
         self._started = False
         self.added: list[int] = []
@@ -622,19 +659,13 @@ class RevlogWriter:
             if self.on_new_file:
                 self.on_new_file(self.index_name)
         if self.inline:
-            if self.delay:
-                # rewrite to <index>.a, renamed into place at finalize
-                self._a_path = rl.index_path + ".a"
-                tr.registertmp(self.index_name + ".a")
-                with open(self._a_path, "wb") as out:
-                    if self.entries:
-                        with open(rl.index_path, "rb") as src:
-                            out.write(src.read(isize))
-                self._ifd = os.open(self._a_path, os.O_RDWR | os.O_CLOEXEC)
-            else:
-                self._ifd = os.open(rl.index_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-                os.ftruncate(self._ifd, isize)
+            self._ifd = os.open(rl.index_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.ftruncate(self._ifd, isize)
             self._inline_size = isize
+            if self.delay:
+                # Like hg 7, never keep a changelog inline: split it now (same revisions, other
+                # layout), so new entries can wait in memory while their data goes to the .d.
+                self._split_now()
         else:
             dsize = self.data_end
             exists = os.path.exists(rl.data_path)
@@ -864,7 +895,7 @@ class RevlogWriter:
             self.on_new_file(self.data_name)
         with open(rl.data_path, "wb") as f:
             f.write(data)
-        tmp_name = self.index_name + ".s"
+        tmp_name = self.index_name + b".s"
         tr.registertmp(tmp_name)
         tmp_path = rl.index_path + ".s"
         with open(tmp_path, "wb") as f:
@@ -882,30 +913,10 @@ class RevlogWriter:
 
     def finalize(self) -> None:
         """Make delayed revisions visible (the changelog, at the very end of a transaction)."""
-        if not self._started or not self.delay:
-            self.close()
-            return
-        rl = self.rl
-        if self.inline:
-            if self.data_end >= INLINE_THRESHOLD:
-                # split while publishing: write .d, then the new split index over the inline one
-                self.tr.addbackup(self.index_name, for_offset=True)
-                data, index = self._split_images()
-                self.tr.add(self.data_name, 0)
-                if self.on_new_file:
-                    self.on_new_file(self.data_name)
-                with open(rl.data_path, "wb") as f:
-                    f.write(data)
-                tmp = rl.index_path + ".s"
-                self.tr.registertmp(self.index_name + ".s")
-                with open(tmp, "wb") as f:
-                    f.write(index)
-                os.replace(tmp, rl.index_path)
-            else:
-                os.replace(self._a_path, rl.index_path)
-        elif self._pending_index:
-            fd = os.open(rl.index_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if self._started and self.delay and self._pending_index:
+            fd = os.open(self.rl.index_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
+                # one write: a concurrent reader sees all the new entries or none of them
                 os.pwrite(fd, b"".join(self._pending_index), self.old_count * ENTRY_SIZE)
             finally:
                 os.close(fd)
