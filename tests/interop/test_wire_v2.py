@@ -397,3 +397,28 @@ def test_data_commands_by_hand(lfsserve, hg, zhg, tmp_path):
     assert raw[0] == {b"filecount": len(files), b"totalsize": sum(len(d) for d in files.values())}
     assert files and all((store / name).read_bytes() == data for name, data in files.items())
     assert {"00changelog.i", "00manifest.i"} <= set(files)
+
+
+def test_pushkey_needs_push_permission_and_moves_bookmarks_and_phases(lfsserve, hg, zhg, tmp_path):
+    server, source = serve_repo(lfsserve, zhg, tmp_path, config="[hg]\npublishing = false\n", public=False)
+    base = server.url + "/team/app"
+    draft = hg.out("log", "-r", "min(draft())", "-T", "{node}", cwd=source).encode()
+    tip = hg.out("log", "-r", "max(not secret())", "-T", "{node}", cwd=source).encode()
+
+    def pushkey(namespace: bytes, key: bytes, old: bytes, new: bytes, url: str = base):
+        status, _, raw = post(url, "pushkey", request_body(
+            ("pushkey", {b"namespace": namespace, b"key": key, b"old": old, b"new": new})), access="rw")
+        assert status == 200, raw
+        return decode_response(raw).answers[1].objects
+
+    assert pushkey(b"bookmarks", b"new-mark", b"", tip) == [True]
+    assert pushkey(b"bookmarks", b"new-mark", b"0" * 40, draft) == [False]   # stale old value
+    assert pushkey(b"phases", draft, b"1", b"0") == [True]
+    assert hg.out("log", "-r", "new-mark", "-T", "{node}", cwd=source).encode() == tip
+    assert hg.out("log", "-r", draft.decode(), "-T", "{phase}", cwd=source) == "public"
+    assert hg("verify", "-q", cwd=source).returncode == 0
+
+    # Without write permission: 401 with a challenge for anonymous clients.
+    ro = lfsserve(root=tmp_path / "ro", anonymous="read")
+    status, headers, _ = http(ro.url + "/team/app" + API + "/rw/pushkey", request_body(("pushkey", {})), HEADERS)
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
