@@ -273,3 +273,15 @@ def test_decoders_round_trip():
         assert out == b"hello world"
     with pytest.raises(ValueError):
         make_decoder(b"lz4")
+
+
+def test_big_values_are_cut_into_full_frames():
+    value = os.urandom(2_000_000)
+    w = ResponseWriter(IdentityEncoder())
+    frames = list(iter_frames(b"".join(w.respond(1, iter([b"x" * 100, value]), classify, last=True))))[1:]
+    sizes = [len(f.payload) for f in frames]
+    assert all(s == MAX_PAYLOAD for s in sizes[:-1]) and 0 < sizes[-1] <= MAX_PAYLOAD
+    ok, small, header = len(cbor2.dumps({b"status": b"ok"})), len(cbor2.dumps(b"x" * 100)), 5
+    assert sum(sizes) == ok + small + header + len(value)
+    w = ResponseWriter(IdentityEncoder())
+    assert decode_response(b"".join(w.respond(3, iter([value]), classify, last=True))).answers[3].objects == [value]

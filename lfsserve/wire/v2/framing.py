@@ -402,36 +402,48 @@ class ResponseWriter:
         max_payload = self.max_payload
         encode = self.encoder.encode
 
-        def full_frames() -> Iterator[bytes]:
-            while len(pending) >= max_payload:
-                chunk = bytes(pending[:max_payload])
-                del pending[:max_payload]
-                yield self._frame(request_id, FrameType.COMMAND_RESPONSE, RESPONSE_CONTINUATION, chunk,
-                                  encoded=True)
+        def continuation(payload: bytes) -> bytes:
+            return self._frame(request_id, FrameType.COMMAND_RESPONSE, RESPONSE_CONTINUATION, payload,
+                               encoded=True)
 
-        def feed(piece: bytes) -> Iterator[bytes]:
-            out = encode(piece)
-            if out:
-                pending.extend(out)
-                if len(pending) >= max_payload:
-                    yield from full_frames()
+        def feed(out: bytes) -> Iterator[bytes]:
+            """Frame encoded output: whole frames go out at once, the rest waits in `pending`.
+
+            Big outputs are cut straight from the encoder's buffer, so a 100 MB revision is
+            copied once into frames, not shuffled through a growing buffer.
+            """
+            if not out:
+                return
+            if pending:
+                need = max_payload - len(pending)
+                pending.extend(out[:need])
+                if len(pending) < max_payload:
+                    return
+                yield continuation(bytes(pending))
+                pending.clear()
+                view = memoryview(out)[need:]
+            else:
+                view = memoryview(out)
+            whole = len(view) - len(view) % max_payload
+            for offset in range(0, whole, max_payload):
+                yield continuation(bytes(view[offset:offset + max_payload]))
+            pending.extend(view[whole:])
 
         error: tuple[str, str, list[bytes]] | None = None
         try:
-            yield from feed(cbor.encode({b"status": b"ok"}))
+            yield from feed(encode(cbor.encode({b"status": b"ok"})))
             value = first
             while value is not _NOTHING:
                 for piece in _pieces(value):
-                    yield from feed(piece)
+                    yield from feed(encode(piece))
                 value = next(values, _NOTHING)
         except Exception as exc:
             error = classify(exc)
-        pending.extend(self.encoder.flush())
-        while len(pending) > max_payload:
-            chunk = bytes(pending[:max_payload])
-            del pending[:max_payload]
-            yield self._frame(request_id, FrameType.COMMAND_RESPONSE, RESPONSE_CONTINUATION, chunk,
-                              encoded=True)
+        flushed = self.encoder.flush()
+        if len(pending) + len(flushed) > max_payload:
+            yield from feed(flushed)   # leaves at most one frame's worth (possibly a full one)
+        else:
+            pending.extend(flushed)
         chunk = bytes(pending)
         if error is None:
             # An empty end-of-stream frame is not marked encoded: there is nothing to decode.
