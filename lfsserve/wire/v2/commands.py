@@ -592,6 +592,7 @@ def filesdata(ctx: Context, haveparents: bool, fields: set[bytes], pathfilter: d
 
     # path -> {file node: changeset that introduced it (first in the requested order)}
     fnodes: dict[bytes, dict[bytes, bytes]] = {}
+    stores: dict[bytes, Any] = {}
     mlog = ml.revlog
     for rev in revs:
         node = cl.node(rev)
@@ -599,14 +600,25 @@ def filesdata(ctx: Context, haveparents: bool, fields: set[bytes], pathfilter: d
         if haveparents:
             # Only the file revisions this changeset introduces: a file it lists that is still
             # in its manifest (a removal lists the file but has no revision to send) with a node
-            # neither parent has (the client has those, or gets them with the parents).
-            ptexts = [mlog.revision(mlog.rev(cl.manifest_node(p))) for p in cl.parentrevs(rev) if p != NULLREV]
+            # neither parent has (the client has those, or gets them with the parents). A file
+            # revision whose linkrev is this changeset is new here; only others need the check.
+            ptexts = None
             for path in cl.read(rev).files:
                 if not match(path):
                     continue
                 fnode = manifest_lookup(mtext, path)
-                if fnode is None or any(manifest_lookup(pt, path) == fnode for pt in ptexts):
+                if fnode is None:
                     continue
+                store = stores.get(path)
+                if store is None:
+                    store = stores[path] = repo.file(path)
+                frev = store.get_rev(fnode)
+                if frev is None or store.linkrev(frev) != rev:
+                    if ptexts is None:
+                        ptexts = [mlog.revision(mlog.rev(cl.manifest_node(p)))
+                                  for p in cl.parentrevs(rev) if p != NULLREV]
+                    if any(manifest_lookup(pt, path) == fnode for pt in ptexts):
+                        continue
                 fnodes.setdefault(path, {}).setdefault(fnode, node)
         else:
             for path, (fnode, _) in ml.read(cl.manifest_node(rev)).items():
@@ -615,7 +627,7 @@ def filesdata(ctx: Context, haveparents: bool, fields: set[bytes], pathfilter: d
 
     yield {b"totalpaths": len(fnodes), b"totalitems": sum(len(v) for v in fnodes.values())}
     for path in sorted(fnodes):
-        store = repo.file(path)
+        store = stores.pop(path, None) or repo.file(path)
         by_rev: dict[int, bytes] = {}
         for fnode, linknode in fnodes[path].items():
             frev = store.get_rev(fnode)
