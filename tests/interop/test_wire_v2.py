@@ -238,6 +238,11 @@ def test_handshake_and_capabilities(lfsserve, zhg, tmp_path):
     # The v2 capabilities command answers the same descriptor.
     status, _, body = post(base, "capabilities", request_body(("capabilities", None)))
     assert decode_response(body).answers[1].objects == [api]
+    # An lfs repository stays on v1: v2 cannot carry the lfs revision flag.
+    from lfsserve.hg.repository import Repository
+    Repository.init(server.root / "repos" / "withlfs", lfs=True).close()
+    status, headers, _ = handshake(server.url + "/withlfs")
+    assert status == 200 and headers["Content-Type"].startswith("application/mercurial-0.1")
 
 
 def test_commands_answer_and_errors_are_readable(lfsserve, hg, zhg, tmp_path):

@@ -134,7 +134,9 @@ async def maybe_upgrade(request: web.Request, target: Target, v1caps: bytes) -> 
     descriptor = await run_blocking(commands.api_descriptor, ctx)
     body = cbor.encode({b"apibase": b"api/", b"apis": {API_NAME.encode("ascii"): descriptor},
                         b"v1capabilities": v1caps})
-    return web.Response(status=200, body=body, headers={"Content-Type": CBOR_MEDIA_TYPE})
+    # The same URL answers v1 or CBOR depending on these headers: caches must keep them apart.
+    return web.Response(status=200, body=body, headers={"Content-Type": CBOR_MEDIA_TYPE,
+                                                        "Vary": "X-HgUpgrade-1, X-HgProto-1"})
 
 
 def _media_type(value: str) -> str:
