@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator
 from ...hg import error as hgerror
 from .framing import CommandError, CommandRequest, IndefiniteBytes
 
-__all__ = ["COMMANDS", "Command", "Context", "FRAMING_MEDIA_TYPE", "api_descriptor", "classify", "run"]
+__all__ = ["COMMANDS", "Command", "Context", "FRAMING_MEDIA_TYPE", "PathFilter", "api_descriptor", "classify",
+           "emit_revisions", "manifest_lookup", "resolve_revisions", "run", "validate_args"]
 
 log = logging.getLogger(__name__)
 

@@ -127,11 +127,14 @@ async def maybe_upgrade(request: web.Request, target: Target, v1caps: bytes) -> 
         ctx = await _context(state, target, request)
     except _Refusal as exc:
         return _text(exc.status, exc.message, **exc.headers)
-    if ctx.repo.has_lfs:
-        # v2 carries no revision flags: an lfs pointer would reach the client as file content.
-        log.info("[%s] %s uses lfs: answering the v2 handshake with v1", ctx.request_id, target.repo)
-        return None
-    descriptor = await run_blocking(commands.api_descriptor, ctx)
+    try:
+        if ctx.repo.has_lfs:
+            # v2 carries no revision flags: an lfs pointer would reach the client as file content.
+            log.info("[%s] %s uses lfs: answering the v2 handshake with v1", ctx.request_id, target.repo)
+            return None
+        descriptor = await run_blocking(commands.api_descriptor, ctx)
+    finally:
+        ctx.repo.close()
     body = cbor.encode({b"apibase": b"api/", b"apis": {API_NAME.encode("ascii"): descriptor},
                         b"v1capabilities": v1caps})
     # The same URL answers v1 or CBOR depending on these headers: caches must keep them apart.
@@ -196,14 +199,17 @@ async def _serve(state: _State, request: web.Request, target: Target) -> web.Str
     except ProtocolError as exc:
         raise _Refusal(400, f"bad framed request: {exc}") from None
     _check_commands(parsed, name, access)
-    ctx = await _context(state, target, request)
     encoding = choose(parsed.encodings, state.encodings)
     writes = any(commands.COMMANDS.get(c.name) is not None and commands.COMMANDS[c.name].permission == "push"
                  for c in parsed.commands)
     async with contextlib.AsyncExitStack() as stack:
         if writes:
             await stack.enter_async_context(state.registry.write_lock(target.repo))
-        return await _stream(request, ctx, parsed, encoding)
+        ctx = await _context(state, target, request)
+        try:
+            return await _stream(request, ctx, parsed, encoding)
+        finally:
+            ctx.repo.close()
 
 
 async def _read_body(request: web.Request) -> bytes:
