@@ -12,6 +12,7 @@ chunk is a delta header then a delta:
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
@@ -263,8 +264,9 @@ class ApplyResult:
     heads_after: int = 0
     lfs_oids: set = field(default_factory=set)
     return_code: int = 1
-    revisions: int = 0
-    files: int = 0
+    revisions: int = 0  # every new revision: changesets, manifests and file revisions
+    file_revisions: int = 0  # new file revisions (hg's "added N changesets with M changes")
+    files: int = 0  # files with new revisions
 
 
 class _Writers:
@@ -314,12 +316,27 @@ def finalize_writer(repo, tr, writers: _Writers) -> None:
         known = set(repo.store.read_fncache())
         new = [n for n in dict.fromkeys(writers.new_store_files) if n not in known]
         if new:
-            tr.append_file(b"fncache", b"".join(encode_dir(n) + b"\n" for n in new))
+            lines = b"".join(encode_dir(n) + b"\n" for n in new)
+            path = repo.store.fncache_path()
+            if path.exists() and path.stat().st_size:
+                with open(path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        lines = b"\n" + lines
+            tr.append_file(b"fncache", lines)
     if writers.add_lfs_requirement and "lfs" not in repo.requirements:
         path = repo.store.path / "requires"
         reqs = set(path.read_bytes().decode().split()) if path.exists() else set()
         reqs.add("lfs")
         tr.replace_file(b"requires", b"".join(r.encode() + b"\n" for r in sorted(reqs)))
+
+        def remember() -> None:
+            repo.requirements = frozenset(repo.requirements | {"lfs"})
+            repo.has_lfs = True
+
+        tr.add_after_close(remember)
+    # everything the new changesets refer to is durable before they become visible
+    tr.sync(skip=(writers.changelog.rl.index_path,))
     writers.changelog.finalize()
 
 
@@ -394,7 +411,6 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     result = ApplyResult()
     clw = writers.changelog
     clstart = len(clw)
-    result.heads_before = len(repo.head_revs())
 
     manifests_needed: dict[bytes, int] = {}
 
@@ -464,6 +480,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
         if added:
             result.files += 1
             result.revisions += len(added)
+            result.file_revisions += len(added)
 
     # every file revision the new manifests name must exist now
     for mnode, changes in manifest_changes:
@@ -479,8 +496,11 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     if added_cl:
         repo._set_new_draft(added_cl[0], len(added_cl))
     result.added = [clw.node(r) for r in added_cl]
-    # heads, as hg counts them: over all changesets (an empty changelog has one head, the null
-    # revision), a closing head does not count
+    # heads as hg's apply() counts them, even on a server: over all changesets, secret ones
+    # included (real `hg serve` reports "+1 heads" for a push on top of a changeset whose secret
+    # child the client never saw); an empty changelog has one head, the null revision; a closing
+    # head does not count
+    result.heads_before = len(repo.head_revs()) if clstart == len(repo.changelog) else 0
     if clstart == 0:
         old_heads = {NULLREV}
     elif clstart == len(repo.changelog):
@@ -489,6 +509,8 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
         from .dagop import heads_of
 
         old_heads = set(heads_of([(e[5], e[6]) for e in clw.entries[:clstart]]))
+    if clstart != len(repo.changelog):
+        result.heads_before = len(old_heads)
     new_heads = set(old_heads)
     for r in range(clstart, len(clw)):
         e = clw.entries[r]

@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 from . import dagop, phases
 from .bookmarks import format_bookmarks, parse_bookmarks
 from .changelog import Changelog
-from .error import Abort, LockTimeout, LookupError, PushRaced, RepoNotFound, UnknownRevision
+from .error import Abort, HgError, LockTimeout, LookupError, PushRaced, RepoNotFound, UnknownRevision
 from .filelog import Filelog
 from .lock import Lock, local_mutex
 from .manifest import Manifestlog
@@ -34,7 +34,7 @@ from .store import HG_INIT_REQUIREMENTS, Store, check_requirements, read_require
 from .tags import live_tags, merge_tags, parse_tags
 from .transaction import Transaction, has_journal, rollback_journal
 
-__all__ = ["Repository", "changeset_files", "AmbiguousRevision"]
+__all__ = ["Repository", "changeset_files", "AmbiguousRevision", "recover_abandoned"]
 
 DEFAULT_LOCK_TIMEOUT = 600.0
 _HEX = re.compile(rb"[0-9a-fA-F]+\Z")
@@ -61,6 +61,8 @@ class Repository:
         self.store = Store(self.root, requirements)
         self.has_lfs = "lfs" in requirements
         self.publishing = True
+        # fsync pushes before acknowledging them (set False only where durability does not matter)
+        self.durable = True
         self.compression = "zstd" if "revlog-compression-zstd" in requirements else "zlib"
         self.generaldelta = "generaldelta" in requirements
         self.sparse = "sparserevlog" in requirements
@@ -647,7 +649,7 @@ class Repository:
         if self._tr is not None:
             yield self._tr
             return
-        tr = Transaction(self.store, desc)
+        tr = Transaction(self.store, desc, durable=self.durable)
         self._tr = tr
         self._phase_override = None
         try:
@@ -848,3 +850,22 @@ class Repository:
 def changeset_files(repo: Repository, rev: int) -> list[bytes]:
     """Files a changeset touched, as recorded in its changelog entry."""
     return list(repo.changelog.read(rev).files)
+
+
+def recover_abandoned(paths: Iterable, timeout: float = 5.0) -> list[Path]:
+    """Roll back the abandoned transactions of these repositories (a server calls this at
+    start-up after a crash). Returns the repositories that had one; repositories that cannot be
+    opened or locked are skipped (the next push will recover them)."""
+    recovered = []
+    for path in paths:
+        path = Path(path)
+        if not (path / ".hg" / "store" / "journal").exists():
+            continue
+        try:
+            repo = Repository.open(path)
+            with repo.lock(timeout=timeout):
+                pass  # taking the lock rolls the journal back
+        except (HgError, OSError):
+            continue
+        recovered.append(path)
+    return recovered

@@ -212,8 +212,8 @@ def _unbundle_and_compare(hg, source: Path, target: Path, bundle: bytes, tmp_pat
     assert sorted(theirs) == sorted(ours)
 
 
-@pytest.mark.parametrize("version", ["01", "02", "03"])
-@pytest.mark.parametrize("name", ["varied", "oldformat", "synthetic"])
+@pytest.mark.parametrize("name,version", [("varied", "01"), ("varied", "02"), ("varied", "03"),
+                                          ("oldformat", "02"), ("synthetic", "03")])
 def test_changegroup_accepted_by_hg(built, session_hg, tmp_path, name, version):
     """A full changegroup, unbundled by hg into an empty repository, recreates every served
     revision byte for byte (same nodes everywhere, so same data)."""
@@ -309,3 +309,24 @@ def test_stream_files_make_a_working_copy_of_the_store(built, session_hg, tmp_pa
 
     with pytest.raises(Abort, match="rewritten"):
         copy.open_store_file(b"data/a.txt.i")
+
+
+def test_obsstore_is_ignored_not_fatal(session_hg, tmp_path):
+    """Obsolete changesets stay visible (README: obsmarkers are neither read nor exchanged)."""
+    evo = ("--config", "experimental.evolution=all")
+    path = tmp_path / "evo"
+    session_hg("init", str(path))
+    (path / "f").write_text("1\n")
+    session_hg("commit", "-A", "-m", "one", cwd=path)
+    (path / "f").write_text("2\n")
+    session_hg("commit", "-m", "two", cwd=path)
+    session_hg(*evo, "commit", "--amend", "-m", "two, amended", cwd=path)
+    assert (path / ".hg" / "store" / "obsstore").stat().st_size > 0
+    repo = Repository.open(path)
+    assert len(repo.heads()) == 2  # the obsolete "two" is still a head for us
+    data = b"".join(changegroup.generate(repo, repo.missing([], repo.heads()), "02"))
+    target = tmp_path / "target"
+    session_hg("init", str(target))
+    (tmp_path / "b.hg").write_bytes(hg20([data], "02"))
+    session_hg("unbundle", str(tmp_path / "b.hg"), cwd=target)
+    assert len(session_hg("log", "-T", "x", cwd=target).stdout) == 3
