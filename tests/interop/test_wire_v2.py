@@ -107,6 +107,7 @@ def serve_repo(lfsserve, zhg: Hg, tmp_path: Path, config: str | None = None, pub
     return server, source
 
 
+@pytest.mark.slow
 def test_clone_and_pull(lfsserve, hg, zhg, v2, tmp_path):
     server, source = serve_repo(lfsserve, zhg, tmp_path)
     url = server.url + "/team/app"
@@ -131,6 +132,7 @@ def test_clone_and_pull(lfsserve, hg, zhg, v2, tmp_path):
     check_clone(v2, hg, source, clone)
 
 
+@pytest.mark.slow
 def test_stream_clone(lfsserve, hg, zhg, v2, tmp_path):
     server, source = serve_repo(lfsserve, zhg, tmp_path)
     add_changes(zhg, source)
@@ -152,6 +154,7 @@ def test_stream_clone(lfsserve, hg, zhg, v2, tmp_path):
     check_working_copy(source, clone)
 
 
+@pytest.mark.slow
 def test_stream_clone_of_zstd_repo_falls_back_to_a_normal_clone(lfsserve, hg, v2, tmp_path):
     """5.9.3 pure cannot read zstd revlogs: the raw files are not offered, the data still is."""
     server = lfsserve(root=tmp_path / "srv")
@@ -169,6 +172,7 @@ def test_stream_clone_of_zstd_repo_falls_back_to_a_normal_clone(lfsserve, hg, v2
     check_clone(v2, hg, source, clone)
 
 
+@pytest.mark.slow
 def test_non_publishing_server_keeps_phases_and_hides_secret(lfsserve, hg, zhg, v2, tmp_path):
     server, source = serve_repo(lfsserve, zhg, tmp_path, config="[hg]\npublishing = false\n", public=False)
     clone = tmp_path / "clone"
@@ -329,6 +333,7 @@ def test_bad_requests_get_4xx_or_error_answers_and_the_server_keeps_serving(lfss
     assert server.alive()
 
 
+@pytest.mark.slow
 def test_switched_off(lfsserve, hg, zhg, v2, tmp_path):
     server, source = serve_repo(lfsserve, zhg, tmp_path, config="[hg]\nwire_v2 = false\n")
     base = server.url + "/team/app"
