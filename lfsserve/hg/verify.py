@@ -129,6 +129,9 @@ def verify_with_stats(repo, progress: Progress | None = None) -> tuple[list[Prob
     out = _Collector()
     stats = VerifyStats()
     report = progress or (lambda stage, done, total: None)
+    if (repo.store.path / "journal").exists():
+        out.add("journal", None, "an interrupted transaction was not rolled back yet (the next "
+                                 "push does it, or run 'hg recover'); what follows may be its leftovers")
     cl = repo.changelog
     ml = repo.manifestlog.revlog
     ncl = len(cl)

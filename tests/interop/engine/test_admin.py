@@ -111,6 +111,8 @@ def test_verify_cross_checks(built, tmp_path):
                                  if line != b"data/a.txt.i"))
     problems = [str(p) for p in verify(Repository.open(path))]
     assert "data/a.txt.i: missing from the fncache" in problems
+    (path / ".hg" / "store" / "journal").write_bytes(b"")
+    assert "interrupted transaction" in str(verify(Repository.open(path))[0])
 
 
 def test_verify_cli_reports_and_progress(built, tmp_path):
