@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
+import resource
 import shutil
 import signal
 import socket
@@ -135,16 +135,22 @@ def run_hg(args: list[str], env: dict, cwd: Path | None = None) -> None:
         raise RuntimeError(f"hg {' '.join(args)} failed: {res.stderr.decode()[-2000:]}")
 
 
-def measure(server: Server, fn) -> tuple[float, float]:
-    c0 = server.cpu()
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def measure(server: Server, fn) -> tuple[float, float, float]:
+    """(wall, server CPU, client CPU) of fn(); client CPU is that of the hg processes it ran."""
+    c0, k0 = server.cpu(), _children_cpu()
     t0 = time.monotonic()
     fn()
     wall = time.monotonic() - t0
     time.sleep(0.3)  # let the server finish its bookkeeping for the last request
-    return wall, server.cpu() - c0
+    return wall, server.cpu() - c0, _children_cpu() - k0
 
 
-def scenarios(server: Server, work: Path, env: dict, base_clone: Path) -> dict[str, tuple[float, float]]:
+def scenarios(server: Server, work: Path, env: dict, base_clone: Path) -> dict[str, tuple[float, float, float]]:
     out = {}
     d = work / server.name
     shutil.rmtree(d, ignore_errors=True)
@@ -207,15 +213,14 @@ def main() -> int:
         hgs = Server("hg serve", [HG, "serve", "-R", str(root / "repos" / "bench"), "-p", str(hport),
                                   "-a", "127.0.0.1", "--config", "web.push_ssl=false"],
                      f"http://127.0.0.1:{hport}/", env)
-        results: dict[str, dict[str, tuple[float, float]]] = {}
+        results: dict[str, dict[str, tuple[float, float, float]]] = {}
         try:
             for _ in range(args.repeat):
                 for server in (hgs, lfs):
                     got = scenarios(server, work, env, base)
                     best = results.setdefault(server.name, {})
-                    for k, (wall, cpu) in got.items():
-                        old = best.get(k, (wall, cpu))
-                        best[k] = (min(old[0], wall), min(old[1], cpu))
+                    for k, v in got.items():
+                        best[k] = tuple(min(a, b) for a, b in zip(best.get(k, v), v))
         finally:
             lfs.stop()
             hgs.stop()
@@ -224,13 +229,13 @@ def main() -> int:
 
     print(f"\nwire v1: {args.changesets} changesets / {args.files} files, best of {args.repeat}; "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-    print(f"{'scenario':22} {'hg serve wall':>13} {'lfsserve wall':>13} {'ratio':>6}   "
-          f"{'hg serve CPU':>12} {'lfsserve CPU':>12} {'ratio':>6}")
+    print(f"{'scenario':20} {'wall: hg serve':>14} {'lfsserve':>9} {'ratio':>6}   "
+          f"{'server CPU: hg serve':>20} {'lfsserve':>9} {'ratio':>6}   {'client CPU: hg serve':>20} {'lfsserve':>9}")
     for k in results["hg serve"]:
-        hw, hc = results["hg serve"][k]
-        lw, lc = results["lfsserve"][k]
-        print(f"{k:22} {hw:12.2f}s {lw:12.2f}s {lw / hw:6.2f}   {hc:11.2f}s {lc:11.2f}s "
-              f"{(lc / hc if hc else float('inf')):6.2f}")
+        hw, hc, hk = results["hg serve"][k]
+        lw, lc, lk = results["lfsserve"][k]
+        print(f"{k:20} {hw:13.2f}s {lw:8.2f}s {lw / hw:6.2f}   {hc:19.2f}s {lc:8.2f}s "
+              f"{(lc / hc if hc else float('inf')):6.2f}   {hk:19.2f}s {lk:8.2f}s")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import urllib.parse
 from dataclasses import dataclass, field
@@ -311,7 +312,7 @@ def _plan_parts(config, repo, heads, common, b2caps, opts, listkeys):
                              "servers not advertising it; the client may be buggy")
         if "v2" not in b2caps.get("stream", []):
             raise Abort("the client does not support stream clone v2 (stream=v2 bundle2 capability)")
-        stream_files = repo.stream_files()
+        stream_files = _stream_plan(repo)
         revs: list[int] = []
     else:
         stream_files = None
@@ -394,28 +395,85 @@ def tags_fnodes(repo, heads: list[bytes]) -> list[tuple[bytes, bytes]]:
 STREAM_READ = 1024 * 1024
 
 
-def _stream2_part(repo, files: list[tuple[str, int]]) -> OutPart:
-    total = sum(size for _, size in files)
+# Cache files hg itself copies in a stream clone (mercurial's cacheutil); the client checks each
+# against the changelog before trusting it, so a stale one only costs it a recomputation.
+_CACHE_FILE = re.compile(rb"(branch[23](-[a-z.-]+)?|rbc-names-v2|rbc-revs-v2|tags2(-[a-z.-]+)?|hgtagsfnodes1)\Z")
+MAX_CACHE_FILE = 8 * 1024 * 1024
+
+
+@dataclass
+class StreamPlan:
+    files: list[tuple[bytes, int]]          # store files, read from disk up to their size
+    from_memory: dict[bytes, bytes]         # store files sent from a snapshot (phaseroots)
+    caches: list[tuple[bytes, bytes]]       # .hg/cache files (stream2 only), snapshots
+
+    def entries(self, stream2: bool) -> list[tuple[bytes, int]]:
+        return self.files + ([(n, len(d)) for n, d in self.caches] if stream2 else [])
+
+
+def _stream_plan(repo) -> StreamPlan:
+    """What a stream clone sends: the engine's store files with their sizes, plus, snapshotted
+    under the lock: `phaseroots` when the server is not publishing (as hg; a publishing server
+    leaves it out so the client sees everything public) and hg's cache files when present."""
+    files = [(n, sz) for n, sz in repo.stream_files() if n != b"phaseroots"]
+    memory: dict[bytes, bytes] = {}
+    caches: list[tuple[bytes, bytes]] = []
+    cache_dir = Path(repo.root) / ".hg" / "cache"
+    with repo.lock():
+        if not repo.publishing:
+            try:
+                with repo.open_store_file(b"phaseroots") as fh:
+                    memory[b"phaseroots"] = fh.read()
+            except FileNotFoundError:
+                pass
+        try:
+            names = sorted(os.listdir(cache_dir))
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        for name in names:
+            bname = os.fsencode(name)
+            if not _CACHE_FILE.match(bname):
+                continue
+            try:
+                with open(cache_dir / name, "rb") as fh:
+                    data = fh.read(MAX_CACHE_FILE + 1)
+            except OSError:
+                continue
+            if len(data) <= MAX_CACHE_FILE:
+                caches.append((bname, data))
+    files += [(n, len(d)) for n, d in memory.items()]
+    return StreamPlan(files, memory, caches)
+
+
+def _stream2_part(repo, plan: StreamPlan) -> OutPart:
+    entries = plan.entries(stream2=True)
     reqs = ",".join(stream_requirements(repo))
     params = [(b"requirements", urllib.parse.quote(reqs, safe="").encode("ascii")),
-              (b"filecount", b"%d" % len(files)), (b"bytecount", b"%d" % total)]
-    return OutPart(b"STREAM2", params, data=_stream_file_data(repo, files, stream2=True))
+              (b"filecount", b"%d" % len(entries)), (b"bytecount", b"%d" % sum(sz for _, sz in entries))]
+    return OutPart(b"STREAM2", params, data=_stream_file_data(repo, plan, stream2=True))
 
 
-def _stream_file_data(repo, files: list[tuple[str, int]], *, stream2: bool) -> Iterator[bytes]:
+def _stream_file_data(repo, plan: StreamPlan, *, stream2: bool) -> Iterator[bytes]:
     from ..hg.error import CorruptRevlog
-    for name, size in files:
+    for name, size in plan.files:
         bname = os.fsencode(name)
         yield (bundle2.stream2_entry_header(b"s", bname, size) if stream2
                else b"%s\0%d\n" % (bname, size))
+        if name in plan.from_memory:
+            yield plan.from_memory[name]
+            continue
         with repo.open_store_file(name) as fh:
             left = size
             while left:
                 data = fh.read(min(left, STREAM_READ))
                 if not data:
-                    raise CorruptRevlog(f"store file {name} shrank while being streamed")
+                    raise CorruptRevlog(f"store file {os.fsdecode(name)} shrank while being streamed")
                 left -= len(data)
                 yield data
+    if stream2:
+        for name, data in plan.caches:
+            yield bundle2.stream2_entry_header(b"c", name, len(data))
+            yield data
 
 
 def stream_out(config: Config, repo) -> Iterator[bytes]:
@@ -423,9 +481,10 @@ def stream_out(config: Config, repo) -> Iterator[bytes]:
     if not stream_allowed(config, repo):
         yield b"1\n"
         return
-    files = repo.stream_files()
-    yield b"0\n%d %d\n" % (len(files), sum(size for _, size in files))
-    yield from _stream_file_data(repo, files, stream2=False)
+    plan = _stream_plan(repo)
+    entries = plan.entries(stream2=False)
+    yield b"0\n%d %d\n" % (len(entries), sum(size for _, size in entries))
+    yield from _stream_file_data(repo, plan, stream2=False)
 
 
 def changegroup_legacy(repo, roots: list[bytes], heads: list[bytes] | None) -> Callable[[], Iterator[bytes]]:

@@ -131,6 +131,13 @@ def test_clone_identical_non_publishing(lfsserve, hg, rich, tmp_path):
     assert (clone / "link-to-readme").is_symlink() and (clone / "run.sh").stat().st_mode & 0o111
     assert "secret" not in hg.out("log", "-R", str(clone), "-T", "{phase}\n")
     verify(hg, served)
+    # a stream clone from a non-publishing server keeps the draft phases (phaseroots travel)
+    hg("phase", "--draft", "--force", "-r", "secret()", cwd=served)
+    stream = tmp_path / "stream"
+    res = hg("clone", "--stream", f"{server.url}/team/app", str(stream))
+    assert b"streaming all changes" in res.stdout
+    verify(hg, stream)
+    assert_same(hg, served, stream, "all()")
 
 
 def test_clone_rev_stream_and_old_client(lfsserve, hg, hg593, rich, tmp_path):
