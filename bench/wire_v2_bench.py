@@ -9,9 +9,9 @@ real Mercurial 5.9.3 client (the last one speaking v2) for every clone:
   lfsserve v1     the same client without it (bundle2 changegroup 02, zlib)
   hg serve v2     `hg serve` of 5.9.3 with experimental.web.apiserver / web.api.http-v2 on
 
-and `clone -U --stream` (rawstorefiledata) for both v2 servers. Printed: wall time and the
-SERVER's CPU seconds (the 5.9.3 client is pure Python, so its own CPU dominates wall time; server
-CPU is what tells the servers apart), and ratios.
+and `clone -U --stream` (rawstorefiledata) for both v2 servers. Printed: wall time, the
+SERVER's CPU seconds and the client's (the 5.9.3 client is pure Python, so its own CPU dominates
+wall time; server CPU is what tells the servers apart), and ratios.
 
     python bench/wire_v2_bench.py [--changesets 5000] [--files 3000] [--repeat 1]
 """
@@ -94,7 +94,7 @@ def main() -> int:
             ("lfsserve v2 stream", lfs, dict(v2=True, stream=True)),
             ("hg serve v2 stream", hgs, dict(v2=True, stream=True)),
         ]
-        results: dict[str, tuple[float, float]] = {}
+        results: dict[str, tuple[float, float, float]] = {}
         for i in range(args.repeat):
             for name, server, kw in scenarios:
                 dest = work / f"{name.replace(' ', '-')}-{i}"
@@ -103,7 +103,8 @@ def main() -> int:
                 shutil.rmtree(dest)
                 if name not in results or got[1] < results[name][1]:
                     results[name] = got
-                print(f"  {name:20} {got[0]:7.2f}s wall {got[1]:7.2f}s server CPU", flush=True)
+                print(f"  {name:20} {got[0]:7.2f}s wall {got[1]:7.2f}s server CPU {got[2]:7.2f}s client CPU",
+                      flush=True)
     finally:
         for s in servers:
             s.stop()
@@ -111,12 +112,12 @@ def main() -> int:
 
     print(f"\nwire v2: {args.changesets} changesets / {args.files} files, Mercurial 5.9.3 (pure) client, "
           f"best of {args.repeat}; {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-    print(f"{'scenario':20} {'wall':>9} {'server CPU':>11}")
-    for name, (wall, cpu) in results.items():
-        print(f"{name:20} {wall:8.2f}s {cpu:10.2f}s")
+    print(f"{'scenario':20} {'wall':>9} {'server CPU':>11} {'client CPU':>11}")
+    for name, (wall, cpu, client) in results.items():
+        print(f"{name:20} {wall:8.2f}s {cpu:10.2f}s {client:10.2f}s")
 
     def ratio(a: str, b: str) -> None:
-        (aw, ac), (bw, bc) = results[a], results[b]
+        (aw, ac, _), (bw, bc, _) = results[a], results[b]
         print(f"{a} / {b}: wall {aw / bw:.2f}, server CPU {ac / bc if bc else float('inf'):.2f}")
 
     print()
