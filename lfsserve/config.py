@@ -123,6 +123,8 @@ class LogConfig:
     level: str = "info"
     # Access log format: combined|json|off
     access_format: str = "combined"
+    # Diagnostic log (stderr, with tracebacks) format: text|json
+    format: str = "text"
 
 
 @dataclass
@@ -195,6 +197,8 @@ class Config:
             raise ConfigError(f"log.level: must be debug, info, warning or error, got {self.log.level!r}")
         if self.log.access_format not in ("combined", "json", "off"):
             raise ConfigError(f"log.access_format: must be combined, json or off, got {self.log.access_format!r}")
+        if self.log.format not in ("text", "json"):
+            raise ConfigError(f"log.format: must be text or json, got {self.log.format!r}")
         if self.limits.request_timeout < 0:
             raise ConfigError("limits.request_timeout: must be >= 0")
         if self.limits.per_client_concurrency < 0:

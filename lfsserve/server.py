@@ -17,11 +17,22 @@ from . import __version__
 from .aio import Executor, set_default_executor
 from .app import create_app
 from .config import Config
-from .logs import AccessLogger, JsonAccessLogger, setup_logging
+from .logs import AccessLogger, JsonAccessLogger, QuietAccessLogger, setup_logging
 
-__all__ = ["run", "serve"]
+__all__ = ["run", "runner_options", "serve"]
 
 log = logging.getLogger(__name__)
+
+
+def runner_options(config: Config) -> dict:
+    """AppRunner arguments that belong to the product (tests running the app in-process use them too)."""
+    # The access logger also feeds the request metrics, so it runs even when lines are "off".
+    access = {"combined": AccessLogger, "json": JsonAccessLogger, "off": QuietAccessLogger}[config.log.access_format]
+    return {
+        "access_log_class": access,
+        "access_log": logging.getLogger("lfsserve.access"),
+        "shutdown_timeout": config.server.shutdown_grace,
+    }
 
 
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
@@ -38,14 +49,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             pass
 
     app = create_app(config)
-    access = {"combined": AccessLogger, "json": JsonAccessLogger}.get(config.log.access_format)
-    runner = web.AppRunner(
-        app,
-        access_log_class=access or AccessLogger,
-        access_log=logging.getLogger("lfsserve.access") if access else None,
-        handle_signals=False,
-        shutdown_timeout=config.server.shutdown_grace,
-    )
+    runner = web.AppRunner(app, handle_signals=False, **runner_options(config))
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
     await site.start()
@@ -67,7 +71,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
 
 
 def run(config: Config) -> int:
-    setup_logging(config.log.level)
+    setup_logging(config.log.level, config.log.format)
     try:
         import uvloop  # type: ignore[import-not-found]
     except ImportError:
