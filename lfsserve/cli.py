@@ -20,7 +20,8 @@ __all__ = ["main"]
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML configuration file (see config.example.toml)")
+    p.add_argument("--config", metavar="FILE", default=os.environ.get("LFSSERVE_CONFIG") or None,
+                   help="TOML configuration file (see config.example.toml; default $LFSSERVE_CONFIG)")
     p.add_argument("--root", metavar="DIR", help="data directory (default ./data)")
 
 
