@@ -97,6 +97,10 @@ class LfsConfig:
     require_pushed_blobs: bool = True
     # Serve the Git LFS file-locking API.
     locking: bool = True
+    # Objects whose files changed on disk since they were last verified are re-hashed before a
+    # batch answer names them, up to this many bytes per request; beyond it they are verified
+    # while being downloaded (a corrupt one is cut off before its last byte).
+    batch_rehash_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass
@@ -188,6 +192,8 @@ class Config:
             raise ConfigError("lfs.max_batch_objects: must be >= 1")
         if self.lfs.max_object_size < 0:
             raise ConfigError("lfs.max_object_size: must be >= 0")
+        if self.lfs.batch_rehash_bytes < 0:
+            raise ConfigError("lfs.batch_rehash_bytes: must be >= 0")
         if self.lfs.action_expiry < 10:
             raise ConfigError("lfs.action_expiry: must be at least 10 seconds")
         for i, engine in enumerate(self.hg.compression):

@@ -1,1 +1,41 @@
-"""Git LFS front end: batch API, basic transfer, file locking."""
+"""Git LFS front end: batch API, basic transfer, file locking.
+
+`setup(app)` registers the handlers for the LFS routing kinds and puts an LfsService under the
+`LFS_SERVICE` AppKey, started and stopped with the application. Other front ends (the hg push
+path) and operations use that service; see LfsService.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..app import CTX
+from ..routing import Kind
+from .service import GcReport, LfsService, LfsStats, VerifyReport
+
+__all__ = ["LFS_SERVICE", "GcReport", "LfsService", "LfsStats", "VerifyReport", "setup"]
+
+LFS_SERVICE = web.AppKey("lfsserve_lfs_service", LfsService)
+
+
+def setup(app: web.Application) -> None:
+    from .batch import handle_batch
+    from .locks import handle_locks
+    from .transfer import handle_object, handle_verify
+
+    ctx = app[CTX]
+    service = LfsService.create(ctx.config, ctx.auth)
+    app[LFS_SERVICE] = service
+    ctx.register(Kind.LFS_BATCH, handle_batch)
+    ctx.register(Kind.LFS_OBJECT, handle_object)
+    ctx.register(Kind.LFS_VERIFY, handle_verify)
+    ctx.register(Kind.LFS_LOCKS, handle_locks)
+
+    async def start(app: web.Application) -> None:
+        await service.start()
+
+    async def stop(app: web.Application) -> None:
+        await service.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)

@@ -1,0 +1,170 @@
+"""The blob store interface: content-addressed (SHA-256) objects that are never served unverified.
+
+A backend stores immutable objects named by the SHA-256 of their content (the LFS oid). Writes
+are verified while they stream in and become visible only once complete and correct. Reads of an
+object whose integrity is not known (it changed since it was last checked) are verified while they
+stream out: the final chunk is only released once the whole content hashed to the oid.
+
+Backends raise the typed errors below; front ends translate them.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Collection
+
+__all__ = [
+    "BlobError",
+    "BlobHandle",
+    "BlobStore",
+    "CorruptObject",
+    "HashMismatch",
+    "InvalidOid",
+    "ObjectMissing",
+    "ObjectState",
+    "PutResult",
+    "Status",
+    "StorageFull",
+    "TooLarge",
+    "is_oid",
+]
+
+_OID = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def is_oid(value: object) -> bool:
+    """Whether `value` is an LFS object id: 64 lowercase hex digits (a SHA-256)."""
+    return isinstance(value, str) and _OID.match(value) is not None
+
+
+class BlobError(Exception):
+    """Base of the blob store's errors; `message` is fit to show a client."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidOid(BlobError):
+    pass
+
+
+class ObjectMissing(BlobError):
+    pass
+
+
+class CorruptObject(BlobError):
+    """The stored content no longer hashes to its oid."""
+
+
+class HashMismatch(BlobError):
+    """An upload's content does not hash to the oid it was sent for; nothing was stored."""
+
+    def __init__(self, oid: str, actual: str, size: int):
+        super().__init__(f"content does not match oid {oid}: its SHA-256 is {actual} ({size} bytes)")
+        self.oid, self.actual, self.size = oid, actual, size
+
+
+class TooLarge(BlobError):
+    def __init__(self, limit: int):
+        super().__init__(f"object larger than this server's limit of {limit} bytes")
+        self.limit = limit
+
+
+class StorageFull(BlobError):
+    """The backend ran out of space (or quota)."""
+
+
+class Status(enum.Enum):
+    MISSING = "missing"
+    OK = "ok"                  # verified against its oid and unchanged since
+    UNVERIFIED = "unverified"  # present, changed since last checked, not re-hashed yet
+    CORRUPT = "corrupt"        # present, but its content does not hash to its oid
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    status: Status
+    size: int = 0
+
+    @property
+    def present(self) -> bool:
+        return self.status is not Status.MISSING
+
+    @property
+    def servable(self) -> bool:
+        """May be handed to a client (UNVERIFIED objects are checked while they stream)."""
+        return self.status in (Status.OK, Status.UNVERIFIED)
+
+
+MISSING = ObjectState(Status.MISSING)
+
+
+@dataclass(frozen=True)
+class PutResult:
+    created: bool  # False: the object was already stored (the upload was verified, not stored again)
+    size: int
+
+
+@dataclass(frozen=True)
+class BlobHandle:
+    """An object ready to be read: its size, and whether its content is known to be good."""
+
+    oid: str
+    size: int
+    verified: bool
+    # A local file with exactly this content that may be handed to the kernel (sendfile), only
+    # when `verified`. None for remote backends, or when the content must be checked on the way.
+    path: Path | None = None
+
+
+class BlobStore(abc.ABC):
+    """Content-addressed object storage. All methods are safe to call concurrently."""
+
+    async def open(self) -> None:
+        """Prepare the store (create directories, open indexes, clean up after a crash)."""
+
+    async def close(self) -> None:
+        """Release resources; the store is not used afterwards."""
+
+    @abc.abstractmethod
+    async def states(self, oids: Collection[str], *, rehash_budget: int = 0) -> dict[str, ObjectState]:
+        """State of each oid. Objects changed since they were last verified are re-hashed, up to
+        `rehash_budget` bytes in all; the rest are reported UNVERIFIED."""
+
+    async def state(self, oid: str, *, rehash_budget: int = 0) -> ObjectState:
+        return (await self.states([oid], rehash_budget=rehash_budget))[oid]
+
+    @abc.abstractmethod
+    async def put(self, oid: str, chunks: AsyncIterator[bytes], *, max_size: int = 0) -> PutResult:
+        """Store the object whose content `chunks` yields, verifying it hashes to `oid`.
+
+        Raises HashMismatch (nothing stored), TooLarge (`max_size` > 0 exceeded), StorageFull.
+        If the object is already stored and sound the content is verified but not stored again.
+        If `chunks` raises (client gone), nothing is left behind.
+        """
+
+    @abc.abstractmethod
+    async def get(self, oid: str) -> BlobHandle:
+        """Raises ObjectMissing, or CorruptObject if the object is known to be corrupt."""
+
+    @abc.abstractmethod
+    def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of the object. Reading the whole of an unverified object verifies
+        it: the last chunk is withheld and CorruptObject raised if it does not match."""
+
+    @abc.abstractmethod
+    async def verify(self, oid: str) -> ObjectState:
+        """Re-hash the stored object now, remember the outcome, and return it."""
+
+    @abc.abstractmethod
+    async def delete(self, oid: str) -> bool:
+        """Remove the object; False when it was not there."""
+
+    @abc.abstractmethod
+    def list(self) -> AsyncIterator[tuple[str, int, float]]:
+        """Every stored object as (oid, size, modification time)."""

@@ -1,0 +1,493 @@
+"""Blob store on the local filesystem: `<root>/objects/<oid[0:2]>/<oid[2:4]>/<oid>`.
+
+Uploads stream into `<root>/tmp/` (same filesystem) while being hashed, one MiB at a time in a
+worker thread so hashing overlaps with receiving; only a complete, matching upload is fsync'ed
+and linked into place. A temp file is flock'ed while its upload runs, so start-up cleanup removes
+exactly the abandoned ones, even with another server process sharing the directory.
+
+Integrity is checked cheaply: when an object is verified, its (size, inode, mtime, ctime) stamp is
+remembered in `<root>/verified.sqlite3`. An object whose stamp still matches is known good and can
+be sent with sendfile; one that changed is re-hashed (in a batch, within a budget) or verified while
+it streams out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import sqlite3
+import stat as stat_mod
+from pathlib import Path
+from typing import AsyncIterator, Collection
+
+from ..aio import run_blocking
+from ..sqlitedb import SqliteDb
+from .base import (
+    MISSING,
+    BlobHandle,
+    BlobStore,
+    CorruptObject,
+    HashMismatch,
+    InvalidOid,
+    ObjectMissing,
+    ObjectState,
+    PutResult,
+    Status,
+    StorageFull,
+    TooLarge,
+    is_oid,
+)
+
+__all__ = ["LocalBlobStore"]
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20  # hashing and file I/O unit: large enough that hashlib releases the GIL for long
+_STAMPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS verified (
+    oid      TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL,
+    ino      INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    ok       INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _check_oid(oid: str) -> None:
+    if not is_oid(oid):
+        raise InvalidOid(f"not an object id (64 lowercase hex digits): {str(oid)[:80]!r}")
+
+
+def _storage_error(exc: OSError, what: str) -> Exception:
+    if exc.errno in _NO_SPACE:
+        return StorageFull(f"no space left to store {what}")
+    return exc
+
+
+class _Sink:
+    """Hashes (and optionally writes) a stream, in CHUNK-sized steps run in a worker thread.
+
+    While the thread hashes and writes one chunk, the event loop keeps receiving the next one;
+    at most two chunks are in memory per upload.
+    """
+
+    def __init__(self, fd: int | None, max_size: int):
+        self.fd = fd
+        self.max_size = max_size
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self._buf = bytearray()
+        self._pending: asyncio.Future | None = None
+
+    def _absorb(self, data: bytearray) -> None:
+        self.hash.update(data)
+        if self.fd is not None:
+            view = memoryview(data)
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+
+    async def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.max_size and self.size > self.max_size:
+            raise TooLarge(self.max_size)
+        self._buf += chunk
+        if len(self._buf) >= CHUNK:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        if self._buf:
+            data, self._buf = self._buf, bytearray()
+            self._pending = asyncio.ensure_future(run_blocking(self._absorb, data))
+
+    async def finish(self) -> str:
+        await self._flush()
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        return self.hash.hexdigest()
+
+    async def abandon(self) -> None:
+        """Wait for the chunk in flight (so its thread no longer touches fd) and drop the rest."""
+        self._buf = bytearray()
+        if self._pending is not None:
+            try:
+                await asyncio.shield(self._pending)
+            except Exception:
+                pass
+            self._pending = None
+
+
+class LocalBlobStore(BlobStore):
+    def __init__(self, root: Path | str, *, durable: bool = True):
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.tmp = self.root / "tmp"
+        # fsync objects and directories before an upload is acknowledged. Tests may turn it off.
+        self.durable = durable
+        self._stamps = SqliteDb(self.root / "verified.sqlite3", _STAMPS_SCHEMA, durable=False, name="stamps")
+
+    def path(self, oid: str) -> Path:
+        _check_oid(oid)
+        return self.objects / oid[0:2] / oid[2:4] / oid
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        await run_blocking(self._prepare)
+        await self._stamps.astart()
+        removed = await run_blocking(self.clean_temps)
+        if removed:
+            log.info("removed %d abandoned upload(s) from %s", removed, self.tmp)
+
+    async def close(self) -> None:
+        await self._stamps.astop()
+
+    def _prepare(self) -> None:
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def clean_temps(self) -> int:
+        """Delete temp files no upload holds a lock on (left by a crash or a killed process)."""
+        removed = 0
+        for entry in os.scandir(self.tmp):
+            try:
+                fd = os.open(entry.path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # an upload in progress (maybe in another process)
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
+        return removed
+
+    # -- stamps --------------------------------------------------------------------------------
+    async def _read_stamps(self, oids: list[str]) -> dict[str, tuple[tuple[int, int, int, int], bool]]:
+        def q(conn: sqlite3.Connection):
+            out = {}
+            for i in range(0, len(oids), 500):
+                part = oids[i:i + 500]
+                rows = conn.execute(
+                    f"SELECT oid, size, ino, mtime_ns, ctime_ns, ok FROM verified WHERE oid IN "
+                    f"({','.join('?' * len(part))})", part)
+                for oid, size, ino, mtime, ctime, ok in rows:
+                    out[oid] = ((size, ino, mtime, ctime), bool(ok))
+            return out
+
+        return await self._stamps.read(q) if oids else {}
+
+    async def _record(self, oid: str, stamp: tuple[int, int, int, int], ok: bool) -> None:
+        def w(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO verified VALUES (?,?,?,?,?,?)", (oid, *stamp, int(ok)))
+
+        try:
+            await self._stamps.write(w)
+        except sqlite3.Error as exc:  # only a cache: the object will be re-hashed next time
+            log.warning("could not record verification of %s: %s", oid, exc)
+
+    # -- state ---------------------------------------------------------------------------------
+    def _stat_many(self, oids: list[str]) -> dict[str, os.stat_result]:
+        out = {}
+        for oid in oids:
+            try:
+                st = os.stat(self.path(oid))
+            except FileNotFoundError:
+                continue
+            if stat_mod.S_ISREG(st.st_mode):
+                out[oid] = st
+        return out
+
+    def _hash_file(self, oid: str) -> tuple[str, os.stat_result] | None:
+        """(sha256 hex, stat before hashing) or None if the file vanished or changed meanwhile."""
+        try:
+            fd = os.open(self.path(oid), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            before = os.fstat(fd)
+            h = hashlib.sha256()
+            while True:
+                data = os.read(fd, CHUNK)
+                if not data:
+                    break
+                h.update(data)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if _stamp(before) != _stamp(after):
+            return None
+        return h.hexdigest(), before
+
+    async def _rehash(self, oid: str) -> ObjectState:
+        res = await run_blocking(self._hash_file, oid)
+        if res is None:
+            return MISSING if not await run_blocking(self.path(oid).exists) else ObjectState(Status.UNVERIFIED)
+        digest, st = res
+        ok = digest == oid
+        await self._record(oid, _stamp(st), ok)
+        if not ok:
+            log.error("LFS object %s is corrupt: its content hashes to %s", oid, digest)
+        return ObjectState(Status.OK if ok else Status.CORRUPT, st.st_size)
+
+    async def states(self, oids: Collection[str], *, rehash_budget: int = 0) -> dict[str, ObjectState]:
+        unique = list(dict.fromkeys(oids))
+        for oid in unique:
+            _check_oid(oid)
+        stats = await run_blocking(self._stat_many, unique)
+        stamps = await self._read_stamps(list(stats))
+        out: dict[str, ObjectState] = {}
+        budget = rehash_budget
+        for oid in unique:
+            st = stats.get(oid)
+            if st is None:
+                out[oid] = MISSING
+                continue
+            known = stamps.get(oid)
+            if known is not None and known[0] == _stamp(st):
+                out[oid] = ObjectState(Status.OK if known[1] else Status.CORRUPT, st.st_size)
+            elif st.st_size <= budget:
+                budget -= st.st_size
+                out[oid] = await self._rehash(oid)
+            else:
+                out[oid] = ObjectState(Status.UNVERIFIED, st.st_size)
+        return out
+
+    async def verify(self, oid: str) -> ObjectState:
+        _check_oid(oid)
+        return await self._rehash(oid)
+
+    # -- writing -------------------------------------------------------------------------------
+    def _open_temp(self, oid: str) -> tuple[int, Path]:
+        path = self.tmp / f"{oid}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd, path
+
+    def _ensure_dir(self, path: Path) -> None:
+        """mkdir -p, fsync'ing the parent of every directory created so the new entries last."""
+        missing = []
+        p = path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue
+            if self.durable:
+                _fsync_dir(d.parent)
+
+    def _install(self, oid: str, fd: int, tmp: Path) -> bool:
+        """Make the verified temp file the object. False when an intact copy got there first."""
+        if self.durable:
+            os.fsync(fd)
+        os.fchmod(fd, 0o444)
+        final = self.path(oid)
+        self._ensure_dir(final.parent)
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            # A concurrent upload finished first, or a damaged copy is in place: keep a good one.
+            res = self._hash_file(oid)
+            if res is not None and res[0] == oid:
+                return False
+            os.replace(tmp, final)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
+            os.replace(tmp, final)  # no hard links here: rename (may replace a concurrent copy: same bytes)
+        if self.durable:
+            _fsync_dir(final.parent)
+        return True
+
+    async def put(self, oid: str, chunks: AsyncIterator[bytes], *, max_size: int = 0) -> PutResult:
+        _check_oid(oid)
+        current = await self.state(oid)
+        if current.status is Status.OK:
+            # Already stored and sound: check the client really has the content (it may be
+            # claiming it to gain access), without writing it again.
+            sink = _Sink(None, max_size)
+            try:
+                async for chunk in chunks:
+                    await sink.feed(chunk)
+                digest = await sink.finish()
+            except BaseException:
+                await sink.abandon()
+                raise
+            if digest != oid:
+                raise HashMismatch(oid, digest, sink.size)
+            return PutResult(created=False, size=sink.size)
+
+        try:
+            fd, tmp = await run_blocking(self._open_temp, oid)
+        except OSError as exc:
+            raise _storage_error(exc, oid)
+        sink = _Sink(fd, max_size)
+        try:
+            try:
+                async for chunk in chunks:
+                    await sink.feed(chunk)
+                digest = await sink.finish()
+            except OSError as exc:
+                raise _storage_error(exc, oid)
+            if digest != oid:
+                raise HashMismatch(oid, digest, sink.size)
+            try:
+                created = await run_blocking(self._install, oid, fd, tmp)
+            except OSError as exc:
+                raise _storage_error(exc, oid)
+        finally:
+            # Runs to completion even if this task is cancelled (client gone): first let the
+            # chunk in flight finish with the fd, then close and unlink off the loop.
+            await asyncio.shield(asyncio.ensure_future(_discard(sink, fd, tmp)))
+        if created:
+            st = await run_blocking(os.stat, self.path(oid))
+            await self._record(oid, _stamp(st), True)
+        return PutResult(created=created, size=sink.size)
+
+    # -- reading -------------------------------------------------------------------------------
+    async def get(self, oid: str) -> BlobHandle:
+        state = await self.state(oid)
+        if state.status is Status.MISSING:
+            raise ObjectMissing(f"object {oid} does not exist")
+        if state.status is Status.CORRUPT:
+            raise CorruptObject(f"object {oid} is corrupt")
+        ok = state.status is Status.OK
+        return BlobHandle(oid, state.size, ok, self.path(oid) if ok else None)
+
+    async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        oid = handle.oid
+        end = handle.size if end is None else min(end, handle.size)
+        whole = start == 0 and end == handle.size
+        check = not handle.verified
+        if check and not whole:
+            # A part cannot be checked on its own: check everything first.
+            state = await self._rehash(oid)
+            if state.status is Status.CORRUPT:
+                raise CorruptObject(f"object {oid} is corrupt")
+            if state.status is not Status.OK:
+                raise ObjectMissing(f"object {oid} changed while being read; try again")
+            check = False
+        try:
+            fd = await run_blocking(os.open, self.path(oid), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {oid} does not exist")
+        try:
+            st = await run_blocking(os.fstat, fd)
+            if st.st_size != handle.size:
+                raise ObjectMissing(f"object {oid} changed while being read; try again")
+            h = hashlib.sha256() if check else None
+
+            def chunk_at(pos: int, n: int) -> bytes:
+                data = os.pread(fd, n, pos)
+                if h is not None:
+                    h.update(data)
+                return data
+
+            pos = start
+            held: bytes | None = None
+            while pos < end:
+                data = await run_blocking(chunk_at, pos, min(CHUNK, end - pos))
+                if not data:
+                    raise CorruptObject(f"object {oid} is shorter than its recorded size")
+                pos += len(data)
+                if held is not None:
+                    yield held
+                held = data
+            if h is not None:
+                ok = h.hexdigest() == oid
+                await self._record(oid, _stamp(st), ok)
+                if not ok:
+                    log.error("LFS object %s is corrupt (found while sending it)", oid)
+                    raise CorruptObject(f"object {oid} is corrupt")
+            if held is not None:
+                yield held
+        finally:
+            await asyncio.shield(run_blocking(os.close, fd))
+
+    # -- maintenance ---------------------------------------------------------------------------
+    async def delete(self, oid: str) -> bool:
+        path = self.path(oid)
+
+        def rm() -> bool:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return False
+            return True
+
+        removed = await run_blocking(rm)
+
+        def forget(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM verified WHERE oid = ?", (oid,))
+
+        await self._stamps.write(forget)
+        return removed
+
+    def _list_shard(self, shard: str) -> list[tuple[str, int, float]]:
+        out = []
+        for sub in os.scandir(self.objects / shard):
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(sub.path):
+                if is_oid(entry.name) and entry.name.startswith(shard + sub.name):
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat_mod.S_ISREG(st.st_mode):
+                        out.append((entry.name, st.st_size, st.st_mtime))
+        return out
+
+    async def list(self) -> AsyncIterator[tuple[str, int, float]]:
+        shards = await run_blocking(
+            lambda: sorted(e.name for e in os.scandir(self.objects)
+                           if len(e.name) == 2 and e.is_dir(follow_symlinks=False)))
+        for shard in shards:
+            for item in await run_blocking(self._list_shard, shard):
+                yield item
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _discard(sink: _Sink, fd: int, tmp: Path) -> None:
+    await sink.abandon()
+    await run_blocking(_close_and_unlink, fd, tmp)
+
+
+def _close_and_unlink(fd: int, path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)

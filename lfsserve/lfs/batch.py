@@ -1,0 +1,165 @@
+"""The Git LFS batch API: which objects to transfer, and where.
+
+    POST {repo}/.git/info/lfs/objects/batch    (and the other spellings in routing.py)
+    {"operation": "upload"|"download", "objects": [{"oid": ..., "size": ...}, ...],
+     "transfers": ["basic"], "ref": {"name": ...}, "hash_algo": "sha256"}
+
+hg sends only `operation` and `objects`; the rest defaults to basic / sha256. Whole-request
+mistakes get a 4xx with a JSON message; mistakes in one object get that object an `error`.
+Each action carries a signed, short-lived Bearer token for exactly that transfer, so the
+PUT / GET / verify that follows needs no second credential exchange.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from ..auth import Permission, Principal
+from ..blobstore import ObjectState, Status, is_oid
+from ..routing import Target
+from .errors import LfsError, endpoint, json_response
+from .request import check_accept, read_json
+
+__all__ = ["BatchObject", "BatchRequest", "answer_batch", "handle_batch", "parse_batch"]
+
+OPERATIONS = ("upload", "download")
+TRANSFER_ACCEPT = "application/vnd.git-lfs"
+# Bytes a batch body may take per object (a generous upper bound of one {"oid","size"} entry).
+_BYTES_PER_OBJECT = 256
+
+
+@dataclass(frozen=True)
+class BatchObject:
+    oid: Any
+    size: Any
+    error: str | None = None  # why this entry is invalid
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    operation: str
+    objects: list[BatchObject]
+
+
+def parse_batch(body: dict[str, Any], max_objects: int) -> BatchRequest:
+    """Validate a batch request body; raises LfsError for whole-request mistakes."""
+    operation = body.get("operation")
+    if operation not in OPERATIONS:
+        raise LfsError(422, f"unsupported operation {operation!r}: use \"upload\" or \"download\"")
+    transfers = body.get("transfers")
+    if transfers is not None:
+        if not isinstance(transfers, list) or not all(isinstance(t, str) for t in transfers):
+            raise LfsError(422, "transfers must be a list of transfer adapter names")
+        if "basic" not in transfers:
+            raise LfsError(422, "this server only supports the basic transfer adapter")
+    hash_algo = body.get("hash_algo", "sha256")
+    if hash_algo != "sha256":
+        raise LfsError(409, f"unsupported hash algorithm {str(hash_algo)[:40]!r}: this server uses sha256")
+    ref = body.get("ref")
+    if ref is not None and not (isinstance(ref, dict) and isinstance(ref.get("name", ""), str)):
+        raise LfsError(422, "ref must be an object with a string name")
+    objects = body.get("objects")
+    if not isinstance(objects, list):
+        raise LfsError(422, "objects must be a list of {\"oid\", \"size\"} objects")
+    if len(objects) > max_objects:
+        raise LfsError(413, f"too many objects in one batch request: {len(objects)} "
+                            f"(this server takes at most {max_objects}); split the request")
+    parsed = []
+    for i, obj in enumerate(objects):
+        if not isinstance(obj, dict):
+            raise LfsError(422, f"objects[{i}] is not a JSON object")
+        oid, size = obj.get("oid"), obj.get("size")
+        error = None
+        if not is_oid(oid):
+            error = "invalid oid: it must be a SHA-256 as 64 lowercase hex digits"
+        elif not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            error = "invalid size: it must be a non-negative integer"
+        parsed.append(BatchObject(oid, size, error))
+    return BatchRequest(operation, parsed)
+
+
+def _iso(ts: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequest, base: str) -> dict[str, Any]:
+    """The batch response body for a validated request."""
+    cfg = svc.config.lfs
+    valid = list(dict.fromkeys(o.oid for o in req.objects if o.error is None))
+    visible = await svc.namespaces.visible(namespace, valid)
+    # Only objects this namespace may see are looked at (and maybe re-hashed): the answer for an
+    # invisible object must not depend on whether another namespace stored it.
+    states = await svc.store.states([o for o in valid if o in visible], rehash_budget=cfg.batch_rehash_bytes)
+    expires_in = cfg.action_expiry
+    expires_at = int(time.time()) + expires_in
+    prefix = f"{base}/{namespace}/.hg/lfs"
+    svc.stats.batch_requests += 1
+    svc.stats.batch_objects += len(req.objects)
+
+    def action(href: str, oid: str, operation: str, accept: str) -> dict[str, Any]:
+        token = svc.auth.sign_action(principal, namespace, oid, operation, expires_at)
+        return {"href": href, "header": {"Accept": accept, "Authorization": f"Bearer {token}"},
+                "expires_in": expires_in, "expires_at": _iso(expires_at)}
+
+    def error(obj: BatchObject, code: int, message: str) -> dict[str, Any]:
+        return {"oid": obj.oid, "size": obj.size, "error": {"code": code, "message": message}}
+
+    out = []
+    for obj in req.objects:
+        if obj.error is not None:
+            out.append(error(obj, 422, obj.error))
+            continue
+        oid, size = obj.oid, obj.size
+        state: ObjectState | None = states.get(oid)
+        if req.operation == "download":
+            if state is None or not state.present:
+                out.append(error(obj, 404, "The object does not exist"))
+            elif state.status is Status.CORRUPT:
+                svc.stats.corrupt_detected += 1
+                out.append(error(obj, 422, "The object is corrupt"))
+            elif state.size != size:
+                out.append(error(obj, 422, f"The object's size is {state.size} bytes, not {size}"))
+            else:
+                out.append({"oid": oid, "size": size, "authenticated": True, "actions": {
+                    "download": action(f"{prefix}/objects/{oid}", oid, "download", TRANSFER_ACCEPT)}})
+            continue
+        if cfg.max_object_size and size > cfg.max_object_size:
+            out.append(error(obj, 413, f"The object is larger than this server's limit of "
+                                       f"{cfg.max_object_size} bytes"))
+        elif state is not None and state.servable and state.size == size:
+            out.append({"oid": oid, "size": size})  # already here: nothing to do
+        elif state is not None and state.servable:
+            out.append(error(obj, 422, f"An object with this oid is stored with size {state.size}, not {size}"))
+        else:
+            out.append({"oid": oid, "size": size, "authenticated": True, "actions": {
+                "upload": action(f"{prefix}/objects/{oid}", oid, "upload", TRANSFER_ACCEPT),
+                "verify": action(f"{prefix}/verify", oid, "verify", "application/vnd.git-lfs+json"),
+            }})
+    return {"transfer": "basic", "objects": out, "hash_algo": "sha256"}
+
+
+@endpoint
+async def handle_batch(request: web.Request, target: Target) -> web.StreamResponse:
+    from . import LFS_SERVICE
+    from ..app import CTX
+
+    svc = request.app[LFS_SERVICE]
+    if request.method != "POST":
+        raise LfsError(405, "the batch API takes POST requests", headers={"Allow": "POST"})
+    check_accept(request)
+    ns = target.repo
+    # Credentials are checked before the body is read: a client that may not even read gets its
+    # 401/403 at once.
+    principal = await svc.auth.authenticate(request.headers)
+    request["principal"] = principal
+    svc.auth.authorize(principal, ns, Permission.READ)
+    limit = 64 * 1024 + svc.config.lfs.max_batch_objects * _BYTES_PER_OBJECT
+    req = parse_batch(await read_json(request, limit), svc.config.lfs.max_batch_objects)
+    if req.operation == "upload":
+        svc.auth.authorize(principal, ns, Permission.WRITE)
+    body = await answer_batch(svc, ns, principal, req, request.app[CTX].base_url(request))
+    return json_response(body)

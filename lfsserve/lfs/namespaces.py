@@ -1,0 +1,111 @@
+"""Which LFS namespace (repository path) may see which object.
+
+The blob store is shared and deduplicated; this index keeps knowing an oid from being enough to
+read another repository's file. An oid becomes visible in a namespace when content matching it
+was uploaded through that namespace (the upload proves possession), or when an hg push to that
+repository references it and the pusher could already read it elsewhere (see LfsService).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Collection, Iterable
+
+from ..sqlitedb import SqliteDb
+
+__all__ = ["NamespaceIndex", "SCHEMA"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS visible (
+    namespace TEXT NOT NULL,
+    oid       TEXT NOT NULL,
+    added     REAL NOT NULL,
+    PRIMARY KEY (namespace, oid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS visible_by_oid ON visible (oid, namespace);
+"""
+
+_PART = 500  # bound parameters per statement
+
+
+def _parts(items: list[str]) -> Iterable[list[str]]:
+    for i in range(0, len(items), _PART):
+        yield items[i:i + _PART]
+
+
+class NamespaceIndex:
+    def __init__(self, db: SqliteDb):
+        self.db = db
+
+    # Query builders run on the database thread; each has an async and a *_sync face.
+    @staticmethod
+    def _visible(namespace: str, oids: list[str]):
+        def q(conn: sqlite3.Connection) -> set[str]:
+            out: set[str] = set()
+            for part in _parts(oids):
+                rows = conn.execute(
+                    f"SELECT oid FROM visible WHERE namespace = ? AND oid IN ({','.join('?' * len(part))})",
+                    [namespace, *part])
+                out.update(r[0] for r in rows)
+            return out
+        return q
+
+    @staticmethod
+    def _grant(namespace: str, oids: list[str]):
+        def w(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.executemany("INSERT OR IGNORE INTO visible (namespace, oid, added) VALUES (?, ?, ?)",
+                             [(namespace, oid, now) for oid in oids])
+        return w
+
+    @staticmethod
+    def _namespaces_of(oids: list[str]):
+        def q(conn: sqlite3.Connection) -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for part in _parts(oids):
+                rows = conn.execute(
+                    f"SELECT oid, namespace FROM visible WHERE oid IN ({','.join('?' * len(part))})", part)
+                for oid, ns in rows:
+                    out.setdefault(oid, []).append(ns)
+            return out
+        return q
+
+    async def visible(self, namespace: str, oids: Collection[str]) -> set[str]:
+        """The subset of `oids` visible in `namespace`."""
+        return await self.db.read(self._visible(namespace, list(oids))) if oids else set()
+
+    def visible_sync(self, namespace: str, oids: Collection[str]) -> set[str]:
+        return self.db.read_sync(self._visible(namespace, list(oids))) if oids else set()
+
+    async def grant(self, namespace: str, oids: Collection[str]) -> None:
+        if oids:
+            await self.db.write(self._grant(namespace, list(oids)))
+
+    def grant_sync(self, namespace: str, oids: Collection[str]) -> None:
+        if oids:
+            self.db.write_sync(self._grant(namespace, list(oids)))
+
+    async def namespaces_of(self, oids: Collection[str]) -> dict[str, list[str]]:
+        """For each oid visible anywhere, the namespaces that see it."""
+        return await self.db.read(self._namespaces_of(list(oids))) if oids else {}
+
+    async def forget_namespace(self, namespace: str) -> int:
+        """Drop every grant of a namespace (the repository was deleted); returns how many."""
+        def w(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM visible WHERE namespace = ?", (namespace,)).rowcount
+        return await self.db.write(w)
+
+    async def revoke(self, oid: str) -> int:
+        """Drop an object from every namespace (it was deleted from the store)."""
+        def w(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM visible WHERE oid = ?", (oid,)).rowcount
+        return await self.db.write(w)
+
+    async def counts(self) -> tuple[int, int]:
+        """(namespaces, grants) for metrics."""
+        def q(conn: sqlite3.Connection) -> tuple[int, int]:
+            grants = conn.execute("SELECT count(*) FROM visible").fetchone()[0]
+            namespaces = conn.execute("SELECT count(DISTINCT namespace) FROM visible").fetchone()[0]
+            return namespaces, grants
+        return await self.db.read(q)

@@ -1,0 +1,201 @@
+"""LfsService: the blob store seen through namespaces, shared by the LFS front end, the hg push
+path (which must accept only pointers to blobs the server has) and operations (gc, verify, metrics).
+
+Interface documented for the other front ends in /work/coord/LFS_API.md (kept in sync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import AsyncIterator, Collection, Iterable
+
+from ..auth import Authenticator, Permission, Principal
+from ..blobstore import BlobStore, PutResult, Status, is_oid
+from ..config import Config
+from ..sqlitedb import SqliteDb
+from . import locks, namespaces
+from .namespaces import NamespaceIndex
+
+__all__ = ["LfsService", "LfsStats", "GcReport", "VerifyReport"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LfsStats:
+    """Counters since start-up (the ops front end exports them as metrics)."""
+
+    batch_requests: int = 0
+    batch_objects: int = 0
+    uploads: int = 0              # PUTs that stored or confirmed an object
+    uploads_rejected: int = 0     # content did not match its oid, too large, interrupted
+    upload_bytes: int = 0
+    downloads: int = 0
+    download_bytes: int = 0       # bytes handed to clients (sendfile or streamed)
+    corrupt_detected: int = 0     # objects found not to match their oid
+    pushed_pointers_accepted: int = 0
+    pushed_pointers_refused: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    bytes: int = 0
+    corrupt: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GcReport:
+    deleted: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+    kept: int = 0
+
+
+class LfsService:
+    def __init__(self, config: Config, auth: Authenticator, store: BlobStore, db: SqliteDb):
+        self.config = config
+        self.auth = auth
+        self.store = store
+        self.db = db
+        self.namespaces = NamespaceIndex(db)
+        self.locks = locks.LockStore(db)
+        self.stats = LfsStats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def create(cls, config: Config, auth: Authenticator, store: BlobStore | None = None) -> "LfsService":
+        from ..blobstore import LocalBlobStore
+
+        root = config.lfs_dir
+        db = SqliteDb(root / "meta.sqlite3", namespaces.SCHEMA + locks.SCHEMA, durable=True, name="lfs-meta")
+        return cls(config, auth, store or LocalBlobStore(root), db)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.store.open()
+        await self.db.astart()
+
+    async def stop(self) -> None:
+        await self.db.astop()
+        await self.store.close()
+
+    # -- uploads -------------------------------------------------------------------------------
+    async def receive(self, namespace: str, oid: str, chunks: AsyncIterator[bytes]) -> PutResult:
+        """Store an uploaded object and make it visible in `namespace` (the upload proved the
+        client has the content, so no object is leaked by granting it)."""
+        try:
+            result = await self.store.put(oid, chunks, max_size=self.config.lfs.max_object_size)
+        except BaseException:
+            self.stats.uploads_rejected += 1
+            raise
+        await self.namespaces.grant(namespace, [oid])
+        self.stats.uploads += 1
+        self.stats.upload_bytes += result.size
+        return result
+
+    # -- the hg push path ----------------------------------------------------------------------
+    async def accept_pushed_pointers(self, namespace: str, oids: Iterable[str], principal: Principal) -> set[str]:
+        """The oids of a push's lfs pointers that are NOT acceptable for repository `namespace`.
+
+        Acceptable: stored and sound, and visible in `namespace` or readable by `principal`
+        through some namespace it may read; those not yet visible in `namespace` become visible.
+        A push therefore only exposes what the pusher could already read.
+        """
+        wanted = list(dict.fromkeys(oids))
+        bad = {oid for oid in wanted if not is_oid(oid)}
+        candidates = [oid for oid in wanted if oid not in bad]
+        states = await self.store.states(candidates, rehash_budget=self.config.lfs.batch_rehash_bytes)
+        present = [oid for oid in candidates if states[oid].servable]
+        bad.update(oid for oid in candidates if not states[oid].servable)
+        already = await self.namespaces.visible(namespace, present)
+        others = [oid for oid in present if oid not in already]
+        grant = []
+        if others:
+            where = await self.namespaces.namespaces_of(others)
+            for oid in others:
+                if any(self.auth.permission(principal, ns) >= Permission.READ for ns in where.get(oid, ())):
+                    grant.append(oid)
+                else:
+                    bad.add(oid)
+        await self.namespaces.grant(namespace, grant)
+        self.stats.pushed_pointers_accepted += len(wanted) - len(bad)
+        self.stats.pushed_pointers_refused += len(bad)
+        return bad
+
+    def accept_pushed_pointers_sync(self, namespace: str, oids: Iterable[str], principal: Principal) -> set[str]:
+        """accept_pushed_pointers() from a worker thread (never from the event loop thread)."""
+        return self._call_sync(self.accept_pushed_pointers(namespace, list(oids), principal))
+
+    async def missing(self, oids: Iterable[str]) -> set[str]:
+        """The oids the store does not hold intact, whatever the namespace."""
+        wanted = [oid for oid in dict.fromkeys(oids)]
+        bad = {oid for oid in wanted if not is_oid(oid)}
+        states = await self.store.states([o for o in wanted if o not in bad])
+        return bad | {oid for oid, st in states.items() if not st.servable}
+
+    def missing_sync(self, oids: Iterable[str]) -> set[str]:
+        return self._call_sync(self.missing(list(oids)))
+
+    def _call_sync(self, coro):
+        if self._loop is None:
+            coro.close()
+            raise RuntimeError("LfsService is not started")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            coro.close()
+            raise RuntimeError("a *_sync method was called on the event loop thread; await the async one")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    # -- operations ----------------------------------------------------------------------------
+    async def verify_all(self) -> VerifyReport:
+        """Re-hash every stored object (slow: reads everything); remembers the outcomes."""
+        report = VerifyReport()
+        async for oid, size, _ in self.store.list():
+            state = await self.store.verify(oid)
+            report.checked += 1
+            report.bytes += size
+            if state.status is Status.CORRUPT:
+                report.corrupt.append(oid)
+                self.stats.corrupt_detected += 1
+        return report
+
+    async def forget_namespace(self, namespace: str) -> int:
+        """The repository is gone: its objects stop being visible through it (gc may then free them)."""
+        removed = await self.namespaces.forget_namespace(namespace)
+        await self.locks.forget_namespace(namespace)
+        return removed
+
+    async def gc(self, grace_seconds: float = 86400.0, dry_run: bool = False) -> GcReport:
+        """Delete objects no namespace can see, once older than `grace_seconds` (an upload's
+        object exists a moment before its grant is recorded, so young objects are kept)."""
+        report = GcReport()
+        cutoff = time.time() - grace_seconds
+        batch: list[tuple[str, int, float]] = []
+
+        async def sweep() -> None:
+            seen = await self.namespaces.namespaces_of([oid for oid, _, _ in batch])
+            for oid, size, mtime in batch:
+                if oid in seen or mtime > cutoff:
+                    report.kept += 1
+                    continue
+                if not dry_run:
+                    await self.store.delete(oid)
+                report.deleted.append(oid)
+                report.freed_bytes += size
+            batch.clear()
+
+        async for item in self.store.list():
+            batch.append(item)
+            if len(batch) >= 500:
+                await sweep()
+        await sweep()
+        return report

@@ -1,0 +1,130 @@
+"""The Git LFS basic transfer: PUT and GET of one object, and the verify action.
+
+    PUT  {repo}/.hg/lfs/objects/{oid}   upload: 201 stored, 200 already stored; 422 on mismatch
+    GET  {repo}/.hg/lfs/objects/{oid}   download (Range and HEAD too); 404 / 422 when corrupt
+    POST {repo}/.hg/lfs/verify          {"oid", "size"}: 200 stored and sound, 404, 422
+
+Callers present either the signed token from a batch action (valid for exactly this object and
+operation) or ordinary credentials, checked like any other request to the repository.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from ..auth import Permission, Principal
+from ..blobstore import CorruptObject, Status, is_oid
+from ..routing import Target
+from .errors import LfsError, endpoint
+from .request import read_json
+
+__all__ = ["handle_object", "handle_verify"]
+
+log = logging.getLogger(__name__)
+
+_OCTETS = "application/octet-stream"
+
+
+async def _principal(request: web.Request, svc, ns: str, oid: str, operation: str,
+                     needed: Permission) -> Principal:
+    principal = await svc.auth.authenticate(request.headers, (ns, oid, operation))
+    request["principal"] = principal
+    if not svc.auth.signed_grants(principal, ns, oid, operation):
+        svc.auth.authorize(principal, ns, needed)
+    return principal
+
+
+@endpoint
+async def handle_object(request: web.Request, target: Target) -> web.StreamResponse:
+    from . import LFS_SERVICE
+
+    svc = request.app[LFS_SERVICE]
+    if request.method == "PUT":
+        return await _upload(request, svc, target.repo, target.rest)
+    if request.method in ("GET", "HEAD"):
+        return await _download(request, svc, target.repo, target.rest)
+    raise LfsError(405, f"{request.method} is not an LFS transfer method", headers={"Allow": "GET, HEAD, PUT"})
+
+
+async def _upload(request: web.Request, svc, ns: str, oid: str) -> web.StreamResponse:
+    await _principal(request, svc, ns, oid, "upload", Permission.WRITE)
+    limit = svc.config.lfs.max_object_size
+    if limit and request.content_length is not None and request.content_length > limit:
+        raise LfsError(413, f"object larger than this server's limit of {limit} bytes",
+                       headers={"Connection": "close"})
+    result = await svc.receive(ns, oid, request.content.iter_any())
+    return web.Response(status=201 if result.created else 200)
+
+
+async def _download(request: web.Request, svc, ns: str, oid: str) -> web.StreamResponse:
+    await _principal(request, svc, ns, oid, "download", Permission.READ)
+    if not await svc.namespaces.visible(ns, [oid]):
+        raise LfsError(404, "The object does not exist")
+    handle = await svc.store.get(oid)  # ObjectMissing -> 404, CorruptObject -> 422
+    if not handle.verified and (request.method == "HEAD" or "Range" in request.headers):
+        # A part (or only the headers) of an object that changed on disk: check it all first.
+        state = await svc.store.verify(oid)
+        if state.status is Status.CORRUPT:
+            svc.stats.corrupt_detected += 1
+            raise LfsError(422, "The object is corrupt")
+        handle = await svc.store.get(oid)
+    headers = {"Content-Type": _OCTETS}
+    if handle.path is not None:
+        # Known good: let the kernel send it; FileResponse does Range (206), HEAD and 416.
+        svc.stats.downloads += 1
+        svc.stats.download_bytes += handle.size
+        return web.FileResponse(handle.path, headers=headers)
+    return await _stream(request, svc, handle, headers)
+
+
+async def _stream(request: web.Request, svc, handle, headers) -> web.StreamResponse:
+    """Send an object while verifying it; on a mismatch the connection is cut before the end."""
+    response = web.StreamResponse(status=200, headers=headers)
+    response.content_length = handle.size
+    await response.prepare(request)
+    sent = 0
+    try:
+        async for chunk in svc.store.read(handle):
+            await response.write(chunk)
+            sent += len(chunk)
+    except CorruptObject:
+        svc.stats.corrupt_detected += 1
+        log.error("LFS object %s is corrupt: download cut after %d of %d bytes", handle.oid, sent, handle.size)
+        # The status line is long gone: the only way left to tell the client is to cut the
+        # connection short of Content-Length, so it discards what it received.
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    svc.stats.downloads += 1
+    svc.stats.download_bytes += sent
+    await response.write_eof()
+    return response
+
+
+@endpoint
+async def handle_verify(request: web.Request, target: Target) -> web.StreamResponse:
+    from . import LFS_SERVICE
+
+    svc = request.app[LFS_SERVICE]
+    if request.method != "POST":
+        raise LfsError(405, "the verify action takes POST requests", headers={"Allow": "POST"})
+    ns = target.repo
+    body = await read_json(request, 4096)
+    oid, size = body.get("oid"), body.get("size")
+    if not is_oid(oid):
+        raise LfsError(422, "invalid oid: it must be a SHA-256 as 64 lowercase hex digits")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise LfsError(422, "invalid size: it must be a non-negative integer")
+    await _principal(request, svc, ns, oid, "verify", Permission.WRITE)
+    if not await svc.namespaces.visible(ns, [oid]):
+        raise LfsError(404, f"object {oid} was not uploaded to {ns}")
+    state = await svc.store.state(oid, rehash_budget=svc.config.lfs.batch_rehash_bytes)
+    if not state.present:
+        raise LfsError(404, f"object {oid} was not uploaded to {ns}")
+    if state.status is Status.CORRUPT:
+        raise LfsError(422, f"object {oid} is corrupt on the server; upload it again")
+    if state.size != size:
+        raise LfsError(422, f"object {oid} is stored with size {state.size}, not {size}")
+    return web.Response(status=200)

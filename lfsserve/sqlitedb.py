@@ -1,0 +1,168 @@
+"""A SQLite database owned by one dedicated thread, usable from the event loop and from worker threads.
+
+SQLite connections belong to the thread that made them, and SQLite serialises writers anyway, so
+each database gets one thread and one connection (WAL mode, so other processes can read while it
+writes). Work is a function `fn(conn) -> result` queued to that thread. Writes that arrive while
+the thread is busy are committed together in one transaction, each under its own SAVEPOINT so a
+failing one does not undo the others: one fsync covers a burst of concurrent uploads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Callable, TypeVar
+
+__all__ = ["SqliteDb"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_STOP = object()
+_MAX_GROUP = 256
+
+
+class SqliteDb:
+    """One SQLite file, one thread. `schema` is run (idempotently) when the database opens."""
+
+    def __init__(self, path: Path, schema: str, *, durable: bool = True, name: str = "sqlite"):
+        self.path = Path(path)
+        self._schema = schema
+        # FULL: a committed write survives power loss (visibility grants, locks). NORMAL: it may be
+        # lost, never corrupted (caches that can be rebuilt).
+        self._synchronous = "FULL" if durable else "NORMAL"
+        self._name = name
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ready = concurrent.futures.Future()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the thread and open the database; raises what opening raised."""
+        if self._thread is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name=f"lfsserve-{self._name}", daemon=True)
+        self._thread.start()
+        self._ready.result()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._thread = None
+
+    async def astart(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.start)
+
+    async def astop(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.stop)
+
+    # -- calls ---------------------------------------------------------------------------------
+    def _submit(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> concurrent.futures.Future:
+        if self._thread is None:
+            raise RuntimeError(f"{self.path}: database is not open")
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((fn, write, fut))
+        return fut
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.wrap_future(self._submit(fn, False))
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run fn in a transaction; returns once it is committed."""
+        return await asyncio.wrap_future(self._submit(fn, True))
+
+    def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """From a thread other than the event loop's (it blocks until done)."""
+        return self._submit(fn, False).result()
+
+    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self._submit(fn, True).result()
+
+    # -- the thread ----------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.executescript(self._schema)
+        return conn
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            self._ready.set_exception(exc)
+            return
+        self._ready.set_result(None)
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                group = [item]
+                stop = False
+                while len(group) < _MAX_GROUP:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stop = True
+                        break
+                    group.append(nxt)
+                self._run_group(conn, group)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, group: list) -> None:
+        results: list[tuple[concurrent.futures.Future, bool, object]] = []
+        writes = any(write for _, write, _ in group)
+        try:
+            if writes:
+                conn.execute("BEGIN IMMEDIATE")
+            for i, (fn, write, fut) in enumerate(group):
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                if write:
+                    conn.execute(f"SAVEPOINT w{i}")
+                try:
+                    value = fn(conn)
+                except Exception as exc:  # this call's failure is its caller's
+                    if write:
+                        conn.execute(f"ROLLBACK TO w{i}")
+                        conn.execute(f"RELEASE w{i}")
+                    results.append((fut, False, exc))
+                    continue
+                if write:
+                    conn.execute(f"RELEASE w{i}")
+                results.append((fut, True, value))
+            if writes:
+                conn.execute("COMMIT")
+        except Exception as exc:  # BEGIN/COMMIT failed (disk full, I/O error): nothing was written
+            log.error("%s: transaction failed: %s", self.path, exc)
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            for _, _, fut in group:
+                if not fut.done():
+                    if not fut.running():
+                        fut.set_running_or_notify_cancel()
+                    fut.set_exception(exc)
+            return
+        for fut, ok, value in results:
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)  # type: ignore[arg-type]

@@ -1,0 +1,103 @@
+"""Shared by the in-process LFS tests: a configured app with users, rules, and small helpers."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import bcrypt
+import pytest
+
+from lfsserve.app import create_app
+from lfsserve.auth import hash_token
+from lfsserve.config import load_config
+from lfsserve.lfs import LFS_SERVICE
+
+LFS = "application/vnd.git-lfs+json"
+H = {"Accept": LFS, "Content-Type": LFS}
+
+
+def oid_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def basic(user: str, pw: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}
+
+
+ALICE = basic("alice", "wonderland")  # writes everywhere
+BOB = basic("bob", "builder")         # reads "shared/**" only
+CAROL = {"Authorization": "Bearer carol-token"}
+
+
+def make_config(tmp_path, extra: str = "", anonymous: str = "none", server: str = ""):
+    (tmp_path / "htpasswd").write_text(
+        "alice:" + bcrypt.hashpw(b"wonderland", bcrypt.gensalt(4)).decode() + "\n"
+        "bob:" + bcrypt.hashpw(b"builder", bcrypt.gensalt(4)).decode() + "\n")
+    (tmp_path / "tokens").write_text(f"carol:{hash_token('carol-token')}\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""
+[server]
+root = "{tmp_path / 'data'}"
+{server}
+[auth]
+anonymous = "{anonymous}"
+htpasswd = "{tmp_path / 'htpasswd'}"
+tokens = "{tmp_path / 'tokens'}"
+[[auth.rules]]
+repos = "shared/**"
+read = ["bob", "carol"]
+write = ["alice", "carol"]
+[[auth.rules]]
+repos = "team/**"
+write = ["alice", "carol"]
+{extra}
+""")
+    return load_config(cfg, env={})
+
+
+@pytest.fixture
+def make_client(tmp_path, aiohttp_client):
+    async def make(extra: str = "", anonymous: str = "none", server: str = ""):
+        app = create_app(make_config(tmp_path, extra, anonymous, server))
+        client = await aiohttp_client(app)
+        return client
+    return make
+
+
+@pytest.fixture
+async def client(make_client):
+    return await make_client()
+
+
+async def batch(client, ns, operation, objects, headers=ALICE, **extra):
+    body = {"operation": operation, "objects": objects, **extra}
+    r = await client.post(f"/{ns}/.git/info/lfs/objects/batch", data=json.dumps(body), headers={**H, **headers})
+    return r.status, (await r.json(content_type=None))
+
+
+async def call(client, method, href, headers=None, data=None):
+    async with client.session.request(method, href, headers=headers or {}, data=data) as r:
+        return r.status, r.headers, await r.read()
+
+
+async def upload(client, ns, data, headers=ALICE):
+    oid = oid_of(data)
+    status, body = await batch(client, ns, "upload", [{"oid": oid, "size": len(data)}], headers)
+    assert status == 200, body
+    obj = body["objects"][0]
+    if "actions" not in obj:
+        return obj
+    act = obj["actions"]["upload"]
+    status, _, _ = await call(client, "PUT", act["href"], act["header"], data)
+    assert status in (200, 201)
+    ver = obj["actions"]["verify"]
+    status, _, _ = await call(client, "POST", ver["href"], {**ver["header"], "Content-Type": LFS},
+                              json.dumps({"oid": oid, "size": len(data)}))
+    assert status == 200
+    return obj
+
+
+def store_of(client):
+    return client.server.app[LFS_SERVICE].store

@@ -1,0 +1,81 @@
+"""LfsService: what the hg push path and operations rely on (see LFS_API.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from lfsserve.auth import Principal
+from lfsserve.lfs import LFS_SERVICE
+
+from .lfs_support import ALICE, make_client, oid_of, upload  # noqa: F401  (fixture)
+
+BOB = Principal("bob", "basic")      # reads shared/**, nothing in team/**
+CAROL = Principal("carol", "bearer")  # reads and writes shared/** and team/**
+
+
+@pytest.fixture
+async def setup(make_client):
+    client = await make_client()
+    return client, client.server.app[LFS_SERVICE]
+
+
+async def test_pushed_pointers_only_expose_what_the_pusher_can_read(setup):
+    client, svc = setup
+    secret = os.urandom(1000)
+    await upload(client, "team/app", secret)
+    oid, absent = oid_of(secret), oid_of(b"never uploaded")
+    # bob cannot read team/app: pushing a pointer to its object into shared/ must not expose it.
+    assert await svc.accept_pushed_pointers("shared/x", [oid, absent, "not-an-oid"], BOB) == {
+        oid, absent, "not-an-oid"}
+    assert await svc.namespaces.visible("shared/x", [oid]) == set()
+    # carol can read team/app: the pointer is accepted and the object becomes visible in shared/x.
+    assert await svc.accept_pushed_pointers("shared/x", [oid], CAROL) == set()
+    assert await svc.namespaces.visible("shared/x", [oid]) == {oid}
+    # Now it is in shared/x, bob may push it there again (and into nothing he cannot read from).
+    assert await svc.accept_pushed_pointers("shared/x", [oid], BOB) == set()
+    assert svc.stats.pushed_pointers_refused == 3 and svc.stats.pushed_pointers_accepted == 2
+
+
+async def test_sync_faces_work_from_a_worker_thread(setup):
+    client, svc = setup
+    await upload(client, "team/app", b"sync")
+    oid = oid_of(b"sync")
+    missing = await asyncio.to_thread(svc.missing_sync, [oid, oid_of(b"absent")])
+    assert missing == {oid_of(b"absent")}
+    refused = await asyncio.to_thread(svc.accept_pushed_pointers_sync, "team/app", [oid], CAROL)
+    assert refused == set()
+    with pytest.raises(RuntimeError):
+        svc.missing_sync([oid])  # on the loop thread it would deadlock: refused instead
+
+
+async def test_gc_and_verify_all(setup):
+    client, svc = setup
+    await upload(client, "team/app", b"keep me")
+    await upload(client, "team/gone", b"orphan")
+    assert await svc.forget_namespace("team/gone") == 1
+    report = await svc.gc(grace_seconds=3600)
+    assert report.deleted == [] and report.kept == 2  # too young to collect
+    report = await svc.gc(grace_seconds=0, dry_run=True)
+    assert report.deleted == [oid_of(b"orphan")]
+    assert (await svc.store.state(oid_of(b"orphan"))).present
+    report = await svc.gc(grace_seconds=0)
+    assert report.deleted == [oid_of(b"orphan")] and report.freed_bytes == 6
+    assert not (await svc.store.state(oid_of(b"orphan"))).present
+    path = svc.store.path(oid_of(b"keep me"))
+    os.chmod(path, 0o644)
+    path.write_bytes(b"keep mE")
+    report = await svc.verify_all()
+    assert report.checked == 1 and report.corrupt == [oid_of(b"keep me")]
+
+
+async def test_stats_count_transfers(setup):
+    client, svc = setup
+    await upload(client, "team/app", b"12345")
+    r = await client.get(f"/team/app/.hg/lfs/objects/{oid_of(b'12345')}", headers=ALICE)
+    assert await r.read() == b"12345"
+    s = svc.stats.as_dict()
+    assert s["uploads"] == 1 and s["upload_bytes"] == 5 and s["downloads"] == 1 and s["download_bytes"] == 5
+    assert s["batch_requests"] == 1 and s["batch_objects"] == 1
