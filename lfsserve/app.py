@@ -24,6 +24,7 @@ from .limits import LIMITS, PROBE_PATHS, Limits, limits_middleware, mark_prepare
 from .logs import add_request_id_header, request_id_middleware
 from .metrics import METRICS, Metrics, metrics_handler
 from .routing import BadPath, Kind, Target, resolve
+from .shutdown import DRAIN, Drain, close_while_draining, drain_middleware
 from .urls import TrustedProxies, external_base
 
 __all__ = ["CTX", "Handler", "ServerContext", "create_app"]
@@ -118,13 +119,16 @@ def create_app(config: Config, frontends: list[str] | None = None) -> web.Applic
                         proxies=TrustedProxies(config.server.trusted_proxies))
     # Bodies a handler reads whole (batch JSON, v1 POST args) are small; everything large streams
     # from request.content, which this limit does not apply to.
-    app = web.Application(middlewares=[request_id_middleware, limits_middleware, _error_middleware],
+    app = web.Application(middlewares=[drain_middleware, request_id_middleware, limits_middleware,
+                                       _error_middleware],
                           client_max_size=16 * 1024 * 1024)
     app[CTX] = ctx
     app[METRICS] = Metrics()
     app[LIMITS] = Limits(config.limits, ctx.proxies)
     app.on_response_prepare.append(add_request_id_header)
     app.on_response_prepare.append(mark_prepared)
+    app[DRAIN] = Drain()
+    app.on_response_prepare.append(close_while_draining)
     for name in FRONTENDS if frontends is None else frontends:
         importlib.import_module(name).setup(app)
     if Kind.INDEX not in ctx.handlers:

@@ -11,9 +11,10 @@ report what only they know through small hooks on the `Metrics` object of their 
         ...
         push.result = "refused"      # default "accepted"; an exception makes it "error"
 
-The blob store's object count and size come from a scan (a blocking function handed to
-`set_store_scanner`) that /metrics reruns in the executor when its last result is older than
-`store_scan_interval` seconds: a scrape never walks the store more than once per interval.
+The blob store's object count and size come from a scan (`set_store_scanner`, e.g.
+`scan_blob_store`) that /metrics reruns when its last result is older than `store_scan_interval`
+seconds: a scrape never walks the store more than once per interval. Counters a front end keeps
+itself (a dict of totals) are exported with `add_counters`.
 Each app has its own registry, so several servers in one process (tests) do not collide.
 """
 
@@ -23,16 +24,24 @@ import asyncio
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Awaitable, Callable, Iterator, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .aio import run_blocking
 
-__all__ = ["METRICS", "Metrics", "PushObservation", "StoreStats", "metrics_handler", "metrics_of"]
+__all__ = [
+    "METRICS",
+    "Metrics",
+    "PushObservation",
+    "StoreStats",
+    "metrics_handler",
+    "metrics_of",
+    "scan_blob_store",
+]
 
 # Durations from a health probe to a multi-gigabyte upload.
 _SECONDS_BUCKETS = (0.005, 0.025, 0.1, 0.25, 1, 2.5, 10, 30, 120, 600, float("inf"))
@@ -67,6 +76,28 @@ class _StoreCollector:
         yield size
 
 
+class _CountersCollector:
+    """Totals a front end keeps in a dict, as `<prefix>_<key>_total` counters."""
+
+    def __init__(self, prefix: str, source: Callable[[], Mapping[str, int]], what: str):
+        self._prefix, self._source, self._what = prefix, source, what
+
+    def collect(self):
+        for key, value in self._source().items():
+            family = CounterMetricFamily(f"{self._prefix}_{key}", f"{self._what}: {key.replace('_', ' ')}")
+            family.add_metric([], value)
+            yield family
+
+
+async def scan_blob_store(store) -> StoreStats:
+    """Count a lfsserve.blobstore.BlobStore's objects and bytes (walks the whole store)."""
+    objects = size = 0
+    async for _, n, _ in store.list():
+        objects += 1
+        size += n
+    return StoreStats(objects, size)
+
+
 class Metrics:
     def __init__(self, store_scan_interval: float = 60.0):
         self.registry = CollectorRegistry()
@@ -96,7 +127,7 @@ class Metrics:
             self.pushes.labels(result)
         self.store_stats: StoreStats | None = None
         self.store_scan_interval = store_scan_interval
-        self._scanner: Callable[[], StoreStats] | None = None
+        self._scanner: Callable[[], Awaitable[StoreStats]] | None = None
         self._scanned_at = 0.0
         self._scan_lock = asyncio.Lock()
         r.register(_StoreCollector(self))
@@ -134,9 +165,12 @@ class Metrics:
             self.push_seconds.observe(time.monotonic() - start)
 
     # -- blob store statistics ------------------------------------------------------------------
-    def set_store_scanner(self, scan: Callable[[], StoreStats]) -> None:
-        """`scan` is blocking (it walks the store); it runs in the executor."""
+    def set_store_scanner(self, scan: Callable[[], Awaitable[StoreStats]]) -> None:
+        """`scan()` walks the store (keeping the loop free, as BlobStore.list does)."""
         self._scanner = scan
+
+    def add_counters(self, prefix: str, source: Callable[[], Mapping[str, int]], what: str) -> None:
+        self.registry.register(_CountersCollector(prefix, source, what))
 
     async def refresh_store_stats(self) -> None:
         if self._scanner is None:
@@ -144,7 +178,7 @@ class Metrics:
         async with self._scan_lock:  # concurrent scrapes share one scan
             if self.store_stats is not None and time.monotonic() - self._scanned_at < self.store_scan_interval:
                 return
-            self.store_stats = await run_blocking(self._scanner)
+            self.store_stats = await self._scanner()
             self._scanned_at = time.monotonic()
 
     def exposition(self) -> bytes:

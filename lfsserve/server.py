@@ -16,6 +16,7 @@ from aiohttp import web
 from . import __version__
 from .aio import Executor, set_default_executor
 from .app import create_app
+from .shutdown import DRAIN
 from .config import Config
 from .logs import AccessLogger, JsonAccessLogger, QuietAccessLogger, setup_logging
 
@@ -31,7 +32,9 @@ def runner_options(config: Config) -> dict:
     return {
         "access_log_class": access,
         "access_log": logging.getLogger("lfsserve.access"),
-        "shutdown_timeout": config.server.shutdown_grace,
+        # Requests in flight were already given server.shutdown_grace (see shutdown.py); what is
+        # still running after that is cancelled almost at once.
+        "shutdown_timeout": 1.0,
     }
 
 
@@ -63,8 +66,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     print(f"lfsserve {__version__}: listening on http://{shown}:{port} (data in {config.root})", flush=True)
     try:
         await stop.wait()
-        log.info("shutting down: no new connections, up to %.0fs for requests in flight",
-                 config.server.shutdown_grace)
+        drain = app[DRAIN]
+        log.info("shutting down: no new connections, up to %gs for %d request(s) in flight",
+                 config.server.shutdown_grace, drain.in_flight)
+        await site.stop()
+        if not await drain.wait(config.server.shutdown_grace):
+            log.warning("shutdown grace period over: cancelling %d request(s) still in flight", drain.in_flight)
     finally:
         await runner.cleanup()
         executor.shutdown()

@@ -97,7 +97,7 @@ async def test_metrics_hooks_uploads_pushes_and_store_scan(tmp_path, aiohttp_cli
 
     scans = []
 
-    def scan():
+    async def scan():
         scans.append(1)
         return StoreStats(objects=len(scans) * 2, bytes=1234)
 
