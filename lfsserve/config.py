@@ -10,7 +10,7 @@ once, at start-up, and a bad value raises ConfigError naming the key (`server.po
 Environment variables are `LFSSERVE_<SECTION>_<KEY>` in upper case (LFSSERVE_SERVER_PORT,
 LFSSERVE_AUTH_ANONYMOUS); the most common ones also have short forms: LFSSERVE_HOST,
 LFSSERVE_PORT, LFSSERVE_ROOT, LFSSERVE_ANONYMOUS, LFSSERVE_BASE_URL. Lists in env vars are
-comma-separated.
+comma-separated. LFSSERVE_CONFIG names the TOML file when --config is not given (cli.py).
 """
 
 from __future__ import annotations

@@ -248,3 +248,37 @@ def test_json_log_formatter_carries_request_id_and_traceback():
 ])
 def test_client_address(peer, headers, expected):
     assert client_address(peer, headers, TrustedProxies(["127.0.0.1", "10.0.0.0/8"])) == expected
+
+
+async def test_upload_checked_against_a_copy_gc_deleted_is_refused_not_lost(tmp_path):
+    """gc (another process) deletes an unreferenced copy between put() finding it and the
+    upload's grant: the upload must fail (and be retried), not be acknowledged with no data."""
+    from lfsserve.auth import Authenticator
+    from lfsserve.blobstore import UploadRaced
+    from lfsserve.lfs import LfsService
+
+    config = load_config(env={"LFSSERVE_ROOT": str(tmp_path / "data")})
+    svc = LfsService.create(config, Authenticator(config))
+    await svc.start()
+    try:
+        data = b"orphaned content" * 100
+        oid = __import__("hashlib").sha256(data).hexdigest()
+
+        async def body():
+            yield data
+
+        await svc.store.put(oid, body())  # stored, referenced by no namespace
+        real_grant = svc.namespaces.grant
+
+        async def grant_after_gc(namespace, oids):
+            assert (await svc.gc(grace_seconds=0)).deleted == [oid]  # gc runs "between"
+            await real_grant(namespace, oids)
+
+        svc.namespaces.grant = grant_after_gc
+        with pytest.raises(UploadRaced):
+            await svc.receive("team/app", oid, body())
+        svc.namespaces.grant = real_grant
+        assert (await svc.receive("team/app", oid, body())).created  # the retry stores it again
+        assert (await svc.store.state(oid)).present
+    finally:
+        await svc.stop()
