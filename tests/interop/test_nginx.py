@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import shutil
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
+from ..support import Hg, require_program, run
+from .lfs_http import batch as lfs_batch
 from .nginx import MOUNT, start_nginx
 
 pytestmark = pytest.mark.interop
@@ -61,3 +68,91 @@ def test_probes_request_ids_and_private_metrics_through_nginx(proxied):
     assert fetch(server.url + "/metrics")[0] == 200  # but scrapeable on the backend
     status, headers, _ = fetch(f"http://127.0.0.1:{nginx.port}{MOUNT}")
     assert status == 301 and headers["Location"].endswith(f":{nginx.port}{MOUNT}/")
+
+
+def assert_hrefs_point_at_nginx(answer: dict, nginx, backend_port: int, namespace: str) -> None:
+    """Every action href of a batch answer is under nginx's public URL and sub-path."""
+    hrefs = [a["href"] for obj in answer["objects"] for a in (obj.get("actions") or {}).values()]
+    assert hrefs, answer
+    for href in hrefs:
+        assert href.startswith(f"{nginx.url}/{namespace}"), href
+        assert f":{backend_port}" not in href, href
+
+
+def write_random(path: Path, size: int, chunk: int = 1 << 20) -> str:
+    """`size` random bytes into `path`, fast; returns their SHA-256."""
+    h = hashlib.sha256()
+    with open(path, "wb") as fh:
+        for done in range(0, size, chunk):
+            data = os.urandom(min(chunk, size - done))
+            h.update(data)
+            fh.write(data)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while data := fh.read(1 << 20):
+            h.update(data)
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+def test_git_lfs_100mb_through_nginx(proxied, tmp_path):
+    require_program("git-lfs", "apt-get install -y git-lfs")
+    server, nginx = proxied
+    endpoint = f"{nginx.url}/team/big.git/info/lfs"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "LFSSERVE_"))},
+           "HOME": str(tmp_path / "home"), "GIT_TERMINAL_PROMPT": "0"}
+    (tmp_path / "home").mkdir()
+    work, remote, clone = tmp_path / "work", tmp_path / "remote.git", tmp_path / "clone"
+    git = lambda *a, cwd=work: run(["git", *a], cwd=cwd, env=env)  # noqa: E731
+    git("init", "-q", "-b", "main", str(work), cwd=tmp_path)
+    git("init", "-q", "--bare", "-b", "main", str(remote), cwd=tmp_path)
+    git("config", "user.email", "t@example.com"), git("config", "user.name", "T")
+    git("lfs", "install", "--local")
+    git("lfs", "track", "*.bin")
+    (work / ".lfsconfig").write_text(f"[lfs]\n\turl = {endpoint}\n\tlocksverify = false\n")
+    size = 100 * 1024 * 1024
+    digest = write_random(work / "big.bin", size)
+    git("add", "."), git("commit", "-qm", "100 MB")
+    git("remote", "add", "origin", str(remote))
+    git("push", "-q", "origin", "main")
+
+    # What git-lfs was told: actions at nginx's address under /hg, never the backend's port.
+    status, answer = lfs_batch(endpoint, "download", [(digest, size)])
+    assert status == 200
+    assert_hrefs_point_at_nginx(answer, nginx, server.port, "team/big")
+    status, answer = lfs_batch(endpoint, "upload", [(hashlib.sha256(b"new").hexdigest(), 3)])
+    assert status == 200
+    assert_hrefs_point_at_nginx(answer, nginx, server.port, "team/big")
+
+    git("clone", "-q", str(remote), str(clone), cwd=tmp_path)
+    assert (clone / "big.bin").stat().st_size == size and sha256_file(clone / "big.bin") == digest
+    log = nginx.access_log()
+    # the 100 MB went through nginx both ways, whole (nginx logs the body bytes it sent)
+    assert re.search(rf'"PUT {MOUNT}/team/big\S*/{digest} HTTP/1.1" 20[01] ', log), log
+    assert re.search(rf'"GET {MOUNT}/team/big\S*/{digest} HTTP/1.1" 200 {size} ', log), log
+    shutil.rmtree(work), shutil.rmtree(clone)  # 300 MB that pytest would otherwise keep
+
+
+def test_hg_lfs_push_and_pull_through_nginx(proxied, tmp_path):
+    """hg's lfs extension uploading to and downloading from lfs.url behind nginx's sub-path."""
+    server, nginx = proxied
+    url = f"{nginx.url}/team/app/.git/info/lfs"
+    rc = f"[extensions]\nlfs =\n[lfs]\nurl = {url}\ntrack = size('>1KB')\n"
+    writer, reader = Hg(tmp_path / "w", rc), Hg(tmp_path / "r", rc)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    writer("init", str(src))
+    blob = os.urandom(200_000)
+    (src / "asset.bin").write_bytes(blob)
+    (src / "small.txt").write_text("small\n")
+    writer("commit", "-A", "-m", "with a blob", cwd=src)
+    writer("init", str(dst))
+    out = writer.out("push", "-v", str(dst), cwd=src)
+    assert "lfs: uploaded 1 files" in out
+    copy = tmp_path / "copy"
+    reader("clone", str(dst), str(copy))  # empty usercache: the blob comes through nginx
+    assert (copy / "asset.bin").read_bytes() == blob
+    assert f"POST {MOUNT}/team/app/.git/info/lfs/objects/batch" in nginx.access_log()
