@@ -70,6 +70,7 @@ def _answer(request: web.Request, status: int, message: str, headers: dict[str, 
         kind = resolve(request.path, request.raw_path, "cmd" in request.query).kind
     except BadPath:
         kind = None
+    request["route_kind"] = kind.value if kind else "invalid"  # for the request metrics
     if kind in _LFS_KINDS:
         return web.Response(status=status, headers=headers,
                             body=json.dumps({"message": message, "request_id": request.get("request_id")}),

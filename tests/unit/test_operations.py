@@ -146,6 +146,7 @@ async def test_per_client_concurrency_429_with_retry_after(tmp_path, aiohttp_cli
     for t in held + [other]:
         assert (await t).status == 200
     assert sample(app, "lfsserve_limit_rejections_total", limit="concurrency") == 2
+    assert sample(app, "lfsserve_http_requests_total", kind="lfs-batch", method="POST", status="429") == 1
     # the slots were given back
     assert (await client.post(url, data=b"{}")).status == 200
 
