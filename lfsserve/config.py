@@ -101,6 +101,10 @@ class LfsConfig:
     # batch answer names them, up to this many bytes per request; beyond it they are verified
     # while being downloaded (a corrupt one is cut off before its last byte).
     batch_rehash_bytes: int = 256 * 1024 * 1024
+    # fsync each uploaded object and its directory before acknowledging the upload. Off trades
+    # durability on power loss for speed on storage where fsync is slow; objects are then
+    # re-verified before they are first served.
+    fsync: bool = True
 
 
 @dataclass

@@ -138,7 +138,7 @@ class LocalBlobStore(BlobStore):
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
-        # fsync objects and directories before an upload is acknowledged. Tests may turn it off.
+        # fsync objects and directories before an upload is acknowledged (lfs.fsync).
         self.durable = durable
         self._stamps = SqliteDb(self.root / "verified.sqlite3", _STAMPS_SCHEMA, durable=False, name="stamps")
 
@@ -363,7 +363,9 @@ class LocalBlobStore(BlobStore):
             # Runs to completion even if this task is cancelled (client gone): first let the
             # chunk in flight finish with the fd, then close and unlink off the loop.
             await asyncio.shield(asyncio.ensure_future(_discard(sink, fd, tmp)))
-        if created:
+        if created and self.durable:
+            # Without fsync a crash could leave this file's blocks unwritten under unchanged
+            # metadata, so a non-durable store leaves it unverified: checked before first use.
             st = await run_blocking(os.stat, self.path(oid))
             await self._record(oid, _stamp(st), True)
         return PutResult(created=created, size=sink.size)

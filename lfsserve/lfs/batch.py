@@ -96,6 +96,7 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
     states = await svc.store.states([o for o in valid if o in visible], rehash_budget=cfg.batch_rehash_bytes)
     expires_in = cfg.action_expiry
     expires_at = int(time.time()) + expires_in
+    expires_iso = _iso(expires_at)
     prefix = f"{base}/{namespace}/.hg/lfs"
     svc.stats.batch_requests += 1
     svc.stats.batch_objects += len(req.objects)
@@ -103,7 +104,7 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
     def action(href: str, oid: str, operation: str, accept: str) -> dict[str, Any]:
         token = svc.auth.sign_action(principal, namespace, oid, operation, expires_at)
         return {"href": href, "header": {"Accept": accept, "Authorization": f"Bearer {token}"},
-                "expires_in": expires_in, "expires_at": _iso(expires_at)}
+                "expires_in": expires_in, "expires_at": expires_iso}
 
     def error(obj: BatchObject, code: int, message: str) -> dict[str, Any]:
         return {"oid": obj.oid, "size": obj.size, "error": {"code": code, "message": message}}

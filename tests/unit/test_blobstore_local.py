@@ -12,9 +12,9 @@ from lfsserve.blobstore import LocalBlobStore, Status
 from .blobstore_contract import BlobStoreContract, chunks_of, oid_of
 
 
-@pytest.fixture
-async def store(tmp_path):
-    s = LocalBlobStore(tmp_path / "lfs")
+@pytest.fixture(params=[True, False], ids=["fsync", "no-fsync"])
+async def store(tmp_path, request):
+    s = LocalBlobStore(tmp_path / "lfs", durable=request.param)
     await s.open()
     yield s
     await s.close()
@@ -49,15 +49,20 @@ class TestLocalBlobStore(BlobStoreContract):
     pass
 
 
-async def test_layout_and_permissions(store, tmp_path):
-    data = b"layout"
-    oid = oid_of(data)
-    await store.put(oid, chunks_of(data))
-    path = tmp_path / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
-    assert path.read_bytes() == data
-    assert path.stat().st_mode & 0o777 == 0o444
-    handle = await store.get(oid)
-    assert handle.verified and handle.path == path
+async def test_layout_permissions_and_sendfile_path(tmp_path):
+    store = LocalBlobStore(tmp_path / "lfs")
+    await store.open()
+    try:
+        data = b"layout"
+        oid = oid_of(data)
+        await store.put(oid, chunks_of(data))
+        path = tmp_path / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+        assert path.read_bytes() == data
+        assert path.stat().st_mode & 0o777 == 0o444
+        handle = await store.get(oid)
+        assert handle.verified and handle.path == path  # known good: may go out with sendfile
+    finally:
+        await store.close()
 
 
 async def test_startup_removes_abandoned_temps_but_not_live_ones(tmp_path):
@@ -90,6 +95,20 @@ async def test_verification_stamps_survive_restart(tmp_path):
     await s.open()
     try:
         assert (await s.state(oid)).status is Status.OK  # no budget needed: the stamp was kept
+    finally:
+        await s.close()
+
+
+async def test_unsynced_uploads_are_verified_before_first_use(tmp_path):
+    s = LocalBlobStore(tmp_path / "lfs", durable=False)
+    await s.open()
+    try:
+        data = os.urandom(10_000)
+        oid = oid_of(data)
+        await s.put(oid, chunks_of(data))
+        assert (await s.state(oid)).status is Status.UNVERIFIED
+        assert not (await s.get(oid)).verified
+        assert (await s.state(oid, rehash_budget=10_000)).status is Status.OK
     finally:
         await s.close()
 
