@@ -1,0 +1,495 @@
+"""Changegroups (versions 01, 02, 03): produce them for pulls, apply them for pushes.
+
+Stream layout: the changelog group, the manifest group, for 03 an (empty, flat manifests) tree
+section, then per file a chunk with its path and its group, then an empty chunk. A chunk is an
+int32 length (counting itself) and a payload; a length of 4 or less ends a group. A revision
+chunk is a delta header then a delta:
+
+    01: node p1 p2 linknode              (base: previous chunk of the group, p1 for the first)
+    02: node p1 p2 base linknode         (base null: the delta applies to the empty text)
+    03: node p1 p2 base linknode flags   (flags: revlog flags, 0x2000 for lfs pointers)
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterator
+
+from .changelog import parse_changeset
+from .error import Abort, BadChangegroup, CorruptRevlog
+from .filelog import LfsPointerError, parse_lfs_pointer
+from .manifest import changed_entries, parse_manifest
+from .mdiff import PatchError, patch, textdiff, trivial_header
+from .node import NULLID, NULLREV, hash_revision
+from .revlog import REVIDX_EXTSTORED, REVIDX_KNOWN, Revlog, RevlogWriter, flag_names
+from .store import Store, encode_dir
+
+__all__ = ["generate", "apply", "supported_versions", "ApplyResult", "ChunkReader", "HEADERS"]
+
+HEADERS = {
+    "01": struct.Struct(">20s20s20s20s"),
+    "02": struct.Struct(">20s20s20s20s20s"),
+    "03": struct.Struct(">20s20s20s20s20sH"),
+}
+_LEN = struct.Struct(">l")
+_SPLIT = 1 << 20  # bytes per piece handed to the caller for big revisions
+CLOSE = _LEN.pack(0)
+
+
+def supported_versions(repo) -> list[str]:
+    """Versions this repository can produce (lfs needs 03: 01 and 02 cannot carry revision flags)."""
+    return ["03"] if repo.has_lfs else ["01", "02", "03"]
+
+
+# --- generation ---------------------------------------------------------------------------------
+
+def _chunk(header: bytes, delta: bytes) -> Iterator[bytes]:
+    yield _LEN.pack(4 + len(header) + len(delta)) + header
+    if len(delta) <= _SPLIT:
+        yield delta
+    else:
+        mv = memoryview(delta)
+        for i in range(0, len(delta), _SPLIT):
+            yield bytes(mv[i:i + _SPLIT])
+
+
+class _GroupEmitter:
+    """Chooses the delta of each revision sent from one revlog."""
+
+    def __init__(self, rl: Revlog, version: str, what: str):
+        self.rl = rl
+        self.version = version
+        self.what = what
+        self.sent: set[int] = set()
+        self.prev = NULLREV
+
+    def emit(self, rev: int, linknode: bytes) -> Iterator[bytes]:
+        rl = self.rl
+        p1, p2 = rl.parentrevs(rev)
+        flags = rl.flags(rev)
+        if flags & ~REVIDX_KNOWN:
+            raise CorruptRevlog(f"{rl.name}: revision {rev} has unsupported flags ({flag_names(flags)})")
+        if flags and self.version in ("01", "02"):
+            raise Abort(f"{rl.name}: revision {rev} has flags ({flag_names(flags) or 'lfs'}) that "
+                        f"changegroup {self.version} cannot carry",
+                        hint="the client must support changegroup 03 (enable the lfs extension)")
+        node = rl.node(rev)
+        n1, n2 = rl.node(p1), rl.node(p2)
+        if self.version == "01":
+            base = self.prev if self.prev != NULLREV else p1
+            delta = self._delta_against(rev, base)
+            header = HEADERS["01"].pack(node, n1, n2, linknode)
+        else:
+            base, delta = self._pick(rev, p1, p2, flags)
+            basenode = rl.node(base)
+            if self.version == "02":
+                header = HEADERS["02"].pack(node, n1, n2, basenode, linknode)
+            else:
+                header = HEADERS["03"].pack(node, n1, n2, basenode, linknode, flags)
+        self.sent.add(rev)
+        self.prev = rev
+        yield from _chunk(header, delta)
+
+    def _delta_against(self, rev: int, base: int) -> bytes:
+        rl = self.rl
+        if base != NULLREV and rl.deltaparent(rev) == base and not (rl.flags(base) | rl.flags(rev)):
+            return rl.chunk(rev)
+        text = rl.revision(rev)
+        if base == NULLREV:
+            return trivial_header(len(text)) + text
+        return textdiff(rl.revision(base), text)
+
+    def _pick(self, rev: int, p1: int, p2: int, flags: int) -> tuple[int, bytes]:
+        rl = self.rl
+        if flags & REVIDX_EXTSTORED:
+            text = rl.revision(rev)
+            return NULLREV, trivial_header(len(text)) + text
+        stored = rl.deltaparent(rev)
+        if stored == NULLREV:
+            text = rl.chunk(rev)
+            return NULLREV, trivial_header(len(text)) + text
+        if (stored in self.sent or stored == p1 or stored == p2) and not rl.flags(stored):
+            return stored, rl.chunk(rev)
+        # the receiver may not have the stored base: a fresh delta against a parent it has
+        text = rl.revision(rev)
+        for p in (p1, p2):
+            if p != NULLREV and not rl.flags(p):
+                return p, textdiff(rl.revision(p), text)
+        return NULLREV, trivial_header(len(text)) + text
+
+
+def generate(repo, revs, version: str, *, fastpath=None) -> Iterator[bytes]:
+    """The changegroup carrying changelog revisions `revs` (visible ones) and what they need.
+
+    The receiver is assumed to have every ancestor of `revs` that is not in `revs`. `fastpath`
+    is accepted for API compatibility; file revisions are always found through the manifests.
+    """
+    if version not in HEADERS:
+        raise Abort(f"changegroup version {version} is not supported")
+    if version != "03" and repo.has_lfs:
+        raise Abort(f"this repository uses lfs; changegroup {version} cannot carry lfs revisions",
+                    hint="the client must support changegroup 03 (enable the lfs extension)")
+    cl = repo.changelog
+    revs = sorted(set(revs))
+    for r in revs:
+        if not repo.is_visible(r):
+            raise Abort(f"changeset {r} is not served")
+    parents = repo.parents_list
+    outgoing = bytearray(len(cl))
+    for r in revs:
+        outgoing[r] = 1
+    # common: ancestors of what is sent that are not sent (the receiver has them)
+    from .dagop import ancestors_mask
+
+    roots_parents = [p for r in revs for p in parents[r] if p >= 0 and not outgoing[p]]
+    common = ancestors_mask(parents, roots_parents, len(cl))
+
+    # changelog group; note which manifest each changeset needs
+    ml = repo.manifestlog.revlog
+    mf_link: dict[int, int] = {}  # manifest rev -> changelog rev that brings it
+    emitter = _GroupEmitter(cl, version, "changelog")
+    for r in revs:
+        mnode = cl.manifest_node(r)
+        if mnode != NULLID:
+            mrev = ml.get_rev(mnode)
+            if mrev is None:
+                raise CorruptRevlog(f"changeset {r} names manifest {mnode.hex()[:12]}, "
+                                    f"which {ml.name} lacks")
+            mf_link.setdefault(mrev, r)
+        yield from emitter.emit(r, cl.node(r))
+    yield CLOSE
+
+    # manifest group
+    to_send = []
+    for mrev in sorted(mf_link):
+        link = ml.linkrev(mrev)
+        if 0 <= link < len(common) and common[link]:
+            continue
+        to_send.append(mrev)
+    emitter = _GroupEmitter(ml, version, "manifest")
+    files: dict[bytes, dict[bytes, int]] = {}
+    for mrev in to_send:
+        clrev = _link_for(ml.linkrev(mrev), outgoing, mf_link[mrev])
+        for path, (fnode, _flags) in _new_entries(ml, mrev).items():
+            seen = files.setdefault(path, {})
+            if fnode not in seen or clrev < seen[fnode]:
+                seen[fnode] = clrev
+        yield from emitter.emit(mrev, cl.node(clrev))
+    yield CLOSE
+    if version == "03":
+        yield CLOSE  # no tree manifests
+
+    # file groups
+    for path in sorted(files):
+        fl = repo.file(path)
+        wanted = []
+        for fnode, clrev in files[path].items():
+            frev = fl.get_rev(fnode)
+            if frev is None:
+                raise CorruptRevlog(f"{fl.name}: file revision {fnode.hex()[:12]} named by "
+                                    f"changeset {clrev} is missing")
+            link = fl.linkrev(frev)
+            if 0 <= link < len(common) and common[link]:
+                continue
+            wanted.append((frev, _link_for(link, outgoing, clrev)))
+        if not wanted:
+            continue
+        wanted.sort()
+        name = path
+        yield _LEN.pack(4 + len(name)) + name
+        emitter = _GroupEmitter(fl, version, "file")
+        for frev, clrev in wanted:
+            yield from emitter.emit(frev, cl.node(clrev))
+        yield CLOSE
+    yield CLOSE
+
+
+def _link_for(linkrev: int, outgoing: bytearray, fallback: int) -> int:
+    if 0 <= linkrev < len(outgoing) and outgoing[linkrev]:
+        return linkrev
+    return fallback
+
+
+def _new_entries(ml: Revlog, mrev: int) -> dict[bytes, tuple[bytes, bytes]]:
+    """Entries of manifest `mrev` that may differ from its parents' manifests."""
+    p1, p2 = ml.parentrevs(mrev)
+    base = ml.deltaparent(mrev)
+    if base != NULLREV and base in (p1, p2):
+        return changed_entries(ml.chunk(mrev))
+    mine = parse_manifest(ml.revision(mrev), ml.name)
+    if p1 == NULLREV:
+        return mine
+    theirs = parse_manifest(ml.revision(p1), ml.name)
+    return {p: v for p, v in mine.items() if theirs.get(p) != v}
+
+
+# --- application --------------------------------------------------------------------------------
+
+class ChunkReader:
+    """Reads framed chunks from a binary stream."""
+
+    def __init__(self, source: BinaryIO):
+        self.source = source
+        self.read_bytes = 0
+
+    def _read(self, n: int) -> bytes:
+        data = self.source.read(n)
+        if data is None:
+            data = b""
+        while len(data) < n:
+            more = self.source.read(n - len(data))
+            if not more:
+                raise BadChangegroup(f"changegroup stream is truncated (wanted {n} bytes, "
+                                     f"got {len(data)} after {self.read_bytes})")
+            data += more
+        self.read_bytes += n
+        return data
+
+    def chunk(self) -> bytes:
+        """The next chunk's payload; b"" for a group end."""
+        (length,) = _LEN.unpack(self._read(4))
+        if length <= 4:
+            if length < 0:
+                raise BadChangegroup(f"invalid chunk length {length}")
+            return b""
+        return self._read(length - 4)
+
+
+@dataclass
+class ApplyResult:
+    added: list = field(default_factory=list)  # new changeset nodes, ascending
+    heads_before: int = 0
+    heads_after: int = 0
+    lfs_oids: set = field(default_factory=set)
+    return_code: int = 1
+    revisions: int = 0
+    files: int = 0
+
+
+class _Writers:
+    """The revlog writers of one transaction (a transaction may apply several changegroups)."""
+
+    def __init__(self, repo, tr):
+        self.repo = repo
+        self.tr = tr
+        self.new_store_files: list[bytes] = []
+        self.changelog = self._writer(repo.changelog, b"00changelog.i", delay=True)
+        self.manifest = self._writer(repo.manifestlog.revlog, b"00manifest.i")
+        self.files: dict[bytes, RevlogWriter] = {}
+        self.add_lfs_requirement = False
+        tr.add_on_abort(self.close)
+
+    def _note_new(self, name: bytes) -> None:
+        if name.startswith(b"data/"):
+            self.new_store_files.append(name)
+
+    def _writer(self, rl: Revlog, index_name: bytes, delay: bool = False) -> RevlogWriter:
+        repo = self.repo
+        return RevlogWriter(rl, self.tr, index_name=index_name, data_name=index_name[:-2] + b".d",
+                            compression=repo.compression, sparse=repo.sparse,
+                            create_header=repo._revlog_header(), delay=delay, on_new_file=self._note_new)
+
+    def file(self, path: bytes) -> RevlogWriter:
+        w = self.files.get(path)
+        if w is None:
+            rl = self.repo._open_revlog(Revlog, Store.filelog_name(path))
+            w = self.files[path] = self._writer(rl, Store.filelog_name(path))
+        return w
+
+    def close(self) -> None:
+        for w in [self.changelog, self.manifest, *self.files.values()]:
+            w.close()
+
+
+def finalize_writer(repo, tr, writers: _Writers) -> None:
+    """Publish what the transaction wrote: fncache, requirements, then the changelog, last."""
+    writers.manifest.finalize()
+    for w in writers.files.values():
+        w.finalize()
+    if writers.new_store_files and repo.store.fncache:
+        known = set(repo.store.read_fncache())
+        new = [n for n in dict.fromkeys(writers.new_store_files) if n not in known]
+        if new:
+            tr.append_file(b"fncache", b"".join(encode_dir(n) + b"\n" for n in new))
+    if writers.add_lfs_requirement and "lfs" not in repo.requirements:
+        path = repo.store.path / "requires"
+        reqs = set(path.read_bytes().decode().split()) if path.exists() else set()
+        reqs.add("lfs")
+        tr.replace_file(b"requires", b"".join(r.encode() + b"\n" for r in sorted(reqs)))
+    writers.changelog.finalize()
+
+
+def _parse_header(version: str, data: bytes, prev: bytes | None):
+    hs = HEADERS[version]
+    if len(data) < hs.size:
+        raise BadChangegroup(f"changegroup chunk too short for a {version} delta header")
+    fields = hs.unpack_from(data)
+    if version == "01":
+        node, p1, p2, link = fields
+        base = prev if prev is not None else p1
+        flags = 0
+    elif version == "02":
+        node, p1, p2, base, link = fields
+        flags = 0
+    else:
+        node, p1, p2, base, link, flags = fields
+    return node, p1, p2, base, link, flags, memoryview(data)[hs.size:]
+
+
+def _add_group(reader: ChunkReader, version: str, writer: RevlogWriter, what: str, *,
+               link_of: Callable[[bytes], int], allow_flags: int = 0,
+               on_text: Callable | None = None, on_lfs: Callable | None = None) -> list[int]:
+    """Read one group into `writer`; returns the new revs."""
+    added = []
+    prev = None
+    while True:
+        data = reader.chunk()
+        if not data:
+            return added
+        node, p1, p2, base, linknode, flags, delta = _parse_header(version, data, prev)
+        prev = node
+        if flags & ~allow_flags:
+            raise BadChangegroup(f"{what} revision {node.hex()[:12]} has flags lfsserve does not "
+                                 f"accept ({flag_names(flags & ~allow_flags) or hex(flags)})")
+        if writer.rev(node) is not None:
+            continue  # already there (or sent twice): hg skips such revisions too
+        for p in (p1, p2):
+            if writer.rev(p) is None:
+                raise BadChangegroup(f"{what} revision {node.hex()[:12]} has unknown parent {p.hex()[:12]}")
+        base_rev = writer.rev(base)
+        if base_rev is None:
+            raise BadChangegroup(f"{what} revision {node.hex()[:12]} is a delta against unknown "
+                                 f"base {base.hex()[:12]}")
+        linkrev = link_of(linknode)
+        try:
+            text = patch(writer.revision(base_rev), delta)
+        except PatchError as exc:
+            raise BadChangegroup(f"{what} revision {node.hex()[:12]}: {exc}") from None
+        if flags & REVIDX_EXTSTORED:
+            if on_lfs is not None:
+                on_lfs(node, text)
+        elif hash_revision(text, p1, p2) != node:
+            raise BadChangegroup(f"integrity check failed on {what} revision {node.hex()[:12]}")
+        if on_text is not None:
+            on_text(node, text, writer.rev(p1), writer.rev(p2), base_rev, delta)
+        rev = writer.add(node, p1, p2, linkrev, flags, text=text,
+                         delta_base=base_rev if base_rev != NULLREV else None,
+                         delta=bytes(delta) if base_rev != NULLREV else None)
+        added.append(rev)
+
+
+def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> ApplyResult:
+    """Apply a changegroup inside `tr` (see Repository.add_changegroup)."""
+    if version not in HEADERS:
+        raise BadChangegroup(f"changegroup version {version!r} is not supported")
+    repo._check_tr(tr)
+    writers = repo._writer
+    if writers is None:
+        writers = repo._writer = _Writers(repo, tr)
+    reader = ChunkReader(source)
+    result = ApplyResult()
+    clw = writers.changelog
+    clstart = len(clw)
+    parents_before = [(e[5], e[6]) for e in clw.entries]
+    result.heads_before = len(repo.heads()) if len(repo.changelog) else 0
+
+    manifests_needed: dict[bytes, int] = {}
+
+    def on_changeset(node: bytes, text: bytes, *_ignored) -> None:
+        try:
+            entry = parse_changeset(text)
+        except CorruptRevlog:
+            raise BadChangegroup(f"changeset {node.hex()[:12]} is malformed") from None
+        if entry.manifest != NULLID:
+            manifests_needed.setdefault(entry.manifest, len(clw))
+
+    def cl_link(_linknode: bytes) -> int:
+        return len(clw)
+
+    added_cl = _add_group(reader, version, clw, "changeset", link_of=cl_link, on_text=on_changeset)
+    result.revisions += len(added_cl)
+
+    def link_of(linknode: bytes) -> int:
+        rev = clw.rev(linknode)
+        if rev is None or rev == NULLREV:
+            raise BadChangegroup(f"revision linked to unknown changeset {linknode.hex()[:12]}")
+        return rev
+
+    mfw = writers.manifest
+    # entries each new manifest may have changed, to check their file revisions arrive
+    manifest_changes: list[dict] = []
+
+    def on_manifest(node: bytes, text: bytes, p1: int, p2: int, base_rev: int, delta) -> None:
+        if base_rev != NULLREV and base_rev in (p1, p2):
+            changes = changed_entries(delta)
+        else:
+            mine = parse_manifest(text, "manifest")
+            theirs = parse_manifest(mfw.revision(p1), "manifest") if p1 != NULLREV else {}
+            changes = {p: v for p, v in mine.items() if theirs.get(p) != v}
+        manifest_changes.append((node, changes))
+
+    added_mf = _add_group(reader, version, mfw, "manifest", link_of=link_of, on_text=on_manifest)
+    result.revisions += len(added_mf)
+    for mnode, clrev in manifests_needed.items():
+        if mfw.rev(mnode) is None:
+            raise BadChangegroup(f"changeset {clw.node(clrev).hex()[:12]} needs manifest "
+                                 f"{mnode.hex()[:12]}, which the changegroup does not carry")
+    if version == "03" and reader.chunk():
+        raise BadChangegroup("tree manifests are not supported by this server")
+
+    def on_lfs(node: bytes, text: bytes) -> None:
+        try:
+            pointer = parse_lfs_pointer(text)
+        except LfsPointerError as exc:
+            raise BadChangegroup(f"file revision {node.hex()[:12]} is flagged lfs but its "
+                                 f"pointer is invalid: {exc}") from None
+        if on_lfs_pointer is not None:
+            on_lfs_pointer(pointer)
+        result.lfs_oids.add(pointer.oid)
+        writers.add_lfs_requirement = True
+
+    while True:
+        name = reader.chunk()
+        if not name:
+            break
+        path = bytes(name)
+        if b"\0" in path or b"\n" in path or b"\r" in path or path.startswith(b"/") or not path:
+            raise BadChangegroup(f"invalid file name {path[:100]!r} in changegroup")
+        fw = writers.file(path)
+        added = _add_group(reader, version, fw, f"file {path.decode('utf-8', 'replace')}",
+                           link_of=link_of, allow_flags=REVIDX_EXTSTORED, on_lfs=on_lfs)
+        if added:
+            result.files += 1
+            result.revisions += len(added)
+
+    # every file revision the new manifests name must exist now
+    for mnode, changes in manifest_changes:
+        for path, (fnode, _flags) in changes.items():
+            w = writers.files.get(path)
+            found = w.rev(fnode) if w is not None else repo.file(path).get_rev(fnode)
+            if found is None:
+                raise BadChangegroup(f"manifest {mnode.hex()[:12]} names {path.decode('utf-8', 'replace')} "
+                                     f"revision {fnode.hex()[:12]}, which is neither in the "
+                                     f"changegroup nor in the repository")
+
+    # new changesets are draft; the front end publishes them when the server is publishing
+    if added_cl:
+        repo._set_new_draft(added_cl[0], len(added_cl))
+    result.added = [clw.node(r) for r in added_cl]
+    # heads, as hg counts them: over all changesets, a closing head does not count
+    n_old = clstart
+    parents_all = parents_before + [(clw.entries[r][5], clw.entries[r][6]) for r in range(clstart, len(clw))]
+    from .dagop import heads_of
+
+    old_heads = set(heads_of(parents_before)) if n_old else set()
+    new_heads = set(heads_of(parents_all))
+    removed = old_heads - new_heads
+    added_heads = new_heads - old_heads
+    delta = len(added_heads) - len(removed)
+    for h in added_heads:
+        if b"close" in parse_changeset(clw.revision(h)).extra:
+            delta -= 1
+    result.heads_after = result.heads_before + delta
+    result.return_code = delta - 1 if delta < 0 else delta + 1
+    return result

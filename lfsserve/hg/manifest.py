@@ -1,0 +1,81 @@
+"""Flat manifests (v1): one line per file, `path\\0<40 hex>[flags]\\n`, sorted by path.
+
+Flags: `x` executable, `l` symlink (`t` marks a tree-manifest directory, which we refuse).
+"""
+
+from __future__ import annotations
+
+import binascii
+
+from .error import CorruptRevlog
+from .mdiff import iter_hunks
+from .revlog import Revlog
+
+__all__ = ["Manifestlog", "parse_manifest", "format_manifest", "changed_entries"]
+
+
+def parse_manifest(text: bytes, name: str = "manifest") -> dict[bytes, tuple[bytes, bytes]]:
+    """{path: (file node, flags)}."""
+    out = {}
+    unhex = binascii.unhexlify
+    if text and not text.endswith(b"\n"):
+        raise CorruptRevlog(f"{name}: manifest does not end with a newline")
+    try:
+        for line in text.split(b"\n")[:-1]:
+            path, _, rest = line.partition(b"\0")
+            out[path] = (unhex(rest[:40]), rest[40:])
+    except (binascii.Error, ValueError):
+        raise CorruptRevlog(f"{name}: malformed manifest line") from None
+    return out
+
+
+def format_manifest(entries: dict[bytes, tuple[bytes, bytes]]) -> bytes:
+    return b"".join(b"%s\0%s%s\n" % (p, n.hex().encode(), f) for p, (n, f) in sorted(entries.items()))
+
+
+def _lines_to_entries(data: bytes, out: dict) -> None:
+    unhex = binascii.unhexlify
+    for line in bytes(data).split(b"\n"):
+        if line:
+            path, sep, rest = line.partition(b"\0")
+            if sep and len(rest) >= 40:
+                out[path] = (unhex(rest[:40]), rest[40:])
+
+
+def changed_entries(delta: bytes) -> dict[bytes, tuple[bytes, bytes]]:
+    """Entries a manifest delta writes (its base's unchanged lines are not included).
+
+    A superset of the entries that differ from the base: a hunk may rewrite unchanged lines.
+    Deletions do not appear.
+    """
+    out: dict = {}
+    for _start, _end, data in iter_hunks(delta):
+        _lines_to_entries(data, out)
+    return out
+
+
+class Manifestlog:
+    """The manifest revlog (`00manifest.i`) and parsed access to its revisions."""
+
+    def __init__(self, revlog: Revlog):
+        self.revlog = revlog
+
+    def read(self, node: bytes) -> dict[bytes, tuple[bytes, bytes]]:
+        rev = self.revlog.rev(node)
+        return parse_manifest(self.revlog.revision(rev), f"{self.revlog.name} revision {rev}")
+
+    def read_rev(self, rev: int) -> dict[bytes, tuple[bytes, bytes]]:
+        return parse_manifest(self.revlog.revision(rev), f"{self.revlog.name} revision {rev}")
+
+    def find(self, node: bytes, path: bytes) -> tuple[bytes, bytes] | None:
+        """(file node, flags) of `path` in the manifest `node`, without building a dict."""
+        text = self.revlog.revision(self.revlog.rev(node))
+        key = path + b"\0"
+        pos = 0 if text.startswith(key) else text.find(b"\n" + key)
+        if pos < 0:
+            return None
+        if pos:
+            pos += 1
+        start = pos + len(key)
+        end = text.index(b"\n", start)
+        return binascii.unhexlify(text[start:start + 40]), text[start + 40:end]

@@ -1,0 +1,25 @@
+"""Node ids: 20-byte SHA-1 hashes naming revisions, and the null revision."""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = ["NULLID", "NULLREV", "WDIRREV", "hash_revision", "short"]
+
+NULLID = b"\0" * 20
+NULLREV = -1
+WDIRREV = 0x7FFFFFFF  # the working directory's pseudo revision number; never stored
+
+
+def hash_revision(text, p1: bytes, p2: bytes) -> bytes:
+    """The node of a revision: sha1 of the sorted parent nodes then the full text."""
+    if p1 > p2:
+        p1, p2 = p2, p1
+    h = hashlib.sha1(p1)
+    h.update(p2)
+    h.update(text)
+    return h.digest()
+
+
+def short(node: bytes) -> str:
+    return node[:6].hex()

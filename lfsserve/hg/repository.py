@@ -1,0 +1,822 @@
+"""A Mercurial repository on disk: its changelog, manifests and filelogs, and the names around them.
+
+A `Repository` is cheap to open and meant for one request on one thread: the parsed indexes it
+uses are cached process-wide (see revlog.py), and so is everything derived from a given
+changelog index (parents, phases, branches), keyed by that immutable index.
+
+What is served: every changeset whose phase is public or draft. Secret, archived and internal
+changesets are invisible (unknown to `known`, `lookup`, `heads`, never in a changegroup).
+Obsolescence markers (`.hg/store/obsstore`) are ignored: obsolete changesets stay visible, as a
+server without the evolve extension would show them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from . import dagop, phases
+from .bookmarks import format_bookmarks, parse_bookmarks
+from .changelog import Changelog
+from .error import Abort, LockTimeout, LookupError, PushRaced, RepoNotFound, UnknownRevision
+from .filelog import Filelog
+from .lock import Lock, local_mutex
+from .manifest import Manifestlog
+from .node import NULLID, NULLREV
+from .revlog import FLAG_GENERALDELTA, FLAG_INLINE_DATA, REVLOGV1, Revlog
+from .store import HG_INIT_REQUIREMENTS, Store, check_requirements, read_requirements
+from .tags import live_tags, merge_tags, parse_tags
+from .transaction import Transaction, has_journal, rollback_journal
+
+__all__ = ["Repository", "changeset_files", "AmbiguousRevision"]
+
+DEFAULT_LOCK_TIMEOUT = 600.0
+_HEX = re.compile(rb"[0-9a-fA-F]+\Z")
+# what `hg init` leaves in .hg/00changelog.i so that very old clients refuse the store layout
+_DUMMY_CHANGELOG = b"\0\0\xff\xff dummy changelog to prevent using the old repo layout"
+
+
+class AmbiguousRevision(UnknownRevision):
+    def __init__(self, key):
+        super().__init__(key)
+        self.message = f"ambiguous identifier '{self.key}'"
+        self.args = (self.message,)
+
+
+# branch of every changeset, per changelog file, extended as the changelog grows
+_branch_lock = threading.Lock()
+_branch_cache: dict[str, tuple[bytes, list]] = {}
+
+
+class Repository:
+    def __init__(self, root: Path, requirements: frozenset[str]):
+        self.root = Path(root)
+        self.requirements = requirements
+        self.store = Store(self.root, requirements)
+        self.has_lfs = "lfs" in requirements
+        self.publishing = True
+        self.compression = "zstd" if "revlog-compression-zstd" in requirements else "zlib"
+        self.generaldelta = "generaldelta" in requirements
+        self.sparse = "sparserevlog" in requirements
+        self._changelog: Changelog | None = None
+        self._manifestlog: Manifestlog | None = None
+        self._filelogs: dict[bytes, Filelog] = {}
+        self._lock_depth = 0
+        self._locks: list[Lock] = []
+        self._local_mutex = None
+        self._tr: Transaction | None = None
+        self._bookmarks: dict[bytes, bytes] | None = None
+        self._phase_override: bytearray | None = None  # phases changed by the open transaction
+        self._writer = None  # the changegroup writer of the open transaction
+
+    # -- opening and creating
+    @classmethod
+    def open(cls, path) -> "Repository":
+        root = Path(path)
+        if not (root / ".hg").is_dir():
+            raise RepoNotFound(root)
+        reqs = read_requirements(root)
+        check_requirements(reqs, root)
+        return cls(root, reqs)
+
+    @classmethod
+    def init(cls, path, *, lfs: bool = False) -> "Repository":
+        """Create a repository as `hg init` of Mercurial 7.2.4 does (plus `lfs` when asked)."""
+        root = Path(path)
+        hg = root / ".hg"
+        if hg.exists():
+            raise Abort(f"repository {root} already exists")
+        root.mkdir(parents=True, exist_ok=True)
+        hg.mkdir()
+        (hg / "cache").mkdir()
+        (hg / "wcache").mkdir()
+        (hg / "store").mkdir()
+        (hg / "00changelog.i").write_bytes(_DUMMY_CHANGELOG)
+        reqs = set(HG_INIT_REQUIREMENTS) | ({"lfs"} if lfs else set())
+        (hg / "store" / "requires").write_bytes(b"".join(r.encode() + b"\n" for r in sorted(reqs)))
+        # written last: a directory with .hg/requires is a repository
+        (hg / "requires").write_bytes(b"share-safe\n")
+        return cls.open(root)
+
+    def close(self) -> None:
+        for rl in [self._changelog, self._manifestlog.revlog if self._manifestlog else None,
+                   *self._filelogs.values()]:
+            if rl is not None:
+                rl.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- revlogs
+    def _revlog_header(self) -> int:
+        return REVLOGV1 | FLAG_INLINE_DATA | (FLAG_GENERALDELTA if self.generaldelta else 0)
+
+    def _open_revlog(self, cls, index_name: bytes, **kw) -> Revlog:
+        data_name = index_name[:-2] + b".d"
+        return cls(self.store.join(index_name), self.store.join(data_name), index_name.decode("utf-8", "replace"),
+                   default_header=self._revlog_header(), **kw)
+
+    @property
+    def changelog(self) -> Changelog:
+        if self._changelog is None:
+            self._changelog = self._open_revlog(Changelog, b"00changelog.i")
+        return self._changelog
+
+    @property
+    def manifestlog(self) -> Manifestlog:
+        if self._manifestlog is None:
+            self.changelog  # the changelog is read first: every manifest it names is then on disk
+            self._manifestlog = Manifestlog(self._open_revlog(Revlog, b"00manifest.i"))
+        return self._manifestlog
+
+    def file(self, path: bytes) -> Filelog:
+        fl = self._filelogs.get(path)
+        if fl is None:
+            self.changelog
+            fl = self._open_revlog(Filelog, Store.filelog_name(path), path=path)
+            if len(self._filelogs) > 256:
+                for old in list(self._filelogs.values())[:128]:
+                    old.close()
+                self._filelogs = dict(list(self._filelogs.items())[128:])
+            self._filelogs[path] = fl
+        return fl
+
+    def invalidate(self) -> None:
+        """Forget loaded revlogs (after this instance wrote)."""
+        self.close()
+        self._changelog = None
+        self._manifestlog = None
+        self._filelogs = {}
+        self._bookmarks = None
+        self._phase_override = None
+
+    # -- DAG
+    def _derived(self, key: str, compute):
+        d = self.changelog.index.derived
+        try:
+            return d[key]
+        except KeyError:
+            value = d[key] = compute()
+            return value
+
+    @property
+    def parents_list(self) -> list[tuple[int, int]]:
+        return self._derived("parents", lambda: [(e[5], e[6]) for e in self.changelog.index.entries])
+
+    # -- phases
+    def _phaseroots_path(self) -> Path:
+        return self.store.path / "phaseroots"
+
+    def _read_phaseroots(self) -> bytes:
+        try:
+            return self._phaseroots_path().read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    @property
+    def phase_array(self) -> bytearray:
+        if self._phase_override is not None:
+            return self._phase_override
+        data = self._read_phaseroots()
+        cache = self.changelog.index.derived
+        got = cache.get("phases")
+        if got is not None and got[0] == data:
+            return got[1]
+        nodemap = self.changelog.index.nodemap
+        roots = [(p, nodemap[n]) for p, n in phases.parse_phaseroots(data) if n in nodemap]
+        arr = phases.compute_phases(self.parents_list, roots)
+        cache["phases"] = (data, arr)
+        return arr
+
+    def phase(self, rev: int) -> int:
+        if rev == NULLREV:
+            return phases.PUBLIC
+        return self.phase_array[rev]
+
+    @property
+    def visible_mask(self) -> bytearray:
+        arr = self.phase_array
+        if self._phase_override is None:
+            cache = self.changelog.index.derived
+            got = cache.get("visible")
+            if got is not None and got[0] is arr:
+                return got[1]
+        mask = bytearray(1 if p < phases.HIDDEN_FROM else 0 for p in arr)
+        if self._phase_override is None:
+            self.changelog.index.derived["visible"] = (arr, mask)
+        return mask
+
+    def has_hidden(self) -> bool:
+        return any(p >= phases.HIDDEN_FROM for p in self.phase_array)
+
+    def is_visible(self, rev: int) -> bool:
+        return rev == NULLREV or (0 <= rev < len(self.changelog) and self.phase_array[rev] < phases.HIDDEN_FROM)
+
+    def visible_rev(self, node: bytes) -> int | None:
+        rev = self.changelog.get_rev(node)
+        if rev is None or not self.is_visible(rev):
+            return None
+        return rev
+
+    def public_heads(self) -> list[bytes]:
+        arr = self.phase_array
+        public = bytearray(1 if p == phases.PUBLIC else 0 for p in arr)
+        return [self.changelog.node(r) for r in dagop.heads_of(self.parents_list, public)]
+
+    def draft_roots(self) -> list[bytes]:
+        arr = self.phase_array
+        parents = self.parents_list
+        out = []
+        for r, p in enumerate(arr):
+            if p == phases.DRAFT:
+                p1, p2 = parents[r]
+                if (p1 == NULLREV or arr[p1] == phases.PUBLIC) and (p2 == NULLREV or arr[p2] == phases.PUBLIC):
+                    out.append(self.changelog.node(r))
+        return out
+
+    # -- heads and branches
+    def head_revs(self) -> list[int]:
+        """Visible heads, ascending."""
+        return dagop.heads_of(self.parents_list, self.visible_mask)
+
+    def heads(self) -> list[bytes]:
+        """Visible heads, newest first (the order `hg heads` and the wire protocol use)."""
+        cl = self.changelog
+        revs = self.head_revs()
+        if not revs:
+            return [NULLID]
+        return [cl.node(r) for r in reversed(revs)]
+
+    def branch_of(self) -> list[tuple[bytes, bool]]:
+        """(branch, closes branch) of every changeset, cached per changelog file."""
+        cl = self.changelog
+        n = len(cl)
+        key = cl.index_path
+        with _branch_lock:
+            got = _branch_cache.get(key)
+        info: list = []
+        if got is not None:
+            tip_node, old = got
+            if len(old) <= n and (not old or cl.node(len(old) - 1) == tip_node):
+                info = old
+            if len(old) == n and info is old:
+                return old
+        info = list(info)
+        for r in range(len(info), n):
+            info.append(cl.branch_info(r))
+        if n:
+            with _branch_lock:
+                _branch_cache[key] = (cl.node(n - 1), info)
+        return info
+
+    def branchmap(self) -> dict[bytes, list[bytes]]:
+        """Every head of every named branch (closed ones included), each list ascending by rev."""
+        info = self.branch_of()
+        visible = self.visible_mask
+        parents = self.parents_list
+        n = len(info)
+        has_child = bytearray(n)
+        for r in range(n):
+            if not visible[r]:
+                continue
+            b = info[r][0]
+            for p in parents[r]:
+                if p >= 0 and info[p][0] == b:
+                    has_child[p] = 1
+        # candidates: no child on the same branch. A candidate can still have a descendant on
+        # its branch through other branches; it is a head only if it is not an ancestor of
+        # another candidate of its branch.
+        candidates: dict[bytes, list[int]] = {}
+        for r in range(n):
+            if visible[r] and not has_child[r]:
+                candidates.setdefault(info[r][0], []).append(r)
+        cl = self.changelog
+        out: dict[bytes, list[bytes]] = {}
+        for branch, revs in candidates.items():
+            if len(revs) > 1:
+                low = revs[0]
+                mark = bytearray(revs[-1] + 1)
+                for r in revs:
+                    for p in parents[r]:
+                        if p >= low:
+                            mark[p] = 1
+                for r in range(revs[-1], low - 1, -1):
+                    if mark[r]:
+                        for p in parents[r]:
+                            if p >= low:
+                                mark[p] = 1
+                revs = [r for r in revs if not mark[r]]
+            out[branch] = [cl.node(r) for r in revs]
+        return out
+
+    def branch_closed_heads(self) -> set[bytes]:
+        info = self.branch_of()
+        cl = self.changelog
+        return {node for nodes in self.branchmap().values() for node in nodes if info[cl.rev(node)][1]}
+
+    def branch_tip(self, branch: bytes) -> bytes | None:
+        heads = self.branchmap().get(branch)
+        if not heads:
+            return None
+        closed = self.branch_closed_heads()
+        open_heads = [h for h in heads if h not in closed]
+        return (open_heads or heads)[-1]
+
+    # -- names
+    def _bookmarks_path(self) -> Path:
+        if "bookmarksinstore" in self.requirements:
+            return self.store.path / "bookmarks"
+        return self.root / ".hg" / "bookmarks"
+
+    def _raw_bookmarks(self) -> dict[bytes, bytes]:
+        if self._bookmarks is None:
+            try:
+                self._bookmarks = parse_bookmarks(self._bookmarks_path().read_bytes())
+            except FileNotFoundError:
+                self._bookmarks = {}
+        return self._bookmarks
+
+    def bookmarks(self) -> dict[bytes, bytes]:
+        """Bookmarks pointing at visible changesets."""
+        return {name: node for name, node in self._raw_bookmarks().items()
+                if self.visible_rev(node) is not None}
+
+    def tags(self) -> dict[bytes, bytes]:
+        """Global tags (.hgtags of every head, merged as hg does), local tags and `tip`."""
+        cl = self.changelog
+        heads = self.head_revs()
+        key = tuple(heads)
+        cache = cl.index.derived
+        got = cache.get("tags")
+        if got is None or got[0] != key:
+            hist: dict = {}
+            seen = set()
+            ml = self.manifestlog
+            for r in heads:
+                found = ml.find(cl.manifest_node(r), b".hgtags")
+                if found is None or found[0] in seen:
+                    continue
+                seen.add(found[0])
+                try:
+                    data = self.file(b".hgtags").read(found[0])
+                except LookupError:
+                    continue
+                merge_tags(hist, parse_tags(data))
+            got = (key, live_tags(hist))
+            cache["tags"] = got
+        tags = dict(got[1])
+        try:
+            local = parse_tags((self.root / ".hg" / "localtags").read_bytes())
+            tags.update(live_tags(local))
+        except FileNotFoundError:
+            pass
+        tags = {name: node for name, node in tags.items() if self.visible_rev(node) is not None}
+        tip = self._visible_tip()
+        tags[b"tip"] = cl.node(tip)
+        return tags
+
+    def _visible_tip(self) -> int:
+        visible = self.visible_mask
+        for r in range(len(visible) - 1, -1, -1):
+            if visible[r]:
+                return r
+        return NULLREV
+
+    def _working_parent(self) -> bytes:
+        try:
+            with open(self.root / ".hg" / "dirstate", "rb") as f:
+                head = f.read(64)
+        except FileNotFoundError:
+            return NULLID
+        if head.startswith(b"dirstate-v2\n"):
+            return head[12:32]
+        return head[:20] if len(head) >= 20 else NULLID
+
+    def lookup(self, key) -> bytes:
+        """Resolve a name as `hg lookup` does: rev number, full hex, bookmark, tag, branch, hex prefix."""
+        if isinstance(key, str):
+            key = key.encode("utf-8")
+        cl = self.changelog
+        if key == b"null":
+            return NULLID
+        if key == b"tip":
+            return cl.node(self._visible_tip())
+        if key == b".":
+            node = self._working_parent()
+            if node != NULLID and self.visible_rev(node) is None:
+                raise UnknownRevision(key)
+            return node
+        try:
+            rev = int(key)
+            if b"%d" % rev == key:
+                if rev < 0:
+                    rev += len(cl)
+                if 0 <= rev < len(cl):
+                    if not self.is_visible(rev):
+                        raise UnknownRevision(key)
+                    return cl.node(rev)
+        except ValueError:
+            pass
+        if len(key) == 40 and _HEX.match(key):
+            node = bytes.fromhex(key.decode())
+            if self.visible_rev(node) is not None:
+                return node
+        marks = self.bookmarks()
+        if key in marks:
+            return marks[key]
+        tags = self.tags()
+        if key in tags:
+            return tags[key]
+        tip = self.branch_tip(key)
+        if tip is not None:
+            return tip
+        if _HEX.match(key) and len(key) <= 40:
+            node = self._resolve_prefix(key.lower())
+            if node is not None:
+                return node
+        raise UnknownRevision(key)
+
+    def _resolve_prefix(self, prefix: bytes) -> bytes | None:
+        cl = self.changelog
+        visible = self.visible_mask
+        found = None
+        text = prefix.decode()
+        for r, e in enumerate(cl.index.entries):
+            if visible[r] and e[7].hex().startswith(text):
+                if found is not None:
+                    raise AmbiguousRevision(prefix)
+                found = e[7]
+        if found is None and NULLID.hex().startswith(text):
+            return NULLID
+        return found
+
+    def known(self, nodes: Iterable[bytes]) -> list[bool]:
+        return [self.visible_rev(n) is not None for n in nodes]
+
+    # -- discovery helpers
+    def missing(self, common: Iterable[bytes], heads: Iterable[bytes]) -> list[int]:
+        cl = self.changelog
+        common_revs = [r for r in (self.visible_rev(n) for n in common) if r is not None]
+        head_revs = []
+        for n in heads:
+            if n == NULLID:
+                continue
+            r = self.visible_rev(n)
+            if r is None:
+                raise UnknownRevision(n.hex())
+            head_revs.append(r)
+        del cl
+        return dagop.missing(self.parents_list, common_revs, head_revs)
+
+    def between(self, pairs: Iterable[tuple[bytes, bytes]]) -> list[list[bytes]]:
+        """For each (top, bottom): nodes at distance 1, 2, 4, 8... from top along first parents."""
+        cl = self.changelog
+        out = []
+        for top, bottom in pairs:
+            found = []
+            node, i, step = top, 0, 1
+            while node != bottom and node != NULLID:
+                rev = self.visible_rev(node)
+                if rev is None:
+                    raise UnknownRevision(node.hex())
+                if i == step:
+                    found.append(node)
+                    step *= 2
+                node = cl.node(cl.parentrevs(rev)[0])
+                i += 1
+            out.append(found)
+        return out
+
+    def branches(self, nodes: Iterable[bytes]) -> list[tuple[bytes, bytes, bytes, bytes]]:
+        """For each node: (node, first ancestor along first parents that is a merge or a root, its parents)."""
+        cl = self.changelog
+        nodes = list(nodes) or [cl.node(self._visible_tip())]
+        out = []
+        for top in nodes:
+            node = top
+            while True:
+                rev = self.visible_rev(node)
+                if rev is None:
+                    raise UnknownRevision(node.hex())
+                p1, p2 = cl.parentrevs(rev)
+                if p2 != NULLREV or p1 == NULLREV:
+                    out.append((top, node, cl.node(p1), cl.node(p2)))
+                    break
+                node = cl.node(p1)
+        return out
+
+    # -- pushkey namespaces
+    def listkeys(self, namespace) -> dict[bytes, bytes]:
+        if isinstance(namespace, str):
+            namespace = namespace.encode()
+        if namespace == b"namespaces":
+            return {b"bookmarks": b"", b"namespaces": b"", b"phases": b""}
+        if namespace == b"bookmarks":
+            return {name: node.hex().encode() for name, node in self.bookmarks().items()}
+        if namespace == b"phases":
+            keys = {node.hex().encode(): b"1" for node in self.draft_roots()}
+            if self.publishing:
+                keys[b"publishing"] = b"True"
+            return keys
+        return {}
+
+    # -- stream clones
+    def stream_files(self) -> list[tuple[bytes, int]]:
+        """Store files of a stream clone with their sizes: filelogs, then the manifest, then the
+        changelog (so the changelog never names data the copy lacks). Sizes are read under the
+        lock; read each file only up to its size."""
+        with self.lock():
+            names = self.store.data_files() + [b"00manifest.d", b"00manifest.i", b"00changelog.d",
+                                                b"00changelog.i"]
+            out = []
+            for name in names:
+                try:
+                    size = os.path.getsize(self.store.join(name))
+                except FileNotFoundError:
+                    continue
+                out.append((name, size))
+        return out
+
+    def open_store_file(self, name: bytes):
+        if b"\0" in name or name.startswith(b"/") or b".." in name.split(b"/"):
+            raise Abort(f"invalid store file name {name!r}")
+        return open(self.store.join(name), "rb")
+
+    # -- locking and transactions
+    @contextlib.contextmanager
+    def lock(self, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
+        """Hold `.hg/wlock` then `.hg/store/lock` (hg's order). Reentrant within this instance.
+
+        On first acquisition, an abandoned transaction (journal left by a crash) is rolled back.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        mutex = local_mutex(self.root / ".hg")
+        start = time.monotonic()
+        acquired = mutex.acquire(timeout=timeout) if timeout > 0 else mutex.acquire(blocking=False)
+        if not acquired:
+            raise LockTimeout(self.root / ".hg" / "store" / "lock", "another thread of this server",
+                              round(time.monotonic() - start, 1))
+        locks = []
+        try:
+            for path, desc in ((self.root / ".hg" / "wlock", "working directory"),
+                               (self.store.path / "lock", "repository")):
+                lk = Lock(path, desc)
+                lk.acquire(max(0.0, timeout - (time.monotonic() - start)))
+                locks.append(lk)
+            self._lock_depth = 1
+            self.recover()
+            yield
+        finally:
+            self._lock_depth = 0
+            for lk in reversed(locks):
+                lk.release()
+            mutex.release()
+
+    def recover(self) -> bool:
+        """Roll back an abandoned transaction; True if there was one. Needs the lock."""
+        if not self._lock_depth:
+            with self.lock():
+                return False  # lock() already recovered
+        if has_journal(self.store):
+            rollback_journal(self.store)
+            self._after_rollback()
+            return True
+        return False
+
+    def _after_rollback(self) -> None:
+        self.invalidate()
+        # hg's own branch and tag caches revalidate themselves against the changelog tip; drop
+        # them anyway after a rollback so nothing derived from rolled-back data survives
+        cache = self.root / ".hg" / "cache"
+        for name in ("branch2-served", "branch2-visible", "branch2-immutable", "branch2-base",
+                     "branch2-served.hidden", "branch2-visible-hidden", "tags2-served", "tags2-visible",
+                     "tags2", "branch3-served", "branch3-visible", "branch3-base", "branch3-immutable"):
+            try:
+                os.unlink(cache / name)
+            except FileNotFoundError:
+                pass
+
+    @contextlib.contextmanager
+    def transaction(self, desc: bytes = b"push") -> Iterator[Transaction]:
+        """A journaled transaction (requires the lock). Rolled back if the block raises."""
+        if not self._lock_depth:
+            raise Abort("a transaction needs the repository lock (use `with repo.lock():`)")
+        if self._tr is not None:
+            yield self._tr
+            return
+        tr = Transaction(self.store, desc)
+        self._tr = tr
+        self._phase_override = None
+        try:
+            yield tr
+            self._write_pending_state(tr)
+            tr.close()
+        except BaseException:
+            tr.abort()
+            self._after_rollback()
+            raise
+        finally:
+            self._tr = None
+            self._writer = None
+            self._phase_override = None
+        self._remove_undo()
+        self.invalidate()
+
+    def _remove_undo(self) -> None:
+        # hg's `rollback` would undo hg's last transaction from offsets that predate ours,
+        # taking our push with it: remove that stale undo information.
+        for p in (self.store.path / "undo", self.store.path / "undo.backupfiles",
+                  self.root / ".hg" / "undo.desc"):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def _write_pending_state(self, tr: Transaction) -> None:
+        """Write phaseroots and bookmarks (before the changelog, which finalizers publish last)."""
+        from .changegroup import finalize_writer
+
+        writer = self._writer
+        parents, nodes = self._tr_dag()
+        if self._phase_override is not None:
+            roots = phases.roots_for(parents, self._phase_override)
+            data = phases.format_phaseroots({p: [nodes[r] for r in rs] for p, rs in roots.items()})
+            if data != self._read_phaseroots():
+                tr.replace_file(b"phaseroots", data)
+        if getattr(self, "_bookmarks_dirty", False):
+            data = format_bookmarks(self._bookmarks or {})
+            if "bookmarksinstore" in self.requirements:
+                tr.replace_file(b"bookmarks", data)
+            else:
+                tr.replace_file(b"bookmarks", data, location=b"plain")
+            self._bookmarks_dirty = False
+        if writer is not None:
+            finalize_writer(self, tr, writer)
+
+    def _tr_dag(self) -> tuple[list, list]:
+        """(parents, nodes) of the changelog including revisions added by the open transaction."""
+        writer = self._writer
+        cl = self.changelog
+        parents = list(self.parents_list)
+        nodes = [e[7] for e in cl.index.entries]
+        if writer is not None:
+            clw = writer.changelog
+            for r in range(len(parents), len(clw.entries)):
+                e = clw.entries[r]
+                parents.append((e[5], e[6]))
+                nodes.append(e[7])
+        return parents, nodes
+
+    def _ensure_phase_override(self) -> bytearray:
+        if self._phase_override is None:
+            parents, _ = self._tr_dag()
+            arr = bytearray(self.phase_array)
+            arr.extend(bytes(len(parents) - len(arr)))
+            self._phase_override = arr
+        return self._phase_override
+
+    # -- writing (see changegroup.py for the changegroup itself)
+    def add_changegroup(self, tr: Transaction, source, version: str, *, on_lfs_pointer=None):
+        from .changegroup import apply
+
+        return apply(self, tr, source, version, on_lfs_pointer=on_lfs_pointer)
+
+    def _resolve_tr_rev(self, node: bytes) -> int | None:
+        writer = self._writer
+        if writer is not None:
+            return writer.changelog.rev(node)
+        return self.changelog.get_rev(node)
+
+    def phases_advance(self, tr: Transaction, phase: int, nodes: Iterable[bytes]) -> None:
+        """Move `nodes` and their ancestors to `phase` or lower (public = 0)."""
+        self._check_tr(tr)
+        parents, _ = self._tr_dag()
+        revs = []
+        for n in nodes:
+            r = self._resolve_tr_rev(n)
+            if r is None:
+                raise LookupError(n, "00changelog.i")
+            revs.append(r)
+        arr = self._ensure_phase_override()
+        mask = dagop.ancestors_mask(parents, revs, len(parents))
+        for r in range(len(parents)):
+            if mask[r] and arr[r] > phase:
+                arr[r] = phase
+
+    def phases_retract(self, tr: Transaction, phase: int, nodes: Iterable[bytes]) -> None:
+        """Move `nodes` and their descendants to `phase` or higher."""
+        self._check_tr(tr)
+        parents, _ = self._tr_dag()
+        revs = [r for r in (self._resolve_tr_rev(n) for n in nodes) if r is not None]
+        arr = self._ensure_phase_override()
+        mask = dagop.descendants_mask(parents, revs)
+        for r in range(len(parents)):
+            if mask[r] and arr[r] < phase:
+                arr[r] = phase
+
+    def _set_new_draft(self, first_new: int, count: int) -> None:
+        arr = self._ensure_phase_override()
+        parents, _ = self._tr_dag()
+        if len(arr) < len(parents):
+            arr.extend(bytes(len(parents) - len(arr)))
+        for r in range(first_new, first_new + count):
+            p1, p2 = parents[r]
+            arr[r] = max(phases.DRAFT, arr[p1] if p1 >= 0 else 0, arr[p2] if p2 >= 0 else 0)
+
+    def set_bookmarks(self, tr: Transaction, changes: dict[bytes, bytes | None]) -> None:
+        self._check_tr(tr)
+        marks = dict(self._raw_bookmarks())
+        for name, node in changes.items():
+            if node is None:
+                marks.pop(name, None)
+            else:
+                if self._resolve_tr_rev(node) is None:
+                    raise LookupError(node, "00changelog.i")
+                marks[name] = node
+        self._bookmarks = marks
+        self._bookmarks_dirty = True
+
+    def pushkey(self, tr: Transaction, namespace, key, old, new) -> bool:
+        """hg's pushkey for 'bookmarks' and 'phases'; False when the old value does not match."""
+        self._check_tr(tr)
+        ns = namespace.encode() if isinstance(namespace, str) else namespace
+        key, old, new = (v.encode() if isinstance(v, str) else v for v in (key, old, new))
+        if ns == b"bookmarks":
+            current = self._raw_bookmarks().get(key)
+            current_hex = current.hex().encode() if current else b""
+            if current_hex != old:
+                return False
+            if new == b"":
+                self.set_bookmarks(tr, {key: None})
+                return True
+            node = self._node_from_hex(new)
+            if node is None:
+                return False
+            self.set_bookmarks(tr, {key: node})
+            return True
+        if ns == b"phases":
+            node = self._node_from_hex(key)
+            if node is None:
+                return False
+            try:
+                old_phase, new_phase = abs(int(old)), abs(int(new))
+            except ValueError:
+                return False
+            rev = self._resolve_tr_rev(node)
+            arr = self._phase_override if self._phase_override is not None else self.phase_array
+            current = arr[rev] if rev < len(arr) else phases.DRAFT
+            if current == old_phase and new_phase < old_phase:
+                self.phases_advance(tr, new_phase, [node])
+                return True
+            return current == new_phase
+        return False
+
+    def _node_from_hex(self, value: bytes) -> bytes | None:
+        if len(value) != 40 or not _HEX.match(value):
+            return None
+        node = bytes.fromhex(value.decode())
+        rev = self._resolve_tr_rev(node)
+        if rev is None:
+            return None
+        arr = self._phase_override if self._phase_override is not None else self.phase_array
+        if rev < len(arr) and arr[rev] >= phases.HIDDEN_FROM:
+            return None
+        return node
+
+    def check_heads(self, expected) -> None:
+        """Raise PushRaced unless `expected` is [b"force"], the current heads, or
+        [b"hashed", sha1 of the sorted current heads] (hg's unbundle convention)."""
+        expected = list(expected) if not isinstance(expected, (bytes, str)) else [expected]
+        if expected == [b"force"] or expected == ["force"]:
+            return
+        heads = self.heads()
+        if sorted(expected) == sorted(heads):
+            return
+        if len(expected) == 2 and expected[0] in (b"hashed", "hashed"):
+            if expected[1] == hashlib.sha1(b"".join(sorted(heads))).digest():
+                return
+        raise PushRaced()
+
+    def _check_tr(self, tr: Transaction) -> None:
+        if tr is not self._tr or not tr.active:
+            raise Abort("not inside this repository's open transaction")
+
+
+def changeset_files(repo: Repository, rev: int) -> list[bytes]:
+    """Files a changeset touched, as recorded in its changelog entry."""
+    return list(repo.changelog.read(rev).files)
