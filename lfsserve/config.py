@@ -123,6 +123,12 @@ class HgConfig:
     bundle1: bool = True
     # Allow `hg clone --stream`.
     stream_clone: bool = True
+    # Advertise `httppostargs`: clients then send command arguments in POST bodies, not headers.
+    httppostargs: bool = True
+    # zstd level for compressed pull answers (1 fastest .. 22 smallest; hg serve uses 3).
+    zstd_level: int = 3
+    # Seconds a push waits for the repository's store lock (held by another writer) before failing.
+    lock_timeout: float = 30.0
 
 
 @dataclass
@@ -203,6 +209,10 @@ class Config:
         for i, engine in enumerate(self.hg.compression):
             if engine not in ("zstd", "zlib", "none"):
                 raise ConfigError(f"hg.compression[{i}]: unknown engine {engine!r} (zstd, zlib, none)")
+        if not 1 <= self.hg.zstd_level <= 22:
+            raise ConfigError(f"hg.zstd_level: must be 1-22, got {self.hg.zstd_level}")
+        if self.hg.lock_timeout < 0:
+            raise ConfigError("hg.lock_timeout: must be >= 0")
         if self.log.level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log.level: must be debug, info, warning or error, got {self.log.level!r}")
         if self.log.access_format not in ("combined", "json", "off"):

@@ -1,0 +1,210 @@
+"""The wire protocol v1 commands: one registry, each command declared once with its arguments and
+the permission it needs. The HTTP transport (`?cmd=`) and `batch` both look commands up here.
+
+Command functions are synchronous and run in an executor thread with a Session (the server
+config and one opened repository). Byte commands return the answer's bytes; stream commands
+return a Stream whose chunks are produced lazily; `unbundle` is special (it needs the request
+body), so the transport calls exchange.unbundle for it.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from ..config import Config
+from ..hg.error import HgError, UnknownRevision
+from . import exchange
+from .protocol import BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
+
+__all__ = ["COMMANDS", "Command", "Session", "Stream", "bind_args", "command"]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: tuple[str, ...]      # required argument names; "*" also accepts any others
+    permission: str            # "pull" | "push"
+    kind: str                  # "bytes" | "stream" | "unbundle"
+    func: Callable
+
+    @property
+    def batchable(self) -> bool:
+        return self.kind == "bytes" and self.permission == "pull"
+
+
+@dataclass
+class Session:
+    """What a command sees: the config and one repository (engine Repository or AbsentRepo)."""
+
+    config: Config
+    repo: object
+    lock_timeout: float = 30.0
+
+
+@dataclass
+class Stream:
+    """A streamed answer. `raw`: sent as is in application/mercurial-0.1 (stream_out); otherwise
+    compressed as negotiated (`prefer_uncompressed`: engine `none` for 0.2 clients)."""
+
+    chunks: Callable[[], Iterator[bytes]]
+    prefer_uncompressed: bool = False
+    raw: bool = False
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, args: str = "", permission: str = "pull", kind: str = "bytes"):
+    def register(fn: Callable) -> Callable:
+        if name in COMMANDS:
+            raise RuntimeError(f"wire command {name!r} declared twice")
+        COMMANDS[name] = Command(name, tuple(args.split()), permission, kind, fn)
+        return fn
+    return register
+
+
+def bind_args(cmd: Command, given: dict[str, bytes]) -> dict[str, object]:
+    """Keyword arguments for cmd.func from the request's arguments; BadRequest if one is missing."""
+    out: dict[str, object] = {}
+    for name in cmd.args:
+        if name == "*":
+            continue
+        if name not in given:
+            raise BadRequest(f"command {cmd.name!r} needs argument {name!r}")
+        out[name] = given[name]
+    if "*" in cmd.args:
+        out["others"] = {k: v for k, v in given.items() if k not in cmd.args and k != "cmd"}
+    return out
+
+
+# -- byte commands ----------------------------------------------------------------------------------
+
+@command("capabilities")
+def capabilities(s: Session) -> bytes:
+    return exchange.capabilities_bytes(s.config, s.repo)
+
+
+@command("heads")
+def heads(s: Session) -> bytes:
+    return encode_nodes(exchange.repo_heads(s.repo)) + b"\n"
+
+
+@command("known", "nodes *")
+def known(s: Session, nodes: bytes, others) -> bytes:
+    return b"".join(b"1" if k else b"0" for k in s.repo.known(decode_nodes(nodes)))
+
+
+@command("branchmap")
+def branchmap(s: Session) -> bytes:
+    lines = []
+    for branch, nodes in sorted(s.repo.branchmap().items()):
+        lines.append(urllib.parse.quote_from_bytes(branch).encode("ascii") + b" " + encode_nodes(list(nodes)))
+    return b"\n".join(lines)
+
+
+@command("branches", "nodes")
+def branches(s: Session, nodes: bytes) -> bytes:
+    return b"".join(encode_nodes(list(b)) + b"\n" for b in s.repo.branches(decode_nodes(nodes)))
+
+
+@command("between", "pairs")
+def between(s: Session, pairs: bytes) -> bytes:
+    decoded = []
+    for pair in pairs.split(b" ") if pairs else []:
+        nodes = decode_nodes(pair.replace(b"-", b" "), "pairs")
+        if len(nodes) != 2:
+            raise BadRequest("between: each pair is two nodes joined by '-'")
+        decoded.append((nodes[0], nodes[1]))
+    return b"".join(encode_nodes(list(b)) + b"\n" for b in s.repo.between(decoded))
+
+
+@command("lookup", "key")
+def lookup(s: Session, key: bytes) -> bytes:
+    try:
+        node = s.repo.lookup(key)
+    except UnknownRevision as exc:
+        return b"0 %s\n" % exc.message.encode("utf-8")
+    except HgError as exc:  # as hg: any lookup failure is a "0 <message>" answer
+        return b"0 %s\n" % exc.message.encode("utf-8")
+    return b"1 %s\n" % node.hex().encode("ascii")
+
+
+@command("listkeys", "namespace")
+def listkeys(s: Session, namespace: bytes) -> bytes:
+    return b"\n".join(b"%s\t%s" % (k, v) for k, v in sorted(s.repo.listkeys(namespace).items()))
+
+
+@command("clonebundles")
+def clonebundles(s: Session) -> bytes:
+    return exchange.clonebundles_manifest(s.repo) or b""
+
+
+@command("clonebundles_manifest")
+def clonebundles_manifest(s: Session) -> bytes:
+    return exchange.clonebundles_manifest(s.repo) or b""
+
+
+@command("protocaps", "caps")
+def protocaps(s: Session, caps: bytes) -> bytes:
+    return b"OK"
+
+
+@command("pushkey", "namespace key old new", permission="push")
+def pushkey(s: Session, namespace: bytes, key: bytes, old: bytes, new: bytes) -> bytes:
+    repo = s.repo
+    if isinstance(repo, exchange.AbsentRepo):
+        from ..hg.error import RepoNotFound
+        raise RepoNotFound("(not created yet)")
+    with repo.lock(timeout=s.lock_timeout):
+        with repo.transaction(b"pushkey") as tr:
+            ok = repo.pushkey(tr, namespace, key, old, new)
+    return b"%d\n" % bool(ok)
+
+
+@command("batch", "cmds *")
+def batch(s: Session, cmds: bytes, others) -> bytes:
+    results = []
+    for name, args in decode_batch(cmds):
+        sub = COMMANDS.get(name)
+        if sub is None:
+            raise BadRequest(f"batch: unknown command {name!r}")
+        if not sub.batchable or sub.name == "batch":
+            raise BadRequest(f"batch: command {name!r} cannot be batched")
+        results.append(batch_escape(sub.func(s, **bind_args(sub, args))))
+    return b";".join(results)
+
+
+# -- stream commands --------------------------------------------------------------------------------
+
+@command("getbundle", "*", kind="stream")
+def getbundle(s: Session, others) -> Stream:
+    plan = exchange.getbundle(s.config, s.repo, others)
+    return Stream(plan.chunks, prefer_uncompressed=plan.prefer_uncompressed)
+
+
+@command("changegroup", "roots", kind="stream")
+def changegroup(s: Session, roots: bytes) -> Stream:
+    if not s.config.hg.bundle1:
+        raise exchange.BundleRequired()
+    return Stream(exchange.changegroup_legacy(s.repo, decode_nodes(roots, "roots"), None))
+
+
+@command("changegroupsubset", "bases heads", kind="stream")
+def changegroupsubset(s: Session, bases: bytes, heads: bytes) -> Stream:
+    if not s.config.hg.bundle1:
+        raise exchange.BundleRequired()
+    return Stream(exchange.changegroup_legacy(s.repo, decode_nodes(bases, "bases"), decode_nodes(heads, "heads")))
+
+
+@command("stream_out", kind="stream")
+def stream_out(s: Session) -> Stream:
+    repo = s.repo
+    return Stream(lambda: exchange.stream_out(s.config, repo), raw=True)
+
+
+@command("unbundle", "heads", permission="push", kind="unbundle")
+def unbundle(s: Session, heads: bytes, *, body, repo_path, push: exchange.PushOptions) -> exchange.PushReply:
+    """`body`: the spooled request body; s.repo is None when the push may create the repository."""
+    return exchange.unbundle(s.config, repo_path, s.repo, heads, body, push)

@@ -1,0 +1,420 @@
+"""Mercurial wire protocol v1 over HTTP: the aiohttp front door for `{repo}?cmd=NAME`.
+
+Authenticates (read for every command, write and POST for push commands), gathers the
+arguments (query string, X-HgArg-N headers, X-HgArgs-Post body prefix), runs the command from
+the registry in the executor, and writes the answer: plain bytes (application/mercurial-0.1),
+or a stream compressed as negotiated (application/mercurial-0.2) and produced with bounded
+memory. Pushes spool their body to a temporary file, then apply it under the repository's write
+lock. This module is the one place where wire v1 errors become HTTP: permission errors are
+401/403/405 with hg's `0\\n<message>\\n` body, malformed requests 400, repository-level refusals
+`application/hg-error`.
+
+Also served here: the repository index at `/` and a short page for a repository URL opened in a
+browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from aiohttp import hdrs, web
+
+from ..aio import iterate_blocking, run_blocking
+from ..app import CTX
+from ..auth import AuthError, Forbidden, Permission, Principal, Unauthorized
+from ..config import Config
+from ..hg.bundle2 import Bundle2Error
+from ..hg.error import HgError, RepoNotFound
+from ..repos import RepoPathError, RepoRegistry
+from ..routing import Kind, Target
+from . import exchange
+from .commands import COMMANDS, Command, Session, Stream, bind_args
+from .compression import MEDIA_01, compress_stream, negotiate
+from .protocol import BadRequest, header_args, parse_client_proto, parse_qs_bytes
+
+__all__ = ["V1", "V1State", "capabilities_bytes", "capabilities_for", "setup"]
+
+log = logging.getLogger(__name__)
+
+HG_ERROR = "application/hg-error"
+SCRIPT_OK = "Script output follows"
+SPOOL_CHUNK = 1024 * 1024
+MAX_POST_ARGS = 16 * 1024 * 1024
+
+capabilities_bytes = exchange.capabilities_bytes
+
+
+@dataclass
+class V1State:
+    registry: RepoRegistry
+    spool_dir: Path
+
+
+V1 = web.AppKey("lfsserve_wire_v1", V1State)
+
+
+def setup(app: web.Application) -> None:
+    ctx = app[CTX]
+    spool = ctx.config.root / "tmp"
+    app[V1] = V1State(RepoRegistry(ctx.config.repos_dir), spool)
+    ctx.register(Kind.HG, handle)
+    ctx.register(Kind.INDEX, index)
+
+
+# -- responses --------------------------------------------------------------------------------------
+
+class _BareResponse(web.Response):
+    """hg serve sends permission errors without a Content-Type; aiohttp would add one."""
+
+    async def _prepare_headers(self) -> None:  # type: ignore[override]
+        await super()._prepare_headers()
+        self._headers.popall(hdrs.CONTENT_TYPE, None)
+
+
+def _reason(message: str) -> str:
+    """A message made safe for an HTTP reason phrase (hg shows the reason of 401/403/405)."""
+    text = re.sub(r"[^\x20-\x7e]", "?", message.splitlines()[0] if message else "error")
+    return text[:200] or "error"
+
+
+def _perm_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _BareResponse(status=status, reason=_reason(message), headers=headers,
+                         body=b"0\n%s\n" % message.encode("utf-8"))
+
+
+def _bytes(body: bytes) -> web.Response:
+    return web.Response(status=200, reason=SCRIPT_OK, body=body, content_type=MEDIA_01)
+
+
+def _hg_error(message: str, hint: str | None = None) -> web.Response:
+    text = message if message.endswith("\n") else message + "\n"
+    if hint:
+        text += f"({hint})\n"
+    return web.Response(status=200, reason=SCRIPT_OK, body=text.encode("utf-8"), content_type=HG_ERROR)
+
+
+def _bad_request(message: str) -> web.Response:
+    return web.Response(status=400, reason=_reason(message), text=message + "\n")
+
+
+def _not_found(message: str) -> web.Response:
+    return web.Response(status=404, reason=_reason(message), body=b"0\n%s\n" % message.encode("utf-8"),
+                        content_type=MEDIA_01)
+
+
+# -- arguments --------------------------------------------------------------------------------------
+
+def _query(request: web.Request) -> dict[str, bytes]:
+    """Query-string arguments with raw byte values (aiohttp's parsed query would decode them)."""
+    raw = request.raw_path.partition("?")[2]
+    return parse_qs_bytes(raw.encode("latin-1", "replace"))
+
+
+async def _request_args(request: web.Request, query: dict[str, bytes]) -> dict[str, bytes]:
+    """Query arguments, then either the X-HgArgs-Post body prefix or the X-HgArg-N headers."""
+    args = dict(query)
+    post = request.headers.get("X-HgArgs-Post")
+    if post is not None:
+        try:
+            n = int(post)
+        except ValueError:
+            raise BadRequest(f"X-HgArgs-Post is not a number: {post[:40]!r}")
+        if not 0 <= n <= MAX_POST_ARGS:
+            raise BadRequest(f"X-HgArgs-Post out of range (at most {MAX_POST_ARGS})")
+        if n:
+            try:
+                data = await request.content.readexactly(n)
+            except asyncio.IncompleteReadError:
+                raise BadRequest("request body shorter than X-HgArgs-Post says")
+            args.update(parse_qs_bytes(data))
+        return args
+    args.update(parse_qs_bytes(header_args(request.headers)))
+    return args
+
+
+# -- repositories -----------------------------------------------------------------------------------
+
+def _open(config: Config, registry: RepoRegistry, name: str, may_create: bool):
+    """(repo, path): an opened engine repository, or None / AbsentRepo when it does not exist and a
+    push may create it. Runs in the executor."""
+    try:
+        path = registry.path_of(name)
+    except RepoPathError as exc:
+        raise RepoNotFound(f"{name} ({exc})")
+    if not (path / ".hg").is_dir():
+        if may_create:
+            return None, path
+        raise RepoNotFound(name)
+    from ..hg.repository import Repository
+    repo = Repository.open(path)
+    repo.publishing = config.hg.publishing
+    return repo, path
+
+
+def _session(config: Config, repo) -> Session:
+    if repo is None:
+        repo = exchange.AbsentRepo(config.hg.publishing)
+    return Session(config, repo, lock_timeout=config.hg.lock_timeout)
+
+
+async def capabilities_for(app: web.Application, repo_name: str) -> bytes:
+    """The v1 capabilities answer for a repository (for the wire v2 handshake)."""
+    ctx = app[CTX]
+    state = app[V1]
+
+    def work() -> bytes:
+        repo, _ = _open(ctx.config, state.registry, repo_name, ctx.config.hg.create_on_push)
+        return exchange.capabilities_bytes(ctx.config, repo if repo is not None
+                                           else exchange.AbsentRepo(ctx.config.hg.publishing))
+    return await run_blocking(work)
+
+
+# -- the handler ------------------------------------------------------------------------------------
+
+async def handle(request: web.Request, target: Target) -> web.StreamResponse:
+    try:
+        query = _query(request)
+    except BadRequest as exc:
+        return _bad_request(exc.message)
+    name = query.pop("cmd", None)
+    if name is None:
+        return await browse(request, target)
+    cmd = COMMANDS.get(name.decode("latin-1"))
+    if cmd is None:
+        return _bad_request(f"unknown wire protocol command {name.decode('latin-1')[:60]!r}")
+    ctx = request.app[CTX]
+    try:
+        principal = await ctx.auth.require(request.headers, target.repo, Permission.READ)
+        request["principal"] = principal
+        if cmd.permission == "push":
+            if request.method != "POST":
+                return _perm_error(405, "push requires POST request")
+            ctx.auth.authorize(principal, target.repo, Permission.WRITE)
+        args = bind_args(cmd, await _request_args(request, query))
+        if cmd.kind == "unbundle":
+            return await _unbundle(request, target, principal, args)
+        return await _run(request, target, principal, cmd, args)
+    except Unauthorized as exc:
+        return _perm_error(401, exc.message, ctx.auth.challenge())
+    except (Forbidden, AuthError) as exc:
+        return _perm_error(exc.status, exc.message)
+    except BadRequest as exc:
+        return _bad_request(exc.message)
+    except RepoNotFound as exc:
+        return _not_found(exc.message)
+    except exchange.BundleRequired as exc:
+        return _hg_error(exc.message)
+    except (HgError, Bundle2Error) as exc:
+        log.info("%s on %s refused: %s", cmd.name, target.repo, exc)
+        return _hg_error(exc.message, getattr(exc, "hint", None))
+
+
+def _may_create(request: web.Request, repo_name: str, principal: Principal) -> bool:
+    ctx = request.app[CTX]
+    return ctx.config.hg.create_on_push and ctx.auth.permission(principal, repo_name) >= Permission.WRITE
+
+
+async def _run(request: web.Request, target: Target, principal: Principal, cmd: Command,
+               args: dict) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    state = request.app[V1]
+    config = ctx.config
+    may_create = _may_create(request, target.repo, principal)
+
+    def work():
+        repo, _ = _open(config, state.registry, target.repo, may_create)
+        return cmd.func(_session(config, repo), **args)
+
+    if cmd.name == "capabilities" and config.hg.wire_v2 and request.headers.get("X-HgUpgrade-1"):
+        caps = await run_blocking(work)
+        upgraded = await _maybe_upgrade(request, target, caps)
+        return upgraded if upgraded is not None else _bytes(caps)
+    if cmd.permission == "push":
+        async with state.registry.write_lock(target.repo):
+            result = await run_blocking(work)
+    else:
+        result = await run_blocking(work)
+    if isinstance(result, Stream):
+        return await _stream(request, result)
+    return _bytes(result)
+
+
+async def _maybe_upgrade(request: web.Request, target: Target, caps: bytes) -> web.StreamResponse | None:
+    try:
+        from . import v2  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    upgrade: Callable[..., Awaitable[web.StreamResponse | None]] | None = getattr(v2, "maybe_upgrade", None)
+    if upgrade is None:
+        return None
+    return await upgrade(request, target, caps)
+
+
+async def _stream(request: web.Request, result: Stream) -> web.StreamResponse:
+    """Send a streamed answer. The first chunk is produced before the status line, so an error at
+    the very start still becomes a proper hg-error; a later one can only cut the stream."""
+    config = request.app[CTX].config
+    if result.raw:
+        media, prefix, make = MEDIA_01, b"", result.chunks
+    else:
+        choice = negotiate(parse_client_proto(request.headers), config.hg.compression,
+                           prefer_uncompressed=result.prefer_uncompressed)
+        media, prefix = choice.media_type, choice.prefix
+
+        def make():
+            return compress_stream(result.chunks(), choice.engine, zstd_level=config.hg.zstd_level)
+
+    async with contextlib.aclosing(iterate_blocking(make)) as chunks:
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            first = b""
+        response = web.StreamResponse(status=200, reason=SCRIPT_OK, headers={hdrs.CONTENT_TYPE: media})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            await response.write(prefix + first)
+            async for chunk in chunks:
+                await response.write(chunk)
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("stream answer failed after it started; closing the connection")
+            if request.transport is not None:
+                request.transport.close()
+        return response
+
+
+async def _spool(request: web.Request, spool_dir: Path):
+    """Copy the request body to an anonymous temporary file (never held in memory)."""
+    await run_blocking(spool_dir.mkdir, parents=True, exist_ok=True)
+    fh = await run_blocking(tempfile.TemporaryFile, dir=spool_dir, prefix="unbundle-")
+    try:
+        while True:
+            chunk = await request.content.read(SPOOL_CHUNK)
+            if not chunk:
+                break
+            await run_blocking(fh.write, chunk)
+        await run_blocking(fh.seek, 0)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
+def _lfs_checker(request: web.Request, repo_name: str, principal: Principal):
+    """A callback for the push thread: which lfs oids of the push are not acceptable.
+
+    The LFS service also makes the acceptable ones visible in this repository's namespace, so it
+    is called even when lfs.require_pushed_blobs is off (the refusal is then skipped)."""
+    config = request.app[CTX].config
+    try:
+        from ..lfs import LFS_SERVICE
+        service = request.app.get(LFS_SERVICE)
+    except ImportError:
+        service = None
+
+    def check(oids: set[str]) -> set[str]:
+        if service is None:
+            bad = set(oids)  # no LFS store in this server: nothing can vouch for these blobs
+        else:
+            bad = set(service.accept_pushed_pointers_sync(repo_name, sorted(oids), principal))
+        return bad if config.lfs.require_pushed_blobs else set()
+    return check
+
+
+async def _unbundle(request: web.Request, target: Target, principal: Principal, args: dict) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    state = request.app[V1]
+    config = ctx.config
+    may_create = _may_create(request, target.repo, principal)
+    opts = exchange.PushOptions(publishing=config.hg.publishing, lock_timeout=config.hg.lock_timeout,
+                                check_lfs=_lfs_checker(request, target.repo, principal))
+    body = await _spool(request, state.spool_dir)
+    try:
+        async with state.registry.write_lock(target.repo):
+            def work():
+                repo, path = _open(config, state.registry, target.repo, may_create)
+                return COMMANDS["unbundle"].func(_session(config, repo) if repo is not None
+                                                 else Session(config, None, config.hg.lock_timeout),
+                                                 **args, body=body, repo_path=path, push=opts)
+            reply = await run_blocking(work)
+    finally:
+        await run_blocking(body.close)
+    if reply.changed:
+        log.info("push to %s by %s applied", target.repo, principal)
+    return _bytes(reply.body)
+
+
+# -- pages for browsers -----------------------------------------------------------------------------
+
+_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+async def browse(request: web.Request, target: Target) -> web.StreamResponse:
+    """A repository URL opened in a browser: what it is and how to clone it."""
+    ctx = request.app[CTX]
+    state = request.app[V1]
+    try:
+        principal = await ctx.auth.require(request.headers, target.repo, Permission.READ)
+    except Unauthorized as exc:
+        return web.Response(status=401, text=exc.message + "\n", headers=ctx.auth.challenge())
+    except AuthError as exc:
+        return web.Response(status=exc.status, text=exc.message + "\n")
+    request["principal"] = principal
+
+    def info():
+        repo, _ = _open(ctx.config, state.registry, target.repo, False)
+        return len(repo.heads()), sorted(repo.bookmarks()), repo.has_lfs
+
+    try:
+        nheads, marks, lfs = await run_blocking(info)
+    except RepoNotFound:
+        return web.Response(status=404, text=f"no repository at /{target.repo}\n")
+    except HgError as exc:
+        return web.Response(status=500, text=f"repository {target.repo} cannot be read: {exc.message}\n")
+    url = f"{ctx.base_url(request)}/{target.repo}"
+    esc = html.escape
+    body = (f"<h1>{esc(target.repo)}</h1>\n<p>A Mercurial repository served by lfsserve.</p>\n"
+            f"<pre>hg clone {esc(url)}</pre>\n"
+            f"<p>{nheads} head(s)" + (f"; bookmarks: {esc(', '.join(m.decode('utf-8', 'replace') for m in marks))}"
+                                      if marks else "") + "."
+            + (" Large files are stored with LFS (the server is its own <code>lfs.url</code>)." if lfs else "")
+            + "</p>\n<p><a href=\"" + esc(ctx.base_url(request)) + "/\">all repositories</a></p>")
+    return web.Response(text=_PAGE.format(title=esc(target.repo), body=body), content_type="text/html")
+
+
+async def index(request: web.Request, target: Target) -> web.StreamResponse:
+    """`/`: the repositories this client may read."""
+    ctx = request.app[CTX]
+    state = request.app[V1]
+    if "cmd" in request.query:
+        return _not_found("no repository at / (clone http://host/<repository>; the list is at /)")
+    try:
+        principal = await ctx.auth.authenticate(request.headers)
+    except Unauthorized as exc:
+        return web.Response(status=401, text=exc.message + "\n", headers=ctx.auth.challenge())
+    request["principal"] = principal
+    names = await run_blocking(lambda: list(state.registry.names()))
+    readable = [n for n in names if ctx.auth.permission(principal, n) >= Permission.READ]
+    base = ctx.base_url(request)
+    if "text/html" not in request.headers.get("Accept", ""):
+        return web.Response(text="".join(f"{base}/{n}\n" for n in readable))
+    esc = html.escape
+    items = "\n".join(f'<li><a href="{esc(base)}/{esc(n)}">{esc(n)}</a></li>' for n in readable)
+    body = f"<h1>Repositories</h1>\n<ul>\n{items}\n</ul>" if readable else "<p>No repositories you may read.</p>"
+    return web.Response(text=_PAGE.format(title="lfsserve", body=body), content_type="text/html")
