@@ -19,7 +19,7 @@ from .nginx import MOUNT, start_nginx
 
 pytestmark = pytest.mark.interop
 
-PROXY_CONFIG = '[server]\ntrusted_proxies = ["127.0.0.1"]\n'
+PROXY_CONFIG = '[server]\ntrusted_proxies = ["127.0.0.1"]\n[hg]\ncreate_on_push = true\n'
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -156,3 +156,38 @@ def test_hg_lfs_push_and_pull_through_nginx(proxied, tmp_path):
     reader("clone", str(dst), str(copy))  # empty usercache: the blob comes through nginx
     assert (copy / "asset.bin").read_bytes() == blob
     assert f"POST {MOUNT}/team/app/.git/info/lfs/objects/batch" in nginx.access_log()
+
+
+def test_hg_clone_push_and_lfs_through_nginx(proxied, tmp_path):
+    """hg push (creating the repository) with an LFS file, a clone by a client without the lfs
+    extension, and a push back, all through nginx; blobs use hg's default lfs.url, so they too
+    go through the sub-path."""
+    server, nginx = proxied
+    url = f"{nginx.url}/team/app"
+    lfs = Hg(tmp_path / "lfs-home", "[extensions]\nlfs =\n[lfs]\ntrack = size('>1KB')\n")
+    plain = Hg(tmp_path / "plain-home")
+    src, clone = tmp_path / "src", tmp_path / "clone"
+    lfs("init", str(src))
+    blob = os.urandom(300_000)
+    (src / "asset.bin").write_bytes(blob)
+    (src / "notes.txt").write_text("first\n")
+    lfs("commit", "-A", "-m", "first", cwd=src)
+    out = lfs.out("push", url, cwd=src)
+    assert "lfs: uploaded 1 files" in out and "remote: added 1 changesets" in out
+
+    plain("clone", url, str(clone))
+    assert (clone / "asset.bin").read_bytes() == blob
+    (clone / "notes.txt").write_text("second\n")
+    plain("commit", "-m", "second", cwd=clone)
+    assert "remote: added 1 changesets" in plain.out("push", url, cwd=clone)
+    lfs("pull", "-u", url, cwd=src)
+    assert (src / "notes.txt").read_text() == "second\n"
+    assert lfs.out("log", "-T", "{desc} ", cwd=src) == "second first "
+
+    _, _, metrics = fetch(server.url + "/metrics")
+    assert b'lfsserve_hg_pushes_total{result="accepted"} 2.0' in metrics
+    assert b"lfsserve_hg_push_duration_seconds_count 2.0" in metrics
+    log = nginx.access_log()
+    assert f"POST {MOUNT}/team/app?cmd=unbundle" in log
+    assert f"{MOUNT}/team/app?cmd=getbundle" in log
+    assert f"POST {MOUNT}/team/app/.git/info/lfs/objects/batch" in log
