@@ -22,7 +22,7 @@ from .filelog import LfsPointerError, parse_lfs_pointer
 from .manifest import changed_entries, parse_manifest
 from .mdiff import PatchError, patch, textdiff, trivial_header
 from .node import NULLID, NULLREV, hash_revision
-from .revlog import REVIDX_EXTSTORED, REVIDX_KNOWN, Revlog, RevlogWriter, flag_names
+from .revlog import REVIDX_EXTSTORED, REVIDX_KNOWN, REVLOGV1, Revlog, RevlogWriter, flag_names
 from .store import Store, encode_dir
 
 __all__ = ["generate", "apply", "supported_versions", "ApplyResult", "ChunkReader", "HEADERS"]
@@ -274,7 +274,9 @@ class _Writers:
         self.repo = repo
         self.tr = tr
         self.new_store_files: list[bytes] = []
-        self.changelog = self._writer(repo.changelog, b"00changelog.i", delay=True)
+        # hg 7 creates the changelog split and without generaldelta (deltas against the previous
+        # revision); an existing changelog keeps its format
+        self.changelog = self._writer(repo.changelog, b"00changelog.i", delay=True, header=REVLOGV1)
         self.manifest = self._writer(repo.manifestlog.revlog, b"00manifest.i")
         self.files: dict[bytes, RevlogWriter] = {}
         self.add_lfs_requirement = False
@@ -284,11 +286,12 @@ class _Writers:
         if name.startswith(b"data/"):
             self.new_store_files.append(name)
 
-    def _writer(self, rl: Revlog, index_name: bytes, delay: bool = False) -> RevlogWriter:
+    def _writer(self, rl: Revlog, index_name: bytes, delay: bool = False, header: int | None = None) -> RevlogWriter:
         repo = self.repo
         return RevlogWriter(rl, self.tr, index_name=index_name, data_name=index_name[:-2] + b".d",
                             compression=repo.compression, sparse=repo.sparse,
-                            create_header=repo._revlog_header(), delay=delay, on_new_file=self._note_new)
+                            create_header=repo._revlog_header() if header is None else header,
+                            delay=delay, on_new_file=self._note_new)
 
     def file(self, path: bytes) -> RevlogWriter:
         w = self.files.get(path)
@@ -482,8 +485,9 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     parents_all = parents_before + [(clw.entries[r][5], clw.entries[r][6]) for r in range(clstart, len(clw))]
     from .dagop import heads_of
 
-    old_heads = set(heads_of(parents_before)) if n_old else set()
-    new_heads = set(heads_of(parents_all))
+    # an empty changelog has one head, the null revision (hg counts it too)
+    old_heads = set(heads_of(parents_before)) if n_old else {NULLREV}
+    new_heads = set(heads_of(parents_all)) if parents_all else {NULLREV}
     removed = old_heads - new_heads
     added_heads = new_heads - old_heads
     delta = len(added_heads) - len(removed)

@@ -579,6 +579,8 @@ class Repository:
                 lk.acquire(max(0.0, timeout - (time.monotonic() - start)))
                 locks.append(lk)
             self._lock_depth = 1
+            # whatever was read before the lock may be stale now
+            self.invalidate()
             self.recover()
             yield
         finally:
@@ -791,7 +793,7 @@ class Repository:
             return None
         node = bytes.fromhex(value.decode())
         rev = self._resolve_tr_rev(node)
-        if rev is None:
+        if rev is None or rev == NULLREV:
             return None
         arr = self._phase_override if self._phase_override is not None else self.phase_array
         if rev < len(arr) and arr[rev] >= phases.HIDDEN_FROM:

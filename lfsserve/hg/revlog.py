@@ -562,8 +562,9 @@ class RevlogWriter:
 
     Revisions of filelogs and the manifest are appended to their files as they come (nobody
     refers to them until the changelog does). With `delay=True` (the changelog) nothing becomes
-    visible before `finalize()`: index entries wait in memory (split revlog) or the whole file is
-    rewritten to `<index>.a` and renamed into place (inline revlog).
+    visible before `finalize()`: the revlog is split first if it is inline (hg 7 never keeps an
+    inline changelog either), data goes to the .d file at once, and index entries wait in memory
+    until `finalize()` appends them in one write.
     """
 
     def __init__(self, revlog: Revlog, tr, *, index_name: str, data_name: str, compression: str,
@@ -598,7 +599,6 @@ class RevlogWriter:
         self._ifd: int | None = None
         self._dfd: int | None = None
         self._inline_size = idx.consumed if idx.inline else 0  # .i bytes (inline)
-        self._a_path: str | None = None
         self._inline_pos: dict[int, int] = {}
         self._started = False
         self.added: list[int] = []
@@ -622,19 +622,13 @@ class RevlogWriter:
             if self.on_new_file:
                 self.on_new_file(self.index_name)
         if self.inline:
-            if self.delay:
-                # rewrite to <index>.a, renamed into place at finalize
-                self._a_path = rl.index_path + ".a"
-                tr.registertmp(self.index_name + ".a")
-                with open(self._a_path, "wb") as out:
-                    if self.entries:
-                        with open(rl.index_path, "rb") as src:
-                            out.write(src.read(isize))
-                self._ifd = os.open(self._a_path, os.O_RDWR | os.O_CLOEXEC)
-            else:
-                self._ifd = os.open(rl.index_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-                os.ftruncate(self._ifd, isize)
+            self._ifd = os.open(rl.index_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.ftruncate(self._ifd, isize)
             self._inline_size = isize
+            if self.delay:
+                # Like hg 7, never keep a changelog inline: split it now (same revisions, other
+                # layout), so new entries can wait in memory while their data goes to the .d.
+                self._split_now()
         else:
             dsize = self.data_end
             exists = os.path.exists(rl.data_path)
@@ -864,7 +858,7 @@ class RevlogWriter:
             self.on_new_file(self.data_name)
         with open(rl.data_path, "wb") as f:
             f.write(data)
-        tmp_name = self.index_name + ".s"
+        tmp_name = self.index_name + b".s"
         tr.registertmp(tmp_name)
         tmp_path = rl.index_path + ".s"
         with open(tmp_path, "wb") as f:
@@ -882,30 +876,10 @@ class RevlogWriter:
 
     def finalize(self) -> None:
         """Make delayed revisions visible (the changelog, at the very end of a transaction)."""
-        if not self._started or not self.delay:
-            self.close()
-            return
-        rl = self.rl
-        if self.inline:
-            if self.data_end >= INLINE_THRESHOLD:
-                # split while publishing: write .d, then the new split index over the inline one
-                self.tr.addbackup(self.index_name, for_offset=True)
-                data, index = self._split_images()
-                self.tr.add(self.data_name, 0)
-                if self.on_new_file:
-                    self.on_new_file(self.data_name)
-                with open(rl.data_path, "wb") as f:
-                    f.write(data)
-                tmp = rl.index_path + ".s"
-                self.tr.registertmp(self.index_name + ".s")
-                with open(tmp, "wb") as f:
-                    f.write(index)
-                os.replace(tmp, rl.index_path)
-            else:
-                os.replace(self._a_path, rl.index_path)
-        elif self._pending_index:
-            fd = os.open(rl.index_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if self._started and self.delay and self._pending_index:
+            fd = os.open(self.rl.index_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
+                # one write: a concurrent reader sees all the new entries or none of them
                 os.pwrite(fd, b"".join(self._pending_index), self.old_count * ENTRY_SIZE)
             finally:
                 os.close(fd)
