@@ -134,6 +134,9 @@ def has_secret(repo) -> bool:
     fast = getattr(repo, "has_secret", None)
     if fast is not None:
         return bool(fast())
+    phases = getattr(repo, "phase_array", None)  # cached per phaseroots file; hidden phases count too
+    if phases is not None:
+        return bool(phases) and max(phases) >= SECRET
     cl = getattr(repo, "changelog", None)
     if cl is None:
         return False
