@@ -210,6 +210,11 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
     except BadRequest as exc:
         return _bad_request(exc.message)
     except RepoNotFound as exc:
+        principal = request.get("principal")
+        if ctx.config.hg.create_on_push and principal is not None and not principal.authenticated:
+            # hg sends credentials only when challenged: an anonymous 404 would keep a user who
+            # may create this repository (hg.create_on_push) from ever pushing to it.
+            return _perm_error(401, f"{exc.message}; log in to create it by pushing", ctx.auth.challenge())
         return _not_found(exc.message)
     except exchange.BundleRequired as exc:
         return _hg_error(exc.message)

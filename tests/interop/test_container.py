@@ -81,16 +81,19 @@ def test_hg_push_clone_and_lfs_through_container(served, tmp_path):
     writer("add", cwd=work)
     writer("commit", "-m", "first", cwd=work)
 
+    assert "remote: added 1 changesets" in writer.out("push", url, cwd=work)  # creates team/app
     anonymous = hg_client(tmp_path / "anon-home", url)
-    refused = anonymous("push", url, cwd=work, check=False)
-    assert refused.returncode != 0 and b"authorization" in (refused.stdout + refused.stderr).lower()
-
-    writer("push", url, cwd=work)
     clone = tmp_path / "clone"
     anonymous("clone", url, str(clone))  # fresh usercache: the LFS blob comes from the container
     assert (clone / "asset.bin").read_bytes() == big
     assert (clone / "README").read_text() == "hello from the container test\n"
     assert anonymous.out("log", "-T", "{desc}", cwd=clone) == "first"
+
+    # anonymous clients may read, not write
+    (clone / "README").write_text("anonymous change\n")
+    anonymous("commit", "-m", "anonymous", cwd=clone)
+    refused = anonymous("push", url, cwd=clone, check=False)
+    assert refused.returncode != 0 and b"authorization" in (refused.stdout + refused.stderr).lower()
 
 
 def test_admin_commands_sigterm_and_upgrade(served, tmp_path):
