@@ -1,4 +1,5 @@
 """Admin commands' work: repository/namespace usage, blob store verification with quarantine, gc.
+(Repositories are verified by the engine, lfsserve.hg.verify; cli.py runs both.)
 
 These run in their own process, next to a running server if need be: the blob store and the
 namespace index are safe to share (flocked temp files, SQLite), quarantining is one rename, and gc
@@ -14,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable, Protocol
+from typing import AsyncIterator, Protocol
 
 from .aio import run_blocking
 from .auth import Authenticator
@@ -31,7 +32,6 @@ __all__ = [
     "parse_duration",
     "usage",
     "verify_blobs",
-    "verify_repos",
 ]
 
 
@@ -170,46 +170,6 @@ async def verify_blobs(config: Config, quarantine: bool = True, progress: Progre
             for oid in result.corrupt:
                 result.quarantined[oid] = await run_blocking(_quarantine_local, service.store, oid)
     return result
-
-
-@dataclass
-class RepoProblems:
-    name: str
-    problems: list[str]
-
-
-def verify_repos(config: Config, names: list[str] | None = None,
-                 progress_for: Callable[[str], Progress] | None = None) -> list[RepoProblems]:
-    """Check every revlog of the repositories (all of them, or `names`) with the engine's verify.
-    Blocking: the engine is synchronous code."""
-    registry = RepoRegistry(config.repos_dir)
-    names = names if names is not None else list(registry.names())
-    if not names:
-        return []
-    from .hg.repository import Repository
-    from .hg.verify import verify
-
-    out = []
-    for name in names:
-        progress = progress_for(name) if progress_for else NoProgress()
-        started = False
-
-        def step(done: int, total: int) -> None:
-            nonlocal started
-            if not started:
-                progress.start(name, total, "revs")
-                started = True
-            progress.advance(done - step.last)
-            step.last = done
-
-        step.last = 0
-        try:
-            problems = [str(p) for p in verify(Repository.open(registry.path_of(name)), progress=step)]
-        except Exception as exc:  # an unreadable repository is a finding, not a crash of the command
-            problems = [f"cannot verify: {exc}"]
-        progress.done()
-        out.append(RepoProblems(name, problems))
-    return out
 
 
 # -- lfsserve gc --------------------------------------------------------------------------------

@@ -109,6 +109,100 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from .hg.error import HgError
+    from .hg.repository import Repository
+    from .repos import RepoPathError, RepoRegistry
+
+    config = _config_from(args)
+    registry = RepoRegistry(config.repos_dir)
+    try:
+        path = registry.path_of(args.name)
+        repo = Repository.init(path, lfs=args.lfs)
+    except (RepoPathError, HgError) as exc:
+        print(f"lfsserve: {exc}", file=sys.stderr)
+        return 1
+    print(f"created repository {args.name} in {repo.root}" + (" (lfs)" if args.lfs else ""))
+    return 0
+
+
+class _ProgressLine:
+    """A one-line progress display on stderr, only when it is a terminal."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.active = sys.stderr.isatty()
+        self.last = ""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.active:
+            return
+        width = 30
+        filled = width * done // total if total else width
+        line = f"\r{self.label}: {stage:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+        if line != self.last:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            self.last = line
+
+    def clear(self) -> None:
+        if self.active and self.last:
+            sys.stderr.write("\r" + " " * len(self.last) + "\r")
+            sys.stderr.flush()
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .hg.error import HgError
+    from .hg.repository import Repository
+    from .hg.verify import verify_with_stats
+    from .repos import RepoPathError, RepoRegistry
+
+    config = _config_from(args)
+    registry = RepoRegistry(config.repos_dir)
+    names = [] if args.blobs_only else args.repos or list(registry.names())
+    check_blobs = not args.repos_only and not args.repos
+    if not names and not check_blobs:
+        print(f"lfsserve: no repositories under {config.repos_dir}", file=sys.stderr)
+        return 1
+    first_bad = None
+    for name in names:
+        progress = _ProgressLine(name)
+        try:
+            repo = Repository.open(registry.path_of(name))
+            problems, stats = verify_with_stats(repo, progress)
+        except (RepoPathError, HgError) as exc:
+            progress.clear()
+            print(f"{name}: {exc}")
+            first_bad = first_bad or f"{name}: {exc}"
+            continue
+        progress.clear()
+        if problems:
+            for problem in problems:
+                print(f"{name}: {problem}")
+            first_bad = first_bad or f"{name}: {problems[0]}"
+        else:
+            print(f"{name}: ok ({stats.changesets} changesets, {stats.manifests} manifests, "
+                  f"{stats.files} files, {stats.revisions} revisions checked)")
+    if check_blobs:
+        # Then the LFS blob store: re-hash everything, move what does not match aside.
+        import asyncio
+
+        from .admin import verify_blobs
+
+        res = asyncio.run(verify_blobs(config, quarantine=not args.no_quarantine, progress=_Bar()))
+        print(f"checked {res.checked} LFS objects ({_size(res.bytes)})")
+        for oid in res.corrupt:
+            where = res.quarantined.get(oid)
+            print(f"  corrupt: {oid}" + (f" (moved to {where})" if where else ""))
+            first_bad = first_bad or f"LFS object {oid} is corrupt"
+        if res.quarantined:
+            print("clients that still have these files can upload them again (git lfs push --all, or hg push)")
+    if first_bad:
+        print(f"lfsserve: verify failed, first problem: {first_bad}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _size(n: int | None) -> str:
     if n is None:
         return "-"
@@ -165,36 +259,6 @@ def cmd_repos(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from .admin import verify_blobs, verify_repos
-
-    config = _config_from(args)
-    failed = False
-    if not args.blobs_only:
-        results = verify_repos(config, args.repos or None, progress_for=lambda name: _Bar())
-        for r in results:
-            if r.problems:
-                failed = True
-                print(f"{r.name}: {len(r.problems)} problem(s)")
-                for p in r.problems:
-                    print(f"  {p}")
-            else:
-                print(f"{r.name}: ok")
-        print(f"checked {len(results)} repositories")
-    if not args.repos_only and not args.repos:
-        res = asyncio.run(verify_blobs(config, quarantine=not args.no_quarantine, progress=_Bar()))
-        print(f"checked {res.checked} LFS objects ({_size(res.bytes)})")
-        for oid in res.corrupt:
-            failed = True
-            where = res.quarantined.get(oid)
-            print(f"  corrupt: {oid}" + (f" (moved to {where})" if where else ""))
-        if res.corrupt and res.quarantined:
-            print("clients that still have these files can upload them again (git lfs push --all, or hg push)")
-    return 1 if failed else 0
-
-
 def cmd_gc(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -247,15 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revoke", action="store_true", help="remove every token of the user")
     p.set_defaults(func=cmd_token)
 
+    p = sub.add_parser("init", help="create an empty repository (as `hg init` of Mercurial 7.2.4)")
+    _add_config_args(p)
+    p.add_argument("name", help="repository path under the repositories directory, e.g. team/app")
+    p.add_argument("--lfs", action="store_true", help="require the lfs extension (large files as lfs pointers)")
+    p.set_defaults(func=cmd_init)
+
     p = sub.add_parser("repos", help="list repositories and LFS namespaces with their sizes")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_repos)
 
-    p = sub.add_parser("verify", help="check repositories' revlogs and re-hash every LFS object "
-                                      "(corrupt objects are moved to <root>/lfs/quarantine)")
+    p = sub.add_parser("verify", help="check every revision of served repositories, then re-hash every "
+                                      "LFS object (corrupt ones are moved to <root>/lfs/quarantine)")
     _add_config_args(p)
-    p.add_argument("repos", nargs="*", metavar="REPO", help="only these repositories (no blob check)")
+    p.add_argument("repos", nargs="*", metavar="REPO", help="repositories to check (default: all, then the LFS objects)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--repos-only", action="store_true", help="skip the LFS blob store")
     which.add_argument("--blobs-only", action="store_true", help="skip the repositories")

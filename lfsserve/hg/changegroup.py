@@ -12,6 +12,7 @@ chunk is a delta header then a delta:
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
@@ -314,12 +315,27 @@ def finalize_writer(repo, tr, writers: _Writers) -> None:
         known = set(repo.store.read_fncache())
         new = [n for n in dict.fromkeys(writers.new_store_files) if n not in known]
         if new:
-            tr.append_file(b"fncache", b"".join(encode_dir(n) + b"\n" for n in new))
+            lines = b"".join(encode_dir(n) + b"\n" for n in new)
+            path = repo.store.fncache_path()
+            if path.exists() and path.stat().st_size:
+                with open(path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        lines = b"\n" + lines
+            tr.append_file(b"fncache", lines)
     if writers.add_lfs_requirement and "lfs" not in repo.requirements:
         path = repo.store.path / "requires"
         reqs = set(path.read_bytes().decode().split()) if path.exists() else set()
         reqs.add("lfs")
         tr.replace_file(b"requires", b"".join(r.encode() + b"\n" for r in sorted(reqs)))
+
+        def remember() -> None:
+            repo.requirements = frozenset(repo.requirements | {"lfs"})
+            repo.has_lfs = True
+
+        tr.add_after_close(remember)
+    # everything the new changesets refer to is durable before they become visible
+    tr.sync(skip=(writers.changelog.rl.index_path,))
     writers.changelog.finalize()
 
 
@@ -394,8 +410,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     result = ApplyResult()
     clw = writers.changelog
     clstart = len(clw)
-    parents_before = [(e[5], e[6]) for e in clw.entries]
-    result.heads_before = len(repo.heads()) if len(repo.changelog) else 0
+    result.heads_before = len(repo.head_revs())
 
     manifests_needed: dict[bytes, int] = {}
 
@@ -480,14 +495,22 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     if added_cl:
         repo._set_new_draft(added_cl[0], len(added_cl))
     result.added = [clw.node(r) for r in added_cl]
-    # heads, as hg counts them: over all changesets, a closing head does not count
-    n_old = clstart
-    parents_all = parents_before + [(clw.entries[r][5], clw.entries[r][6]) for r in range(clstart, len(clw))]
-    from .dagop import heads_of
+    # heads, as hg counts them: over all changesets (an empty changelog has one head, the null
+    # revision), a closing head does not count
+    if clstart == 0:
+        old_heads = {NULLREV}
+    elif clstart == len(repo.changelog):
+        old_heads = set(repo.all_head_revs())
+    else:  # a previous changegroup of this transaction added revisions
+        from .dagop import heads_of
 
-    # an empty changelog has one head, the null revision (hg counts it too)
-    old_heads = set(heads_of(parents_before)) if n_old else {NULLREV}
-    new_heads = set(heads_of(parents_all)) if parents_all else {NULLREV}
+        old_heads = set(heads_of([(e[5], e[6]) for e in clw.entries[:clstart]]))
+    new_heads = set(old_heads)
+    for r in range(clstart, len(clw)):
+        e = clw.entries[r]
+        new_heads.discard(e[5])
+        new_heads.discard(e[6])
+        new_heads.add(r)
     removed = old_heads - new_heads
     added_heads = new_heads - old_heads
     delta = len(added_heads) - len(removed)

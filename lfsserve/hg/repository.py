@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 from . import dagop, phases
 from .bookmarks import format_bookmarks, parse_bookmarks
 from .changelog import Changelog
-from .error import Abort, LockTimeout, LookupError, PushRaced, RepoNotFound, UnknownRevision
+from .error import Abort, HgError, LockTimeout, LookupError, PushRaced, RepoNotFound, UnknownRevision
 from .filelog import Filelog
 from .lock import Lock, local_mutex
 from .manifest import Manifestlog
@@ -34,7 +34,7 @@ from .store import HG_INIT_REQUIREMENTS, Store, check_requirements, read_require
 from .tags import live_tags, merge_tags, parse_tags
 from .transaction import Transaction, has_journal, rollback_journal
 
-__all__ = ["Repository", "changeset_files", "AmbiguousRevision"]
+__all__ = ["Repository", "changeset_files", "AmbiguousRevision", "recover_abandoned"]
 
 DEFAULT_LOCK_TIMEOUT = 600.0
 _HEX = re.compile(rb"[0-9a-fA-F]+\Z")
@@ -61,6 +61,8 @@ class Repository:
         self.store = Store(self.root, requirements)
         self.has_lfs = "lfs" in requirements
         self.publishing = True
+        # fsync pushes before acknowledging them (set False only where durability does not matter)
+        self.durable = True
         self.compression = "zstd" if "revlog-compression-zstd" in requirements else "zlib"
         self.generaldelta = "generaldelta" in requirements
         self.sparse = "sparserevlog" in requirements
@@ -216,7 +218,11 @@ class Repository:
         return mask
 
     def has_hidden(self) -> bool:
-        return any(p >= phases.HIDDEN_FROM for p in self.phase_array)
+        """True when some changeset is not served (secret, archived or internal)."""
+        arr = self.phase_array
+        return bool(arr) and max(arr) >= phases.HIDDEN_FROM
+
+    has_secret = has_hidden
 
     def is_visible(self, rev: int) -> bool:
         return rev == NULLREV or (0 <= rev < len(self.changelog) and self.phase_array[rev] < phases.HIDDEN_FROM)
@@ -246,7 +252,18 @@ class Repository:
     # -- heads and branches
     def head_revs(self) -> list[int]:
         """Visible heads, ascending."""
-        return dagop.heads_of(self.parents_list, self.visible_mask)
+        visible = self.visible_mask
+        if self._phase_override is not None:
+            return dagop.heads_of(self.parents_list, visible)
+        cache = self.changelog.index.derived
+        got = cache.get("heads")
+        if got is None or got[0] is not visible:
+            got = cache["heads"] = (visible, dagop.heads_of(self.parents_list, visible))
+        return list(got[1])
+
+    def all_head_revs(self) -> list[int]:
+        """Heads of all changesets, secret ones included, ascending."""
+        return list(self._derived("all_heads", lambda: dagop.heads_of(self.parents_list)))
 
     def heads(self) -> list[bytes]:
         """Visible heads, newest first (the order `hg heads` and the wire protocol use)."""
@@ -533,23 +550,34 @@ class Repository:
     def stream_files(self) -> list[tuple[bytes, int]]:
         """Store files of a stream clone with their sizes: filelogs, then the manifest, then the
         changelog (so the changelog never names data the copy lacks). Sizes are read under the
-        lock; read each file only up to its size."""
+        lock; read each file only up to its size, through open_store_file()."""
         with self.lock():
             names = self.store.data_files() + [b"00manifest.d", b"00manifest.i", b"00changelog.d",
                                                 b"00changelog.i"]
             out = []
+            self._stream_inodes = {}
             for name in names:
                 try:
-                    size = os.path.getsize(self.store.join(name))
+                    st = os.stat(self.store.join(name))
                 except FileNotFoundError:
                     continue
-                out.append((name, size))
+                self._stream_inodes[name] = st.st_ino
+                out.append((name, st.st_size))
         return out
 
     def open_store_file(self, name: bytes):
+        """Open a store file by its unencoded name (for stream clones)."""
         if b"\0" in name or name.startswith(b"/") or b".." in name.split(b"/"):
             raise Abort(f"invalid store file name {name!r}")
-        return open(self.store.join(name), "rb")
+        fh = open(self.store.join(name), "rb")
+        expected = getattr(self, "_stream_inodes", {}).get(name)
+        if expected is not None and os.fstat(fh.fileno()).st_ino != expected:
+            # appends are fine (we read up to the listed size), but a push that split an inline
+            # revlog replaced this file: its first bytes are no longer what was listed
+            fh.close()
+            raise Abort(f"{name.decode('utf-8', 'replace')} was rewritten while being streamed",
+                        hint="a push changed the repository; clone again")
+        return fh
 
     # -- locking and transactions
     @contextlib.contextmanager
@@ -621,7 +649,7 @@ class Repository:
         if self._tr is not None:
             yield self._tr
             return
-        tr = Transaction(self.store, desc)
+        tr = Transaction(self.store, desc, durable=self.durable)
         self._tr = tr
         self._phase_override = None
         try:
@@ -822,3 +850,22 @@ class Repository:
 def changeset_files(repo: Repository, rev: int) -> list[bytes]:
     """Files a changeset touched, as recorded in its changelog entry."""
     return list(repo.changelog.read(rev).files)
+
+
+def recover_abandoned(paths: Iterable, timeout: float = 5.0) -> list[Path]:
+    """Roll back the abandoned transactions of these repositories (a server calls this at
+    start-up after a crash). Returns the repositories that had one; repositories that cannot be
+    opened or locked are skipped (the next push will recover them)."""
+    recovered = []
+    for path in paths:
+        path = Path(path)
+        if not (path / ".hg" / "store" / "journal").exists():
+            continue
+        try:
+            repo = Repository.open(path)
+            with repo.lock(timeout=timeout):
+                pass  # taking the lock rolls the journal back
+        except (HgError, OSError):
+            continue
+        recovered.append(path)
+    return recovered

@@ -128,7 +128,7 @@ class Index:
     """A parsed revlog index. Immutable once built; shared between threads."""
 
     __slots__ = ("key", "version", "inline", "generaldelta", "entries", "positions", "inline_data",
-                 "consumed", "trailing", "_nodemap", "derived", "__weakref__")
+                 "consumed", "trailing", "_nodemap", "derived", "last_raw", "__weakref__")
 
     def __init__(self, key, header: int, entries: list, positions: list | None, inline_data,
                  consumed: int, trailing: int):
@@ -142,6 +142,7 @@ class Index:
         self.consumed = consumed  # bytes of the .i file that form whole revisions
         self.trailing = trailing  # bytes after the last whole revision (an append in progress)
         self._nodemap = None
+        self.last_raw = b""  # split revlogs: the last whole entry as stored (to extend safely)
         # values computed from this exact index (parents lists, phases...), shared like the index
         self.derived: dict = {}
 
@@ -188,7 +189,29 @@ def parse_index(data: bytes, key=None, name: str = "revlog", default_header: int
         return Index(key, header, _fix_first(entries), positions, data, pos, n - pos)
     whole = len(data) - len(data) % ENTRY_SIZE
     entries = list(ENTRY.iter_unpack(memoryview(data)[:whole]))
-    return Index(key, header, _fix_first(entries), None, None, whole, len(data) - whole)
+    idx = Index(key, header, _fix_first(entries), None, None, whole, len(data) - whole)
+    idx.last_raw = bytes(data[whole - ENTRY_SIZE:whole]) if whole else b""
+    return idx
+
+
+def _extend_index(old: Index, key, tail: bytes) -> Index | None:
+    """`old` plus the entries in `tail` (the file from old.consumed - 64 on), if the file only grew."""
+    if tail[:ENTRY_SIZE] != old.last_raw:
+        return None  # rewritten (rolled back and written again): parse everything
+    body = memoryview(tail)[ENTRY_SIZE:]
+    whole = len(body) - len(body) % ENTRY_SIZE
+    header = (FLAG_INLINE_DATA if old.inline else 0) | (FLAG_GENERALDELTA if old.generaldelta else 0) | old.version
+    new = list(ENTRY.iter_unpack(body[:whole]))
+    idx = Index(key, header, old.entries + new, None, None, old.consumed + whole, len(body) - whole)
+    idx.last_raw = bytes(body[whole - ENTRY_SIZE:whole]) if whole else old.last_raw
+    m = old._nodemap
+    if m is not None:
+        m = dict(m)
+        base = len(old.entries)
+        for i, e in enumerate(new):
+            m[e[E_NODE]] = base + i
+        idx._nodemap = m
+    return idx
 
 
 def _fix_first(entries: list) -> list:
@@ -214,6 +237,10 @@ class _IndexCache:
                 return None
             self._items.move_to_end(path)
             return idx
+
+    def peek(self, path: str) -> Index | None:
+        with self._lock:
+            return self._items.get(path)
 
     def put(self, path: str, idx: Index) -> None:
         with self._lock:
@@ -242,6 +269,16 @@ def load_index(path: str, name: str, default_header: int) -> Index:
         idx = INDEX_CACHE.get(path, key)
         if idx is not None:
             return idx
+        old = INDEX_CACHE.peek(path)
+        if (old is not None and old.key is not None and not old.inline and old.entries
+                and old.key[2] == st.st_ino and st.st_size > old.consumed):
+            # the usual case after a push: parse only what was appended
+            fh.seek(old.consumed - ENTRY_SIZE)
+            idx = _extend_index(old, key, fh.read(st.st_size - old.consumed + ENTRY_SIZE))
+            if idx is not None:
+                INDEX_CACHE.put(path, idx)
+                return idx
+            fh.seek(0)
         data = fh.read(st.st_size)
     idx = parse_index(data, key, name, default_header)
     if not idx.inline:

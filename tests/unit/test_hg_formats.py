@@ -202,3 +202,20 @@ def test_tags_merge_like_hg():
     merged = dict(a)
     merge_tags(merged, b)
     assert live_tags(merged) == {b"t": n[4]}
+
+
+def test_verify_progress_line_only_on_a_terminal(monkeypatch, capsys):
+    import sys
+
+    from lfsserve.cli import _ProgressLine
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    p = _ProgressLine("repo")
+    p("files", 1, 2)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    p = _ProgressLine("repo")
+    p("files", 5, 10)
+    p.clear()
+    err = capsys.readouterr().err
+    assert "\rrepo: files" in err and "5/10" in err and "#" * 15 in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -211,8 +212,8 @@ def _unbundle_and_compare(hg, source: Path, target: Path, bundle: bytes, tmp_pat
     assert sorted(theirs) == sorted(ours)
 
 
-@pytest.mark.parametrize("version", ["01", "02", "03"])
-@pytest.mark.parametrize("name", ["varied", "oldformat", "synthetic"])
+@pytest.mark.parametrize("name,version", [("varied", "01"), ("varied", "02"), ("varied", "03"),
+                                          ("oldformat", "02"), ("synthetic", "03")])
 def test_changegroup_accepted_by_hg(built, session_hg, tmp_path, name, version):
     """A full changegroup, unbundled by hg into an empty repository, recreates every served
     revision byte for byte (same nodes everywhere, so same data)."""
@@ -270,3 +271,62 @@ def test_copy_is_independent_of_cache(built, tmp_path):
     with open(src / ".hg" / "store" / "00changelog.i", "r+b") as f:
         f.truncate(64 * (n - 10))
     assert len(Repository.open(src).changelog) == n - 10
+
+
+def test_stream_files_make_a_working_copy_of_the_store(built, session_hg, tmp_path):
+    src = built["varied"]
+    repo = Repository.open(src)
+    files = repo.stream_files()
+    names = [n for n, _ in files]
+    assert names[-1] == b"00changelog.i" and b"data/big.bin.d" in names
+    target = tmp_path / "copy"
+    (target / ".hg" / "store").mkdir(parents=True)
+    shutil.copy(src / ".hg" / "requires", target / ".hg" / "requires")
+    shutil.copy(src / ".hg" / "store" / "requires", target / ".hg" / "store" / "requires")
+    dst = Repository.open(target)
+    for name, size in files:
+        with repo.open_store_file(name) as fh:
+            data = fh.read(size)
+        assert len(data) == size
+        out = Path(dst.store.join(name))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    from lfsserve.hg.store import encode_dir
+
+    (target / ".hg" / "store" / "fncache").write_bytes(
+        b"".join(encode_dir(n) + b"\n" for n in names if n.startswith(b"data/")))
+    session_hg("verify", "-q", cwd=target)
+    # a file replaced (not appended to) after the listing is refused, not streamed half-changed
+    path = Path(repo.store.join(b"data/a.txt.i"))
+    copy = Repository.open(target)
+    copy_files = dict(copy.stream_files())
+    assert copy_files[b"data/a.txt.i"] == path.stat().st_size
+    victim = Path(copy.store.join(b"data/a.txt.i"))
+    tmp = victim.with_name("replacement")
+    shutil.copy(victim, tmp)
+    os.replace(tmp, victim)
+    from lfsserve.hg.error import Abort
+
+    with pytest.raises(Abort, match="rewritten"):
+        copy.open_store_file(b"data/a.txt.i")
+
+
+def test_obsstore_is_ignored_not_fatal(session_hg, tmp_path):
+    """Obsolete changesets stay visible (README: obsmarkers are neither read nor exchanged)."""
+    evo = ("--config", "experimental.evolution=all")
+    path = tmp_path / "evo"
+    session_hg("init", str(path))
+    (path / "f").write_text("1\n")
+    session_hg("commit", "-A", "-m", "one", cwd=path)
+    (path / "f").write_text("2\n")
+    session_hg("commit", "-m", "two", cwd=path)
+    session_hg(*evo, "commit", "--amend", "-m", "two, amended", cwd=path)
+    assert (path / ".hg" / "store" / "obsstore").stat().st_size > 0
+    repo = Repository.open(path)
+    assert len(repo.heads()) == 2  # the obsolete "two" is still a head for us
+    data = b"".join(changegroup.generate(repo, repo.missing([], repo.heads()), "02"))
+    target = tmp_path / "target"
+    session_hg("init", str(target))
+    (tmp_path / "b.hg").write_bytes(hg20([data], "02"))
+    session_hg("unbundle", str(tmp_path / "b.hg"), cwd=target)
+    assert len(session_hg("log", "-T", "x", cwd=target).stdout) == 3

@@ -16,6 +16,7 @@ import pytest
 
 from lfsserve.hg.error import BadChangegroup, LockTimeout, PushRaced
 from lfsserve.hg.repository import Repository
+from lfsserve.hg.verify import verify
 
 from .bundles import hg20
 from .repos import HERE, hg_dump
@@ -84,6 +85,7 @@ def test_push_into_empty_repo_matches_hg_unbundle(built, session_hg, tmp_path, n
     res = apply(tmp_path / "ours", cg, version)
     hg_unbundle(session_hg, tmp_path / "ref", cg, version, tmp_path, *lfs)
     session_hg(*lfs, "verify", "-q", cwd=tmp_path / "ours")
+    assert verify(Repository.open(tmp_path / "ours")) == []  # also checks the fncache
     ours, ref = hg_dump(tmp_path / "ours"), hg_dump(tmp_path / "ref")
     assert dump_without_storage(ours) == dump_without_storage(ref)
     assert set(ours["phases"]) == {0}  # published
@@ -120,6 +122,9 @@ def test_incremental_pushes_and_return_codes(built, session_hg, tmp_path):
         common = heads
     assert dump_without_storage(hg_dump(ours)) == dump_without_storage(hg_dump(ref))
     session_hg("verify", "-q", cwd=ours)
+    # hg's undo information predates our pushes: `hg rollback` must not use it
+    res = session_hg("rollback", "--dry-run", cwd=ours, check=False)
+    assert res.returncode != 0 and b"no rollback information" in res.stderr
     for cmd in (["branches"], ["heads", "-T", "{node}\\n"], ["tags"], ["log", "-l", "5"]):
         assert session_hg(*cmd, cwd=ours).stdout == session_hg(*cmd, cwd=ref).stdout, cmd
     # applying the same changegroup again adds nothing
@@ -348,3 +353,81 @@ def test_lock_is_shared_with_hg(built, session_hg, tmp_path):
     with Repository.open(target).lock(timeout=1):
         pass
     assert not (target / ".hg" / "store" / "lock").exists()
+
+
+def test_push_into_persistent_nodemap_repo(built, session_hg, tmp_path):
+    """hg's on-disk nodemap stays valid: we only append, which hg's docket check handles."""
+    pn = ("--config", "format.use-persistent-nodemap=yes",
+          "--config", "storage.revlog.persistent-nodemap.slow-path=allow")
+    target = tmp_path / "pn"
+    session_hg(*pn, "clone", "-q", "-r", "3", str(built["varied"]), str(target))
+    assert "persistent-nodemap" in Repository.open(target).requirements
+    assert (target / ".hg" / "store" / "00changelog.n").exists()
+    cg = hg_changegroup(built["varied"], "03", tmp_path / "cg", common=Repository.open(target).heads())
+    res = apply(target, cg, "03")
+    assert res.added
+    session_hg(*pn, "verify", "-q", cwd=target)
+    want = session_hg("log", "-r", "not secret()", "-T", "{node}\\n", cwd=built["varied"]).stdout.split()
+    got = session_hg(*pn, "log", "-T", "{node}\\n", cwd=target).stdout.split()
+    assert sorted(got) == sorted(want)
+    for node in want:
+        session_hg(*pn, "log", "-r", node.decode(), "-T", "{rev}", cwd=target)  # nodemap lookups
+    session_hg(*pn, "update", "-q", "default", cwd=target)
+    session_hg(*pn, "tag", "after-push", cwd=target)  # hg writes on top of our push
+    session_hg(*pn, "verify", "-q", cwd=target)
+
+
+def test_readers_never_see_a_half_written_push(built, session_hg, tmp_path):
+    """Reader threads (one Repository each, shared index cache) run while pushes are applied and
+    one is rolled back: every changeset they see is complete (manifest and file revisions there)."""
+    import threading
+
+    src = built["synthetic"]
+    target = tmp_path / "t"
+    session_hg("clone", "-q", "-U", "-r", "100", str(src), str(target))
+    cl = Repository.open(src).changelog
+    stops = [160, 220, 280, len(cl) - 1]
+    cgs, common = [], [cl.node(100)]
+    for i, rev in enumerate(stops):
+        cgs.append(hg_changegroup(src, "03", tmp_path / f"cg{i}", common=common, heads=[cl.node(rev)]))
+        common = [cl.node(rev)]
+    errors: list[str] = []
+    done = threading.Event()
+    seen = []
+
+    def reader():
+        try:
+            while not done.is_set():
+                repo = Repository.open(target)
+                n = len(repo.changelog)
+                seen.append(n)
+                for rev in (n - 1, n // 2):
+                    entry = repo.changelog.read(rev)
+                    mf = repo.manifestlog.read(entry.manifest)
+                    for path in entry.files:
+                        if path in mf:
+                            repo.file(path).revision(repo.file(path).rev(mf[path][0]), verify=True)
+                repo.heads()
+                repo.close()
+        except Exception as exc:  # reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i, cg in enumerate(cgs):
+            if i == 2:
+                # a push that fails at the very end is rolled back under the readers' feet
+                (tmp_path / "bad").write_bytes(cg.read_bytes()[:-3])
+                with pytest.raises(BadChangegroup):
+                    apply(target, tmp_path / "bad", "03")
+            apply(target, cg, "03")
+            time.sleep(0.05)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors[:3]
+    assert max(seen) == len(cl) and min(seen) == 101
+    session_hg("verify", "-q", cwd=target)
