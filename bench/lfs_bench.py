@@ -146,11 +146,11 @@ class Server:
                 self.proc.wait()
 
 
-def start_lfsserve(workdir: Path) -> Server:
+def start_lfsserve(workdir: Path, fsync: bool = True) -> Server:
     port = free_port()
     logfile = workdir / "server.log"
     config = workdir / "lfsserve.toml"
-    config.write_text('[log]\naccess_format = "off"\n')
+    config.write_text('[log]\naccess_format = "off"\n' + ("" if fsync else "[lfs]\nfsync = false\n"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "lfsserve", "serve", "--root", str(workdir / "data"), "--port", str(port),
          "--anonymous", "write", "--config", str(config)],
@@ -293,33 +293,39 @@ def _parse_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 def _discard_chunked(sock: socket.socket, pending: bytes) -> int:
     """Read a chunked body, returning the number of payload bytes (framing excluded)."""
-    buf = bytearray(pending)
+    buf = bytes(pending)
+    pos = 0
     total = 0
 
-    def fill(n: int) -> None:
-        while len(buf) < n:
-            data = sock.recv(4 * MiB)
-            if not data:
-                raise ConnectionError("connection closed inside a chunked body")
-            buf.extend(data)
+    def more() -> None:
+        nonlocal buf, pos
+        data = sock.recv(4 * MiB)
+        if not data:
+            raise ConnectionError("connection closed inside a chunked body")
+        buf = buf[pos:] + data
+        pos = 0
 
     while True:
-        while b"\r\n" not in buf:
-            fill(len(buf) + 1)
-        line, _, rest = bytes(buf).partition(b"\r\n")
-        size = int(line.split(b";")[0], 16)
-        del buf[:len(line) + 2]
+        end = buf.find(b"\r\n", pos)
+        while end < 0:
+            more()
+            end = buf.find(b"\r\n", pos)
+        size = int(buf[pos:end].split(b";")[0], 16)
+        pos = end + 2
         if size == 0:
             return total
+        total += size
+        size += 2  # the chunk's trailing CRLF
         while size:
-            if not buf:
-                fill(1)
-            take = min(size, len(buf))
-            del buf[:take]
+            if pos >= len(buf):
+                buf, pos = b"", 0
+                data = sock.recv(4 * MiB)
+                if not data:
+                    raise ConnectionError("connection closed inside a chunked body")
+                buf = data
+            take = min(size, len(buf) - pos)
+            pos += take
             size -= take
-            total += take
-        fill(2)
-        del buf[:2]
 
 
 def blocking_transfer(url: str, method: str, headers: dict[str, str], chunks=None, length: int = 0,
@@ -610,8 +616,10 @@ async def phase_batch(server: Server, res: Results, stored: dict[str, int]) -> N
 
 def run_target(name: str, args, baseline: float) -> Results:
     res = Results(name)
+    if name == "lfsserve":
+        res.notes.append(f"setting: lfs.fsync = {str(not args.no_fsync).lower()}")
     workdir = Path(tempfile.mkdtemp(prefix=f"lfsbench-{name}-", dir=args.data_dir))
-    starter = {"lfsserve": start_lfsserve, "hgserve": start_hgserve,
+    starter = {"lfsserve": lambda w: start_lfsserve(w, fsync=not args.no_fsync), "hgserve": start_hgserve,
                "giftless": lambda w: start_giftless(w, Path(args.giftless_venv))}[name]
     server = starter(workdir)
     log(f"{server.name}: {server.lfs_base}")
@@ -666,6 +674,10 @@ ROWS = [
 def report(results: list[Results], baseline: float, big_mib: int) -> str:
     lines = [f"single-thread SHA-256: {baseline:.0f} MiB/s   (large object: {big_mib} MiB; "
              f"{os.cpu_count()} CPUs; load average at start {os.getloadavg()[0]:.2f})", ""]
+    for r in results:
+        for note in r.notes:
+            if note.startswith("setting:"):
+                lines.insert(1, f"{r.target} {note}")
     names = [r.target for r in results]
     lines.append(f"{'':42}" + "".join(f"{n:>14}" for n in names))
     for key, label, _ in ROWS:
@@ -687,7 +699,8 @@ def report(results: list[Results], baseline: float, big_mib: int) -> str:
                                  f"{base.values[key] / other.values[key]:.2f}x")
     for r in results:
         for note in r.notes:
-            lines.append(f"note ({r.target}): {note}")
+            if not note.startswith("setting:"):
+                lines.append(f"note ({r.target}): {note}")
     return "\n".join(lines)
 
 
@@ -702,6 +715,8 @@ def main() -> int:
     p.add_argument("--giftless-venv", default="/tmp/lfsserve-bench-giftless")
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.add_argument("--keep", action="store_true", help="keep the servers' data directories")
+    p.add_argument("--no-fsync", action="store_true",
+                   help="run lfsserve with lfs.fsync = false (hg serve and giftless never fsync)")
     args = p.parse_args()
     args.skip = set(filter(None, args.skip.split(",")))
     try:

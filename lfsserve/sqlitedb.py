@@ -40,6 +40,9 @@ class SqliteDb:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ready = concurrent.futures.Future()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -57,6 +60,11 @@ class SqliteDb:
         self._queue.put(_STOP)
         self._thread.join()
         self._thread = None
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        self._local = threading.local()
 
     async def astart(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.start)
@@ -82,6 +90,24 @@ class SqliteDb:
     def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """From a thread other than the event loop's (it blocks until done)."""
         return self._submit(fn, False).result()
+
+    def read_here(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read in the calling (worker) thread on its own read-only connection.
+
+        For executor jobs that combine file I/O with a lookup: no hop to the database thread.
+        WAL lets these readers run alongside the writer; each sees the last committed state.
+        """
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._thread is None:
+                raise RuntimeError(f"{self.path}: database is not open")
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA query_only = 1")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return fn(conn)
 
     def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self._submit(fn, True).result()

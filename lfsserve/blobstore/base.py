@@ -15,7 +15,7 @@ import enum
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Collection
+from typing import AsyncIterator, Collection, NamedTuple
 
 __all__ = [
     "BlobError",
@@ -92,8 +92,7 @@ class Status(enum.Enum):
     CORRUPT = "corrupt"        # present, but its content does not hash to its oid
 
 
-@dataclass(frozen=True)
-class ObjectState:
+class ObjectState(NamedTuple):  # a tuple: batch answers build hundreds of these
     status: Status
     size: int = 0
 

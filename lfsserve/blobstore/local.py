@@ -14,6 +14,8 @@ it streams out.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -65,6 +67,15 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _classify(st: os.stat_result | None, known: tuple[tuple[int, int, int, int], bool] | None) -> ObjectState:
+    """An object's state from its file's stat and the stamp remembered when it was last checked."""
+    if st is None:
+        return MISSING
+    if known is not None and known[0] == _stamp(st):
+        return ObjectState(Status.OK if known[1] else Status.CORRUPT, st.st_size)
+    return ObjectState(Status.UNVERIFIED, st.st_size)
+
+
 def _check_oid(oid: str) -> None:
     if not is_oid(oid):
         raise InvalidOid(f"not an object id (64 lowercase hex digits): {str(oid)[:80]!r}")
@@ -76,44 +87,94 @@ def _storage_error(exc: OSError, what: str) -> Exception:
     return exc
 
 
+def _load_sync_file_range():
+    """libc's sync_file_range (Linux), to start writing an upload to disk while it arrives."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+_WRITEBACK_EVERY = 8 * CHUNK
+_IOV_MAX = 1024
+_SMALL_STEP = 256 * 1024
+_LARGE = 8 * CHUNK
+
+
 class _Sink:
     """Hashes (and optionally writes) a stream, in CHUNK-sized steps run in a worker thread.
 
     While the thread hashes and writes one chunk, the event loop keeps receiving the next one;
-    at most two chunks are in memory per upload.
+    at most two chunks are in memory per upload (256 KiB ones until the upload passes 8 MiB).
     """
 
-    def __init__(self, fd: int | None, max_size: int):
+    def __init__(self, fd: int | None, max_size: int, writeback: bool = False):
         self.fd = fd
         self.max_size = max_size
         self.hash = hashlib.sha256()
         self.size = 0
-        self._buf = bytearray()
+        self._parts: list[bytes] = []  # received, not yet handed to the thread (no copying)
+        self._held = 0
         self._pending: asyncio.Future | None = None
+        # Start writing to disk as data arrives, so the final fsync has little left to do.
+        self._writeback = writeback and _sync_file_range is not None
+        self._written = 0
+        self._flushed = 0
 
-    def _absorb(self, data: bytearray) -> None:
-        self.hash.update(data)
+    def _absorb(self, parts: list[bytes]) -> None:
+        for part in parts:
+            self.hash.update(part)
         if self.fd is not None:
-            view = memoryview(data)
-            while view:
-                n = os.write(self.fd, view)
-                view = view[n:]
+            total = 0
+            for i in range(0, len(parts), _IOV_MAX):
+                group = parts[i:i + _IOV_MAX]
+                size = sum(map(len, group))
+                done = os.writev(self.fd, group)
+                if done < size:  # short write (rare): finish it piece by piece
+                    view = memoryview(b"".join(group))[done:]
+                    while view:
+                        view = view[os.write(self.fd, view):]
+                total += size
+            self._written += total
+            if self._writeback and self._written - self._flushed >= _WRITEBACK_EVERY:
+                _sync_file_range(self.fd, self._flushed, self._written - self._flushed, _SYNC_FILE_RANGE_WRITE)
+                self._flushed = self._written
 
     async def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.max_size and self.size > self.max_size:
             raise TooLarge(self.max_size)
-        self._buf += chunk
-        if len(self._buf) >= CHUNK:
+        self._parts.append(chunk)
+        self._held += len(chunk)
+        # Small steps while the upload is small (many concurrent small uploads stay light on
+        # memory), full CHUNKs once it is large (fewer thread hand-offs per byte).
+        if self._held >= (CHUNK if self.size > _LARGE else _SMALL_STEP):
             await self._flush()
 
     async def _flush(self) -> None:
         if self._pending is not None:
             await self._pending
             self._pending = None
-        if self._buf:
-            data, self._buf = self._buf, bytearray()
-            self._pending = asyncio.ensure_future(run_blocking(self._absorb, data))
+        if self._parts:
+            parts, self._parts, self._held = self._parts, [], 0
+            self._pending = asyncio.ensure_future(run_blocking(self._absorb, parts))
+
+    async def drain(self) -> None:
+        """Wait for the chunk in flight; what is still held is left for absorb_rest()."""
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+
+    def absorb_rest(self) -> None:
+        """In a worker thread, after drain(): hash and write what is still held."""
+        parts, self._parts, self._held = self._parts, [], 0
+        if parts:
+            self._absorb(parts)
 
     async def finish(self) -> str:
         await self._flush()
@@ -124,7 +185,7 @@ class _Sink:
 
     async def abandon(self) -> None:
         """Wait for the chunk in flight (so its thread no longer touches fd) and drop the rest."""
-        self._buf = bytearray()
+        self._parts, self._held = [], 0
         if self._pending is not None:
             try:
                 await asyncio.shield(self._pending)
@@ -138,16 +199,26 @@ class LocalBlobStore(BlobStore):
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
+        self._objects_str = str(self.objects)
         # fsync objects and directories before an upload is acknowledged (lfs.fsync).
         self.durable = durable
         self._stamps = SqliteDb(self.root / "verified.sqlite3", _STAMPS_SCHEMA, durable=False, name="stamps")
+        # Installing an upload waits on fsync, which costs no CPU but can take milliseconds: it gets
+        # its own threads, so that concurrent uploads wait on the disk together (the journal
+        # commits their fsyncs as a group) without starving the shared executor's hashing.
+        self._sync_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def path(self, oid: str) -> Path:
         _check_oid(oid)
         return self.objects / oid[0:2] / oid[2:4] / oid
 
+    def _fspath(self, oid: str) -> str:
+        """path() as a string, for hot loops (pathlib objects cost microseconds each)."""
+        return f"{self._objects_str}/{oid[0:2]}/{oid[2:4]}/{oid}"
+
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
+        self._sync_pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="lfsserve-fsync")
         await run_blocking(self._prepare)
         await self._stamps.astart()
         removed = await run_blocking(self.clean_temps)
@@ -156,6 +227,9 @@ class LocalBlobStore(BlobStore):
 
     async def close(self) -> None:
         await self._stamps.astop()
+        if self._sync_pool is not None:
+            pool, self._sync_pool = self._sync_pool, None
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
 
     def _prepare(self) -> None:
         self.objects.mkdir(parents=True, exist_ok=True)
@@ -184,8 +258,9 @@ class LocalBlobStore(BlobStore):
         return removed
 
     # -- stamps --------------------------------------------------------------------------------
-    async def _read_stamps(self, oids: list[str]) -> dict[str, tuple[tuple[int, int, int, int], bool]]:
-        def q(conn: sqlite3.Connection):
+    @staticmethod
+    def _stamps_query(oids: list[str]):
+        def q(conn: sqlite3.Connection) -> dict[str, tuple[tuple[int, int, int, int], bool]]:
             out = {}
             for i in range(0, len(oids), 500):
                 part = oids[i:i + 500]
@@ -195,24 +270,33 @@ class LocalBlobStore(BlobStore):
                 for oid, size, ino, mtime, ctime, ok in rows:
                     out[oid] = ((size, ino, mtime, ctime), bool(ok))
             return out
+        return q
 
-        return await self._stamps.read(q) if oids else {}
+    def _lookup(self, oids: list[str]):
+        """(stat results, remembered stamps) for `oids`, in one worker-thread job."""
+        stats = self._stat_many(oids)
+        stamps = self._stamps.read_here(self._stamps_query(list(stats))) if stats else {}
+        return stats, stamps
 
-    async def _record(self, oid: str, stamp: tuple[int, int, int, int], ok: bool) -> None:
+    @staticmethod
+    def _stamp_writer(oid: str, stamp: tuple[int, int, int, int], ok: bool):
         def w(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR REPLACE INTO verified VALUES (?,?,?,?,?,?)", (oid, *stamp, int(ok)))
+        return w
 
+    async def _record(self, oid: str, stamp: tuple[int, int, int, int], ok: bool) -> None:
         try:
-            await self._stamps.write(w)
+            await self._stamps.write(self._stamp_writer(oid, stamp, ok))
         except sqlite3.Error as exc:  # only a cache: the object will be re-hashed next time
             log.warning("could not record verification of %s: %s", oid, exc)
 
     # -- state ---------------------------------------------------------------------------------
     def _stat_many(self, oids: list[str]) -> dict[str, os.stat_result]:
         out = {}
-        for oid in oids:
+        path = self._fspath
+        for oid in oids:  # validated by the caller
             try:
-                st = os.stat(self.path(oid))
+                st = os.stat(path(oid))
             except FileNotFoundError:
                 continue
             if stat_mod.S_ISREG(st.st_mode):
@@ -255,23 +339,15 @@ class LocalBlobStore(BlobStore):
         unique = list(dict.fromkeys(oids))
         for oid in unique:
             _check_oid(oid)
-        stats = await run_blocking(self._stat_many, unique)
-        stamps = await self._read_stamps(list(stats))
+        stats, stamps = await run_blocking(self._lookup, unique)
         out: dict[str, ObjectState] = {}
         budget = rehash_budget
         for oid in unique:
-            st = stats.get(oid)
-            if st is None:
-                out[oid] = MISSING
-                continue
-            known = stamps.get(oid)
-            if known is not None and known[0] == _stamp(st):
-                out[oid] = ObjectState(Status.OK if known[1] else Status.CORRUPT, st.st_size)
-            elif st.st_size <= budget:
-                budget -= st.st_size
-                out[oid] = await self._rehash(oid)
-            else:
-                out[oid] = ObjectState(Status.UNVERIFIED, st.st_size)
+            state = _classify(stats.get(oid), stamps.get(oid))
+            if state.status is Status.UNVERIFIED and state.size <= budget:
+                budget -= state.size
+                state = await self._rehash(oid)
+            out[oid] = state
         return out
 
     async def verify(self, oid: str) -> ObjectState:
@@ -301,7 +377,12 @@ class LocalBlobStore(BlobStore):
                 _fsync_dir(d.parent)
 
     def _install(self, oid: str, fd: int, tmp: Path) -> bool:
-        """Make the verified temp file the object. False when an intact copy got there first."""
+        """Make the verified temp file the object. False when an intact copy got there first.
+
+        The content is on disk before its name is, and the name before the upload is
+        acknowledged. (Linking first and syncing after was measured: ext4 still commits its
+        journal once per fsync, so nothing is saved by the weaker order.)
+        """
         if self.durable:
             os.fsync(fd)
         os.fchmod(fd, 0o444)
@@ -323,10 +404,45 @@ class LocalBlobStore(BlobStore):
             _fsync_dir(final.parent)
         return True
 
+    def _begin(self, oid: str) -> tuple[ObjectState, int | None, Path | None]:
+        """First step of an upload, in a worker thread: the object's state and, unless it is
+        already stored and sound, a locked temp file to receive it."""
+        stats, stamps = self._lookup([oid])
+        state = _classify(stats.get(oid), stamps.get(oid))
+        if state.status is Status.OK:
+            return state, None, None
+        fd, tmp = self._open_temp(oid)
+        return state, fd, tmp
+
+    def _complete(self, sink: _Sink, oid: str, fd: int, tmp: Path) -> bool:
+        """Last step of an upload, in a sync-pool thread: hash and write what is left, check the
+        oid, install, remember it as verified; the temp file is closed and removed in any case."""
+        try:
+            sink.absorb_rest()
+            digest = sink.hash.hexdigest()
+            if digest != oid:
+                raise HashMismatch(oid, digest, sink.size)
+            created = self._install(oid, fd, tmp)
+        finally:
+            _close_and_unlink(fd, tmp)
+        if created and self.durable:
+            # Stamped after the temp name is gone (unlinking it changes the file's ctime).
+            # Without fsync a crash could leave the blocks unwritten under unchanged metadata,
+            # so a non-durable store leaves new objects unverified until first checked.
+            stamp = _stamp(os.stat(self._fspath(oid)))
+            try:
+                self._stamps.write_sync(self._stamp_writer(oid, stamp, True))
+            except sqlite3.Error as exc:  # only a cache: the object gets re-hashed later
+                log.warning("could not record verification of %s: %s", oid, exc)
+        return created
+
     async def put(self, oid: str, chunks: AsyncIterator[bytes], *, max_size: int = 0) -> PutResult:
         _check_oid(oid)
-        current = await self.state(oid)
-        if current.status is Status.OK:
+        try:
+            current, fd, tmp = await run_blocking(self._begin, oid)
+        except OSError as exc:
+            raise _storage_error(exc, oid)
+        if fd is None or tmp is None:
             # Already stored and sound: check the client really has the content (it may be
             # claiming it to gain access), without writing it again.
             sink = _Sink(None, max_size)
@@ -341,33 +457,27 @@ class LocalBlobStore(BlobStore):
                 raise HashMismatch(oid, digest, sink.size)
             return PutResult(created=False, size=sink.size)
 
-        try:
-            fd, tmp = await run_blocking(self._open_temp, oid)
-        except OSError as exc:
-            raise _storage_error(exc, oid)
-        sink = _Sink(fd, max_size)
+        sink = _Sink(fd, max_size, writeback=self.durable)
+        handed_over = False
         try:
             try:
                 async for chunk in chunks:
                     await sink.feed(chunk)
-                digest = await sink.finish()
+                await sink.drain()
             except OSError as exc:
                 raise _storage_error(exc, oid)
-            if digest != oid:
-                raise HashMismatch(oid, digest, sink.size)
+            # From here the sync-pool job owns the temp file, even if this task is cancelled.
+            handed_over = True
             try:
-                created = await run_blocking(self._install, oid, fd, tmp)
+                created = await asyncio.get_running_loop().run_in_executor(
+                    self._sync_pool, self._complete, sink, oid, fd, tmp)
             except OSError as exc:
                 raise _storage_error(exc, oid)
         finally:
-            # Runs to completion even if this task is cancelled (client gone): first let the
-            # chunk in flight finish with the fd, then close and unlink off the loop.
-            await asyncio.shield(asyncio.ensure_future(_discard(sink, fd, tmp)))
-        if created and self.durable:
-            # Without fsync a crash could leave this file's blocks unwritten under unchanged
-            # metadata, so a non-durable store leaves it unverified: checked before first use.
-            st = await run_blocking(os.stat, self.path(oid))
-            await self._record(oid, _stamp(st), True)
+            if not handed_over:
+                # Runs to completion even if this task is cancelled (client gone): let the chunk
+                # in flight finish with the fd, then close and unlink off the loop.
+                await asyncio.shield(asyncio.ensure_future(_discard(sink, fd, tmp)))
         return PutResult(created=created, size=sink.size)
 
     # -- reading -------------------------------------------------------------------------------

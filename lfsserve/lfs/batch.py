@@ -12,6 +12,7 @@ PUT / GET / verify that follows needs no second credential exchange.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -90,10 +91,14 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
     """The batch response body for a validated request."""
     cfg = svc.config.lfs
     valid = list(dict.fromkeys(o.oid for o in req.objects if o.error is None))
-    visible = await svc.namespaces.visible(namespace, valid)
-    # Only objects this namespace may see are looked at (and maybe re-hashed): the answer for an
-    # invisible object must not depend on whether another namespace stored it.
-    states = await svc.store.states([o for o in valid if o in visible], rehash_budget=cfg.batch_rehash_bytes)
+    # Both lookups at once (latency is what a batch is about); the cheap state check takes the
+    # same time for any oid. Only objects this namespace may see are re-hashed, and answers for
+    # the others never depend on whether another namespace stored them.
+    visible, states = await asyncio.gather(svc.namespaces.visible(namespace, valid), svc.store.states(valid))
+    states = {oid: st for oid, st in states.items() if oid in visible}
+    stale = [oid for oid, st in states.items() if st.status is Status.UNVERIFIED]
+    if stale and cfg.batch_rehash_bytes:
+        states.update(await svc.store.states(stale, rehash_budget=cfg.batch_rehash_bytes))
     expires_in = cfg.action_expiry
     expires_at = int(time.time()) + expires_in
     expires_iso = _iso(expires_at)

@@ -107,7 +107,5 @@ def endpoint(handler: Handler) -> Handler:
             # The client stopped sending mid-body; it is probably gone, but say why if it is not.
             return _error_response(request, 400, f"request body incomplete: {exc}",
                                    {"Connection": "close"})
-        except web.HTTPRequestEntityTooLarge as exc:
-            return _error_response(request, 413, exc.text or "request body too large")
 
     return wrapped

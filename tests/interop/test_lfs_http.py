@@ -12,7 +12,6 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -186,3 +185,27 @@ def test_base_url_setting_wins(lfsserve):
     assert body["objects"][0]["error"]["code"] == 404
     _, _, body = batch(f"{server.url}/team/app.git/info/lfs", "upload", [{"oid": oid_of(b"p"), "size": 1}])
     assert body["objects"][0]["actions"]["upload"]["href"].startswith("https://hg.example.com/mirror/team/app/")
+
+
+def test_large_download_and_clients_leaving_mid_download(lfsserve):
+    """Whole-object GETs go out with sendfile; clients that vanish cost no descriptor and no error."""
+    server = lfsserve()
+    data = os.urandom(24 << 20)
+    oid = oid_of(data)
+    url = f"{server.url}/team/app/.hg/lfs/objects/{oid}"
+    assert request(url, "PUT", data)[0] == 201
+    status, headers, body = request(url)
+    assert status == 200 and body == data and headers["Content-Type"] == "application/octet-stream"
+    fds = lambda: len(os.listdir(f"/proc/{server.proc.pid}/fd"))  # noqa: E731
+    before = fds()
+    host, port = server.url.split("//")[1].split(":")
+    for _ in range(5):
+        s = socket.create_connection((host, int(port)))
+        s.sendall(f"GET /team/app/.hg/lfs/objects/{oid} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        s.close()
+    assert _wait_for(lambda: fds() <= before)
+    status, _, body = request(url, headers={"Range": "bytes=1000-1999"})
+    assert status == 206 and body == data[1000:2000]
+    assert request(url)[2] == data
+    assert "Traceback" not in server.log()
