@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -29,8 +30,12 @@ def batch(endpoint: str, operation: str, objects: list[tuple[str, int]], headers
     """POST {endpoint}/objects/batch; returns (status, parsed JSON body)."""
     body = json.dumps({"operation": operation, "transfers": ["basic"],
                        "objects": [{"oid": o, "size": s} for o, s in objects]}).encode()
-    status, _, raw = request(endpoint + "/objects/batch", body,
-                             {"Accept": LFS_JSON, "Content-Type": LFS_JSON, **(headers or {})})
+    for _ in range(20):  # like git-lfs: a 429 means "wait Retry-After seconds and try again"
+        status, answer_headers, raw = request(endpoint + "/objects/batch", body,
+                                              {"Accept": LFS_JSON, "Content-Type": LFS_JSON, **(headers or {})})
+        if status != 429:
+            break
+        time.sleep(float(answer_headers.get("Retry-After", "1")))
     return status, json.loads(raw) if raw else None
 
 
