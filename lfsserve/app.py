@@ -23,6 +23,7 @@ from .health import healthz, readyz
 from .limits import LIMITS, PROBE_PATHS, Limits, limits_middleware, mark_prepared
 from .logs import add_request_id_header, request_id_middleware
 from .metrics import METRICS, Metrics, metrics_handler
+from .repos import RepoRegistry
 from .routing import BadPath, Kind, Target, resolve
 from .shutdown import DRAIN, Drain, close_while_draining, drain_middleware
 from .urls import TrustedProxies, external_base
@@ -44,6 +45,9 @@ class ServerContext:
     config: Config
     auth: Authenticator
     proxies: TrustedProxies
+    # One registry for every front end, so pushes through v1 and pushkey through v2 queue on the
+    # same per-repository lock.
+    repos: RepoRegistry
     handlers: dict[Kind, Handler] = field(default_factory=dict)
 
     def register(self, kind: Kind, handler: Handler) -> None:
@@ -116,7 +120,8 @@ async def _index(request: web.Request, target: Target) -> web.StreamResponse:
 
 def create_app(config: Config, frontends: list[str] | None = None) -> web.Application:
     ctx = ServerContext(config=config, auth=Authenticator(config),
-                        proxies=TrustedProxies(config.server.trusted_proxies))
+                        proxies=TrustedProxies(config.server.trusted_proxies),
+                        repos=RepoRegistry(config.repos_dir))
     # Bodies a handler reads whole (batch JSON, v1 POST args) are small; everything large streams
     # from request.content, which this limit does not apply to.
     app = web.Application(middlewares=[drain_middleware, request_id_middleware, limits_middleware,

@@ -65,7 +65,7 @@ V1 = web.AppKey("lfsserve_wire_v1", V1State)
 def setup(app: web.Application) -> None:
     ctx = app[CTX]
     spool = ctx.config.root / "tmp"
-    app[V1] = V1State(RepoRegistry(ctx.config.repos_dir), spool)
+    app[V1] = V1State(ctx.repos, spool)
     ctx.register(Kind.HG, handle)
     ctx.register(Kind.INDEX, index)
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from ..support import REPO_ROOT, require_program, run
-from .lfs_http import LFS_JSON, batch, download, oid_of, request, upload
+from .lfs_http import batch, download, oid_of, request, upload
 
 pytestmark = pytest.mark.interop
 

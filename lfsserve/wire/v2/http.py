@@ -55,7 +55,7 @@ STATE = web.AppKey("lfsserve_wire_v2", _State)
 
 def setup(app: web.Application) -> None:
     server = app[CTX]
-    state = _State(server, RepoRegistry(server.config.repos_dir),
+    state = _State(server, server.repos,
                    order_from_config(server.config.hg.compression))
     app[STATE] = state
     server.register(Kind.HG_API, _handle)
