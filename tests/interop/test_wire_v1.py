@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import threading
-import urllib.error
 from pathlib import Path
 
 import pytest
