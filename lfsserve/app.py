@@ -19,8 +19,13 @@ from aiohttp import web
 from . import __version__
 from .auth import Authenticator
 from .config import Config
-from .logs import request_id_middleware
+from .health import healthz, readyz
+from .limits import LIMITS, PROBE_PATHS, Limits, limits_middleware, mark_prepared
+from .logs import add_request_id_header, request_id_middleware
+from .metrics import METRICS, Metrics, metrics_handler
+from .repos import RepoRegistry
 from .routing import BadPath, Kind, Target, resolve
+from .shutdown import DRAIN, Drain, close_while_draining, drain_middleware
 from .urls import TrustedProxies, external_base
 
 __all__ = ["CTX", "Handler", "ServerContext", "create_app"]
@@ -30,7 +35,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request, Target], Awaitable[web.StreamResponse]]
 
 # Modules with a `setup(app: web.Application) -> None` that registers handlers on the context.
-FRONTENDS: list[str] = ["lfsserve.lfs", "lfsserve.wire.v1"]
+FRONTENDS: list[str] = ["lfsserve.lfs", "lfsserve.wire.v1", "lfsserve.wire.v2"]
 
 
 @dataclass
@@ -40,6 +45,9 @@ class ServerContext:
     config: Config
     auth: Authenticator
     proxies: TrustedProxies
+    # One registry for every front end, so pushes through v1 and pushkey through v2 queue on the
+    # same per-repository lock.
+    repos: RepoRegistry
     handlers: dict[Kind, Handler] = field(default_factory=dict)
 
     def register(self, kind: Kind, handler: Handler) -> None:
@@ -77,33 +85,62 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     try:
         target = resolve(request.path, request.raw_path, "cmd" in request.query)
     except BadPath as exc:
+        request["route_kind"] = "invalid"
         return web.Response(status=400, text=f"bad request path: {exc}\n")
+    request["route_kind"] = target.kind.value
     handler = ctx.handlers.get(target.kind)
     if handler is None:
         return web.Response(status=404, text=f"not found: nothing is served at {request.path}\n")
-    return await handler(request, target)
+    upload = _upload_protocol(request, target)
+    if upload is None:
+        return await handler(request, target)
+    with request.app[METRICS].upload(upload):
+        return await handler(request, target)
+
+
+def _upload_protocol(request: web.Request, target: Target) -> str | None:
+    """Which upload gauge a request counts in: LFS object PUTs, and hg pushes (v1 unbundle)."""
+    if target.kind is Kind.LFS_OBJECT and request.method == "PUT":
+        return "lfs"
+    if target.kind is Kind.HG and request.method == "POST" and request.query.get("cmd") == "unbundle":
+        return "hg"
+    return None
+
+
+def _probe(handler):
+    async def probe(request: web.Request) -> web.StreamResponse:
+        request["route_kind"] = request.path.lstrip("/")
+        return await handler(request)
+    return probe
 
 
 async def _index(request: web.Request, target: Target) -> web.StreamResponse:
     return web.Response(text=f"lfsserve {__version__}\n")
 
 
-async def _healthz(request: web.Request) -> web.StreamResponse:
-    return web.Response(text="ok\n")
-
-
 def create_app(config: Config, frontends: list[str] | None = None) -> web.Application:
     ctx = ServerContext(config=config, auth=Authenticator(config),
-                        proxies=TrustedProxies(config.server.trusted_proxies))
+                        proxies=TrustedProxies(config.server.trusted_proxies),
+                        repos=RepoRegistry(config.repos_dir))
     # Bodies a handler reads whole (batch JSON, v1 POST args) are small; everything large streams
     # from request.content, which this limit does not apply to.
-    app = web.Application(middlewares=[request_id_middleware, _error_middleware],
+    app = web.Application(middlewares=[drain_middleware, request_id_middleware, limits_middleware,
+                                       _error_middleware],
                           client_max_size=16 * 1024 * 1024)
     app[CTX] = ctx
+    app[METRICS] = Metrics()
+    app[LIMITS] = Limits(config.limits, ctx.proxies)
+    app.on_response_prepare.append(add_request_id_header)
+    app.on_response_prepare.append(mark_prepared)
+    app[DRAIN] = Drain()
+    app.on_response_prepare.append(close_while_draining)
     for name in FRONTENDS if frontends is None else frontends:
         importlib.import_module(name).setup(app)
     if Kind.INDEX not in ctx.handlers:
         ctx.register(Kind.INDEX, _index)
-    app.router.add_get("/healthz", _healthz)
+    probes = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_handler}
+    assert probes.keys() == PROBE_PATHS
+    for path, handler in probes.items():
+        app.router.add_get(path, _probe(handler))
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     return app

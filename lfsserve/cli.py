@@ -20,7 +20,8 @@ __all__ = ["main"]
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML configuration file (see config.example.toml)")
+    p.add_argument("--config", metavar="FILE", default=os.environ.get("LFSSERVE_CONFIG") or None,
+                   help="TOML configuration file (see config.example.toml; default $LFSSERVE_CONFIG)")
     p.add_argument("--root", metavar="DIR", help="data directory (default ./data)")
 
 
@@ -158,8 +159,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     config = _config_from(args)
     registry = RepoRegistry(config.repos_dir)
-    names = args.repos or list(registry.names())
-    if not names:
+    names = [] if args.blobs_only else args.repos or list(registry.names())
+    check_blobs = not args.repos_only and not args.repos
+    if not names and not check_blobs:
         print(f"lfsserve: no repositories under {config.repos_dir}", file=sys.stderr)
         return 1
     first_bad = None
@@ -181,9 +183,103 @@ def cmd_verify(args: argparse.Namespace) -> int:
         else:
             print(f"{name}: ok ({stats.changesets} changesets, {stats.manifests} manifests, "
                   f"{stats.files} files, {stats.revisions} revisions checked)")
+    if check_blobs:
+        # Then the LFS blob store: re-hash everything, move what does not match aside.
+        import asyncio
+
+        from .admin import verify_blobs
+
+        res = asyncio.run(verify_blobs(config, quarantine=not args.no_quarantine, progress=_Bar()))
+        print(f"checked {res.checked} LFS objects ({_size(res.bytes)})")
+        for oid in res.corrupt:
+            where = res.quarantined.get(oid)
+            print(f"  corrupt: {oid}" + (f" (moved to {where})" if where else ""))
+            first_bad = first_bad or f"LFS object {oid} is corrupt"
+        if res.quarantined:
+            print("clients that still have these files can upload them again (git lfs push --all, or hg push)")
     if first_bad:
         print(f"lfsserve: verify failed, first problem: {first_bad}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+class _Bar:
+    """A tqdm progress bar on stderr when it is a terminal; silent otherwise (logs, cron)."""
+
+    def __init__(self) -> None:
+        self._bar = None
+
+    def start(self, what: str, total: int | None, unit: str) -> None:
+        if not sys.stderr.isatty():
+            return
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, desc=what, unit=unit, unit_scale=unit == "B",
+                         unit_divisor=1024 if unit == "B" else 1000, leave=False, file=sys.stderr)
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def done(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def cmd_repos(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from .admin import usage
+
+    rows = asyncio.run(usage(_config_from(args), progress=_Bar()))
+    if args.json:
+        print(json.dumps([row.__dict__ for row in rows], indent=2))
+        return 0
+    if not rows:
+        print("no repositories")
+        return 0
+    width = max(len("REPOSITORY"), *(len(r.name) for r in rows))
+    print(f"{'REPOSITORY':<{width}}  {'HG':>10}  {'LFS OBJECTS':>11}  {'LFS':>10}")
+    for r in rows:
+        name = r.name if r.hg_bytes is not None else r.name + " (lfs only)"
+        print(f"{name:<{width}}  {_size(r.hg_bytes):>10}  {r.lfs_objects:>11}  {_size(r.lfs_bytes):>10}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .admin import collect_garbage, parse_duration
+
+    try:
+        grace = parse_duration(args.grace)
+    except ValueError as exc:
+        print(f"lfsserve: --grace: {exc}", file=sys.stderr)
+        return 2
+    res = asyncio.run(collect_garbage(_config_from(args), grace, args.apply, args.forget, progress=_Bar()))
+    for name, n in res.forgotten.items():
+        print(f"{'forgot' if args.apply else 'would forget'} namespace {name} ({n} references)")
+    if args.verbose:
+        for oid in res.deleted:
+            print(f"{'deleted' if args.apply else 'would delete'} {oid}")
+    verb = "deleted" if args.apply else "would delete"
+    print(f"{verb} {len(res.deleted)} unreferenced LFS objects older than {args.grace} "
+          f"({_size(res.freed_bytes)}); kept {res.kept}")
+    if not args.apply and res.deleted:
+        print("dry run: nothing was deleted; run again with --apply to delete")
     return 0
 
 
@@ -221,10 +317,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lfs", action="store_true", help="require the lfs extension (large files as lfs pointers)")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("verify", help="check every revision of served repositories")
+    p = sub.add_parser("repos", help="list repositories and LFS namespaces with their sizes")
     _add_config_args(p)
-    p.add_argument("repos", nargs="*", metavar="REPO", help="repositories to check (default: all)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_repos)
+
+    p = sub.add_parser("verify", help="check every revision of served repositories, then re-hash every "
+                                      "LFS object (corrupt ones are moved to <root>/lfs/quarantine)")
+    _add_config_args(p)
+    p.add_argument("repos", nargs="*", metavar="REPO", help="repositories to check (default: all, then the LFS objects)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--repos-only", action="store_true", help="skip the LFS blob store")
+    which.add_argument("--blobs-only", action="store_true", help="skip the repositories")
+    p.add_argument("--no-quarantine", action="store_true", help="only report corrupt LFS objects")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("gc", help="delete LFS objects no repository references (dry run unless --apply)")
+    _add_config_args(p)
+    p.add_argument("--apply", action="store_true", help="really delete (default: only report)")
+    p.add_argument("--grace", default="24h", metavar="DURATION",
+                   help="keep objects younger than this, e.g. 3600, 90m, 24h, 7d (default 24h)")
+    p.add_argument("--forget", action="append", default=[], metavar="REPO",
+                   help="a deleted repository whose LFS references to drop first (repeatable)")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every object deleted")
+    p.set_defaults(func=cmd_gc)
     return parser
 
 

@@ -10,7 +10,7 @@ once, at start-up, and a bad value raises ConfigError naming the key (`server.po
 Environment variables are `LFSSERVE_<SECTION>_<KEY>` in upper case (LFSSERVE_SERVER_PORT,
 LFSSERVE_AUTH_ANONYMOUS); the most common ones also have short forms: LFSSERVE_HOST,
 LFSSERVE_PORT, LFSSERVE_ROOT, LFSSERVE_ANONYMOUS, LFSSERVE_BASE_URL. Lists in env vars are
-comma-separated.
+comma-separated. LFSSERVE_CONFIG names the TOML file when --config is not given (cli.py).
 """
 
 from __future__ import annotations
@@ -137,6 +137,8 @@ class LogConfig:
     level: str = "info"
     # Access log format: combined|json|off
     access_format: str = "combined"
+    # Diagnostic log (stderr, with tracebacks) format: text|json
+    format: str = "text"
 
 
 @dataclass
@@ -215,6 +217,8 @@ class Config:
             raise ConfigError(f"log.level: must be debug, info, warning or error, got {self.log.level!r}")
         if self.log.access_format not in ("combined", "json", "off"):
             raise ConfigError(f"log.access_format: must be combined, json or off, got {self.log.access_format!r}")
+        if self.log.format not in ("text", "json"):
+            raise ConfigError(f"log.format: must be text or json, got {self.log.format!r}")
         if self.limits.request_timeout < 0:
             raise ConfigError("limits.request_timeout: must be >= 0")
         if self.limits.per_client_concurrency < 0:

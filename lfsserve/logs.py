@@ -1,4 +1,10 @@
-"""Logging: a request id on every log line and response, and the access log (combined or JSON lines)."""
+"""Logging: a request id on every log line and response, and the access log (combined or JSON lines).
+
+The diagnostic log (stderr) is text or JSON lines (`log.format`); error tracebacks go there and
+never into a response. The access log (stdout) is written after each response is complete, by
+the same hook that feeds the request metrics, so `log.access_format = "off"` silences the lines
+but keeps the metrics.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,15 @@ import time
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-__all__ = ["REQUEST_ID", "AccessLogger", "JsonAccessLogger", "request_id_middleware", "setup_logging"]
+__all__ = [
+    "REQUEST_ID",
+    "AccessLogger",
+    "JsonAccessLogger",
+    "QuietAccessLogger",
+    "add_request_id_header",
+    "request_id_middleware",
+    "setup_logging",
+]
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _INCOMING_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}\Z")
@@ -26,9 +40,28 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: str = "info") -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log record; a traceback, if any, in "exc"."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(record.created)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, separators=(",", ":"))
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"))
     handler.addFilter(_RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -61,18 +94,48 @@ async def request_id_middleware(request: web.Request, handler):
         REQUEST_ID.reset(token)
 
 
+async def add_request_id_header(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """on_response_prepare: streamed responses (prepared inside a handler) get the id too."""
+    rid = request.get("request_id")
+    if rid and "X-Request-Id" not in response.headers:
+        response.headers["X-Request-Id"] = rid
+
+
+def _observe(request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
+    """Feed the request metrics (see lfsserve.metrics); every access logger calls this."""
+    from .metrics import METRICS
+
+    app = getattr(request, "app", None) if isinstance(request, web.Request) else None
+    metrics = app.get(METRICS) if app is not None else None
+    if metrics is not None:
+        metrics.observe_request(request.get("route_kind", "other"), request.method, response.status,
+                                request.content.total_bytes, response.body_length, elapsed)
+
+
 def _user(request: web.BaseRequest) -> str:
     principal = request.get("principal")
     return str(principal) if principal is not None else "-"
+
+
+def _client(request: web.BaseRequest) -> str:
+    return request.get("client") or request.remote or "-"
+
+
+class QuietAccessLogger(AbstractAccessLogger):
+    """No access log lines (log.access_format = "off"), metrics only."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
+        _observe(request, response, elapsed)
 
 
 class AccessLogger(AbstractAccessLogger):
     """Apache/nginx "combined" format plus the request id and duration."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
+        _observe(request, response, elapsed)
         ts = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime())
         line = '%s - %s [%s] "%s %s HTTP/%d.%d" %d %s "%s" "%s" rid=%s %.3fs' % (
-            request.remote or "-", _user(request), ts, request.method, request.path_qs,
+            _client(request), _user(request), ts, request.method, request.path_qs,
             request.version.major, request.version.minor, response.status,
             response.body_length or "-", request.headers.get("Referer", "-"),
             request.headers.get("User-Agent", "-"), request.get("request_id", "-"), elapsed)
@@ -83,16 +146,17 @@ class JsonAccessLogger(AbstractAccessLogger):
     """One JSON object per request."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
+        _observe(request, response, elapsed)
         self.logger.info(json.dumps({
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime()),
             "request_id": request.get("request_id", "-"),
-            "remote": request.remote,
+            "remote": _client(request),
             "user": _user(request),
             "method": request.method,
             "path": request.path_qs,
             "status": response.status,
             "bytes_out": response.body_length,
-            "bytes_in": request.content_length,
+            "bytes_in": request.content.total_bytes,
             "duration_s": round(elapsed, 6),
             "user_agent": request.headers.get("User-Agent"),
         }, separators=(",", ":")))

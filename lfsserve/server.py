@@ -16,12 +16,26 @@ from aiohttp import web
 from . import __version__
 from .aio import Executor, set_default_executor
 from .app import create_app
+from .shutdown import DRAIN
 from .config import Config
-from .logs import AccessLogger, JsonAccessLogger, setup_logging
+from .logs import AccessLogger, JsonAccessLogger, QuietAccessLogger, setup_logging
 
-__all__ = ["run", "serve"]
+__all__ = ["run", "runner_options", "serve"]
 
 log = logging.getLogger(__name__)
+
+
+def runner_options(config: Config) -> dict:
+    """AppRunner arguments that belong to the product (tests running the app in-process use them too)."""
+    # The access logger also feeds the request metrics, so it runs even when lines are "off".
+    access = {"combined": AccessLogger, "json": JsonAccessLogger, "off": QuietAccessLogger}[config.log.access_format]
+    return {
+        "access_log_class": access,
+        "access_log": logging.getLogger("lfsserve.access"),
+        # Requests in flight were already given server.shutdown_grace (see shutdown.py); what is
+        # still running after that is cancelled almost at once.
+        "shutdown_timeout": 1.0,
+    }
 
 
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
@@ -38,14 +52,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             pass
 
     app = create_app(config)
-    access = {"combined": AccessLogger, "json": JsonAccessLogger}.get(config.log.access_format)
-    runner = web.AppRunner(
-        app,
-        access_log_class=access or AccessLogger,
-        access_log=logging.getLogger("lfsserve.access") if access else None,
-        handle_signals=False,
-        shutdown_timeout=config.server.shutdown_grace,
-    )
+    runner = web.AppRunner(app, handle_signals=False, **runner_options(config))
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
     await site.start()
@@ -59,15 +66,19 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     print(f"lfsserve {__version__}: listening on http://{shown}:{port} (data in {config.root})", flush=True)
     try:
         await stop.wait()
-        log.info("shutting down: no new connections, up to %.0fs for requests in flight",
-                 config.server.shutdown_grace)
+        drain = app[DRAIN]
+        log.info("shutting down: no new connections, up to %gs for %d request(s) in flight",
+                 config.server.shutdown_grace, drain.in_flight)
+        await site.stop()
+        if not await drain.wait(config.server.shutdown_grace):
+            log.warning("shutdown grace period over: cancelling %d request(s) still in flight", drain.in_flight)
     finally:
         await runner.cleanup()
         executor.shutdown()
 
 
 def run(config: Config) -> int:
-    setup_logging(config.log.level)
+    setup_logging(config.log.level, config.log.format)
     try:
         import uvloop  # type: ignore[import-not-found]
     except ImportError:

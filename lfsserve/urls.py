@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 from typing import Iterable, Mapping
 
-__all__ = ["external_base", "TrustedProxies"]
+__all__ = ["client_address", "external_base", "TrustedProxies"]
 
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?\Z|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?\Z")
 _PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?\Z")
@@ -48,6 +48,37 @@ def _parse_forwarded(value: str) -> dict[str, str]:
         if sep:
             out[k.strip().lower()] = v.strip().strip('"')
     return out
+
+
+def client_address(peer: str | None, headers: Mapping[str, str], proxies: TrustedProxies) -> str:
+    """The client's IP address: the TCP peer, or, when that is a trusted proxy, the nearest
+    untrusted address of the forwarding chain (X-Forwarded-For read right to left, or Forwarded)."""
+    if not peer or not proxies.trusts(peer):
+        return peer or "-"
+    fwd = headers.get("Forwarded")
+    if fwd:
+        chain = [_parse_forwarded(part).get("for", "") for part in fwd.split(",")]
+    else:
+        chain = [part.strip() for part in headers.get("X-Forwarded-For", "").split(",")]
+    chain = [_bare_ip(a) for a in chain]
+    chain = [a for a in chain if a]
+    for addr in reversed(chain):
+        if not proxies.trusts(addr):
+            return addr
+    return chain[0] if chain else peer
+
+
+def _bare_ip(value: str) -> str | None:
+    """An address from a forwarding header without port or brackets, or None when malformed."""
+    value = value.strip().strip('"')
+    if value.startswith("["):
+        value = value[1:].partition("]")[0]
+    elif value.count(":") == 1:
+        value = value.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
 
 
 def external_base(*, scheme: str, host: str | None, peer: str | None, headers: Mapping[str, str],

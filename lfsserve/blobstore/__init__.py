@@ -13,6 +13,7 @@ from .base import (
     Status,
     StorageFull,
     TooLarge,
+    UploadRaced,
     is_oid,
 )
 from .local import LocalBlobStore
@@ -31,5 +32,6 @@ __all__ = [
     "Status",
     "StorageFull",
     "TooLarge",
+    "UploadRaced",
     "is_oid",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "Status",
     "StorageFull",
     "TooLarge",
+    "UploadRaced",
     "is_oid",
 ]
 
@@ -77,6 +78,11 @@ class TooLarge(BlobError):
 
 class StorageFull(BlobError):
     """The backend ran out of space (or quota)."""
+
+
+class UploadRaced(BlobError):
+    """The stored copy an upload was checked against was garbage-collected before the upload
+    could reference it; the client should upload again (nothing was lost: it still has it)."""
 
 
 class Status(enum.Enum):

@@ -16,7 +16,6 @@ import concurrent.futures
 import os
 import shutil
 import threading
-from pathlib import Path
 from typing import Callable
 
 from .error import Abort

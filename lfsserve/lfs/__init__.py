@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..app import CTX
+from ..metrics import metrics_of, scan_blob_store
 from ..routing import Kind
 from .service import GcReport, LfsService, LfsStats, VerifyReport
 
@@ -26,6 +27,9 @@ def setup(app: web.Application) -> None:
     ctx = app[CTX]
     service = LfsService.create(ctx.config, ctx.auth)
     app[LFS_SERVICE] = service
+    metrics = metrics_of(app)
+    metrics.set_store_scanner(lambda: scan_blob_store(service.store))
+    metrics.add_counters("lfsserve_lfs", service.stats.as_dict, "Git LFS activity since start-up")
     ctx.register(Kind.LFS_BATCH, handle_batch)
     ctx.register(Kind.LFS_OBJECT, handle_object)
     ctx.register(Kind.LFS_VERIFY, handle_verify)

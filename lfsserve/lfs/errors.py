@@ -25,6 +25,7 @@ from ..blobstore import (
     ObjectMissing,
     StorageFull,
     TooLarge,
+    UploadRaced,
 )
 from ..routing import Target
 
@@ -54,6 +55,7 @@ _BLOB_STATUS: list[tuple[type[BlobError], int]] = [
     (ObjectMissing, 404),
     (InvalidOid, 422),
     (StorageFull, 507),
+    (UploadRaced, 503),
 ]
 
 

@@ -102,6 +102,18 @@ class NamespaceIndex:
             return conn.execute("DELETE FROM visible WHERE oid = ?", (oid,)).rowcount
         return await self.db.write(w)
 
+    async def names(self) -> list[str]:
+        """Every namespace that sees at least one object, sorted."""
+        def q(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute("SELECT DISTINCT namespace FROM visible ORDER BY namespace")]
+        return await self.db.read(q)
+
+    async def oids(self, namespace: str) -> list[str]:
+        """Every oid visible in `namespace` (for usage reports)."""
+        def q(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute("SELECT oid FROM visible WHERE namespace = ?", (namespace,))]
+        return await self.db.read(q)
+
     async def counts(self) -> tuple[int, int]:
         """(namespaces, grants) for metrics."""
         def q(conn: sqlite3.Connection) -> tuple[int, int]:

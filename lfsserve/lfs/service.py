@@ -10,10 +10,10 @@ import asyncio
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Callable, Collection, Iterable
 
 from ..auth import Authenticator, Permission, Principal
-from ..blobstore import BlobStore, PutResult, Status, is_oid
+from ..blobstore import BlobStore, PutResult, Status, UploadRaced, is_oid
 from ..config import Config
 from ..sqlitedb import SqliteDb
 from . import locks, namespaces
@@ -98,6 +98,13 @@ class LfsService:
             self.stats.uploads_rejected += 1
             raise
         await self.namespaces.grant(namespace, [oid])
+        if not result.created and not (await self.store.state(oid)).present:
+            # put() found the object already stored and only checked the upload against it; an
+            # `lfsserve gc` in another process may have deleted that unreferenced copy before
+            # the grant above made it referenced. gc checks references before deleting, so
+            # checking existence after granting closes the race.
+            self.stats.uploads_rejected += 1
+            raise UploadRaced(f"object {oid} was garbage-collected while this upload was checked; upload it again")
         self.stats.uploads += 1
         self.stats.upload_bytes += result.size
         return result
@@ -159,13 +166,16 @@ class LfsService:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     # -- operations ----------------------------------------------------------------------------
-    async def verify_all(self) -> VerifyReport:
-        """Re-hash every stored object (slow: reads everything); remembers the outcomes."""
+    async def verify_all(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        """Re-hash every stored object (slow: reads everything); remembers the outcomes.
+        `progress(size)` is called after each object."""
         report = VerifyReport()
         async for oid, size, _ in self.store.list():
             state = await self.store.verify(oid)
             report.checked += 1
             report.bytes += size
+            if progress is not None:
+                progress(size)
             if state.status is Status.CORRUPT:
                 report.corrupt.append(oid)
                 self.stats.corrupt_detected += 1
@@ -177,9 +187,13 @@ class LfsService:
         await self.locks.forget_namespace(namespace)
         return removed
 
-    async def gc(self, grace_seconds: float = 86400.0, dry_run: bool = False) -> GcReport:
+    async def gc(self, grace_seconds: float = 86400.0, dry_run: bool = False,
+                 progress: Callable[[int], None] | None = None,
+                 disregard: Collection[str] = ()) -> GcReport:
         """Delete objects no namespace can see, once older than `grace_seconds` (an upload's
-        object exists a moment before its grant is recorded, so young objects are kept)."""
+        object exists a moment before its grant is recorded, so young objects are kept).
+        `progress(n)` is called as objects are examined; references from the `disregard`
+        namespaces do not count (a dry run of forgetting them)."""
         report = GcReport()
         cutoff = time.time() - grace_seconds
         batch: list[tuple[str, int, float]] = []
@@ -187,13 +201,15 @@ class LfsService:
         async def sweep() -> None:
             seen = await self.namespaces.namespaces_of([oid for oid, _, _ in batch])
             for oid, size, mtime in batch:
-                if oid in seen or mtime > cutoff:
+                if any(ns not in disregard for ns in seen.get(oid, ())) or mtime > cutoff:
                     report.kept += 1
                     continue
                 if not dry_run:
                     await self.store.delete(oid)
                 report.deleted.append(oid)
                 report.freed_bytes += size
+            if progress is not None:
+                progress(len(batch))
             batch.clear()
 
         async for item in self.store.list():

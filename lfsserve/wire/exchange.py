@@ -14,9 +14,9 @@ import os
 import re
 import shutil
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from ..config import Config
 from ..hg import bundle2
@@ -272,7 +272,9 @@ def getbundle(config: Config, repo, args: dict[str, bytes]) -> GetbundlePlan:
         parts = _plan_parts(config, repo, heads, common, b2caps, opts, listkeys)
     except HgError as exc:
         log.info("getbundle refused: %s", exc)
-        return GetbundlePlan(lambda: bundle2.encode_bundle([bundle2.abort_part(exc)]))
+        # Build the part now: `exc` is unbound once the except block ends.
+        refusal = bundle2.abort_part(exc)
+        return GetbundlePlan(lambda: bundle2.encode_bundle([refusal]))
     return GetbundlePlan(
         lambda: bundle2.encode_bundle(parts(), interrupt_on=(HgError, Bundle2Error, OSError),
                                       on_interrupt=_log_interrupt),

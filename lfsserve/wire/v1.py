@@ -31,6 +31,7 @@ from ..aio import iterate_blocking, run_blocking
 from ..app import CTX
 from ..auth import AuthError, Forbidden, Permission, Principal, Unauthorized
 from ..config import Config
+from ..metrics import metrics_of
 from ..hg.bundle2 import Bundle2Error
 from ..hg.error import HgError, RepoNotFound
 from ..repos import RepoPathError, RepoRegistry
@@ -64,7 +65,7 @@ V1 = web.AppKey("lfsserve_wire_v1", V1State)
 def setup(app: web.Application) -> None:
     ctx = app[CTX]
     spool = ctx.config.root / "tmp"
-    app[V1] = V1State(RepoRegistry(ctx.config.repos_dir), spool)
+    app[V1] = V1State(ctx.repos, spool)
     ctx.register(Kind.HG, handle)
     ctx.register(Kind.INDEX, index)
 
@@ -209,6 +210,11 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
     except BadRequest as exc:
         return _bad_request(exc.message)
     except RepoNotFound as exc:
+        principal = request.get("principal")
+        if ctx.config.hg.create_on_push and principal is not None and not principal.authenticated:
+            # hg sends credentials only when challenged: an anonymous 404 would keep a user who
+            # may create this repository (hg.create_on_push) from ever pushing to it.
+            return _perm_error(401, f"{exc.message}; log in to create it by pushing", ctx.auth.challenge())
         return _not_found(exc.message)
     except exchange.BundleRequired as exc:
         return _hg_error(exc.message)
@@ -341,13 +347,16 @@ async def _unbundle(request: web.Request, target: Target, principal: Principal, 
                                 check_lfs=_lfs_checker(request, target.repo, principal))
     body = await _spool(request, state.spool_dir)
     try:
-        async with state.registry.write_lock(target.repo):
-            def work():
-                repo, path = _open(config, state.registry, target.repo, may_create)
-                return COMMANDS["unbundle"].func(_session(config, repo) if repo is not None
-                                                 else Session(config, None, config.hg.lock_timeout),
-                                                 **args, body=body, repo_path=path, push=opts)
-            reply = await run_blocking(work)
+        with metrics_of(request.app).push() as observed:
+            async with state.registry.write_lock(target.repo):
+                def work():
+                    repo, path = _open(config, state.registry, target.repo, may_create)
+                    return COMMANDS["unbundle"].func(_session(config, repo) if repo is not None
+                                                     else Session(config, None, config.hg.lock_timeout),
+                                                     **args, body=body, repo_path=path, push=opts)
+                reply = await run_blocking(work)
+            if not reply.changed:
+                observed.result = "refused"
     finally:
         await run_blocking(body.close)
     if reply.changed:

@@ -7,10 +7,7 @@ branches, bookmarks and tags, and every manifest); every push is verified on the
 from __future__ import annotations
 
 import http.client
-import shutil
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -110,6 +107,13 @@ def test_commands_by_hand(lfsserve, hg, rich):
     assert headers["Content-Type"] == "application/mercurial-0.1"
     import zlib
     assert zlib.decompress(body)[:4] != b"HG20"
+    # bundle2 getbundle the server refuses (a head it does not have): an error:abort part, not a 500
+    status, _, headers, body = raw(server, "GET", "/r?cmd=getbundle", {
+        "X-HgArg-1": f"bundlecaps=HG20&common={'0' * 40}&heads={'1' * 40}"})
+    assert status == 200, (status, body[:300])
+    reply = zlib.decompress(body)
+    assert status == 200 and reply[:4] == b"HG20", (status, body[:200])
+    assert b"error:abort" in reply.lower() and b"1111111111" in reply
     # a browser on the repository URL and on the index
     status, _, headers, body = raw(server, "GET", "/r", {"Accept": "text/html"})
     assert status == 200 and f"hg clone {server.url}/r".encode() in body

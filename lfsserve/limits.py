@@ -1,0 +1,130 @@
+"""Request limits with clear answers: per-client concurrency (429 + Retry-After) and request timeouts.
+
+The client is the TCP peer, or the address a trusted proxy forwarded (urls.client_address): behind
+nginx every request comes from 127.0.0.1, and one busy user must not lock out the others.
+Health, readiness and metrics probes are never limited. Answers to LFS endpoints are LFS JSON
+(`{"message": ...}`, which git-lfs prints); answers to hg endpoints are plain text. git-lfs waits
+for Retry-After before retrying a 429.
+
+Sizes are limited where they are known: `lfs.max_object_size` and `lfs.max_batch_objects` by the
+LFS front end (413 / 422 in the batch answer), small whole-read bodies by the app's client_max_size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from aiohttp import web
+
+from .config import LimitsConfig
+from .metrics import METRICS
+from .routing import BadPath, Kind, resolve
+from .urls import TrustedProxies, client_address
+
+__all__ = ["LIMITS", "Limits", "PROBE_PATHS", "limits_middleware"]
+
+log = logging.getLogger(__name__)
+
+# Paths that must answer even when a client is over its limit (orchestrators, Prometheus).
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Seconds a client over its concurrency limit is asked to wait: long enough for one of its
+# requests to finish on a busy server, short enough not to stall a transfer.
+RETRY_AFTER = 1
+_LFS_KINDS = {Kind.LFS_BATCH, Kind.LFS_LOCKS, Kind.LFS_OBJECT, Kind.LFS_VERIFY}
+
+
+class Limits:
+    """Counts each client's requests in flight."""
+
+    def __init__(self, config: LimitsConfig, proxies: TrustedProxies):
+        self.config = config
+        self.proxies = proxies
+        self._in_flight: dict[str, int] = {}
+
+    def acquire(self, client: str) -> bool:
+        limit = self.config.per_client_concurrency
+        n = self._in_flight.get(client, 0)
+        if limit and n >= limit:
+            return False
+        self._in_flight[client] = n + 1
+        return True
+
+    def release(self, client: str) -> None:
+        n = self._in_flight[client] - 1
+        if n:
+            self._in_flight[client] = n
+        else:
+            del self._in_flight[client]
+
+    def in_flight(self, client: str) -> int:
+        return self._in_flight.get(client, 0)
+
+
+LIMITS = web.AppKey("lfsserve_limits", Limits)
+
+
+def _answer(request: web.Request, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    try:
+        kind = resolve(request.path, request.raw_path, "cmd" in request.query).kind
+    except BadPath:
+        kind = None
+    request["route_kind"] = kind.value if kind else "invalid"  # for the request metrics
+    if kind in _LFS_KINDS:
+        return web.Response(status=status, headers=headers,
+                            body=json.dumps({"message": message, "request_id": request.get("request_id")}),
+                            content_type="application/vnd.git-lfs+json")
+    return web.Response(status=status, headers=headers, text=message + "\n")
+
+
+def _prepared(request: web.Request) -> bool:
+    return request.get("response_prepared", False)
+
+
+async def mark_prepared(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """on_response_prepare: after this, a limit can only cut the connection, not answer."""
+    request["response_prepared"] = True
+
+
+@web.middleware
+async def limits_middleware(request: web.Request, handler):
+    limits = request.app[LIMITS]
+    client = client_address(request.remote, request.headers, limits.proxies)
+    request["client"] = client
+    if request.path in PROBE_PATHS:
+        return await handler(request)
+    metrics = request.app[METRICS]
+    if not limits.acquire(client):
+        metrics.rejected.labels("concurrency").inc()
+        limit = limits.config.per_client_concurrency
+        return _answer(request, 429,
+                       f"too many concurrent requests from {client} (limit {limit}); retry in {RETRY_AFTER}s",
+                       {"Retry-After": str(RETRY_AFTER)})
+    try:
+        timeout = limits.config.request_timeout
+        if not timeout:
+            return await handler(request)
+        try:
+            async with asyncio.timeout(timeout):
+                return await handler(request)
+        except TimeoutError:
+            metrics.rejected.labels("timeout").inc()
+            if _prepared(request):
+                # The status line is gone already: all that is left is to cut the response short,
+                # which the client sees as a truncated transfer and retries.
+                log.warning("%s %s: request_timeout (%gs) hit while sending; closing the connection",
+                            request.method, request.path, timeout)
+                if request.transport is not None:
+                    request.transport.abort()
+                raise ConnectionResetError("limits.request_timeout") from None
+            body_done = request.content.is_eof()  # all of it received, read or not
+            log.warning("%s %s: gave up after limits.request_timeout (%gs)%s", request.method, request.path,
+                        timeout, "" if body_done else " while the request body was still arriving")
+            if body_done:
+                return _answer(request, 503, f"the server gave up on this request after {timeout:g}s "
+                                             "(limits.request_timeout)", {"Retry-After": str(RETRY_AFTER)})
+            return _answer(request, 408, f"the request body did not arrive within {timeout:g}s "
+                                         "(limits.request_timeout)", {"Connection": "close"})
+    finally:
+        limits.release(client)
