@@ -208,6 +208,10 @@ class Authenticator:
         self._basic_cache: dict[bytes, tuple[str, float]] = {}
         self._key = self._load_key()
         self._hmac = hmac.new(self._key, digestmod=hashlib.sha256)
+        block = self._key if len(self._key) <= 64 else hashlib.sha256(self._key).digest()
+        block = block.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
 
     # -- keys and signed action tokens ---------------------------------------------------------
     def _load_key(self) -> bytes:
@@ -253,16 +257,21 @@ class Authenticator:
         sign_action()'s.
         """
         user = base64.urlsafe_b64encode((principal.name or "").encode("utf-8")).rstrip(b"=").decode("ascii")
-        head = self._hmac.copy()
-        head.update(f"{namespace}\0".encode("utf-8"))
+        # HMAC spelled out (RFC 2104) on hashlib objects: all C calls per token, no hmac-module
+        # wrapper objects. The keyed inner and outer states are copied, never re-keyed.
+        inner = self._inner.copy()
+        inner.update(f"{namespace}\0".encode("utf-8"))
         tail = f"\0{operation}\0{expires_at}\0{user}".encode("utf-8")
         prefix = f"{SIGNED_PREFIX}{expires_at}.{user}."
+        outer_base = self._outer
+        b64 = base64.urlsafe_b64encode
 
         def sign(oid: str) -> str:
-            h = head.copy()
-            h.update(oid.encode("ascii"))
-            h.update(tail)
-            return prefix + base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode("ascii")
+            h = inner.copy()
+            h.update(oid.encode("ascii") + tail)
+            o = outer_base.copy()
+            o.update(h.digest())
+            return prefix + b64(o.digest()).rstrip(b"=").decode("ascii")
 
         return sign
 

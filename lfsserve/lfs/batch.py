@@ -13,16 +13,17 @@ PUT / GET / verify that follows needs no second credential exchange.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
 from ..auth import Permission, Principal
 from ..blobstore import ObjectState, Status, is_oid
 from ..routing import Target
-from .errors import LfsError, endpoint, json_response
+from .errors import LFS_JSON, LfsError, endpoint
 from .request import check_accept, read_json
 
 __all__ = ["BatchObject", "BatchRequest", "answer_batch", "handle_batch", "parse_batch"]
@@ -33,8 +34,7 @@ TRANSFER_ACCEPT = "application/vnd.git-lfs"
 _BYTES_PER_OBJECT = 256
 
 
-@dataclass(frozen=True)
-class BatchObject:
+class BatchObject(NamedTuple):
     oid: Any
     size: Any
     error: str | None = None  # why this entry is invalid
@@ -87,8 +87,24 @@ def _iso(ts: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequest, base: str) -> dict[str, Any]:
-    """The batch response body for a validated request."""
+def _action(href_json: str, token: str, accept: str, expires_in: int, expires_iso: str) -> str:
+    return (f'{{"href":{href_json},"header":{{"Accept":"{accept}","Authorization":"Bearer {token}"}},'
+            f'"expires_in":{expires_in},"expires_at":"{expires_iso}"}}')
+
+
+def _error(obj: BatchObject, code: int, message: str) -> str:
+    return json.dumps({"oid": obj.oid, "size": obj.size, "error": {"code": code, "message": message}},
+                      separators=(",", ":"))
+
+
+async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequest, base: str) -> bytes:
+    """The batch response body (JSON) for a validated request.
+
+    Objects with actions are rendered from templates rather than through json.dumps: a batch
+    names up to thousands of objects and its latency is what clients wait on. Only validated
+    values go into the templates (hex oids, integers, base64url tokens, the JSON-escaped URL
+    prefix); anything client-supplied that failed validation goes through json.dumps.
+    """
     cfg = svc.config.lfs
     valid = list(dict.fromkeys(o.oid for o in req.objects if o.error is None))
     # Both lookups at once (latency is what a batch is about); the cheap state check takes the
@@ -102,53 +118,47 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
     expires_in = cfg.action_expiry
     expires_at = int(time.time()) + expires_in
     expires_iso = _iso(expires_at)
-    prefix = f"{base}/{namespace}/.hg/lfs"
+    prefix = json.dumps(f"{base}/{namespace}/.hg/lfs")[1:-1]
     svc.stats.batch_requests += 1
     svc.stats.batch_objects += len(req.objects)
-
-    signers = {op: svc.auth.action_signer(principal, namespace, op, expires_at)
-               for op in (("download",) if req.operation == "download" else ("upload", "verify"))}
-
-    def action(href: str, oid: str, operation: str, accept: str) -> dict[str, Any]:
-        token = signers[operation](oid)
-        return {"href": href, "header": {"Accept": accept, "Authorization": f"Bearer {token}"},
-                "expires_in": expires_in, "expires_at": expires_iso}
-
-    def error(obj: BatchObject, code: int, message: str) -> dict[str, Any]:
-        return {"oid": obj.oid, "size": obj.size, "error": {"code": code, "message": message}}
+    sign = {op: svc.auth.action_signer(principal, namespace, op, expires_at)
+            for op in (("download",) if req.operation == "download" else ("upload", "verify"))}
 
     out = []
     for obj in req.objects:
         if obj.error is not None:
-            out.append(error(obj, 422, obj.error))
+            out.append(_error(obj, 422, obj.error))
             continue
         oid, size = obj.oid, obj.size
         state: ObjectState | None = states.get(oid)
         if req.operation == "download":
             if state is None or not state.present:
-                out.append(error(obj, 404, "The object does not exist"))
+                out.append(_error(obj, 404, "The object does not exist"))
             elif state.status is Status.CORRUPT:
                 svc.stats.corrupt_detected += 1
-                out.append(error(obj, 422, "The object is corrupt"))
+                out.append(_error(obj, 422, "The object is corrupt"))
             elif state.size != size:
-                out.append(error(obj, 422, f"The object's size is {state.size} bytes, not {size}"))
+                out.append(_error(obj, 422, f"The object's size is {state.size} bytes, not {size}"))
             else:
-                out.append({"oid": oid, "size": size, "authenticated": True, "actions": {
-                    "download": action(f"{prefix}/objects/{oid}", oid, "download", TRANSFER_ACCEPT)}})
+                download = _action(f'"{prefix}/objects/{oid}"', sign["download"](oid), TRANSFER_ACCEPT,
+                                   expires_in, expires_iso)
+                out.append(f'{{"oid":"{oid}","size":{size},"authenticated":true,'
+                           f'"actions":{{"download":{download}}}}}')
             continue
         if cfg.max_object_size and size > cfg.max_object_size:
-            out.append(error(obj, 413, f"The object is larger than this server's limit of "
-                                       f"{cfg.max_object_size} bytes"))
+            out.append(_error(obj, 413, f"The object is larger than this server's limit of "
+                                        f"{cfg.max_object_size} bytes"))
         elif state is not None and state.servable and state.size == size:
-            out.append({"oid": oid, "size": size})  # already here: nothing to do
+            out.append(f'{{"oid":"{oid}","size":{size}}}')  # already here: nothing to do
         elif state is not None and state.servable:
-            out.append(error(obj, 422, f"An object with this oid is stored with size {state.size}, not {size}"))
+            out.append(_error(obj, 422, f"An object with this oid is stored with size {state.size}, not {size}"))
         else:
-            out.append({"oid": oid, "size": size, "authenticated": True, "actions": {
-                "upload": action(f"{prefix}/objects/{oid}", oid, "upload", TRANSFER_ACCEPT),
-                "verify": action(f"{prefix}/verify", oid, "verify", "application/vnd.git-lfs+json"),
-            }})
-    return {"transfer": "basic", "objects": out, "hash_algo": "sha256"}
+            upload = _action(f'"{prefix}/objects/{oid}"', sign["upload"](oid), TRANSFER_ACCEPT,
+                             expires_in, expires_iso)
+            verify = _action(f'"{prefix}/verify"', sign["verify"](oid), LFS_JSON, expires_in, expires_iso)
+            out.append(f'{{"oid":"{oid}","size":{size},"authenticated":true,'
+                       f'"actions":{{"upload":{upload},"verify":{verify}}}}}')
+    return ('{"transfer":"basic","objects":[' + ",".join(out) + '],"hash_algo":"sha256"}').encode("utf-8")
 
 
 @endpoint
@@ -171,4 +181,4 @@ async def handle_batch(request: web.Request, target: Target) -> web.StreamRespon
     if req.operation == "upload":
         svc.auth.authorize(principal, ns, Permission.WRITE)
     body = await answer_batch(svc, ns, principal, req, request.app[CTX].base_url(request))
-    return json_response(body)
+    return web.Response(body=body, content_type=LFS_JSON)

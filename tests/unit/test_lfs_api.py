@@ -284,3 +284,13 @@ async def test_hrefs_follow_trusted_proxy_headers_only(make_client, trusted):
     base = "https://lfs.example.com/mnt" if trusted else f"http://127.0.0.1:{client.port}"
     assert actions["upload"]["href"] == f"{base}/team/app/.hg/lfs/objects/{oid_of(b'p')}"
     assert actions["verify"]["href"] == f"{base}/team/app/.hg/lfs/verify"
+
+
+async def test_answers_stay_valid_json_whatever_the_base_url(make_client):
+    odd = 'https://h.example/a"b\\\\c/\u00e9'
+    client = await make_client(server=f"base_url = {json.dumps(odd)}")
+    oid = oid_of(b"j")
+    status, body = await batch(client, "team/app", "upload", [{"oid": oid, "size": 1}, {"oid": '"x\\\\', "size": 1}])
+    assert status == 200  # batch() parses the body as JSON
+    assert body["objects"][0]["actions"]["upload"]["href"] == f"{odd}/team/app/.hg/lfs/objects/{oid}"
+    assert body["objects"][1]["oid"] == '"x\\\\' and body["objects"][1]["error"]["code"] == 422
