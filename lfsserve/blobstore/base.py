@@ -15,7 +15,7 @@ import enum
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Collection, NamedTuple
+from typing import AsyncIterator, Awaitable, Callable, Collection, NamedTuple
 
 __all__ = [
     "BlobError",
@@ -169,6 +169,16 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     async def delete(self, oid: str) -> bool:
         """Remove the object; False when it was not there."""
+
+    @abc.abstractmethod
+    async def delete_unless(self, oid: str, keep: Callable[[], Awaitable[bool]]) -> bool:
+        """Remove the object unless `keep()`, asked once the object is out of sight, says to keep it.
+
+        For garbage collection racing uploads in another process: the object is first taken out
+        of place, then `keep()` re-checks whether anything references it; if so it is put back.
+        An uploader that grants a reference and then sees the object present is therefore never
+        left with a reference to nothing, and one that sees it absent retries. True if deleted.
+        """
 
     @abc.abstractmethod
     def list(self) -> AsyncIterator[tuple[str, int, float]]:

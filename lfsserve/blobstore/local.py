@@ -199,6 +199,9 @@ class LocalBlobStore(BlobStore):
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
+        # Objects garbage collection has taken out of place while it re-checks their references
+        # (delete_unless); anything left here by a crash is put back at the next open().
+        self.gc_pending = self.root / "gc-pending"
         self._objects_str = str(self.objects)
         # fsync objects and directories before an upload is acknowledged (lfs.fsync).
         self.durable = durable
@@ -234,6 +237,22 @@ class LocalBlobStore(BlobStore):
     def _prepare(self) -> None:
         self.objects.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self.gc_pending.mkdir(parents=True, exist_ok=True)
+        self._restore_gc_pending()
+
+    def _restore_gc_pending(self) -> None:
+        """Put back objects a garbage collection took aside and did not finish with (a crash)."""
+        for entry in os.scandir(self.gc_pending):
+            oid = entry.name.split(".", 1)[0]
+            if not is_oid(oid):
+                continue
+            final = self._fspath(oid)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            try:
+                os.rename(entry.path, final)  # same bytes if an upload re-created it meanwhile
+                log.info("restored object %s left aside by an interrupted garbage collection", oid)
+            except FileNotFoundError:
+                pass
 
     def clean_temps(self) -> int:
         """Delete temp files no upload holds a lock on (left by a crash or a killed process)."""
@@ -570,6 +589,35 @@ class LocalBlobStore(BlobStore):
 
         await self._stamps.write(forget)
         return removed
+
+    async def delete_unless(self, oid: str, keep) -> bool:
+        final = self._fspath(oid)
+        aside = f"{self.gc_pending}/{oid}.{os.getpid()}.{secrets.token_hex(4)}"
+
+        def take_aside() -> bool:
+            try:
+                os.rename(final, aside)
+            except FileNotFoundError:
+                return False
+            return True
+
+        if not await run_blocking(take_aside):
+            return False
+        try:
+            kept = await keep()
+        except BaseException:
+            await run_blocking(os.rename, aside, final)
+            raise
+        if kept:
+            await run_blocking(os.rename, aside, final)
+            return False
+        await run_blocking(os.unlink, aside)
+
+        def forget(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM verified WHERE oid = ?", (oid,))
+
+        await self._stamps.write(forget)
+        return True
 
     def _list_shard(self, shard: str) -> list[tuple[str, int, float]]:
         out = []

@@ -198,14 +198,24 @@ class LfsService:
         cutoff = time.time() - grace_seconds
         batch: list[tuple[str, int, float]] = []
 
+        def referenced(seen: dict, oid: str) -> bool:
+            return any(ns not in disregard for ns in seen.get(oid, ()))
+
         async def sweep() -> None:
             seen = await self.namespaces.namespaces_of([oid for oid, _, _ in batch])
             for oid, size, mtime in batch:
-                if any(ns not in disregard for ns in seen.get(oid, ())) or mtime > cutoff:
+                if referenced(seen, oid) or mtime > cutoff:
                     report.kept += 1
                     continue
                 if not dry_run:
-                    await self.store.delete(oid)
+                    async def still_referenced(oid: str = oid) -> bool:
+                        # An upload may have granted it since the check above (the server runs
+                        # while gc does); asked again with the object out of place.
+                        return referenced(await self.namespaces.namespaces_of([oid]), oid)
+
+                    if not await self.store.delete_unless(oid, still_referenced):
+                        report.kept += 1
+                        continue
                 report.deleted.append(oid)
                 report.freed_bytes += size
             if progress is not None:

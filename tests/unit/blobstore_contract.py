@@ -219,6 +219,27 @@ class BlobStoreContract:
         assert (await store.verify(oid)).status is Status.OK
         assert await collect(store, await store.get(oid)) == data
 
+    async def test_delete_unless(self, store):
+        data = b"maybe" * 10
+        oid = oid_of(data)
+        await store.put(oid, chunks_of(data))
+        asked = []
+
+        async def keep():
+            asked.append((await store.state(oid)).status)
+            return True
+
+        assert not await store.delete_unless(oid, keep)
+        assert asked == [Status.MISSING]  # asked while the object was out of sight
+        assert await collect(store, await store.get(oid)) == data
+
+        async def drop():
+            return False
+
+        assert await store.delete_unless(oid, drop)
+        assert (await store.state(oid)).status is Status.MISSING
+        assert not await store.delete_unless(oid, drop)  # nothing left to delete
+
     async def test_delete(self, store):
         data = b"bye" * 10
         oid = oid_of(data)

@@ -6,6 +6,8 @@ import logging
 import re
 import shutil
 
+import os
+
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -283,3 +285,62 @@ async def test_upload_checked_against_a_copy_gc_deleted_is_refused_not_lost(tmp_
         assert (await svc.store.state(oid)).present
     finally:
         await svc.stop()
+
+
+async def test_gc_rechecks_references_after_taking_the_object_aside(tmp_path):
+    """An upload grants an orphan to a namespace just after gc found it unreferenced (the server
+    runs while `lfsserve gc` does): gc must keep it, or the namespace would see nothing."""
+    from lfsserve.auth import Authenticator
+    from lfsserve.lfs import LfsService
+
+    config = load_config(env={"LFSSERVE_ROOT": str(tmp_path / "data")})
+    svc = LfsService.create(config, Authenticator(config))
+    await svc.start()
+    try:
+        data = b"claimed at the last moment" * 100
+        oid = __import__("hashlib").sha256(data).hexdigest()
+
+        async def body():
+            yield data
+
+        await svc.store.put(oid, body())  # stored, referenced by no namespace
+        real_lookup = svc.namespaces.namespaces_of
+        calls = []
+
+        async def lookup_then_upload_grants(oids):
+            seen = await real_lookup(oids)
+            if not calls:  # gc's first check has been answered "unreferenced"; now the grant lands
+                await svc.namespaces.grant("team/app", [oid])
+            calls.append(list(oids))
+            return seen
+
+        svc.namespaces.namespaces_of = lookup_then_upload_grants
+        report = await svc.gc(grace_seconds=0)
+        svc.namespaces.namespaces_of = real_lookup
+        assert report.deleted == [] and report.kept == 1 and len(calls) == 2
+        assert (await svc.store.state(oid)).present
+        assert await svc.namespaces.visible("team/app", [oid]) == {oid}
+    finally:
+        await svc.stop()
+
+
+async def test_objects_left_aside_by_a_crashed_gc_are_restored(tmp_path):
+    from lfsserve.blobstore import LocalBlobStore
+
+    store = LocalBlobStore(tmp_path / "lfs")
+    await store.open()
+    data = b"survivor" * 50
+    oid = __import__("hashlib").sha256(data).hexdigest()
+
+    async def body():
+        yield data
+
+    await store.put(oid, body())
+    os.rename(store.path(oid), store.gc_pending / f"{oid}.12345.abcd")  # gc died right here
+    await store.close()
+    store = LocalBlobStore(tmp_path / "lfs")
+    await store.open()
+    try:
+        assert (await store.state(oid)).present and not list(store.gc_pending.iterdir())
+    finally:
+        await store.close()
