@@ -10,7 +10,9 @@ keeps serving.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -62,6 +64,9 @@ class ServerContext:
             base_url=self.config.server.base_url, proxies=self.proxies)
 
 
+# Paths a Git LFS client sends (batch, locks, transfers), for answering path errors in LFS JSON.
+_LFS_LOOKING = re.compile(r"/info/lfs/|/\.hg/lfs/|/objects/batch$|/locks(/|$)")
+
 CTX = web.AppKey("lfsserve_ctx", ServerContext)
 
 
@@ -86,6 +91,12 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         target = resolve(request.path, request.raw_path, "cmd" in request.query)
     except BadPath as exc:
         request["route_kind"] = "invalid"
+        if _LFS_LOOKING.search(request.path):
+            # git-lfs shows an error's JSON `message` to its user; give it one.
+            body = json.dumps({"message": f"bad request path: {exc}",
+                               "request_id": request.get("request_id", "-")})
+            return web.Response(status=400, body=body.encode("utf-8"),
+                                content_type="application/vnd.git-lfs+json")
         return web.Response(status=400, text=f"bad request path: {exc}\n")
     request["route_kind"] = target.kind.value
     handler = ctx.handlers.get(target.kind)
