@@ -9,6 +9,7 @@ but keeps the metrics.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
 import re
@@ -30,6 +31,16 @@ __all__ = [
 ]
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# Request ids: a random per-process prefix and a counter. Unique across restarts and processes
+# without a getrandom() system call (and a GIL release) on every request.
+_ID_PREFIX = secrets.token_hex(4)
+_ID_COUNTER = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFF:08x}"
+
+
 _INCOMING_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}\Z")
 
 
@@ -78,7 +89,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
 async def request_id_middleware(request: web.Request, handler):
     """Take the proxy's X-Request-Id when it is sane, else make one; echo it on the response."""
     incoming = request.headers.get("X-Request-Id", "")
-    rid = incoming if _INCOMING_ID.match(incoming) else secrets.token_hex(8)
+    rid = incoming if _INCOMING_ID.match(incoming) else _new_request_id()
     request["request_id"] = rid
     token = REQUEST_ID.set(rid)
     try:
