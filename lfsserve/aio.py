@@ -16,7 +16,7 @@ import os
 import threading
 from typing import AsyncIterator, Callable, Iterator, TypeVar
 
-__all__ = ["Executor", "run_blocking", "iterate_blocking"]
+__all__ = ["Executor", "run_blocking", "iterate_blocking", "submit_blocking"]
 
 T = TypeVar("T")
 
@@ -42,6 +42,26 @@ def set_default_executor(executor: Executor) -> None:
 
 def _pool() -> concurrent.futures.Executor | None:
     return _default.pool if _default is not None else None
+
+
+_fallback: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def submit_blocking(fn: Callable[..., T], *args) -> "concurrent.futures.Future[T]":
+    """Start fn(*args) in the executor and return its concurrent future.
+
+    Unlike run_blocking's awaitable, this future stays pending until the thread has really
+    finished, whatever happens to the coroutines waiting on it: use it when a resource the
+    work touches (a file descriptor) must not be released while the thread may still use it.
+    Await it with asyncio.wrap_future().
+    """
+    global _fallback
+    pool = _pool()
+    if pool is None:
+        if _fallback is None:
+            _fallback = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="lfsserve-fallback")
+        pool = _fallback
+    return pool.submit(fn, *args)
 
 
 async def run_blocking(fn: Callable[..., T], *args, **kwargs) -> T:

@@ -27,7 +27,7 @@ import stat as stat_mod
 from pathlib import Path
 from typing import AsyncIterator, Collection
 
-from ..aio import run_blocking
+from ..aio import run_blocking, submit_blocking
 from ..sqlitedb import SqliteDb
 from .base import (
     MISSING,
@@ -107,10 +107,12 @@ _LARGE = 8 * CHUNK
 
 
 class _Sink:
-    """Hashes (and optionally writes) a stream, in CHUNK-sized steps run in a worker thread.
+    """Hashes (and optionally writes) a stream in steps handed to worker threads.
 
-    While the thread hashes and writes one chunk, the event loop keeps receiving the next one;
-    at most two chunks are in memory per upload (256 KiB ones until the upload passes 8 MiB).
+    Each step is hashed in one thread and written in another at the same time (both release
+    the GIL), so a step costs the longer of the two, not their sum; meanwhile the event loop
+    receives the next step. At most two steps are in memory per upload (256 KiB ones until the
+    upload passes 8 MiB, then CHUNK-sized).
     """
 
     def __init__(self, fd: int | None, max_size: int, writeback: bool = False):
@@ -118,32 +120,41 @@ class _Sink:
         self.max_size = max_size
         self.hash = hashlib.sha256()
         self.size = 0
-        self._parts: list[bytes] = []  # received, not yet handed to the thread (no copying)
+        self._parts: list[bytes] = []  # received, not yet handed to the threads (no copying)
         self._held = 0
-        self._pending: asyncio.Future | None = None
+        # The threads working on the previous step. Concurrent futures, not asyncio ones: they
+        # stay pending until the thread is done, even if the request task is cancelled, so
+        # abandon() never lets the file descriptor go while a thread may still write to it.
+        self._inflight: list[concurrent.futures.Future] = []
         # Start writing to disk as data arrives, so the final fsync has little left to do.
         self._writeback = writeback and _sync_file_range is not None
         self._written = 0
         self._flushed = 0
 
-    def _absorb(self, parts: list[bytes]) -> None:
+    def _hash_parts(self, parts: list[bytes]) -> None:
         for part in parts:
             self.hash.update(part)
+
+    def _write_parts(self, parts: list[bytes]) -> None:
+        total = 0
+        for i in range(0, len(parts), _IOV_MAX):
+            group = parts[i:i + _IOV_MAX]
+            size = sum(map(len, group))
+            done = os.writev(self.fd, group)
+            if done < size:  # short write (rare): finish it piece by piece
+                view = memoryview(b"".join(group))[done:]
+                while view:
+                    view = view[os.write(self.fd, view):]
+            total += size
+        self._written += total
+        if self._writeback and self._written - self._flushed >= _WRITEBACK_EVERY:
+            _sync_file_range(self.fd, self._flushed, self._written - self._flushed, _SYNC_FILE_RANGE_WRITE)
+            self._flushed = self._written
+
+    def _absorb(self, parts: list[bytes]) -> None:
+        self._hash_parts(parts)
         if self.fd is not None:
-            total = 0
-            for i in range(0, len(parts), _IOV_MAX):
-                group = parts[i:i + _IOV_MAX]
-                size = sum(map(len, group))
-                done = os.writev(self.fd, group)
-                if done < size:  # short write (rare): finish it piece by piece
-                    view = memoryview(b"".join(group))[done:]
-                    while view:
-                        view = view[os.write(self.fd, view):]
-                total += size
-            self._written += total
-            if self._writeback and self._written - self._flushed >= _WRITEBACK_EVERY:
-                _sync_file_range(self.fd, self._flushed, self._written - self._flushed, _SYNC_FILE_RANGE_WRITE)
-                self._flushed = self._written
+            self._write_parts(parts)
 
     async def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -156,19 +167,30 @@ class _Sink:
         if self._held >= (CHUNK if self.size > _LARGE else _SMALL_STEP):
             await self._flush()
 
+    async def _wait_inflight(self) -> None:
+        """Wait for the previous step's threads; re-raise the first error they met."""
+        error = None
+        for fut in self._inflight:
+            try:
+                await asyncio.wrap_future(fut)
+            except Exception as exc:  # a failed write (ENOSPC...), reported after both finish
+                error = error or exc
+        # Only now: if this task is cancelled above, abandon() still finds them and waits.
+        self._inflight = []
+        if error is not None:
+            raise error
+
     async def _flush(self) -> None:
-        if self._pending is not None:
-            await self._pending
-            self._pending = None
+        await self._wait_inflight()
         if self._parts:
             parts, self._parts, self._held = self._parts, [], 0
-            self._pending = asyncio.ensure_future(run_blocking(self._absorb, parts))
+            self._inflight = [submit_blocking(self._hash_parts, parts)]
+            if self.fd is not None:
+                self._inflight.append(submit_blocking(self._write_parts, parts))
 
     async def drain(self) -> None:
-        """Wait for the chunk in flight; what is still held is left for absorb_rest()."""
-        if self._pending is not None:
-            await self._pending
-            self._pending = None
+        """Wait for the step in flight; what is still held is left for absorb_rest()."""
+        await self._wait_inflight()
 
     def absorb_rest(self) -> None:
         """In a worker thread, after drain(): hash and write what is still held."""
@@ -178,20 +200,19 @@ class _Sink:
 
     async def finish(self) -> str:
         await self._flush()
-        if self._pending is not None:
-            await self._pending
-            self._pending = None
+        await self._wait_inflight()
         return self.hash.hexdigest()
 
     async def abandon(self) -> None:
-        """Wait for the chunk in flight (so its thread no longer touches fd) and drop the rest."""
+        """Wait until no thread touches fd any more (even if cancelled meanwhile); drop the rest."""
         self._parts, self._held = [], 0
-        if self._pending is not None:
-            try:
-                await asyncio.shield(self._pending)
-            except Exception:
-                pass
-            self._pending = None
+        inflight, self._inflight = self._inflight, []
+        if inflight:
+            # Cancellation cannot stop a running thread: wait for it in a way that outlives
+            # the cancellation of this task.
+            await asyncio.shield(asyncio.get_running_loop().run_in_executor(
+                None, concurrent.futures.wait, inflight))
+
 
 
 class LocalBlobStore(BlobStore):

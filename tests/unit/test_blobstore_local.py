@@ -125,3 +125,41 @@ async def test_object_replaced_behind_our_back_is_rechecked(store):
     assert (await store.state(oid)).status is Status.UNVERIFIED
     assert (await store.state(oid, rehash_budget=1 << 20)).status is Status.OK
     assert (await store.state(oid)).status is Status.OK
+
+
+async def test_abandon_waits_for_a_writing_thread_even_after_cancellation(tmp_path):
+    """A cancelled upload (client gone) must not let its file descriptor be closed while a
+    worker thread is still writing to it: abandon() waits for the thread itself."""
+    import asyncio
+    import threading
+
+    from lfsserve.blobstore.local import CHUNK, _Sink
+
+    fd = os.open(tmp_path / "upload.tmp", os.O_WRONLY | os.O_CREAT, 0o600)
+    sink = _Sink(fd, 0)
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_write(parts):
+        started.set()
+        release.wait(10)
+        finished.set()
+
+    sink._write_parts = slow_write
+
+    async def upload():
+        for _ in range(3):
+            await sink.feed(b"x" * CHUNK)
+
+    task = asyncio.create_task(upload())
+    assert await asyncio.to_thread(started.wait, 10)
+    await asyncio.sleep(0.05)  # the upload task now waits on the writing thread
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    abandoning = asyncio.create_task(sink.abandon())
+    await asyncio.sleep(0.2)
+    assert not abandoning.done() and not finished.is_set()  # still waiting for the thread
+    release.set()
+    await asyncio.wait_for(abandoning, 10)
+    assert finished.is_set()
+    os.close(fd)
