@@ -129,6 +129,8 @@ class HgConfig:
     zstd_level: int = 3
     # Seconds a push waits for the repository's store lock (held by another writer) before failing.
     lock_timeout: float = 30.0
+    # Largest push (the bundle an `hg push` uploads), in bytes; 0 = unlimited. Larger: HTTP 413.
+    max_push_size: int = 0
 
 
 @dataclass
@@ -213,6 +215,8 @@ class Config:
             raise ConfigError(f"hg.zstd_level: must be 1-22, got {self.hg.zstd_level}")
         if self.hg.lock_timeout < 0:
             raise ConfigError("hg.lock_timeout: must be >= 0")
+        if self.hg.max_push_size < 0:
+            raise ConfigError("hg.max_push_size: must be >= 0")
         if self.log.level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log.level: must be debug, info, warning or error, got {self.log.level!r}")
         if self.log.access_format not in ("combined", "json", "off"):

@@ -300,15 +300,37 @@ async def _stream(request: web.Request, result: Stream) -> web.StreamResponse:
         return response
 
 
-async def _spool(request: web.Request, spool_dir: Path):
-    """Copy the request body to an anonymous temporary file (never held in memory)."""
+class PushTooLarge(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"push larger than this server's limit of {_size_text(limit)} (hg.max_push_size)")
+        self.limit = limit
+
+
+def _size_text(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.4g} {unit}"
+    return f"{n} bytes"
+
+
+async def _spool(request: web.Request, spool_dir: Path, limit: int = 0):
+    """Copy the request body to an anonymous temporary file (never held in memory).
+
+    With `limit`, a body announced or found to be larger raises PushTooLarge; what was spooled
+    is dropped with the file."""
+    if limit and request.content_length is not None and request.content_length > limit:
+        raise PushTooLarge(limit)
     await run_blocking(spool_dir.mkdir, parents=True, exist_ok=True)
     fh = await run_blocking(tempfile.TemporaryFile, dir=spool_dir, prefix="unbundle-")
+    size = 0
     try:
         while True:
             chunk = await request.content.read(SPOOL_CHUNK)
             if not chunk:
                 break
+            size += len(chunk)
+            if limit and size > limit:
+                raise PushTooLarge(limit)
             await run_blocking(fh.write, chunk)
         await run_blocking(fh.seek, 0)
     except BaseException:
@@ -345,7 +367,14 @@ async def _unbundle(request: web.Request, target: Target, principal: Principal, 
     may_create = _may_create(request, target.repo, principal)
     opts = exchange.PushOptions(publishing=config.hg.publishing, lock_timeout=config.hg.lock_timeout,
                                 check_lfs=_lfs_checker(request, target.repo, principal))
-    body = await _spool(request, state.spool_dir)
+    try:
+        body = await _spool(request, state.spool_dir, config.hg.max_push_size)
+    except PushTooLarge as exc:
+        log.info("push to %s by %s refused: %s", target.repo, principal, exc)
+        # The reason phrase is what hg prints ("abort: HTTP Error 413: push larger than ...").
+        # aiohttp reads and drops the rest of the body for a while after this answer, so the
+        # client gets to read it instead of failing on a reset connection.
+        return web.Response(status=413, reason=str(exc), text=f"{exc}\n")
     try:
         with metrics_of(request.app).push() as observed:
             async with state.registry.write_lock(target.repo):

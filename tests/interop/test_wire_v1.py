@@ -405,6 +405,40 @@ def test_bad_pushes_leave_repo_unchanged(lfsserve, hg, rich, tmp_path):
     assert len(history(hg, served, "all()").splitlines()) == len(before.splitlines()) + 1
 
 
+def test_push_size_limit(lfsserve, hg, rich, tmp_path):
+    """hg.max_push_size: a larger push is refused with a 413 hg shows, and nothing is applied."""
+    import os
+    server = lfsserve(config="[hg]\nmax_push_size = 65536\n")
+    served = install(server, rich, "r")
+    before = history(hg, served, "all()")
+    big = tmp_path / "big"
+    hg("clone", "-q", f"{server.url}/r", str(big))
+    (big / "noise.bin").write_bytes(os.urandom(200 * 1024))  # incompressible: the bundle is > 64 KiB
+    hg("add", "noise.bin", cwd=big)
+    hg("commit", "-m", "too big", "-d", "1700600000 0", cwd=big)
+    res = hg("push", cwd=big, check=False)
+    assert res.returncode != 0
+    assert b"HTTP Error 413: push larger than this server's limit of 64 KiB" in res.stderr, res.stderr
+    assert history(hg, served, "all()") == before
+    # A body without Content-Length (chunked) is cut off at the limit too.
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("POST", "/r?cmd=unbundle", body=iter([b"HG20" + b"\0" * 65536] * 4),
+                     headers={"X-HgArg-1": "heads=666f726365", "Content-Type": "application/mercurial-0.1"},
+                     encode_chunked=True)
+        resp = conn.getresponse()
+        assert resp.status == 413 and b"hg.max_push_size" in resp.read()
+    finally:
+        conn.close()
+    # A push under the limit still goes through, and the refused ones left nothing behind.
+    small = tmp_path / "small"
+    hg("clone", "-q", f"{server.url}/r", str(small))
+    commit_file(hg, small, "small.txt", "small\n", "small", 1700600001)
+    hg("push", cwd=small)
+    verify(hg, served)
+    assert len(history(hg, served, "all()").splitlines()) == len(before.splitlines()) + 1
+
+
 # -- lfs --------------------------------------------------------------------------------------------
 
 def test_lfs_push_clone_and_missing_blobs(lfsserve, hg, tmp_path):
