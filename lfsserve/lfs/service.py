@@ -73,10 +73,13 @@ class LfsService:
         from ..blobstore import LocalBlobStore
 
         root = config.lfs_dir
-        # Not fsync'ed per commit (WAL, synchronous=NORMAL): a power loss can only drop the last
-        # grants or locks, never corrupt the index. A lost grant fails closed (the object is
-        # hidden from that namespace until uploaded again), and each fsync saved is ~4 ms per upload.
-        db = SqliteDb(root / "meta.sqlite3", namespaces.SCHEMA + locks.SCHEMA, durable=False, name="lfs-meta")
+        # With lfs.fsync the visibility grants and locks are as durable as the objects: an
+        # acknowledged upload is still visible to its repository after a power loss. (SqliteDb
+        # commits concurrent writes together, so one fsync covers a burst of uploads.) Without
+        # it a power loss may drop the latest grants, which fails closed: the object is hidden
+        # from that repository until uploaded again. A process crash loses nothing either way.
+        db = SqliteDb(root / "meta.sqlite3", namespaces.SCHEMA + locks.SCHEMA, durable=config.lfs.fsync,
+                      name="lfs-meta")
         return cls(config, auth, store or LocalBlobStore(root, durable=config.lfs.fsync), db)
 
     async def start(self) -> None:

@@ -79,3 +79,12 @@ async def test_stats_count_transfers(setup):
     s = svc.stats.as_dict()
     assert s["uploads"] == 1 and s["upload_bytes"] == 5 and s["downloads"] == 1 and s["download_bytes"] == 5
     assert s["batch_requests"] == 1 and s["batch_objects"] == 1
+
+
+@pytest.mark.parametrize("fsync, synchronous", [(True, 2), (False, 1)])  # PRAGMA synchronous FULL / NORMAL
+async def test_visibility_records_are_as_durable_as_objects(make_client, fsync, synchronous):
+    """With lfs.fsync an acknowledged upload's visibility grant is committed to disk too (else a
+    power loss could hide an object the client was told is stored)."""
+    client = await make_client(extra=f"[lfs]\nfsync = {str(fsync).lower()}\n")
+    svc = client.server.app[LFS_SERVICE]
+    assert await svc.db.write(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) == synchronous
