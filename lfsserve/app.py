@@ -26,6 +26,7 @@ from .limits import LIMITS, PROBE_PATHS, Limits, limits_middleware, mark_prepare
 from .logs import add_request_id_header, request_id_middleware
 from .metrics import METRICS, Metrics, metrics_handler
 from .repos import RepoRegistry
+from .reqkeys import REQUEST_ID, ROUTE_KIND
 from .routing import BadPath, Kind, Target, resolve
 from .shutdown import DRAIN, Drain, close_while_draining, drain_middleware
 from .urls import TrustedProxies, external_base
@@ -80,7 +81,7 @@ async def _error_middleware(request: web.Request, handler):
         raise
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path_qs)
-        rid = request.get("request_id", "-")
+        rid = request.get(REQUEST_ID, "-")
         return web.Response(status=500, text=f"internal server error (request id {rid})\n",
                             headers={"X-Request-Id": rid})
 
@@ -90,15 +91,15 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     try:
         target = resolve(request.path, request.raw_path, "cmd" in request.query)
     except BadPath as exc:
-        request["route_kind"] = "invalid"
+        request[ROUTE_KIND] = "invalid"
         if _LFS_LOOKING.search(request.path):
             # git-lfs shows an error's JSON `message` to its user; give it one.
             body = json.dumps({"message": f"bad request path: {exc}",
-                               "request_id": request.get("request_id", "-")})
+                               "request_id": request.get(REQUEST_ID, "-")})
             return web.Response(status=400, body=body.encode("utf-8"),
                                 content_type="application/vnd.git-lfs+json")
         return web.Response(status=400, text=f"bad request path: {exc}\n")
-    request["route_kind"] = target.kind.value
+    request[ROUTE_KIND] = target.kind.value
     handler = ctx.handlers.get(target.kind)
     if handler is None:
         return web.Response(status=404, text=f"not found: nothing is served at {request.path}\n")
@@ -120,7 +121,7 @@ def _upload_protocol(request: web.Request, target: Target) -> str | None:
 
 def _probe(handler):
     async def probe(request: web.Request) -> web.StreamResponse:
-        request["route_kind"] = request.path.lstrip("/")
+        request[ROUTE_KIND] = request.path.lstrip("/")
         return await handler(request)
     return probe
 

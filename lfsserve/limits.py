@@ -20,6 +20,7 @@ from aiohttp import web
 
 from .config import LimitsConfig
 from .metrics import METRICS
+from .reqkeys import CLIENT, REQUEST_ID, RESPONSE_PREPARED, ROUTE_KIND
 from .routing import BadPath, Kind, resolve
 from .urls import TrustedProxies, client_address
 
@@ -70,28 +71,28 @@ def _answer(request: web.Request, status: int, message: str, headers: dict[str, 
         kind = resolve(request.path, request.raw_path, "cmd" in request.query).kind
     except BadPath:
         kind = None
-    request["route_kind"] = kind.value if kind else "invalid"  # for the request metrics
+    request[ROUTE_KIND] = kind.value if kind else "invalid"  # for the request metrics
     if kind in _LFS_KINDS:
         return web.Response(status=status, headers=headers,
-                            body=json.dumps({"message": message, "request_id": request.get("request_id")}),
+                            body=json.dumps({"message": message, "request_id": request.get(REQUEST_ID)}),
                             content_type="application/vnd.git-lfs+json")
     return web.Response(status=status, headers=headers, text=message + "\n")
 
 
 def _prepared(request: web.Request) -> bool:
-    return request.get("response_prepared", False)
+    return request.get(RESPONSE_PREPARED, False)
 
 
 async def mark_prepared(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """on_response_prepare: after this, a limit can only cut the connection, not answer."""
-    request["response_prepared"] = True
+    request[RESPONSE_PREPARED] = True
 
 
 @web.middleware
 async def limits_middleware(request: web.Request, handler):
     limits = request.app[LIMITS]
     client = client_address(request.remote, request.headers, limits.proxies)
-    request["client"] = client
+    request[CLIENT] = client
     if request.path in PROBE_PATHS:
         return await handler(request)
     metrics = request.app[METRICS]

@@ -20,8 +20,10 @@ import time
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from .reqkeys import CLIENT, PRINCIPAL, REQUEST_ID, ROUTE_KIND
+
 __all__ = [
-    "REQUEST_ID",
+    "CURRENT_REQUEST_ID",
     "AccessLogger",
     "JsonAccessLogger",
     "QuietAccessLogger",
@@ -30,7 +32,7 @@ __all__ = [
     "setup_logging",
 ]
 
-REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+CURRENT_REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 # Request ids: a random per-process prefix and a counter. Unique across restarts and processes
 # without a getrandom() system call (and a GIL release) on every request.
 _ID_PREFIX = secrets.token_hex(4)
@@ -47,7 +49,7 @@ _INCOMING_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}\Z")
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            record.request_id = REQUEST_ID.get()
+            record.request_id = CURRENT_REQUEST_ID.get()
         return True
 
 
@@ -90,8 +92,8 @@ async def request_id_middleware(request: web.Request, handler):
     """Take the proxy's X-Request-Id when it is sane, else make one; echo it on the response."""
     incoming = request.headers.get("X-Request-Id", "")
     rid = incoming if _INCOMING_ID.match(incoming) else _new_request_id()
-    request["request_id"] = rid
-    token = REQUEST_ID.set(rid)
+    request[REQUEST_ID] = rid
+    token = CURRENT_REQUEST_ID.set(rid)
     try:
         try:
             response = await handler(request)
@@ -102,12 +104,12 @@ async def request_id_middleware(request: web.Request, handler):
             response.headers["X-Request-Id"] = rid
         return response
     finally:
-        REQUEST_ID.reset(token)
+        CURRENT_REQUEST_ID.reset(token)
 
 
 async def add_request_id_header(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """on_response_prepare: streamed responses (prepared inside a handler) get the id too."""
-    rid = request.get("request_id")
+    rid = request.get(REQUEST_ID)
     if rid and "X-Request-Id" not in response.headers:
         response.headers["X-Request-Id"] = rid
 
@@ -119,17 +121,17 @@ def _observe(request: web.BaseRequest, response: web.StreamResponse, elapsed: fl
     app = getattr(request, "app", None) if isinstance(request, web.Request) else None
     metrics = app.get(METRICS) if app is not None else None
     if metrics is not None:
-        metrics.observe_request(request.get("route_kind", "other"), request.method, response.status,
+        metrics.observe_request(request.get(ROUTE_KIND, "other"), request.method, response.status,
                                 request.content.total_bytes, response.body_length, elapsed)
 
 
 def _user(request: web.BaseRequest) -> str:
-    principal = request.get("principal")
+    principal = request.get(PRINCIPAL)
     return str(principal) if principal is not None else "-"
 
 
 def _client(request: web.BaseRequest) -> str:
-    return request.get("client") or request.remote or "-"
+    return request.get(CLIENT) or request.remote or "-"
 
 
 class QuietAccessLogger(AbstractAccessLogger):
@@ -149,7 +151,7 @@ class AccessLogger(AbstractAccessLogger):
             _client(request), _user(request), ts, request.method, request.path_qs,
             request.version.major, request.version.minor, response.status,
             response.body_length or "-", request.headers.get("Referer", "-"),
-            request.headers.get("User-Agent", "-"), request.get("request_id", "-"), elapsed)
+            request.headers.get("User-Agent", "-"), request.get(REQUEST_ID, "-"), elapsed)
         self.logger.info(line)
 
 
@@ -160,7 +162,7 @@ class JsonAccessLogger(AbstractAccessLogger):
         _observe(request, response, elapsed)
         self.logger.info(json.dumps({
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime()),
-            "request_id": request.get("request_id", "-"),
+            "request_id": request.get(REQUEST_ID, "-"),
             "remote": _client(request),
             "user": _user(request),
             "method": request.method,

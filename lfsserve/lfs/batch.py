@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ..auth import Permission, Principal
 from ..blobstore import ObjectState, Status, is_oid
+from ..reqkeys import PRINCIPAL
 from ..routing import Target
 from .errors import LFS_JSON, LfsError, endpoint
 from .request import check_accept, read_json
@@ -174,7 +175,7 @@ async def handle_batch(request: web.Request, target: Target) -> web.StreamRespon
     # Credentials are checked before the body is read: a client that may not even read gets its
     # 401/403 at once.
     principal = await svc.auth.authenticate(request.headers)
-    request["principal"] = principal
+    request[PRINCIPAL] = principal
     svc.auth.authorize(principal, ns, Permission.READ)
     limit = 64 * 1024 + svc.config.lfs.max_batch_objects * _BYTES_PER_OBJECT
     req = parse_batch(await read_json(request, limit), svc.config.lfs.max_batch_objects)

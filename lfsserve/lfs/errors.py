@@ -27,6 +27,7 @@ from ..blobstore import (
     TooLarge,
     UploadRaced,
 )
+from ..reqkeys import REQUEST_ID
 from ..routing import Target
 
 __all__ = ["LFS_JSON", "LfsError", "blob_status", "endpoint", "json_response"]
@@ -74,7 +75,7 @@ def json_response(body: Mapping[str, Any], status: int = 200, headers: Mapping[s
 
 def _error_response(request: web.Request, status: int, message: str, headers: Mapping[str, str] | None = None,
                     extra: Mapping[str, Any] | None = None) -> web.Response:
-    rid = request.get("request_id", "-")
+    rid = request.get(REQUEST_ID, "-")
     if status >= 500:
         log.error("LFS %s %s: %d %s", request.method, request.path, status, message)
     else:

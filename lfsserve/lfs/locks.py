@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from aiohttp import web
 
 from ..auth import Permission, Principal
+from ..reqkeys import PRINCIPAL, REQUEST_ID
 from ..routing import Target
 from ..sqlitedb import SqliteDb
 from .errors import LfsError, endpoint, json_response
@@ -194,7 +195,7 @@ async def handle_locks(request: web.Request, target: Target) -> web.StreamRespon
     if rest == "":
         if request.method == "GET":
             principal = await auth.require(request.headers, ns, Permission.READ)
-            request["principal"] = principal
+            request[PRINCIPAL] = principal
             q = request.query
             lock_id = q.get("id") or None
             locks, nxt = await svc.locks.list(ns, path=q.get("path") or None, lock_id=lock_id,
@@ -204,7 +205,7 @@ async def handle_locks(request: web.Request, target: Target) -> web.StreamRespon
         if request.method != "POST":
             raise LfsError(405, f"{request.method} is not allowed here", headers={"Allow": "GET, POST"})
         principal = await auth.require(request.headers, ns, Permission.WRITE)
-        request["principal"] = principal
+        request[PRINCIPAL] = principal
         body = await read_json(request)
         _check_ref(body)
         path = body.get("path")
@@ -214,13 +215,13 @@ async def handle_locks(request: web.Request, target: Target) -> web.StreamRespon
             lock = await svc.locks.create(ns, path, _owner(principal))
         except LockExists as exc:
             return json_response({"lock": exc.lock.as_json(), "message": "already created lock",
-                                  "request_id": request.get("request_id", "-")}, status=409)
+                                  "request_id": request.get(REQUEST_ID, "-")}, status=409)
         return json_response({"lock": lock.as_json()}, status=201)
 
     if request.method != "POST":
         raise LfsError(405, f"{request.method} is not allowed here", headers={"Allow": "POST"})
     principal = await auth.require(request.headers, ns, Permission.WRITE)
-    request["principal"] = principal
+    request[PRINCIPAL] = principal
     body = await read_json(request)
     _check_ref(body)
 

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ..auth import Permission, Principal
 from ..blobstore import CorruptObject, Status, is_oid
+from ..reqkeys import PRINCIPAL
 from ..routing import Target
 from . import sendfile
 from .errors import LfsError, endpoint
@@ -33,7 +34,7 @@ _OCTETS = "application/octet-stream"
 async def _principal(request: web.Request, svc, ns: str, oid: str, operation: str,
                      needed: Permission) -> Principal:
     principal = await svc.auth.authenticate(request.headers, (ns, oid, operation))
-    request["principal"] = principal
+    request[PRINCIPAL] = principal
     if not svc.auth.signed_grants(principal, ns, oid, operation):
         svc.auth.authorize(principal, ns, needed)
     return principal

@@ -35,6 +35,7 @@ from ..metrics import metrics_of
 from ..hg.bundle2 import Bundle2Error
 from ..hg.error import HgError, RepoNotFound
 from ..repos import RepoPathError, RepoRegistry
+from ..reqkeys import PRINCIPAL
 from ..routing import Kind, Target
 from . import exchange
 from .commands import COMMANDS, Command, Session, Stream, bind_args
@@ -194,7 +195,7 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
     ctx = request.app[CTX]
     try:
         principal = await ctx.auth.require(request.headers, target.repo, Permission.READ)
-        request["principal"] = principal
+        request[PRINCIPAL] = principal
         if cmd.permission == "push":
             if request.method != "POST":
                 return _perm_error(405, "push requires POST request")
@@ -210,7 +211,7 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
     except BadRequest as exc:
         return _bad_request(exc.message)
     except RepoNotFound as exc:
-        principal = request.get("principal")
+        principal = request.get(PRINCIPAL)
         if ctx.config.hg.create_on_push and principal is not None and not principal.authenticated:
             # hg sends credentials only when challenged: an anonymous 404 would keep a user who
             # may create this repository (hg.create_on_push) from ever pushing to it.
@@ -413,7 +414,7 @@ async def browse(request: web.Request, target: Target) -> web.StreamResponse:
         return web.Response(status=401, text=exc.message + "\n", headers=ctx.auth.challenge())
     except AuthError as exc:
         return web.Response(status=exc.status, text=exc.message + "\n")
-    request["principal"] = principal
+    request[PRINCIPAL] = principal
 
     def info():
         repo, _ = _open(ctx.config, state.registry, target.repo, False)
@@ -446,7 +447,7 @@ async def index(request: web.Request, target: Target) -> web.StreamResponse:
         principal = await ctx.auth.authenticate(request.headers)
     except Unauthorized as exc:
         return web.Response(status=401, text=exc.message + "\n", headers=ctx.auth.challenge())
-    request["principal"] = principal
+    request[PRINCIPAL] = principal
     names = await run_blocking(lambda: list(state.registry.names()))
     readable = [n for n in names if ctx.auth.permission(principal, n) >= Permission.READ]
     base = ctx.base_url(request)

@@ -24,6 +24,7 @@ from ...aio import iterate_blocking, run_blocking
 from ...app import CTX, ServerContext
 from ...auth import AuthError, Permission
 from ...repos import RepoPathError, RepoRegistry
+from ...reqkeys import REQUEST_ID
 from ...routing import Kind, Target
 from . import cbor, commands
 from .encoding import choose, make_encoder, order_from_config
@@ -101,7 +102,7 @@ def _open_context(state: _State, repo_name: str, request_id: str):
 async def _context(state: _State, target: Target, request: web.BaseRequest) -> commands.Context:
     from ...hg import error as hgerror
 
-    rid = request.get("request_id", "-")
+    rid = request.get(REQUEST_ID, "-")
     try:
         return await run_blocking(_open_context, state, target.repo, rid)
     except (hgerror.RepoNotFound, RepoPathError):

@@ -1,0 +1,23 @@
+"""Typed keys for what lfsserve keeps on a request (aiohttp's per-request storage).
+
+Set by the middlewares and handlers that learn each fact, read by the access log and metrics.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .auth import Principal
+
+__all__ = ["CLIENT", "PRINCIPAL", "REQUEST_ID", "RESPONSE_PREPARED", "ROUTE_KIND"]
+
+# The id sent back as X-Request-Id and written on every log line about the request.
+REQUEST_ID = web.RequestKey("request_id", str)
+# Who the request was authenticated as (absent until a handler has checked).
+PRINCIPAL = web.RequestKey("principal", Principal)
+# The client address the limits count against (behind a trusted proxy, the forwarded one).
+CLIENT = web.RequestKey("client", str)
+# Which kind of route answered: the `route` label of the request metrics.
+ROUTE_KIND = web.RequestKey("route_kind", str)
+# Set once a streamed response has started (a late error can then only cut it).
+RESPONSE_PREPARED = web.RequestKey("response_prepared", bool)
