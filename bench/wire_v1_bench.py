@@ -13,12 +13,13 @@ printing wall time and the SERVER's CPU seconds (utime+stime of the server proce
 /proc/<pid>/stat, before/after), and lfsserve/hg serve ratios. On a small machine the hg client's
 own CPU dominates wall time, so server CPU is the figure that tells the servers apart.
 
-    python bench/wire_v1_bench.py [--changesets 5000] [--files 3000] [--repeat 1]
+    python bench/wire_v1_bench.py [--changesets 5000] [--files 3000] [--repeat 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import shutil
@@ -209,9 +210,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--changesets", type=int, default=5000)
     ap.add_argument("--files", type=int, default=3000)
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="runs per server, alternating; the best wall time and the best CPU time are kept "
-                         "(other processes on a shared machine only ever add time)")
+    ap.add_argument("--repeat", type=int, default=4,
+                    help="back-to-back pairs, order alternating (even: a steady drift cancels in the "
+                         "paired ratios); the best wall and CPU times per server are printed too")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "lfsserve" / "bench"))
     args = ap.parse_args()
 
@@ -236,15 +237,20 @@ def main() -> int:
                                   "-a", "127.0.0.1", "--config", "web.push_ssl=false"],
                      f"http://127.0.0.1:{hport}/", env)
         results: dict[str, dict[str, tuple[float, float, float]]] = {}
+        # Per repeat and scenario, lfsserve's (wall, server CPU) over hg serve's from the same pair.
+        pairs: dict[str, list[tuple[float, float]]] = {}
         try:
             # Scenario by scenario, the two servers back to back, in alternating order: whatever the
             # machine does meanwhile falls on both alike.
             for i in range(args.repeat):
                 for name, fn, check in SCENARIOS:
+                    got = {}
                     for server in ((hgs, lfs) if i % 2 == 0 else (lfs, hgs)):
-                        v = run_scenario(name, fn, check, server, work, env, base)
+                        v = got[server.name] = run_scenario(name, fn, check, server, work, env, base)
                         best = results.setdefault(server.name, {})
                         best[name] = tuple(min(a, b) for a, b in zip(best.get(name, v), v))
+                    h, l = got["hg serve"], got["lfsserve"]
+                    pairs.setdefault(name, []).append((l[0] / h[0], l[1] / h[1] if h[1] else float("inf")))
         finally:
             lfs.stop()
             hgs.stop()
@@ -260,6 +266,17 @@ def main() -> int:
         lw, lc, lk = results["lfsserve"][k]
         print(f"{k:20} {hw:13.2f}s {lw:8.2f}s {lw / hw:6.2f}   {hc:19.2f}s {lc:8.2f}s "
               f"{(lc / hc if hc else float('inf')):6.2f}   {hk:19.2f}s {lk:8.2f}s")
+    # Best-of ratios favour whichever server ran first while the machine slowly drifts (on the
+    # development VM each clone's file creation gets slower run after run, whichever server it
+    # talks to). Ratios taken within each back-to-back pair, with the order alternating, cancel a
+    # steady drift when averaged over an even number of repeats.
+    print(f"\npaired ratios, lfsserve / hg serve (geometric mean over {args.repeat} back-to-back pairs, "
+          f"order alternating{'' if args.repeat % 2 == 0 else '; use an even --repeat to cancel drift'}):")
+    for k, rs in pairs.items():
+        wall = math.exp(sum(math.log(w) for w, _ in rs) / len(rs))
+        cpu = math.exp(sum(math.log(c) for _, c in rs) / len(rs))
+        each = " ".join(f"{w:.2f}" for w, _ in rs)
+        print(f"{k:20} wall {wall:5.2f} (each: {each})   server CPU {cpu:5.2f}")
     return 0
 
 
