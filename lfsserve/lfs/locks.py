@@ -183,6 +183,13 @@ def _check_ref(body: Mapping[str, Any]) -> None:
         raise LfsError(422, "ref must be an object with a string name")
 
 
+async def _require(request: web.Request, auth, ns: str, needed: Permission) -> Principal:
+    """Check the caller may `needed` in `ns` (401/403 otherwise) and note who it is for the log."""
+    principal = await auth.require(request.headers, ns, needed)
+    request[PRINCIPAL] = principal
+    return principal
+
+
 @endpoint
 async def handle_locks(request: web.Request, target: Target) -> web.StreamResponse:
     from . import LFS_SERVICE  # the package sets it up; imported late to avoid a cycle
@@ -194,8 +201,7 @@ async def handle_locks(request: web.Request, target: Target) -> web.StreamRespon
     ns, rest = target.repo, target.rest
     if rest == "":
         if request.method == "GET":
-            principal = await auth.require(request.headers, ns, Permission.READ)
-            request[PRINCIPAL] = principal
+            await _require(request, auth, ns, Permission.READ)
             q = request.query
             lock_id = q.get("id") or None
             locks, nxt = await svc.locks.list(ns, path=q.get("path") or None, lock_id=lock_id,
@@ -204,8 +210,7 @@ async def handle_locks(request: web.Request, target: Target) -> web.StreamRespon
             return json_response({"locks": [lk.as_json() for lk in locks], **_page(nxt)})
         if request.method != "POST":
             raise LfsError(405, f"{request.method} is not allowed here", headers={"Allow": "GET, POST"})
-        principal = await auth.require(request.headers, ns, Permission.WRITE)
-        request[PRINCIPAL] = principal
+        principal = await _require(request, auth, ns, Permission.WRITE)
         body = await read_json(request)
         _check_ref(body)
         path = body.get("path")
@@ -220,8 +225,7 @@ async def handle_locks(request: web.Request, target: Target) -> web.StreamRespon
 
     if request.method != "POST":
         raise LfsError(405, f"{request.method} is not allowed here", headers={"Allow": "POST"})
-    principal = await auth.require(request.headers, ns, Permission.WRITE)
-    request[PRINCIPAL] = principal
+    principal = await _require(request, auth, ns, Permission.WRITE)
     body = await read_json(request)
     _check_ref(body)
 

@@ -457,15 +457,20 @@ def manifestdata(ctx: Context, nodes: list[bytes], haveparents: bool, fields: se
         raise CommandError("no manifest tree %s: this repository has only the root manifest (tree '')",
                            tree)
     store = ctx.repo.manifestlog.revlog
-    revs = []
+    revs = _revs_of(store, nodes, "unknown manifest: %s")
+    yield {b"totalitems": len(revs)}
+    yield from emit_revisions(store, revs, haveparents=haveparents, fields=fields, what="manifest")
+
+
+def _revs_of(store: Any, nodes: list[bytes], unknown: str) -> list[int]:
+    """The sorted, distinct revisions of `nodes` in `store`; an unknown node is a CommandError."""
+    revs = set()
     for node in nodes:
         rev = store.get_rev(node)
         if rev is None:
-            raise CommandError("unknown manifest: %s", node.hex())
-        revs.append(rev)
-    revs = sorted(set(revs))
-    yield {b"totalitems": len(revs)}
-    yield from emit_revisions(store, revs, haveparents=haveparents, fields=fields, what="manifest")
+            raise CommandError(unknown, node.hex())
+        revs.add(rev)
+    return sorted(revs)
 
 
 def _linknodes(ctx: Context, store: Any, revs: list[int]) -> dict[int, bytes]:
@@ -485,13 +490,7 @@ def filedata(ctx: Context, haveparents: bool, nodes: list[bytes], fields: set[by
     store = ctx.repo.file(path)
     if not len(store):
         raise CommandError("unknown file: %s", path)
-    revs = []
-    for node in nodes:
-        rev = store.get_rev(node)
-        if rev is None:
-            raise CommandError("unknown file node: %s", node.hex())
-        revs.append(rev)
-    revs = sorted(set(revs))
+    revs = _revs_of(store, nodes, "unknown file node: %s")
     yield {b"totalitems": len(revs)}
     linknodes = _linknodes(ctx, store, revs) if b"linknode" in fields else None
     yield from emit_revisions(store, revs, haveparents=haveparents, fields=fields, linknodes=linknodes,
