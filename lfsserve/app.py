@@ -82,8 +82,7 @@ async def _error_middleware(request: web.Request, handler):
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path_qs)
         rid = request.get(REQUEST_ID, "-")
-        return web.Response(status=500, text=f"internal server error (request id {rid})\n",
-                            headers={"X-Request-Id": rid})
+        return web.Response(status=500, text=f"internal server error (request id {rid})\n")
 
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:

@@ -59,9 +59,6 @@ class Limits:
         else:
             del self._in_flight[client]
 
-    def in_flight(self, client: str) -> int:
-        return self._in_flight.get(client, 0)
-
 
 LIMITS = web.AppKey("lfsserve_limits", Limits)
 

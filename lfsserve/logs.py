@@ -20,6 +20,7 @@ import time
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from .metrics import METRICS
 from .reqkeys import CLIENT, PRINCIPAL, REQUEST_ID, ROUTE_KIND
 
 __all__ = [
@@ -89,26 +90,19 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler):
-    """Take the proxy's X-Request-Id when it is sane, else make one; echo it on the response."""
+    """Take the proxy's X-Request-Id when it is sane, else make one (add_request_id_header echoes it)."""
     incoming = request.headers.get("X-Request-Id", "")
     rid = incoming if _INCOMING_ID.match(incoming) else _new_request_id()
     request[REQUEST_ID] = rid
     token = CURRENT_REQUEST_ID.set(rid)
     try:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            exc.headers["X-Request-Id"] = rid
-            raise
-        if not response.prepared:
-            response.headers["X-Request-Id"] = rid
-        return response
+        return await handler(request)
     finally:
         CURRENT_REQUEST_ID.reset(token)
 
 
 async def add_request_id_header(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """on_response_prepare: streamed responses (prepared inside a handler) get the id too."""
+    """on_response_prepare: every response, streamed or not and raised HTTPExceptions too, carries the id."""
     rid = request.get(REQUEST_ID)
     if rid and "X-Request-Id" not in response.headers:
         response.headers["X-Request-Id"] = rid
@@ -116,8 +110,6 @@ async def add_request_id_header(request: web.BaseRequest, response: web.StreamRe
 
 def _observe(request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
     """Feed the request metrics (see lfsserve.metrics); every access logger calls this."""
-    from .metrics import METRICS
-
     app = getattr(request, "app", None) if isinstance(request, web.Request) else None
     metrics = app.get(METRICS) if app is not None else None
     if metrics is not None:
