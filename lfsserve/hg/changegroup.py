@@ -133,8 +133,9 @@ def generate(repo, revs, version: str, *, fastpath=None) -> Iterator[bytes]:
                     hint="the client must support changegroup 03 (enable the lfs extension)")
     cl = repo.changelog
     revs = sorted(set(revs))
+    mask = repo.visible_mask
     for r in revs:
-        if not repo.is_visible(r):
+        if not repo.is_visible(r, mask):
             raise Abort(f"changeset {r} is not served")
     parents = repo.parents_list
     outgoing = bytearray(len(cl))

@@ -224,12 +224,18 @@ class Repository:
 
     has_secret = has_hidden
 
-    def is_visible(self, rev: int) -> bool:
-        return rev == NULLREV or (0 <= rev < len(self.changelog) and self.phase_array[rev] < phases.HIDDEN_FROM)
+    def is_visible(self, rev: int, mask: bytearray | None = None) -> bool:
+        """Whether `rev` is served. Loops pass `mask` (self.visible_mask, taken once): getting
+        it checks the phaseroots file on disk."""
+        if rev == NULLREV:
+            return True
+        if mask is None:
+            mask = self.visible_mask
+        return 0 <= rev < len(mask) and bool(mask[rev])
 
-    def visible_rev(self, node: bytes) -> int | None:
+    def visible_rev(self, node: bytes, mask: bytearray | None = None) -> int | None:
         rev = self.changelog.get_rev(node)
-        if rev is None or not self.is_visible(rev):
+        if rev is None or not self.is_visible(rev, mask):
             return None
         return rev
 
@@ -364,8 +370,9 @@ class Repository:
 
     def bookmarks(self) -> dict[bytes, bytes]:
         """Bookmarks pointing at visible changesets."""
+        mask = self.visible_mask
         return {name: node for name, node in self._raw_bookmarks().items()
-                if self.visible_rev(node) is not None}
+                if self.visible_rev(node, mask) is not None}
 
     def tags(self) -> dict[bytes, bytes]:
         """Global tags (.hgtags of every head, merged as hg does), local tags and `tip`."""
@@ -396,7 +403,8 @@ class Repository:
             tags.update(live_tags(local))
         except FileNotFoundError:
             pass
-        tags = {name: node for name, node in tags.items() if self.visible_rev(node) is not None}
+        mask = self.visible_mask
+        tags = {name: node for name, node in tags.items() if self.visible_rev(node, mask) is not None}
         tip = self._visible_tip()
         tags[b"tip"] = cl.node(tip)
         return tags
@@ -477,17 +485,19 @@ class Repository:
         return found
 
     def known(self, nodes: Iterable[bytes]) -> list[bool]:
-        return [self.visible_rev(n) is not None for n in nodes]
+        mask = self.visible_mask
+        return [self.visible_rev(n, mask) is not None for n in nodes]
 
     # -- discovery helpers
     def missing(self, common: Iterable[bytes], heads: Iterable[bytes]) -> list[int]:
         cl = self.changelog
-        common_revs = [r for r in (self.visible_rev(n) for n in common) if r is not None]
+        mask = self.visible_mask
+        common_revs = [r for r in (self.visible_rev(n, mask) for n in common) if r is not None]
         head_revs = []
         for n in heads:
             if n == NULLID:
                 continue
-            r = self.visible_rev(n)
+            r = self.visible_rev(n, mask)
             if r is None:
                 raise UnknownRevision(n.hex())
             head_revs.append(r)
@@ -497,12 +507,13 @@ class Repository:
     def between(self, pairs: Iterable[tuple[bytes, bytes]]) -> list[list[bytes]]:
         """For each (top, bottom): nodes at distance 1, 2, 4, 8... from top along first parents."""
         cl = self.changelog
+        mask = self.visible_mask
         out = []
         for top, bottom in pairs:
             found = []
             node, i, step = top, 0, 1
             while node != bottom and node != NULLID:
-                rev = self.visible_rev(node)
+                rev = self.visible_rev(node, mask)
                 if rev is None:
                     raise UnknownRevision(node.hex())
                 if i == step:
@@ -517,11 +528,12 @@ class Repository:
         """For each node: (node, first ancestor along first parents that is a merge or a root, its parents)."""
         cl = self.changelog
         nodes = list(nodes) or [cl.node(self._visible_tip())]
+        mask = self.visible_mask
         out = []
         for top in nodes:
             node = top
             while True:
-                rev = self.visible_rev(node)
+                rev = self.visible_rev(node, mask)
                 if rev is None:
                     raise UnknownRevision(node.hex())
                 p1, p2 = cl.parentrevs(rev)
