@@ -150,7 +150,7 @@ def stream_allowed(config: Config, repo) -> bool:
     return config.hg.stream_clone and not has_secret(repo)
 
 
-def server_bundle2_caps(config: Config, repo) -> dict[str, list[str]]:
+def server_bundle2_caps(streamable: bool) -> dict[str, list[str]]:
     caps: dict[str, list[str]] = {
         "HG20": [],
         "bookmarks": [],
@@ -162,7 +162,7 @@ def server_bundle2_caps(config: Config, repo) -> dict[str, list[str]]:
         "phases": ["heads"],
         "pushkey": [],
     }
-    if stream_allowed(config, repo):
+    if streamable:
         caps["stream"] = ["v2"]
     return caps
 
@@ -174,10 +174,11 @@ def capabilities_bytes(config: Config, repo) -> bytes:
     (the server would fetch client-named URLs) and hence no `digests`, no changegroup 04 and
     hence no `delta-compression`. lfsserve always serves LFS, so `lfs` is always there.
     """
+    streamable = stream_allowed(config, repo)
     caps = [
         "batch",
         "branchmap",
-        "bundle2=" + urllib.parse.quote(bundle2.encode_caps(server_bundle2_caps(config, repo))),
+        "bundle2=" + urllib.parse.quote(bundle2.encode_caps(server_bundle2_caps(streamable))),
         "changegroupsubset",
         "getbundle",
         "httpheader=1024",
@@ -195,7 +196,7 @@ def capabilities_bytes(config: Config, repo) -> bytes:
         caps.append("httppostargs")
     if repo.has_lfs:
         caps.append("lfs-serve")
-    if stream_allowed(config, repo):
+    if streamable:
         reqs = stream_requirements(repo)
         caps.append("stream" if not set(reqs) - {"revlogv1"} else "streamreqs=" + ",".join(reqs))
     if clonebundles_manifest(repo) is not None:
@@ -386,9 +387,7 @@ def tags_fnodes(repo, heads: list[bytes]) -> list[tuple[bytes, bytes]]:
     cl = repo.changelog
     out = []
     for h in heads:
-        entry = cl.read(cl.rev(h))
-        manifest = repo.manifestlog.read(entry.manifest)
-        found = manifest.get(b".hgtags")
+        found = repo.manifestlog.find(cl.manifest_node(cl.rev(h)), b".hgtags")
         if found is not None:
             out.append((h, found[0]))
     return out
