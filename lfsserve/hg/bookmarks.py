@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["parse_bookmarks", "format_bookmarks", "valid_name"]
+__all__ = ["parse_bookmarks", "format_bookmarks"]
 
 
 def parse_bookmarks(data: bytes) -> dict[bytes, bytes]:
@@ -26,10 +26,3 @@ def format_bookmarks(marks: dict[bytes, bytes]) -> bytes:
     return b"".join(b"%s %s\n" % (marks[name].hex().encode(), name) for name in sorted(marks))
 
 
-def valid_name(name: bytes) -> bool:
-    """Names hg itself would accept for a bookmark (no newline, not a reserved symbol or a number)."""
-    if not name or name != name.strip() or name in (b".", b"null", b"tip"):
-        return False
-    if any(c in name for c in (b"\n", b"\r", b"\0", b":")):
-        return False
-    return not name.isdigit()

@@ -10,8 +10,7 @@ from typing import Iterable, Sequence
 
 from .node import NULLREV
 
-__all__ = ["ancestors_mask", "descendants_mask", "missing", "heads_of", "is_ancestor",
-           "range_between"]
+__all__ = ["ancestors_mask", "descendants_mask", "missing", "heads_of", "is_ancestor"]
 
 Parents = Sequence[tuple[int, int]]
 
@@ -111,8 +110,3 @@ def is_ancestor(parents: Parents, a: int, b: int) -> bool:
     return False
 
 
-def range_between(parents: Parents, roots: Iterable[int], heads: Iterable[int]) -> list[int]:
-    """Revisions that are descendants of `roots` and ancestors of `heads` (both inclusive)."""
-    anc = ancestors_mask(parents, heads)
-    desc = descendants_mask(parents, roots)
-    return [r for r in range(len(parents)) if anc[r] and desc[r]]

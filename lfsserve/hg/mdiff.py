@@ -13,7 +13,7 @@ import itertools
 import struct
 
 __all__ = ["PatchError", "patch", "patch_chain", "textdiff", "full_replacement",
-           "trivial_header", "is_full_replacement", "patched_size", "iter_hunks"]
+           "trivial_header", "patched_size", "iter_hunks"]
 
 _HUNK = struct.Struct(">lll")
 _unpack_hunk = _HUNK.unpack_from
@@ -32,14 +32,6 @@ def trivial_header(length: int) -> bytes:
 def full_replacement(old_length: int, new: bytes) -> bytes:
     """A delta replacing a whole text of `old_length` bytes with `new` (valid against any base of that size)."""
     return _pack_hunk(0, old_length, len(new)) + new
-
-
-def is_full_replacement(delta, old_length: int) -> bool:
-    """True when `delta` is one hunk replacing all of a base of `old_length` bytes."""
-    if len(delta) < 12:
-        return False
-    start, end, length = _unpack_hunk(delta, 0)
-    return start == 0 and end == old_length and length == len(delta) - 12
 
 
 def iter_hunks(delta):

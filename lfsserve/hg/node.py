@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["NULLID", "NULLREV", "WDIRREV", "hash_revision", "short"]
+__all__ = ["NULLID", "NULLREV", "hash_revision", "short"]
 
 NULLID = b"\0" * 20
 NULLREV = -1
-WDIRREV = 0x7FFFFFFF  # the working directory's pseudo revision number; never stored
 
 
 def hash_revision(text, p1: bytes, p2: bytes) -> bytes:

@@ -34,7 +34,7 @@ from .store import HG_INIT_REQUIREMENTS, Store, check_requirements, read_require
 from .tags import live_tags, merge_tags, parse_tags
 from .transaction import Transaction, has_journal, rollback_journal
 
-__all__ = ["Repository", "changeset_files", "AmbiguousRevision", "recover_abandoned"]
+__all__ = ["Repository", "AmbiguousRevision", "recover_abandoned"]
 
 DEFAULT_LOCK_TIMEOUT = 600.0
 _HEX = re.compile(rb"[0-9a-fA-F]+\Z")
@@ -857,11 +857,6 @@ class Repository:
     def _check_tr(self, tr: Transaction) -> None:
         if tr is not self._tr or not tr.active:
             raise Abort("not inside this repository's open transaction")
-
-
-def changeset_files(repo: Repository, rev: int) -> list[bytes]:
-    """Files a changeset touched, as recorded in its changelog entry."""
-    return list(repo.changelog.read(rev).files)
 
 
 def recover_abandoned(paths: Iterable, timeout: float = 5.0) -> list[Path]:

@@ -313,10 +313,6 @@ class _TextCache:
             _, old = self.items.popitem(last=False)
             self.size -= len(old)
 
-    def drop_from(self, rev: int) -> None:
-        for r in [r for r in self.items if r >= rev]:
-            self.size -= len(self.items.pop(r))
-
 
 class Revlog:
     """Read access to one revlog. One instance per request (not shared between threads)."""
@@ -371,8 +367,6 @@ class Revlog:
     def get_rev(self, node: bytes) -> int | None:
         return self.index.nodemap.get(node)
 
-    def has_node(self, node: bytes) -> bool:
-        return node in self.index.nodemap
 
     def tip(self) -> bytes:
         return self.node(len(self) - 1)
@@ -401,8 +395,6 @@ class Revlog:
         e = self.index.entries[rev]
         return (e[E_OFFSET_FLAGS] >> 16) + e[E_CLEN]
 
-    def rawsize(self, rev: int) -> int:
-        return self.index.entries[rev][E_ULEN]
 
     def deltaparent(self, rev: int) -> int:
         """The revision the stored chunk of `rev` is a delta against (NULLREV: a full text)."""
@@ -411,24 +403,6 @@ class Revlog:
             return NULLREV
         return base if self.index.generaldelta else rev - 1
 
-    def chain(self, rev: int, stop: int | None = None) -> tuple[list[int], bool]:
-        """(revs of the delta chain of `rev`, oldest first; whether it stopped at `stop`)."""
-        entries = self.index.entries
-        gd = self.index.generaldelta
-        chain = []
-        r = rev
-        while True:
-            if r == stop:
-                return chain[::-1], True
-            chain.append(r)
-            base = entries[r][E_BASE]
-            if base == r:
-                break
-            r = base if gd else r - 1
-        return chain[::-1], False
-
-    def chainlen(self, rev: int) -> int:
-        return len(self.chain(rev)[0]) - 1
 
     def heads(self) -> list[int]:
         """Revisions without children (excluding nullrev)."""

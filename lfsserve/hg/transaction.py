@@ -233,8 +233,6 @@ class Transaction:
         self._journal.flush()
         self._touched.add(self._places.path(b"", name))
 
-    def findoffset(self, name: bytes) -> int | None:
-        return self.offsets.get(name)
 
     def addbackup(self, name: bytes, location: bytes = b"", for_offset: bool = False) -> None:
         """Copy a file aside so a rollback restores it (an absent file is deleted on rollback)."""

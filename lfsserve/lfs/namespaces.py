@@ -38,7 +38,7 @@ class NamespaceIndex:
     def __init__(self, db: SqliteDb):
         self.db = db
 
-    # Query builders run on the database thread; each has an async and a *_sync face.
+    # Query builders: functions of a connection, run on the database thread.
     @staticmethod
     def _visible(namespace: str, oids: list[str]):
         def q(conn: sqlite3.Connection) -> set[str]:
@@ -75,16 +75,11 @@ class NamespaceIndex:
         """The subset of `oids` visible in `namespace`."""
         return await self.db.read(self._visible(namespace, list(oids))) if oids else set()
 
-    def visible_sync(self, namespace: str, oids: Collection[str]) -> set[str]:
-        return self.db.read_sync(self._visible(namespace, list(oids))) if oids else set()
 
     async def grant(self, namespace: str, oids: Collection[str]) -> None:
         if oids:
             await self.db.write(self._grant(namespace, list(oids)))
 
-    def grant_sync(self, namespace: str, oids: Collection[str]) -> None:
-        if oids:
-            self.db.write_sync(self._grant(namespace, list(oids)))
 
     async def namespaces_of(self, oids: Collection[str]) -> dict[str, list[str]]:
         """For each oid visible anywhere, the namespaces that see it."""
@@ -96,11 +91,6 @@ class NamespaceIndex:
             return conn.execute("DELETE FROM visible WHERE namespace = ?", (namespace,)).rowcount
         return await self.db.write(w)
 
-    async def revoke(self, oid: str) -> int:
-        """Drop an object from every namespace (it was deleted from the store)."""
-        def w(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM visible WHERE oid = ?", (oid,)).rowcount
-        return await self.db.write(w)
 
     async def names(self) -> list[str]:
         """Every namespace that sees at least one object, sorted."""
@@ -114,10 +104,3 @@ class NamespaceIndex:
             return [r[0] for r in conn.execute("SELECT oid FROM visible WHERE namespace = ?", (namespace,))]
         return await self.db.read(q)
 
-    async def counts(self) -> tuple[int, int]:
-        """(namespaces, grants) for metrics."""
-        def q(conn: sqlite3.Connection) -> tuple[int, int]:
-            grants = conn.execute("SELECT count(*) FROM visible").fetchone()[0]
-            namespaces = conn.execute("SELECT count(DISTINCT namespace) FROM visible").fetchone()[0]
-            return namespaces, grants
-        return await self.db.read(q)

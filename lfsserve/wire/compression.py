@@ -21,7 +21,6 @@ __all__ = ["MEDIA_01", "MEDIA_02", "Choice", "compress_stream", "negotiate"]
 
 MEDIA_01 = "application/mercurial-0.1"
 MEDIA_02 = "application/mercurial-0.2"
-ENGINES = ("zstd", "zlib", "none")
 # What a 0.2 client without a comp= token is taken to support.
 _DEFAULT_CLIENT_ENGINES = ("zlib", "none")
 

@@ -42,7 +42,7 @@ from .commands import COMMANDS, Command, Session, Stream, bind_args
 from .compression import MEDIA_01, compress_stream, negotiate
 from .protocol import BadRequest, header_args, parse_client_proto, parse_qs_bytes
 
-__all__ = ["V1", "V1State", "capabilities_bytes", "capabilities_for", "setup"]
+__all__ = ["V1", "V1State", "capabilities_bytes", "setup"]
 
 log = logging.getLogger(__name__)
 
@@ -165,18 +165,6 @@ def _session(config: Config, repo) -> Session:
     if repo is None:
         repo = exchange.AbsentRepo(config.hg.publishing)
     return Session(config, repo, lock_timeout=config.hg.lock_timeout)
-
-
-async def capabilities_for(app: web.Application, repo_name: str) -> bytes:
-    """The v1 capabilities answer for a repository (for the wire v2 handshake)."""
-    ctx = app[CTX]
-    state = app[V1]
-
-    def work() -> bytes:
-        repo, _ = _open(ctx.config, state.registry, repo_name, ctx.config.hg.create_on_push)
-        return exchange.capabilities_bytes(ctx.config, repo if repo is not None
-                                           else exchange.AbsentRepo(ctx.config.hg.publishing))
-    return await run_blocking(work)
 
 
 # -- the handler ------------------------------------------------------------------------------------
