@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 from . import dagop, phases
 from .bookmarks import format_bookmarks, parse_bookmarks
 from .changelog import Changelog
-from .error import Abort, HgError, LockTimeout, LookupError, PushRaced, RepoNotFound, UnknownRevision
+from .error import Abort, CorruptRevlog, HgError, LockTimeout, LookupError, PushRaced, RepoNotFound, UnknownRevision
 from .filelog import Filelog
 from .lock import Lock, local_mutex
 from .manifest import Manifestlog
@@ -590,6 +590,18 @@ class Repository:
             raise Abort(f"{name.decode('utf-8', 'replace')} was rewritten while being streamed",
                         hint="a push changed the repository; clone again")
         return fh
+
+    def read_store_file(self, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
+        """The first `size` bytes of a store file (as listed for a stream clone), in `chunk`s."""
+        with self.open_store_file(name) as fh:
+            left = size
+            while left > 0:
+                data = fh.read(min(chunk, left))
+                if not data:
+                    raise CorruptRevlog(f"store file {os.fsdecode(name)} is shorter than its listed size {size}"
+                                        " (it shrank while being streamed)")
+                left -= len(data)
+                yield data
 
     # -- locking and transactions
     @contextlib.contextmanager

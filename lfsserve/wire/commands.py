@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from ..config import Config
-from ..hg.error import HgError, UnknownRevision
+from ..hg.error import HgError
 from . import exchange
 from .protocol import BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
 
@@ -124,9 +124,7 @@ def between(s: Session, pairs: bytes) -> bytes:
 def lookup(s: Session, key: bytes) -> bytes:
     try:
         node = s.repo.lookup(key)
-    except UnknownRevision as exc:
-        return b"0 %s\n" % exc.message.encode("utf-8")
-    except HgError as exc:  # as hg: any lookup failure is a "0 <message>" answer
+    except HgError as exc:  # as hg: any lookup failure (unknown revision, ambiguous prefix...) is a "0 <message>" answer
         return b"0 %s\n" % exc.message.encode("utf-8")
     return b"1 %s\n" % node.hex().encode("ascii")
 
@@ -137,12 +135,8 @@ def listkeys(s: Session, namespace: bytes) -> bytes:
 
 
 @command("clonebundles")
-def clonebundles(s: Session) -> bytes:
-    return exchange.clonebundles_manifest(s.repo) or b""
-
-
 @command("clonebundles_manifest")
-def clonebundles_manifest(s: Session) -> bytes:
+def clonebundles(s: Session) -> bytes:
     return exchange.clonebundles_manifest(s.repo) or b""
 
 

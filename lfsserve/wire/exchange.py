@@ -21,7 +21,11 @@ from typing import BinaryIO, Callable, Iterator
 from ..config import Config
 from ..hg import bundle2
 from ..hg.bundle2 import Bundle2Error, OutPart, UnsupportedContent
+from ..hg import changegroup
 from ..hg.error import Abort, HgError, PushRaced, UnknownRevision
+from ..hg.node import NULLID
+from ..hg.phases import DRAFT, PUBLIC, SECRET
+from ..hg.repository import Repository
 from .protocol import BadRequest, decode_nodes
 
 __all__ = [
@@ -37,9 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-NULLID = b"\0" * 20
-PUBLIC, DRAFT, SECRET = 0, 1, 2
 
 # Requirements a stream-clone client need not share with us (they are about the working copy or
 # the store's file naming, which the client redoes on its side).
@@ -60,13 +61,6 @@ class BundleRequired(HgError):
 
     def __init__(self):
         super().__init__(BUNDLE2_REQUIRED)
-
-
-def _engine():
-    """The engine modules, imported late so this module loads before the engine exists."""
-    from ..hg import changegroup
-    from ..hg.repository import Repository
-    return changegroup, Repository
 
 
 # -- a repository that does not exist yet ---------------------------------------------------------
@@ -262,7 +256,6 @@ def getbundle(config: Config, repo, args: dict[str, bytes]) -> GetbundlePlan:
         if not config.hg.bundle1:
             raise BundleRequired()
         revs = _missing(repo, common, heads)
-        changegroup, _ = _engine()
         return GetbundlePlan(lambda: changegroup.generate(repo, revs, "01"))
     b2caps = b2caps or {}
     opts = {name: _bool(args, name, name == "cg") for name in _BOOL_ARGS}
@@ -295,7 +288,6 @@ def _missing(repo, common: list[bytes], heads: list[bytes]) -> list[int]:
 
 
 def _cg_version(repo, b2caps: dict[str, list[str]]) -> str:
-    changegroup, _ = _engine()
     ours = set(changegroup.supported_versions(repo))
     theirs = set(b2caps.get("changegroup", ["01"]))
     common = ours & theirs
@@ -328,7 +320,6 @@ def _plan_parts(config, repo, heads, common, b2caps, opts, listkeys):
     requested_heads = [h for h in (heads or repo.heads()) if h != NULLID]
 
     def parts() -> Iterator[OutPart]:
-        changegroup, _ = _engine()
         if stream_files is not None:
             yield _stream2_part(repo, stream_files)
         elif revs:
@@ -455,7 +446,6 @@ def _stream2_part(repo, plan: StreamPlan) -> OutPart:
 
 
 def _stream_file_data(repo, plan: StreamPlan, *, stream2: bool) -> Iterator[bytes]:
-    from ..hg.error import CorruptRevlog
     for name, size in plan.files:
         bname = os.fsencode(name)
         yield (bundle2.stream2_entry_header(b"s", bname, size) if stream2
@@ -463,14 +453,7 @@ def _stream_file_data(repo, plan: StreamPlan, *, stream2: bool) -> Iterator[byte
         if name in plan.from_memory:
             yield plan.from_memory[name]
             continue
-        with repo.open_store_file(name) as fh:
-            left = size
-            while left:
-                data = fh.read(min(left, STREAM_READ))
-                if not data:
-                    raise CorruptRevlog(f"store file {os.fsdecode(name)} shrank while being streamed")
-                left -= len(data)
-                yield data
+        yield from repo.read_store_file(name, size, STREAM_READ)
     if stream2:
         for name, data in plan.caches:
             yield bundle2.stream2_entry_header(b"c", name, len(data))
@@ -499,7 +482,6 @@ def changegroup_legacy(repo, roots: list[bytes], heads: list[bytes] | None) -> C
             raise UnknownRevision(r.hex())
         common.extend(p for p in cl.parents(r) if p != NULLID)
     revs = _missing(repo, common, heads or [])
-    changegroup, _ = _engine()
     return lambda: changegroup.generate(repo, revs, "01")
 
 
@@ -572,7 +554,6 @@ def unbundle(config: Config, repo_path: Path, repo, heads_arg: bytes, body: Bina
 
     created = False
     if repo is None:
-        _, Repository = _engine()
         repo = Repository.init(repo_path)
         created = True
     repo.publishing = opts.publishing
@@ -732,10 +713,6 @@ class _LazyTransaction:
         return False
 
 
-def _node_rev(repo, node: bytes) -> int | None:
-    return repo.changelog.get_rev(node)
-
-
 def _handle_part(repo, part, lazy: _LazyTransaction, texts: list[str], final: list[str],
                  reply: list[OutPart], state, opts: PushOptions, lfs_oids: set[str]) -> None:
     name = part.name
@@ -754,7 +731,7 @@ def _handle_part(repo, part, lazy: _LazyTransaction, texts: list[str], final: li
                 raise PushRaced("remote repository changed while pushing - please try again")
     elif name == b"check:phases":
         for phase, node in bundle2.decode_phase_heads(part.read_all(MAX_SMALL_PART)):
-            rev = _node_rev(repo, node)
+            rev = repo.changelog.get_rev(node)
             actual = repo.phase(rev) if rev is not None else None
             if actual != phase:
                 names = ("public", "draft", "secret")

@@ -23,7 +23,6 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
@@ -37,7 +36,7 @@ from ..hg.error import HgError, RepoNotFound
 from ..repos import RepoPathError, RepoRegistry
 from ..reqkeys import PRINCIPAL
 from ..routing import Kind, Target
-from . import exchange
+from . import exchange, v2
 from .commands import COMMANDS, Command, Session, Stream, bind_args
 from .compression import MEDIA_01, compress_stream, negotiate
 from .protocol import BadRequest, header_args, parse_client_proto, parse_qs_bytes
@@ -230,7 +229,7 @@ async def _run(request: web.Request, target: Target, principal: Principal, cmd: 
 
     if cmd.name == "capabilities" and config.hg.wire_v2 and request.headers.get("X-HgUpgrade-1"):
         caps = await run_blocking(work)
-        upgraded = await _maybe_upgrade(request, target, caps)
+        upgraded = await v2.maybe_upgrade(request, target, caps)
         return upgraded if upgraded is not None else _bytes(caps)
     if cmd.permission == "push":
         async with state.registry.write_lock(target.repo):
@@ -240,17 +239,6 @@ async def _run(request: web.Request, target: Target, principal: Principal, cmd: 
     if isinstance(result, Stream):
         return await _stream(request, result)
     return _bytes(result)
-
-
-async def _maybe_upgrade(request: web.Request, target: Target, caps: bytes) -> web.StreamResponse | None:
-    try:
-        from . import v2  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    upgrade: Callable[..., Awaitable[web.StreamResponse | None]] | None = getattr(v2, "maybe_upgrade", None)
-    if upgrade is None:
-        return None
-    return await upgrade(request, target, caps)
 
 
 async def _stream(request: web.Request, result: Stream) -> web.StreamResponse:

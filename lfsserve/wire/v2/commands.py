@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from ...hg import error as hgerror
+from ...hg.node import NULLID, NULLREV
 from .framing import CommandError, CommandRequest, IndefiniteBytes
 
 __all__ = ["COMMANDS", "Command", "Context", "FRAMING_MEDIA_TYPE", "PathFilter", "api_descriptor", "classify",
@@ -25,8 +26,6 @@ __all__ = ["COMMANDS", "Command", "Context", "FRAMING_MEDIA_TYPE", "PathFilter",
 log = logging.getLogger(__name__)
 
 FRAMING_MEDIA_TYPE = "application/mercurial-exp-framing-0006"
-NULLID = b"\0" * 20
-NULLREV = -1
 
 # Revlog formats a v2 client of the protocol's era (Mercurial 4.6 to 5.9) reads in raw revlog
 # files. A repository whose revlogs need anything else (zstd chunks, revlog v2, ...) does not
@@ -674,16 +673,4 @@ def rawstorefiledata(ctx: Context, files: list[Any]) -> Iterator[Any]:
     yield {b"filecount": len(sendfiles), b"totalsize": sum(size for _, size in sendfiles)}
     for name, size in sendfiles:
         yield {b"location": b"store", b"path": name, b"size": size}
-        yield IndefiniteBytes(_read_store_file(repo, name, size))
-
-
-def _read_store_file(repo: Any, name: bytes, size: int, chunk: int = 32768) -> Iterator[bytes]:
-    with repo.open_store_file(name) as fh:
-        left = size
-        while left > 0:
-            data = fh.read(min(chunk, left))
-            if not data:
-                raise hgerror.CorruptRevlog(f"store file {name.decode()} is shorter than its recorded "
-                                            f"size {size}")
-            left -= len(data)
-            yield data
+        yield IndefiniteBytes(repo.read_store_file(name, size, 32768))
