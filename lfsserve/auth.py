@@ -15,7 +15,6 @@ nothing else) and Forbidden into 403, each in its own body format.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import enum
@@ -32,6 +31,7 @@ from typing import Callable, Mapping
 
 import bcrypt
 
+from .aio import run_blocking
 from .config import AccessRule, Config
 
 __all__ = [
@@ -351,8 +351,7 @@ class Authenticator:
         hit = self._basic_cache.get(cache_key)
         if hit is not None and hit[1] > now:
             return Principal(user, "basic")
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, bcrypt.checkpw, password.encode("utf-8"), hashed.encode("ascii"))
+        ok = await run_blocking(bcrypt.checkpw, password.encode("utf-8"), hashed.encode("ascii"))
         if not ok:
             raise Unauthorized("unknown user or wrong password")
         if len(self._basic_cache) > 10000:

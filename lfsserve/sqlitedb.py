@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from .aio import run_blocking
+
 __all__ = ["SqliteDb"]
 
 log = logging.getLogger(__name__)
@@ -67,10 +69,10 @@ class SqliteDb:
         self._local = threading.local()
 
     async def astart(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.start)
+        await run_blocking(self.start)
 
     async def astop(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.stop)
+        await run_blocking(self.stop)
 
     # -- calls ---------------------------------------------------------------------------------
     def _submit(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> concurrent.futures.Future:

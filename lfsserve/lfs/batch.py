@@ -21,11 +21,11 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from ..auth import Permission, Principal
-from ..blobstore import ObjectState, Status, is_oid
+from ..blobstore import ObjectState, Status
 from ..reqkeys import PRINCIPAL
 from ..routing import Target
 from .errors import LFS_JSON, LfsError, endpoint
-from .request import check_accept, read_json
+from .request import check_accept, check_ref, object_error, read_json
 
 __all__ = ["BatchObject", "BatchRequest", "answer_batch", "handle_batch", "parse_batch"]
 
@@ -61,9 +61,7 @@ def parse_batch(body: dict[str, Any], max_objects: int) -> BatchRequest:
     hash_algo = body.get("hash_algo", "sha256")
     if hash_algo != "sha256":
         raise LfsError(409, f"unsupported hash algorithm {str(hash_algo)[:40]!r}: this server uses sha256")
-    ref = body.get("ref")
-    if ref is not None and not (isinstance(ref, dict) and isinstance(ref.get("name", ""), str)):
-        raise LfsError(422, "ref must be an object with a string name")
+    check_ref(body)
     objects = body.get("objects")
     if not isinstance(objects, list):
         raise LfsError(422, "objects must be a list of {\"oid\", \"size\"} objects")
@@ -75,12 +73,7 @@ def parse_batch(body: dict[str, Any], max_objects: int) -> BatchRequest:
         if not isinstance(obj, dict):
             raise LfsError(422, f"objects[{i}] is not a JSON object")
         oid, size = obj.get("oid"), obj.get("size")
-        error = None
-        if not is_oid(oid):
-            error = "invalid oid: it must be a SHA-256 as 64 lowercase hex digits"
-        elif not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            error = "invalid size: it must be a non-negative integer"
-        parsed.append(BatchObject(oid, size, error))
+        parsed.append(BatchObject(oid, size, object_error(oid, size)))
     return BatchRequest(operation, parsed)
 
 

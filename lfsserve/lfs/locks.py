@@ -16,7 +16,7 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -25,7 +25,7 @@ from ..reqkeys import PRINCIPAL, REQUEST_ID
 from ..routing import Target
 from ..sqlitedb import SqliteDb
 from .errors import LfsError, endpoint, json_response
-from .request import read_json
+from .request import check_ref, read_json
 
 __all__ = ["Lock", "LockExists", "LockStore", "SCHEMA", "handle_locks"]
 
@@ -177,12 +177,6 @@ def _page(next_seq: int | None) -> dict[str, Any]:
     return {"next_cursor": str(next_seq)} if next_seq is not None else {}
 
 
-def _check_ref(body: Mapping[str, Any]) -> None:
-    ref = body.get("ref")
-    if ref is not None and not (isinstance(ref, dict) and isinstance(ref.get("name", ""), str)):
-        raise LfsError(422, "ref must be an object with a string name")
-
-
 async def _require(request: web.Request, auth, ns: str, needed: Permission) -> Principal:
     """Check the caller may `needed` in `ns` (401/403 otherwise) and note who it is for the log."""
     principal = await auth.require(request.headers, ns, needed)
@@ -212,7 +206,7 @@ async def handle_locks(request: web.Request, target: Target) -> web.StreamRespon
             raise LfsError(405, f"{request.method} is not allowed here", headers={"Allow": "GET, POST"})
         principal = await _require(request, auth, ns, Permission.WRITE)
         body = await read_json(request)
-        _check_ref(body)
+        check_ref(body)
         path = body.get("path")
         if not isinstance(path, str) or not path or len(path) > MAX_PATH or "\0" in path:
             raise LfsError(422, f"path must be a non-empty string of at most {MAX_PATH} characters")
@@ -227,7 +221,7 @@ async def handle_locks(request: web.Request, target: Target) -> web.StreamRespon
         raise LfsError(405, f"{request.method} is not allowed here", headers={"Allow": "POST"})
     principal = await _require(request, auth, ns, Permission.WRITE)
     body = await read_json(request)
-    _check_ref(body)
+    check_ref(body)
 
     if rest == "verify":
         cursor = _int_param(body.get("cursor"), "cursor", 0)

@@ -7,9 +7,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ..blobstore import is_oid
 from .errors import LFS_JSON, LfsError
 
-__all__ = ["check_accept", "read_json"]
+__all__ = ["check_accept", "check_ref", "object_error", "read_json"]
 
 _JSON_TYPES = (LFS_JSON, "application/json")
 _ACCEPTABLE = (LFS_JSON, "application/json", "application/*", "*/*")
@@ -49,3 +50,19 @@ async def read_json(request: web.Request, limit: int = 64 * 1024) -> dict[str, A
     if not isinstance(body, dict):
         raise LfsError(422, "request body must be a JSON object")
     return body
+
+
+def object_error(oid: Any, size: Any) -> str | None:
+    """What is wrong with an object's `oid` and `size` as a client sent them, or None."""
+    if not is_oid(oid):
+        return "invalid oid: it must be a SHA-256 as 64 lowercase hex digits"
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return "invalid size: it must be a non-negative integer"
+    return None
+
+
+def check_ref(body: dict[str, Any]) -> None:
+    """422 unless the optional `ref` is an object with a string `name` (batch and locks requests)."""
+    ref = body.get("ref")
+    if ref is not None and not (isinstance(ref, dict) and isinstance(ref.get("name", ""), str)):
+        raise LfsError(422, "ref must be an object with a string name")

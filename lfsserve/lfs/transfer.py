@@ -17,12 +17,12 @@ import logging
 from aiohttp import web
 
 from ..auth import Permission, Principal
-from ..blobstore import CorruptObject, Status, is_oid
+from ..blobstore import CorruptObject, Status
 from ..reqkeys import PRINCIPAL
 from ..routing import Target
 from . import sendfile
 from .errors import LfsError, endpoint
-from .request import read_json
+from .request import object_error, read_json
 
 __all__ = ["handle_object", "handle_verify"]
 
@@ -134,10 +134,9 @@ async def handle_verify(request: web.Request, target: Target) -> web.StreamRespo
     ns = target.repo
     body = await read_json(request, 4096)
     oid, size = body.get("oid"), body.get("size")
-    if not is_oid(oid):
-        raise LfsError(422, "invalid oid: it must be a SHA-256 as 64 lowercase hex digits")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise LfsError(422, "invalid size: it must be a non-negative integer")
+    error = object_error(oid, size)
+    if error:
+        raise LfsError(422, error)
     await _principal(request, svc, ns, oid, "verify", Permission.WRITE)
     visible, state = await asyncio.gather(svc.namespaces.visible(ns, [oid]), svc.store.state(oid))
     if not visible:
