@@ -106,28 +106,24 @@ async def usage(config: Config, progress: Progress = NoProgress()) -> list[Usage
     """Every repository and LFS namespace with its size on disk and its visible LFS objects."""
     registry = RepoRegistry(config.repos_dir)
     repos = await run_blocking(lambda: list(registry.names()))
-    namespaces: list[str] = []
-    lfs_present = config.lfs_dir.exists()
-    if lfs_present:
-        async with open_lfs(config) as service:
-            namespaces = await service.namespaces.names()
-    names = sorted(set(repos) | set(namespaces))
-    out = {n: Usage(n, None) for n in names}
-    progress.start("sizing", len(names), "repos")
-    for name in repos:
-        out[name].hg_bytes = await run_blocking(_tree_size, registry.path_of(name) / ".hg")
-        progress.advance(1)
-    if namespaces:
-        async with open_lfs(config) as service:
-            for name in namespaces:
-                oids = await service.namespaces.oids(name)
-                states = await service.store.states(oids)
-                present = [s for s in states.values() if s.present]
-                out[name].lfs_objects = len(present)
-                out[name].lfs_bytes = sum(s.size for s in present)
-                if name not in repos:
-                    progress.advance(1)
-    progress.done()
+    async with contextlib.AsyncExitStack() as stack:
+        service = await stack.enter_async_context(open_lfs(config)) if config.lfs_dir.exists() else None
+        namespaces = await service.namespaces.names() if service is not None else []
+        names = sorted(set(repos) | set(namespaces))
+        out = {n: Usage(n, None) for n in names}
+        progress.start("sizing", len(names), "repos")
+        for name in repos:
+            out[name].hg_bytes = await run_blocking(_tree_size, registry.path_of(name) / ".hg")
+            progress.advance(1)
+        for name in namespaces:
+            oids = await service.namespaces.oids(name)
+            states = await service.store.states(oids)
+            present = [s for s in states.values() if s.present]
+            out[name].lfs_objects = len(present)
+            out[name].lfs_bytes = sum(s.size for s in present)
+            if name not in repos:
+                progress.advance(1)
+        progress.done()
     return [out[n] for n in names]
 
 

@@ -143,7 +143,8 @@ def create_app(config: Config, frontends: list[str] | None = None) -> web.Applic
     app[LIMITS] = Limits(config.limits, ctx.proxies)
     app.on_response_prepare.append(add_request_id_header)
     app.on_response_prepare.append(mark_prepared)
-    app[DRAIN] = Drain()
+    app[DRAIN] = drain = Drain()
+    app[METRICS].in_flight.set_function(lambda: drain.in_flight)  # read at scrape time
     app.on_response_prepare.append(close_while_draining)
     for name in FRONTENDS if frontends is None else frontends:
         importlib.import_module(name).setup(app)

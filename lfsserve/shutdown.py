@@ -14,8 +14,6 @@ import asyncio
 
 from aiohttp import web
 
-from .metrics import METRICS
-
 __all__ = ["DRAIN", "Drain", "drain_middleware", "close_while_draining"]
 
 
@@ -51,13 +49,10 @@ DRAIN = web.AppKey("lfsserve_drain", Drain)
 @web.middleware
 async def drain_middleware(request: web.Request, handler):
     drain = request.app[DRAIN]
-    gauge = request.app[METRICS].in_flight
     drain.enter()
-    gauge.inc()
     try:
         return await handler(request)
     finally:
-        gauge.dec()
         drain.leave()
 
 
