@@ -123,10 +123,3 @@ class Filelog(Revlog):
                 raise CorruptRevlog(f"{self.name}: revision {rev}: malformed copyrev") from None
         return None
 
-    def size(self, rev: int) -> int:
-        """Size of the file content (for lfs revisions: the size the pointer announces)."""
-        if self.is_lfs(rev):
-            return self.lfs_pointer(rev).size
-        text = self.revision(rev)
-        _, offset = parse_meta(text)
-        return len(text) - offset

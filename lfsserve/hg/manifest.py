@@ -64,8 +64,6 @@ class Manifestlog:
         rev = self.revlog.rev(node)
         return parse_manifest(self.revlog.revision(rev), f"{self.revlog.name} revision {rev}")
 
-    def read_rev(self, rev: int) -> dict[bytes, tuple[bytes, bytes]]:
-        return parse_manifest(self.revlog.revision(rev), f"{self.revlog.name} revision {rev}")
 
     def find(self, node: bytes, path: bytes) -> tuple[bytes, bytes] | None:
         """(file node, flags) of `path` in the manifest `node`, without building a dict."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["NULLID", "NULLREV", "hash_revision", "short"]
+__all__ = ["NULLID", "NULLREV", "hash_revision"]
 
 NULLID = b"\0" * 20
 NULLREV = -1
@@ -20,5 +20,3 @@ def hash_revision(text, p1: bytes, p2: bytes) -> bytes:
     return h.digest()
 
 
-def short(node: bytes) -> str:
-    return node[:6].hex()

@@ -341,17 +341,12 @@ class Repository:
             out[branch] = [cl.node(r) for r in revs]
         return out
 
-    def branch_closed_heads(self) -> set[bytes]:
-        info = self.branch_of()
-        cl = self.changelog
-        return {node for nodes in self.branchmap().values() for node in nodes if info[cl.rev(node)][1]}
-
     def branch_tip(self, branch: bytes) -> bytes | None:
         heads = self.branchmap().get(branch)
         if not heads:
             return None
-        closed = self.branch_closed_heads()
-        open_heads = [h for h in heads if h not in closed]
+        info, cl = self.branch_of(), self.changelog
+        open_heads = [h for h in heads if not info[cl.rev(h)][1]]
         return (open_heads or heads)[-1]
 
     # -- names

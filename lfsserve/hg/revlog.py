@@ -17,7 +17,7 @@ import os
 import struct
 import threading
 import zlib
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import zstandard
 
@@ -368,9 +368,6 @@ class Revlog:
         return self.index.nodemap.get(node)
 
 
-    def tip(self) -> bytes:
-        return self.node(len(self) - 1)
-
     def parentrevs(self, rev: int) -> tuple[int, int]:
         e = self.index.entries[rev]
         return e[E_P1], e[E_P2]
@@ -560,10 +557,6 @@ class Revlog:
         if hash_revision(text, p1, p2) != e[E_NODE]:
             raise IntegrityError(f"{self.name}: integrity check failed on revision {rev} "
                                  f"({e[E_NODE].hex()[:12]})")
-
-    def revisions(self, revs: Iterable[int]) -> Iterator[tuple[int, bytes]]:
-        for r in revs:
-            yield r, self.revision(r)
 
 
 # --- writing ------------------------------------------------------------------------------------

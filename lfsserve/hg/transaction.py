@@ -216,11 +216,9 @@ class Transaction:
         self.offsets: dict[bytes, int] = {}
         self._backed_up: set[tuple[bytes, bytes]] = set()
         self._tmp: list[tuple[bytes, bytes]] = []
-        self._finalizers: list[tuple[str, Callable[["Transaction"], None]]] = []
         self._after_close: list[Callable[[], None]] = []
         self._on_abort: list[Callable[[], None]] = []
         self.active = True
-        self.changes: dict = {}  # free-form notes for callers (e.g. which revlogs grew)
 
     # -- journaling
     def add(self, name: bytes, offset: int) -> None:
@@ -290,10 +288,6 @@ class Transaction:
             fh.write(data)
 
     # -- life cycle
-    def addfinalize(self, category: str, callback: Callable[["Transaction"], None]) -> None:
-        """Run `callback(tr)` at close, before the commit point, in category order."""
-        self._finalizers = [(c, cb) for c, cb in self._finalizers if c != category]
-        self._finalizers.append((category, callback))
 
     def add_after_close(self, callback: Callable[[], None]) -> None:
         self._after_close.append(callback)
@@ -317,12 +311,6 @@ class Transaction:
 
     def close(self) -> None:
         self._check_active()
-        try:
-            for _, cb in sorted(self._finalizers, key=lambda item: item[0]):
-                cb(self)
-        except BaseException:
-            self.abort()
-            raise
         self.sync()
         # commit point: without a journal, nothing is rolled back any more
         self._journal.close()

@@ -187,16 +187,18 @@ def verify_with_stats(repo, progress: Progress | None = None) -> tuple[list[Prob
     report("manifests", nml, nml)
 
     # files: every revision named by a manifest exists; every revision checks
-    paths = sorted(set(file_users) | {n[5:-2] for n in repo.store.data_files() if n.endswith(b".i")})
     listed = set(repo.store.read_fncache()) if repo.store.fncache else None
+    stored = repo.store.data_files() if listed is None else [n for n in listed if n.startswith(b"data/")]
+    paths = sorted(set(file_users) | {n[5:-2] for n in stored if n.endswith(b".i")})
     stats.files = len(paths)
     for i, path in enumerate(paths):
         report("files", i, len(paths))
         fl = repo.file(path)
         name = fl.name
-        if listed is not None and os.path.exists(fl.index_path) and b"data/" + path + b".i" not in listed:
+        exists = os.path.exists(fl.index_path)
+        if listed is not None and exists and repo.store.filelog_name(path) not in listed:
             out.add(name, None, "missing from the fncache")
-        if not os.path.exists(fl.index_path):
+        if not exists:
             if path in file_users:
                 fnode, link = next(iter(file_users[path].items()))
                 out.add(name, None, f"missing, but changeset {link} names its revision {fnode.hex()[:12]}")
@@ -216,8 +218,6 @@ def verify_with_stats(repo, progress: Progress | None = None) -> tuple[list[Prob
             node = fl.node(rev)
             if node not in wanted:
                 out.add(name, rev, "no manifest names this file revision")
-            elif not (0 <= fl.linkrev(rev) < ncl):
-                pass  # reported by the index check
             if not fl.flags(rev) & REVIDX_EXTSTORED:
                 meta, _ = parse_meta(text)
                 if b"copy" in meta:
