@@ -12,7 +12,6 @@ PUT / GET / verify that follows needs no second credential exchange.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -100,15 +99,7 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
     prefix); anything client-supplied that failed validation goes through json.dumps.
     """
     cfg = svc.config.lfs
-    valid = list(dict.fromkeys(o.oid for o in req.objects if o.error is None))
-    # Both lookups at once (latency is what a batch is about); the cheap state check takes the
-    # same time for any oid. Only objects this namespace may see are re-hashed, and answers for
-    # the others never depend on whether another namespace stored them.
-    visible, states = await asyncio.gather(svc.namespaces.visible(namespace, valid), svc.store.states(valid))
-    states = {oid: st for oid, st in states.items() if oid in visible}
-    stale = [oid for oid, st in states.items() if st.status is Status.UNVERIFIED]
-    if stale and cfg.batch_rehash_bytes:
-        states.update(await svc.store.states(stale, rehash_budget=cfg.batch_rehash_bytes))
+    states = await svc.visible_states(namespace, (o.oid for o in req.objects if o.error is None))
     expires_in = cfg.action_expiry
     expires_at = int(time.time()) + expires_in
     expires_iso = _iso(expires_at)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import AsyncIterator, Callable, Collection, Iterable
 
 from ..auth import Authenticator, Permission, Principal
-from ..blobstore import BlobStore, PutResult, Status, UploadRaced, is_oid
+from ..blobstore import BlobStore, ObjectState, PutResult, Status, UploadRaced, is_oid
 from ..config import Config
 from ..sqlitedb import SqliteDb
 from . import locks, namespaces
@@ -111,6 +111,22 @@ class LfsService:
         self.stats.uploads += 1
         self.stats.upload_bytes += result.size
         return result
+
+    async def visible_states(self, namespace: str, oids: Iterable[str]) -> dict[str, ObjectState]:
+        """The stored state of each of `oids` visible in `namespace` (the others are left out).
+
+        Objects whose files changed on disk since last verified are re-hashed first, within
+        lfs.batch_rehash_bytes. Both lookups run at once; only visible objects are re-hashed, so
+        answers never depend on what another namespace stored."""
+        wanted = list(dict.fromkeys(oids))
+        visible, states = await asyncio.gather(self.namespaces.visible(namespace, wanted),
+                                               self.store.states(wanted))
+        states = {oid: st for oid, st in states.items() if oid in visible}
+        stale = [oid for oid, st in states.items() if st.status is Status.UNVERIFIED]
+        budget = self.config.lfs.batch_rehash_bytes
+        if stale and budget:
+            states.update(await self.store.states(stale, rehash_budget=budget))
+        return states
 
     # -- the hg push path ----------------------------------------------------------------------
     async def accept_pushed_pointers(self, namespace: str, oids: Iterable[str], principal: Principal) -> set[str]:

@@ -10,7 +10,6 @@ operation) or ordinary credentials, checked like any other request to the reposi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
@@ -138,12 +137,8 @@ async def handle_verify(request: web.Request, target: Target) -> web.StreamRespo
     if error:
         raise LfsError(422, error)
     await _principal(request, svc, ns, oid, "verify", Permission.WRITE)
-    visible, state = await asyncio.gather(svc.namespaces.visible(ns, [oid]), svc.store.state(oid))
-    if not visible:
-        raise LfsError(404, f"object {oid} was not uploaded to {ns}")
-    if state.status is Status.UNVERIFIED:
-        state = await svc.store.state(oid, rehash_budget=svc.config.lfs.batch_rehash_bytes)
-    if not state.present:
+    state = (await svc.visible_states(ns, [oid])).get(oid)
+    if state is None or not state.present:
         raise LfsError(404, f"object {oid} was not uploaded to {ns}")
     if state.status is Status.CORRUPT:
         raise LfsError(422, f"object {oid} is corrupt on the server; upload it again")
