@@ -16,17 +16,26 @@ import queue
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from .aio import run_blocking
 
-__all__ = ["SqliteDb"]
+__all__ = ["SqliteDb", "select_in"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _STOP = object()
 _MAX_GROUP = 256
+_IN_PART = 500  # keys bound per statement, well under SQLite's limit on variables
+
+
+def select_in(conn: sqlite3.Connection, sql: str, keys: list, params: tuple = ()) -> Iterator[tuple]:
+    """The rows of `sql` for all `keys`, where `{}` in `sql` stands for the `?` list of an IN
+    clause; `params` bind before the keys. Run in parts, so any number of keys works."""
+    for i in range(0, len(keys), _IN_PART):
+        part = keys[i:i + _IN_PART]
+        yield from conn.execute(sql.format(",".join("?" * len(part))), [*params, *part])
 
 
 class SqliteDb:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import AsyncIterator, Collection
 
 from ..aio import run_blocking, submit_blocking
-from ..sqlitedb import SqliteDb
+from ..sqlitedb import SqliteDb, select_in
 from .base import (
     MISSING,
     BlobHandle,
@@ -301,15 +301,9 @@ class LocalBlobStore(BlobStore):
     @staticmethod
     def _stamps_query(oids: list[str]):
         def q(conn: sqlite3.Connection) -> dict[str, tuple[tuple[int, int, int, int], bool]]:
-            out = {}
-            for i in range(0, len(oids), 500):
-                part = oids[i:i + 500]
-                rows = conn.execute(
-                    f"SELECT oid, size, ino, mtime_ns, ctime_ns, ok FROM verified WHERE oid IN "
-                    f"({','.join('?' * len(part))})", part)
-                for oid, size, ino, mtime, ctime, ok in rows:
-                    out[oid] = ((size, ino, mtime, ctime), bool(ok))
-            return out
+            rows = select_in(conn, "SELECT oid, size, ino, mtime_ns, ctime_ns, ok FROM verified WHERE oid IN ({})",
+                             oids)
+            return {oid: ((size, ino, mtime, ctime), bool(ok)) for oid, size, ino, mtime, ctime, ok in rows}
         return q
 
     def _lookup(self, oids: list[str]):
@@ -604,12 +598,13 @@ class LocalBlobStore(BlobStore):
             return True
 
         removed = await run_blocking(rm)
+        await self._forget_stamp(oid)
+        return removed
 
+    async def _forget_stamp(self, oid: str) -> None:
         def forget(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM verified WHERE oid = ?", (oid,))
-
         await self._stamps.write(forget)
-        return removed
 
     async def delete_unless(self, oid: str, keep) -> bool:
         final = self._fspath(oid)
@@ -633,11 +628,7 @@ class LocalBlobStore(BlobStore):
             await run_blocking(os.rename, aside, final)
             return False
         await run_blocking(os.unlink, aside)
-
-        def forget(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM verified WHERE oid = ?", (oid,))
-
-        await self._stamps.write(forget)
+        await self._forget_stamp(oid)
         return True
 
     def _list_shard(self, shard: str) -> list[tuple[str, int, float]]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Collection, Iterable
+from typing import Collection
 
-from ..sqlitedb import SqliteDb
+from ..sqlitedb import SqliteDb, select_in
 
 __all__ = ["NamespaceIndex", "SCHEMA"]
 
@@ -26,13 +26,6 @@ CREATE TABLE IF NOT EXISTS visible (
 CREATE INDEX IF NOT EXISTS visible_by_oid ON visible (oid, namespace);
 """
 
-_PART = 500  # bound parameters per statement
-
-
-def _parts(items: list[str]) -> Iterable[list[str]]:
-    for i in range(0, len(items), _PART):
-        yield items[i:i + _PART]
-
 
 class NamespaceIndex:
     def __init__(self, db: SqliteDb):
@@ -42,13 +35,8 @@ class NamespaceIndex:
     @staticmethod
     def _visible(namespace: str, oids: list[str]):
         def q(conn: sqlite3.Connection) -> set[str]:
-            out: set[str] = set()
-            for part in _parts(oids):
-                rows = conn.execute(
-                    f"SELECT oid FROM visible WHERE namespace = ? AND oid IN ({','.join('?' * len(part))})",
-                    [namespace, *part])
-                out.update(r[0] for r in rows)
-            return out
+            return {r[0] for r in select_in(conn, "SELECT oid FROM visible WHERE namespace = ? AND oid IN ({})",
+                                            oids, (namespace,))}
         return q
 
     @staticmethod
@@ -63,11 +51,8 @@ class NamespaceIndex:
     def _namespaces_of(oids: list[str]):
         def q(conn: sqlite3.Connection) -> dict[str, list[str]]:
             out: dict[str, list[str]] = {}
-            for part in _parts(oids):
-                rows = conn.execute(
-                    f"SELECT oid, namespace FROM visible WHERE oid IN ({','.join('?' * len(part))})", part)
-                for oid, ns in rows:
-                    out.setdefault(oid, []).append(ns)
+            for oid, ns in select_in(conn, "SELECT oid, namespace FROM visible WHERE oid IN ({})", oids):
+                out.setdefault(oid, []).append(ns)
             return out
         return q
 
