@@ -55,10 +55,11 @@ def _read_password(args: argparse.Namespace) -> str:
     return password
 
 
-def _rewrite_entries(path: Path, user: str, new_line: str | None) -> None:
-    """Replace (or add, or with None remove) `user`'s line in a `user:...` file, atomically."""
+def _rewrite_entries(path: Path, user: str, new_line: str | None, *, keep_user: bool = False) -> None:
+    """Replace (or add, or with None remove) `user`'s line in a `user:...` file, atomically (mode
+    0600). With keep_user, `new_line` is added and the user's other lines stay (tokens)."""
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    kept = [ln for ln in lines if ln.partition(":")[0] != user]
+    kept = lines if keep_user else [ln for ln in lines if ln.partition(":")[0] != user]
     if new_line is not None:
         kept.append(new_line)
     tmp = path.with_name(path.name + ".tmp")
@@ -97,13 +98,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         print(f"revoked every token of {args.user} in {path}")
         return 0
     token = secrets.token_urlsafe(32)
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    lines.append(f"{args.user}:{hash_token(token)}")
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write("".join(ln + "\n" for ln in lines))
-    os.replace(tmp, path)
+    _rewrite_entries(path, args.user, f"{args.user}:{hash_token(token)}", keep_user=True)
     # Only the hash is stored: this is the one time the token can be seen.
     print(token)
     return 0
