@@ -77,8 +77,8 @@ async def _error_middleware(request: web.Request, handler):
         return await handler(request)
     except web.HTTPException:
         raise
-    except (ConnectionResetError, ConnectionAbortedError):
-        raise
+    except ConnectionError:
+        raise  # the client went away: logs.request_id_middleware records it (499)
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path_qs)
         rid = request.get(REQUEST_ID, "-")
