@@ -131,6 +131,9 @@ class HgConfig:
     lock_timeout: float = 30.0
     # Largest push (the bundle an `hg push` uploads), in bytes; 0 = unlimited. Larger: HTTP 413.
     max_push_size: int = 0
+    # Largest file a pushed revision may keep in plain history, in bytes; 0 = no limit. Larger
+    # files must be stored with LFS: a push adding one is refused with a message saying how.
+    max_file_size: int = 0
 
 
 @dataclass
@@ -217,6 +220,8 @@ class Config:
             raise ConfigError("hg.lock_timeout: must be >= 0")
         if self.hg.max_push_size < 0:
             raise ConfigError("hg.max_push_size: must be >= 0")
+        if self.hg.max_file_size < 0:
+            raise ConfigError("hg.max_file_size: must be >= 0")
         if self.log.level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log.level: must be debug, info, warning or error, got {self.log.level!r}")
         if self.log.access_format not in ("combined", "json", "off"):

@@ -344,7 +344,8 @@ async def _unbundle(request: web.Request, target: Target, principal: Principal, 
     config = ctx.config
     may_create = _may_create(request, target.repo, principal)
     opts = exchange.PushOptions(publishing=config.hg.publishing, lock_timeout=config.hg.lock_timeout,
-                                check_lfs=_lfs_checker(request, target.repo, principal))
+                                check_lfs=_lfs_checker(request, target.repo, principal),
+                                max_file_size=config.hg.max_file_size)
     try:
         body = await _spool(request, state.spool_dir, config.hg.max_push_size)
     except PushTooLarge as exc:
