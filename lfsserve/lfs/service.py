@@ -1,7 +1,7 @@
 """LfsService: the blob store seen through namespaces, shared by the LFS front end, the hg push
 path (which must accept only pointers to blobs the server has) and operations (gc, verify, metrics).
 
-Interface documented for the other front ends in /work/coord/LFS_API.md (kept in sync).
+Its public methods are the whole interface the other front ends use; each says what it promises.
 """
 
 from __future__ import annotations
