@@ -173,3 +173,26 @@ async def test_logged_size_is_the_body_sent_streamed_or_by_sendfile(tmp_path, lo
     sent = app[METRICS].registry.get_sample_value
     assert sent("lfsserve_http_sent_bytes_total", {"kind": "lfs-object"}) == 3_000_000
     assert sent("lfsserve_http_sent_bytes_total", {"kind": "hg"}) == 500_000
+
+
+async def test_download_cut_by_the_client_is_a_499_with_the_bytes_that_left(tmp_path, logs):
+    _, access = logs
+    size = 32 * 1024 * 1024  # far more than socket buffers hold: the client must hang up mid-way
+    blob = tmp_path / "blob"
+    with open(blob, "wb") as fh:
+        fh.truncate(size)
+
+    async def download(request, target):
+        return await sendfile.send(request, blob, size, {"Content-Type": "application/octet-stream"})
+
+    app, server = await serve(tmp_path, {Kind.LFS_OBJECT: download})
+    try:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(f"GET /r/.hg/lfs/objects/{OID} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await reader.readexactly(100_000)
+        writer.transport.abort()  # hang up with the rest unread
+        (entry,) = await access_entries(access, 1)
+    finally:
+        await server.close()
+    assert entry["status"] == 499 and 0 < entry["bytes_out"] < size
+    assert requests_total(app, kind="lfs-object", method="GET", status="499") == 1
