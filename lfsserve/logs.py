@@ -37,6 +37,7 @@ __all__ = [
     "QuietAccessLogger",
     "access_logger_class",
     "add_request_id_header",
+    "client_gone",
     "request_id_middleware",
     "setup_logging",
 ]
@@ -134,6 +135,8 @@ async def request_id_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except ConnectionError as exc:
+        if not client_gone(request):
+            raise  # a connection of the server's own failed: not the client's doing
         # The peer is gone (reading its body or writing to it failed): an everyday event, not a
         # server error. The answer below is recorded, not sent: the connection is closed.
         log.info("client closed the connection: %s %s (%s; %d body bytes received, %d sent)",
@@ -144,6 +147,12 @@ async def request_id_middleware(request: web.Request, handler):
         return response
     finally:
         CURRENT_REQUEST_ID.reset(token)
+
+
+def client_gone(request: web.BaseRequest) -> bool:
+    """The client's connection is closed or closing (so a ConnectionError came from it)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def add_request_id_header(request: web.BaseRequest, response: web.StreamResponse) -> None:

@@ -196,3 +196,21 @@ async def test_download_cut_by_the_client_is_a_499_with_the_bytes_that_left(tmp_
         await server.close()
     assert entry["status"] == 499 and 0 < entry["bytes_out"] < size
     assert requests_total(app, kind="lfs-object", method="GET", status="499") == 1
+
+
+async def test_a_connection_error_of_the_servers_own_is_a_500_not_a_499(tmp_path, logs):
+    diag, access = logs
+
+    async def backend_down(request, target):
+        raise ConnectionRefusedError("some backend refused")
+
+    app, server = await serve(tmp_path, {Kind.HG: backend_down})
+    try:
+        async with ClientSession() as session:
+            async with session.get(server.make_url("/r?cmd=heads")) as r:
+                assert r.status == 500
+        (entry,) = await access_entries(access, 1)
+    finally:
+        await server.close()
+    assert entry["status"] == 500
+    assert [r for r in diag.records if r.levelno == logging.ERROR and r.exc_info]
