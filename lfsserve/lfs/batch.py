@@ -21,10 +21,11 @@ from aiohttp import web
 
 from ..auth import Permission, Principal
 from ..blobstore import ObjectState, Status
-from ..reqkeys import PRINCIPAL
+from ..kernel import CTX, LFS_JSON, PRINCIPAL
 from ..routing import Target
-from .errors import LFS_JSON, LfsError, endpoint
+from .errors import LfsError, endpoint
 from .request import check_accept, check_ref, object_error, read_json
+from .keys import LFS_SERVICE
 
 __all__ = ["BatchObject", "BatchRequest", "answer_batch", "handle_batch", "parse_batch"]
 
@@ -148,9 +149,6 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
 
 @endpoint
 async def handle_batch(request: web.Request, target: Target) -> web.StreamResponse:
-    from . import LFS_SERVICE
-    from ..app import CTX
-
     svc = request.app[LFS_SERVICE]
     if request.method != "POST":
         raise LfsError(405, "the batch API takes POST requests", headers={"Allow": "POST"})

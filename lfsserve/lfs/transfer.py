@@ -22,6 +22,7 @@ from ..routing import Target
 from . import sendfile
 from .errors import LfsError, endpoint
 from .request import object_error, read_json
+from .keys import LFS_SERVICE
 
 __all__ = ["handle_object", "handle_verify"]
 
@@ -41,8 +42,6 @@ async def _principal(request: web.Request, svc, ns: str, oid: str, operation: st
 
 @endpoint
 async def handle_object(request: web.Request, target: Target) -> web.StreamResponse:
-    from . import LFS_SERVICE
-
     svc = request.app[LFS_SERVICE]
     if request.method == "PUT":
         return await _upload(request, svc, target.repo, target.rest)
@@ -125,8 +124,6 @@ async def _stream(request: web.Request, svc, handle, headers) -> web.StreamRespo
 
 @endpoint
 async def handle_verify(request: web.Request, target: Target) -> web.StreamResponse:
-    from . import LFS_SERVICE
-
     svc = request.app[LFS_SERVICE]
     if request.method != "POST":
         raise LfsError(405, "the verify action takes POST requests", headers={"Allow": "POST"})

@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from lfsserve.app import CTX
+from lfsserve.kernel import CTX
 from lfsserve.auth import ANONYMOUS, Principal
 
 from .lfs_support import (  # noqa: F401  (fixtures)
