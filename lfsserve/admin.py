@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Protocol
@@ -133,24 +132,11 @@ class VerifyResult:
     checked: int = 0
     bytes: int = 0
     corrupt: list[str] = field(default_factory=list)
-    quarantined: dict[str, Path] = field(default_factory=dict)
-
-
-def _quarantine_local(store, oid: str) -> Path:
-    """Move a corrupt object out of the store into <lfs>/quarantine/ (kept for inspection); the
-    oid then reads as missing, so any client that still has the file can upload it again."""
-    source = store.path(oid)
-    target_dir = Path(store.root) / "quarantine"
-    target_dir.mkdir(exist_ok=True)
-    target = target_dir / f"{oid}.{time.strftime('%Y%m%dT%H%M%S')}"
-    os.rename(source, target)
-    return target
+    quarantined: dict[str, str] = field(default_factory=dict)  # oid -> where its bytes went
 
 
 async def verify_blobs(config: Config, quarantine: bool = True, progress: Progress = NoProgress()) -> VerifyResult:
     """Re-hash every LFS object; report (and by default quarantine) the ones that do not match."""
-    from .blobstore import LocalBlobStore
-
     result = VerifyResult()
     if not config.lfs_dir.exists():
         return result
@@ -162,9 +148,9 @@ async def verify_blobs(config: Config, quarantine: bool = True, progress: Progre
         report = await service.verify_all(progress=progress.advance)
         progress.done()
         result.checked, result.bytes, result.corrupt = report.checked, report.bytes, list(report.corrupt)
-        if quarantine and isinstance(service.store, LocalBlobStore):
+        if quarantine:
             for oid in result.corrupt:
-                result.quarantined[oid] = await run_blocking(_quarantine_local, service.store, oid)
+                result.quarantined[oid] = await service.quarantine(oid)
     return result
 
 

@@ -181,5 +181,11 @@ class BlobStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def quarantine(self, oid: str) -> str:
+        """Take a (corrupt) object out of service but keep its bytes for inspection; the oid then
+        reads as missing, so a client that still has the content can upload it again. Returns
+        where the bytes went, for the operator. Raises ObjectMissing when it is not stored."""
+
+    @abc.abstractmethod
     def list(self) -> AsyncIterator[tuple[str, int, float]]:
         """Every stored object as (oid, size, modification time)."""

@@ -25,8 +25,8 @@ from ..reqkeys import PRINCIPAL, REQUEST_ID
 from ..routing import Target
 from ..sqlitedb import SqliteDb
 from .errors import LfsError, endpoint, json_response
-from .request import check_ref, read_json
 from .keys import LFS_SERVICE
+from .request import check_ref, read_json
 
 __all__ = ["Lock", "LockExists", "LockStore", "SCHEMA", "handle_locks"]
 
