@@ -115,11 +115,7 @@ async def usage(config: Config, progress: Progress = NoProgress()) -> list[Usage
             out[name].hg_bytes = await run_blocking(_tree_size, registry.path_of(name) / ".hg")
             progress.advance(1)
         for name in namespaces:
-            oids = await service.namespaces.oids(name)
-            states = await service.store.states(oids)
-            present = [s for s in states.values() if s.present]
-            out[name].lfs_objects = len(present)
-            out[name].lfs_bytes = sum(s.size for s in present)
+            out[name].lfs_objects, out[name].lfs_bytes = await service.namespace_usage(name)
             if name not in repos:
                 progress.advance(1)
         progress.done()
@@ -141,9 +137,7 @@ async def verify_blobs(config: Config, quarantine: bool = True, progress: Progre
     if not config.lfs_dir.exists():
         return result
     async with open_lfs(config) as service:
-        total = 0
-        async for _, size, _ in service.store.list():
-            total += size
+        _, total = await service.stored()
         progress.start("verifying LFS objects", total, "B")
         report = await service.verify_all(progress=progress.advance)
         progress.done()

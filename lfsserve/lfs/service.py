@@ -237,6 +237,20 @@ class LfsService:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     # -- operations ----------------------------------------------------------------------------
+    async def stored(self) -> tuple[int, int]:
+        """(objects, bytes) in the store, whatever the namespace (walks the whole store)."""
+        objects = size = 0
+        async for _, n, _ in self.store.list():
+            objects += 1
+            size += n
+        return objects, size
+
+    async def namespace_usage(self, namespace: str) -> tuple[int, int]:
+        """(objects, bytes) stored and visible in `namespace`."""
+        states = await self.store.states(await self.namespaces.oids(namespace))
+        present = [s for s in states.values() if s.present]
+        return len(present), sum(s.size for s in present)
+
     async def verify_all(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """Re-hash every stored object (slow: reads everything); remembers the outcomes.
         `progress(size)` is called after each object."""
