@@ -15,7 +15,14 @@ import enum
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Collection, NamedTuple
+from typing import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    NamedTuple,
+)
 
 __all__ = [
     "BlobError",
@@ -158,7 +165,7 @@ class BlobStore(abc.ABC):
         """Raises ObjectMissing, or CorruptObject if the object is known to be corrupt."""
 
     @abc.abstractmethod
-    def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         """Bytes [start, end) of the object. Reading the whole of an unverified object verifies
         it: the last chunk is withheld and CorruptObject raised if it does not match."""
 

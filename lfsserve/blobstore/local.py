@@ -26,7 +26,7 @@ import sqlite3
 import stat as stat_mod
 import time
 from pathlib import Path
-from typing import AsyncIterator, Collection
+from typing import AsyncGenerator, AsyncIterator, Collection
 
 from ..aio import run_blocking, submit_blocking
 from ..sqlitedb import SqliteDb, select_in
@@ -539,7 +539,7 @@ class LocalBlobStore(BlobStore):
         ok = state.status is Status.OK
         return BlobHandle(oid, state.size, ok, self.path(oid) if ok else None)
 
-    async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         oid = handle.oid
         end = handle.size if end is None else min(end, handle.size)
         whole = start == 0 and end == handle.size

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import AsyncIterator, Callable, Collection, Iterable
+from typing import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable
 
 from ..auth import Authenticator, Permission, Principal
 from ..blobstore import (
@@ -148,7 +148,7 @@ class LfsService:
             handle = await self.store.get(oid)
         return handle
 
-    async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         """Bytes [start, end) of an opened download (BlobStore.read: an unverified object is
         verified on the way, its last chunk withheld and CorruptObject raised on a mismatch)."""
         try:
