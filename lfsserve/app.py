@@ -1,10 +1,10 @@
 """The aiohttp application: one dispatcher that hands each request to its front door.
 
 Front ends (Mercurial wire v1, v2, Git LFS) register a handler per routing.Kind on the kernel's
-ServerContext from their `setup(app)` function; FRONTENDS below is the table of them. Each front end authenticates, translates its typed
-errors into its own body format, and never sees a path that routing.resolve() rejected.
-Anything a front end lets escape becomes a logged 500 carrying the request id, and the server
-keeps serving.
+ServerContext from their `setup(app)` function; FRONTENDS below is the table of them. Each front
+end authenticates, translates its typed errors into its own body format, and never sees a path
+that routing.resolve() rejected. Anything a front end lets escape becomes a logged 500 carrying
+the request id, and the server keeps serving.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from .service import GcReport, LfsService, LfsStats, VerifyReport
 
 __all__ = ["LFS_SERVICE", "GcReport", "LfsService", "LfsStats", "VerifyReport", "setup"]
 
+
 def setup(app: web.Application) -> None:
     from .batch import handle_batch
     from .locks import handle_locks
