@@ -164,6 +164,10 @@ async def add_request_id_header(request: web.BaseRequest, response: web.StreamRe
 
 def _body_sent(request: web.BaseRequest, response: web.StreamResponse) -> int:
     sent = request.get(BODY_SENT)
+    if sent == 0 and isinstance(response, web.FileResponse) and request.method != "HEAD":
+        # On a stdlib event loop aiohttp hands the file to loop.sendfile(), past the writer's
+        # count; a FileResponse that reaches the log was sent whole (a cut one is a 499).
+        return response.content_length or 0
     if sent is not None:
         return sent
     # Answered by aiohttp itself (its parser refused the request): a plain, complete Response.

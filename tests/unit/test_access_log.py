@@ -158,18 +158,27 @@ async def test_logged_size_is_the_body_sent_streamed_or_by_sendfile(tmp_path, lo
         assert response is not None  # plain TCP: the kernel sends it
         return response
 
-    app, server = await serve(tmp_path, {Kind.HG: streamed, Kind.LFS_OBJECT: download})
+    async def file_response(request, target):
+        return web.FileResponse(blob)  # loop.sendfile() on this (stdlib) event loop
+
+    app, server = await serve(tmp_path, {Kind.HG: streamed, Kind.LFS_OBJECT: download,
+                                         Kind.LFS_BATCH: file_response})
     try:
         async with ClientSession() as session:
             async with session.get(server.make_url("/r?cmd=getbundle")) as r:
                 assert len(await r.read()) == 500_000
             async with session.get(server.make_url(f"/r/.hg/lfs/objects/{OID}")) as r:
                 assert await r.read() == blob.read_bytes()
-        entries = await access_entries(access, 2)
+            async with session.get(server.make_url("/r.git/info/lfs/objects/batch")) as r:
+                assert len(await r.read()) == 3_000_000
+            async with session.head(server.make_url("/r.git/info/lfs/objects/batch")) as r:
+                assert r.status == 200
+        entries = await access_entries(access, 4)
     finally:
         await server.close()
     assert [(e["path"].split("?")[0], e["bytes_out"]) for e in entries] == [
-        ("/r", 500_000), (f"/r/.hg/lfs/objects/{OID}", 3_000_000)]
+        ("/r", 500_000), (f"/r/.hg/lfs/objects/{OID}", 3_000_000),
+        ("/r.git/info/lfs/objects/batch", 3_000_000), ("/r.git/info/lfs/objects/batch", 0)]
     sent = app[METRICS].registry.get_sample_value
     assert sent("lfsserve_http_sent_bytes_total", {"kind": "lfs-object"}) == 3_000_000
     assert sent("lfsserve_http_sent_bytes_total", {"kind": "hg"}) == 500_000
