@@ -24,7 +24,7 @@ from ..blobstore import ObjectState, Status
 from ..reqkeys import PRINCIPAL
 from ..routing import Target
 from .errors import LFS_JSON, LfsError, endpoint
-from .request import check_accept, check_ref, object_error, read_json
+from .request import MAX_SIZE, check_accept, check_ref, object_error, read_json
 
 __all__ = ["BatchObject", "BatchRequest", "answer_batch", "handle_batch", "parse_batch"]
 
@@ -85,9 +85,17 @@ def _action(href_json: str, token: str, accept: str, expires_in: int, expires_is
             f'"expires_in":{expires_in},"expires_at":"{expires_iso}"}}')
 
 
+def _echo(value: Any, kind: type) -> Any:
+    """A client value echoed in an error entry: only a plain scalar of the expected kind (a string
+    cut short); anything else (a nested structure, a float such as 1e999) becomes null."""
+    if kind is str:
+        return value[:200] if isinstance(value, str) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_SIZE else None
+
+
 def _error(obj: BatchObject, code: int, message: str) -> str:
-    return json.dumps({"oid": obj.oid, "size": obj.size, "error": {"code": code, "message": message}},
-                      separators=(",", ":"))
+    return json.dumps({"oid": _echo(obj.oid, str), "size": _echo(obj.size, int),
+                       "error": {"code": code, "message": message}}, separators=(",", ":"))
 
 
 async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequest, base: str) -> bytes:
