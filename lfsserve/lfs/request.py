@@ -10,7 +10,7 @@ from aiohttp import web
 from ..blobstore import is_oid
 from .errors import LFS_JSON, LfsError
 
-__all__ = ["MAX_SIZE", "check_accept", "check_ref", "object_error", "read_json"]
+__all__ = ["MAX_SIZE", "check_accept", "check_ref", "decode_json", "object_error", "read_json"]
 
 # Largest object size a client may name: Git LFS sizes are int64.
 MAX_SIZE = (1 << 63) - 1
@@ -45,6 +45,11 @@ async def read_json(request: web.Request, limit: int = 64 * 1024) -> dict[str, A
         data += chunk
         if len(data) > limit:
             raise LfsError(413, f"request body larger than {limit} bytes")
+    return decode_json(bytes(data))
+
+
+def decode_json(data: bytes) -> dict[str, Any]:
+    """A JSON object from a request body; LfsError (400/422) for anything else."""
     try:
         body = json.loads(data)
     except RecursionError:

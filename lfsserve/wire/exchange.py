@@ -651,7 +651,7 @@ MAX_SMALL_PART = 16 * 1024 * 1024
 
 class _PushkeyFailed(HgError):
     def __init__(self, part_id: int, params: dict[bytes, bytes]):
-        super().__init__(f"failed to update value for {params.get(b'namespace', b'').decode()}/"
+        super().__init__(f"failed to update value for {params.get(b'namespace', b'').decode('utf-8', 'replace')}/"
                          f"{params.get(b'key', b'').decode('utf-8', 'replace')}")
         self.part_id = part_id
         self.params = params
