@@ -504,7 +504,7 @@ class PushLimits:
     max_revision: int = 0
 
     @classmethod
-    def of(cls, config: Config) -> "PushLimits":
+    def of(cls, config: Config) -> PushLimits:
         return cls(config.hg.max_unpacked_push_size, config.hg.max_revision_size)
 
     def changegroup_source(self, source: BinaryIO) -> BinaryIO:

@@ -156,3 +156,26 @@ def test_compressed_bundle_bombs_are_refused(lfsserve, tmp_path):
     status, raw = _post_unbundle(server, "team/app", bundle2(parts, "ZS"))
     assert status == 200 and b"push unpacks to more than this server's limit of 3 MiB" in raw, raw[:400]
     _healthy(server)
+
+
+def test_real_hg_push_of_a_revision_over_the_limit(lfsserve, hg, tmp_path):
+    """hg 7.2.4 pushes a file over hg.max_revision_size: a clear abort, nothing kept; under it: pushed."""
+    root = tmp_path / "srv"
+    _init(root)
+    server = lfsserve(root=root, config="[hg]\nmax_revision_size = 1048576\n")
+    work = tmp_path / "work"
+    hg("clone", f"{server.url}/team/app", str(work))
+    (work / "small.bin").write_bytes(bytes(range(256)) * 1024)  # 256 KiB
+    hg("commit", "-Am", "small", cwd=work)
+    hg("push", cwd=work)
+    (work / "big.bin").write_bytes(bytes(range(256)) * 8192)  # 2 MiB, as one full text
+    hg("commit", "-Am", "big", cwd=work)
+    res = hg("push", cwd=work, check=False)
+    err = res.stderr.decode()
+    assert res.returncode != 0
+    assert ("remote: a revision of 2 MiB is larger than this server's limit of 1 MiB (hg.max_revision_size)\n"
+            "remote: (track large files with the lfs extension" in err), err
+    assert "abort: push failed on remote" in err
+    res = hg("outgoing", "-T", "{desc}\n", cwd=work, check=False)
+    assert res.stdout.decode().splitlines()[-1:] == ["big"]  # the refused changeset is still outgoing
+    _healthy(server)
