@@ -136,7 +136,7 @@ class HgConfig:
     max_unpacked_push_size: int = 0
     # Largest single revision (one changegroup chunk: a full text or a delta, decompressed) a push
     # may carry, in bytes; 0 = up to the format's 2 GiB. The server holds one such revision in
-    # memory (about three times its size, measured) while it checks and stores it.
+    # memory (two to three times its size, measured) while it checks and stores it.
     max_revision_size: int = 256 * 1024 * 1024
 
 

@@ -444,7 +444,8 @@ class InPart:
             return True
 
     def read(self, n: int = -1) -> bytes:
-        pieces = []
+        first = b""                    # a read within one payload chunk (the usual case): no copy
+        buf: bytearray | None = None   # a read across chunks
         got = 0
         while (n < 0 or got < n) and not self._done:
             if not self._left and not self._next_chunk():
@@ -455,9 +456,16 @@ class InPart:
                 raise Bundle2Error(f"bundle2 stream ended unexpectedly in the payload of part {self.type!r}")
             self._left -= want
             got += want
-            pieces.append(data)
-        # a read within one payload chunk (the usual case) is returned without a copy
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            if not first:
+                first = data
+            else:
+                # Payload chunks are small (hg sends 32 KiB): a big read grows one buffer, freed
+                # as a whole, rather than a list of thousands of pieces whose memory the allocator
+                # of an executor thread keeps after they are joined (measured: 3x instead of 2x).
+                if buf is None:
+                    buf = bytearray(first)
+                buf += data
+        return first if buf is None else bytes(buf)
 
     def read_all(self, limit: int) -> bytes:
         """The whole payload of a part that is small by nature; more than `limit` bytes is an error."""
