@@ -70,6 +70,8 @@ def test_lfs_json_and_numbers_get_4xx(lfsserve):
     assert status in (200, 422), raw  # aiohttp may decode undecodable bytes either way: never a 500
     status, _, raw = request(server.url + LOCKS, "POST", b'{"path": "\\ud800"}', J)
     assert status == 422 and "UTF-8" in _json_error(status, raw)
+    status, _, raw = request(f"{server.url}{LOCKS}/%FF%00/unlock", "POST", b"{}", J)
+    assert 400 <= status < 500, raw
 
     for size in (HUGE, "9" * 4000):  # over the verify body's 4 KiB; within it but not an int64
         status, _, raw = request(server.url + VERIFY, "POST", f'{{"oid": "{OID}", "size": {size}}}'.encode(), J)
