@@ -130,7 +130,7 @@ def _offsets(text: bytes) -> tuple[int, int, int, int] | None:
     return nl1, nl2, nl3, double
 
 
-_DATE = re.compile(rb"(-?[0-9]{1,12}(?:\.[0-9]{1,12})?) (-?[0-9]{1,12})(?: (.*))?", re.S)
+_DATE = re.compile(rb"(-?[0-9]{1,12}(?:\.[0-9]{1,12})?) (-?[0-9]{1,12})(?: (.*))?", re.DOTALL)
 _NODE_HEX = re.compile(rb"[0-9a-f]{40}")
 _MAX_TIME = 0x7FFFFFFF  # hg refuses dates beyond 32 bits ("date exceeds 32 bits")
 
