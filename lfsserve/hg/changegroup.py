@@ -414,6 +414,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     clstart = len(clw)
 
     manifests_needed: dict[bytes, int] = {}
+    listed_files: dict[bytes, bytes] = {}  # files the new changesets name -> first such changeset
 
     def on_changeset(node: bytes, text: bytes, *_ignored) -> None:
         try:
@@ -423,6 +424,8 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
             raise BadChangegroup(f"changeset {node.hex()[:12]} is malformed: {exc.message}") from None
         if entry.manifest != NULLID:
             manifests_needed.setdefault(entry.manifest, len(clw))
+        for path in entry.files:
+            listed_files.setdefault(path, node)
 
     def cl_link(_linknode: bytes) -> int:
         return len(clw)
@@ -501,6 +504,17 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
             result.files += 1
             result.revisions += len(added)
             result.file_revisions += len(added)
+
+    # every file a new changeset names has a history (hg verify: "empty or missing")
+    for path, node in listed_files.items():
+        try:
+            audit_path(path)
+            known = path in writers.files or len(repo.file(path)) > 0
+        except BadPath as exc:
+            raise BadChangegroup(f"changeset {node.hex()[:12]} names an invalid file: {exc.message}") from None
+        if not known:
+            raise BadChangegroup(f"changeset {node.hex()[:12]} names file {path[:100].decode('utf-8', 'replace')}, "
+                                 f"which has no revision in the changegroup or the repository")
 
     # every file revision the new manifests name must exist now
     for mnode, changes in manifest_changes:
