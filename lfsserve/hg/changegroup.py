@@ -479,6 +479,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
         result.lfs_oids.add(pointer.oid)
         writers.add_lfs_requirement = True
 
+    copies: list[tuple[str, bytes, bytes, bytes]] = []  # (file, node, copy source, its node)
     while True:
         name = reader.chunk()
         if not name:
@@ -493,10 +494,12 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
 
         def on_file(node: bytes, text: bytes, *_ignored, what=what) -> None:
             try:
-                check_meta(text)
+                source = check_meta(text)
             except (CorruptRevlog, BadPath) as exc:
                 raise BadChangegroup(f"{what} revision {node.hex()[:12]} is malformed: "
                                      f"{exc.message}") from None
+            if source is not None:
+                copies.append((what, node, *source))
 
         added = _add_group(reader, version, fw, what, link_of=link_of,
                            allow_flags=REVIDX_EXTSTORED, on_text=on_file, on_lfs=on_lfs)
@@ -504,6 +507,15 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
             result.files += 1
             result.revisions += len(added)
             result.file_revisions += len(added)
+
+    # every copy source is a file revision hg can find (hg verify: "checking rename")
+    for what, node, src, src_node in copies:
+        w = writers.files.get(src)
+        found = w.rev(src_node) if w is not None else repo.file(src).get_rev(src_node)
+        if found is None:
+            raise BadChangegroup(f"{what} revision {node.hex()[:12]} is copied from "
+                                 f"{src[:100].decode('utf-8', 'replace')} revision {src_node.hex()[:12]}, "
+                                 f"which is neither in the changegroup nor in the repository")
 
     # every file a new changeset names has a history (hg verify: "empty or missing")
     for path, node in listed_files.items():

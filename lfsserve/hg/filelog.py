@@ -39,14 +39,15 @@ def parse_meta(text: bytes) -> tuple[dict[bytes, bytes], int]:
 _HEX_NODE = re.compile(rb"[0-9a-f]{40}\Z")
 
 
-def check_meta(text: bytes) -> None:
+def check_meta(text: bytes) -> tuple[bytes, bytes] | None:
     """Refuse a file text whose metadata block Mercurial cannot read (CorruptRevlog saying why).
 
     hg's reader needs the closing `\\1\\n`, a `: ` on every line (as `splitlines` cuts them), and a
-    `copy` to come with a `copyrev` naming a node in hex.
+    `copy` to come with a `copyrev` naming a node in hex, not the null node. Returns the copy
+    source (path, node), which the caller must find in the repository.
     """
     if not text.startswith(META_MARK):
-        return
+        return None
     end = text.find(META_MARK, 2)
     if end < 0:
         raise CorruptRevlog("file metadata block is not terminated")
@@ -56,10 +57,13 @@ def check_meta(text: bytes) -> None:
         if not sep:
             raise CorruptRevlog(f"malformed file metadata line {line[:60]!r}")
         meta[k] = v
-    if b"copy" in meta:
-        if not _HEX_NODE.match(meta.get(b"copyrev", b"")):
-            raise CorruptRevlog("file metadata names a copy source without a valid copyrev")
-        audit_path(meta[b"copy"])  # a copy source is a tracked path too
+    if b"copy" not in meta:
+        return None
+    copyrev = meta.get(b"copyrev", b"")
+    if not _HEX_NODE.match(copyrev) or copyrev == b"0" * 40:
+        raise CorruptRevlog("file metadata names a copy source without a valid copyrev")
+    audit_path(meta[b"copy"])  # a copy source is a tracked path too
+    return meta[b"copy"], bytes.fromhex(copyrev.decode("ascii"))
 
 
 def pack_meta(meta: dict[bytes, bytes], data: bytes) -> bytes:

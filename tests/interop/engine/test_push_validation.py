@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from lfsserve.hg.error import BadChangegroup, BadPath
@@ -22,7 +22,7 @@ from lfsserve.hg.repository import Repository
 from lfsserve.hg.store import Store, audit_path
 
 from .bundles import hg20
-from .cgbuild import Changeset, build
+from .cgbuild import Changeset, build, node_of
 
 pytestmark = pytest.mark.interop
 ENV = {**os.environ, "HGRCPATH": os.devnull, "HGUSER": "test", "HGPLAIN": "1"}
@@ -131,6 +131,10 @@ CASES = {
     "non-hex changeset manifest": Changeset({b"a": b"x\n"}, text=lambda m: b"zz" + m.hex().encode()[2:]
                                             + b"\nu\n1700000000 0\na\n\nd"),
     "unterminated file metadata": Changeset({b"a": b"\x01\ncopy: b\n"}),
+    "copy from an unknown revision": Changeset({b"a": b"\x01\ncopy: b\ncopyrev: " + b"1" * 40
+                                                + b"\n\x01\ndata"}),
+    "copy from the null revision": Changeset({b"a": b"\x01\ncopy: ok\ncopyrev: " + b"0" * 40
+                                              + b"\n\x01\ndata"}),
     "copy without copyrev": Changeset({b"a": b"\x01\ncopy: b\n\x01\ndata"}),
     "listed file without history": Changeset({b"a": b"x\n"}, listed=[b"a", b"gone.txt"]),
     "escaping file name": Changeset({b"../../../../../../../ESCAPED": b"x\n"}),
@@ -155,7 +159,7 @@ def test_well_formed_odd_pushes_are_accepted(empty_repos, tmp_path):
         Changeset({b"a": b"x\n", b"Dir/UPPER.TXT": b"y\n", b"aux.c": b"z\n", b"caf\xc3\xa9": b"\xff"},
                   flags={b"a": b"x", b"aux.c": b"l"}, user=b"\xff\xfe not utf-8", desc=b"\xc3(",
                   date=b"1700000000 -3600 branch:stable\0close:1\0k:a\\\\b\\0c"),
-        Changeset({b"a": b"\x01\ncopy: aux.c\ncopyrev: " + b"1" * 40 + b"\n\x01\nmoved\n"},
+        Changeset({b"a": b"\x01\ncopy: aux.c\ncopyrev: " + node_of(b"z\n").hex().encode() + b"\n\x01\nmoved\n"},
                   date=b"-5 0", listed=[b"a", b"aux.c"]),
     ])
     for fmt, empty in empty_repos.items():
@@ -190,24 +194,34 @@ def test_audit_accepts_ordinary_paths(path):
 
 # -- property: lfsserve accepts only what hg accepts and reads back ------------------------------
 
-_PATHS = st.sampled_from([b"a", b"a", b"b.txt", b"dir/c", b"Dir/UP.TXT", b"sp ace", b"caf\xc3\xa9",
-                          b"aux", b"x.i/y", b"../x", b"a//b", b"a/", b"/abs", b".hg/x", b".HG/x",
-                          b"d/.hg/x", b"HG~1/x", b"./a", b"\xff\xfe"])
-_TEXTS = st.one_of(st.binary(max_size=12), st.sampled_from([
-    b"\x01\ncopy: a\ncopyrev: " + b"0" * 40 + b"\n\x01\nX",
-    b"\x01\ncopy: a\n\x01\n", b"\x01\nno colon\n\x01\n", b"\x01\nunterminated", b"\x01\n\x01\n\x01\n",
+def mostly(valid: list, invalid: list):
+    """One of `valid` nine times in ten, else one of `invalid` (most examples stay acceptable,
+    so the property is tested on accepted pushes too, not only on refusals)."""
+    return st.sampled_from(valid * max(1, 9 * len(invalid) // len(valid)) + invalid)
+
+
+_PATHS = mostly([b"a", b"b.txt", b"dir/c", b"Dir/UP.TXT", b"sp ace", b"caf\xc3\xa9", b"aux", b"x.i/y",
+                 b"\xff\xfe", b"hg~x", b"a.d/b.i"],
+                [b"../x", b"a//b", b"a/", b"/abs", b".hg/x", b".HG/x", b"d/.hg/x", b"HG~1/x", b"./a"])
+_TEXTS = st.one_of(st.binary(max_size=12), mostly([
+    b"\x01\ncopy: a\ncopyrev: " + b"0" * 40 + b"\n\x01\nX", b"\x01\n\x01\n\x01\n", b"plain\n"], [
+    b"\x01\ncopy: a\n\x01\n", b"\x01\nno colon\n\x01\n", b"\x01\nunterminated",
     b"\x01\ncopy: ../a\ncopyrev: " + b"1" * 40 + b"\n\x01\n"]))
-_FLAGS = st.sampled_from([b"", b"", b"", b"x", b"l", b"xl", b"lx", b"t", b"X"])
-_TIMES = st.sampled_from([b"1700000000", b"1700000000", b"0", b"-1", b"1700000000.5", b"inf", b"-inf",
-                          b"nan", b"1e999", b"1e3", b"1_000", b"99999999999", b" 17", b"", b"0x10"])
-_ZONES = st.sampled_from([b" 0", b" 0", b" -3600", b" 43200", b"", b" x", b" 99999999999", b" 1.5"])
-_EXTRAS = st.lists(st.sampled_from([
-    b"branch:stable", b"branch:", b"close:1", b"noextra", b"a:\\x", b"a:\\x4", b"a:\\x41", b"k:v\\\\0",
-    b"a:\\0b", b"a:b\\", b"branch:a\\nb", b"p1copies:junk", b"filesadded:9", b"k:\\q", b"k:"]), max_size=3)
-_USERS = st.sampled_from([b"test", b"test", b"", b"\xff\xfe", b"caf\xc3\xa9 <c@x>", b"a\rb"])
-_MANIFEST = st.sampled_from([None, None, None, "unsorted", "duplicate", "upper", "nonhex", "short",
-                             "no newline", "extra nul"])
-_LISTED = st.sampled_from([None, None, None, [b"other"], [b"a\rb"], [b"x\0y"]])
+_FLAGS = mostly([b"", b"", b"x", b"l"], [b"xl", b"lx", b"t", b"X"])
+_TIMES = st.one_of(st.integers(-2**31, 2**31 - 1).map(lambda n: b"%d" % n),
+                   mostly([b"1700000000", b"0", b"-1", b"1700000000.5"],
+                          [b"inf", b"-inf", b"nan", b"1e999", b"1e3", b"1_000", b"99999999999", b" 17",
+                           b"", b"0x10"]))
+_ZONES = st.one_of(st.integers(-50400, 43200).map(lambda n: b" %d" % n),
+                   mostly([b" 0", b" -3600"], [b"", b" x", b" 99999999999", b" 1.5"]))
+_EXTRAS = st.lists(mostly([b"branch:stable", b"close:1", b"a:\\x41", b"k:v\\\\0", b"a:\\0b",
+                           b"p1copies:junk", b"filesadded:9", b"k:\\q", b"k:", b"caf\xc3\xa9:\xff"],
+                          [b"branch:", b"noextra", b"a:\\x", b"a:\\x4", b"a:b\\", b"branch:a\\nb"]),
+                   max_size=3)
+_USERS = st.sampled_from([b"test", b"test", b"", b"\xff\xfe", b"caf\xc3\xa9 <c@x>"])
+_MANIFEST = mostly([None], ["unsorted", "duplicate", "upper", "nonhex", "short", "no newline",
+                            "extra nul"])
+_LISTED = mostly([None], [[b"other"], [b"a\rb"], [b"x\0y"]])
 
 
 def _mutate(how: str | None):
@@ -248,4 +262,5 @@ def changesets(draw) -> Changeset:
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(history=st.lists(changesets(), min_size=1, max_size=2), fmt=st.sampled_from(sorted(FORMATS)))
 def test_lfsserve_accepts_only_what_hg_accepts(empty_repos, tmp_path, history, fmt):
-    check_against_hg(tmp_path / "case", empty_repos[fmt], build(history))
+    refusal = check_against_hg(tmp_path / "case", empty_repos[fmt], build(history))
+    event("accepted" if refusal is None else "refused: " + refusal[:90])
