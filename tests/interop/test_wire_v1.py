@@ -488,6 +488,36 @@ def test_bad_pushes_leave_repo_unchanged(lfsserve, hg, rich, tmp_path):
     assert len(history(hg, served, "all()").splitlines()) == len(before.splitlines()) + 1
 
 
+def test_malformed_changegroups_get_hg_errors_and_write_nothing(lfsserve, hg, tmp_path):
+    """Issue 10 parts 3-5 over HTTP, in a `store` repository without fncache: a file name leaving
+    the store, dates hg cannot read, bad extras and flags are answered as bundle2 error parts
+    (hg prints "abort: ..."), never a 500, and nothing is written anywhere."""
+    from .engine.bundles import hg20
+    from .engine.cgbuild import Changeset, build
+    server = lfsserve()
+    served = server.root / "repos" / "plain"
+    hg("--config", "format.usefncache=false", "init", str(served))
+    cases = [
+        ("path contains illegal component", Changeset({b"../../../../../../../ESCAPED": b"x\n"})),
+        ("malformed date", Changeset({b"a": b"x\n"}, date=b"1e999 0")),
+        ("malformed date", Changeset({b"a": b"x\n"}, date=b"inf 0")),
+        ("date exceeds 32 bits", Changeset({b"a": b"x\n"}, date=b"99999999999 0")),
+        ("has no ':'", Changeset({b"a": b"x\n"}, date=b"1700000000 0 noextra")),
+        ("bad escape", Changeset({b"a": b"x\n"}, date=b"1700000000 0 a:\\x")),
+        ("malformed manifest line", Changeset({b"a": b"x\n"}, flags={b"a": b"xl"})),
+    ]
+    before = {str(p) for p in server.root.rglob("*") if "tmp" not in p.parts and "logs" not in p.parts}
+    for message, cs in cases:
+        status, _, _, body = _unbundle(server, "plain", hg20([build([cs])], "03"))
+        assert status == 200, (message, body)
+        kind, params, _ = _reply_parts(body)[-1]
+        assert kind == b"ERROR:ABORT" and message.encode() in params[b"message"], (message, params)
+    after = {str(p) for p in server.root.rglob("*") if "tmp" not in p.parts and "logs" not in p.parts}
+    assert after == before and not list(tmp_path.parent.rglob("*ESCAPED*"))
+    verify(hg, served)
+    assert hg.out("log", "-R", str(served), "-T", "{node}") == ""
+
+
 def test_push_size_limit(lfsserve, hg, rich, tmp_path):
     """hg.max_push_size: a larger push is refused with a 413 hg shows, and nothing is applied."""
     import os
