@@ -76,8 +76,11 @@ def changed_entries(delta: bytes) -> dict[bytes, tuple[bytes, bytes]]:
     Deletions do not appear.
     """
     out: dict = {}
-    for _start, _end, data in iter_hunks(delta):
-        _lines_to_entries(data, out)
+    try:
+        for _start, _end, data in iter_hunks(delta):
+            _lines_to_entries(data, out)
+    except (binascii.Error, ValueError):
+        raise CorruptRevlog("malformed manifest line in a manifest delta") from None
     return out
 
 
@@ -102,5 +105,10 @@ class Manifestlog:
         if pos:
             pos += 1
         start = pos + len(key)
-        end = text.index(b"\n", start)
-        return binascii.unhexlify(text[start:start + 40]), text[start + 40:end]
+        end = text.find(b"\n", start)
+        try:
+            if end < 0:
+                raise ValueError
+            return binascii.unhexlify(text[start:start + 40]), text[start + 40:end]
+        except (binascii.Error, ValueError):
+            raise CorruptRevlog(f"{self.revlog.name}: malformed manifest line for {path[:80]!r}") from None

@@ -264,3 +264,45 @@ def changesets(draw) -> Changeset:
 def test_lfsserve_accepts_only_what_hg_accepts(empty_repos, tmp_path, history, fmt):
     refusal = check_against_hg(tmp_path / "case", empty_repos[fmt], build(history))
     event("accepted" if refusal is None else "refused: " + refusal[:90])
+
+
+# -- mutation fuzz: any byte damage is a BadChangegroup (or another engine error), never a crash --
+
+_SEED_HISTORY = [
+    Changeset({b"a": b"x\n", b"d/b": b"\x01\ncopy: a\ncopyrev: " + node_of(b"x\n").hex().encode()
+               + b"\n\x01\ny"}, flags={b"a": b"x"}),
+    Changeset({b"a": b"x2\n"}, date=b"1700000000 0 branch:st\0close:1"),
+]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data(), version=st.sampled_from(["02", "03"]))
+def test_damaged_changegroups_raise_only_engine_errors(empty_repos, tmp_path, data, version):
+    from lfsserve.hg.error import HgError
+    cg = bytearray(build(_SEED_HISTORY, version))
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(cg) - 1))
+        how = data.draw(st.sampled_from(["byte", "cut", "insert", "length"]))
+        if how == "byte":
+            cg[pos] = data.draw(st.integers(0, 255))
+        elif how == "cut":
+            del cg[pos:pos + data.draw(st.integers(1, 8))]
+        elif how == "insert":
+            cg[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+        else:
+            cg[pos:pos + 4] = data.draw(st.sampled_from([b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff",
+                                                          b"\0\0\0\0", b"\0\0\0\x05"]))
+    target = tmp_path / "fuzz"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(empty_repos["no-fncache"], target)
+    before = tree(target)
+    repo = Repository.open(target)
+    try:
+        with repo.lock(timeout=30), repo.transaction(b"push") as tr:
+            repo.add_changegroup(tr, io.BytesIO(bytes(cg)), version)
+    except HgError:
+        assert tree(target) == before
+    finally:
+        repo.close()
