@@ -4,12 +4,13 @@ Accepted, and nothing else:
 
     hg -R <repo> serve --stdio                 as Mercurial's sshpeer sends it: the path bare
                                                when it is made of safe characters, otherwise in
-                                               single quotes with ' written as '\\'' (and the
-                                               whole command then quoted once more by the client
-                                               and unquoted by the server's shell; sshd hands
-                                               us the inner form)
+                                               single quotes with ' written as '\\'' (the whole
+                                               command is quoted once more for the client's
+                                               local shell, which sshd never sees); older hg
+                                               clients single-quote every path
     git-lfs-authenticate <repo> upload|download
-    git-lfs-transfer <repo> upload|download    git-lfs sends the path unquoted
+    git-lfs-transfer <repo> upload|download    git-lfs sends the path bare (single quotes are
+                                               accepted too)
 
 The words are split with shlex (POSIX rules, no expansion of anything); a command is accepted only
 when re-quoting its words the way its client does gives back exactly the text received, so
@@ -45,10 +46,13 @@ class SshCommand:
     operation: str = ""  # "upload" | "download" for the git-lfs commands
 
 
-def _hg_quote(path: str) -> str:
-    if _HG_SAFE.match(path):
-        return path
+def _quoted(path: str) -> str:
     return "'" + path.replace("'", "'\\''") + "'"
+
+
+def _spellings(path: str) -> set[str]:
+    """How clients write `path` on the command line: bare when safe (hg's _serverquote), or quoted."""
+    return {path if _HG_SAFE.match(path) else _quoted(path), _quoted(path)}
 
 
 def _repo(path: str) -> str:
@@ -81,13 +85,13 @@ def parse_command(text: str | None) -> SshCommand:
     except ValueError as exc:
         raise BadCommand(f"cannot parse the command: {exc}") from None
     if len(words) == 5 and words[0] == "hg" and words[1] == "-R" and words[3:] == ["serve", "--stdio"]:
-        if text != f"hg -R {_hg_quote(words[2])} serve --stdio":
+        if text not in {f"hg -R {p} serve --stdio" for p in _spellings(words[2])}:
             raise BadCommand("unexpected quoting or spacing in the hg command")
         return SshCommand("hg", _repo(words[2]))
     if len(words) == 3 and words[0] in ("git-lfs-authenticate", "git-lfs-transfer"):
         if words[2] not in _LFS_OPERATIONS:
             raise BadCommand(f"{words[0]}: operation must be upload or download, not {words[2][:40]!r}")
-        if text != " ".join(words):
+        if text not in {f"{words[0]} {p} {words[2]}" for p in _spellings(words[1])}:
             raise BadCommand(f"unexpected quoting or spacing in the {words[0]} command")
         return SshCommand(words[0], _lfs_namespace(words[1]), words[2])
     first = words[0][:60] if words else ""
