@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
 from ..auth import Forbidden, Permission, Principal
@@ -144,7 +144,7 @@ class TransferSession:
             raise Refusal(413, f"too many lines in one request (this server takes at most {limit}); split it")
         return lines
 
-    def _status(self, status: int, args: list[str] = (), lines: list[str] | None = None) -> None:
+    def _status(self, status: int, args: Sequence[str] = (), lines: list[str] | None = None) -> None:
         self.w.text(f"status {status}")
         for a in args:
             self.w.text(a)
@@ -254,7 +254,7 @@ class TransferSession:
                 out.append(f"{oid} {size} {'noop' if stored else 'upload'}")
         self._status(200, ["hash-algo=sha256"], out)
 
-    async def _body(self, req: Request, size: int) -> AsyncIterator[bytes]:
+    async def _body(self, req: Request, size: int) -> AsyncGenerator[bytes, None]:
         """The data section of a put-object, checked against its declared size."""
         got = 0
         while True:

@@ -101,9 +101,8 @@ def start_sshd(directory: Path, *, authorized_keys: Path | None = None, keys_com
         lines += [f"AuthorizedKeysCommand {keys_command}", "AuthorizedKeysCommandUser root"]
     config = directory / "sshd_config"
     config.write_text("\n".join(lines) + "\n")
-    log = open(directory / "sshd.log", "wb")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+    with open(directory / "sshd.log", "wb") as log:
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:

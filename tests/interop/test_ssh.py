@@ -82,6 +82,12 @@ anonymous = "none"
         for name in ("alice", "bob"):
             res = lfsserve_cli("authorized-keys", "add", "--config", config, name, keys[name].with_suffix(".pub"))
             assert res.returncode == 0, res.stderr.decode()
+        # `list` shows the fingerprints ssh-keygen (and sshd's log) shows.
+        listed = lfsserve_cli("authorized-keys", "list", "--config", config).stdout.decode().splitlines()
+        fingerprints = [run(["ssh-keygen", "-l", "-f", str(keys[n].with_suffix(".pub"))]).stdout.decode().split()[1]
+                        for n in ("alice", "bob")]
+        assert [line.split("\t")[:3] for line in listed] == [["alice", "ssh-ed25519", fingerprints[0]],
+                                                              ["bob", "ssh-ed25519", fingerprints[1]]]
         authorized = server.root / "ssh" / "authorized_keys"
         assert authorized.stat().st_mode & 0o777 == 0o600
         if keys_command:
