@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ..support import REPO_ROOT, LfsserveProcess, run
+from ..support import HG, REPO_ROOT, LfsserveProcess, hg_env, run
 from .lfs_util import LFS, batch, oid_of, request, stored_oids, temp_files
 from .sshd import Sshd, make_key, make_wrapper, remove_wrapper, start_sshd
 from .test_lfs_git import Git
@@ -215,6 +215,13 @@ def test_unknown_key_and_disallowed_commands_are_refused(site, tmp_path):
         assert res.stdout == b""
     res = s.sshd.ssh(alice, "hg -R team/game serve --stdio")
     assert res.returncode == 1 and "hg over ssh is not available yet" in res.stderr.decode()
+    # The real hg client's command line (ssh://host//path form) gets through the parser and the
+    # read check to the hg transport, for a reader and a writer alike.
+    for user in ("bob", "alice"):
+        res = run([HG, "clone", "-e", s.sshd.ssh_command(s.keys[user]),
+                   f"ssh://root@127.0.0.1:{s.sshd.port}//team/game", str(tmp_path / f"hg-{user}")],
+                  env=hg_env(tmp_path / "hg-home"), check=False)
+        assert res.returncode != 0 and "remote: lfsserve: hg over ssh is not available yet" in _text(res), _text(res)
     res = s.sshd.ssh(s.keys["bob"], "git-lfs-transfer team/game upload")
     assert res.returncode == 1 and "user bob may not write to team/game" in res.stderr.decode()
 
