@@ -49,6 +49,9 @@ __all__ = ["TransferSession"]
 _OID = re.compile(r"[0-9a-f]{64}\Z")
 _SIZE = re.compile(r"[0-9]{1,19}\Z")
 MAX_ARGS = 64
+# A batch line is `<oid> <size>` plus optional key=value pairs: this bounds a batch's memory by
+# max_batch_objects lines of this length, whatever the client sends.
+MAX_LINE = 1024
 MAX_LOCK_PATH = 4096
 DEFAULT_LOCK_LIMIT = 100
 MAX_LOCK_LIMIT = 1000
@@ -128,7 +131,7 @@ class TransferSession:
 
     async def _lines(self, req: Request, limit: int) -> list[str]:
         lines: list[str] = []
-        too_many = False
+        too_many = too_long = False
         while not req.drained:
             pkt = await self.r.read_text()
             if pkt is FLUSH:
@@ -137,11 +140,15 @@ class TransferSession:
                 raise ProtocolError("a second delimiter packet in one message")
             elif len(lines) >= limit:
                 too_many = True  # keep reading to the flush: the stream stays in step
+            elif len(pkt) > MAX_LINE:
+                too_long = True
             else:
                 assert isinstance(pkt, str)
                 lines.append(pkt)
         if too_many:
             raise Refusal(413, f"too many lines in one request (this server takes at most {limit}); split it")
+        if too_long:
+            raise Refusal(422, f"a line longer than {MAX_LINE} characters")
         return lines
 
     def _status(self, status: int, args: Sequence[str] = (), lines: list[str] | None = None) -> None:

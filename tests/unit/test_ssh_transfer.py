@@ -151,6 +151,7 @@ def test_errors_answered_in_the_session(root):
                    + msg("put-object xyz", "size=1", data=b"x")
                    + msg("batch", "hash-algo=sha512", data=[f"{o} 10"])
                    + msg("batch", data=["garbage line"])
+                   + msg("batch", data=[f"{o} 10 " + "x" * 2000])
                    + msg(f"verify-object {o}", "size=10")
                    + msg(f"put-object {o}", f"size={len(data)}", data=data)      # still usable
                    + QUIT)
@@ -166,8 +167,9 @@ def test_errors_answered_in_the_session(root):
     assert out[9][0] == "status 422" and "not an LFS object id" in out[9][2]
     assert out[10][0] == "status 409"
     assert out[11][0] == "status 422" and "garbage line" in out[11][2]
-    assert out[12][0] == "status 404"
-    assert out[13] == ["status 200"] and out[14] == ["status 200"]
+    assert out[12] == ["status 422", "<delim>", "a line longer than 1024 characters"]
+    assert out[13][0] == "status 404"
+    assert out[14] == ["status 200"] and out[15] == ["status 200"]
     assert stored(root) == {o} and not leftovers(root)
 
 
@@ -207,3 +209,14 @@ def test_read_only_user_cannot_open_an_upload_session(root):
     res = transfer(root, VERSION, user="bob", config='[[auth.rules]]\nrepos = "**"\nread = ["bob"]\n')
     assert res.returncode == 1 and res.stdout == b""
     assert res.stderr.decode() == "lfsserve: user bob may not write to team/app\n"
+
+
+def test_batch_over_the_object_limit_is_refused_and_the_session_goes_on(root):
+    lines = [f"{i:064x} 1" for i in range(3)]
+    res = transfer(root, VERSION + msg("batch", data=lines) + msg("batch", data=lines[:2]) + QUIT,
+                   operation="download", config="[lfs]\nmax_batch_objects = 2\n")
+    assert res.returncode == 0, res.stderr
+    out = parse(res.stdout)
+    assert out[2] == ["status 413", "<delim>",
+                      "too many lines in one request (this server takes at most 2); split it"]
+    assert out[3] == ["status 200", "hash-algo=sha256", "<delim>", *(f"{line} noop" for line in lines[:2])]
