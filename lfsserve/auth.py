@@ -105,6 +105,10 @@ class Forbidden(AuthError):
     status = 403
 
 
+# expires_at of a signed action token: a Unix time in ASCII digits
+_EXPIRY = re.compile(r"[0-9]{1,12}")
+
+
 def hash_token(token: str) -> str:
     """How tokens are kept in the token file: hex SHA-256 (tokens are long random strings)."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -316,7 +320,8 @@ class Authenticator:
     def _check_signed(self, token: str) -> tuple[int, str, str] | None:
         """Split a signed token into (expires_at, user, mac); None when it is not well formed."""
         parts = token[len(SIGNED_PREFIX):].split(".")
-        if len(parts) != 3 or not parts[0].isdigit():
+        # ASCII digits only, and few of them: str.isdigit() also takes "²", which int() refuses
+        if len(parts) != 3 or not _EXPIRY.fullmatch(parts[0]):
             return None
         return int(parts[0]), parts[1], parts[2]
 
@@ -336,6 +341,10 @@ class Authenticator:
         value = headers.get("Authorization")
         if not value:
             return ANONYMOUS
+        if not value.isascii():
+            # Credentials are base64 or tokens; other bytes arrive surrogate-escaped and would
+            # not even encode for hashing.
+            raise Unauthorized("malformed Authorization header (credentials are ASCII)")
         scheme, _, cred = value.strip().partition(" ")
         scheme = scheme.lower()
         cred = cred.strip()

@@ -142,6 +142,13 @@ class HgConfig:
     lock_timeout: float = 30.0
     # Largest push (the bundle an `hg push` uploads), in bytes; 0 = unlimited. Larger: HTTP 413.
     max_push_size: int = 0
+    # Largest push once decompressed (a bundle2 with Compression=ZS/GZ/BZ, a bundle1 GZ/BZ), in
+    # bytes; 0 = unlimited. A tiny compressed bundle can unpack to gigabytes: this bounds that.
+    max_unpacked_push_size: int = 0
+    # Largest single revision (one changegroup chunk: a full text or a delta, decompressed) a push
+    # may carry, in bytes; 0 = up to the format's 2 GiB. The server holds one such revision in
+    # memory (two to three times its size, measured) while it checks and stores it.
+    max_revision_size: int = 256 * 1024 * 1024
 
 
 @dataclass
@@ -250,8 +257,9 @@ class Config:
             raise ConfigError(f"hg.zstd_level: must be 1-22, got {self.hg.zstd_level}")
         if self.hg.lock_timeout < 0:
             raise ConfigError("hg.lock_timeout: must be >= 0")
-        if self.hg.max_push_size < 0:
-            raise ConfigError("hg.max_push_size: must be >= 0")
+        for name in ("max_push_size", "max_unpacked_push_size", "max_revision_size"):
+            if getattr(self.hg, name) < 0:
+                raise ConfigError(f"hg.{name}: must be >= 0")
         if self.log.level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log.level: must be debug, info, warning or error, got {self.log.level!r}")
         if self.log.access_format not in ("combined", "json", "off"):

@@ -81,8 +81,10 @@ def parse_lfs_pointer(text: bytes) -> LfsPointer:
     if not _OID.match(oid):
         raise LfsPointerError("lfs pointer oid is not sha256:<64 lowercase hex>")
     size = fields.get(b"size", b"")
-    if not size.isdigit():
-        raise LfsPointerError("lfs pointer size is not a number")
+    # bytes.isdigit() is ASCII-only; the length bound keeps int() within its digit limit and the
+    # size within Git LFS's int64
+    if not size.isdigit() or len(size) > 19 or int(size) >= 1 << 63:
+        raise LfsPointerError("lfs pointer size is not a number below 2^63")
     extra = {k: v for k, v in fields.items() if k not in (b"version", b"oid", b"size")}
     return LfsPointer(oid[7:].decode("ascii"), int(size), extra)
 
