@@ -302,7 +302,7 @@ class Authenticator:
         if lfs_repo is None:
             raise Unauthorized("a git-lfs-authenticate token is only valid for the Git LFS API")
         parts = token[len(REPO_TOKEN_PREFIX):].split(".")
-        if len(parts) != 4 or parts[0] not in _REPO_TOKEN_OPERATIONS or not parts[1].isdigit():
+        if len(parts) != 4 or parts[0] not in _REPO_TOKEN_OPERATIONS or not _EXPIRY.fullmatch(parts[1]):
             raise Unauthorized("invalid repository token")
         operation, expires_at, user_b64, mac = parts
         if not hmac.compare_digest(mac, self._mac(_REPO_TOKEN_DOMAIN, lfs_repo, operation, expires_at, user_b64)):

@@ -144,7 +144,8 @@ async def test_repo_tokens_grant_one_repository_one_operation_on_the_lfs_api_onl
     token = upload["Authorization"].split()[1]
     _, op, exp, user, mac = token.split(".")
     for bad in (f"lfsr1.download.{exp}.{user}.{mac}", f"lfsr1.upload.{int(exp) + 1}.{user}.{mac}",
-                f"lfsr1.upload.{exp}.{user}", "lfsr1.upload.x.y.z"):
+                f"lfsr1.upload.{exp}.{user}", "lfsr1.upload.x.y.z", f"lfsr1.upload.\u00b2.{user}.{mac}",
+                f"lfsr1.upload.{'9' * 40}.{user}.{mac}"):
         with pytest.raises(Unauthorized):
             await authn.authenticate({"Authorization": f"Bearer {bad}"}, lfs_repo="private/x")
     expired = authn.sign_repo_token("alice", "private/x", "upload", int(time.time()) - 1)
