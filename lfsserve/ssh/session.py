@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 
-from ..auth import Authenticator, Forbidden, Permission, Principal
+from ..auth import Authenticator, AuthError, Permission, Principal
 from ..config import Config
 from .command import BadCommand, SshCommand, parse_command
 from .hg import serve_hg_stdio
@@ -36,7 +36,7 @@ def run_forced_command(config: Config, user: str, original_command: str | None) 
     needed = Permission.WRITE if cmd.operation == "upload" else Permission.READ
     try:
         auth.authorize(principal, cmd.repo, needed)
-    except Forbidden as exc:
+    except AuthError as exc:
         return _fail(exc.message)
     if cmd.kind == "hg":
         return serve_hg_stdio(config, principal, cmd.repo)

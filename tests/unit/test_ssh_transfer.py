@@ -72,11 +72,12 @@ def root(tmp_path) -> Path:
 
 
 def transfer(root: Path, stdin: bytes, operation: str = "upload", repo: str = "team/app",
-             user: str = "alice", config: str = "") -> subprocess.CompletedProcess:
+             user: str = "alice", config: str = "", command: str = "git-lfs-transfer"
+             ) -> subprocess.CompletedProcess:
     cfg = root.parent / "config.toml"
     cfg.write_text(f'[server]\nroot = "{root}"\n' + config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LFSSERVE_")}
-    env["SSH_ORIGINAL_COMMAND"] = f"git-lfs-transfer {repo} {operation}"
+    env["SSH_ORIGINAL_COMMAND"] = f"{command} {repo} {operation}"
     return subprocess.run([sys.executable, "-m", "lfsserve", "ssh", "--config", str(cfg), "--user", user],
                           input=stdin, capture_output=True, cwd=REPO_ROOT, env=env, timeout=120, check=False)
 
@@ -220,3 +221,12 @@ def test_batch_over_the_object_limit_is_refused_and_the_session_goes_on(root):
     assert out[2] == ["status 413", "<delim>",
                       "too many lines in one request (this server takes at most 2); split it"]
     assert out[3] == ["status 200", "hash-algo=sha256", "<delim>", *(f"{line} noop" for line in lines[:2])]
+
+
+def test_git_lfs_authenticate_needs_base_url_and_transfer_can_be_turned_off(root):
+    res = transfer(root, b"", command="git-lfs-authenticate", operation="download")
+    assert res.returncode == 1 and res.stdout == b""
+    assert "needs server.base_url" in res.stderr.decode()
+    res = transfer(root, VERSION, config="[ssh]\nlfs_transfer = false\n")
+    assert res.returncode == 1 and res.stdout == b""
+    assert "git-lfs-transfer is turned off on this server (ssh.lfs_transfer)" in res.stderr.decode()
