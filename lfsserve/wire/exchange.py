@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from ..hg.error import Abort, HgError, PushRaced, UnknownRevision
 from ..hg.node import NULLID
 from ..hg.phases import DRAFT, PUBLIC, SECRET
 from ..hg.repository import Repository
+from ..repos import make_dirs, remove_created
 from .protocol import BadRequest, decode_nodes
 
 __all__ = [
@@ -549,7 +549,8 @@ def check_heads(repo, their_heads: list[bytes], context: str) -> None:
 def unbundle(config: Config, repo_path: Path, repo, heads_arg: bytes, body: BinaryIO,
              opts: PushOptions) -> PushReply:
     """Apply a pushed bundle. `repo` is the opened repository, or None when it does not exist and
-    may be created (it then is, and removed again if the push fails)."""
+    may be created at `repo_path` (checked by the caller: nothing there but possibly an empty
+    directory). It then is, and if the push changes nothing, only what this call made is removed."""
     their_heads = parse_unbundle_heads(heads_arg)
     # As hg: the heads argument is checked before the bundle is even looked at, and a mismatch is
     # the plain "0\n<message>" answer whatever the bundle's format.
@@ -571,10 +572,14 @@ def unbundle(config: Config, repo_path: Path, repo, heads_arg: bytes, body: Bina
     if kind == "bundle1" and not config.hg.bundle1:
         raise BundleRequired()
 
-    created = False
+    made: list[Path] | None = None  # set when this request creates the repository
     if repo is None:
-        repo = Repository.init(repo_path)
-        created = True
+        made = make_dirs(repo_path)
+        try:
+            repo = Repository.init(repo_path)
+        except BaseException:
+            remove_created(repo_path, made)
+            raise
     repo.publishing = opts.publishing
     ok = False
     limits = PushLimits.of(config)
@@ -590,8 +595,9 @@ def unbundle(config: Config, repo_path: Path, repo, heads_arg: bytes, body: Bina
         ok = reply.changed
         return reply
     finally:
-        if created and not ok:
-            shutil.rmtree(repo_path, ignore_errors=True)
+        if made is not None and not ok:
+            repo.close()
+            remove_created(repo_path, made)
 
 
 def _added_message(result) -> str:
