@@ -34,6 +34,7 @@ __all__ = [
     "LimitsConfig",
     "LogConfig",
     "ServerConfig",
+    "SshConfig",
     "StorageConfig",
     "load_config",
 ]
@@ -172,6 +173,19 @@ class LimitsConfig:
 
 
 @dataclass
+class SshConfig:
+    # authorized_keys file that `lfsserve authorized-keys add|remove` writes and `lfsserve
+    # authorized-keys lookup` (an sshd AuthorizedKeysCommand) reads. Empty: <root>/ssh/authorized_keys.
+    authorized_keys: str = ""
+    # The program the forced command of each key runs (`<command> ssh --config ... --user ...`).
+    # sshd runs it with a minimal PATH: an absolute path (e.g. a virtualenv's bin/lfsserve) is safer.
+    command: str = "lfsserve"
+    # Offer git-lfs's pure-SSH transfer protocol (git-lfs-transfer). Off: git-lfs falls back to
+    # git-lfs-authenticate and transfers objects over HTTP(S) at server.base_url.
+    lfs_transfer: bool = True
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -180,6 +194,7 @@ class Config:
     hg: HgConfig = field(default_factory=HgConfig)
     log: LogConfig = field(default_factory=LogConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    ssh: SshConfig = field(default_factory=SshConfig)
 
     # -- derived paths ---------------------------------------------------------------------
     @property
@@ -195,6 +210,12 @@ class Config:
     @property
     def lfs_dir(self) -> Path:
         return self.root / "lfs"
+
+    @property
+    def authorized_keys(self) -> Path:
+        if self.ssh.authorized_keys:
+            return Path(self.ssh.authorized_keys).expanduser().resolve()
+        return self.root / "ssh" / "authorized_keys"
 
     def validate(self) -> None:
         """Check values that types alone do not constrain; raise ConfigError naming the key."""
@@ -252,6 +273,9 @@ class Config:
             raise ConfigError("limits.request_timeout: must be >= 0")
         if self.limits.per_client_concurrency < 0:
             raise ConfigError("limits.per_client_concurrency: must be >= 0")
+        if not self.ssh.command or any(c in self.ssh.command for c in '"\\\n\r'):
+            raise ConfigError("ssh.command: must be a non-empty program path without quotes, "
+                              "backslashes or line breaks (it goes into authorized_keys lines)")
 
 
 # Short environment variable names for the options containers set most often.
