@@ -108,12 +108,15 @@ async def limits_middleware(request: web.Request, handler):
             metrics.rejected.labels("timeout").inc()
             if _prepared(request):
                 # The status line is gone already: all that is left is to cut the response short,
-                # which the client sees as a truncated transfer and retries.
+                # which the client sees as a truncated transfer and retries. The 503 below is what
+                # the access log records (the server gave up; not a client disconnect), never sent.
                 log.warning("%s %s: request_timeout (%gs) hit while sending; closing the connection",
                             request.method, request.path, timeout)
                 if request.transport is not None:
                     request.transport.abort()
-                raise ConnectionResetError("limits.request_timeout") from None
+                response = web.Response(status=503)
+                response.force_close()
+                return response
             body_done = request.content.is_eof()  # all of it received, read or not
             log.warning("%s %s: gave up after limits.request_timeout (%gs)%s", request.method, request.path,
                         timeout, "" if body_done else " while the request body was still arriving")
