@@ -7,6 +7,7 @@ the real peers were exercised, not silently skip them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -22,6 +23,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HG = str(Path(sys.executable).with_name("hg"))
+
+
+def oid_of(data: bytes) -> str:
+    """The Git LFS object id of `data` (its SHA-256, in hex)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def require(condition: bool, reason: str) -> None:

@@ -15,8 +15,8 @@ import pytest
 from lfsserve.auth import SIGNED_PREFIX
 
 from ..bundle_build import LFS_FLAG, bundle2, changegroup03, changegroup_bundle, lfs_pointer, part
-from ..support import REPO_ROOT
-from .lfs_util import LFS, oid_of, request
+from ..support import REPO_ROOT, oid_of
+from .lfs_http import LFS, request
 
 pytestmark = pytest.mark.interop
 

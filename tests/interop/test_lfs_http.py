@@ -18,7 +18,9 @@ import pytest
 from lfsserve.auth import Authenticator, Principal
 from lfsserve.config import load_config
 
-from .lfs_util import LFS, batch, object_path, oid_of, request, stored_oids, temp_files
+from ..support import oid_of
+from .lfs_http import LFS, batch, request
+from .lfs_util import object_path, stored_oids, temp_files
 
 pytestmark = pytest.mark.interop
 

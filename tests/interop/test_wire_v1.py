@@ -433,6 +433,7 @@ def _unbundle(server, name: str, body: bytes, heads: str = "666f726365"):
 
 def _reply_parts(body: bytes):
     import io
+
     from lfsserve.hg.bundle2 import BundleReader
     fp = io.BytesIO(body)
     assert fp.read(4) == b"HG20"

@@ -18,9 +18,9 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from ..support import Hg
 from lfsserve.wire.v2.framing import encode_frame
 
+from ..support import Hg
 from ..wire_v2_client import HEADERS, decode_response, request_body
 from .hgrepos import NON_ASCII, assert_same, build_rich_repo
 

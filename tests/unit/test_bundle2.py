@@ -11,9 +11,21 @@ import pytest
 import zstandard
 
 from lfsserve.hg import bundle2
-from lfsserve.hg.bundle2 import (Bundle2Error, BundleReader, OutPart, UnsupportedContent, decode_bookmarks,
-                                 decode_caps, decode_nodes, decode_phase_heads, encode_bookmarks, encode_bundle,
-                                 encode_caps, encode_parts, encode_phase_heads)
+from lfsserve.hg.bundle2 import (
+    Bundle2Error,
+    BundleReader,
+    OutPart,
+    UnsupportedContent,
+    decode_bookmarks,
+    decode_caps,
+    decode_nodes,
+    decode_phase_heads,
+    encode_bookmarks,
+    encode_bundle,
+    encode_caps,
+    encode_parts,
+    encode_phase_heads,
+)
 
 # The unbundle reply of transcript 07 (push of 2 changesets), as hg serve 7.2.4 sent it.
 REPLY_07 = bytes.fromhex(

@@ -27,9 +27,11 @@ from lfsserve.lfs.errors import LfsError
 from lfsserve.lfs.request import check_ref, decode_json, object_error
 from lfsserve.wire.protocol import BadRequest, decode_batch, decode_nodes, parse_qs_bytes
 from lfsserve.wire.v2 import cbor
-from lfsserve.wire.v2.commands import COMMANDS as V2_COMMANDS, validate_args
+from lfsserve.wire.v2.commands import COMMANDS as V2_COMMANDS
+from lfsserve.wire.v2.commands import validate_args
 from lfsserve.wire.v2.framing import CommandError, ProtocolError, read_request
-from tests.bundle_build import LFS_FLAG, bundle2 as make_bundle2, changegroup03, lfs_pointer, part
+from tests.bundle_build import LFS_FLAG, changegroup03, lfs_pointer, part
+from tests.bundle_build import bundle2 as make_bundle2
 from tests.wire_v2_client import request_body
 
 _BOUNDARY = [b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x80\x00\x00\x00",

@@ -11,9 +11,10 @@ import pytest
 
 from lfsserve.auth import ANONYMOUS, Principal
 from lfsserve.kernel import CTX
+from tests.support import oid_of
 
-from .lfs_support import (  # noqa: F401  (fixtures)
-    ALICE, BOB, CAROL, H, LFS, basic, batch, call, client, make_client, oid_of, store_of, upload)
+from .lfs_support import ALICE, BOB, CAROL, LFS, H, basic, batch, call, store_of, upload
+
 
 async def test_upload_then_download_through_signed_hrefs(client):
     data = os.urandom(300_000)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .lfs_support import ALICE, BOB, CAROL, H, make_client  # noqa: F401  (fixture)
+from .lfs_support import ALICE, BOB, CAROL, H
 
 
 async def post(client, path, body, headers=ALICE):

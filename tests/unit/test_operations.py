@@ -3,10 +3,9 @@
 import asyncio
 import json
 import logging
+import os
 import re
 import shutil
-
-import os
 
 import pytest
 from aiohttp import web

@@ -10,6 +10,7 @@ from lfsserve.wire.v2 import commands
 from lfsserve.wire.v2.commands import COMMANDS, PathFilter, api_descriptor, manifest_lookup, validate_args
 from lfsserve.wire.v2.framing import CommandError, CommandRequest
 
+
 class FakeRepo:
     requirements = frozenset({"revlogv1", "generaldelta", "sparserevlog", "store", "fncache", "dotencode",
                               "share-safe"})
