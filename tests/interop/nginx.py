@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..support import REPO_ROOT, free_port, require_program
+from ..support import REPO_ROOT, free_port, require_interop_marker, require_program
 
 TEMPLATE = REPO_ROOT / "deploy" / "nginx.conf"
 MOUNT = "/hg"  # the sub-path deploy/nginx.conf mounts lfsserve under
@@ -56,6 +56,7 @@ def site_config(backend_port: int, listen_port: int) -> str:
 
 
 def start_nginx(prefix: Path, backend_port: int, timeout: float = 20) -> Nginx:
+    require_interop_marker("nginx")
     exe = require_program("nginx", "apt-get install -y nginx-light")
     prefix.mkdir(parents=True, exist_ok=True)
     port = free_port()

@@ -252,6 +252,7 @@ def test_fuzz_v1_arguments():
     fuzz(seeds, check, rounds=4000, seed=10_7)
 
 
+@pytest.mark.interop  # builds its repository with the real hg
 def test_fuzz_v1_commands(tmp_path):
     """Every pull command, through argument binding, on a real repository (built by hg): mutated
     arguments end in BadRequest or an HgError (hg's error forms), streams in a bundle2 error part."""
