@@ -29,9 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wire_v1_bench import REPO_ROOT, Server, build_repo, free_port, hg_env, measure  # noqa: E402
+from wire_v1_bench import REPO_ROOT, Server, build_repo, free_port, hg_env, measure
 
-from tests.support import hg593_exe  # noqa: E402
+from tests.support import hg593_exe
 
 
 def run(exe: str, args: list[str], env: dict) -> str:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Protocol
+from typing import Protocol
 
 from .aio import run_blocking
 from .auth import Authenticator

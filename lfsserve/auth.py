@@ -29,9 +29,9 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 import bcrypt
 
@@ -58,7 +58,7 @@ class Permission(enum.IntEnum):
     WRITE = 2
 
     @classmethod
-    def parse(cls, word: str) -> "Permission":
+    def parse(cls, word: str) -> Permission:
         return {"none": cls.NONE, "read": cls.READ, "write": cls.WRITE}[word]
 
 
@@ -274,8 +274,8 @@ class Authenticator:
         # HMAC spelled out (RFC 2104) on hashlib objects: all C calls per token, no hmac-module
         # wrapper objects. The keyed inner and outer states are copied, never re-keyed.
         inner = self._inner.copy()
-        inner.update(f"{namespace}\0".encode("utf-8"))
-        tail = f"\0{operation}\0{expires_at}\0{user}".encode("utf-8")
+        inner.update(f"{namespace}\0".encode())
+        tail = f"\0{operation}\0{expires_at}\0{user}".encode()
         prefix = f"{SIGNED_PREFIX}{expires_at}.{user}."
         outer_base = self._outer
         b64 = base64.urlsafe_b64encode
@@ -396,7 +396,7 @@ class Authenticator:
         hashed = self._htpasswd.entries.get(user)
         if hashed is None:
             raise Unauthorized("unknown user or wrong password")
-        cache_key = hashlib.sha256(f"{user}\0{password}\0{hashed}".encode("utf-8")).digest()
+        cache_key = hashlib.sha256(f"{user}\0{password}\0{hashed}".encode()).digest()
         now = time.monotonic()
         hit = self._basic_cache.get(cache_key)
         if hit is not None and hit[1] > now:

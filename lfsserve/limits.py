@@ -24,7 +24,7 @@ from .reqkeys import CLIENT, RESPONSE_PREPARED, ROUTE_KIND
 from .routing import BadPath, Kind, resolve
 from .urls import TrustedProxies, client_address
 
-__all__ = ["LIMITS", "Limits", "PROBE_PATHS", "limits_middleware"]
+__all__ = ["LIMITS", "PROBE_PATHS", "Limits", "limits_middleware"]
 
 log = logging.getLogger(__name__)
 

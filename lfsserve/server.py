@@ -16,10 +16,10 @@ from aiohttp import web
 from . import __version__
 from .aio import Executor, set_default_executor
 from .app import create_app
-from .shutdown import DRAIN
 from .config import Config
 from .logs import access_logger_class, setup_logging
 from .metrics import METRICS
+from .shutdown import DRAIN
 
 __all__ = ["run", "runner_options", "serve"]
 

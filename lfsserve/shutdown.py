@@ -14,7 +14,7 @@ import asyncio
 
 from aiohttp import web
 
-__all__ = ["DRAIN", "Drain", "drain_middleware", "close_while_draining"]
+__all__ = ["DRAIN", "Drain", "close_while_draining", "drain_middleware"]
 
 
 class Drain:

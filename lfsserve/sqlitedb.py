@@ -15,8 +15,9 @@ import logging
 import queue
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from .aio import run_blocking
 

@@ -25,8 +25,8 @@ import secrets
 import sqlite3
 import stat as stat_mod
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from pathlib import Path
-from typing import AsyncGenerator, AsyncIterator, Collection
 
 from ..aio import run_blocking, submit_blocking
 from ..sqlitedb import SqliteDb, select_in

@@ -29,7 +29,7 @@ from .errors import LfsError, endpoint, json_response
 from .keys import LFS_SERVICE
 from .request import check_ref, read_json
 
-__all__ = ["Lock", "LockExists", "LockStore", "SCHEMA", "handle_locks"]
+__all__ = ["SCHEMA", "Lock", "LockExists", "LockStore", "handle_locks"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS locks (

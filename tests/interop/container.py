@@ -98,7 +98,7 @@ class Engine:
         return self("run", "--rm", "-i", *self.run_args(), "-v", f"{volume}:/data", *envs, image, *args,
                     input=input)
 
-    def start(self, image: str, *, volume: str, env: dict[str, str] | None = None) -> "Container":
+    def start(self, image: str, *, volume: str, env: dict[str, str] | None = None) -> Container:
         name = f"lfsserve-test-{secrets.token_hex(4)}"
         port = free_port()
         envs = [a for k, v in (env or {}).items() for a in ("-e", f"{k}={v}")]

@@ -33,7 +33,7 @@ def admin(root: Path, *args: str, check: bool = True) -> subprocess.CompletedPro
 def metric(server_url: str, name: str) -> float | None:
     _, _, body = request(server_url + "/metrics")
     for line in body.decode().splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{") and name.endswith("}"):
+        if line.startswith(name + " ") or (line.startswith(name + "{") and name.endswith("}")):
             return float(line.rsplit(" ", 1)[1])
     return None
 

@@ -393,7 +393,7 @@ def test_data_commands_by_hand(lfsserve, hg, zhg, tmp_path):
                                                       cwd=source).split("\n") if p)
     assert objs[0] == {b"totalpaths": len(paths), b"totalitems": len(paths)}
     entries = [o for o in objs if isinstance(o, dict) and b"node" in o]
-    assert all(b"revision" == e[b"fieldsfollowing"][0][0] and b"linknode" in e for e in entries)
+    assert all(e[b"fieldsfollowing"][0][0] == b"revision" and b"linknode" in e for e in entries)
 
     assert a[7].status == b"error" and a[7].values[0][b"error"][b"message"] % tuple(
         a[7].values[0][b"error"][b"args"]) == b"unknown file: no/such"
