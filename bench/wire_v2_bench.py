@@ -98,7 +98,7 @@ def main() -> int:
         for i in range(args.repeat):
             for name, server, kw in scenarios:
                 dest = work / f"{name.replace(' ', '-')}-{i}"
-                got = measure(server, lambda: clone(hg59, env, server, dest, **kw))
+                got = measure(server, lambda server=server, dest=dest, kw=kw: clone(hg59, env, server, dest, **kw))
                 run(hg59, ["verify", "-q", "-R", str(dest)], env)
                 shutil.rmtree(dest)
                 if name not in results or got[1] < results[name][1]:

@@ -52,6 +52,9 @@ class NoProgress:
         pass
 
 
+NO_PROGRESS = NoProgress()
+
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -102,7 +105,7 @@ def _tree_size(path: Path) -> int:
     return total
 
 
-async def usage(config: Config, progress: Progress = NoProgress()) -> list[Usage]:
+async def usage(config: Config, progress: Progress = NO_PROGRESS) -> list[Usage]:
     """Every repository and LFS namespace with its size on disk and its visible LFS objects."""
     registry = RepoRegistry(config.repos_dir)
     repos = await run_blocking(lambda: list(registry.names()))
@@ -132,7 +135,7 @@ class VerifyResult:
     quarantined: dict[str, str] = field(default_factory=dict)  # oid -> where its bytes went
 
 
-async def verify_blobs(config: Config, quarantine: bool = True, progress: Progress = NoProgress()) -> VerifyResult:
+async def verify_blobs(config: Config, quarantine: bool = True, progress: Progress = NO_PROGRESS) -> VerifyResult:
     """Re-hash every LFS object; report (and by default quarantine) the ones that do not match."""
     result = VerifyResult()
     if not config.lfs_dir.exists():
@@ -160,7 +163,7 @@ class GcResult:
 
 
 async def collect_garbage(config: Config, grace_seconds: float, apply: bool, forget: list[str] = (),
-                          progress: Progress = NoProgress()) -> GcResult:
+                          progress: Progress = NO_PROGRESS) -> GcResult:
     """Delete (apply) or list (dry run) objects that no namespace references and that are older
     than `grace_seconds`. `forget` names namespaces whose repositories were deleted: with apply
     their references are dropped first; in a dry run they are only disregarded."""

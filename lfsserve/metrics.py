@@ -115,7 +115,8 @@ class Metrics:
         self.uploads_in_flight = Gauge("lfsserve_uploads_in_flight",
                                        "Upload bodies being received (lfs: object PUT, hg: push)",
                                        ["protocol"], registry=r)
-        self.pushes = Counter("lfsserve_hg_pushes", "hg pushes, by result (accepted; refused: nothing changed; error: server failure)",
+        self.pushes = Counter("lfsserve_hg_pushes",
+                              "hg pushes, by result (accepted; refused: nothing changed; error: server failure)",
                               ["result"], registry=r)
         self.push_seconds = Histogram("lfsserve_hg_push_duration_seconds", "Time to receive and apply an hg push",
                                       buckets=_SECONDS_BUCKETS, registry=r)

@@ -22,7 +22,7 @@ class TrustedProxies:
     def __init__(self, networks: Iterable[str]):
         self._nets = [ipaddress.ip_network(n, strict=False) for n in networks]
 
-    @lru_cache(maxsize=1024)
+    @lru_cache(maxsize=1024)  # noqa: B019 (one instance per server config, kept for the process)
     def trusts(self, peer: str | None) -> bool:
         if not peer or not self._nets:
             return False

@@ -488,7 +488,7 @@ class LocalBlobStore(BlobStore):
     async def put(self, oid: str, chunks: AsyncIterator[bytes], *, max_size: int = 0) -> PutResult:
         _check_oid(oid)
         try:
-            current, fd, tmp = await run_blocking(self._begin, oid)
+            _current, fd, tmp = await run_blocking(self._begin, oid)
         except OSError as exc:
             raise _storage_error(exc, oid)
         if fd is None or tmp is None:

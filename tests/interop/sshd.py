@@ -65,7 +65,7 @@ class Sshd:
 
     def ssh(self, identity: Path, command: str, input: bytes | None = None) -> subprocess.CompletedProcess:
         """Run `command` on the server as root with `identity` (no shell on this side)."""
-        return run(self.ssh_command(identity).split() + ["-T", "-p", str(self.port), "root@127.0.0.1", command],
+        return run([*self.ssh_command(identity).split(), "-T", "-p", str(self.port), "root@127.0.0.1", command],
                    input=input, check=False, timeout=120)
 
     def stop(self) -> None:

@@ -89,7 +89,8 @@ def test_verify_checks_credentials_before_the_body(lfsserve):
 
 def test_malformed_authorization_headers_get_401(lfsserve):
     server = lfsserve()
-    for value in ("Bearer \xff\xfe", "Basic \xe9t\xe9", f"Bearer {SIGNED_PREFIX}\u00b2.dXNlcg.mac".encode().decode("latin-1"),
+    for value in ("Bearer \xff\xfe", "Basic \xe9t\xe9",
+                  f"Bearer {SIGNED_PREFIX}\u00b2.dXNlcg.mac".encode().decode("latin-1"),
                   f"Bearer {SIGNED_PREFIX}{HUGE}.dXNlcg.mac"):
         status, _, raw = request(server.url + BATCH, "POST", b'{"operation": "download", "objects": []}',
                                  {**J, "Authorization": value})

@@ -122,7 +122,7 @@ def test_git_lfs_100mb_through_nginx(proxied, tmp_path):
 
 def test_hg_lfs_push_and_pull_through_nginx(proxied, tmp_path):
     """hg's lfs extension uploading to and downloading from lfs.url behind nginx's sub-path."""
-    server, nginx = proxied
+    _server, nginx = proxied
     url = f"{nginx.url}/team/app/.git/info/lfs"
     rc = f"[extensions]\nlfs =\n[lfs]\nurl = {url}\ntrack = size('>1KB')\n"
     writer, reader = Hg(tmp_path / "w", rc), Hg(tmp_path / "r", rc)

@@ -148,7 +148,7 @@ def test_metrics_and_json_logs_of_a_real_server(lfsserve):
     assert metric(server.url, "lfsserve_lfs_uploads_total") == 2
     assert metric(server.url, 'lfsserve_http_received_bytes_total{kind="lfs-object"}') >= 12000
     assert metric(server.url, 'lfsserve_http_sent_bytes_total{kind="lfs-object"}') >= 5000
-    status, headers, _ = request(server.url + "/healthz")
+    _status, headers, _ = request(server.url + "/healthz")
     rid = headers["X-Request-Id"]
     deadline = time.monotonic() + 10
     while rid not in server.log() and time.monotonic() < deadline:

@@ -403,7 +403,7 @@ def test_data_commands_by_hand(lfsserve, hg, zhg, tmp_path):
     raw = decode_response(post(base, "rawstorefiledata", request_body(
         ("rawstorefiledata", {b"files": [b"changelog", b"manifestlog"]})))[2]).answers[1].objects
     store = source / ".hg" / "store"
-    files = {m[b"path"].decode(): data for m, data in zip(raw[1::2], raw[2::2])}
+    files = {m[b"path"].decode(): data for m, data in zip(raw[1::2], raw[2::2], strict=True)}
     assert raw[0] == {b"filecount": len(files), b"totalsize": sum(len(d) for d in files.values())}
     assert files and all((store / name).read_bytes() == data for name, data in files.items())
     assert {"00changelog.i", "00manifest.i"} <= set(files)

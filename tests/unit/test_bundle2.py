@@ -101,7 +101,8 @@ def test_caps_round_trip_matches_client_blob():
 
 def test_unread_parts_are_skipped_and_payload_read_in_pieces():
     big = bytes(range(256)) * 1000
-    data = encode_parts([OutPart(b"first", data=[big[:1000], big[1000:]]), OutPart(b"SECOND", [(b"k", b"v")], data=b"x")])
+    data = encode_parts([OutPart(b"first", data=[big[:1000], big[1000:]]),
+                         OutPart(b"SECOND", [(b"k", b"v")], data=b"x")])
     reader = BundleReader(io.BytesIO(data[4:]))
     parts = reader.parts()
     p1 = next(parts)

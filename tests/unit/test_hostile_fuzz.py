@@ -167,7 +167,7 @@ def test_bundle2_claimed_sizes_are_never_allocated():
 
     bundle = Recorder(make_bundle2([part(b"CHANGEGROUP", cg, [(b"version", b"03")])])[4:])
     p = next(bundle2.BundleReader(bundle).parts())
-    with pytest.raises(bundle2.SizeLimitExceeded, match="2 GiB is larger than .* 1 MiB"):
+    with pytest.raises(bundle2.SizeLimitExceeded, match=r"2 GiB is larger than .* 1 MiB"):
         ChunkReader(bundle2.LimitedReader(p, max_read=1 << 20, read_setting="x")).chunk()
     assert max(reads) < 1 << 20
 

@@ -157,8 +157,8 @@ def test_bad_path_filters(spec, why):
 
 def test_manifest_lookup_agrees_with_parsing():
     rng = random.Random(5)
-    names = sorted({b"/".join(rng.choice([b"a", b"b", b"a.b", b"a-b", b"z", b"\xc3\xa9"]) for _ in range(rng.randint(1, 4)))
-                    for _ in range(400)})
+    parts = [b"a", b"b", b"a.b", b"a-b", b"z", b"\xc3\xa9"]
+    names = sorted({b"/".join(rng.choice(parts) for _ in range(rng.randint(1, 4))) for _ in range(400)})
     entries = {n: (os.urandom(20), rng.choice([b"", b"x", b"l"])) for n in names}
     text = format_manifest(entries)
     assert parse_manifest(text) == entries
