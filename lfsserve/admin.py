@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -119,6 +119,7 @@ async def usage(config: Config, progress: Progress = NO_PROGRESS) -> list[Usage]
             out[name].hg_bytes = await run_blocking(_tree_size, registry.path_of(name) / ".hg")
             progress.advance(1)
         for name in namespaces:
+            assert service is not None  # namespaces come from it
             out[name].lfs_objects, out[name].lfs_bytes = await service.namespace_usage(name)
             if name not in repos:
                 progress.advance(1)
@@ -162,7 +163,7 @@ class GcResult:
     forgotten: dict[str, int]
 
 
-async def collect_garbage(config: Config, grace_seconds: float, apply: bool, forget: list[str] = (),
+async def collect_garbage(config: Config, grace_seconds: float, apply: bool, forget: Sequence[str] = (),
                           progress: Progress = NO_PROGRESS) -> GcResult:
     """Delete (apply) or list (dry run) objects that no namespace references and that are older
     than `grace_seconds`. `forget` names namespaces whose repositories were deleted: with apply

@@ -80,9 +80,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
 def run(config: Config) -> int:
     setup_logging(config.log.level, config.log.format)
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
     except ImportError:
-        uvloop = None
+        uvloop = None  # type: ignore[assignment]
     if uvloop is not None and sys.platform != "win32":
         uvloop.run(serve(config))
     else:

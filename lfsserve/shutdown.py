@@ -56,7 +56,7 @@ async def drain_middleware(request: web.Request, handler):
         drain.leave()
 
 
-async def close_while_draining(request: web.BaseRequest, response: web.StreamResponse) -> None:
+async def close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: no keep-alive once shutdown began."""
     if request.app[DRAIN].draining:
         response.force_close()

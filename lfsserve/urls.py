@@ -60,12 +60,11 @@ def client_address(peer: str | None, headers: Mapping[str, str], proxies: Truste
         chain = [_parse_forwarded(part).get("for", "") for part in fwd.split(",")]
     else:
         chain = [part.strip() for part in headers.get("X-Forwarded-For", "").split(",")]
-    chain = [_bare_ip(a) for a in chain]
-    chain = [a for a in chain if a]
-    for addr in reversed(chain):
+    addrs = [a for a in map(_bare_ip, chain) if a]
+    for addr in reversed(addrs):
         if not proxies.trusts(addr):
             return addr
-    return chain[0] if chain else peer
+    return addrs[0] if addrs else peer
 
 
 def _bare_ip(value: str) -> str | None:
