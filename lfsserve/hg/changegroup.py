@@ -20,7 +20,7 @@ from typing import BinaryIO, Callable, Iterator
 from .changelog import check_changeset, parse_changeset
 from .error import Abort, BadChangegroup, BadPath, CorruptRevlog
 from .filelog import LfsPointerError, check_meta, parse_lfs_pointer
-from .manifest import changed_entries, check_manifest, parse_manifest
+from .manifest import changed_entries, check_manifest, check_manifest_delta, parse_manifest
 from .mdiff import PatchError, patch, textdiff, trivial_header
 from .node import NULLID, NULLREV, hash_revision
 from .revlog import REVIDX_EXTSTORED, REVIDX_KNOWN, REVLOGV1, Revlog, RevlogWriter, flag_names
@@ -445,12 +445,19 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
 
     def on_manifest(node: bytes, text: bytes, p1: int, p2: int, base_rev: int, delta) -> None:
         try:
-            check_manifest(text)
-            if base_rev != NULLREV and base_rev in (p1, p2):
-                changes = changed_entries(delta)
+            if base_rev != NULLREV or p1 == NULLREV:
+                # the base is valid: stored (hg or an earlier push accepted it; like hg, we trust
+                # the store) or accepted by this function earlier in this transaction, or the
+                # empty text. Only the lines the delta touched can be wrong, and they are the
+                # entries that may differ from the base: a base's entries were audited and their
+                # file revisions checked when it was accepted, whichever parent it is.
+                changes = check_manifest_delta(text, delta)
             else:
+                # a full text for a manifest with a parent: check all of it (its size is on the
+                # wire anyway), and only what differs from the parent needs auditing and checking
+                check_manifest(text)
                 mine = parse_manifest(text, "manifest")
-                theirs = parse_manifest(mfw.revision(p1), "manifest") if p1 != NULLREV else {}
+                theirs = parse_manifest(mfw.revision(p1), "manifest")
                 changes = {p: v for p, v in mine.items() if theirs.get(p) != v}
             # a path new to this manifest is audited once here; the others were before
             for path in changes:
