@@ -13,7 +13,7 @@ from .mdiff import iter_hunks
 from .revlog import Revlog
 
 __all__ = ["Manifestlog", "parse_manifest", "check_manifest", "check_manifest_delta", "format_manifest",
-           "changed_entries"]
+           "changed_entries", "line_aligned"]
 
 # one entry as hg writes it: a path, NUL, the file node in lowercase hex, at most one flag
 _ENTRY = re.compile(rb"([^\0\n\r]+)\0[0-9a-f]{40}[xl]?")
@@ -107,6 +107,22 @@ def check_manifest_delta(text: bytes, delta) -> dict[bytes, tuple[bytes, bytes]]
     for first, stop in touched:
         _lines_to_entries(memoryview(text)[first:stop], out)
     return out
+
+
+def line_aligned(base: bytes, delta) -> bool:
+    """Whether every hunk of `delta` replaces whole lines of `base` with whole lines.
+
+    Mercurial's own manifest deltas are; hg verify and changegroup emitters (ours included, see
+    changed_entries) read a stored delta's fragments as the entries it changed.
+    """
+    for start, end, data in iter_hunks(delta):
+        if start and base[start - 1:start] != b"\n":
+            return False
+        if end > start and base[end - 1:end] != b"\n":
+            return False
+        if data and data[-1:] != b"\n":
+            return False
+    return True
 
 
 def parse_manifest(text: bytes, name: str = "manifest") -> dict[bytes, tuple[bytes, bytes]]:

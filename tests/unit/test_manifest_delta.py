@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lfsserve.hg.error import CorruptRevlog
-from lfsserve.hg.manifest import check_manifest, check_manifest_delta, parse_manifest
+from lfsserve.hg.manifest import check_manifest, check_manifest_delta, line_aligned, parse_manifest
 from lfsserve.hg.mdiff import patch
 
 N1, N2, N3 = b"1" * 40, b"2" * 40, b"a" * 40
@@ -202,3 +202,13 @@ def test_every_single_cut_of_the_base(cut):
         delta_verdict(BASE, delta((cut, cut + 1, b"")))
     for byte in (b"\n", b"\0", b"0"):
         delta_verdict(BASE, delta((cut, cut, byte)))
+
+
+def test_line_aligned():
+    """What lfsserve may store as received: hunks replacing whole lines with whole lines."""
+    s, e = at(b"b/c"), at(b"e")
+    assert line_aligned(BASE, delta((s, e, entry(b"b/c", N2)), (len(BASE), len(BASE), entry(b"g"))))
+    assert line_aligned(BASE, delta((0, 0, b""), (s, s, b""))) and line_aligned(BASE, b"")
+    assert not line_aligned(BASE, delta((s + 1, e, entry(b"b/c", N2))))  # starts mid-line
+    assert not line_aligned(BASE, delta((s, e - 1, entry(b"b/c", N2))))  # ends mid-line
+    assert not line_aligned(BASE, delta((s, e, entry(b"b/c", N2)[:-1])))  # writes a partial line
