@@ -72,6 +72,9 @@ class AccessRule:
 class AuthConfig:
     # What unauthenticated clients may do everywhere no access rule says otherwise: none|read|write.
     anonymous: str = "read"
+    # What authenticated users (htpasswd, tokens) may do everywhere no access rule says otherwise:
+    # none|read|write. "write" is the one setting that lets every user push everywhere.
+    authenticated: str = "read"
     # htpasswd file with bcrypt entries ("user:$2y$..."), e.g. made by `lfsserve adduser`.
     htpasswd: str = ""
     # Token file: one "user:sha256-hex-of-token" line each, e.g. made by `lfsserve token`.
@@ -81,7 +84,7 @@ class AuthConfig:
     # <root>/secret.key (created with mode 0600 on first start).
     secret_file: str = ""
     # Per-repository rules; the first rule whose glob matches decides. No match: authenticated
-    # users may read and write, anonymous clients get `anonymous`.
+    # users get `authenticated`, anonymous clients get `anonymous`.
     rules: list[AccessRule] = field(default_factory=list)
 
 
@@ -191,8 +194,10 @@ class Config:
             raise ConfigError("server.executor_threads: must be >= 0")
         if s.shutdown_grace < 0:
             raise ConfigError("server.shutdown_grace: must be >= 0")
-        if self.auth.anonymous not in ("none", "read", "write"):
-            raise ConfigError(f"auth.anonymous: must be none, read or write, got {self.auth.anonymous!r}")
+        for name in ("anonymous", "authenticated"):
+            level = getattr(self.auth, name)
+            if level not in ("none", "read", "write"):
+                raise ConfigError(f"auth.{name}: must be none, read or write, got {level!r}")
         for name in ("htpasswd", "tokens"):
             path = getattr(self.auth, name)
             if path and not Path(path).expanduser().is_file():

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from . import __version__
 from .aio import Executor, set_default_executor
-from .app import create_app
+from .app import CTX, create_app
 from .shutdown import DRAIN
 from .config import Config
 from .logs import AccessLogger, JsonAccessLogger, QuietAccessLogger, setup_logging
@@ -62,6 +62,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         port = server.sockets[0].getsockname()[1]
     host = config.server.host
     shown = f"[{host}]" if ":" in host else host
+    for line in app[CTX].auth.describe():
+        print(line, flush=True)
     # Tests and scripts wait for this exact line (and read the port from it when --port 0).
     print(f"lfsserve {__version__}: listening on http://{shown}:{port} (data in {config.root})", flush=True)
     try:

@@ -201,8 +201,8 @@ class Hg:
         self.env = hg_env(home, hgrc)
 
     def __call__(self, *args: str, cwd: Path | str | None = None, check: bool = True,
-                 input: bytes | None = None) -> subprocess.CompletedProcess:
-        return run([self.exe, *args], cwd=cwd, env=self.env, check=check, input=input)
+                 input: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        return run([self.exe, *args], cwd=cwd, env=self.env, check=check, input=input, timeout=timeout)
 
     def out(self, *args: str, cwd: Path | str | None = None) -> str:
         return self(*args, cwd=cwd).stdout.decode("utf-8")

@@ -160,10 +160,25 @@ def _open(config: Config, registry: RepoRegistry, name: str, may_create: bool):
     return repo, path
 
 
-def _session(config: Config, repo) -> Session:
+def _session(config: Config, repo, offer_postargs: bool = False) -> Session:
     if repo is None:
         repo = exchange.AbsentRepo(config.hg.publishing)
-    return Session(config, repo, lock_timeout=config.hg.lock_timeout)
+    return Session(config, repo, lock_timeout=config.hg.lock_timeout, offer_postargs=offer_postargs)
+
+
+def _postargs_safe(request: web.Request, repo_name: str, principal: Principal) -> bool:
+    """Whether this client may be offered httppostargs: only when no 401 can follow.
+
+    With httppostargs, hg sends a push's arguments and bundle as one body that it cannot rewind
+    (its _multifile); when that request gets a 401, hg retries with credentials but without
+    the body, and the push fails or hangs. hg only learns credentials from a 401 and then sends
+    them with every request, so a client that authenticated before this capabilities request
+    never gets another 401, and neither does an anonymous one that may already write here.
+    Everyone else sends arguments in X-HgArg headers, whose requests hg replays whole
+    (httpsendfile is rewound), as against hg serve, which does not offer httppostargs."""
+    if principal.authenticated:
+        return True
+    return request.app[CTX].auth.permission(principal, repo_name) >= Permission.WRITE
 
 
 # -- the handler ------------------------------------------------------------------------------------
@@ -222,10 +237,11 @@ async def _run(request: web.Request, target: Target, principal: Principal, cmd: 
     state = request.app[V1]
     config = ctx.config
     may_create = _may_create(request, target.repo, principal)
+    postargs = cmd.name == "capabilities" and _postargs_safe(request, target.repo, principal)
 
     def work():
         repo, _ = _open(config, state.registry, target.repo, may_create)
-        return cmd.func(_session(config, repo), **args)
+        return cmd.func(_session(config, repo, postargs), **args)
 
     if cmd.name == "capabilities" and config.hg.wire_v2 and request.headers.get("X-HgUpgrade-1"):
         caps = await run_blocking(work)
