@@ -150,6 +150,10 @@ class LogConfig:
 class LimitsConfig:
     # Longest a request may take before the server gives up on it, in seconds; 0 = no limit.
     request_timeout: float = 0.0
+    # Seconds a client may send nothing while the server waits for its request: an unfinished
+    # body gets 408, unfinished headers (and idle keep-alive connections) are closed. An idle
+    # timeout, not a total: an upload of any size passes while bytes keep coming. 0 = wait forever.
+    idle_timeout: float = 60.0
     # Concurrent requests one client address may have in flight; 0 = unlimited. Over: 429.
     per_client_concurrency: int = 0
 
@@ -230,6 +234,8 @@ class Config:
             raise ConfigError(f"log.format: must be text or json, got {self.log.format!r}")
         if self.limits.request_timeout < 0:
             raise ConfigError("limits.request_timeout: must be >= 0")
+        if self.limits.idle_timeout < 0:
+            raise ConfigError("limits.idle_timeout: must be >= 0")
         if self.limits.per_client_concurrency < 0:
             raise ConfigError("limits.per_client_concurrency: must be >= 0")
 

@@ -35,6 +35,9 @@ def runner_options(config: Config) -> dict:
         # Requests in flight were already given server.shutdown_grace (see shutdown.py); what is
         # still running after that is cancelled almost at once.
         "shutdown_timeout": 1.0,
+        # Unfinished request headers, like idle keep-alive connections, are closed after
+        # limits.idle_timeout (aiohttp's default is an hour); bodies are watched in limits.py.
+        **({"keepalive_timeout": config.limits.idle_timeout} if config.limits.idle_timeout else {}),
     }
 
 
