@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .lfs_util import oid_of, object_path, request
+from .lfs_util import object_path, oid_of, request
 
 pytestmark = pytest.mark.interop
 
@@ -23,8 +23,7 @@ WAIT = 60  # far beyond IDLE: only a server that never answers reaches it
 
 
 def connect(server) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
-    return sock
+    return socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
 
 
 def read_all(sock: socket.socket) -> bytes:
