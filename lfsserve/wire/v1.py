@@ -207,6 +207,7 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
             return await _unbundle(request, target, principal, args)
         return await _run(request, target, principal, cmd, args)
     except Unauthorized as exc:
+        await _drain(request, ctx.config.hg.max_push_size)
         return _perm_error(401, exc.message, ctx.auth.challenge())
     except (Forbidden, AuthError) as exc:
         return _perm_error(exc.status, exc.message)
@@ -217,6 +218,7 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
         if ctx.config.hg.create_on_push and principal is not None and not principal.authenticated:
             # hg sends credentials only when challenged: an anonymous 404 would keep a user who
             # may create this repository (hg.create_on_push) from ever pushing to it.
+            await _drain(request, ctx.config.hg.max_push_size)
             return _perm_error(401, f"{exc.message}; log in to create it by pushing", ctx.auth.challenge())
         return _not_found(exc.message)
     except exchange.BundleRequired as exc:
@@ -224,6 +226,23 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
     except (HgError, Bundle2Error) as exc:
         log.info("%s on %s refused: %s", cmd.name, target.repo, exc)
         return _hg_error(exc.message, getattr(exc, "hint", None))
+
+
+async def _drain(request: web.Request, limit: int) -> None:
+    """Read and drop what is left of the request body before a 401 (at most `limit` bytes, 0 = all).
+
+    hg sends a whole push before it reads the answer, then resends it with credentials. aiohttp's
+    own draining after an early answer gives up after 10 s and closes the connection, so a push
+    that takes longer to upload would fail on a reset instead of being retried. The body stays
+    under limits.idle_timeout while it is drained."""
+    seen = 0
+    while request.can_read_body:
+        chunk = await request.content.read(SPOOL_CHUNK)
+        if not chunk:
+            return
+        seen += len(chunk)
+        if limit and seen > limit:
+            return
 
 
 def _may_create(request: web.Request, repo_name: str, principal: Principal) -> bool:

@@ -147,3 +147,27 @@ def test_httppostargs_only_where_no_401_can_follow(lfsserve, tmp_path):
     assert "httppostargs" not in caps({})  # anonymous may read but not write: a 401 would follow
     alice = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
     assert "httppostargs" in caps({"Authorization": f"Basic {alice}"})
+
+
+def test_a_push_slower_than_aiohttp_draining_still_gets_its_401(lfsserve, tmp_path):
+    """hg sends the whole push before reading the answer, then resends it with credentials.
+    The 401 must wait for the body: aiohttp alone drains an unread body for 10 s only and then
+    closes the connection, which a slow upload sees as a reset instead of a challenge."""
+    import socket
+    import time
+
+    server = readme_server(lfsserve, tmp_path)
+    piece = b"\0" * 1000
+    pieces = 12
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"POST /team/app?cmd=unbundle HTTP/1.1\r\nHost: x\r\nX-HgArg-1: heads=666f726365\r\n"
+                     b"Content-Type: application/mercurial-0.1\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (len(piece) * pieces))
+        for _ in range(pieces):  # 12 s in all, a piece a second: well within limits.idle_timeout
+            sock.sendall(piece)
+            time.sleep(1)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
+    assert b"WWW-Authenticate: Basic" in answer
