@@ -409,7 +409,7 @@ class Authenticator:
 
     def describe(self) -> list[str]:
         """Who may write (and read), for the start-up banner: the two default levels and each rule."""
-        words = {Permission.NONE: "nothing", Permission.READ: "read", Permission.WRITE: "read and write"}
+        words = {Permission.NONE: "do nothing", Permission.READ: "read", Permission.WRITE: "read and write"}
 
         def who(names: list[str]) -> str:
             if "anonymous" in names:
