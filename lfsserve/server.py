@@ -15,7 +15,8 @@ from aiohttp import web
 
 from . import __version__
 from .aio import Executor, set_default_executor
-from .app import CTX, create_app
+from .app import create_app
+from .kernel import CTX
 from .shutdown import DRAIN
 from .config import Config
 from .logs import AccessLogger, JsonAccessLogger, QuietAccessLogger, setup_logging
