@@ -136,7 +136,8 @@ class HgConfig:
     bundle1: bool = True
     # Allow `hg clone --stream`.
     stream_clone: bool = True
-    # Advertise `httppostargs`: clients then send command arguments in POST bodies, not headers.
+    # Advertise `httppostargs` (command arguments in POST bodies, not headers) to the clients that
+    # cannot get a 401 later: hg cannot resend such a body with credentials (wire/v1.py).
     httppostargs: bool = True
     # zstd level for compressed pull answers (1 fastest .. 22 smallest; hg serve uses 3).
     zstd_level: int = 3
