@@ -153,6 +153,9 @@ class HgConfig:
     # may carry, in bytes; 0 = up to the format's 2 GiB. The server holds one such revision in
     # memory (two to three times its size, measured) while it checks and stores it.
     max_revision_size: int = 256 * 1024 * 1024
+    # Largest file a pushed revision may keep in plain history, in bytes; 0 = no limit. Larger
+    # files must be stored with LFS: a push adding one is refused with a message saying how.
+    max_file_size: int = 0
 
 
 @dataclass
@@ -267,7 +270,7 @@ class Config:
             raise ConfigError(f"hg.zstd_level: must be 1-22, got {self.hg.zstd_level}")
         if self.hg.lock_timeout < 0:
             raise ConfigError("hg.lock_timeout: must be >= 0")
-        for name in ("max_push_size", "max_unpacked_push_size", "max_revision_size"):
+        for name in ("max_push_size", "max_unpacked_push_size", "max_revision_size", "max_file_size"):
             if getattr(self.hg, name) < 0:
                 raise ConfigError(f"hg.{name}: must be >= 0")
         if self.log.level.lower() not in ("debug", "info", "warning", "error"):

@@ -178,9 +178,12 @@ def _client_idle(request: web.Request, idle: float) -> web.Response:
                 "request body%s; answering 408", request.method, request.path, idle, request.content.total_bytes,
                 f" (of {length})" if length is not None else "")
     if _prepared(request):
+        # Too late to answer: cut the connection; the 408 is what the access log records.
         if request.transport is not None:
             request.transport.abort()
-        raise ConnectionResetError("limits.idle_timeout")
+        response = web.Response(status=408)
+        response.force_close()
+        return response
     return _answer(request, 408, f"the request body stopped arriving: nothing for {idle:g}s "
                                  "(limits.idle_timeout)", {"Connection": "close"})
 
@@ -189,12 +192,15 @@ def _request_timeout(request: web.Request, timeout: float) -> web.Response:
     request.app[METRICS].rejected.labels("timeout").inc()
     if _prepared(request):
         # The status line is gone already: all that is left is to cut the response short,
-        # which the client sees as a truncated transfer and retries.
+        # which the client sees as a truncated transfer and retries. The 503 below is what
+        # the access log records (the server gave up; not a client disconnect), never sent.
         log.warning("%s %s: request_timeout (%gs) hit while sending; closing the connection",
                     request.method, request.path, timeout)
         if request.transport is not None:
             request.transport.abort()
-        raise ConnectionResetError("limits.request_timeout") from None
+        response = web.Response(status=503)
+        response.force_close()
+        return response
     body_done = request.content.is_eof()  # all of it received, read or not
     log.warning("%s %s: gave up after limits.request_timeout (%gs)%s", request.method, request.path,
                 timeout, "" if body_done else " while the request body was still arriving")

@@ -19,19 +19,19 @@ from .app import create_app
 from .kernel import CTX
 from .shutdown import DRAIN
 from .config import Config
-from .logs import AccessLogger, JsonAccessLogger, QuietAccessLogger, setup_logging
+from .logs import access_logger_class, setup_logging
+from .metrics import METRICS
 
 __all__ = ["run", "runner_options", "serve"]
 
 log = logging.getLogger(__name__)
 
 
-def runner_options(config: Config) -> dict:
+def runner_options(app: web.Application, config: Config) -> dict:
     """AppRunner arguments that belong to the product (tests running the app in-process use them too)."""
     # The access logger also feeds the request metrics, so it runs even when lines are "off".
-    access = {"combined": AccessLogger, "json": JsonAccessLogger, "off": QuietAccessLogger}[config.log.access_format]
     return {
-        "access_log_class": access,
+        "access_log_class": access_logger_class(config.log.access_format, app[METRICS]),
         "access_log": logging.getLogger("lfsserve.access"),
         # Requests in flight were already given server.shutdown_grace (see shutdown.py); what is
         # still running after that is cancelled almost at once.
@@ -56,7 +56,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             pass
 
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, **runner_options(config))
+    runner = web.AppRunner(app, handle_signals=False, **runner_options(app, config))
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
     await site.start()

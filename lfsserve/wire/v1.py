@@ -32,6 +32,7 @@ from ..config import Config
 from ..metrics import metrics_of
 from ..hg.bundle2 import Bundle2Error
 from ..hg.error import HgError, RepoNotFound
+from ..hg.node import NULLID
 from ..kernel import CTX
 from ..repos import CannotCreate, RepoPathError, RepoRegistry
 from ..reqkeys import PRINCIPAL
@@ -221,7 +222,7 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
             # may create this repository (hg.create_on_push) from ever pushing to it.
             await _drain(request, ctx.config.hg.max_push_size)
             return _perm_error(401, f"{exc.message}; log in to create it by pushing", ctx.auth.challenge())
-        return _not_found(exc.message)
+        return _not_found(f"{exc.message}; {_how_to_create(ctx.config, target.repo)}")
     except CannotCreate as exc:
         return _perm_error(409, str(exc))
     except exchange.BundleRequired as exc:
@@ -377,7 +378,8 @@ async def _unbundle(request: web.Request, target: Target, principal: Principal, 
     config = ctx.config
     may_create = _may_create(request, target.repo, principal)
     opts = exchange.PushOptions(publishing=config.hg.publishing, lock_timeout=config.hg.lock_timeout,
-                                check_lfs=_lfs_checker(request, target.repo, principal))
+                                check_lfs=_lfs_checker(request, target.repo, principal),
+                                max_file_size=config.hg.max_file_size)
     try:
         body = await _spool(request, state.spool_dir, config.hg.max_push_size)
     except PushTooLarge as exc:
@@ -414,6 +416,14 @@ _PAGE = """<!DOCTYPE html>
 """
 
 
+def _how_to_create(config: Config, name: str) -> str:
+    """What a user who found no repository can do about it (404s, the empty index)."""
+    if config.hg.create_on_push:
+        return "push to a new repository's URL to create it (hg.create_on_push is on)"
+    return (f"create it on the server with `lfsserve init {name or 'NAME'}`, or set "
+            "hg.create_on_push = true to create repositories by pushing")
+
+
 async def browse(request: web.Request, target: Target) -> web.StreamResponse:
     """A repository URL opened in a browser: what it is and how to clone it."""
     ctx = request.app[CTX]
@@ -428,20 +438,25 @@ async def browse(request: web.Request, target: Target) -> web.StreamResponse:
 
     def info():
         repo, _ = _open(ctx.config, state.registry, target.repo, False)
-        return len(repo.heads()), sorted(repo.bookmarks()), repo.has_lfs
+        # An empty repository's only head is the null revision: it has no heads.
+        heads = [h for h in repo.heads() if h != NULLID]
+        return len(heads), sorted(repo.bookmarks()), repo.has_lfs
 
     try:
         nheads, marks, lfs = await run_blocking(info)
     except RepoNotFound:
-        return web.Response(status=404, text=f"no repository at /{target.repo}\n")
+        return web.Response(status=404, text=f"no repository at /{target.repo}: "
+                                             f"{_how_to_create(ctx.config, target.repo)}\n")
     except HgError as exc:
         return web.Response(status=500, text=f"repository {target.repo} cannot be read: {exc.message}\n")
     url = f"{ctx.base_url(request)}/{target.repo}"
     esc = html.escape
     body = (f"<h1>{esc(target.repo)}</h1>\n<p>A Mercurial repository served by lfsserve.</p>\n"
             f"<pre>hg clone {esc(url)}</pre>\n"
-            f"<p>{nheads} head(s)" + (f"; bookmarks: {esc(', '.join(m.decode('utf-8', 'replace') for m in marks))}"
-                                      if marks else "") + "."
+            + ("<p>It is empty: push to it to fill it." if not nheads else
+               f"<p>{nheads} head{'s' if nheads > 1 else ''}"
+               + (f"; bookmarks: {esc(', '.join(m.decode('utf-8', 'replace') for m in marks))}" if marks else "")
+               + ".")
             + (" Large files are stored with LFS (the server is its own <code>lfs.url</code>)." if lfs else "")
             + "</p>\n<p><a href=\"" + esc(ctx.base_url(request)) + "/\">all repositories</a></p>")
     return web.Response(text=_PAGE.format(title=esc(target.repo), body=body), content_type="text/html")
@@ -461,9 +476,13 @@ async def index(request: web.Request, target: Target) -> web.StreamResponse:
     names = await run_blocking(lambda: list(state.registry.names()))
     readable = [n for n in names if ctx.auth.permission(principal, n) >= Permission.READ]
     base = ctx.base_url(request)
+    # Nothing to list (a new server, or nothing this client may read): say so, and how to start.
+    empty = ("No repositories you may read here" + ("" if principal.authenticated else " without logging in")
+             + f". To add one: {_how_to_create(ctx.config, '')}.")
     if "text/html" not in request.headers.get("Accept", ""):
-        return web.Response(text="".join(f"{base}/{n}\n" for n in readable))
+        # One clone URL a line, for scripts; the sentence only when there is none.
+        return web.Response(text="".join(f"{base}/{n}\n" for n in readable) or empty + "\n")
     esc = html.escape
     items = "\n".join(f'<li><a href="{esc(base)}/{esc(n)}">{esc(n)}</a></li>' for n in readable)
-    body = f"<h1>Repositories</h1>\n<ul>\n{items}\n</ul>" if readable else "<p>No repositories you may read.</p>"
+    body = f"<h1>Repositories</h1>\n<ul>\n{items}\n</ul>" if readable else f"<p>{esc(empty)}</p>"
     return web.Response(text=_PAGE.format(title="lfsserve", body=body), content_type="text/html")
