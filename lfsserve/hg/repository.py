@@ -119,32 +119,32 @@ class Repository:
         self.close()
 
     # -- revlogs
-    def _revlog_header(self) -> int:
+    def revlog_header(self) -> int:
         return REVLOGV1 | FLAG_INLINE_DATA | (FLAG_GENERALDELTA if self.generaldelta else 0)
 
-    def _open_revlog(self, cls, index_name: bytes, **kw) -> Revlog:
+    def open_revlog(self, cls, index_name: bytes, **kw) -> Revlog:
         data_name = index_name[:-2] + b".d"
         return cls(self.store.join(index_name), self.store.join(data_name), index_name.decode("utf-8", "replace"),
-                   default_header=self._revlog_header(), **kw)
+                   default_header=self.revlog_header(), **kw)
 
     @property
     def changelog(self) -> Changelog:
         if self._changelog is None:
-            self._changelog = self._open_revlog(Changelog, b"00changelog.i")
+            self._changelog = self.open_revlog(Changelog, b"00changelog.i")
         return self._changelog
 
     @property
     def manifestlog(self) -> Manifestlog:
         if self._manifestlog is None:
             self.changelog  # the changelog is read first: every manifest it names is then on disk
-            self._manifestlog = Manifestlog(self._open_revlog(Revlog, b"00manifest.i"))
+            self._manifestlog = Manifestlog(self.open_revlog(Revlog, b"00manifest.i"))
         return self._manifestlog
 
     def file(self, path: bytes) -> Filelog:
         fl = self._filelogs.get(path)
         if fl is None:
             self.changelog
-            fl = self._open_revlog(Filelog, Store.filelog_name(path), path=path)
+            fl = self.open_revlog(Filelog, Store.filelog_name(path), path=path)
             if len(self._filelogs) > 256:
                 for old in list(self._filelogs.values())[:128]:
                     old.close()

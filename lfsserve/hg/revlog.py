@@ -477,17 +477,6 @@ class Revlog:
         except CorruptRevlog as exc:
             raise CorruptRevlog(f"{self.name}: revision {rev}: {exc.message}") from None
 
-    def delta(self, rev: int) -> tuple[int, bytes]:
-        """(base rev, delta) as stored: patch(revision(base), delta) == revision(rev).
-
-        For a revision stored as a full text, base is NULLREV and the delta applies to b"".
-        """
-        base = self.deltaparent(rev)
-        data = self.chunk(rev)
-        if base == NULLREV:
-            return NULLREV, trivial_header(len(data)) + data
-        return base, data
-
     def _check_flags(self, rev: int) -> int:
         flags = self.index.entries[rev][E_OFFSET_FLAGS] & 0xFFFF
         if flags & ~REVIDX_KNOWN:
