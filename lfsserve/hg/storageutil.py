@@ -26,12 +26,17 @@ class DeltaEmitter:
     against_previous: every revision is a delta against the one sent before it (against p1 for
     the first), as changegroup 01 requires. Otherwise the base is chosen per revision.
     have_parents: the receiver holds the parents of every revision sent.
+    redelta_fulltexts: a revision stored as a full text goes as a fresh delta when a usable base
+    exists (smaller, as hg does; costs a diff) instead of as the stored full text (cheap to
+    produce). Changegroups keep full texts: clone CPU is their bottleneck; v2 re-deltas.
     """
 
-    def __init__(self, rl: Revlog, *, against_previous: bool = False, have_parents: bool = True):
+    def __init__(self, rl: Revlog, *, against_previous: bool = False, have_parents: bool = True,
+                 redelta_fulltexts: bool = False):
         self.rl = rl
         self.against_previous = against_previous
         self.have_parents = have_parents
+        self.redelta_fulltexts = redelta_fulltexts
         self.sent: set[int] = set()
         self.prev = NULLREV
 
@@ -56,10 +61,11 @@ class DeltaEmitter:
             return NULLREV, rl.revision(rev)
         stored = rl.deltaparent(rev)
         if stored == NULLREV:
-            return NULLREV, rl.chunk(rev)
-        if (stored in self.sent or (self.have_parents and stored in (p1, p2))) and not rl.flags(stored):
+            if not self.redelta_fulltexts:
+                return NULLREV, rl.chunk(rev)
+        elif (stored in self.sent or (self.have_parents and stored in (p1, p2))) and not rl.flags(stored):
             return stored, rl.chunk(rev)
-        # the receiver may not have the stored base: a fresh delta against a base it has
+        # a full text, or a stored base the receiver may not have: a fresh delta against one it has
         text = rl.revision(rev)
         candidates = (p1, p2, self.prev) if self.have_parents else (self.prev,)
         for base in candidates:

@@ -44,18 +44,22 @@ def branchy(tmp_path_factory):
     rl.close()
 
 
+@pytest.mark.parametrize("redelta", [False, True])
 @pytest.mark.parametrize("have_parents", [True, False])
 @pytest.mark.parametrize("subset", ["all", "tail", "sparse"])
-def test_every_delta_is_against_a_base_the_receiver_has(branchy, have_parents, subset):
+def test_every_delta_is_against_a_base_the_receiver_has(branchy, have_parents, subset, redelta):
     rl, texts = branchy
     revs = {"all": range(60), "tail": range(30, 60), "sparse": range(1, 60, 3)}[subset]
-    em = DeltaEmitter(rl, have_parents=have_parents)
+    em = DeltaEmitter(rl, have_parents=have_parents, redelta_fulltexts=redelta)
     sent: set[int] = set()
     reused = 0
     for rev in revs:
         base, data = em.next(rev)
         if base == NULLREV:
             assert data == texts[rev]
+            # a full text goes as such only when stored so, or when the receiver has no base
+            assert (rl.deltaparent(rev) == NULLREV and not redelta) or not (
+                sent or (have_parents and any(p != NULLREV for p in rl.parentrevs(rev))))
         else:
             assert base in sent or (have_parents and base in rl.parentrevs(rev))
             assert patch(texts[base], data) == texts[rev]

@@ -286,11 +286,12 @@ def emit_revisions(revlog: Any, revs: list[int], *, haveparents: bool, fields: s
                    linknodes: dict[int, bytes] | None = None, what: str = "revision") -> Iterator[Any]:
     """Per revision: a map (node, parents, linknode, deltabasenode) then its data, as the client asked.
 
-    The engine's DeltaEmitter chooses each delta (the same policy as changegroups): against a
-    base sent earlier in this answer or, with haveparents, a parent; a fulltext otherwise.
+    The engine's DeltaEmitter chooses each delta (the policy changegroups use): against a base
+    sent earlier in this answer or, with haveparents, a parent; a fulltext only when no such
+    base exists (stored full texts are re-deltaed: v2 answers favour size).
     """
     want_data = b"revision" in fields
-    deltas = DeltaEmitter(revlog, have_parents=haveparents)
+    deltas = DeltaEmitter(revlog, have_parents=haveparents, redelta_fulltexts=True)
     for rev in sorted(revs):
         node = revlog.node(rev)
         if revlog.flags(rev):
