@@ -277,6 +277,10 @@ class _Writers:
         for w in [self.changelog, self.manifest, *self.files.values()]:
             w.close()
 
+    def publish(self) -> None:
+        """Called by the repository when the transaction commits (see finalize_writer)."""
+        finalize_writer(self.repo, self.tr, self)
+
 
 def finalize_writer(repo, tr, writers: _Writers) -> None:
     """Publish what the transaction wrote: fncache, requirements, then the changelog, last."""
@@ -374,10 +378,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     """Apply a changegroup inside `tr` (see Repository.add_changegroup)."""
     if version not in HEADERS:
         raise BadChangegroup(f"changegroup version {version!r} is not supported")
-    repo._check_tr(tr)
-    writers = repo._writer
-    if writers is None:
-        writers = repo._writer = _Writers(repo, tr)
+    writers = repo.revlog_writers(tr, lambda: _Writers(repo, tr))
     reader = ChunkReader(source)
     result = ApplyResult()
     clw = writers.changelog
@@ -465,7 +466,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
 
     # new changesets are draft; the front end publishes them when the server is publishing
     if added_cl:
-        repo._set_new_draft(added_cl[0], len(added_cl))
+        repo.mark_new_drafts(tr, added_cl[0], len(added_cl))
     result.added = [clw.node(r) for r in added_cl]
     # heads as hg's apply() counts them, even on a server: over all changesets, secret ones
     # included (real `hg serve` reports "+1 heads" for a push on top of a changeset whose secret
