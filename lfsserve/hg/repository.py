@@ -60,6 +60,7 @@ class PendingRevlogs(Protocol):
 
 
 W = TypeVar("W", bound=PendingRevlogs)
+R = TypeVar("R", bound=Revlog)
 
 
 class Repository:
@@ -132,9 +133,11 @@ class Repository:
 
     # -- revlogs
     def revlog_header(self) -> int:
+        """The header a revlog created in this repository starts with."""
         return REVLOGV1 | FLAG_INLINE_DATA | (FLAG_GENERALDELTA if self.generaldelta else 0)
 
-    def open_revlog(self, cls, index_name: bytes, **kw) -> Revlog:
+    def open_revlog(self, cls: type[R], index_name: bytes, **kw) -> R:
+        """Open the store's revlog `index_name` (e.g. b"data/f.i") as a `cls` (a Revlog class)."""
         data_name = index_name[:-2] + b".d"
         return cls(self.store.join(index_name), self.store.join(data_name), index_name.decode("utf-8", "replace"),
                    default_header=self.revlog_header(), **kw)
