@@ -18,7 +18,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from . import branchmap as branchmod
 from . import dagop, phases
@@ -33,6 +33,10 @@ from .revlog import FLAG_GENERALDELTA, FLAG_INLINE_DATA, REVLOGV1, Revlog, Revlo
 from .store import HG_INIT_REQUIREMENTS, Store, check_requirements, read_requirements
 from .tags import live_tags, merge_tags, parse_tags
 from .transaction import Transaction, has_journal, rollback_journal
+
+if TYPE_CHECKING:
+    from .changegroup import ApplyResult
+    from .filelog import LfsPointer
 
 __all__ = ["Repository", "AmbiguousRevision", "PendingRevlogs", "recover_abandoned"]
 
@@ -92,7 +96,7 @@ class Repository:
 
     # -- opening and creating
     @classmethod
-    def open(cls, path) -> "Repository":
+    def open(cls, path: str | os.PathLike[str]) -> "Repository":
         root = Path(path)
         if not (root / ".hg").is_dir():
             raise RepoNotFound(root)
@@ -101,7 +105,7 @@ class Repository:
         return cls(root, reqs)
 
     @classmethod
-    def init(cls, path, *, lfs: bool = False) -> "Repository":
+    def init(cls, path: str | os.PathLike[str], *, lfs: bool = False) -> "Repository":
         """Create a repository as `hg init` of Mercurial 7.2.4 does (plus `lfs` when asked)."""
         root = Path(path)
         hg = root / ".hg"
@@ -341,7 +345,7 @@ class Repository:
             return head[12:32]
         return head[:20] if len(head) >= 20 else NULLID
 
-    def lookup(self, key) -> bytes:
+    def lookup(self, key: bytes | str) -> bytes:
         """Resolve a name as `hg lookup` does: rev number, full hex, bookmark, tag, branch, hex prefix."""
         if isinstance(key, str):
             key = key.encode("utf-8")
@@ -380,9 +384,9 @@ class Repository:
         if tip is not None:
             return tip
         if _HEX.match(key) and len(key) <= 40:
-            node = self._resolve_prefix(key.lower())
-            if node is not None:
-                return node
+            found = self._resolve_prefix(key.lower())
+            if found is not None:
+                return found
         raise UnknownRevision(key)
 
     def _resolve_prefix(self, prefix: bytes) -> bytes | None:
@@ -459,7 +463,7 @@ class Repository:
         return out
 
     # -- pushkey namespaces
-    def listkeys(self, namespace) -> dict[bytes, bytes]:
+    def listkeys(self, namespace: bytes | str) -> dict[bytes, bytes]:
         if isinstance(namespace, str):
             namespace = namespace.encode()
         if namespace == b"namespaces":
@@ -492,7 +496,7 @@ class Repository:
                 out.append((name, st.st_size))
         return out
 
-    def open_store_file(self, name: bytes):
+    def open_store_file(self, name: bytes) -> BinaryIO:
         """Open a store file by its unencoded name (for stream clones)."""
         if b"\0" in name or name.startswith(b"/") or b".." in name.split(b"/"):
             raise Abort(f"invalid store file name {name!r}")
@@ -643,7 +647,9 @@ class Repository:
         return self._phases.edit(self.phase_array, len(parents)), parents
 
     # -- writing (see changegroup.py for the changegroup itself)
-    def add_changegroup(self, tr: Transaction, source, version: str, *, on_lfs_pointer=None):
+    def add_changegroup(self, tr: Transaction, source: BinaryIO, version: str, *,
+                        on_lfs_pointer: Callable[[LfsPointer], None] | None = None) -> ApplyResult:
+        """Apply a changegroup of `version` read from `source` inside `tr` (see changegroup.apply)."""
         from .changegroup import apply
 
         return apply(self, tr, source, version, on_lfs_pointer=on_lfs_pointer)
@@ -696,7 +702,8 @@ class Repository:
                 raise LookupError(node, "00changelog.i")
         self._bookmarks.change(changes)
 
-    def pushkey(self, tr: Transaction, namespace, key, old, new) -> bool:
+    def pushkey(self, tr: Transaction, namespace: bytes | str, key: bytes | str, old: bytes | str,
+                new: bytes | str) -> bool:
         """hg's pushkey for 'bookmarks' and 'phases'; False when the old value does not match."""
         self.check_transaction(tr)
         ns = namespace.encode() if isinstance(namespace, str) else namespace
@@ -724,11 +731,11 @@ class Repository:
                 return False
             rev = self._resolve_tr_rev(node)
             arr = self.phase_array
-            current = arr[rev] if rev < len(arr) else phases.DRAFT
-            if current == old_phase and new_phase < old_phase:
+            current_phase = arr[rev] if rev is not None and rev < len(arr) else phases.DRAFT
+            if current_phase == old_phase and new_phase < old_phase:
                 self.phases_advance(tr, new_phase, [node])
                 return True
-            return current == new_phase
+            return current_phase == new_phase
         return False
 
     def _node_from_hex(self, value: bytes) -> bytes | None:
@@ -743,7 +750,7 @@ class Repository:
             return None
         return node
 
-    def check_heads(self, expected) -> None:
+    def check_heads(self, expected: Iterable[bytes | str] | bytes | str) -> None:
         """Raise PushRaced unless `expected` is [b"force"], the current heads, or
         [b"hashed", sha1 of the sorted current heads] (hg's unbundle convention)."""
         expected = list(expected) if not isinstance(expected, (bytes, str)) else [expected]
