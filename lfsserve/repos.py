@@ -2,7 +2,8 @@
 
 A repository path (already validated by routing) maps to `<repos_dir>/<path>`; that directory is a
 repository when it holds `.hg/`. Repositories do not nest: a path below an existing repository is
-not a repository. Symlinks may not lead a path outside `repos_dir`.
+not a repository, and no repository is created around another one. Symlinks may not lead a path
+outside `repos_dir`.
 
 Opening and reading a repository is the engine's business (lfsserve.hg), done in the executor;
 this module only answers "which directory" and "may I write now".
@@ -12,15 +13,49 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import weakref
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["RepoRegistry", "RepoPathError"]
+__all__ = ["RepoRegistry", "RepoPathError", "CannotCreate", "make_dirs", "remove_created"]
 
 
 class RepoPathError(ValueError):
     """The path cannot hold a repository (outside the root, or inside another repository)."""
+
+
+class CannotCreate(RepoPathError):
+    """No repository may be created at this path (something already exists there)."""
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """Create the missing directories of `path`, top down; returns those this call created
+    (a directory another request made meanwhile is not ours)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    made = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        made.append(d)
+    return made
+
+
+def remove_created(path: Path, made: list[Path]) -> None:
+    """Undo a failed creation: the `.hg` this request wrote into `path`, then the directories it
+    made, deepest first, each only while empty (nothing anyone else put there is removed)."""
+    shutil.rmtree(path / ".hg", ignore_errors=True)
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            break  # not empty: someone else's content; its parents are not empty either
 
 
 class RepoRegistry:
@@ -44,6 +79,32 @@ class RepoRegistry:
                 raise RepoPathError(f"{name}: lies inside repository {parent.relative_to(self.base)}")
             parent = parent.parent
         return path
+
+    def check_creatable(self, name: str) -> Path:
+        """The directory where a push may create repository `name` (blocking: use the executor).
+
+        Raises RepoPathError when the path lies inside a repository, and CannotCreate when
+        anything is already there other than an empty directory, above all when repositories
+        lie below it: creating one there would capture them.
+        """
+        path = self.path_of(name)
+        if not path.exists() and not path.is_symlink():
+            return path
+        if not path.is_dir() or path.is_symlink():
+            raise CannotCreate(f"{name}: exists and is not a directory; no repository can be created there")
+        inner = self._first_repo_below(path)
+        if inner is not None:
+            raise CannotCreate(f"{name}: holds repository {inner}; no repository can be created around it")
+        if any(path.iterdir()):
+            raise CannotCreate(f"{name}: is a directory that is not empty; no repository can be created there")
+        return path
+
+    def _first_repo_below(self, path: Path) -> str | None:
+        for dirpath, dirnames, _ in os.walk(path):
+            if ".hg" in dirnames:
+                return Path(dirpath).relative_to(self.base).as_posix()
+            dirnames.sort()
+        return None
 
     def exists(self, name: str) -> bool:
         try:

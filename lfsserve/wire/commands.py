@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 from ..config import Config
 from ..hg.error import HgError
 from . import exchange
-from .protocol import BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
+from .protocol import MAX_PAIRS, BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
 
 __all__ = ["COMMANDS", "Command", "Session", "Stream", "bind_args", "command"]
 
@@ -111,6 +111,8 @@ def branches(s: Session, nodes: bytes) -> bytes:
 
 @command("between", "pairs")
 def between(s: Session, pairs: bytes) -> bytes:
+    if len(pairs) > MAX_PAIRS * 82 or pairs.count(b" ") >= MAX_PAIRS:
+        raise BadRequest(f"between: too many pairs in one request (at most {MAX_PAIRS})")
     decoded = []
     for pair in pairs.split(b" ") if pairs else []:
         nodes = decode_nodes(pair.replace(b"-", b" "), "pairs")

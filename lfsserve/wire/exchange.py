@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from ..hg.error import Abort, HgError, PushRaced, UnknownRevision
 from ..hg.node import NULLID
 from ..hg.phases import DRAFT, PUBLIC, SECRET
 from ..hg.repository import Repository
+from ..repos import make_dirs, remove_created
 from .protocol import BadRequest, decode_nodes
 
 __all__ = [
@@ -496,6 +496,25 @@ class PushOptions:
     check_lfs: Callable[[set[str]], set[str]] | None = None
 
 
+@dataclass(frozen=True)
+class PushLimits:
+    """What a pushed bundle may unpack to (hg.max_unpacked_push_size, hg.max_revision_size); 0: no limit."""
+
+    max_unpacked: int = 0
+    max_revision: int = 0
+
+    @classmethod
+    def of(cls, config: Config) -> PushLimits:
+        return cls(config.hg.max_unpacked_push_size, config.hg.max_revision_size)
+
+    def changegroup_source(self, source: BinaryIO) -> BinaryIO:
+        """`source` as the changegroup reader must see it: one revision at most max_revision bytes."""
+        if not self.max_revision:
+            return source
+        return bundle2.LimitedReader(source, max_read=self.max_revision,  # type: ignore[return-value]
+                                     read_setting="hg.max_revision_size")
+
+
 @dataclass
 class PushReply:
     """What unbundle answers: a bundle2 reply, or bundle1's `<int>\\n<output>` text."""
@@ -530,7 +549,8 @@ def check_heads(repo, their_heads: list[bytes], context: str) -> None:
 def unbundle(config: Config, repo_path: Path, repo, heads_arg: bytes, body: BinaryIO,
              opts: PushOptions) -> PushReply:
     """Apply a pushed bundle. `repo` is the opened repository, or None when it does not exist and
-    may be created (it then is, and removed again if the push fails)."""
+    may be created at `repo_path` (checked by the caller: nothing there but possibly an empty
+    directory). It then is, and if the push changes nothing, only what this call made is removed."""
     their_heads = parse_unbundle_heads(heads_arg)
     # As hg: the heads argument is checked before the bundle is even looked at, and a mismatch is
     # the plain "0\n<message>" answer whatever the bundle's format.
@@ -552,23 +572,32 @@ def unbundle(config: Config, repo_path: Path, repo, heads_arg: bytes, body: Bina
     if kind == "bundle1" and not config.hg.bundle1:
         raise BundleRequired()
 
-    created = False
+    made: list[Path] | None = None  # set when this request creates the repository
     if repo is None:
-        repo = Repository.init(repo_path)
-        created = True
+        made = make_dirs(repo_path)
+        try:
+            repo = Repository.init(repo_path)
+        except BaseException:
+            remove_created(repo_path, made)
+            raise
     repo.publishing = opts.publishing
     ok = False
+    limits = PushLimits.of(config)
     try:
         if kind == "bundle1":
-            reply = _apply_bundle1(repo, their_heads, bundle2.decompressing_reader(
-                body, {b"UN": "UN", b"GZ": "GZ", b"BZ": "_truncatedBZ"}[algo]), opts)
+            stream = bundle2.decompressing_reader(body, {b"UN": "UN", b"GZ": "GZ", b"BZ": "_truncatedBZ"}[algo])
+            if limits.max_unpacked:
+                stream = bundle2.LimitedReader(stream, max_total=limits.max_unpacked,  # type: ignore[assignment]
+                                               total_setting="hg.max_unpacked_push_size")
+            reply = _apply_bundle1(repo, their_heads, limits.changegroup_source(stream), opts)
         else:
-            reply = _apply_bundle2(repo, body, opts)
+            reply = _apply_bundle2(repo, body, opts, limits)
         ok = reply.changed
         return reply
     finally:
-        if created and not ok:
-            shutil.rmtree(repo_path, ignore_errors=True)
+        if made is not None and not ok:
+            repo.close()
+            remove_created(repo_path, made)
 
 
 def _added_message(result) -> str:
@@ -628,13 +657,13 @@ MAX_SMALL_PART = 16 * 1024 * 1024
 
 class _PushkeyFailed(HgError):
     def __init__(self, part_id: int, params: dict[bytes, bytes]):
-        super().__init__(f"failed to update value for {params.get(b'namespace', b'').decode()}/"
+        super().__init__(f"failed to update value for {params.get(b'namespace', b'').decode('utf-8', 'replace')}/"
                          f"{params.get(b'key', b'').decode('utf-8', 'replace')}")
         self.part_id = part_id
         self.params = params
 
 
-def _apply_bundle2(repo, body: BinaryIO, opts: PushOptions) -> PushReply:
+def _apply_bundle2(repo, body: BinaryIO, opts: PushOptions, limits: PushLimits = PushLimits()) -> PushReply:
     """Process the parts in order under the store lock; the transaction opens on the first write.
 
     The reply lists, in order, each part's reply parts then the output printed while handling it,
@@ -647,7 +676,9 @@ def _apply_bundle2(repo, body: BinaryIO, opts: PushOptions) -> PushReply:
     lfs_oids: set[str] = set()
     lazy = _LazyTransaction(repo)
     try:
-        reader = bundle2.BundleReader(body)
+        reader = bundle2.BundleReader(body, max_unpacked=limits.max_unpacked,
+                                      unpacked_setting="hg.max_unpacked_push_size")
+        state["limits"] = limits
         with repo.lock(timeout=opts.lock_timeout):
             with lazy:
                 for part in reader.parts():
@@ -755,7 +786,8 @@ def _handle_part(repo, part, lazy: _LazyTransaction, texts: list[str], final: li
             raise UnsupportedContent(part.type.lower(), [b"version=" + version.encode()])
         tr = lazy.get()
         texts.append("adding changesets\nadding manifests\nadding file changes\n")
-        result = repo.add_changegroup(tr, part, version)
+        limits = state.get("limits") or PushLimits()
+        result = repo.add_changegroup(tr, limits.changegroup_source(part), version)
         target = part.params.get(b"targetphase")
         if result.added and (opts.publishing or target == b"0"):
             repo.phases_advance(tr, PUBLIC, result.added)

@@ -33,7 +33,7 @@ from ..metrics import metrics_of
 from ..hg.bundle2 import Bundle2Error
 from ..hg.error import HgError, RepoNotFound
 from ..kernel import CTX
-from ..repos import RepoPathError, RepoRegistry
+from ..repos import CannotCreate, RepoPathError, RepoRegistry
 from ..reqkeys import PRINCIPAL
 from ..routing import Kind, Target
 from . import exchange, v2
@@ -152,7 +152,8 @@ def _open(config: Config, registry: RepoRegistry, name: str, may_create: bool):
         raise RepoNotFound(f"{name} ({exc})")
     if not (path / ".hg").is_dir():
         if may_create:
-            return None, path
+            # raises CannotCreate where a repository must not appear (around other repositories)
+            return None, registry.check_creatable(name)
         raise RepoNotFound(name)
     from ..hg.repository import Repository
     repo = Repository.open(path)
@@ -204,6 +205,8 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
             # may create this repository (hg.create_on_push) from ever pushing to it.
             return _perm_error(401, f"{exc.message}; log in to create it by pushing", ctx.auth.challenge())
         return _not_found(exc.message)
+    except CannotCreate as exc:
+        return _perm_error(409, str(exc))
     except exchange.BundleRequired as exc:
         return _hg_error(exc.message)
     except (HgError, Bundle2Error) as exc:

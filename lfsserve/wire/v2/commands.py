@@ -20,6 +20,7 @@ from ...hg import error as hgerror
 from ...hg.manifest import find_entry
 from ...hg.node import NULLID, NULLREV
 from ...hg.storageutil import DeltaEmitter
+from ..protocol import MAX_NODES
 from .framing import CommandError, CommandRequest, IndefiniteBytes
 
 __all__ = ["COMMANDS", "Command", "Context", "FRAMING_MEDIA_TYPE", "PathFilter", "api_descriptor", "classify",
@@ -156,6 +157,8 @@ def _cbor_kind(value: Any) -> str:
 
 
 def _check_nodes(label: str, value: Any) -> None:
+    if isinstance(value, list) and len(value) > MAX_NODES:
+        raise CommandError(f"{label}: too many nodes in one request (at most {MAX_NODES})")
     if not isinstance(value, list) or not all(isinstance(n, bytes) and len(n) == 20 for n in value):
         raise CommandError(f"{label} must be a list of 20-byte binary nodes")
 
