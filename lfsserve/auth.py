@@ -5,11 +5,16 @@ Credentials:
   password (handy for credential helpers and `[auth]` sections in hgrc);
 - `Authorization: Bearer <token>` with a token from the token file;
 - `Authorization: Bearer lfs1.…`: a short-lived signed action token that the LFS batch API put in
-  an action's header; it grants one operation on one object of one namespace and nothing else.
+  an action's header; it grants one operation on one object of one namespace and nothing else;
+- `Authorization: Bearer lfsr1.…`: a short-lived signed repository token that `git-lfs-authenticate`
+  (over SSH) hands to git-lfs; it grants the Git LFS API (batch, transfers, locks) of one namespace
+  for one operation ("download": read; "upload": read and write) and nothing else, as long as the
+  user it names still has that permission.
 
 Authorization: the first access rule whose glob matches the repository decides; without a
-matching rule authenticated users may read and write and anonymous clients get `auth.anonymous`.
-Write implies read. Front ends turn Unauthorized into 401 (with a Basic challenge: hg understands
+matching rule anonymous clients get `auth.anonymous` and authenticated users `auth.authenticated`
+(read by default: like hg serve's empty `web.allow-push`, nobody writes until configured; never
+less than anonymous clients). Write implies read. Front ends turn Unauthorized into 401 (with a Basic challenge: hg understands
 nothing else) and Forbidden into 403, each in its own body format.
 """
 
@@ -63,9 +68,10 @@ class Principal:
     """Who made a request. `name` is None for anonymous clients."""
 
     name: str | None
-    via: str  # "anonymous" | "basic" | "bearer" | "signed"
-    # For via == "signed": what the action token grants.
-    scope: tuple[str, str, str] | None = None  # (namespace, oid, operation)
+    via: str  # "anonymous" | "basic" | "bearer" | "signed" | "repo-token" | "ssh"
+    # For via == "signed": what the action token grants, (namespace, oid, operation); for
+    # via == "repo-token": (namespace, "", operation).
+    scope: tuple[str, str, str] | None = None
 
     @property
     def authenticated(self) -> bool:
@@ -193,6 +199,11 @@ def _parse_tokens(text: str, where: str) -> dict[str, str]:
 
 
 SIGNED_PREFIX = "lfs1."
+REPO_TOKEN_PREFIX = "lfsr1."
+# First MAC field of repository tokens: never a valid namespace, so no action token's MAC (whose
+# first field is the namespace) can be replayed as a repository token, nor the other way round.
+_REPO_TOKEN_DOMAIN = "\x01repo-token"
+_REPO_TOKEN_OPERATIONS = ("upload", "download")
 
 
 class Authenticator:
@@ -206,6 +217,8 @@ class Authenticator:
         self.config = config
         self.realm = config.auth.realm
         self.anonymous = Permission.parse(config.auth.anonymous)
+        # A user who logs in never gets less than one who does not.
+        self.authenticated = max(self.anonymous, Permission.parse(config.auth.authenticated))
         self._htpasswd = _ReloadingFile(config.auth.htpasswd, _parse_htpasswd)
         self._tokens = _ReloadingFile(config.auth.tokens, _parse_tokens)
         self._rules = [(_glob_to_regex(r.repos), r) for r in config.auth.rules]
@@ -279,6 +292,34 @@ class Authenticator:
 
         return sign
 
+    def sign_repo_token(self, user: str, namespace: str, operation: str, expires_at: int) -> str:
+        """A token for the Git LFS API of `namespace`, `operation` ("download": read, "upload":
+        read and write) for `user`, until `expires_at` (what `git-lfs-authenticate` hands out)."""
+        if operation not in _REPO_TOKEN_OPERATIONS:
+            raise ValueError(f"operation must be upload or download, not {operation!r}")
+        user_b64 = base64.urlsafe_b64encode(user.encode("utf-8")).rstrip(b"=").decode("ascii")
+        mac = self._mac(_REPO_TOKEN_DOMAIN, namespace, operation, str(expires_at), user_b64)
+        return f"{REPO_TOKEN_PREFIX}{operation}.{expires_at}.{user_b64}.{mac}"
+
+    def _repo_token(self, token: str, lfs_repo: str | None) -> Principal:
+        if lfs_repo is None:
+            raise Unauthorized("a git-lfs-authenticate token is only valid for the Git LFS API")
+        parts = token[len(REPO_TOKEN_PREFIX):].split(".")
+        if len(parts) != 4 or parts[0] not in _REPO_TOKEN_OPERATIONS or not _EXPIRY.fullmatch(parts[1]):
+            raise Unauthorized("invalid repository token")
+        operation, expires_at, user_b64, mac = parts
+        if not hmac.compare_digest(mac, self._mac(_REPO_TOKEN_DOMAIN, lfs_repo, operation, expires_at, user_b64)):
+            raise Unauthorized(f"this token is not valid for {lfs_repo}")
+        if int(expires_at) < time.time():
+            raise Unauthorized("token expired; git-lfs asks for a new one (git-lfs-authenticate)")
+        try:
+            user = base64.urlsafe_b64decode(user_b64 + "=" * (-len(user_b64) % 4)).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("invalid repository token")
+        if not user:
+            raise Unauthorized("invalid repository token")
+        return Principal(user, "repo-token", (lfs_repo, "", operation))
+
     def _check_signed(self, token: str) -> tuple[int, str, str] | None:
         """Split a signed token into (expires_at, user, mac); None when it is not well formed."""
         parts = token[len(SIGNED_PREFIX):].split(".")
@@ -292,12 +333,13 @@ class Authenticator:
         return principal.via == "signed" and principal.scope == (namespace, oid, operation)
 
     # -- authentication -------------------------------------------------------------------------
-    async def authenticate(self, headers: Mapping[str, str], scope_hint: tuple[str, str, str] | None = None
-                           ) -> Principal:
+    async def authenticate(self, headers: Mapping[str, str], scope_hint: tuple[str, str, str] | None = None,
+                           *, lfs_repo: str | None = None) -> Principal:
         """Who sent these headers. Raises Unauthorized for bad credentials (never falls back to anonymous).
 
         `scope_hint` is the (namespace, oid, operation) the request is for; a signed token is only
-        accepted when it was issued for exactly that.
+        accepted when it was issued for exactly that. `lfs_repo` is the namespace of a Git LFS
+        API request (None elsewhere): repository tokens are only accepted there, for that one.
         """
         value = headers.get("Authorization")
         if not value:
@@ -314,6 +356,8 @@ class Authenticator:
         if scheme == "bearer":
             if cred.startswith(SIGNED_PREFIX):
                 return self._signed(cred, scope_hint)
+            if cred.startswith(REPO_TOKEN_PREFIX):
+                return self._repo_token(cred, lfs_repo)
             user = self._token_user(cred)
             if user is None:
                 raise Unauthorized("invalid token")
@@ -379,7 +423,7 @@ class Authenticator:
         """The most this principal may do on this repository (or LFS namespace)."""
         rule = self._rule_for(repo)
         if rule is None:
-            return Permission.WRITE if principal.authenticated else self.anonymous
+            return self.authenticated if principal.authenticated else self.anonymous
 
         def listed(names: list[str]) -> bool:
             if "anonymous" in names:
@@ -400,6 +444,15 @@ class Authenticator:
             # Signed action tokens were checked against their scope in authenticate(); they carry
             # no repository-wide rights.
             raise Forbidden("an action token only grants the object transfer it was issued for")
+        if principal.via == "repo-token":
+            assert principal.scope is not None
+            namespace, _, operation = principal.scope
+            granted = Permission.WRITE if operation == "upload" else Permission.READ
+            if repo != namespace:
+                raise Forbidden(f"this token is for {namespace}, not {repo}")
+            if granted < needed:
+                raise Forbidden(f"this token was issued for downloads from {repo}; "
+                                "writing needs one issued for upload")
         if self.permission(principal, repo) >= needed:
             return
         what = "write to" if needed is Permission.WRITE else "read"
@@ -407,11 +460,43 @@ class Authenticator:
             raise Unauthorized(f"authentication required to {what} {repo}")
         raise Forbidden(f"user {principal.name} may not {what} {repo}")
 
-    async def require(self, headers: Mapping[str, str], repo: str, needed: Permission) -> Principal:
-        """authenticate() then authorize(); the usual call of a front end."""
-        principal = await self.authenticate(headers)
+    async def require(self, headers: Mapping[str, str], repo: str, needed: Permission, *, lfs: bool = False
+                      ) -> Principal:
+        """authenticate() then authorize(); the usual call of a front end (`lfs`: a Git LFS API
+        request, where repository tokens are accepted)."""
+        principal = await self.authenticate(headers, lfs_repo=repo if lfs else None)
         self.authorize(principal, repo, needed)
         return principal
+
+    def describe(self) -> list[str]:
+        """Who may write (and read), for the start-up banner: the two default levels and each rule."""
+        words = {Permission.NONE: "do nothing", Permission.READ: "read", Permission.WRITE: "read and write"}
+
+        def who(names: list[str]) -> str:
+            if "anonymous" in names:
+                return "everyone"
+            if "*" in names:
+                return "any authenticated user"
+            return ", ".join(dict.fromkeys(names)) or "nobody"
+
+        lines = [f"access: anonymous clients may {words[self.anonymous]} (auth.anonymous = \"{self.config.auth.anonymous}\"), "
+                 f"authenticated users may {words[self.authenticated]} (auth.authenticated = "
+                 f"\"{self.config.auth.authenticated}\")"
+                 + (", where no rule matches" if self._rules else "")]
+        for _, rule in self._rules:
+            lines.append(f"access: rule {rule.repos!r}: write {who(rule.write)}; read {who(rule.read + rule.write)}")
+        if self.anonymous is Permission.WRITE:
+            writers = "everyone, without credentials"
+        elif self.authenticated is Permission.WRITE:
+            writers = "every authenticated user" + (" (except where a rule says otherwise)" if self._rules else "")
+        else:
+            ruled = [f"{who(r.write)} on {r.repos}" for _, r in self._rules if r.write]
+            writers = "; ".join(ruled) if ruled else (
+                "nobody (set auth.authenticated = \"write\" to let users push)")
+        lines.append(f"access: who may write: {writers}")
+        if not (self.config.auth.htpasswd or self.config.auth.tokens) and self.anonymous is not Permission.WRITE:
+            lines.append("access: no users (set auth.htpasswd or auth.tokens to let people log in)")
+        return lines
 
     def challenge(self) -> dict[str, str]:
         """Headers for a 401: Basic for hg and browsers, LFS-Authenticate for git-lfs."""

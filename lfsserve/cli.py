@@ -27,10 +27,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _config_from(args: argparse.Namespace, **server_overrides) -> Config:
     overrides = {"server": {"root": args.root, **server_overrides}}
-    anonymous = getattr(args, "anonymous", None)
-    if anonymous is not None:
-        overrides["auth"] = {"anonymous": anonymous}
+    overrides["auth"] = {key: getattr(args, key, None) for key in ("anonymous", "authenticated", "htpasswd")}
     return load_config(args.config, overrides=overrides)
+
+
+def _data_config(args: argparse.Namespace) -> Config | None:
+    """The configuration of an admin command that reads existing data, or None (after saying why)
+    when its data directory does not exist: run from the wrong place, it must not report an
+    empty server, nor create one."""
+    config = _config_from(args)
+    if not config.root.is_dir():
+        print(f"lfsserve: no data directory at {config.root} (give the server's --root, or "
+              "server.root in --config / LFSSERVE_ROOT)", file=sys.stderr)
+        return None
+    print(f"data directory: {config.root}", file=sys.stderr)
+    return config
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -41,15 +52,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 _USER = re.compile(r"[A-Za-z0-9._@+-]{1,64}\Z")
+_NO_TERMINAL = ("lfsserve: no terminal to ask for the password; give it on standard input with "
+                "--password-stdin, e.g.\n  printf '%s\\n' \"$PASSWORD\" | lfsserve adduser --htpasswd {file} "
+                "--password-stdin {user}")
 
 
 def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass(f"password for {args.user}: ")
-        if password != getpass.getpass("again: "):
-            raise SystemExit("lfsserve: passwords do not match")
+        if not sys.stdin.isatty():
+            raise SystemExit(_NO_TERMINAL.format(user=args.user, file=args.htpasswd))
+        try:
+            password = getpass.getpass(f"password for {args.user}: ")
+            if password != getpass.getpass("again: "):
+                raise SystemExit("lfsserve: passwords do not match")
+        except EOFError:
+            raise SystemExit(_NO_TERMINAL.format(user=args.user, file=args.htpasswd)) from None
     if not password:
         raise SystemExit("lfsserve: empty password")
     return password
@@ -152,7 +171,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .hg.verify import verify_with_stats
     from .repos import RepoPathError, RepoRegistry
 
-    config = _config_from(args)
+    config = _data_config(args)
+    if config is None:
+        return 1
     registry = RepoRegistry(config.repos_dir)
     names = [] if args.blobs_only else args.repos or list(registry.names())
     check_blobs = not args.repos_only and not args.repos
@@ -239,17 +260,20 @@ def cmd_repos(args: argparse.Namespace) -> int:
 
     from .admin import usage
 
-    rows = asyncio.run(usage(_config_from(args), progress=_Bar()))
+    config = _data_config(args)
+    if config is None:
+        return 1
+    rows = asyncio.run(usage(config, progress=_Bar()))
     if args.json:
         print(json.dumps([row.__dict__ for row in rows], indent=2))
         return 0
     if not rows:
-        print("no repositories")
+        print(f"no repositories in {config.repos_dir} (create one with `lfsserve init NAME`)")
         return 0
-    width = max(len("REPOSITORY"), *(len(r.name) for r in rows))
+    names = [r.name if r.hg_bytes is not None else r.name + " (lfs only)" for r in rows]
+    width = max(len("REPOSITORY"), *(len(n) for n in names))
     print(f"{'REPOSITORY':<{width}}  {'HG':>10}  {'LFS OBJECTS':>11}  {'LFS':>10}")
-    for r in rows:
-        name = r.name if r.hg_bytes is not None else r.name + " (lfs only)"
+    for name, r in zip(names, rows):
         print(f"{name:<{width}}  {_size(r.hg_bytes):>10}  {r.lfs_objects:>11}  {_size(r.lfs_bytes):>10}")
     return 0
 
@@ -264,7 +288,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"lfsserve: --grace: {exc}", file=sys.stderr)
         return 2
-    res = asyncio.run(collect_garbage(_config_from(args), grace, args.apply, args.forget, progress=_Bar()))
+    config = _data_config(args)
+    if config is None:
+        return 1
+    res = asyncio.run(collect_garbage(config, grace, args.apply, args.forget, progress=_Bar()))
     for name, n in res.forgotten.items():
         print(f"{'forgot' if args.apply else 'would forget'} namespace {name} ({n} references)")
     if args.verbose:
@@ -275,6 +302,54 @@ def cmd_gc(args: argparse.Namespace) -> int:
           f"({_size(res.freed_bytes)}); kept {res.kept}")
     if not args.apply and res.deleted:
         print("dry run: nothing was deleted; run again with --apply to delete")
+    return 0
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    from .ssh import run_forced_command
+
+    if not _USER.match(args.user):
+        print(f"lfsserve: invalid user name {args.user!r}", file=sys.stderr)
+        return 2
+    return run_forced_command(_config_from(args), args.user, os.environ.get("SSH_ORIGINAL_COMMAND"))
+
+
+def cmd_authorized_keys(args: argparse.Namespace) -> int:
+    from .ssh import keys
+
+    config = _config_from(args)
+    path = config.authorized_keys
+    try:
+        if args.action == "add":
+            text = sys.stdin.read() if args.key_file == "-" else Path(args.key_file).read_text(encoding="utf-8")
+            # The forced command must find the same configuration and data directory as this
+            # command did, without the environment (sshd starts it with a minimal one).
+            root = args.root or os.environ.get("LFSSERVE_ROOT")
+            command = keys.forced_command(config.ssh.command, args.user, args.config, root)
+            entry = keys.add_key(path, args.user, text, command)
+            print(f"added {entry.type} key {entry.fingerprint} for {args.user} to {path}")
+        elif args.action == "list":
+            for e in keys.list_keys(path):
+                if args.user is None or e.user == args.user:
+                    print(f"{e.user}\t{e.type}\t{e.fingerprint}\t{e.comment}")
+        elif args.action == "remove":
+            removed = keys.remove_keys(path, args.user, args.fingerprint)
+            if not removed:
+                what = f"key {args.fingerprint}" if args.fingerprint else "keys"
+                print(f"lfsserve: no {what} of {args.user} in {path}", file=sys.stderr)
+                return 1
+            for e in removed:
+                print(f"removed {e.type} key {e.fingerprint} of {e.user} from {path}")
+        else:  # lookup: sshd's AuthorizedKeysCommand; the system user (%u) does not matter
+            if len(args.words) > 2:
+                print("lfsserve: lookup takes USER [TYPE] KEY", file=sys.stderr)
+                return 2
+            key_type, key = (args.words[0], args.words[1]) if len(args.words) == 2 else (None, args.words[0])
+            for line in keys.lookup(path, key, key_type):
+                print(line)
+    except (keys.BadKey, OSError) as exc:
+        print(f"lfsserve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -289,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free one)")
     p.add_argument("--anonymous", choices=["none", "read", "write"],
                    help="what unauthenticated clients may do (default read)")
+    p.add_argument("--authenticated", choices=["none", "read", "write"],
+                   help="what logged-in users may do where no access rule matches (default read)")
+    p.add_argument("--htpasswd", metavar="FILE", help="users and bcrypt passwords, from `lfsserve adduser`")
     p.add_argument("--base-url", help="external URL of the server, e.g. https://hg.example.com/hg")
     p.set_defaults(func=cmd_serve)
 
@@ -336,6 +414,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a deleted repository whose LFS references to drop first (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every object deleted")
     p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("ssh", help="the forced command of authorized_keys lines: serve hg and git-lfs "
+                                   "over SSH (reads SSH_ORIGINAL_COMMAND)")
+    _add_config_args(p)
+    p.add_argument("--user", required=True, help="the lfsserve user the SSH key belongs to")
+    p.set_defaults(func=cmd_ssh)
+
+    p = sub.add_parser("authorized-keys", help="manage the SSH keys of lfsserve users "
+                                               "(ssh.authorized_keys, default <root>/ssh/authorized_keys)")
+    keys_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    k = keys_sub.add_parser("add", help="add a user's OpenSSH public key with its forced command")
+    _add_config_args(k)
+    k.add_argument("user")
+    k.add_argument("key_file", metavar="PUBKEY_FILE", help="the public key (e.g. id_ed25519.pub), - for stdin")
+    k = keys_sub.add_parser("list", help="list the keys: user, type, fingerprint, comment")
+    _add_config_args(k)
+    k.add_argument("user", nargs="?", help="only this user's keys")
+    k = keys_sub.add_parser("remove", help="remove a user's keys (or the one with --fingerprint)")
+    _add_config_args(k)
+    k.add_argument("user")
+    k.add_argument("--fingerprint", metavar="SHA256:...", help="only this key (as `list` shows it)")
+    k = keys_sub.add_parser("lookup", help="print the line of a key, for sshd's AuthorizedKeysCommand "
+                                           "(AuthorizedKeysCommand /path/to/lfsserve authorized-keys lookup "
+                                           "--config FILE %%u %%t %%k)")
+    _add_config_args(k)
+    k.add_argument("system_user", metavar="USER", help="sshd's %%u (not used: every key maps to its lfsserve user)")
+    k.add_argument("words", nargs="+", metavar="[TYPE] KEY", help="sshd's %%t (optional) and %%k")
+    p.set_defaults(func=cmd_authorized_keys)
     return parser
 
 

@@ -168,7 +168,7 @@ async def handle_batch(request: web.Request, target: Target) -> web.StreamRespon
     ns = target.repo
     # Credentials are checked before the body is read: a client that may not even read gets its
     # 401/403 at once.
-    principal = await svc.auth.authenticate(request.headers)
+    principal = await svc.auth.authenticate(request.headers, lfs_repo=ns)
     request[PRINCIPAL] = principal
     svc.auth.authorize(principal, ns, Permission.READ)
     limit = 64 * 1024 + svc.config.lfs.max_batch_objects * _BYTES_PER_OBJECT

@@ -202,7 +202,7 @@ def _page(next_seq: int | None) -> dict[str, Any]:
 
 async def _require(request: web.Request, auth, ns: str, needed: Permission) -> Principal:
     """Check the caller may `needed` in `ns` (401/403 otherwise) and note who it is for the log."""
-    principal = await auth.require(request.headers, ns, needed)
+    principal = await auth.require(request.headers, ns, needed, lfs=True)
     request[PRINCIPAL] = principal
     return principal
 

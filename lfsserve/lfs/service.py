@@ -4,8 +4,7 @@ path (which must accept only pointers to blobs the server has) and operations (g
 It is the one door to LFS storage: uploads, downloads, the batch API's states and actions (its
 transfer adapter), pushed pointers, verification, quarantine and gc all go through it, so a new
 backend (`[storage] backend`, built by blobstore.open_store) or a new rule changes one place.
-
-Interface documented for the other front ends in /work/coord/LFS_API.md (kept in sync).
+Its public methods are the whole interface the other front ends use; each says what it promises.
 """
 
 from __future__ import annotations
@@ -34,9 +33,12 @@ from ..config import Config
 from ..sqlitedb import SqliteDb
 from . import locks, namespaces
 from .adapters import TransferAdapter, open_adapter
+from .locks import Lock, LockExists
 from .namespaces import NamespaceIndex
 
-__all__ = ["LfsService", "LfsStats", "GcReport", "VerifyReport"]
+# Lock and LockExists are what LfsService.locks hands out and raises, for front ends (ssh/) that
+# reach LFS storage through this module only.
+__all__ = ["GcReport", "Lock", "LockExists", "LfsService", "LfsStats", "VerifyReport"]
 
 log = logging.getLogger(__name__)
 

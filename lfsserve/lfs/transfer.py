@@ -34,7 +34,7 @@ _OCTETS = "application/octet-stream"
 
 async def _principal(request: web.Request, svc: LfsService, ns: str, oid: str, operation: str,
                      needed: Permission) -> Principal:
-    principal = await svc.auth.authenticate(request.headers, (ns, oid, operation))
+    principal = await svc.auth.authenticate(request.headers, (ns, oid, operation), lfs_repo=ns)
     request[PRINCIPAL] = principal
     if not svc.auth.signed_grants(principal, ns, oid, operation):
         svc.auth.authorize(principal, ns, needed)

@@ -32,6 +32,7 @@ __all__ = [
     "AbsentRepo",
     "BundleRequired",
     "GetbundlePlan",
+    "FileTooLarge",
     "PushOptions",
     "capabilities_bytes",
     "changegroup_legacy",
@@ -161,8 +162,11 @@ def server_bundle2_caps(streamable: bool) -> dict[str, list[str]]:
     return caps
 
 
-def capabilities_bytes(config: Config, repo) -> bytes:
+def capabilities_bytes(config: Config, repo, postargs: bool = False) -> bytes:
     """The `capabilities` answer for `repo` (an engine Repository or an AbsentRepo).
+
+    `httppostargs` is offered only with `postargs` (the front end's judgement that this client
+    cannot be sent a 401 later) and `hg.httppostargs`.
 
     As hg serve 7.2.4 advertises, minus what lfsserve does not do: no `remote-changegroup`
     (the server would fetch client-named URLs) and hence no `digests`, no changegroup 04 and
@@ -186,7 +190,7 @@ def capabilities_bytes(config: Config, repo) -> bytes:
     ]
     if config.hg.compression:
         caps.append("compression=" + ",".join(config.hg.compression))
-    if config.hg.httppostargs:
+    if postargs and config.hg.httppostargs:
         caps.append("httppostargs")
     if repo.has_lfs:
         caps.append("lfs-serve")
@@ -494,6 +498,9 @@ class PushOptions:
     # Called (in this thread) with the oids of the lfs pointers a push stores; returns those that are
     # not acceptable. None: no check.
     check_lfs: Callable[[set[str]], set[str]] | None = None
+    # hg.max_file_size: largest file content a pushed revision may keep in plain history (LFS
+    # pointers not counted); 0 = no limit.
+    max_file_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -626,6 +633,40 @@ def _check_lfs(oids: set[str], opts: PushOptions) -> None:
                     hint="push with the lfs extension enabled so the blobs are uploaded first")
 
 
+class FileTooLarge(Abort):
+    """A pushed file revision larger than hg.max_file_size that is not stored with LFS."""
+
+    def __init__(self, path: bytes, size: int, limit: int):
+        name = path.decode("utf-8", "replace")
+        super().__init__(
+            f"{name} is {_size_words(size)}, over this server's limit of {_size_words(limit)} for files "
+            "kept in history (hg.max_file_size); store it with LFS",
+            # bundle2 carries at most 255 bytes of hint: no file name in it.
+            hint="enable the lfs extension, commit a .hglfs file whose [track] section has a rule such as "
+                 f'** = size(">{_size_words(limit, fileset=True)}"), then redo the commit that added the file '
+                 "so that LFS stores it, and push again")
+
+
+def _size_words(n: int, fileset: bool = False) -> str:
+    """Bytes as hg's size() fileset writes them (1MB = 1 MiB), or with the exact count."""
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}" if fileset else f"{n // scale} {unit[0]}iB"
+    return f"{n}" if fileset else f"{n} bytes"
+
+
+def _file_size_check(opts: PushOptions) -> Callable[[bytes, bytes, int], None] | None:
+    limit = opts.max_file_size
+    if not limit:
+        return None
+
+    def check(path: bytes, node: bytes, size: int) -> None:
+        if size > limit:
+            raise FileTooLarge(path, size, limit)
+
+    return check
+
+
 def _apply_bundle1(repo, their_heads, stream, opts: PushOptions) -> PushReply:
     output: list[str] = []
     try:
@@ -633,7 +674,7 @@ def _apply_bundle1(repo, their_heads, stream, opts: PushOptions) -> PushReply:
             check_heads(repo, their_heads, "uploading changes")
             with repo.transaction(b"push") as tr:
                 output.append("adding changesets\nadding manifests\nadding file changes\n")
-                result = repo.add_changegroup(tr, stream, "01")
+                result = repo.add_changegroup(tr, stream, "01", on_file_revision=_file_size_check(opts))
                 if opts.publishing and result.added:
                     repo.phases_advance(tr, PUBLIC, result.added)
                 _check_lfs(set(result.lfs_oids), opts)
@@ -787,7 +828,8 @@ def _handle_part(repo, part, lazy: _LazyTransaction, texts: list[str], final: li
         tr = lazy.get()
         texts.append("adding changesets\nadding manifests\nadding file changes\n")
         limits = state.get("limits") or PushLimits()
-        result = repo.add_changegroup(tr, limits.changegroup_source(part), version)
+        result = repo.add_changegroup(tr, limits.changegroup_source(part), version,
+                                      on_file_revision=_file_size_check(opts))
         target = part.params.get(b"targetphase")
         if result.added and (opts.publishing or target == b"0"):
             repo.phases_advance(tr, PUBLIC, result.added)

@@ -32,6 +32,7 @@ from ..config import Config
 from ..metrics import metrics_of
 from ..hg.bundle2 import Bundle2Error
 from ..hg.error import HgError, RepoNotFound
+from ..hg.node import NULLID
 from ..kernel import CTX
 from ..repos import CannotCreate, RepoPathError, RepoRegistry
 from ..reqkeys import PRINCIPAL
@@ -161,10 +162,25 @@ def _open(config: Config, registry: RepoRegistry, name: str, may_create: bool):
     return repo, path
 
 
-def _session(config: Config, repo) -> Session:
+def _session(config: Config, repo, offer_postargs: bool = False) -> Session:
     if repo is None:
         repo = exchange.AbsentRepo(config.hg.publishing)
-    return Session(config, repo, lock_timeout=config.hg.lock_timeout)
+    return Session(config, repo, lock_timeout=config.hg.lock_timeout, offer_postargs=offer_postargs)
+
+
+def _postargs_safe(request: web.Request, repo_name: str, principal: Principal) -> bool:
+    """Whether this client may be offered httppostargs: only when no 401 can follow.
+
+    With httppostargs, hg sends a push's arguments and bundle as one body that it cannot rewind
+    (its _multifile); when that request gets a 401, hg retries with credentials but without
+    the body, and the push fails or hangs. hg only learns credentials from a 401 and then sends
+    them with every request, so a client that authenticated before this capabilities request
+    never gets another 401, and neither does an anonymous one that may already write here.
+    Everyone else sends arguments in X-HgArg headers, whose requests hg replays whole
+    (httpsendfile is rewound), as against hg serve, which does not offer httppostargs."""
+    if principal.authenticated:
+        return True
+    return request.app[CTX].auth.permission(principal, repo_name) >= Permission.WRITE
 
 
 # -- the handler ------------------------------------------------------------------------------------
@@ -193,6 +209,7 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
             return await _unbundle(request, target, principal, args)
         return await _run(request, target, principal, cmd, args)
     except Unauthorized as exc:
+        await _drain(request, ctx.config.hg.max_push_size)
         return _perm_error(401, exc.message, ctx.auth.challenge())
     except (Forbidden, AuthError) as exc:
         return _perm_error(exc.status, exc.message)
@@ -203,8 +220,9 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
         if ctx.config.hg.create_on_push and principal is not None and not principal.authenticated:
             # hg sends credentials only when challenged: an anonymous 404 would keep a user who
             # may create this repository (hg.create_on_push) from ever pushing to it.
+            await _drain(request, ctx.config.hg.max_push_size)
             return _perm_error(401, f"{exc.message}; log in to create it by pushing", ctx.auth.challenge())
-        return _not_found(exc.message)
+        return _not_found(f"{exc.message}; {_how_to_create(ctx.config, target.repo)}")
     except CannotCreate as exc:
         return _perm_error(409, str(exc))
     except exchange.BundleRequired as exc:
@@ -212,6 +230,23 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
     except (HgError, Bundle2Error) as exc:
         log.info("%s on %s refused: %s", cmd.name, target.repo, exc)
         return _hg_error(exc.message, getattr(exc, "hint", None))
+
+
+async def _drain(request: web.Request, limit: int) -> None:
+    """Read and drop what is left of the request body before a 401 (at most `limit` bytes, 0 = all).
+
+    hg sends a whole push before it reads the answer, then resends it with credentials. aiohttp's
+    own draining after an early answer gives up after 10 s and closes the connection, so a push
+    that takes longer to upload would fail on a reset instead of being retried. The body stays
+    under limits.idle_timeout while it is drained."""
+    seen = 0
+    while request.can_read_body:
+        chunk = await request.content.read(SPOOL_CHUNK)
+        if not chunk:
+            return
+        seen += len(chunk)
+        if limit and seen > limit:
+            return
 
 
 def _may_create(request: web.Request, repo_name: str, principal: Principal) -> bool:
@@ -225,10 +260,11 @@ async def _run(request: web.Request, target: Target, principal: Principal, cmd: 
     state = request.app[V1]
     config = ctx.config
     may_create = _may_create(request, target.repo, principal)
+    postargs = cmd.name == "capabilities" and _postargs_safe(request, target.repo, principal)
 
     def work():
         repo, _ = _open(config, state.registry, target.repo, may_create)
-        return cmd.func(_session(config, repo), **args)
+        return cmd.func(_session(config, repo, postargs), **args)
 
     if cmd.name == "capabilities" and config.hg.wire_v2 and request.headers.get("X-HgUpgrade-1"):
         caps = await run_blocking(work)
@@ -342,7 +378,8 @@ async def _unbundle(request: web.Request, target: Target, principal: Principal, 
     config = ctx.config
     may_create = _may_create(request, target.repo, principal)
     opts = exchange.PushOptions(publishing=config.hg.publishing, lock_timeout=config.hg.lock_timeout,
-                                check_lfs=_lfs_checker(request, target.repo, principal))
+                                check_lfs=_lfs_checker(request, target.repo, principal),
+                                max_file_size=config.hg.max_file_size)
     try:
         body = await _spool(request, state.spool_dir, config.hg.max_push_size)
     except PushTooLarge as exc:
@@ -379,6 +416,14 @@ _PAGE = """<!DOCTYPE html>
 """
 
 
+def _how_to_create(config: Config, name: str) -> str:
+    """What a user who found no repository can do about it (404s, the empty index)."""
+    if config.hg.create_on_push:
+        return "push to a new repository's URL to create it (hg.create_on_push is on)"
+    return (f"create it on the server with `lfsserve init {name or 'NAME'}`, or set "
+            "hg.create_on_push = true to create repositories by pushing")
+
+
 async def browse(request: web.Request, target: Target) -> web.StreamResponse:
     """A repository URL opened in a browser: what it is and how to clone it."""
     ctx = request.app[CTX]
@@ -393,20 +438,25 @@ async def browse(request: web.Request, target: Target) -> web.StreamResponse:
 
     def info():
         repo, _ = _open(ctx.config, state.registry, target.repo, False)
-        return len(repo.heads()), sorted(repo.bookmarks()), repo.has_lfs
+        # An empty repository's only head is the null revision: it has no heads.
+        heads = [h for h in repo.heads() if h != NULLID]
+        return len(heads), sorted(repo.bookmarks()), repo.has_lfs
 
     try:
         nheads, marks, lfs = await run_blocking(info)
     except RepoNotFound:
-        return web.Response(status=404, text=f"no repository at /{target.repo}\n")
+        return web.Response(status=404, text=f"no repository at /{target.repo}: "
+                                             f"{_how_to_create(ctx.config, target.repo)}\n")
     except HgError as exc:
         return web.Response(status=500, text=f"repository {target.repo} cannot be read: {exc.message}\n")
     url = f"{ctx.base_url(request)}/{target.repo}"
     esc = html.escape
     body = (f"<h1>{esc(target.repo)}</h1>\n<p>A Mercurial repository served by lfsserve.</p>\n"
             f"<pre>hg clone {esc(url)}</pre>\n"
-            f"<p>{nheads} head(s)" + (f"; bookmarks: {esc(', '.join(m.decode('utf-8', 'replace') for m in marks))}"
-                                      if marks else "") + "."
+            + ("<p>It is empty: push to it to fill it." if not nheads else
+               f"<p>{nheads} head{'s' if nheads > 1 else ''}"
+               + (f"; bookmarks: {esc(', '.join(m.decode('utf-8', 'replace') for m in marks))}" if marks else "")
+               + ".")
             + (" Large files are stored with LFS (the server is its own <code>lfs.url</code>)." if lfs else "")
             + "</p>\n<p><a href=\"" + esc(ctx.base_url(request)) + "/\">all repositories</a></p>")
     return web.Response(text=_PAGE.format(title=esc(target.repo), body=body), content_type="text/html")
@@ -426,9 +476,13 @@ async def index(request: web.Request, target: Target) -> web.StreamResponse:
     names = await run_blocking(lambda: list(state.registry.names()))
     readable = [n for n in names if ctx.auth.permission(principal, n) >= Permission.READ]
     base = ctx.base_url(request)
+    # Nothing to list (a new server, or nothing this client may read): say so, and how to start.
+    empty = ("No repositories you may read here" + ("" if principal.authenticated else " without logging in")
+             + f". To add one: {_how_to_create(ctx.config, '')}.")
     if "text/html" not in request.headers.get("Accept", ""):
-        return web.Response(text="".join(f"{base}/{n}\n" for n in readable))
+        # One clone URL a line, for scripts; the sentence only when there is none.
+        return web.Response(text="".join(f"{base}/{n}\n" for n in readable) or empty + "\n")
     esc = html.escape
     items = "\n".join(f'<li><a href="{esc(base)}/{esc(n)}">{esc(n)}</a></li>' for n in readable)
-    body = f"<h1>Repositories</h1>\n<ul>\n{items}\n</ul>" if readable else "<p>No repositories you may read.</p>"
+    body = f"<h1>Repositories</h1>\n<ul>\n{items}\n</ul>" if readable else f"<p>{esc(empty)}</p>"
     return web.Response(text=_PAGE.format(title="lfsserve", body=body), content_type="text/html")
