@@ -27,9 +27,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _config_from(args: argparse.Namespace, **server_overrides) -> Config:
     overrides = {"server": {"root": args.root, **server_overrides}}
-    anonymous = getattr(args, "anonymous", None)
-    if anonymous is not None:
-        overrides["auth"] = {"anonymous": anonymous}
+    overrides["auth"] = {key: getattr(args, key, None) for key in ("anonymous", "authenticated", "htpasswd")}
     return load_config(args.config, overrides=overrides)
 
 
@@ -366,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free one)")
     p.add_argument("--anonymous", choices=["none", "read", "write"],
                    help="what unauthenticated clients may do (default read)")
+    p.add_argument("--authenticated", choices=["none", "read", "write"],
+                   help="what logged-in users may do where no access rule matches (default read)")
+    p.add_argument("--htpasswd", metavar="FILE", help="users and bcrypt passwords, from `lfsserve adduser`")
     p.add_argument("--base-url", help="external URL of the server, e.g. https://hg.example.com/hg")
     p.set_defaults(func=cmd_serve)
 

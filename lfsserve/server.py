@@ -17,6 +17,7 @@ from . import __version__
 from .aio import Executor, set_default_executor
 from .app import create_app
 from .config import Config
+from .kernel import CTX
 from .logs import access_logger_class, setup_logging
 from .metrics import METRICS
 from .shutdown import DRAIN
@@ -35,6 +36,9 @@ def runner_options(app: web.Application, config: Config) -> dict:
         # Requests in flight were already given server.shutdown_grace (see shutdown.py); what is
         # still running after that is cancelled almost at once.
         "shutdown_timeout": 1.0,
+        # Unfinished request headers, like idle keep-alive connections, are closed after
+        # limits.idle_timeout (aiohttp's default is an hour); bodies are watched in limits.py.
+        **({"keepalive_timeout": config.limits.idle_timeout} if config.limits.idle_timeout else {}),
     }
 
 
@@ -62,6 +66,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         port = server.sockets[0].getsockname()[1]
     host = config.server.host
     shown = f"[{host}]" if ":" in host else host
+    for line in app[CTX].auth.describe():
+        print(line, flush=True)
     # Tests and scripts wait for this exact line (and read the port from it when --port 0).
     print(f"lfsserve {__version__}: listening on http://{shown}:{port} (data in {config.root})", flush=True)
     try:

@@ -20,10 +20,11 @@ from typing import BinaryIO, Callable, Iterator
 from .changelog import check_changeset, parse_changeset
 from .error import Abort, BadChangegroup, BadPath, CorruptRevlog
 from .filelog import LfsPointerError, check_meta, parse_lfs_pointer, parse_meta
-from .manifest import changed_entries, check_manifest, parse_manifest
+from .manifest import changed_entries, check_manifest, check_manifest_delta, line_aligned, parse_manifest
 from .mdiff import PatchError, patch, textdiff, trivial_header
 from .node import NULLID, NULLREV, hash_revision
 from .revlog import REVIDX_EXTSTORED, REVIDX_KNOWN, REVLOGV1, Revlog, RevlogWriter, flag_names
+from .storageutil import DeltaEmitter
 from .store import Store, audit_path, encode_dir
 
 __all__ = ["generate", "apply", "supported_versions", "ApplyResult", "ChunkReader", "HEADERS"]
@@ -56,14 +57,14 @@ def _chunk(header: bytes, delta: bytes) -> Iterator[bytes]:
 
 
 class _GroupEmitter:
-    """Chooses the delta of each revision sent from one revlog."""
+    """Frames the revisions sent from one revlog; storageutil.DeltaEmitter chooses each delta."""
 
     def __init__(self, rl: Revlog, version: str, what: str):
         self.rl = rl
         self.version = version
         self.what = what
-        self.sent: set[int] = set()
-        self.prev = NULLREV
+        # 01 has no base field: each delta is against the previous chunk (p1 for the first)
+        self.deltas = DeltaEmitter(rl, against_previous=version == "01")
 
     def emit(self, rev: int, linknode: bytes) -> Iterator[bytes]:
         rl = self.rl
@@ -77,47 +78,16 @@ class _GroupEmitter:
                         hint="the client must support changegroup 03 (enable the lfs extension)")
         node = rl.node(rev)
         n1, n2 = rl.node(p1), rl.node(p2)
-        if self.version == "01":
-            base = self.prev if self.prev != NULLREV else p1
-            delta = self._delta_against(rev, base)
-            header = HEADERS["01"].pack(node, n1, n2, linknode)
-        else:
-            base, delta = self._pick(rev, p1, p2, flags)
-            basenode = rl.node(base)
-            if self.version == "02":
-                header = HEADERS["02"].pack(node, n1, n2, basenode, linknode)
-            else:
-                header = HEADERS["03"].pack(node, n1, n2, basenode, linknode, flags)
-        self.sent.add(rev)
-        self.prev = rev
-        yield from _chunk(header, delta)
-
-    def _delta_against(self, rev: int, base: int) -> bytes:
-        rl = self.rl
-        if base != NULLREV and rl.deltaparent(rev) == base and not (rl.flags(base) | rl.flags(rev)):
-            return rl.chunk(rev)
-        text = rl.revision(rev)
+        base, delta = self.deltas.next(rev)
         if base == NULLREV:
-            return trivial_header(len(text)) + text
-        return textdiff(rl.revision(base), text)
-
-    def _pick(self, rev: int, p1: int, p2: int, flags: int) -> tuple[int, bytes]:
-        rl = self.rl
-        if flags & REVIDX_EXTSTORED:
-            text = rl.revision(rev)
-            return NULLREV, trivial_header(len(text)) + text
-        stored = rl.deltaparent(rev)
-        if stored == NULLREV:
-            text = rl.chunk(rev)
-            return NULLREV, trivial_header(len(text)) + text
-        if (stored in self.sent or stored == p1 or stored == p2) and not rl.flags(stored):
-            return stored, rl.chunk(rev)
-        # the receiver may not have the stored base: a fresh delta against a parent it has
-        text = rl.revision(rev)
-        for p in (p1, p2):
-            if p != NULLREV and not rl.flags(p):
-                return p, textdiff(rl.revision(p), text)
-        return NULLREV, trivial_header(len(text)) + text
+            delta = trivial_header(len(delta)) + delta
+        if self.version == "01":
+            header = HEADERS["01"].pack(node, n1, n2, linknode)
+        elif self.version == "02":
+            header = HEADERS["02"].pack(node, n1, n2, rl.node(base), linknode)
+        else:
+            header = HEADERS["03"].pack(node, n1, n2, rl.node(base), linknode, flags)
+        yield from _chunk(header, delta)
 
 
 def generate(repo, revs, version: str, *, fastpath=None) -> Iterator[bytes]:
@@ -293,19 +263,23 @@ class _Writers:
         repo = self.repo
         return RevlogWriter(rl, self.tr, index_name=index_name, data_name=index_name[:-2] + b".d",
                             compression=repo.compression, sparse=repo.sparse,
-                            create_header=repo._revlog_header() if header is None else header,
+                            create_header=repo.revlog_header() if header is None else header,
                             delay=delay, on_new_file=self._note_new)
 
     def file(self, path: bytes) -> RevlogWriter:
         w = self.files.get(path)
         if w is None:
-            rl = self.repo._open_revlog(Revlog, Store.filelog_name(path))
+            rl = self.repo.open_revlog(Revlog, Store.filelog_name(path))
             w = self.files[path] = self._writer(rl, Store.filelog_name(path))
         return w
 
     def close(self) -> None:
         for w in [self.changelog, self.manifest, *self.files.values()]:
             w.close()
+
+    def publish(self) -> None:
+        """Called by the repository when the transaction commits (see finalize_writer)."""
+        finalize_writer(self.repo, self.tr, self)
 
 
 def finalize_writer(repo, tr, writers: _Writers) -> None:
@@ -361,7 +335,11 @@ def _parse_header(version: str, data: bytes, prev: bytes | None):
 def _add_group(reader: ChunkReader, version: str, writer: RevlogWriter, what: str, *,
                link_of: Callable[[bytes], int], allow_flags: int = 0,
                on_text: Callable | None = None, on_lfs: Callable | None = None) -> list[int]:
-    """Read one group into `writer`; returns the new revs."""
+    """Read one group into `writer`; returns the new revs.
+
+    `on_text(node, text, p1 rev, p2 rev, base rev, delta)` checks each new revision; it returns
+    None, or a delta against the same base to store in place of the one received.
+    """
     added = []
     prev = None
     while True:
@@ -393,7 +371,8 @@ def _add_group(reader: ChunkReader, version: str, writer: RevlogWriter, what: st
         elif hash_revision(text, p1, p2) != node:
             raise BadChangegroup(f"integrity check failed on {what} revision {node.hex()[:12]}")
         if on_text is not None:
-            on_text(node, text, writer.rev(p1), writer.rev(p2), base_rev, delta)
+            # on_text may hand back another delta against the same base, to be stored instead
+            delta = on_text(node, text, writer.rev(p1), writer.rev(p2), base_rev, delta) or delta
         rev = writer.add(node, p1, p2, linkrev, flags, text=text,
                          delta_base=base_rev if base_rev != NULLREV else None,
                          delta=bytes(delta) if base_rev != NULLREV else None)
@@ -430,10 +409,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None,
     """
     if version not in HEADERS:
         raise BadChangegroup(f"changegroup version {version!r} is not supported")
-    repo._check_tr(tr)
-    writers = repo._writer
-    if writers is None:
-        writers = repo._writer = _Writers(repo, tr)
+    writers = repo.revlog_writers(tr, lambda: _Writers(repo, tr))
     reader = ChunkReader(source)
     result = ApplyResult()
     clw = writers.changelog
@@ -469,14 +445,21 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None,
     # entries each new manifest may have changed, to check their file revisions arrive
     manifest_changes: list[dict] = []
 
-    def on_manifest(node: bytes, text: bytes, p1: int, p2: int, base_rev: int, delta) -> None:
+    def on_manifest(node: bytes, text: bytes, p1: int, p2: int, base_rev: int, delta) -> bytes | None:
         try:
-            check_manifest(text)
-            if base_rev != NULLREV and base_rev in (p1, p2):
-                changes = changed_entries(delta)
+            if base_rev != NULLREV or p1 == NULLREV:
+                # the base is valid: stored (hg or an earlier push accepted it; like hg, we trust
+                # the store) or accepted by this function earlier in this transaction, or the
+                # empty text. Only the lines the delta touched can be wrong, and they are the
+                # entries that may differ from the base: a base's entries were audited and their
+                # file revisions checked when it was accepted, whichever parent it is.
+                changes = check_manifest_delta(text, delta)
             else:
+                # a full text for a manifest with a parent: check all of it (its size is on the
+                # wire anyway), and only what differs from the parent needs auditing and checking
+                check_manifest(text)
                 mine = parse_manifest(text, "manifest")
-                theirs = parse_manifest(mfw.revision(p1), "manifest") if p1 != NULLREV else {}
+                theirs = parse_manifest(mfw.revision(p1), "manifest")
                 changes = {p: v for p, v in mine.items() if theirs.get(p) != v}
             # a path new to this manifest is audited once here; the others were before
             for path in changes:
@@ -484,6 +467,14 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None,
         except (CorruptRevlog, BadPath) as exc:
             raise BadChangegroup(f"manifest {node.hex()[:12]} is malformed: {exc.message}") from None
         manifest_changes.append((node, changes))
+        if base_rev != NULLREV:
+            base = mfw.revision(base_rev)  # cached: the text was just patched from it
+            if not line_aligned(base, delta):
+                # hg (verify, its changegroup emitter) and ours read a stored manifest delta's
+                # fragments as the changed entries: store one that replaces whole lines (a
+                # crafted client's cost, hg never sends such a delta)
+                return textdiff(base, text)
+        return None
 
     added_mf = _add_group(reader, version, mfw, "manifest", link_of=link_of, on_text=on_manifest)
     result.revisions += len(added_mf)
@@ -567,7 +558,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None,
 
     # new changesets are draft; the front end publishes them when the server is publishing
     if added_cl:
-        repo._set_new_draft(added_cl[0], len(added_cl))
+        repo.mark_new_drafts(tr, added_cl[0], len(added_cl))
     result.added = [clw.node(r) for r in added_cl]
     # heads as hg's apply() counts them, even on a server: over all changesets, secret ones
     # included (real `hg serve` reports "+1 heads" for a push on top of a changeset whose secret

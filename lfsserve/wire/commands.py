@@ -41,6 +41,9 @@ class Session:
     config: Config
     repo: object
     lock_timeout: float = 30.0
+    # Whether `capabilities` may offer httppostargs to this client (hg.httppostargs permitting):
+    # only where no 401 can follow, see wire/v1.py. Off unless the front end says so.
+    offer_postargs: bool = False
 
 
 @dataclass
@@ -83,7 +86,7 @@ def bind_args(cmd: Command, given: dict[str, bytes]) -> dict[str, object]:
 
 @command("capabilities")
 def capabilities(s: Session) -> bytes:
-    return exchange.capabilities_bytes(s.config, s.repo)
+    return exchange.capabilities_bytes(s.config, s.repo, postargs=s.offer_postargs)
 
 
 @command("heads")

@@ -162,8 +162,11 @@ def server_bundle2_caps(streamable: bool) -> dict[str, list[str]]:
     return caps
 
 
-def capabilities_bytes(config: Config, repo) -> bytes:
+def capabilities_bytes(config: Config, repo, postargs: bool = False) -> bytes:
     """The `capabilities` answer for `repo` (an engine Repository or an AbsentRepo).
+
+    `httppostargs` is offered only with `postargs` (the front end's judgement that this client
+    cannot be sent a 401 later) and `hg.httppostargs`.
 
     As hg serve 7.2.4 advertises, minus what lfsserve does not do: no `remote-changegroup`
     (the server would fetch client-named URLs) and hence no `digests`, no changegroup 04 and
@@ -187,7 +190,7 @@ def capabilities_bytes(config: Config, repo) -> bytes:
     ]
     if config.hg.compression:
         caps.append("compression=" + ",".join(config.hg.compression))
-    if config.hg.httppostargs:
+    if postargs and config.hg.httppostargs:
         caps.append("httppostargs")
     if repo.has_lfs:
         caps.append("lfs-serve")

@@ -162,10 +162,25 @@ def _open(config: Config, registry: RepoRegistry, name: str, may_create: bool):
     return repo, path
 
 
-def _session(config: Config, repo) -> Session:
+def _session(config: Config, repo, offer_postargs: bool = False) -> Session:
     if repo is None:
         repo = exchange.AbsentRepo(config.hg.publishing)
-    return Session(config, repo, lock_timeout=config.hg.lock_timeout)
+    return Session(config, repo, lock_timeout=config.hg.lock_timeout, offer_postargs=offer_postargs)
+
+
+def _postargs_safe(request: web.Request, repo_name: str, principal: Principal) -> bool:
+    """Whether this client may be offered httppostargs: only when no 401 can follow.
+
+    With httppostargs, hg sends a push's arguments and bundle as one body that it cannot rewind
+    (its _multifile); when that request gets a 401, hg retries with credentials but without
+    the body, and the push fails or hangs. hg only learns credentials from a 401 and then sends
+    them with every request, so a client that authenticated before this capabilities request
+    never gets another 401, and neither does an anonymous one that may already write here.
+    Everyone else sends arguments in X-HgArg headers, whose requests hg replays whole
+    (httpsendfile is rewound), as against hg serve, which does not offer httppostargs."""
+    if principal.authenticated:
+        return True
+    return request.app[CTX].auth.permission(principal, repo_name) >= Permission.WRITE
 
 
 # -- the handler ------------------------------------------------------------------------------------
@@ -194,6 +209,7 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
             return await _unbundle(request, target, principal, args)
         return await _run(request, target, principal, cmd, args)
     except Unauthorized as exc:
+        await _drain(request, ctx.config.hg.max_push_size)
         return _perm_error(401, exc.message, ctx.auth.challenge())
     except (Forbidden, AuthError) as exc:
         return _perm_error(exc.status, exc.message)
@@ -204,6 +220,7 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
         if ctx.config.hg.create_on_push and principal is not None and not principal.authenticated:
             # hg sends credentials only when challenged: an anonymous 404 would keep a user who
             # may create this repository (hg.create_on_push) from ever pushing to it.
+            await _drain(request, ctx.config.hg.max_push_size)
             return _perm_error(401, f"{exc.message}; log in to create it by pushing", ctx.auth.challenge())
         return _not_found(f"{exc.message}; {_how_to_create(ctx.config, target.repo)}")
     except CannotCreate as exc:
@@ -213,6 +230,23 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
     except (HgError, Bundle2Error) as exc:
         log.info("%s on %s refused: %s", cmd.name, target.repo, exc)
         return _hg_error(exc.message, getattr(exc, "hint", None))
+
+
+async def _drain(request: web.Request, limit: int) -> None:
+    """Read and drop what is left of the request body before a 401 (at most `limit` bytes, 0 = all).
+
+    hg sends a whole push before it reads the answer, then resends it with credentials. aiohttp's
+    own draining after an early answer gives up after 10 s and closes the connection, so a push
+    that takes longer to upload would fail on a reset instead of being retried. The body stays
+    under limits.idle_timeout while it is drained."""
+    seen = 0
+    while request.can_read_body:
+        chunk = await request.content.read(SPOOL_CHUNK)
+        if not chunk:
+            return
+        seen += len(chunk)
+        if limit and seen > limit:
+            return
 
 
 def _may_create(request: web.Request, repo_name: str, principal: Principal) -> bool:
@@ -226,10 +260,11 @@ async def _run(request: web.Request, target: Target, principal: Principal, cmd: 
     state = request.app[V1]
     config = ctx.config
     may_create = _may_create(request, target.repo, principal)
+    postargs = cmd.name == "capabilities" and _postargs_safe(request, target.repo, principal)
 
     def work():
         repo, _ = _open(config, state.registry, target.repo, may_create)
-        return cmd.func(_session(config, repo), **args)
+        return cmd.func(_session(config, repo, postargs), **args)
 
     if cmd.name == "capabilities" and config.hg.wire_v2 and request.headers.get("X-HgUpgrade-1"):
         caps = await run_blocking(work)
