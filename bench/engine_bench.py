@@ -237,14 +237,14 @@ def main() -> int:
                 subprocess.run(["hg", "clone", "-q", "-U", "-r", str(base_rev), str(repo), str(base)],
                                check=True, env=ENV)
 
-        def fresh(tag: str) -> Path:
+        def fresh_apply(tag: str, base: Path = base) -> Path:
             dst = work / f"apply-{tag}"
             shutil.rmtree(dst, ignore_errors=True)
             shutil.copytree(base, dst, symlinks=True)
             return dst
 
-        ours = best(lambda: engine_apply(fresh("ours"), cg, "03"), args.runs)
-        theirs = best(lambda: float(py(HG_APPLY, str(fresh("hg")), str(cg), "03")), args.runs)
+        ours = best(lambda cg=cg: engine_apply(fresh_apply("ours"), cg, "03"), args.runs)
+        theirs = best(lambda cg=cg: float(py(HG_APPLY, str(fresh_apply("hg")), str(cg), "03")), args.runs)
         subprocess.run(["hg", "-R", str(work / "apply-ours"), "verify", "-q"], check=True, env=ENV)
         print(f"  {label:<16} lfsserve {ours * 1000:9.1f} ms   hg {theirs * 1000:9.1f} ms   "
               f"ratio {ours / theirs:.2f}x")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from tests.bundle_build import changegroup03, changegroup_bundle
-from tests.interop.lfs_util import request
+from tests.interop.lfs_http import request
 from tests.support import REPO_ROOT, start_lfsserve
 
 

@@ -248,9 +248,9 @@ def main() -> int:
                     for server in ((hgs, lfs) if i % 2 == 0 else (lfs, hgs)):
                         v = got[server.name] = run_scenario(name, fn, check, server, work, env, base)
                         best = results.setdefault(server.name, {})
-                        best[name] = tuple(min(a, b) for a, b in zip(best.get(name, v), v))
-                    h, l = got["hg serve"], got["lfsserve"]
-                    pairs.setdefault(name, []).append((l[0] / h[0], l[1] / h[1] if h[1] else float("inf")))
+                        best[name] = tuple(min(a, b) for a, b in zip(best.get(name, v), v, strict=True))
+                    h, ours = got["hg serve"], got["lfsserve"]
+                    pairs.setdefault(name, []).append((ours[0] / h[0], ours[1] / h[1] if h[1] else float("inf")))
         finally:
             lfs.stop()
             hgs.stop()

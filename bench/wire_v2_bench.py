@@ -29,9 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wire_v1_bench import REPO_ROOT, Server, build_repo, free_port, hg_env, measure  # noqa: E402
+from wire_v1_bench import REPO_ROOT, Server, build_repo, free_port, hg_env, measure
 
-from tests.support import hg593_exe  # noqa: E402
+from tests.support import hg593_exe
 
 
 def run(exe: str, args: list[str], env: dict) -> str:
@@ -98,7 +98,7 @@ def main() -> int:
         for i in range(args.repeat):
             for name, server, kw in scenarios:
                 dest = work / f"{name.replace(' ', '-')}-{i}"
-                got = measure(server, lambda: clone(hg59, env, server, dest, **kw))
+                got = measure(server, lambda server=server, dest=dest, kw=kw: clone(hg59, env, server, dest, **kw))
                 run(hg59, ["verify", "-q", "-R", str(dest)], env)
                 shutil.rmtree(dest)
                 if name not in results or got[1] < results[name][1]:

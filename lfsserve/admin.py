@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Protocol
+from typing import Protocol
 
 from .aio import run_blocking
 from .auth import Authenticator
@@ -49,6 +50,9 @@ class NoProgress:
 
     def done(self) -> None:
         pass
+
+
+NO_PROGRESS = NoProgress()
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -101,7 +105,7 @@ def _tree_size(path: Path) -> int:
     return total
 
 
-async def usage(config: Config, progress: Progress = NoProgress()) -> list[Usage]:
+async def usage(config: Config, progress: Progress = NO_PROGRESS) -> list[Usage]:
     """Every repository and LFS namespace with its size on disk and its visible LFS objects."""
     registry = RepoRegistry(config.repos_dir)
     repos = await run_blocking(lambda: list(registry.names()))
@@ -115,6 +119,7 @@ async def usage(config: Config, progress: Progress = NoProgress()) -> list[Usage
             out[name].hg_bytes = await run_blocking(_tree_size, registry.path_of(name) / ".hg")
             progress.advance(1)
         for name in namespaces:
+            assert service is not None  # namespaces come from it
             out[name].lfs_objects, out[name].lfs_bytes = await service.namespace_usage(name)
             if name not in repos:
                 progress.advance(1)
@@ -131,7 +136,7 @@ class VerifyResult:
     quarantined: dict[str, str] = field(default_factory=dict)  # oid -> where its bytes went
 
 
-async def verify_blobs(config: Config, quarantine: bool = True, progress: Progress = NoProgress()) -> VerifyResult:
+async def verify_blobs(config: Config, quarantine: bool = True, progress: Progress = NO_PROGRESS) -> VerifyResult:
     """Re-hash every LFS object; report (and by default quarantine) the ones that do not match."""
     result = VerifyResult()
     if not config.lfs_dir.exists():
@@ -158,8 +163,8 @@ class GcResult:
     forgotten: dict[str, int]
 
 
-async def collect_garbage(config: Config, grace_seconds: float, apply: bool, forget: list[str] = (),
-                          progress: Progress = NoProgress()) -> GcResult:
+async def collect_garbage(config: Config, grace_seconds: float, apply: bool, forget: Sequence[str] = (),
+                          progress: Progress = NO_PROGRESS) -> GcResult:
     """Delete (apply) or list (dry run) objects that no namespace references and that are older
     than `grace_seconds`. `forget` names namespaces whose repositories were deleted: with apply
     their references are dropped first; in a dry run they are only disregarded."""

@@ -14,9 +14,10 @@ import concurrent.futures
 import functools
 import os
 import threading
-from typing import AsyncIterator, Callable, Iterator, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
 
-__all__ = ["Executor", "run_blocking", "iterate_blocking", "submit_blocking"]
+__all__ = ["Executor", "iterate_blocking", "run_blocking", "submit_blocking"]
 
 T = TypeVar("T")
 
@@ -47,7 +48,7 @@ def _pool() -> concurrent.futures.Executor | None:
 _fallback: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def submit_blocking(fn: Callable[..., T], *args) -> "concurrent.futures.Future[T]":
+def submit_blocking(fn: Callable[..., T], *args) -> concurrent.futures.Future[T]:
     """Start fn(*args) in the executor and return its concurrent future.
 
     Unlike run_blocking's awaitable, this future stays pending until the thread has really

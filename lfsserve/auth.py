@@ -14,8 +14,8 @@ Credentials:
 Authorization: the first access rule whose glob matches the repository decides; without a
 matching rule anonymous clients get `auth.anonymous` and authenticated users `auth.authenticated`
 (read by default: like hg serve's empty `web.allow-push`, nobody writes until configured; never
-less than anonymous clients). Write implies read. Front ends turn Unauthorized into 401 (with a Basic challenge: hg understands
-nothing else) and Forbidden into 403, each in its own body format.
+less than anonymous clients). Write implies read. Front ends turn Unauthorized into 401 (with a
+Basic challenge: hg understands nothing else) and Forbidden into 403, each in its own body format.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 import bcrypt
 
@@ -59,7 +59,7 @@ class Permission(enum.IntEnum):
     WRITE = 2
 
     @classmethod
-    def parse(cls, word: str) -> "Permission":
+    def parse(cls, word: str) -> Permission:
         return {"none": cls.NONE, "read": cls.READ, "write": cls.WRITE}[word]
 
 
@@ -277,8 +277,8 @@ class Authenticator:
         # HMAC spelled out (RFC 2104) on hashlib objects: all C calls per token, no hmac-module
         # wrapper objects. The keyed inner and outer states are copied, never re-keyed.
         inner = self._inner.copy()
-        inner.update(f"{namespace}\0".encode("utf-8"))
-        tail = f"\0{operation}\0{expires_at}\0{user}".encode("utf-8")
+        inner.update(f"{namespace}\0".encode())
+        tail = f"\0{operation}\0{expires_at}\0{user}".encode()
         prefix = f"{SIGNED_PREFIX}{expires_at}.{user}."
         outer_base = self._outer
         b64 = base64.urlsafe_b64encode
@@ -399,7 +399,7 @@ class Authenticator:
         hashed = self._htpasswd.entries.get(user)
         if hashed is None:
             raise Unauthorized("unknown user or wrong password")
-        cache_key = hashlib.sha256(f"{user}\0{password}\0{hashed}".encode("utf-8")).digest()
+        cache_key = hashlib.sha256(f"{user}\0{password}\0{hashed}".encode()).digest()
         now = time.monotonic()
         hit = self._basic_cache.get(cache_key)
         if hit is not None and hit[1] > now:
@@ -479,7 +479,8 @@ class Authenticator:
                 return "any authenticated user"
             return ", ".join(dict.fromkeys(names)) or "nobody"
 
-        lines = [f"access: anonymous clients may {words[self.anonymous]} (auth.anonymous = \"{self.config.auth.anonymous}\"), "
+        lines = [f"access: anonymous clients may {words[self.anonymous]} "
+                 f"(auth.anonymous = \"{self.config.auth.anonymous}\"), "
                  f"authenticated users may {words[self.authenticated]} (auth.authenticated = "
                  f"\"{self.config.auth.authenticated}\")"
                  + (", where no rule matches" if self._rules else "")]

@@ -273,7 +273,7 @@ def cmd_repos(args: argparse.Namespace) -> int:
     names = [r.name if r.hg_bytes is not None else r.name + " (lfs only)" for r in rows]
     width = max(len("REPOSITORY"), *(len(n) for n in names))
     print(f"{'REPOSITORY':<{width}}  {'HG':>10}  {'LFS OBJECTS':>11}  {'LFS':>10}")
-    for name, r in zip(names, rows):
+    for name, r in zip(names, rows, strict=True):
         print(f"{name:<{width}}  {_size(r.hg_bytes):>10}  {r.lfs_objects:>11}  {_size(r.lfs_bytes):>10}")
     return 0
 
@@ -398,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every revision of served repositories, then re-hash every "
                                       "LFS object (corrupt ones are moved to <root>/lfs/quarantine)")
     _add_config_args(p)
-    p.add_argument("repos", nargs="*", metavar="REPO", help="repositories to check (default: all, then the LFS objects)")
+    p.add_argument("repos", nargs="*", metavar="REPO",
+                   help="repositories to check (default: all, then the LFS objects)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--repos-only", action="store_true", help="skip the LFS blob store")
     which.add_argument("--blobs-only", action="store_true", help="skip the repositories")

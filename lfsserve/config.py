@@ -20,9 +20,10 @@ import ipaddress
 import os
 import tomllib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "AccessRule",
@@ -336,7 +337,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a table, got {value!r}")
         return _build(tp, value, key)
@@ -386,7 +387,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict:
             if key == "rules":
                 raise ConfigError(f"{name}: auth.rules can only be set in the TOML file")
             if typing.get_origin(typing.get_type_hints(section_cls)[key]) is list:
-                value = [v.strip() for v in value.split(",") if v.strip()]
+                out.setdefault(section, {})[key] = [v.strip() for v in value.split(",") if v.strip()]
+                continue
         out.setdefault(section, {})[key] = value
     return out
 

@@ -10,8 +10,9 @@ composes the front ends; nothing here knows which front ends exist.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -25,13 +26,13 @@ from .urls import TrustedProxies, external_base
 __all__ = [
     "CLIENT",
     "CTX",
-    "Handler",
     "LFS_JSON",
-    "LfsBlobPolicy",
     "PRINCIPAL",
     "REQUEST_ID",
     "RESPONSE_PREPARED",
     "ROUTE_KIND",
+    "Handler",
+    "LfsBlobPolicy",
     "ServerContext",
     "Setup",
     "lfs_error",

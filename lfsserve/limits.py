@@ -108,7 +108,7 @@ class _BodyWatch:
             return
         now = self.loop.time()
         # `_size` is what arrived and was not read yet (aiohttp has no public accessor for it).
-        if content.total_bytes != self.seen or getattr(content, "_size", 0):
+        if content.total_bytes != self.seen or getattr(content, "_size", False):
             self.seen, self.since = content.total_bytes, now
         elif now - self.since >= self.timeout:
             self.fired = True

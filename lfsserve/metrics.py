@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterator, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -61,7 +61,7 @@ class StoreStats:
 class _StoreCollector:
     """Exposes the last store scan; the scan itself runs in Metrics.refresh_store_stats."""
 
-    def __init__(self, metrics: "Metrics"):
+    def __init__(self, metrics: Metrics):
         self._metrics = metrics
 
     def collect(self):
@@ -115,7 +115,8 @@ class Metrics:
         self.uploads_in_flight = Gauge("lfsserve_uploads_in_flight",
                                        "Upload bodies being received (lfs: object PUT, hg: push)",
                                        ["protocol"], registry=r)
-        self.pushes = Counter("lfsserve_hg_pushes", "hg pushes, by result (accepted; refused: nothing changed; error: server failure)",
+        self.pushes = Counter("lfsserve_hg_pushes",
+                              "hg pushes, by result (accepted; refused: nothing changed; error: server failure)",
                               ["result"], registry=r)
         self.push_seconds = Histogram("lfsserve_hg_push_duration_seconds", "Time to receive and apply an hg push",
                                       buckets=_SECONDS_BUCKETS, registry=r)

@@ -15,10 +15,10 @@ import asyncio
 import os
 import shutil
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-__all__ = ["RepoRegistry", "RepoPathError", "CannotCreate", "make_dirs", "remove_created"]
+__all__ = ["CannotCreate", "RepoPathError", "RepoRegistry", "make_dirs", "remove_created"]
 
 
 class RepoPathError(ValueError):

@@ -24,7 +24,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-__all__ = ["BadPath", "Kind", "Target", "resolve", "validate_repo_path", "MAX_REPO_PATH"]
+__all__ = ["MAX_REPO_PATH", "BadPath", "Kind", "Target", "resolve", "validate_repo_path"]
 
 MAX_REPO_PATH = 255
 MAX_DEPTH = 16

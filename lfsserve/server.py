@@ -16,11 +16,11 @@ from aiohttp import web
 from . import __version__
 from .aio import Executor, set_default_executor
 from .app import create_app
-from .kernel import CTX
-from .shutdown import DRAIN
 from .config import Config
+from .kernel import CTX
 from .logs import access_logger_class, setup_logging
 from .metrics import METRICS
+from .shutdown import DRAIN
 
 __all__ = ["run", "runner_options", "serve"]
 
@@ -86,9 +86,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
 def run(config: Config) -> int:
     setup_logging(config.log.level, config.log.format)
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
     except ImportError:
-        uvloop = None
+        uvloop = None  # type: ignore[assignment]
     if uvloop is not None and sys.platform != "win32":
         uvloop.run(serve(config))
     else:

@@ -14,7 +14,7 @@ import asyncio
 
 from aiohttp import web
 
-__all__ = ["DRAIN", "Drain", "drain_middleware", "close_while_draining"]
+__all__ = ["DRAIN", "Drain", "close_while_draining", "drain_middleware"]
 
 
 class Drain:
@@ -56,7 +56,7 @@ async def drain_middleware(request: web.Request, handler):
         drain.leave()
 
 
-async def close_while_draining(request: web.BaseRequest, response: web.StreamResponse) -> None:
+async def close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: no keep-alive once shutdown began."""
     if request.app[DRAIN].draining:
         response.force_close()

@@ -15,8 +15,9 @@ import logging
 import queue
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from .aio import run_blocking
 
@@ -50,7 +51,7 @@ class SqliteDb:
         self._name = name
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._ready = concurrent.futures.Future()
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
-from typing import Iterable, Mapping
 
-__all__ = ["client_address", "external_base", "TrustedProxies"]
+__all__ = ["TrustedProxies", "client_address", "external_base"]
 
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?\Z|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?\Z")
 _PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?\Z")
@@ -22,7 +22,7 @@ class TrustedProxies:
     def __init__(self, networks: Iterable[str]):
         self._nets = [ipaddress.ip_network(n, strict=False) for n in networks]
 
-    @lru_cache(maxsize=1024)
+    @lru_cache(maxsize=1024)  # noqa: B019 (one instance per server config, kept for the process)
     def trusts(self, peer: str | None) -> bool:
         if not peer or not self._nets:
             return False
@@ -60,12 +60,11 @@ def client_address(peer: str | None, headers: Mapping[str, str], proxies: Truste
         chain = [_parse_forwarded(part).get("for", "") for part in fwd.split(",")]
     else:
         chain = [part.strip() for part in headers.get("X-Forwarded-For", "").split(",")]
-    chain = [_bare_ip(a) for a in chain]
-    chain = [a for a in chain if a]
-    for addr in reversed(chain):
+    addrs = [a for a in map(_bare_ip, chain) if a]
+    for addr in reversed(addrs):
         if not proxies.trusts(addr):
             return addr
-    return chain[0] if chain else peer
+    return addrs[0] if addrs else peer
 
 
 def _bare_ip(value: str) -> str | None:

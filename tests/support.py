@@ -7,6 +7,7 @@ the real peers were exercised, not silently skip them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -22,6 +23,26 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HG = str(Path(sys.executable).with_name("hg"))
+
+
+def oid_of(data: bytes) -> str:
+    """The Git LFS object id of `data` (its SHA-256, in hex)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+# Whether the running test carries the `interop` marker (set around each test by tests/conftest.py;
+# None outside pytest, e.g. in the bench scripts, which may run anything).
+CURRENT_TEST_IS_INTEROP: bool | None = None
+
+
+def require_interop_marker(what: str) -> None:
+    """Fail a test that runs an external program or server without the `interop` marker.
+
+    `-m "not interop"` must select exactly the in-process tests, so the marker cannot be forgotten.
+    """
+    if CURRENT_TEST_IS_INTEROP is False:
+        pytest.fail(f"this test runs {what} but has no interop marker: add `pytestmark = pytest.mark.interop` "
+                    "to its module (or move it under tests/interop)", pytrace=False)
 
 
 def require(condition: bool, reason: str) -> None:
@@ -91,6 +112,7 @@ def start_lfsserve(root: Path, *args: str, config: str | None = None, env: dict 
     defaults to `--anonymous write` (the product's default is read). `cwd` runs the server there
     (relative paths in its arguments and config), still with this checkout's lfsserve.
     """
+    require_interop_marker("an lfsserve server")
     root.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "lfsserve", "serve", "--root", str(root), "--port", "0"]
     if anonymous is not None:
@@ -144,6 +166,7 @@ def hg_env(home: Path, hgrc: str = "") -> dict[str, str]:
 def run(cmd: list[str], cwd: Path | str | None = None, env: dict | None = None, check: bool = True,
         input: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run a command, capturing bytes output; on failure the assertion shows everything."""
+    require_interop_marker(f"an external program ({Path(str(cmd[0])).name})")
     res = subprocess.run(cmd, cwd=cwd, env=env, input=input, capture_output=True, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(

@@ -15,8 +15,16 @@ import cbor2
 
 from lfsserve.wire.v2 import cbor
 from lfsserve.wire.v2.encoding import make_decoder
-from lfsserve.wire.v2.framing import (FrameType, RESPONSE_EOS, SETTINGS_EOS, STREAM_BEGIN, STREAM_ENCODED,
-                                      STREAM_END, encode_frame, iter_frames)
+from lfsserve.wire.v2.framing import (
+    RESPONSE_EOS,
+    SETTINGS_EOS,
+    STREAM_BEGIN,
+    STREAM_ENCODED,
+    STREAM_END,
+    FrameType,
+    encode_frame,
+    iter_frames,
+)
 
 MEDIA_TYPE = "application/mercurial-exp-framing-0006"
 HEADERS = {"Accept": MEDIA_TYPE, "Content-Type": MEDIA_TYPE}

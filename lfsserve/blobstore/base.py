@@ -13,14 +13,10 @@ from __future__ import annotations
 import abc
 import enum
 import re
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import (
-    AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Collection,
     NamedTuple,
 )
 

@@ -25,8 +25,8 @@ import secrets
 import sqlite3
 import stat as stat_mod
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from pathlib import Path
-from typing import AsyncGenerator, AsyncIterator, Collection
 
 from ..aio import run_blocking, submit_blocking
 from ..sqlitedb import SqliteDb, select_in
@@ -137,19 +137,21 @@ class _Sink:
             self.hash.update(part)
 
     def _write_parts(self, parts: list[bytes]) -> None:
+        fd = self.fd
+        assert fd is not None  # only called for a sink that writes (see _absorb)
         total = 0
         for i in range(0, len(parts), _IOV_MAX):
             group = parts[i:i + _IOV_MAX]
             size = sum(map(len, group))
-            done = os.writev(self.fd, group)
+            done = os.writev(fd, group)
             if done < size:  # short write (rare): finish it piece by piece
                 view = memoryview(b"".join(group))[done:]
                 while view:
-                    view = view[os.write(self.fd, view):]
+                    view = view[os.write(fd, view):]
             total += size
         self._written += total
         if self._writeback and self._written - self._flushed >= _WRITEBACK_EVERY:
-            _sync_file_range(self.fd, self._flushed, self._written - self._flushed, _SYNC_FILE_RANGE_WRITE)
+            _sync_file_range(fd, self._flushed, self._written - self._flushed, _SYNC_FILE_RANGE_WRITE)
             self._flushed = self._written
 
     def _absorb(self, parts: list[bytes]) -> None:
@@ -488,7 +490,7 @@ class LocalBlobStore(BlobStore):
     async def put(self, oid: str, chunks: AsyncIterator[bytes], *, max_size: int = 0) -> PutResult:
         _check_oid(oid)
         try:
-            current, fd, tmp = await run_blocking(self._begin, oid)
+            _current, fd, tmp = await run_blocking(self._begin, oid)
         except OSError as exc:
             raise _storage_error(exc, oid)
         if fd is None or tmp is None:

@@ -8,7 +8,8 @@ S3 URLs) brings its own adapter, registered in `_ADAPTERS` under its `[storage] 
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, NamedTuple, Protocol
+from collections.abc import Callable, Mapping
+from typing import NamedTuple, Protocol
 
 from ..auth import Authenticator, Principal
 from ..blobstore import BlobStore

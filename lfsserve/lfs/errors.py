@@ -11,7 +11,8 @@ import asyncio
 import functools
 import json
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from aiohttp import ClientPayloadError, web
 

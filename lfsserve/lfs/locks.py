@@ -29,7 +29,7 @@ from .errors import LfsError, endpoint, json_response
 from .keys import LFS_SERVICE
 from .request import check_ref, read_json
 
-__all__ = ["Lock", "LockExists", "LockStore", "SCHEMA", "handle_locks"]
+__all__ = ["SCHEMA", "Lock", "LockExists", "LockStore", "handle_locks"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS locks (
@@ -93,6 +93,7 @@ class LockStore:
                 if existing is None:  # an id collision: astronomically unlikely
                     raise
                 return LockExists(_row(existing))
+            assert cur.lastrowid is not None  # set by the INSERT that just succeeded
             return Lock(lock.id, path, owner, lock.locked_at, cur.lastrowid)
 
         result = await self.db.write(w)
@@ -259,11 +260,11 @@ async def handle_locks(request: web.Request, target: Target) -> web.StreamRespon
     if not isinstance(force, bool):
         raise LfsError(422, "force must be true or false")
     try:
-        lock = await svc.locks.delete(ns, lock_id, owner=None if force else _owner(principal))
+        deleted = await svc.locks.delete(ns, lock_id, owner=None if force else _owner(principal))
     except PermissionError as exc:
         held: Lock = exc.args[0]
         raise LfsError(403, f"{held.path} is locked by {held.owner}; only they can unlock it "
                             "(or unlock with --force)")
-    if lock is None:
+    if deleted is None:
         raise LfsError(404, f"no lock with id {lock_id[:80]!r}")
-    return json_response({"lock": lock.as_json()})
+    return json_response({"lock": deleted.as_json()})

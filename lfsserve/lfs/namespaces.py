@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Collection
+from collections.abc import Collection
 
 from ..sqlitedb import SqliteDb, select_in
 
-__all__ = ["NamespaceIndex", "SCHEMA"]
+__all__ = ["SCHEMA", "NamespaceIndex"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS visible (

@@ -15,8 +15,8 @@ import logging
 import os
 import select
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from aiohttp import web
 

@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable
 
 from ..auth import Authenticator, Permission, Principal
 from ..blobstore import (
@@ -38,7 +38,7 @@ from .namespaces import NamespaceIndex
 
 # Lock and LockExists are what LfsService.locks hands out and raises, for front ends (ssh/) that
 # reach LFS storage through this module only.
-__all__ = ["GcReport", "Lock", "LockExists", "LfsService", "LfsStats", "VerifyReport"]
+__all__ = ["GcReport", "LfsService", "LfsStats", "Lock", "LockExists", "VerifyReport"]
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class LfsService:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
-    def create(cls, config: Config, auth: Authenticator, store: BlobStore | None = None) -> "LfsService":
+    def create(cls, config: Config, auth: Authenticator, store: BlobStore | None = None) -> LfsService:
         root = config.lfs_dir
         # With lfs.fsync the visibility grants and locks are as durable as the objects: an
         # acknowledged upload is still visible to its repository after a power loss. (SqliteDb

@@ -137,6 +137,7 @@ async def handle_verify(request: web.Request, target: Target) -> web.StreamRespo
     error = object_error(oid, size)
     if error:
         raise LfsError(422, error)
+    assert isinstance(oid, str)  # object_error accepted it
     if signed:
         await _principal(request, svc, ns, oid, "verify", Permission.WRITE)
     state = (await svc.visible_states(ns, [oid])).get(oid)

@@ -163,7 +163,7 @@ def add_key(path: Path, user: str, public_key: str, command: str) -> KeyEntry:
     line = f'command="{command}",{_OPTIONS} {key_type} {blob}' + (f" {comment}" if comment else "")
     entry = _entry(line)
     assert entry is not None and entry.user == user
-    _write(path, lines + [line])
+    _write(path, [*lines, line])
     return entry
 
 

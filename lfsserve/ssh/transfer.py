@@ -138,13 +138,14 @@ class TransferSession:
                 req.drained = True
             elif pkt is DELIM:
                 raise ProtocolError("a second delimiter packet in one message")
-            elif len(lines) >= limit:
-                too_many = True  # keep reading to the flush: the stream stays in step
-            elif len(pkt) > MAX_LINE:
-                too_long = True
             else:
-                assert isinstance(pkt, str)
-                lines.append(pkt)
+                assert isinstance(pkt, str)  # not None: without eof_ok, EOF raises
+                if len(lines) >= limit:
+                    too_many = True  # keep reading to the flush: the stream stays in step
+                elif len(pkt) > MAX_LINE:
+                    too_long = True
+                else:
+                    lines.append(pkt)
         if too_many:
             raise Refusal(413, f"too many lines in one request (this server takes at most {limit}); split it")
         if too_long:

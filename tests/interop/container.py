@@ -71,7 +71,7 @@ class Engine:
         nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
         nofile = 1048576 if nofile == resource.RLIM_INFINITY else nofile
         nproc = 32768 if nproc == resource.RLIM_INFINITY or nproc > 32768 else nproc
-        return args + ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
+        return [*args, "--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
 
     def image_exists(self, image: str) -> bool:
         args = ("image", "exists", image) if self.podman else ("image", "inspect", image)
@@ -98,7 +98,7 @@ class Engine:
         return self("run", "--rm", "-i", *self.run_args(), "-v", f"{volume}:/data", *envs, image, *args,
                     input=input)
 
-    def start(self, image: str, *, volume: str, env: dict[str, str] | None = None) -> "Container":
+    def start(self, image: str, *, volume: str, env: dict[str, str] | None = None) -> Container:
         name = f"lfsserve-test-{secrets.token_hex(4)}"
         port = free_port()
         envs = [a for k, v in (env or {}).items() for a in ("-e", f"{k}={v}")]

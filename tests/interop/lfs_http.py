@@ -1,72 +1,87 @@
-"""A minimal Git LFS basic-transfer client over urllib, to drive a real server where git-lfs is too coarse."""
+"""The one Git LFS HTTP client of the interop tests: raw requests, the batch API and basic transfers
+against a real server process, for what git-lfs is too coarse to drive or to observe."""
 
 from __future__ import annotations
 
-import hashlib
+import http.client
 import json
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
+from typing import Any
 
-LFS_JSON = "application/vnd.git-lfs+json"
+from ..support import oid_of
+
+LFS = "application/vnd.git-lfs+json"
 
 
-def request(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None,
-            timeout: float = 60):
-    """(status, headers, body) without raising on HTTP errors."""
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+def request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None,
+            timeout: float = 30) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """One HTTP request on a fresh connection; (status, headers, body) whatever the status.
+
+    The headers are case-insensitive; redirects are not followed (a test sees what was answered).
+    """
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
+        path = u.path + (f"?{u.query}" if u.query else "")
+        headers = headers or {}
+        conn.request(method, path, body=body, headers=headers,
+                     encode_chunked=headers.get("Transfer-Encoding") == "chunked")
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read()
+    finally:
+        conn.close()
 
 
-def oid_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def batch(base: str, operation: str, objects: list[dict], headers: dict | None = None,
+          **extra: Any) -> tuple[int, http.client.HTTPMessage, Any]:
+    """POST {base}/objects/batch; (status, headers, parsed JSON body or None).
 
-
-def batch(endpoint: str, operation: str, objects: list[tuple[str, int]], headers: dict | None = None):
-    """POST {endpoint}/objects/batch; returns (status, parsed JSON body)."""
-    body = json.dumps({"operation": operation, "transfers": ["basic"],
-                       "objects": [{"oid": o, "size": s} for o, s in objects]}).encode()
-    for _ in range(20):  # like git-lfs: a 429 means "wait Retry-After seconds and try again"
-        status, answer_headers, raw = request(endpoint + "/objects/batch", body,
-                                              {"Accept": LFS_JSON, "Content-Type": LFS_JSON, **(headers or {})})
+    Like git-lfs, a 429 means "wait Retry-After seconds and try again".
+    """
+    body = json.dumps({"operation": operation, "objects": objects, **extra}).encode()
+    for _ in range(20):
+        status, hdrs, raw = request(f"{base}/objects/batch", "POST", body,
+                                    {"Accept": LFS, "Content-Type": LFS, **(headers or {})})
         if status != 429:
             break
-        time.sleep(float(answer_headers.get("Retry-After", "1")))
-    return status, json.loads(raw) if raw else None
+        time.sleep(float(hdrs.get("Retry-After", "1")))
+    return status, hdrs, json.loads(raw) if raw else None
 
 
-def upload(endpoint: str, data: bytes) -> str:
+def objects(*blobs: tuple[str, int]) -> list[dict]:
+    """The batch request's `objects` list for (oid, size) pairs."""
+    return [{"oid": oid, "size": size} for oid, size in blobs]
+
+
+def upload(base: str, data: bytes) -> str:
     """Upload `data` through the batch API and its upload action (and verify, if offered); returns the oid."""
     oid = oid_of(data)
-    status, answer = batch(endpoint, "upload", [(oid, len(data))])
+    status, _, answer = batch(base, "upload", objects((oid, len(data))), transfers=["basic"])
     assert status == 200, answer
     (obj,) = answer["objects"]
     assert "error" not in obj, obj
     actions = obj.get("actions") or {}
     if "upload" in actions:
         up = actions["upload"]
-        status, _, body = request(up["href"], data, {**up.get("header", {}), "Content-Type": "application/octet-stream"},
-                                  method="PUT")
+        status, _, body = request(up["href"], "PUT", data,
+                                  {**up.get("header", {}), "Content-Type": "application/octet-stream"})
         assert status in (200, 201), (status, body)
     if "verify" in actions:
         v = actions["verify"]
-        status, _, body = request(v["href"], json.dumps({"oid": oid, "size": len(data)}).encode(),
-                                  {**v.get("header", {}), "Content-Type": LFS_JSON, "Accept": LFS_JSON})
+        status, _, body = request(v["href"], "POST", json.dumps({"oid": oid, "size": len(data)}).encode(),
+                                  {**v.get("header", {}), "Content-Type": LFS, "Accept": LFS})
         assert status == 200, (status, body)
     return oid
 
 
-def download(endpoint: str, oid: str, size: int) -> tuple[int, bytes | dict]:
+def download(base: str, oid: str, size: int) -> tuple[int, bytes | dict]:
     """(200, content) or (error code, error object) from the batch API / download action."""
-    status, answer = batch(endpoint, "download", [(oid, size)])
+    status, _, answer = batch(base, "download", objects((oid, size)), transfers=["basic"])
     assert status == 200, answer
     (obj,) = answer["objects"]
     if "error" in obj:
         return obj["error"]["code"], obj["error"]
     down = obj["actions"]["download"]
-    status, _, body = request(down["href"], None, down.get("header", {}))
+    status, _, body = request(down["href"], "GET", None, down.get("header", {}))
     return status, body

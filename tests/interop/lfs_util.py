@@ -1,42 +1,9 @@
-"""Helpers for the LFS interop tests: raw HTTP against a server process, reading its store and log."""
+"""Helpers for the LFS interop tests: reading a server's store and log (its HTTP client is lfs_http.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import http.client
-import json
 import time
-import urllib.parse
 from pathlib import Path
-
-LFS = "application/vnd.git-lfs+json"
-
-
-def oid_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None,
-            timeout: float = 30) -> tuple[int, dict, bytes]:
-    """One HTTP request on a fresh connection; (status, headers, body) whatever the status."""
-    u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    try:
-        path = u.path + (f"?{u.query}" if u.query else "")
-        headers = headers or {}
-        conn.request(method, path, body=body, headers=headers,
-                     encode_chunked=headers.get("Transfer-Encoding") == "chunked")
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
-
-
-def batch(base: str, operation: str, objects: list[dict], headers: dict | None = None, **extra):
-    body = json.dumps({"operation": operation, "objects": objects, **extra}).encode()
-    status, hdrs, raw = request(f"{base}/objects/batch", "POST", body,
-                                {"Accept": LFS, "Content-Type": LFS, **(headers or {})})
-    return status, hdrs, json.loads(raw) if raw else None
 
 
 def object_path(root: Path, oid: str) -> Path:

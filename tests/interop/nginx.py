@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..support import REPO_ROOT, free_port, require_program
+from ..support import REPO_ROOT, free_port, require_interop_marker, require_program
 
 TEMPLATE = REPO_ROOT / "deploy" / "nginx.conf"
 MOUNT = "/hg"  # the sub-path deploy/nginx.conf mounts lfsserve under
@@ -56,9 +56,25 @@ def site_config(backend_port: int, listen_port: int) -> str:
 
 
 def start_nginx(prefix: Path, backend_port: int, timeout: float = 20) -> Nginx:
+    """nginx in front of `backend_port`, on a free port (another one if that port is taken meanwhile,
+    e.g. by another test worker: free_port() only says it was free a moment ago)."""
+    require_interop_marker("nginx")
     exe = require_program("nginx", "apt-get install -y nginx-light")
+    for _ in range(4):
+        try:
+            return _start_nginx(exe, prefix, backend_port, free_port(), timeout)
+        except PortTaken:
+            continue
+    raise RuntimeError("nginx: every free port tried was taken before it could bind")
+
+
+class PortTaken(Exception):
+    pass
+
+
+def _start_nginx(exe: str, prefix: Path, backend_port: int, port: int, timeout: float) -> Nginx:
     prefix.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    (prefix / "error.log").unlink(missing_ok=True)  # what a previous attempt logged
     (prefix / "lfsserve.conf").write_text(site_config(backend_port, port))
     temp = "\n".join(f"    {kind}_temp_path {prefix / kind};" for kind in
                      ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -75,6 +91,8 @@ def start_nginx(prefix: Path, backend_port: int, timeout: float = 20) -> Nginx:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            if "Address already in use" in nginx.error_log():
+                raise PortTaken(port)
             raise RuntimeError(f"nginx exited ({proc.returncode}): {proc.stderr.read().decode(errors='replace')}"
                                f"\n{nginx.error_log()[-2000:]}")
         try:

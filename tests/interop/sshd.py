@@ -65,7 +65,7 @@ class Sshd:
 
     def ssh(self, identity: Path, command: str, input: bytes | None = None) -> subprocess.CompletedProcess:
         """Run `command` on the server as root with `identity` (no shell on this side)."""
-        return run(self.ssh_command(identity).split() + ["-T", "-p", str(self.port), "root@127.0.0.1", command],
+        return run([*self.ssh_command(identity).split(), "-T", "-p", str(self.port), "root@127.0.0.1", command],
                    input=input, check=False, timeout=120)
 
     def stop(self) -> None:
@@ -87,7 +87,18 @@ def start_sshd(directory: Path, *, authorized_keys: Path | None = None, keys_com
     # The privilege separation directory sshd insists on.
     Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
     host_key = make_key(directory, "host_ed25519")
-    port = free_port()
+    # free_port() only says the port was free a moment ago: another test worker may take it first.
+    for _ in range(4):
+        sshd = _start_sshd(directory, host_key, free_port(), authorized_keys, keys_command)
+        if sshd is not None:
+            return sshd
+    raise RuntimeError(f"sshd: every free port tried was taken before it could bind\n"
+                       f"{(directory / 'sshd.log').read_text()}")
+
+
+def _start_sshd(directory: Path, host_key: Path, port: int, authorized_keys: Path | None,
+                keys_command: str | None) -> Sshd | None:
+    """sshd listening on `port`, or None when that port was taken."""
     known_hosts = directory / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{port} " + " ".join(
         host_key.with_suffix(".pub").read_text().split()[:2]) + "\n")
@@ -106,6 +117,8 @@ def start_sshd(directory: Path, *, authorized_keys: Path | None = None, keys_com
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            if "Address already in use" in (directory / "sshd.log").read_text():
+                return None
             raise RuntimeError(f"sshd exited ({proc.returncode}):\n{(directory / 'sshd.log').read_text()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ..support import REPO_ROOT, Hg
-from .lfs_util import oid_of, stored_oids
+from ..support import REPO_ROOT, Hg, oid_of
+from .lfs_util import stored_oids
 
 pytestmark = pytest.mark.interop
 

@@ -19,7 +19,9 @@ import pytest
 from ..support import Hg
 from .container import find_engine, image_healthcheck
 
-pytestmark = [pytest.mark.interop, pytest.mark.slow]
+# One worker runs the whole module under `pytest -n 2 --dist loadgroup`: its module fixtures build
+# the image and start the container once.
+pytestmark = [pytest.mark.interop, pytest.mark.slow, pytest.mark.xdist_group("container")]
 
 PASSWORD = "c0ntainer-" + secrets.token_hex(4)
 

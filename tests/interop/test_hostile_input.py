@@ -15,8 +15,8 @@ import pytest
 from lfsserve.auth import SIGNED_PREFIX
 
 from ..bundle_build import LFS_FLAG, bundle2, changegroup03, changegroup_bundle, lfs_pointer, part
-from ..support import REPO_ROOT
-from .lfs_util import LFS, oid_of, request
+from ..support import REPO_ROOT, oid_of
+from .lfs_http import LFS, request
 
 pytestmark = pytest.mark.interop
 
@@ -89,7 +89,8 @@ def test_verify_checks_credentials_before_the_body(lfsserve):
 
 def test_malformed_authorization_headers_get_401(lfsserve):
     server = lfsserve()
-    for value in ("Bearer \xff\xfe", "Basic \xe9t\xe9", f"Bearer {SIGNED_PREFIX}\u00b2.dXNlcg.mac".encode().decode("latin-1"),
+    for value in ("Bearer \xff\xfe", "Basic \xe9t\xe9",
+                  f"Bearer {SIGNED_PREFIX}\u00b2.dXNlcg.mac".encode().decode("latin-1"),
                   f"Bearer {SIGNED_PREFIX}{HUGE}.dXNlcg.mac"):
         status, _, raw = request(server.url + BATCH, "POST", b'{"operation": "download", "objects": []}',
                                  {**J, "Authorization": value})

@@ -14,7 +14,9 @@ import time
 
 import pytest
 
-from .lfs_util import object_path, oid_of, request
+from ..support import oid_of
+from .lfs_http import request
+from .lfs_util import object_path
 
 pytestmark = pytest.mark.interop
 
@@ -92,7 +94,7 @@ def test_a_slow_upload_that_keeps_sending_is_not_cut(server):
     with connect(server) as sock:
         sock.sendall(f"PUT /team/app/.hg/lfs/objects/{oid} HTTP/1.1\r\nHost: x\r\n"
                      f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode())
-        for i, piece in enumerate(pieces):
+        for piece in pieces:
             sock.sendall(piece)
             if time.monotonic() < deadline:
                 time.sleep(IDLE / 6)

@@ -13,8 +13,8 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from ..support import require_program, run
-from .lfs_util import count_in_log, object_path, oid_of, stored_oids, temp_files
+from ..support import oid_of, require_program, run
+from .lfs_util import count_in_log, object_path, stored_oids, temp_files
 
 pytestmark = pytest.mark.interop
 

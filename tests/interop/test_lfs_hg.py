@@ -17,8 +17,9 @@ import pytest
 
 from lfsserve.auth import hash_token
 
-from ..support import Hg
-from .lfs_util import corrupt, count_in_log, object_path, oid_of, request, stored_oids, temp_files
+from ..support import Hg, oid_of
+from .lfs_http import request
+from .lfs_util import corrupt, count_in_log, object_path, stored_oids, temp_files
 
 pytestmark = pytest.mark.interop
 

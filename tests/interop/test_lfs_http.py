@@ -18,7 +18,9 @@ import pytest
 from lfsserve.auth import Authenticator, Principal
 from lfsserve.config import load_config
 
-from .lfs_util import LFS, batch, object_path, oid_of, request, stored_oids, temp_files
+from ..support import oid_of
+from .lfs_http import LFS, batch, request
+from .lfs_util import object_path, stored_oids, temp_files
 
 pytestmark = pytest.mark.interop
 
@@ -52,7 +54,8 @@ def _bad_requests():
     yield "verify GET", "GET", "/team/app/.hg/lfs/verify", {}, None, 405
     yield "verify junk", "POST", "/team/app/.hg/lfs/verify", J, b"junk", 400
     yield "verify no oid", "POST", "/team/app/.hg/lfs/verify", J, b'{"size": 1}', 422
-    yield "verify unknown", "POST", "/team/app/.hg/lfs/verify", J, json.dumps({"oid": oid_of(GOOD), "size": 13}).encode(), 404
+    yield ("verify unknown", "POST", "/team/app/.hg/lfs/verify", J,
+           json.dumps({"oid": oid_of(GOOD), "size": 13}).encode(), 404)
     yield "lock no path", "POST", "/team/app.git/info/lfs/locks", J, b"{}", 422
     yield "unlock unknown", "POST", "/team/app.git/info/lfs/locks/nope/unlock", J, b"{}", 404
     yield "lfs unknown endpoint", "POST", "/team/app.git/info/lfs/objects/other", J, b"{}", 400
@@ -173,7 +176,7 @@ def test_hrefs_from_trusted_proxy_headers(lfsserve, trusted):
     config = '[server]\ntrusted_proxies = ["127.0.0.0/8"]\n' if trusted else None
     server = lfsserve(config=config)
     fwd = {"Forwarded": 'for=10.0.0.1;proto=https;host="lfs.example.org"', "X-Forwarded-Prefix": "/git"}
-    status, _, body = batch(f"{server.url}/team/app/.git/info/lfs", "upload", [{"oid": oid_of(b"p"), "size": 1}], fwd)
+    _status, _, body = batch(f"{server.url}/team/app/.git/info/lfs", "upload", [{"oid": oid_of(b"p"), "size": 1}], fwd)
     href = body["objects"][0]["actions"]["upload"]["href"]
     base = "https://lfs.example.org/git" if trusted else server.url
     assert href == f"{base}/team/app/.hg/lfs/objects/{oid_of(b'p')}"
@@ -181,7 +184,7 @@ def test_hrefs_from_trusted_proxy_headers(lfsserve, trusted):
 
 def test_base_url_setting_wins(lfsserve):
     server = lfsserve(config='[server]\nbase_url = "https://hg.example.com/mirror/"\n')
-    status, _, body = batch(f"{server.url}/team/app.git/info/lfs", "download", [{"oid": oid_of(b"p"), "size": 1}])
+    _status, _, body = batch(f"{server.url}/team/app.git/info/lfs", "download", [{"oid": oid_of(b"p"), "size": 1}])
     assert body["objects"][0]["error"]["code"] == 404
     _, _, body = batch(f"{server.url}/team/app.git/info/lfs", "upload", [{"oid": oid_of(b"p"), "size": 1}])
     assert body["objects"][0]["actions"]["upload"]["href"].startswith("https://hg.example.com/mirror/team/app/")

@@ -7,34 +7,17 @@ import os
 import re
 import shutil
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from ..support import Hg, require_program, run
-from .lfs_http import batch as lfs_batch
+from ..support import Hg, oid_of, require_program, run
+from .lfs_http import batch, objects, request
 from .nginx import MOUNT, start_nginx
 
 pytestmark = pytest.mark.interop
 
 PROXY_CONFIG = '[server]\ntrusted_proxies = ["127.0.0.1"]\n[hg]\ncreate_on_push = true\n'
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None
-
-
-def fetch(url, data=None, headers=None, method=None):
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-    opener = urllib.request.build_opener(NoRedirect)
-    try:
-        with opener.open(req, timeout=30) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
 
 
 def wait_for(condition, timeout=10.0) -> bool:
@@ -58,15 +41,15 @@ def proxied(lfsserve, tmp_path):
 
 def test_probes_request_ids_and_private_metrics_through_nginx(proxied):
     server, nginx = proxied
-    status, headers, body = fetch(nginx.url + "/healthz")
+    status, headers, body = request(nginx.url + "/healthz")
     assert (status, body) == (200, b"ok\n")
     rid = headers["X-Request-Id"]
     assert len(rid) == 32  # nginx's $request_id, taken over by lfsserve
     assert wait_for(lambda: f"rid={rid}" in server.log()), server.log()[-2000:]
-    assert fetch(nginx.url + "/readyz")[0] == 200
-    assert fetch(nginx.url + "/metrics")[0] == 404  # not published through the proxy
-    assert fetch(server.url + "/metrics")[0] == 200  # but scrapeable on the backend
-    status, headers, _ = fetch(f"http://127.0.0.1:{nginx.port}{MOUNT}")
+    assert request(nginx.url + "/readyz")[0] == 200
+    assert request(nginx.url + "/metrics")[0] == 404  # not published through the proxy
+    assert request(server.url + "/metrics")[0] == 200  # but scrapeable on the backend
+    status, headers, _ = request(f"http://127.0.0.1:{nginx.port}{MOUNT}")
     assert status == 301 and headers["Location"].endswith(f":{nginx.port}{MOUNT}/")
 
 
@@ -121,10 +104,10 @@ def test_git_lfs_100mb_through_nginx(proxied, tmp_path):
     git("push", "-q", "origin", "main")
 
     # What git-lfs was told: actions at nginx's address under /hg, never the backend's port.
-    status, answer = lfs_batch(endpoint, "download", [(digest, size)])
+    status, _, answer = batch(endpoint, "download", objects((digest, size)), transfers=["basic"])
     assert status == 200
     assert_hrefs_point_at_nginx(answer, nginx, server.port, "team/big")
-    status, answer = lfs_batch(endpoint, "upload", [(hashlib.sha256(b"new").hexdigest(), 3)])
+    status, _, answer = batch(endpoint, "upload", objects((oid_of(b"new"), 3)), transfers=["basic"])
     assert status == 200
     assert_hrefs_point_at_nginx(answer, nginx, server.port, "team/big")
 
@@ -139,7 +122,7 @@ def test_git_lfs_100mb_through_nginx(proxied, tmp_path):
 
 def test_hg_lfs_push_and_pull_through_nginx(proxied, tmp_path):
     """hg's lfs extension uploading to and downloading from lfs.url behind nginx's sub-path."""
-    server, nginx = proxied
+    _server, nginx = proxied
     url = f"{nginx.url}/team/app/.git/info/lfs"
     rc = f"[extensions]\nlfs =\n[lfs]\nurl = {url}\ntrack = size('>1KB')\n"
     writer, reader = Hg(tmp_path / "w", rc), Hg(tmp_path / "r", rc)
@@ -184,7 +167,7 @@ def test_hg_clone_push_and_lfs_through_nginx(proxied, tmp_path):
     assert (src / "notes.txt").read_text() == "second\n"
     assert lfs.out("log", "-T", "{desc} ", cwd=src) == "second first "
 
-    _, _, metrics = fetch(server.url + "/metrics")
+    _, _, metrics = request(server.url + "/metrics")
     assert b'lfsserve_hg_pushes_total{result="accepted"} 2.0' in metrics
     assert b"lfsserve_hg_push_duration_seconds_count 2.0" in metrics
     log = nginx.access_log()

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ..support import REPO_ROOT, require_program, run
-from .lfs_http import batch, download, oid_of, request, upload
+from ..support import REPO_ROOT, oid_of, require_program, run
+from .lfs_http import batch, download, objects, request, upload
 
 pytestmark = pytest.mark.interop
 
@@ -33,13 +33,13 @@ def admin(root: Path, *args: str, check: bool = True) -> subprocess.CompletedPro
 def metric(server_url: str, name: str) -> float | None:
     _, _, body = request(server_url + "/metrics")
     for line in body.decode().splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{") and name.endswith("}"):
+        if line.startswith(name + " ") or (line.startswith(name + "{") and name.endswith("}")):
             return float(line.rsplit(" ", 1)[1])
     return None
 
 
 def upload_actions(endpoint: str, data: bytes) -> dict:
-    status, answer = batch(endpoint, "upload", [(oid_of(data), len(data))])
+    status, _, answer = batch(endpoint, "upload", objects((oid_of(data), len(data))), transfers=["basic"])
     assert status == 200, answer
     return answer["objects"][0]["actions"]["upload"]
 
@@ -95,13 +95,14 @@ def test_limits_seen_by_clients(lfsserve):
     server = lfsserve(config="[lfs]\nmax_object_size = 1000\nmax_batch_objects = 3\n")
     endpoint = server.url + "/team/app.git/info/lfs"
     big = os.urandom(1001)
-    status, answer = batch(endpoint, "upload", [(oid_of(big), len(big))])
+    status, _, answer = batch(endpoint, "upload", objects((oid_of(big), len(big))), transfers=["basic"])
     assert status == 200 and answer["objects"][0]["error"]["code"] == 413
     # a client that ignores the batch answer and PUTs anyway gets 413 too
     action = upload_actions(endpoint, os.urandom(10))
-    status, _, body = request(action["href"], big, action["header"], method="PUT")
+    status, _, body = request(action["href"], "PUT", big, action["header"])
     assert status == 413 and b"limit of 1000 bytes" in body
-    status, answer = batch(endpoint, "upload", [(oid_of(bytes([i])), 1) for i in range(4)])
+    status, _, answer = batch(endpoint, "upload", objects(*[(oid_of(bytes([i])), 1) for i in range(4)]),
+                              transfers=["basic"])
     assert status == 413 and "too many objects" in answer["message"]
 
 
@@ -147,7 +148,7 @@ def test_metrics_and_json_logs_of_a_real_server(lfsserve):
     assert metric(server.url, "lfsserve_lfs_uploads_total") == 2
     assert metric(server.url, 'lfsserve_http_received_bytes_total{kind="lfs-object"}') >= 12000
     assert metric(server.url, 'lfsserve_http_sent_bytes_total{kind="lfs-object"}') >= 5000
-    status, headers, _ = request(server.url + "/healthz")
+    _status, headers, _ = request(server.url + "/healthz")
     rid = headers["X-Request-Id"]
     deadline = time.monotonic() + 10
     while rid not in server.log() and time.monotonic() < deadline:

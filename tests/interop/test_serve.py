@@ -3,26 +3,21 @@
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
+
+import pytest
 
 from ..support import REPO_ROOT
+from .lfs_http import request
 
-
-def get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
+pytestmark = pytest.mark.interop
 
 
 def test_serve_health_request_id_and_sigterm(lfsserve):
     server = lfsserve()
-    status, headers, body = get(server.url + "/healthz")
+    status, headers, body = request(server.url + "/healthz")
     assert status == 200 and body == b"ok\n"
     assert len(headers["X-Request-Id"]) == 16
-    status, _, body = get(server.url + "/a/%2e%2e/b")
+    status, _, body = request(server.url + "/a/%2e%2e/b")
     assert status == 400 and b"percent-encoded" in body
     assert server.stop(signal.SIGTERM) == 0
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from ..support import HG, REPO_ROOT, LfsserveProcess, hg_env, run
-from .lfs_util import LFS, batch, oid_of, request, stored_oids, temp_files
+from ..support import HG, REPO_ROOT, LfsserveProcess, hg_env, oid_of, run
+from .lfs_http import LFS, batch, request
+from .lfs_util import stored_oids, temp_files
 from .sshd import Sshd, make_key, make_wrapper, remove_wrapper, start_sshd
 from .test_lfs_git import Git
 

@@ -385,7 +385,7 @@ def test_permissions(lfsserve, hg, rich, tmp_path):
     commit_file(hg, clone, "x.txt", "x\n", "x", 1700300000)
     res = hg("push", f"{server.url}/r", cwd=clone, check=False)
     assert res.returncode != 0 and b"authorization" in res.stderr
-    status, reason, headers, body = raw(server, "POST", "/r?cmd=unbundle", {"X-HgArg-1": "heads=666f726365"}, b"")
+    status, _reason, headers, body = raw(server, "POST", "/r?cmd=unbundle", {"X-HgArg-1": "heads=666f726365"}, b"")
     assert status == 401 and body.startswith(b"0\n") and "WWW-Authenticate" in headers
     private = lfsserve(anonymous="none")
     install(private, rich, "r")
@@ -435,6 +435,7 @@ def _unbundle(server, name: str, body: bytes, heads: str = "666f726365"):
 
 def _reply_parts(body: bytes):
     import io
+
     from lfsserve.hg.bundle2 import BundleReader
     fp = io.BytesIO(body)
     assert fp.read(4) == b"HG20"

@@ -18,9 +18,9 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from ..support import Hg
 from lfsserve.wire.v2.framing import encode_frame
 
+from ..support import Hg
 from ..wire_v2_client import HEADERS, decode_response, request_body
 from .hgrepos import NON_ASCII, assert_same, build_rich_repo
 
@@ -393,7 +393,7 @@ def test_data_commands_by_hand(lfsserve, hg, zhg, tmp_path):
                                                       cwd=source).split("\n") if p)
     assert objs[0] == {b"totalpaths": len(paths), b"totalitems": len(paths)}
     entries = [o for o in objs if isinstance(o, dict) and b"node" in o]
-    assert all(b"revision" == e[b"fieldsfollowing"][0][0] and b"linknode" in e for e in entries)
+    assert all(e[b"fieldsfollowing"][0][0] == b"revision" and b"linknode" in e for e in entries)
 
     assert a[7].status == b"error" and a[7].values[0][b"error"][b"message"] % tuple(
         a[7].values[0][b"error"][b"args"]) == b"unknown file: no/such"
@@ -403,7 +403,7 @@ def test_data_commands_by_hand(lfsserve, hg, zhg, tmp_path):
     raw = decode_response(post(base, "rawstorefiledata", request_body(
         ("rawstorefiledata", {b"files": [b"changelog", b"manifestlog"]})))[2]).answers[1].objects
     store = source / ".hg" / "store"
-    files = {m[b"path"].decode(): data for m, data in zip(raw[1::2], raw[2::2])}
+    files = {m[b"path"].decode(): data for m, data in zip(raw[1::2], raw[2::2], strict=True)}
     assert raw[0] == {b"filecount": len(files), b"totalsize": sum(len(d) for d in files.values())}
     assert files and all((store / name).read_bytes() == data for name, data in files.items())
     assert {"00changelog.i", "00manifest.i"} <= set(files)

@@ -8,7 +8,6 @@ store's back, the way a disk or an operator would).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 
 import pytest
@@ -21,10 +20,7 @@ from lfsserve.blobstore import (
     Status,
     TooLarge,
 )
-
-
-def oid_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+from tests.support import oid_of
 
 
 async def chunks_of(data: bytes, size: int = 65536):

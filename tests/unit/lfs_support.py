@@ -1,25 +1,20 @@
-"""Shared by the in-process LFS tests: a configured app with users, rules, and small helpers."""
+"""Shared by the in-process LFS tests: a config with users and rules, and small helpers (the
+`make_client` and `client` fixtures that serve it are in conftest.py)."""
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 
 import bcrypt
-import pytest
 
-from lfsserve.app import create_app
 from lfsserve.auth import hash_token
 from lfsserve.config import load_config
 from lfsserve.lfs import LFS_SERVICE
+from tests.support import oid_of
 
 LFS = "application/vnd.git-lfs+json"
 H = {"Accept": LFS, "Content-Type": LFS}
-
-
-def oid_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def basic(user: str, pw: str) -> dict[str, str]:
@@ -56,20 +51,6 @@ write = ["alice", "carol"]
 {extra}
 """)
     return load_config(cfg, env={})
-
-
-@pytest.fixture
-def make_client(tmp_path, aiohttp_client):
-    async def make(extra: str = "", anonymous: str = "none", server: str = ""):
-        app = create_app(make_config(tmp_path, extra, anonymous, server))
-        client = await aiohttp_client(app)
-        return client
-    return make
-
-
-@pytest.fixture
-async def client(make_client):
-    return await make_client()
 
 
 async def batch(client, ns, operation, objects, headers=ALICE, **extra):

@@ -124,7 +124,7 @@ async def test_client_disconnect_is_a_499_one_liner_with_the_request_id(tmp_path
 
     app, server = await serve(tmp_path, {Kind.HG: slow_reader})
     try:
-        reader, writer = await asyncio.open_connection(server.host, server.port)
+        _reader, writer = await asyncio.open_connection(server.host, server.port)
         writer.write(b"POST /r?cmd=unbundle HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"z" * 1000)
         await writer.drain()
         await asyncio.wait_for(got_some.wait(), 30)
@@ -213,7 +213,7 @@ async def test_a_connection_error_of_the_servers_own_is_a_500_not_a_499(tmp_path
     async def backend_down(request, target):
         raise ConnectionRefusedError("some backend refused")
 
-    app, server = await serve(tmp_path, {Kind.HG: backend_down})
+    _app, server = await serve(tmp_path, {Kind.HG: backend_down})
     try:
         async with ClientSession() as session:
             async with session.get(server.make_url("/r?cmd=heads")) as r:

@@ -95,7 +95,7 @@ def test_authenticated_level_without_rules(tmp_path):
     assert authn.permission(BOB, "x") is Permission.READ
     # The environment and the TOML file set it like any option; a bad value names the key.
     assert load_config(None, env={"LFSSERVE_AUTH_AUTHENTICATED": "write"}).auth.authenticated == "write"
-    with pytest.raises(ConfigError, match="auth.authenticated"):
+    with pytest.raises(ConfigError, match=r"auth.authenticated"):
         load_config(None, env={"LFSSERVE_AUTH_AUTHENTICATED": "admin"})
 
 
@@ -206,7 +206,7 @@ async def test_repo_tokens_grant_one_repository_one_operation_on_the_lfs_api_onl
         await authn.require(bob_upload, "private/x", Permission.WRITE, lfs=True)
     # Tampering, expiry, and an action token's MAC replayed as a repository token all fail.
     token = upload["Authorization"].split()[1]
-    _, op, exp, user, mac = token.split(".")
+    _, _op, exp, user, mac = token.split(".")
     for bad in (f"lfsr1.download.{exp}.{user}.{mac}", f"lfsr1.upload.{int(exp) + 1}.{user}.{mac}",
                 f"lfsr1.upload.{exp}.{user}", "lfsr1.upload.x.y.z", f"lfsr1.upload.\u00b2.{user}.{mac}",
                 f"lfsr1.upload.{'9' * 40}.{user}.{mac}"):

@@ -11,9 +11,21 @@ import pytest
 import zstandard
 
 from lfsserve.hg import bundle2
-from lfsserve.hg.bundle2 import (Bundle2Error, BundleReader, OutPart, UnsupportedContent, decode_bookmarks,
-                                 decode_caps, decode_nodes, decode_phase_heads, encode_bookmarks, encode_bundle,
-                                 encode_caps, encode_parts, encode_phase_heads)
+from lfsserve.hg.bundle2 import (
+    Bundle2Error,
+    BundleReader,
+    OutPart,
+    UnsupportedContent,
+    decode_bookmarks,
+    decode_caps,
+    decode_nodes,
+    decode_phase_heads,
+    encode_bookmarks,
+    encode_bundle,
+    encode_caps,
+    encode_parts,
+    encode_phase_heads,
+)
 
 # The unbundle reply of transcript 07 (push of 2 changesets), as hg serve 7.2.4 sent it.
 REPLY_07 = bytes.fromhex(
@@ -89,7 +101,8 @@ def test_caps_round_trip_matches_client_blob():
 
 def test_unread_parts_are_skipped_and_payload_read_in_pieces():
     big = bytes(range(256)) * 1000
-    data = encode_parts([OutPart(b"first", data=[big[:1000], big[1000:]]), OutPart(b"SECOND", [(b"k", b"v")], data=b"x")])
+    data = encode_parts([OutPart(b"first", data=[big[:1000], big[1000:]]),
+                         OutPart(b"SECOND", [(b"k", b"v")], data=b"x")])
     reader = BundleReader(io.BytesIO(data[4:]))
     parts = reader.parts()
     p1 = next(parts)

@@ -13,6 +13,9 @@ from lfsserve.config import load_config
 
 from ..support import REPO_ROOT
 
+# Runs the real `lfsserve` command as a process.
+pytestmark = pytest.mark.interop
+
 
 def lfsserve(*args: str, cwd, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LFSSERVE_")}

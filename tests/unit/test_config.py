@@ -90,5 +90,5 @@ def test_idle_timeout_bounds_headers_too(tmp_path):
     config = load_config(None, overrides={"server": {"root": str(tmp_path)}},
                          env={"LFSSERVE_LIMITS_IDLE_TIMEOUT": "0"})
     assert "keepalive_timeout" not in runner_options(create_app(config), config)  # 0: aiohttp's default
-    with pytest.raises(ConfigError, match="limits.idle_timeout"):
+    with pytest.raises(ConfigError, match=r"limits.idle_timeout"):
         load_config(None, env={"LFSSERVE_LIMITS_IDLE_TIMEOUT": "-1"})

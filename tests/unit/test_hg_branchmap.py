@@ -43,7 +43,7 @@ def test_branch_info_is_extended_not_recomputed(tmp_path, pad):
     inherited = second.changelog.index.prefix_derived["branches"]
     assert inherited is info  # the grown index carries what was read: only new revisions are read
     grown = branchmap.branch_info(second.changelog)
-    assert grown == info + [(b"stable", True), (b"default", False)]
+    assert grown == [*info, (b"stable", True), (b"default", False)]
     assert len(info) == 3  # the older index's list is left as it was
 
     heads = branchmap.branch_heads(grown, second.parents_list, second.visible_mask)

@@ -18,7 +18,7 @@ def _texts(n: int, seed: int = 1) -> list[bytes]:
     rnd = random.Random(seed)
     lines = [b"line %d\n" % i for i in range(50)]
     out = []
-    for i in range(n):
+    for _i in range(n):
         for _ in range(3):
             lines[rnd.randrange(len(lines))] = rnd.randbytes(40).hex().encode() + b"\n"
         lines.insert(rnd.randrange(len(lines)), rnd.randbytes(1500).hex().encode() + b"\n")

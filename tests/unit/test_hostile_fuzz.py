@@ -27,9 +27,11 @@ from lfsserve.lfs.errors import LfsError
 from lfsserve.lfs.request import check_ref, decode_json, object_error
 from lfsserve.wire.protocol import BadRequest, decode_batch, decode_nodes, parse_qs_bytes
 from lfsserve.wire.v2 import cbor
-from lfsserve.wire.v2.commands import COMMANDS as V2_COMMANDS, validate_args
+from lfsserve.wire.v2.commands import COMMANDS as V2_COMMANDS
+from lfsserve.wire.v2.commands import validate_args
 from lfsserve.wire.v2.framing import CommandError, ProtocolError, read_request
-from tests.bundle_build import LFS_FLAG, bundle2 as make_bundle2, changegroup03, lfs_pointer, part
+from tests.bundle_build import LFS_FLAG, changegroup03, lfs_pointer, part
+from tests.bundle_build import bundle2 as make_bundle2
 from tests.wire_v2_client import request_body
 
 _BOUNDARY = [b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x80\x00\x00\x00",
@@ -165,7 +167,7 @@ def test_bundle2_claimed_sizes_are_never_allocated():
 
     bundle = Recorder(make_bundle2([part(b"CHANGEGROUP", cg, [(b"version", b"03")])])[4:])
     p = next(bundle2.BundleReader(bundle).parts())
-    with pytest.raises(bundle2.SizeLimitExceeded, match="2 GiB is larger than .* 1 MiB"):
+    with pytest.raises(bundle2.SizeLimitExceeded, match=r"2 GiB is larger than .* 1 MiB"):
         ChunkReader(bundle2.LimitedReader(p, max_read=1 << 20, read_setting="x")).chunk()
     assert max(reads) < 1 << 20
 
@@ -250,6 +252,7 @@ def test_fuzz_v1_arguments():
     fuzz(seeds, check, rounds=4000, seed=10_7)
 
 
+@pytest.mark.interop  # builds its repository with the real hg
 def test_fuzz_v1_commands(tmp_path):
     """Every pull command, through argument binding, on a real repository (built by hg): mutated
     arguments end in BadRequest or an HgError (hg's error forms), streams in a bundle2 error part."""

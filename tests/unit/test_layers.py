@@ -123,7 +123,7 @@ def test_no_import_cycle():
         path.append(node)
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                cycles.append(path[path.index(dep):] + [dep])
+                cycles.append([*path[path.index(dep):], dep])
             elif dep not in state:
                 visit(dep, path)
         path.pop()

@@ -8,8 +8,9 @@ import time
 from lfsserve.auth import Principal
 from lfsserve.lfs import LFS_SERVICE
 from lfsserve.lfs.adapters import Action, BasicServerAdapter, BatchActions
+from tests.support import oid_of
 
-from .lfs_support import batch, make_client, oid_of, upload  # noqa: F401  (fixture)
+from .lfs_support import batch, upload
 
 
 async def test_default_adapter_signs_this_servers_hrefs(make_client):

@@ -11,9 +11,10 @@ import pytest
 
 from lfsserve.auth import ANONYMOUS, Principal
 from lfsserve.kernel import CTX
+from tests.support import oid_of
 
-from .lfs_support import (  # noqa: F401  (fixtures)
-    ALICE, BOB, CAROL, H, LFS, basic, batch, call, client, make_client, oid_of, store_of, upload)
+from .lfs_support import ALICE, BOB, CAROL, LFS, H, basic, batch, call, store_of, upload
+
 
 async def test_upload_then_download_through_signed_hrefs(client):
     data = os.urandom(300_000)
@@ -51,7 +52,8 @@ async def test_hg_style_request_and_content_type_parameters(client):
     body = '{"objects": [{"oid": "%s", "size": 1}], "operation": "download"}' % oid
     r = await client.post("/team/app/.git/info/lfs/objects/batch", data=body, headers={**H, **ALICE})
     assert r.status == 200 and r.headers["Content-Type"] == LFS
-    assert (await r.json(content_type=None))["objects"][0]["error"] == {"code": 404, "message": "The object does not exist"}
+    assert (await r.json(content_type=None))["objects"][0]["error"] == {
+        "code": 404, "message": "The object does not exist"}
     # git-lfs: a charset parameter, the .git suffix spelling, and the bare lfs.url prefix spelling.
     for path in ("/team/app.git/info/lfs/objects/batch", "/team/app/objects/batch"):
         r = await client.post(path, data=body, headers={**ALICE, "Accept": LFS + "; charset=utf-8",
@@ -104,7 +106,7 @@ async def test_put_mismatch_and_limits_leave_nothing(make_client, tmp_path):
     assert oid_of(b"something else") in (await r.json(content_type=None))["message"]
     r = await client.put(f"/team/app/.hg/lfs/objects/{oid_of(b'y' * 1001)}", data=b"y" * 1001, headers=ALICE)
     assert r.status == 413
-    status, body = await batch(client, "team/app", "upload", [{"oid": oid_of(b"z" * 2000), "size": 2000}])
+    _, body = await batch(client, "team/app", "upload", [{"oid": oid_of(b"z" * 2000), "size": 2000}])
     assert body["objects"][0]["error"]["code"] == 413
     assert [x async for x in store_of(client).list()] == []
     assert list((tmp_path / "data" / "lfs" / "tmp").iterdir()) == []
@@ -122,7 +124,7 @@ async def test_knowing_an_oid_does_not_open_another_namespace(client):
     secret = os.urandom(5000)
     oid = oid_of(secret)
     await upload(client, "team/app", secret)
-    status, body = await batch(client, "other/repo", "download", [{"oid": oid, "size": len(secret)}])
+    _, body = await batch(client, "other/repo", "download", [{"oid": oid, "size": len(secret)}])
     assert body["objects"][0]["error"]["code"] == 404
     r = await client.get(f"/other/repo/.hg/lfs/objects/{oid}", headers=ALICE)
     assert r.status == 404
@@ -130,7 +132,7 @@ async def test_knowing_an_oid_does_not_open_another_namespace(client):
                           headers={**H, **ALICE})
     assert r.status == 404
     # An upload batch does not reveal that the object exists elsewhere...
-    status, body = await batch(client, "other/repo", "upload", [{"oid": oid, "size": len(secret)}])
+    _, body = await batch(client, "other/repo", "upload", [{"oid": oid, "size": len(secret)}])
     assert "upload" in body["objects"][0]["actions"]
     # ...and claiming it needs the content.
     r = await client.put(f"/other/repo/.hg/lfs/objects/{oid}", data=b"x" * len(secret), headers=ALICE)
@@ -147,7 +149,7 @@ async def test_signed_tokens_are_scoped_and_expire(client):
     other = oid_of(b"other")
     await upload(client, "team/app", b"other")
     put_token = obj["actions"]["upload"]["header"]
-    status, body = await batch(client, "team/app", "download", [{"oid": oid, "size": len(data)}])
+    _, body = await batch(client, "team/app", "download", [{"oid": oid, "size": len(data)}])
     get_token = body["objects"][0]["actions"]["download"]["header"]
     assert (await client.get(f"/team/app/.hg/lfs/objects/{oid}", headers=get_token)).status == 200
     assert (await client.get(f"/team/app/.hg/lfs/objects/{other}", headers=get_token)).status == 401
@@ -164,7 +166,8 @@ async def test_signed_tokens_are_scoped_and_expire(client):
     assert r.status == 401 and "expired" in (await r.json(content_type=None))["message"]
     # A token issued to an anonymous reader works for its object only.
     anon = auth.sign_action(ANONYMOUS, "team/app", oid, "download", int(time.time()) + 60)
-    assert (await client.get(f"/team/app/.hg/lfs/objects/{oid}", headers={"Authorization": f"Bearer {anon}"})).status == 200
+    r = await client.get(f"/team/app/.hg/lfs/objects/{oid}", headers={"Authorization": f"Bearer {anon}"})
+    assert r.status == 200
 
 
 async def test_401_challenges_and_403(client):
@@ -202,14 +205,14 @@ async def test_corrupt_object_is_reported_and_repairable(client):
     oid = oid_of(data)
     await upload(client, "team/app", data)
     damage(client, oid)
-    status, body = await batch(client, "team/app", "download", [{"oid": oid, "size": len(data)}])
+    _, body = await batch(client, "team/app", "download", [{"oid": oid, "size": len(data)}])
     assert body["objects"][0]["error"] == {"code": 422, "message": "The object is corrupt"}
     assert (await client.get(f"/team/app/.hg/lfs/objects/{oid}", headers=ALICE)).status == 422
     r = await client.post("/team/app/.hg/lfs/verify", data=json.dumps({"oid": oid, "size": len(data)}),
                           headers={**H, **ALICE})
     assert r.status == 422
     # An upload batch asks for it again, and the upload repairs it.
-    status, body = await batch(client, "team/app", "upload", [{"oid": oid, "size": len(data)}])
+    _, body = await batch(client, "team/app", "upload", [{"oid": oid, "size": len(data)}])
     assert "upload" in body["objects"][0]["actions"]
     assert (await client.put(f"/team/app/.hg/lfs/objects/{oid}", data=data, headers=ALICE)).status == 201
     r = await client.get(f"/team/app/.hg/lfs/objects/{oid}", headers=ALICE)
@@ -222,7 +225,7 @@ async def test_corruption_found_while_streaming_cuts_the_download(make_client):
     oid = oid_of(data)
     await upload(client, "team/app", data)
     damage(client, oid)
-    status, body = await batch(client, "team/app", "download", [{"oid": oid, "size": len(data)}])
+    _, body = await batch(client, "team/app", "download", [{"oid": oid, "size": len(data)}])
     assert "download" in body["objects"][0]["actions"]  # over budget: not re-hashed here
     got = bytearray()
     with pytest.raises(aiohttp.ClientPayloadError):
@@ -231,7 +234,7 @@ async def test_corruption_found_while_streaming_cuts_the_download(make_client):
             async for chunk in r.content.iter_any():
                 got += chunk
     assert len(got) < len(data)
-    status, body = await batch(client, "team/app", "download", [{"oid": oid, "size": len(data)}])
+    _, body = await batch(client, "team/app", "download", [{"oid": oid, "size": len(data)}])
     assert body["objects"][0]["error"]["code"] == 422  # remembered
     r = await client.get("/healthz")
     assert r.status == 200
@@ -269,9 +272,9 @@ async def test_size_mismatch_on_existing_object(client):
     data = b"sized"
     oid = oid_of(data)
     await upload(client, "team/app", data)
-    status, body = await batch(client, "team/app", "download", [{"oid": oid, "size": 99}])
+    _, body = await batch(client, "team/app", "download", [{"oid": oid, "size": 99}])
     assert body["objects"][0]["error"]["code"] == 422
-    status, body = await batch(client, "team/app", "upload", [{"oid": oid, "size": 99}])
+    _, body = await batch(client, "team/app", "upload", [{"oid": oid, "size": 99}])
     assert body["objects"][0]["error"]["code"] == 422
 
 
@@ -279,7 +282,7 @@ async def test_size_mismatch_on_existing_object(client):
 async def test_hrefs_follow_trusted_proxy_headers_only(make_client, trusted):
     client = await make_client(server='trusted_proxies = ["127.0.0.1/32"]' if trusted else "")
     fwd = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "lfs.example.com", "X-Forwarded-Prefix": "/mnt"}
-    status, body = await batch(client, "team/app", "upload", [{"oid": oid_of(b"p"), "size": 1}], {**ALICE, **fwd})
+    _, body = await batch(client, "team/app", "upload", [{"oid": oid_of(b"p"), "size": 1}], {**ALICE, **fwd})
     actions = body["objects"][0]["actions"]
     base = "https://lfs.example.com/mnt" if trusted else f"http://127.0.0.1:{client.port}"
     assert actions["upload"]["href"] == f"{base}/team/app/.hg/lfs/objects/{oid_of(b'p')}"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .lfs_support import ALICE, BOB, CAROL, H, make_client  # noqa: F401  (fixture)
+from .lfs_support import ALICE, BOB, CAROL, H
 
 
 async def post(client, path, body, headers=ALICE):
@@ -65,9 +65,9 @@ async def test_pagination(make_client):
         if not cursor:
             break
     assert seen == [f"f{i}" for i in range(5)]
-    status, body = await post(client, "locks/verify", {"limit": 3})
+    _, body = await post(client, "locks/verify", {"limit": 3})
     assert len(body["ours"]) == 3 and body["next_cursor"]
-    status, body = await post(client, "locks/verify", {"limit": 3, "cursor": body["next_cursor"]})
+    _, body = await post(client, "locks/verify", {"limit": 3, "cursor": body["next_cursor"]})
     assert len(body["ours"]) == 2 and "next_cursor" not in body
 
 

@@ -9,8 +9,9 @@ import pytest
 
 from lfsserve.auth import Principal
 from lfsserve.lfs import LFS_SERVICE
+from tests.support import oid_of
 
-from .lfs_support import ALICE, make_client, oid_of, upload  # noqa: F401  (fixture)
+from .lfs_support import ALICE, upload
 
 BOB = Principal("bob", "basic")      # reads shared/**, nothing in team/**
 CAROL = Principal("carol", "bearer")  # reads and writes shared/** and team/**

@@ -10,8 +10,17 @@ import zstandard
 from multidict import CIMultiDict
 
 from lfsserve.wire.compression import MEDIA_01, MEDIA_02, compress_stream, negotiate
-from lfsserve.wire.protocol import (BadRequest, batch_escape, batch_unescape, decode_batch, decode_nodes,
-                                    encode_nodes, header_args, parse_client_proto, parse_qs_bytes)
+from lfsserve.wire.protocol import (
+    BadRequest,
+    batch_escape,
+    batch_unescape,
+    decode_batch,
+    decode_nodes,
+    encode_nodes,
+    header_args,
+    parse_client_proto,
+    parse_qs_bytes,
+)
 
 HEAD = "3fe1e2a22298464992f528c076bd5c0bf6b91cee"
 

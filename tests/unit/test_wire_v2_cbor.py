@@ -5,7 +5,6 @@ import pytest
 
 from lfsserve.wire.v2 import cbor
 
-
 # Payloads of request frames in reference transcripts 31 and 36 (their lengths are in the frame
 # headers there: 0x21, 0x0c, 0x19, 0x3a).
 SETTINGS = bytes.fromhex("a150636f6e74656e74656e636f64696e677382447a6c6962486964656e74697479")

@@ -10,6 +10,7 @@ from lfsserve.wire.v2 import commands
 from lfsserve.wire.v2.commands import COMMANDS, PathFilter, api_descriptor, validate_args
 from lfsserve.wire.v2.framing import CommandError, CommandRequest
 
+
 class FakeRepo:
     requirements = frozenset({"revlogv1", "generaldelta", "sparserevlog", "store", "fncache", "dotencode",
                               "share-safe"})
@@ -156,8 +157,8 @@ def test_bad_path_filters(spec, why):
 
 def test_manifest_lookup_agrees_with_parsing():
     rng = random.Random(5)
-    names = sorted({b"/".join(rng.choice([b"a", b"b", b"a.b", b"a-b", b"z", b"\xc3\xa9"]) for _ in range(rng.randint(1, 4)))
-                    for _ in range(400)})
+    parts = [b"a", b"b", b"a.b", b"a-b", b"z", b"\xc3\xa9"]
+    names = sorted({b"/".join(rng.choice(parts) for _ in range(rng.randint(1, 4))) for _ in range(400)})
     entries = {n: (os.urandom(20), rng.choice([b"", b"x", b"l"])) for n in names}
     text = format_manifest(entries)
     assert parse_manifest(text) == entries

@@ -12,11 +12,20 @@ import pytest
 import zstandard
 
 from lfsserve.wire.v2 import cbor
-from lfsserve.wire.v2.encoding import (IdentityEncoder, ZlibEncoder, ZstdEncoder, choose, make_decoder,
-                                       order_from_config)
-from lfsserve.wire.v2.framing import (MAX_PAYLOAD, CommandError, FrameType, IndefiniteBytes, ProtocolError,
-                                      ResponseWriter, encode_frame, encode_header, iter_frames, read_request)
-from tests.wire_v2_client import decode_response, request_body
+from lfsserve.wire.v2.encoding import IdentityEncoder, ZlibEncoder, ZstdEncoder, choose, make_decoder, order_from_config
+from lfsserve.wire.v2.framing import (
+    MAX_PAYLOAD,
+    CommandError,
+    FrameType,
+    IndefiniteBytes,
+    ProtocolError,
+    ResponseWriter,
+    encode_frame,
+    encode_header,
+    iter_frames,
+    read_request,
+)
+from tests.wire_v2_client import decode_response
 
 H = bytes.fromhex
 NODE = H("8ef8ed5f08de26d8c561a4a7430baa40ad566093")

@@ -8,7 +8,7 @@ its payload in chunks, then the end-of-stream marker (`hg help internals.bundle2
 from __future__ import annotations
 
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 _I32 = struct.Struct(">i")
 

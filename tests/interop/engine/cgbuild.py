@@ -55,7 +55,8 @@ class Changeset:
     """One changeset of the built history. `files` maps path -> file text (a new revision each).
 
     `manifest` overrides the manifest text (default: every file so far, flags from `flags`; a
-    callable gets that default and returns the text to send); `text` overrides the changeset text, built from the manifest node when it is a callable.
+    callable gets that default and returns the text to send); `text` overrides the changeset text,
+    built from the manifest node when it is a callable.
     """
     files: dict[bytes, bytes]
     flags: dict[bytes, bytes] = field(default_factory=dict)

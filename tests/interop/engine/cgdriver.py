@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from lfsserve.hg import changegroup, transaction  # noqa: E402
-from lfsserve.hg.repository import Repository  # noqa: E402
-from lfsserve.hg.revlog import RevlogWriter  # noqa: E402
+from lfsserve.hg import changegroup, transaction
+from lfsserve.hg.repository import Repository
+from lfsserve.hg.revlog import RevlogWriter
 
 
 def pause(args, point):

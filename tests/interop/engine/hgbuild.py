@@ -12,7 +12,8 @@ import argparse
 import os
 import random
 
-from mercurial import context, hg, ui as uimod
+from mercurial import context, hg
+from mercurial import ui as uimod
 from mercurial.node import nullid
 
 

@@ -8,7 +8,8 @@ a client pushes inside its bundle), produced by Mercurial's own changegroup pack
 
 import argparse
 
-from mercurial import changegroup, commands, discovery, extensions, hg, ui as uimod  # noqa: F401
+from mercurial import changegroup, commands, discovery, extensions, hg  # noqa: F401
+from mercurial import ui as uimod
 from mercurial.node import bin
 
 

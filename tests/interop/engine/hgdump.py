@@ -10,7 +10,8 @@ import hashlib
 import json
 import sys
 
-from mercurial import commands, extensions, hg, ui as uimod  # noqa: F401 (commands: for extensions)
+from mercurial import commands, extensions, hg  # noqa: F401 (commands: for extensions)
+from mercurial import ui as uimod
 from mercurial.node import hex, nullid
 
 

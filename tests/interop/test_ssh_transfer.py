@@ -15,6 +15,8 @@ import pytest
 
 from tests.support import REPO_ROOT
 
+pytestmark = pytest.mark.interop
+
 FLUSH, DELIM = b"0000", b"0001"
 
 
