@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request, Target], Awaitable[web.StreamResponse]]
 
 # Modules with a `setup(app: web.Application) -> None` that registers handlers on the context.
-FRONTENDS: list[str] = ["lfsserve.lfs", "lfsserve.wire.v1", "lfsserve.wire.v2"]
+FRONTENDS: list[str] = ["lfsserve.lfs", "lfsserve.wire.v1", "lfsserve.wire.v2", "lfsserve.web"]
 
 
 @dataclass

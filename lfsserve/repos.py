@@ -16,7 +16,10 @@ import weakref
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["RepoRegistry", "RepoPathError"]
+from .hg.error import UnknownRevision
+from .hg.node import NULLID
+
+__all__ = ["AbsentRepo", "RepoRegistry", "RepoPathError"]
 
 
 class RepoPathError(ValueError):
@@ -75,3 +78,55 @@ class RepoRegistry:
             lock = asyncio.Lock()
             self._locks[name] = lock
         return lock
+
+
+# What `hg init` 7.2.4 creates: the answer for a repository that does not exist yet.
+DEFAULT_REQUIREMENTS = frozenset({"dotencode", "fncache", "generaldelta", "revlog-compression-zstd",
+                                  "revlogv1", "share-safe", "sparserevlog", "store"})
+
+
+class AbsentRepo:
+    """Stands in for a repository that a push may create (hg.create_on_push and a writer asking):
+    it answers discovery as an empty repository would, so that `hg push` reaches unbundle."""
+
+    has_lfs = False
+    requirements = DEFAULT_REQUIREMENTS
+
+    def __init__(self, publishing: bool):
+        self.publishing = publishing
+
+    def heads(self) -> list[bytes]:
+        return []
+
+    def branchmap(self) -> dict:
+        return {}
+
+    def known(self, nodes):
+        return [False for _ in nodes]
+
+    def lookup(self, key: bytes) -> bytes:
+        if key in (b"tip", b"null", b".", b"0" * 40, b"-1"):
+            return NULLID
+        raise UnknownRevision(key)
+
+    def listkeys(self, namespace: bytes) -> dict:
+        if namespace == b"namespaces":
+            return {b"bookmarks": b"", b"namespaces": b"", b"phases": b""}
+        if namespace == b"phases":
+            return {b"publishing": b"True"} if self.publishing else {}
+        return {}
+
+    def bookmarks(self) -> dict:
+        return {}
+
+    def missing(self, common, heads) -> list[int]:
+        for h in heads:
+            if h != NULLID:
+                raise UnknownRevision(h.hex())
+        return []
+
+    def between(self, pairs):
+        return [[] for _ in pairs]
+
+    def branches(self, nodes):
+        return [(n, NULLID, NULLID, NULLID) for n in nodes]

@@ -9,15 +9,13 @@ lock. This module is the one place where wire v1 errors become HTTP: permission 
 401/403/405 with hg's `0\\n<message>\\n` body, malformed requests 400, repository-level refusals
 `application/hg-error`.
 
-Also served here: the repository index at `/` and a short page for a repository URL opened in a
-browser.
+A repository URL without `cmd` is handed to the web front end's page (Kind.REPO_PAGE).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import logging
 import re
 import tempfile
@@ -26,20 +24,21 @@ from pathlib import Path
 
 from aiohttp import hdrs, web
 
-from ..aio import iterate_blocking, run_blocking
-from ..app import CTX
-from ..auth import AuthError, Forbidden, Permission, Principal, Unauthorized
-from ..config import Config
-from ..metrics import metrics_of
-from ..hg.bundle2 import Bundle2Error
-from ..hg.error import HgError, RepoNotFound
-from ..repos import RepoPathError, RepoRegistry
-from ..reqkeys import PRINCIPAL
-from ..routing import Kind, Target
-from . import exchange, v2
+from ...aio import iterate_blocking, run_blocking
+from ...app import CTX
+from ...auth import AuthError, Forbidden, Permission, Principal, Unauthorized
+from ...config import Config
+from ...metrics import metrics_of
+from ...hg.bundle2 import Bundle2Error
+from ...hg.error import HgError, RepoNotFound
+from ...repos import RepoPathError, RepoRegistry
+from ...reqkeys import PRINCIPAL
+from ...routing import Kind, Target
+from .. import capabilities, unbundle, v2
+from ..compression import MEDIA_01, compress_stream, negotiate
+from ..protocol import BadRequest, header_args, parse_client_proto, parse_qs_bytes
+from ...repos import AbsentRepo
 from .commands import COMMANDS, Command, Session, Stream, bind_args
-from .compression import MEDIA_01, compress_stream, negotiate
-from .protocol import BadRequest, header_args, parse_client_proto, parse_qs_bytes
 
 __all__ = ["V1", "V1State", "capabilities_bytes", "setup"]
 
@@ -50,7 +49,7 @@ SCRIPT_OK = "Script output follows"
 SPOOL_CHUNK = 1024 * 1024
 MAX_POST_ARGS = 16 * 1024 * 1024
 
-capabilities_bytes = exchange.capabilities_bytes
+capabilities_bytes = capabilities.capabilities_bytes
 
 
 @dataclass
@@ -67,7 +66,6 @@ def setup(app: web.Application) -> None:
     spool = ctx.config.root / "tmp"
     app[V1] = V1State(ctx.repos, spool)
     ctx.register(Kind.HG, handle)
-    ctx.register(Kind.INDEX, index)
 
 
 # -- responses --------------------------------------------------------------------------------------
@@ -154,7 +152,7 @@ def _open(config: Config, registry: RepoRegistry, name: str, may_create: bool):
         if may_create:
             return None, path
         raise RepoNotFound(name)
-    from ..hg.repository import Repository
+    from ...hg.repository import Repository
     repo = Repository.open(path)
     repo.publishing = config.hg.publishing
     return repo, path
@@ -162,24 +160,27 @@ def _open(config: Config, registry: RepoRegistry, name: str, may_create: bool):
 
 def _session(config: Config, repo) -> Session:
     if repo is None:
-        repo = exchange.AbsentRepo(config.hg.publishing)
+        repo = AbsentRepo(config.hg.publishing)
     return Session(config, repo, lock_timeout=config.hg.lock_timeout)
 
 
 # -- the handler ------------------------------------------------------------------------------------
 
 async def handle(request: web.Request, target: Target) -> web.StreamResponse:
+    ctx = request.app[CTX]
     try:
         query = _query(request)
     except BadRequest as exc:
         return _bad_request(exc.message)
     name = query.pop("cmd", None)
     if name is None:
-        return await browse(request, target)
+        page = ctx.handlers.get(Kind.REPO_PAGE)
+        if page is None:
+            return _bad_request("missing wire protocol command (cmd=)")
+        return await page(request, target)
     cmd = COMMANDS.get(name.decode("latin-1"))
     if cmd is None:
         return _bad_request(f"unknown wire protocol command {name.decode('latin-1')[:60]!r}")
-    ctx = request.app[CTX]
     try:
         principal = await ctx.auth.require(request.headers, target.repo, Permission.READ)
         request[PRINCIPAL] = principal
@@ -204,7 +205,7 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
             # may create this repository (hg.create_on_push) from ever pushing to it.
             return _perm_error(401, f"{exc.message}; log in to create it by pushing", ctx.auth.challenge())
         return _not_found(exc.message)
-    except exchange.BundleRequired as exc:
+    except capabilities.BundleRequired as exc:
         return _hg_error(exc.message)
     except (HgError, Bundle2Error) as exc:
         log.info("%s on %s refused: %s", cmd.name, target.repo, exc)
@@ -323,7 +324,7 @@ def _lfs_checker(request: web.Request, repo_name: str, principal: Principal):
     is called even when lfs.require_pushed_blobs is off (the refusal is then skipped)."""
     config = request.app[CTX].config
     try:
-        from ..lfs import LFS_SERVICE
+        from ...lfs import LFS_SERVICE
         service = request.app.get(LFS_SERVICE)
     except ImportError:
         service = None
@@ -342,7 +343,7 @@ async def _unbundle(request: web.Request, target: Target, principal: Principal, 
     state = request.app[V1]
     config = ctx.config
     may_create = _may_create(request, target.repo, principal)
-    opts = exchange.PushOptions(publishing=config.hg.publishing, lock_timeout=config.hg.lock_timeout,
+    opts = unbundle.PushOptions(publishing=config.hg.publishing, lock_timeout=config.hg.lock_timeout,
                                 check_lfs=_lfs_checker(request, target.repo, principal))
     try:
         body = await _spool(request, state.spool_dir, config.hg.max_push_size)
@@ -368,68 +369,3 @@ async def _unbundle(request: web.Request, target: Target, principal: Principal, 
     if reply.changed:
         log.info("push to %s by %s applied", target.repo, principal)
     return _bytes(reply.body)
-
-
-# -- pages for browsers -----------------------------------------------------------------------------
-
-_PAGE = """<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{title}</title></head>
-<body>
-{body}
-</body></html>
-"""
-
-
-async def browse(request: web.Request, target: Target) -> web.StreamResponse:
-    """A repository URL opened in a browser: what it is and how to clone it."""
-    ctx = request.app[CTX]
-    state = request.app[V1]
-    try:
-        principal = await ctx.auth.require(request.headers, target.repo, Permission.READ)
-    except Unauthorized as exc:
-        return web.Response(status=401, text=exc.message + "\n", headers=ctx.auth.challenge())
-    except AuthError as exc:
-        return web.Response(status=exc.status, text=exc.message + "\n")
-    request[PRINCIPAL] = principal
-
-    def info():
-        repo, _ = _open(ctx.config, state.registry, target.repo, False)
-        return len(repo.heads()), sorted(repo.bookmarks()), repo.has_lfs
-
-    try:
-        nheads, marks, lfs = await run_blocking(info)
-    except RepoNotFound:
-        return web.Response(status=404, text=f"no repository at /{target.repo}\n")
-    except HgError as exc:
-        return web.Response(status=500, text=f"repository {target.repo} cannot be read: {exc.message}\n")
-    url = f"{ctx.base_url(request)}/{target.repo}"
-    esc = html.escape
-    body = (f"<h1>{esc(target.repo)}</h1>\n<p>A Mercurial repository served by lfsserve.</p>\n"
-            f"<pre>hg clone {esc(url)}</pre>\n"
-            f"<p>{nheads} head(s)" + (f"; bookmarks: {esc(', '.join(m.decode('utf-8', 'replace') for m in marks))}"
-                                      if marks else "") + "."
-            + (" Large files are stored with LFS (the server is its own <code>lfs.url</code>)." if lfs else "")
-            + "</p>\n<p><a href=\"" + esc(ctx.base_url(request)) + "/\">all repositories</a></p>")
-    return web.Response(text=_PAGE.format(title=esc(target.repo), body=body), content_type="text/html")
-
-
-async def index(request: web.Request, target: Target) -> web.StreamResponse:
-    """`/`: the repositories this client may read."""
-    ctx = request.app[CTX]
-    state = request.app[V1]
-    if "cmd" in request.query:
-        return _not_found("no repository at / (clone http://host/<repository>; the list is at /)")
-    try:
-        principal = await ctx.auth.authenticate(request.headers)
-    except Unauthorized as exc:
-        return web.Response(status=401, text=exc.message + "\n", headers=ctx.auth.challenge())
-    request[PRINCIPAL] = principal
-    names = await run_blocking(lambda: list(state.registry.names()))
-    readable = [n for n in names if ctx.auth.permission(principal, n) >= Permission.READ]
-    base = ctx.base_url(request)
-    if "text/html" not in request.headers.get("Accept", ""):
-        return web.Response(text="".join(f"{base}/{n}\n" for n in readable))
-    esc = html.escape
-    items = "\n".join(f'<li><a href="{esc(base)}/{esc(n)}">{esc(n)}</a></li>' for n in readable)
-    body = f"<h1>Repositories</h1>\n<ul>\n{items}\n</ul>" if readable else "<p>No repositories you may read.</p>"
-    return web.Response(text=_PAGE.format(title="lfsserve", body=body), content_type="text/html")

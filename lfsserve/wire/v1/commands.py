@@ -4,7 +4,7 @@ the permission it needs. The HTTP transport (`?cmd=`) and `batch` both look comm
 Command functions are synchronous and run in an executor thread with a Session (the server
 config and one opened repository). Byte commands return the answer's bytes; stream commands
 return a Stream whose chunks are produced lazily; `unbundle` is special (it needs the request
-body), so the transport calls exchange.unbundle for it.
+body), so the transport calls unbundle.unbundle for it.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from ..config import Config
-from ..hg.error import HgError
-from . import exchange
-from .protocol import BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
+from ...config import Config
+from ...hg.error import HgError
+from .. import getbundle as pull, streamclone, unbundle as pushing
+from ..capabilities import BundleRequired, capabilities_bytes, clonebundles_manifest, repo_heads
+from ...repos import AbsentRepo
+from ..protocol import BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
 
 __all__ = ["COMMANDS", "Command", "Session", "Stream", "bind_args", "command"]
 
@@ -83,12 +85,12 @@ def bind_args(cmd: Command, given: dict[str, bytes]) -> dict[str, object]:
 
 @command("capabilities")
 def capabilities(s: Session) -> bytes:
-    return exchange.capabilities_bytes(s.config, s.repo)
+    return capabilities_bytes(s.config, s.repo)
 
 
 @command("heads")
 def heads(s: Session) -> bytes:
-    return encode_nodes(exchange.repo_heads(s.repo)) + b"\n"
+    return encode_nodes(repo_heads(s.repo)) + b"\n"
 
 
 @command("known", "nodes *")
@@ -137,7 +139,7 @@ def listkeys(s: Session, namespace: bytes) -> bytes:
 @command("clonebundles")
 @command("clonebundles_manifest")
 def clonebundles(s: Session) -> bytes:
-    return exchange.clonebundles_manifest(s.repo) or b""
+    return clonebundles_manifest(s.repo) or b""
 
 
 @command("protocaps", "caps")
@@ -148,8 +150,8 @@ def protocaps(s: Session, caps: bytes) -> bytes:
 @command("pushkey", "namespace key old new", permission="push")
 def pushkey(s: Session, namespace: bytes, key: bytes, old: bytes, new: bytes) -> bytes:
     repo = s.repo
-    if isinstance(repo, exchange.AbsentRepo):
-        from ..hg.error import RepoNotFound
+    if isinstance(repo, AbsentRepo):
+        from ...hg.error import RepoNotFound
         raise RepoNotFound("(not created yet)")
     with repo.lock(timeout=s.lock_timeout):
         with repo.transaction(b"pushkey") as tr:
@@ -174,31 +176,31 @@ def batch(s: Session, cmds: bytes, others) -> bytes:
 
 @command("getbundle", "*", kind="stream")
 def getbundle(s: Session, others) -> Stream:
-    plan = exchange.getbundle(s.config, s.repo, others)
+    plan = pull.getbundle(s.config, s.repo, others)
     return Stream(plan.chunks, prefer_uncompressed=plan.prefer_uncompressed)
 
 
 @command("changegroup", "roots", kind="stream")
 def changegroup(s: Session, roots: bytes) -> Stream:
     if not s.config.hg.bundle1:
-        raise exchange.BundleRequired()
-    return Stream(exchange.changegroup_legacy(s.repo, decode_nodes(roots, "roots"), None))
+        raise BundleRequired()
+    return Stream(pull.changegroup_legacy(s.repo, decode_nodes(roots, "roots"), None))
 
 
 @command("changegroupsubset", "bases heads", kind="stream")
 def changegroupsubset(s: Session, bases: bytes, heads: bytes) -> Stream:
     if not s.config.hg.bundle1:
-        raise exchange.BundleRequired()
-    return Stream(exchange.changegroup_legacy(s.repo, decode_nodes(bases, "bases"), decode_nodes(heads, "heads")))
+        raise BundleRequired()
+    return Stream(pull.changegroup_legacy(s.repo, decode_nodes(bases, "bases"), decode_nodes(heads, "heads")))
 
 
 @command("stream_out", kind="stream")
 def stream_out(s: Session) -> Stream:
     repo = s.repo
-    return Stream(lambda: exchange.stream_out(s.config, repo), raw=True)
+    return Stream(lambda: streamclone.stream_out(s.config, repo), raw=True)
 
 
 @command("unbundle", "heads", permission="push", kind="unbundle")
-def unbundle(s: Session, heads: bytes, *, body, repo_path, push: exchange.PushOptions) -> exchange.PushReply:
+def unbundle(s: Session, heads: bytes, *, body, repo_path, push: pushing.PushOptions) -> pushing.PushReply:
     """`body`: the spooled request body; s.repo is None when the push may create the repository."""
-    return exchange.unbundle(s.config, repo_path, s.repo, heads, body, push)
+    return pushing.unbundle(s.config, repo_path, s.repo, heads, body, push)

@@ -1,0 +1,138 @@
+"""What a wire v1 server offers: the `capabilities` answer, the bundle2 capabilities, whether a
+stream clone is allowed, and the discovery view shared by every command (heads as the wire shows
+them, the bundle1 refusal). Plain synchronous code; no HTTP.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from pathlib import Path
+
+from ..config import Config
+from ..hg import bundle2
+from ..hg.error import HgError
+from ..hg.node import NULLID
+from ..hg.phases import SECRET
+
+__all__ = [
+    "BundleRequired",
+    "capabilities_bytes",
+    "clonebundles_manifest",
+    "repo_heads",
+    "server_bundle2_caps",
+    "stream_allowed",
+    "stream_requirements",
+]
+
+# Requirements a stream-clone client need not share with us (they are about the working copy or
+# the store's file naming, which the client redoes on its side).
+STREAM_IGNORABLE = frozenset({
+    "sparse", "shared", "relshared", "share-safe", "exp-dirstate-tracked-hint", "dirstate-v2",
+    "dotencode", "exp-plain-encode", "fncache", "exp-fileindex-v1", "store", "persistent-nodemap",
+})
+
+BUNDLE2_REQUIRED = ("incompatible Mercurial client; bundle2 required\n"
+                    "(see https://www.mercurial-scm.org/wiki/IncompatibleClient)\n")
+
+
+class BundleRequired(HgError):
+    """A bundle1 exchange while hg.bundle1 is off; answered as application/hg-error."""
+
+    def __init__(self):
+        super().__init__(BUNDLE2_REQUIRED)
+
+
+
+def repo_heads(repo) -> list[bytes]:
+    """Heads as the wire shows them: an empty repository has the single head NULLID."""
+    return list(repo.heads()) or [NULLID]
+
+
+
+def stream_requirements(repo) -> list[str]:
+    return sorted(set(repo.requirements) - STREAM_IGNORABLE)
+
+
+def has_secret(repo) -> bool:
+    """Whether any changeset is secret. Secret is inherited by descendants, so some changelog
+    head (counting secret ones) is secret exactly when any changeset is."""
+    fast = getattr(repo, "has_secret", None)
+    if fast is not None:
+        return bool(fast())
+    phases = getattr(repo, "phase_array", None)  # cached per phaseroots file; hidden phases count too
+    if phases is not None:
+        return bool(phases) and max(phases) >= SECRET
+    cl = getattr(repo, "changelog", None)
+    if cl is None:
+        return False
+    return any(repo.phase(r) == SECRET for r in cl.heads())
+
+
+def stream_allowed(config: Config, repo) -> bool:
+    """As hg serve: stream clones are off while the repository has secret changesets (the raw
+    store would hand them out)."""
+    return config.hg.stream_clone and not has_secret(repo)
+
+
+def server_bundle2_caps(streamable: bool) -> dict[str, list[str]]:
+    caps: dict[str, list[str]] = {
+        "HG20": [],
+        "bookmarks": [],
+        "changegroup": ["01", "02", "03"],
+        "checkheads": ["related"],
+        "error": ["abort", "unsupportedcontent", "pushraced", "pushkey"],
+        "hgtagsfnodes": [],
+        "listkeys": [],
+        "phases": ["heads"],
+        "pushkey": [],
+    }
+    if streamable:
+        caps["stream"] = ["v2"]
+    return caps
+
+
+def capabilities_bytes(config: Config, repo) -> bytes:
+    """The `capabilities` answer for `repo` (an engine Repository or an AbsentRepo).
+
+    As hg serve 7.2.4 advertises, minus what lfsserve does not do: no `remote-changegroup`
+    (the server would fetch client-named URLs) and hence no `digests`, no changegroup 04 and
+    hence no `delta-compression`. lfsserve always serves LFS, so `lfs` is always there.
+    """
+    streamable = stream_allowed(config, repo)
+    caps = [
+        "batch",
+        "branchmap",
+        "bundle2=" + urllib.parse.quote(bundle2.encode_caps(server_bundle2_caps(streamable))),
+        "changegroupsubset",
+        "getbundle",
+        "httpheader=1024",
+        "httpmediatype=0.1rx,0.1tx,0.2tx",
+        "known",
+        "lfs",
+        "lookup",
+        "pushkey",
+        "unbundle=HG10GZ,HG10BZ,HG10UN",
+        "unbundlehash",
+    ]
+    if config.hg.compression:
+        caps.append("compression=" + ",".join(config.hg.compression))
+    if config.hg.httppostargs:
+        caps.append("httppostargs")
+    if repo.has_lfs:
+        caps.append("lfs-serve")
+    if streamable:
+        reqs = stream_requirements(repo)
+        caps.append("stream" if not set(reqs) - {"revlogv1"} else "streamreqs=" + ",".join(reqs))
+    if clonebundles_manifest(repo) is not None:
+        caps += ["clonebundles", "clonebundles_manifest"]
+    return " ".join(sorted(caps)).encode("ascii")
+
+
+def clonebundles_manifest(repo) -> bytes | None:
+    root = getattr(repo, "root", None)
+    if root is None:
+        return None
+    try:
+        return (Path(root) / ".hg" / "clonebundles.manifest").read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
