@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Protocol
@@ -116,11 +115,7 @@ async def usage(config: Config, progress: Progress = NoProgress()) -> list[Usage
             out[name].hg_bytes = await run_blocking(_tree_size, registry.path_of(name) / ".hg")
             progress.advance(1)
         for name in namespaces:
-            oids = await service.namespaces.oids(name)
-            states = await service.store.states(oids)
-            present = [s for s in states.values() if s.present]
-            out[name].lfs_objects = len(present)
-            out[name].lfs_bytes = sum(s.size for s in present)
+            out[name].lfs_objects, out[name].lfs_bytes = await service.namespace_usage(name)
             if name not in repos:
                 progress.advance(1)
         progress.done()
@@ -133,38 +128,23 @@ class VerifyResult:
     checked: int = 0
     bytes: int = 0
     corrupt: list[str] = field(default_factory=list)
-    quarantined: dict[str, Path] = field(default_factory=dict)
-
-
-def _quarantine_local(store, oid: str) -> Path:
-    """Move a corrupt object out of the store into <lfs>/quarantine/ (kept for inspection); the
-    oid then reads as missing, so any client that still has the file can upload it again."""
-    source = store.path(oid)
-    target_dir = Path(store.root) / "quarantine"
-    target_dir.mkdir(exist_ok=True)
-    target = target_dir / f"{oid}.{time.strftime('%Y%m%dT%H%M%S')}"
-    os.rename(source, target)
-    return target
+    quarantined: dict[str, str] = field(default_factory=dict)  # oid -> where its bytes went
 
 
 async def verify_blobs(config: Config, quarantine: bool = True, progress: Progress = NoProgress()) -> VerifyResult:
     """Re-hash every LFS object; report (and by default quarantine) the ones that do not match."""
-    from .blobstore import LocalBlobStore
-
     result = VerifyResult()
     if not config.lfs_dir.exists():
         return result
     async with open_lfs(config) as service:
-        total = 0
-        async for _, size, _ in service.store.list():
-            total += size
+        _, total = await service.stored()
         progress.start("verifying LFS objects", total, "B")
         report = await service.verify_all(progress=progress.advance)
         progress.done()
         result.checked, result.bytes, result.corrupt = report.checked, report.bytes, list(report.corrupt)
-        if quarantine and isinstance(service.store, LocalBlobStore):
+        if quarantine:
             for oid in result.corrupt:
-                result.quarantined[oid] = await run_blocking(_quarantine_local, service.store, oid)
+                result.quarantined[oid] = await service.quarantine(oid)
     return result
 
 

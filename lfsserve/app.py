@@ -1,74 +1,52 @@
 """The aiohttp application: one dispatcher that hands each request to its front door.
 
-Front ends (Mercurial wire v1, v2, Git LFS) register a handler per routing.Kind from their
-`setup(app)` function, listed in FRONTENDS. Each front end authenticates, translates its typed
-errors into its own body format, and never sees a path that routing.resolve() rejected.
-Anything a front end lets escape becomes a logged 500 carrying the request id, and the server
-keeps serving.
+Front ends (Mercurial wire v1, v2, Git LFS) register a handler per routing.Kind on the kernel's
+ServerContext from their `setup(app)` function; FRONTENDS below is the table of them. Each front
+end authenticates, translates its typed errors into its own body format, and never sees a path
+that routing.resolve() rejected. Anything a front end lets escape becomes a logged 500 carrying
+the request id, and the server keeps serving.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import re
-from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Sequence
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, lfs
 from .auth import Authenticator
 from .config import Config
 from .health import healthz, readyz
+from .kernel import CTX, REQUEST_ID, ROUTE_KIND, ServerContext, Setup, lfs_error
 from .limits import LIMITS, PROBE_PATHS, Limits, limits_middleware, mark_prepared
 from .logs import add_request_id_header, request_id_middleware
 from .metrics import METRICS, Metrics, metrics_handler
 from .repos import RepoRegistry
-from .reqkeys import REQUEST_ID, ROUTE_KIND
 from .routing import BadPath, Kind, Target, resolve
 from .shutdown import DRAIN, Drain, close_while_draining, drain_middleware
-from .urls import TrustedProxies, external_base
+from .urls import TrustedProxies
+from .web import pages
+from .wire import v1, v2
 
-__all__ = ["CTX", "Handler", "ServerContext", "create_app"]
+__all__ = ["CTX", "FRONTENDS", "create_app"]
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request, Target], Awaitable[web.StreamResponse]]
-
-# Modules with a `setup(app: web.Application) -> None` that registers handlers on the context.
-FRONTENDS: list[str] = ["lfsserve.lfs", "lfsserve.wire.v1", "lfsserve.wire.v2", "lfsserve.web"]
-
-
-@dataclass
-class ServerContext:
-    """What every front end shares. Front ends keep their own state under their own AppKeys."""
-
-    config: Config
-    auth: Authenticator
-    proxies: TrustedProxies
-    # One registry for every front end, so pushes through v1 and pushkey through v2 queue on the
-    # same per-repository lock.
-    repos: RepoRegistry
-    handlers: dict[Kind, Handler] = field(default_factory=dict)
-
-    def register(self, kind: Kind, handler: Handler) -> None:
-        if kind in self.handlers:
-            raise RuntimeError(f"two handlers for {kind}")
-        self.handlers[kind] = handler
-
-    def base_url(self, request: web.BaseRequest) -> str:
-        """scheme://host[/prefix] as the client reached us (see urls.external_base)."""
-        return external_base(
-            scheme=request.scheme, host=request.host, peer=request.remote, headers=request.headers,
-            base_url=self.config.server.base_url, proxies=self.proxies)
+# Every front door of the server: each `setup(app)` registers its handlers (and policies) on the
+# app's ServerContext (lfsserve.kernel). LFS comes first: it registers the LFS blob policy that
+# wire v1's push path asks.
+FRONTENDS: tuple[Setup, ...] = (
+    lfs.setup,      # Git LFS: batch API, basic transfer, verify, locks
+    v1.setup,       # Mercurial wire protocol v1 (?cmd=)
+    v2.setup,       # Mercurial wire protocol v2 (/api/exp-http-v2-0003/...)
+    pages.setup,    # pages for browsers: the index at / and a repository's page
+)
 
 
 # Paths a Git LFS client sends (batch, locks, transfers), for answering path errors in LFS JSON.
 _LFS_LOOKING = re.compile(r"/info/lfs/|/\.hg/lfs/|/objects/batch$|/locks(/|$)")
-
-CTX = web.AppKey("lfsserve_ctx", ServerContext)
 
 
 @web.middleware
@@ -93,10 +71,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         request[ROUTE_KIND] = "invalid"
         if _LFS_LOOKING.search(request.path):
             # git-lfs shows an error's JSON `message` to its user; give it one.
-            body = json.dumps({"message": f"bad request path: {exc}",
-                               "request_id": request.get(REQUEST_ID, "-")})
-            return web.Response(status=400, body=body.encode("utf-8"),
-                                content_type="application/vnd.git-lfs+json")
+            return lfs_error(request, 400, f"bad request path: {exc}")
         return web.Response(status=400, text=f"bad request path: {exc}\n")
     request[ROUTE_KIND] = target.kind.value
     handler = ctx.handlers.get(target.kind)
@@ -129,7 +104,7 @@ async def _index(request: web.Request, target: Target) -> web.StreamResponse:
     return web.Response(text=f"lfsserve {__version__}\n")
 
 
-def create_app(config: Config, frontends: list[str] | None = None) -> web.Application:
+def create_app(config: Config, frontends: Sequence[Setup] = FRONTENDS) -> web.Application:
     ctx = ServerContext(config=config, auth=Authenticator(config),
                         proxies=TrustedProxies(config.server.trusted_proxies),
                         repos=RepoRegistry(config.repos_dir))
@@ -146,8 +121,8 @@ def create_app(config: Config, frontends: list[str] | None = None) -> web.Applic
     app[DRAIN] = drain = Drain()
     app[METRICS].in_flight.set_function(lambda: drain.in_flight)  # read at scrape time
     app.on_response_prepare.append(close_while_draining)
-    for name in FRONTENDS if frontends is None else frontends:
-        importlib.import_module(name).setup(app)
+    for setup in frontends:
+        setup(app)
     if Kind.INDEX not in ctx.handlers:
         ctx.register(Kind.INDEX, _index)
     probes = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_handler}

@@ -34,6 +34,7 @@ __all__ = [
     "LimitsConfig",
     "LogConfig",
     "ServerConfig",
+    "StorageConfig",
     "load_config",
 ]
 
@@ -108,6 +109,15 @@ class LfsConfig:
 
 
 @dataclass
+class StorageConfig:
+    # Where LFS objects are kept: "local" (files under <root>/lfs) is the only backend so far.
+    backend: str = "local"
+
+
+STORAGE_BACKENDS = ("local",)
+
+
+@dataclass
 class HgConfig:
     # Where repositories live; empty = <root>/repos.
     repos_dir: str = ""
@@ -156,6 +166,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     lfs: LfsConfig = field(default_factory=LfsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     hg: HgConfig = field(default_factory=HgConfig)
     log: LogConfig = field(default_factory=LogConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -208,6 +219,9 @@ class Config:
             raise ConfigError("lfs.batch_rehash_bytes: must be >= 0")
         if self.lfs.action_expiry < 10:
             raise ConfigError("lfs.action_expiry: must be at least 10 seconds")
+        if self.storage.backend not in STORAGE_BACKENDS:
+            raise ConfigError(f"storage.backend: must be one of {', '.join(STORAGE_BACKENDS)}, "
+                              f"got {self.storage.backend!r}")
         for i, engine in enumerate(self.hg.compression):
             if engine not in ("zstd", "zlib", "none"):
                 raise ConfigError(f"hg.compression[{i}]: unknown engine {engine!r} (zstd, zlib, none)")

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from .aio import run_blocking
 from .config import Config
+from .kernel import CTX
 
 __all__ = ["healthz", "readiness_problems", "readyz"]
 
@@ -69,8 +70,6 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    from .app import CTX
-
     config = request.app[CTX].config
     try:
         async with asyncio.timeout(_READY_TIMEOUT):

@@ -13,14 +13,14 @@ LFS front end (413 / 422 in the batch answer), small whole-read bodies by the ap
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from aiohttp import web
 
 from .config import LimitsConfig
+from .kernel import lfs_error
 from .metrics import METRICS
-from .reqkeys import CLIENT, REQUEST_ID, RESPONSE_PREPARED, ROUTE_KIND
+from .reqkeys import CLIENT, RESPONSE_PREPARED, ROUTE_KIND
 from .routing import BadPath, Kind, resolve
 from .urls import TrustedProxies, client_address
 
@@ -70,9 +70,7 @@ def _answer(request: web.Request, status: int, message: str, headers: dict[str, 
         kind = None
     request[ROUTE_KIND] = kind.value if kind else "invalid"  # for the request metrics
     if kind in _LFS_KINDS:
-        return web.Response(status=status, headers=headers,
-                            body=json.dumps({"message": message, "request_id": request.get(REQUEST_ID)}),
-                            content_type="application/vnd.git-lfs+json")
+        return lfs_error(request, status, message, headers)
     return web.Response(status=status, headers=headers, text=message + "\n")
 
 

@@ -1,5 +1,11 @@
-"""Content-addressed storage of LFS objects behind a small interface (local filesystem now, S3-compatible later)."""
+"""Content-addressed storage of LFS objects behind a small interface (local filesystem now, S3-compatible later).
 
+`open_store(config)` builds the backend `[storage] backend` names; nothing else constructs one.
+"""
+
+from __future__ import annotations
+
+from ..config import Config, ConfigError
 from .base import (
     BlobError,
     BlobHandle,
@@ -34,4 +40,13 @@ __all__ = [
     "TooLarge",
     "UploadRaced",
     "is_oid",
+    "open_store",
 ]
+
+
+def open_store(config: Config) -> BlobStore:
+    """The blob store `[storage] backend` names, not yet opened (see BlobStore.open)."""
+    backend = config.storage.backend
+    if backend == "local":
+        return LocalBlobStore(config.lfs_dir, durable=config.lfs.fsync)
+    raise ConfigError(f"storage.backend: unknown backend {backend!r}")

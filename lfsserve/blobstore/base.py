@@ -15,7 +15,14 @@ import enum
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Collection, NamedTuple
+from typing import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    NamedTuple,
+)
 
 __all__ = [
     "BlobError",
@@ -158,7 +165,7 @@ class BlobStore(abc.ABC):
         """Raises ObjectMissing, or CorruptObject if the object is known to be corrupt."""
 
     @abc.abstractmethod
-    def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         """Bytes [start, end) of the object. Reading the whole of an unverified object verifies
         it: the last chunk is withheld and CorruptObject raised if it does not match."""
 
@@ -179,6 +186,12 @@ class BlobStore(abc.ABC):
         An uploader that grants a reference and then sees the object present is therefore never
         left with a reference to nothing, and one that sees it absent retries. True if deleted.
         """
+
+    @abc.abstractmethod
+    async def quarantine(self, oid: str) -> str:
+        """Take a (corrupt) object out of service but keep its bytes for inspection; the oid then
+        reads as missing, so a client that still has the content can upload it again. Returns
+        where the bytes went, for the operator. Raises ObjectMissing when it is not stored."""
 
     @abc.abstractmethod
     def list(self) -> AsyncIterator[tuple[str, int, float]]:

@@ -24,8 +24,9 @@ import os
 import secrets
 import sqlite3
 import stat as stat_mod
+import time
 from pathlib import Path
-from typing import AsyncIterator, Collection
+from typing import AsyncGenerator, AsyncIterator, Collection
 
 from ..aio import run_blocking, submit_blocking
 from ..sqlitedb import SqliteDb, select_in
@@ -223,6 +224,8 @@ class LocalBlobStore(BlobStore):
         # Objects garbage collection has taken out of place while it re-checks their references
         # (delete_unless); anything left here by a crash is put back at the next open().
         self.gc_pending = self.root / "gc-pending"
+        # Corrupt objects `lfsserve verify` moved out of service, as <oid>.<UTC timestamp>.
+        self.quarantine_dir = self.root / "quarantine"
         self._objects_str = str(self.objects)
         # fsync objects and directories before an upload is acknowledged (lfs.fsync).
         self.durable = durable
@@ -536,7 +539,7 @@ class LocalBlobStore(BlobStore):
         ok = state.status is Status.OK
         return BlobHandle(oid, state.size, ok, self.path(oid) if ok else None)
 
-    async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         oid = handle.oid
         end = handle.size if end is None else min(end, handle.size)
         whole = start == 0 and end == handle.size
@@ -630,6 +633,21 @@ class LocalBlobStore(BlobStore):
         await run_blocking(os.unlink, aside)
         await self._forget_stamp(oid)
         return True
+
+    async def quarantine(self, oid: str) -> str:
+        source = self.path(oid)
+        target = self.quarantine_dir / f"{oid}.{time.strftime('%Y%m%dT%H%M%S')}"
+
+        def move() -> None:
+            self.quarantine_dir.mkdir(exist_ok=True)
+            try:
+                os.rename(source, target)
+            except FileNotFoundError:
+                raise ObjectMissing(f"object {oid} is not stored") from None
+
+        await run_blocking(move)
+        await self._forget_stamp(oid)
+        return str(target)
 
     def _list_shard(self, shard: str) -> list[tuple[str, int, float]]:
         out = []

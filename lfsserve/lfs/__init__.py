@@ -1,22 +1,22 @@
 """Git LFS front end: batch API, basic transfer, file locking.
 
 `setup(app)` registers the handlers for the LFS routing kinds and puts an LfsService under the
-`LFS_SERVICE` AppKey, started and stopped with the application. Other front ends (the hg push
-path) and operations use that service; see LfsService.
+`LFS_SERVICE` AppKey, started and stopped with the application. The service is also the
+server's LFS blob policy (lfsserve.kernel.LfsBlobPolicy), which the hg push path asks whether a
+push's blobs are present; operations use it directly; see LfsService.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from ..app import CTX
+from ..kernel import CTX
 from ..metrics import metrics_of, scan_blob_store
 from ..routing import Kind
+from .keys import LFS_SERVICE
 from .service import GcReport, LfsService, LfsStats, VerifyReport
 
 __all__ = ["LFS_SERVICE", "GcReport", "LfsService", "LfsStats", "VerifyReport", "setup"]
-
-LFS_SERVICE = web.AppKey("lfsserve_lfs_service", LfsService)
 
 
 def setup(app: web.Application) -> None:
@@ -27,6 +27,7 @@ def setup(app: web.Application) -> None:
     ctx = app[CTX]
     service = LfsService.create(ctx.config, ctx.auth)
     app[LFS_SERVICE] = service
+    ctx.register_lfs_blobs(service)
     metrics = metrics_of(app)
     metrics.set_store_scanner(lambda: scan_blob_store(service.store))
     metrics.add_counters("lfsserve_lfs", service.stats.as_dict, "Git LFS activity since start-up")

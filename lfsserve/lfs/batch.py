@@ -6,8 +6,10 @@
 
 hg sends only `operation` and `objects`; the rest defaults to basic / sha256. Whole-request
 mistakes get a 4xx with a JSON message; mistakes in one object get that object an `error`.
-Each action carries a signed, short-lived Bearer token for exactly that transfer, so the
-PUT / GET / verify that follows needs no second credential exchange.
+The actions (where to PUT / GET / verify, with which headers, until when) come from the
+service's transfer adapter (adapters.py): by default this server's own transfer endpoints, each
+with a signed, short-lived Bearer token for exactly that transfer, so the PUT / GET / verify that
+follows needs no second credential exchange.
 """
 
 from __future__ import annotations
@@ -15,21 +17,23 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, NamedTuple
 
 from aiohttp import web
 
 from ..auth import Permission, Principal
 from ..blobstore import ObjectState, Status
-from ..reqkeys import PRINCIPAL
+from ..kernel import CTX, LFS_JSON, PRINCIPAL
 from ..routing import Target
-from .errors import LFS_JSON, LfsError, endpoint
+from .adapters import Action
+from .errors import LfsError, endpoint
+from .keys import LFS_SERVICE
 from .request import check_accept, check_ref, object_error, read_json
 
 __all__ = ["BatchObject", "BatchRequest", "answer_batch", "handle_batch", "parse_batch"]
 
 OPERATIONS = ("upload", "download")
-TRANSFER_ACCEPT = "application/vnd.git-lfs"
 # Bytes a batch body may take per object (a generous upper bound of one {"oid","size"} entry).
 _BYTES_PER_OBJECT = 256
 
@@ -80,9 +84,12 @@ def _iso(ts: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def _action(href_json: str, token: str, accept: str, expires_in: int, expires_iso: str) -> str:
-    return (f'{{"href":{href_json},"header":{{"Accept":"{accept}","Authorization":"Bearer {token}"}},'
-            f'"expires_in":{expires_in},"expires_at":"{expires_iso}"}}')
+def _render(action: Action, now: int, iso: dict[int, str]) -> str:
+    """An action as JSON; `iso` caches the rendered expiry times (a batch's actions share one)."""
+    href, header, at = action
+    when = iso.get(at) or iso.setdefault(at, _iso(at))
+    fields = ",".join([f"{_quote(k)}:{_quote(v)}" for k, v in header.items()])
+    return f'{{"href":{_quote(href)},"header":{{{fields}}},"expires_in":{at - now},"expires_at":"{when}"}}'
 
 
 def _error(obj: BatchObject, code: int, message: str) -> str:
@@ -95,19 +102,17 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
 
     Objects with actions are rendered from templates rather than through json.dumps: a batch
     names up to thousands of objects and its latency is what clients wait on. Only validated
-    values go into the templates (hex oids, integers, base64url tokens, the JSON-escaped URL
-    prefix); anything client-supplied that failed validation goes through json.dumps.
+    values go into the templates (hex oids, integers, the adapter's actions with their strings
+    JSON-escaped); anything client-supplied that failed validation goes through json.dumps.
     """
     cfg = svc.config.lfs
     states = await svc.visible_states(namespace, (o.oid for o in req.objects if o.error is None))
-    expires_in = cfg.action_expiry
-    expires_at = int(time.time()) + expires_in
-    expires_iso = _iso(expires_at)
-    prefix = json.dumps(f"{base}/{namespace}/.hg/lfs")[1:-1]
+    now = int(time.time())
+    actions = svc.transfer.for_batch(base_url=base, namespace=namespace, principal=principal,
+                                     operation=req.operation, expires_at=now + cfg.action_expiry)
+    iso: dict[int, str] = {}
     svc.stats.batch_requests += 1
     svc.stats.batch_objects += len(req.objects)
-    sign = {op: svc.auth.action_signer(principal, namespace, op, expires_at)
-            for op in (("download",) if req.operation == "download" else ("upload", "verify"))}
 
     out = []
     for obj in req.objects:
@@ -125,8 +130,7 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
             elif state.size != size:
                 out.append(_error(obj, 422, f"The object's size is {state.size} bytes, not {size}"))
             else:
-                download = _action(f'"{prefix}/objects/{oid}"', sign["download"](oid), TRANSFER_ACCEPT,
-                                   expires_in, expires_iso)
+                download = _render(actions.download(oid, size), now, iso)
                 out.append(f'{{"oid":"{oid}","size":{size},"authenticated":true,'
                            f'"actions":{{"download":{download}}}}}')
             continue
@@ -138,19 +142,17 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
         elif state is not None and state.servable:
             out.append(_error(obj, 422, f"An object with this oid is stored with size {state.size}, not {size}"))
         else:
-            upload = _action(f'"{prefix}/objects/{oid}"', sign["upload"](oid), TRANSFER_ACCEPT,
-                             expires_in, expires_iso)
-            verify = _action(f'"{prefix}/verify"', sign["verify"](oid), LFS_JSON, expires_in, expires_iso)
+            upload = _render(actions.upload(oid, size), now, iso)
+            verify_action = actions.verify(oid, size)
+            verify = "" if verify_action is None else f',"verify":{_render(verify_action, now, iso)}'
             out.append(f'{{"oid":"{oid}","size":{size},"authenticated":true,'
-                       f'"actions":{{"upload":{upload},"verify":{verify}}}}}')
-    return ('{"transfer":"basic","objects":[' + ",".join(out) + '],"hash_algo":"sha256"}').encode("utf-8")
+                       f'"actions":{{"upload":{upload}{verify}}}}}')
+    head = f'{{"transfer":{_quote(svc.transfer.name)},"objects":['
+    return (head + ",".join(out) + '],"hash_algo":"sha256"}').encode("utf-8")
 
 
 @endpoint
 async def handle_batch(request: web.Request, target: Target) -> web.StreamResponse:
-    from . import LFS_SERVICE
-    from ..app import CTX
-
     svc = request.app[LFS_SERVICE]
     if request.method != "POST":
         raise LfsError(405, "the batch API takes POST requests", headers={"Allow": "POST"})

@@ -11,11 +11,10 @@ import asyncio
 import functools
 import json
 import logging
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Mapping
 
 from aiohttp import ClientPayloadError, web
 
-from ..app import CTX
 from ..auth import AuthError
 from ..blobstore import (
     BlobError,
@@ -27,14 +26,12 @@ from ..blobstore import (
     TooLarge,
     UploadRaced,
 )
-from ..reqkeys import REQUEST_ID
+from ..kernel import CTX, LFS_JSON, Handler, lfs_error
 from ..routing import Target
 
 __all__ = ["LFS_JSON", "LfsError", "blob_status", "endpoint", "json_response"]
 
 log = logging.getLogger(__name__)
-
-LFS_JSON = "application/vnd.git-lfs+json"
 
 
 class LfsError(Exception):
@@ -75,19 +72,11 @@ def json_response(body: Mapping[str, Any], status: int = 200, headers: Mapping[s
 
 def _error_response(request: web.Request, status: int, message: str, headers: Mapping[str, str] | None = None,
                     extra: Mapping[str, Any] | None = None) -> web.Response:
-    rid = request.get(REQUEST_ID, "-")
     if status >= 500:
         log.error("LFS %s %s: %d %s", request.method, request.path, status, message)
     else:
         log.info("LFS %s %s: %d %s", request.method, request.path, status, message)
-    body = {"message": message, **(extra or {}), "request_id": rid}
-    response = json_response(body, status, headers)
-    if request.method == "HEAD":
-        response.body = b""
-    return response
-
-
-Handler = Callable[[web.Request, Target], Awaitable[web.StreamResponse]]
+    return lfs_error(request, status, message, headers, extra)
 
 
 def endpoint(handler: Handler) -> Handler:

@@ -25,6 +25,7 @@ from ..reqkeys import PRINCIPAL, REQUEST_ID
 from ..routing import Target
 from ..sqlitedb import SqliteDb
 from .errors import LfsError, endpoint, json_response
+from .keys import LFS_SERVICE
 from .request import check_ref, read_json
 
 __all__ = ["Lock", "LockExists", "LockStore", "SCHEMA", "handle_locks"]
@@ -186,8 +187,6 @@ async def _require(request: web.Request, auth, ns: str, needed: Permission) -> P
 
 @endpoint
 async def handle_locks(request: web.Request, target: Target) -> web.StreamResponse:
-    from . import LFS_SERVICE  # the package sets it up; imported late to avoid a cycle
-
     svc = request.app[LFS_SERVICE]
     if not svc.config.lfs.locking:
         raise LfsError(404, "file locking is disabled on this server")

@@ -1,22 +1,39 @@
 """LfsService: the blob store seen through namespaces, shared by the LFS front end, the hg push
 path (which must accept only pointers to blobs the server has) and operations (gc, verify, metrics).
 
+It is the one door to LFS storage: uploads, downloads, the batch API's states and actions (its
+transfer adapter), pushed pointers, verification, quarantine and gc all go through it, so a new
+backend (`[storage] backend`, built by blobstore.open_store) or a new rule changes one place.
+
 Interface documented for the other front ends in /work/coord/LFS_API.md (kept in sync).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import AsyncIterator, Callable, Collection, Iterable
+from typing import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable
 
 from ..auth import Authenticator, Permission, Principal
-from ..blobstore import BlobStore, ObjectState, PutResult, Status, UploadRaced, is_oid
+from ..blobstore import (
+    BlobHandle,
+    BlobStore,
+    CorruptObject,
+    ObjectMissing,
+    ObjectState,
+    PutResult,
+    Status,
+    UploadRaced,
+    is_oid,
+    open_store,
+)
 from ..config import Config
 from ..sqlitedb import SqliteDb
 from . import locks, namespaces
+from .adapters import TransferAdapter, open_adapter
 from .namespaces import NamespaceIndex
 
 __all__ = ["LfsService", "LfsStats", "GcReport", "VerifyReport"]
@@ -66,12 +83,12 @@ class LfsService:
         self.namespaces = NamespaceIndex(db)
         self.locks = locks.LockStore(db)
         self.stats = LfsStats()
+        # Where batch answers send clients to transfer objects: chosen with the backend.
+        self.transfer: TransferAdapter = open_adapter(config, auth, store)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def create(cls, config: Config, auth: Authenticator, store: BlobStore | None = None) -> "LfsService":
-        from ..blobstore import LocalBlobStore
-
         root = config.lfs_dir
         # With lfs.fsync the visibility grants and locks are as durable as the objects: an
         # acknowledged upload is still visible to its repository after a power loss. (SqliteDb
@@ -80,7 +97,7 @@ class LfsService:
         # from that repository until uploaded again. A process crash loses nothing either way.
         db = SqliteDb(root / "meta.sqlite3", namespaces.SCHEMA + locks.SCHEMA, durable=config.lfs.fsync,
                       name="lfs-meta")
-        return cls(config, auth, store or LocalBlobStore(root, durable=config.lfs.fsync), db)
+        return cls(config, auth, store or open_store(config), db)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -111,6 +128,41 @@ class LfsService:
         self.stats.uploads += 1
         self.stats.upload_bytes += result.size
         return result
+
+    # -- downloads -----------------------------------------------------------------------------
+    async def open_download(self, namespace: str, oid: str, *, whole: bool) -> BlobHandle:
+        """A handle on object `oid` as repository `namespace` sees it, ready to be sent.
+
+        Raises ObjectMissing when it is not visible there (or not stored), CorruptObject when it
+        is known or found to be corrupt. A whole read verifies an object that changed on disk as
+        it streams (read()); for a part of one, or only its headers (`whole` false), that is
+        impossible, so it is re-hashed first."""
+        if not await self.namespaces.visible(namespace, [oid]):
+            raise ObjectMissing("The object does not exist")
+        handle = await self.store.get(oid)
+        if not handle.verified and not whole:
+            state = await self.store.verify(oid)
+            if state.status is Status.CORRUPT:
+                self.stats.corrupt_detected += 1
+                raise CorruptObject("The object is corrupt")
+            handle = await self.store.get(oid)
+        return handle
+
+    async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+        """Bytes [start, end) of an opened download (BlobStore.read: an unverified object is
+        verified on the way, its last chunk withheld and CorruptObject raised on a mismatch)."""
+        try:
+            async with contextlib.aclosing(self.store.read(handle, start, end)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        except CorruptObject:
+            self.stats.corrupt_detected += 1
+            raise
+
+    def sent(self, size: int) -> None:
+        """Count a download of `size` bytes handed to a client."""
+        self.stats.downloads += 1
+        self.stats.download_bytes += size
 
     async def visible_states(self, namespace: str, oids: Iterable[str]) -> dict[str, ObjectState]:
         """The stored state of each of `oids` visible in `namespace` (the others are left out).
@@ -185,6 +237,20 @@ class LfsService:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     # -- operations ----------------------------------------------------------------------------
+    async def stored(self) -> tuple[int, int]:
+        """(objects, bytes) in the store, whatever the namespace (walks the whole store)."""
+        objects = size = 0
+        async for _, n, _ in self.store.list():
+            objects += 1
+            size += n
+        return objects, size
+
+    async def namespace_usage(self, namespace: str) -> tuple[int, int]:
+        """(objects, bytes) stored and visible in `namespace`."""
+        states = await self.store.states(await self.namespaces.oids(namespace))
+        present = [s for s in states.values() if s.present]
+        return len(present), sum(s.size for s in present)
+
     async def verify_all(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """Re-hash every stored object (slow: reads everything); remembers the outcomes.
         `progress(size)` is called after each object."""
@@ -199,6 +265,12 @@ class LfsService:
                 report.corrupt.append(oid)
                 self.stats.corrupt_detected += 1
         return report
+
+    async def quarantine(self, oid: str) -> str:
+        """Take a corrupt object out of service, its bytes kept for inspection; returns where
+        they went. The oid then reads as missing, so a client that has the content can upload it
+        again."""
+        return await self.store.quarantine(oid)
 
     async def forget_namespace(self, namespace: str) -> int:
         """The repository is gone: its objects stop being visible through it (gc may then free them)."""

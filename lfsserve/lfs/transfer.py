@@ -16,12 +16,14 @@ import logging
 from aiohttp import web
 
 from ..auth import Permission, Principal
-from ..blobstore import CorruptObject, Status
+from ..blobstore import BlobHandle, CorruptObject, Status
 from ..reqkeys import PRINCIPAL
 from ..routing import Target
 from . import sendfile
 from .errors import LfsError, endpoint
+from .keys import LFS_SERVICE
 from .request import object_error, read_json
+from .service import LfsService
 
 __all__ = ["handle_object", "handle_verify"]
 
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 _OCTETS = "application/octet-stream"
 
 
-async def _principal(request: web.Request, svc, ns: str, oid: str, operation: str,
+async def _principal(request: web.Request, svc: LfsService, ns: str, oid: str, operation: str,
                      needed: Permission) -> Principal:
     principal = await svc.auth.authenticate(request.headers, (ns, oid, operation))
     request[PRINCIPAL] = principal
@@ -41,8 +43,6 @@ async def _principal(request: web.Request, svc, ns: str, oid: str, operation: st
 
 @endpoint
 async def handle_object(request: web.Request, target: Target) -> web.StreamResponse:
-    from . import LFS_SERVICE
-
     svc = request.app[LFS_SERVICE]
     if request.method == "PUT":
         return await _upload(request, svc, target.repo, target.rest)
@@ -51,7 +51,7 @@ async def handle_object(request: web.Request, target: Target) -> web.StreamRespo
     raise LfsError(405, f"{request.method} is not an LFS transfer method", headers={"Allow": "GET, HEAD, PUT"})
 
 
-async def _upload(request: web.Request, svc, ns: str, oid: str) -> web.StreamResponse:
+async def _upload(request: web.Request, svc: LfsService, ns: str, oid: str) -> web.StreamResponse:
     await _principal(request, svc, ns, oid, "upload", Permission.WRITE)
     limit = svc.config.lfs.max_object_size
     if limit and request.content_length is not None and request.content_length > limit:
@@ -61,22 +61,13 @@ async def _upload(request: web.Request, svc, ns: str, oid: str) -> web.StreamRes
     return web.Response(status=201 if result.created else 200)
 
 
-async def _download(request: web.Request, svc, ns: str, oid: str) -> web.StreamResponse:
+async def _download(request: web.Request, svc: LfsService, ns: str, oid: str) -> web.StreamResponse:
     await _principal(request, svc, ns, oid, "download", Permission.READ)
-    if not await svc.namespaces.visible(ns, [oid]):
-        raise LfsError(404, "The object does not exist")
-    handle = await svc.store.get(oid)  # ObjectMissing -> 404, CorruptObject -> 422
-    if not handle.verified and (request.method == "HEAD" or "Range" in request.headers):
-        # A part (or only the headers) of an object that changed on disk: check it all first.
-        state = await svc.store.verify(oid)
-        if state.status is Status.CORRUPT:
-            svc.stats.corrupt_detected += 1
-            raise LfsError(422, "The object is corrupt")
-        handle = await svc.store.get(oid)
+    # ObjectMissing -> 404, CorruptObject -> 422
+    handle = await svc.open_download(ns, oid, whole=request.method != "HEAD" and "Range" not in request.headers)
     headers = {"Content-Type": _OCTETS}
     if handle.path is not None:
-        svc.stats.downloads += 1
-        svc.stats.download_bytes += handle.size
+        svc.sent(handle.size)
         if _plain_get(request) and handle.size >= _SENDFILE_MIN:
             response = await sendfile.send(request, handle.path, handle.size, headers)
             if response is not None:
@@ -98,35 +89,32 @@ def _plain_get(request: web.Request) -> bool:
                          "If-Unmodified-Since"))
 
 
-async def _stream(request: web.Request, svc, handle, headers) -> web.StreamResponse:
+async def _stream(request: web.Request, svc: LfsService, handle: BlobHandle, headers: dict[str, str]
+                  ) -> web.StreamResponse:
     """Send an object while verifying it; on a mismatch the connection is cut before the end."""
     response = web.StreamResponse(status=200, headers=headers)
     response.content_length = handle.size
     await response.prepare(request)
     sent = 0
     try:
-        async with contextlib.aclosing(svc.store.read(handle)) as chunks:
+        async with contextlib.aclosing(svc.read(handle)) as chunks:
             async for chunk in chunks:
                 await response.write(chunk)
                 sent += len(chunk)
     except CorruptObject:
-        svc.stats.corrupt_detected += 1
         log.error("LFS object %s is corrupt: download cut after %d of %d bytes", handle.oid, sent, handle.size)
         # The status line is long gone: the only way left to tell the client is to cut the
         # connection short of Content-Length, so it discards what it received.
         if request.transport is not None:
             request.transport.abort()
         return response
-    svc.stats.downloads += 1
-    svc.stats.download_bytes += sent
+    svc.sent(sent)
     await response.write_eof()
     return response
 
 
 @endpoint
 async def handle_verify(request: web.Request, target: Target) -> web.StreamResponse:
-    from . import LFS_SERVICE
-
     svc = request.app[LFS_SERVICE]
     if request.method != "POST":
         raise LfsError(405, "the verify action takes POST requests", headers={"Allow": "POST"})

@@ -12,10 +12,9 @@ import html
 from aiohttp import web
 
 from ..aio import run_blocking
-from ..app import CTX
+from ..kernel import CTX, PRINCIPAL
 from ..auth import AuthError, Permission, Unauthorized
 from ..hg.error import HgError, RepoNotFound
-from ..reqkeys import PRINCIPAL
 from ..routing import Kind, Target
 
 __all__ = ["browse", "index", "setup"]

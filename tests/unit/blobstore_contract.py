@@ -247,3 +247,19 @@ class BlobStoreContract:
         assert await store.delete(oid)
         assert (await store.state(oid)).status is Status.MISSING
         assert await self.listed(store) == {}
+
+    async def test_quarantine_takes_an_object_out_of_service(self, store, damage):
+        data = os.urandom(5000)
+        oid = oid_of(data)
+        await store.put(oid, chunks_of(data))
+        damage(oid)
+        assert await store.quarantine(oid)  # says where the bytes went
+        assert (await store.state(oid)).status is Status.MISSING
+        with pytest.raises(ObjectMissing):
+            await store.get(oid)
+        assert await self.listed(store) == {}
+        with pytest.raises(ObjectMissing):
+            await store.quarantine(oid)
+        # A client that still has the content can upload it again.
+        assert (await store.put(oid, chunks_of(data))).created
+        assert (await store.state(oid, rehash_budget=1 << 20)).status is Status.OK

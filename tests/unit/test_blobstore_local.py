@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+from pathlib import Path
 
 import pytest
 
-from lfsserve.blobstore import LocalBlobStore, Status
+from lfsserve.blobstore import LocalBlobStore, Status, open_store
+from lfsserve.config import load_config
 
 from .blobstore_contract import BlobStoreContract, chunks_of, oid_of
 
@@ -163,3 +165,24 @@ async def test_abandon_waits_for_a_writing_thread_even_after_cancellation(tmp_pa
     await asyncio.wait_for(abandoning, 10)
     assert finished.is_set()
     os.close(fd)
+
+
+async def test_quarantine_keeps_the_bytes_under_the_store(tmp_path):
+    s = LocalBlobStore(tmp_path / "lfs")
+    await s.open()
+    try:
+        data = b"kept for inspection"
+        oid = oid_of(data)
+        await s.put(oid, chunks_of(data))
+        where = Path(await s.quarantine(oid))
+        assert where.parent == tmp_path / "lfs" / "quarantine" and where.name.startswith(oid + ".")
+        assert where.read_bytes() == data
+    finally:
+        await s.close()
+
+
+def test_open_store_builds_the_configured_backend(tmp_path):
+    config = load_config(env={"LFSSERVE_ROOT": str(tmp_path), "LFSSERVE_STORAGE_BACKEND": "local",
+                              "LFSSERVE_LFS_FSYNC": "false"})
+    store = open_store(config)
+    assert isinstance(store, LocalBlobStore) and store.root == tmp_path / "lfs" and not store.durable

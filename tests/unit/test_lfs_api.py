@@ -9,8 +9,8 @@ import time
 import aiohttp
 import pytest
 
-from lfsserve.app import CTX
 from lfsserve.auth import ANONYMOUS, Principal
+from lfsserve.kernel import CTX
 
 from .lfs_support import (  # noqa: F401  (fixtures)
     ALICE, BOB, CAROL, H, LFS, basic, batch, call, client, make_client, oid_of, store_of, upload)

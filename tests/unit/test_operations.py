@@ -12,8 +12,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from lfsserve.app import CTX, create_app
+from lfsserve.app import create_app
 from lfsserve.config import load_config
+from lfsserve.kernel import CTX
 from lfsserve.logs import JsonFormatter
 from lfsserve.metrics import METRICS, StoreStats
 from lfsserve.routing import Kind

@@ -25,14 +25,13 @@ from pathlib import Path
 from aiohttp import hdrs, web
 
 from ...aio import iterate_blocking, run_blocking
-from ...app import CTX
 from ...auth import AuthError, Forbidden, Permission, Principal, Unauthorized
 from ...config import Config
 from ...metrics import metrics_of
 from ...hg.bundle2 import Bundle2Error
 from ...hg.error import HgError, RepoNotFound
+from ...kernel import CTX, PRINCIPAL
 from ...repos import RepoPathError, RepoRegistry
-from ...reqkeys import PRINCIPAL
 from ...routing import Kind, Target
 from .. import capabilities, unbundle, v2
 from ..compression import MEDIA_01, compress_stream, negotiate
@@ -323,11 +322,7 @@ def _lfs_checker(request: web.Request, repo_name: str, principal: Principal):
     The LFS service also makes the acceptable ones visible in this repository's namespace, so it
     is called even when lfs.require_pushed_blobs is off (the refusal is then skipped)."""
     config = request.app[CTX].config
-    try:
-        from ...lfs import LFS_SERVICE
-        service = request.app.get(LFS_SERVICE)
-    except ImportError:
-        service = None
+    service = request.app[CTX].lfs_blobs
 
     def check(oids: set[str]) -> set[str]:
         if service is None:

@@ -21,10 +21,9 @@ from typing import Iterator
 from aiohttp import web
 
 from ...aio import iterate_blocking, run_blocking
-from ...app import CTX, ServerContext
 from ...auth import AuthError, Permission
+from ...kernel import CTX, REQUEST_ID, ServerContext
 from ...repos import RepoPathError, RepoRegistry
-from ...reqkeys import REQUEST_ID
 from ...routing import Kind, Target
 from . import cbor, commands
 from .encoding import choose, make_encoder, order_from_config

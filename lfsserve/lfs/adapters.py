@@ -1,0 +1,106 @@
+"""Transfer adapters: where a batch answer sends a client to move each object (its actions).
+
+The batch code decides *whether* an object gets actions; the adapter decides *what* they are
+(href, headers, expiry). `BasicServerAdapter` points them at this server's own transfer
+endpoints with signed short-lived tokens; a backend that serves objects elsewhere (presigned
+S3 URLs) brings its own adapter, registered in `_ADAPTERS` under its `[storage] backend` name.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, NamedTuple, Protocol
+
+from ..auth import Authenticator, Principal
+from ..blobstore import BlobStore
+from ..config import Config, ConfigError
+from ..kernel import LFS_JSON
+
+__all__ = ["Action", "BasicServerAdapter", "BatchActions", "TransferAdapter", "open_adapter"]
+
+# What a basic-transfer PUT / GET body is (git-lfs sends this Accept on transfers).
+TRANSFER_ACCEPT = "application/vnd.git-lfs"
+
+
+class Action(NamedTuple):
+    """One action of a batch answer's object: request `href` with `header` before `expires_at`."""
+
+    href: str
+    header: Mapping[str, str]
+    expires_at: int  # Unix time
+
+
+class BatchActions(Protocol):
+    """The actions for the objects of one batch answer (one namespace, principal, operation)."""
+
+    def download(self, oid: str, size: int) -> Action: ...
+
+    def upload(self, oid: str, size: int) -> Action: ...
+
+    def verify(self, oid: str, size: int) -> Action | None:
+        """The verify action that follows an upload; None when the adapter needs none."""
+        ...
+
+
+class TransferAdapter(Protocol):
+    # The Git LFS transfer adapter name the batch answer states ("basic": plain PUT / GET).
+    name: str
+
+    def for_batch(self, *, base_url: str, namespace: str, principal: Principal, operation: str,
+                  expires_at: int) -> BatchActions:
+        """Actions for one batch answer; `operation` is "upload" or "download"."""
+        ...
+
+
+class _ServerActions:
+    def __init__(self, auth: Authenticator, prefix: str, principal: Principal, namespace: str,
+                 operation: str, expires_at: int):
+        self._object_href = f"{prefix}/objects/"
+        self._verify_href = f"{prefix}/verify"
+        self._expires_at = expires_at
+        ops = ("download",) if operation == "download" else ("upload", "verify")
+        self._sign = {op: auth.action_signer(principal, namespace, op, expires_at) for op in ops}
+
+    # Spelled out per operation: a batch answer asks for thousands of these.
+    def download(self, oid: str, size: int) -> Action:
+        token = self._sign["download"](oid)
+        return Action(self._object_href + oid, {"Accept": TRANSFER_ACCEPT, "Authorization": f"Bearer {token}"},
+                      self._expires_at)
+
+    def upload(self, oid: str, size: int) -> Action:
+        token = self._sign["upload"](oid)
+        return Action(self._object_href + oid, {"Accept": TRANSFER_ACCEPT, "Authorization": f"Bearer {token}"},
+                      self._expires_at)
+
+    def verify(self, oid: str, size: int) -> Action:
+        token = self._sign["verify"](oid)
+        return Action(self._verify_href, {"Accept": LFS_JSON, "Authorization": f"Bearer {token}"}, self._expires_at)
+
+
+class BasicServerAdapter:
+    """Objects move through this server ({repo}/.hg/lfs/objects/{oid}, {repo}/.hg/lfs/verify),
+    each action carrying a signed token valid for exactly that object and operation."""
+
+    name = "basic"
+
+    def __init__(self, auth: Authenticator):
+        self.auth = auth
+
+    def for_batch(self, *, base_url: str, namespace: str, principal: Principal, operation: str,
+                  expires_at: int) -> BatchActions:
+        return _ServerActions(self.auth, f"{base_url}/{namespace}/.hg/lfs", principal, namespace, operation,
+                              expires_at)
+
+
+# [storage] backend -> the adapter its objects are transferred through.
+_ADAPTERS: dict[str, Callable[[Config, Authenticator, BlobStore], TransferAdapter]] = {
+    "local": lambda config, auth, store: BasicServerAdapter(auth),
+}
+
+
+def open_adapter(config: Config, auth: Authenticator, store: BlobStore) -> TransferAdapter:
+    """The transfer adapter for the configured storage backend (its `store`)."""
+    try:
+        make = _ADAPTERS[config.storage.backend]
+    except KeyError:
+        raise ConfigError(f"storage.backend: no transfer adapter for {config.storage.backend!r}") from None
+    return make(config, auth, store)
