@@ -12,9 +12,9 @@ import html
 from aiohttp import web
 
 from ..aio import run_blocking
-from ..kernel import CTX, PRINCIPAL
 from ..auth import AuthError, Permission, Unauthorized
 from ..hg.error import HgError, RepoNotFound
+from ..kernel import CTX, PRINCIPAL
 from ..routing import Kind, Target
 
 __all__ = ["browse", "index", "setup"]
@@ -49,15 +49,8 @@ async def browse(request: web.Request, target: Target) -> web.StreamResponse:
     request[PRINCIPAL] = principal
 
     def info():
-        from ..hg.repository import Repository
-        from ..repos import RepoPathError
-
-        try:
-            path = ctx.repos.path_of(target.repo)
-        except RepoPathError as exc:
-            raise RepoNotFound(f"{target.repo} ({exc})")
-        repo = Repository.open(path)
-        return len(repo.heads()), sorted(repo.bookmarks()), repo.has_lfs
+        with ctx.repos.open(target.repo) as repo:
+            return len(repo.heads()), sorted(repo.bookmarks()), repo.has_lfs
 
     try:
         nheads, marks, lfs = await run_blocking(info)

@@ -6,13 +6,12 @@ them, the bundle1 refusal). Plain synchronous code; no HTTP.
 from __future__ import annotations
 
 import urllib.parse
-from pathlib import Path
 
 from ..config import Config
 from ..hg import bundle2
 from ..hg.error import HgError
 from ..hg.node import NULLID
-from ..hg.phases import SECRET
+from ..repos import ServedRepo
 
 __all__ = [
     "BundleRequired",
@@ -43,35 +42,19 @@ class BundleRequired(HgError):
 
 
 
-def repo_heads(repo) -> list[bytes]:
+def repo_heads(repo: ServedRepo) -> list[bytes]:
     """Heads as the wire shows them: an empty repository has the single head NULLID."""
     return list(repo.heads()) or [NULLID]
 
 
-
-def stream_requirements(repo) -> list[str]:
+def stream_requirements(repo: ServedRepo) -> list[str]:
     return sorted(set(repo.requirements) - STREAM_IGNORABLE)
 
 
-def has_secret(repo) -> bool:
-    """Whether any changeset is secret. Secret is inherited by descendants, so some changelog
-    head (counting secret ones) is secret exactly when any changeset is."""
-    fast = getattr(repo, "has_secret", None)
-    if fast is not None:
-        return bool(fast())
-    phases = getattr(repo, "phase_array", None)  # cached per phaseroots file; hidden phases count too
-    if phases is not None:
-        return bool(phases) and max(phases) >= SECRET
-    cl = getattr(repo, "changelog", None)
-    if cl is None:
-        return False
-    return any(repo.phase(r) == SECRET for r in cl.heads())
-
-
-def stream_allowed(config: Config, repo) -> bool:
+def stream_allowed(config: Config, repo: ServedRepo) -> bool:
     """As hg serve: stream clones are off while the repository has secret changesets (the raw
     store would hand them out)."""
-    return config.hg.stream_clone and not has_secret(repo)
+    return config.hg.stream_clone and not repo.has_secret()
 
 
 def server_bundle2_caps(streamable: bool) -> dict[str, list[str]]:
@@ -91,7 +74,7 @@ def server_bundle2_caps(streamable: bool) -> dict[str, list[str]]:
     return caps
 
 
-def capabilities_bytes(config: Config, repo) -> bytes:
+def capabilities_bytes(config: Config, repo: ServedRepo) -> bytes:
     """The `capabilities` answer for `repo` (an engine Repository or an AbsentRepo).
 
     As hg serve 7.2.4 advertises, minus what lfsserve does not do: no `remote-changegroup`
@@ -128,11 +111,8 @@ def capabilities_bytes(config: Config, repo) -> bytes:
     return " ".join(sorted(caps)).encode("ascii")
 
 
-def clonebundles_manifest(repo) -> bytes | None:
-    root = getattr(repo, "root", None)
-    if root is None:
-        return None
+def clonebundles_manifest(repo: ServedRepo) -> bytes | None:
     try:
-        return (Path(root) / ".hg" / "clonebundles.manifest").read_bytes()
+        return (repo.root / ".hg" / "clonebundles.manifest").read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         return None

@@ -11,15 +11,16 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from ..config import Config
-from ..hg import bundle2
+from ..hg import bundle2, changegroup
 from ..hg.bundle2 import Bundle2Error, OutPart
-from ..hg import changegroup
 from ..hg.error import Abort, HgError, UnknownRevision
 from ..hg.node import NULLID
 from ..hg.phases import DRAFT, PUBLIC, SECRET
+from ..hg.repository import Repository
+from ..repos import ServedRepo, engine_repo
 from .capabilities import BundleRequired, stream_allowed
 from .protocol import BadRequest, decode_nodes
-from .streamclone import stream2_part, stream_plan
+from .streamclone import StreamPlan, stream2_part, stream_plan
 
 __all__ = ["GetbundlePlan", "changegroup_legacy", "getbundle", "parse_bundlecaps", "phase_heads", "tags_fnodes"]
 
@@ -57,7 +58,7 @@ def parse_bundlecaps(value: bytes) -> tuple[set[bytes], dict[str, list[str]] | N
     return plain, b2
 
 
-def getbundle(config: Config, repo, args: dict[str, bytes]) -> GetbundlePlan:
+def getbundle(config: Config, repo: ServedRepo, args: dict[str, bytes]) -> GetbundlePlan:
     """Plan a getbundle answer. Argument errors raise BadRequest; repository errors raise HgError
     for a bundle1 client, and become an ERROR:ABORT part for a bundle2 client (as hg does)."""
     unknown = set(args) - _KNOWN_GETBUNDLE_ARGS
@@ -72,7 +73,8 @@ def getbundle(config: Config, repo, args: dict[str, bytes]) -> GetbundlePlan:
         if not config.hg.bundle1:
             raise BundleRequired()
         revs = _missing(repo, common, heads)
-        return GetbundlePlan(lambda: changegroup.generate(repo, revs, "01"))
+        engine = engine_repo(repo)
+        return GetbundlePlan(lambda: changegroup.generate(engine, revs, "01"))
     b2caps = b2caps or {}
     opts = {name: _bool(args, name, name == "cg") for name in _BOOL_ARGS}
     listkeys = [ns for ns in args.get("listkeys", b"").split(b",") if ns]
@@ -95,7 +97,7 @@ def _log_interrupt(exc: BaseException) -> None:
     log.error("getbundle interrupted while streaming: %s", exc)
 
 
-def _missing(repo, common: list[bytes], heads: list[bytes]) -> list[int]:
+def _missing(repo: ServedRepo, common: list[bytes], heads: list[bytes]) -> list[int]:
     heads = heads or list(repo.heads())
     heads = [h for h in heads if h != NULLID]
     if not heads:
@@ -103,18 +105,20 @@ def _missing(repo, common: list[bytes], heads: list[bytes]) -> list[int]:
     return list(repo.missing([c for c in common if c != NULLID], heads))
 
 
-def _cg_version(repo, b2caps: dict[str, list[str]]) -> str:
+def _cg_version(repo: Repository, b2caps: dict[str, list[str]]) -> str:
     ours = set(changegroup.supported_versions(repo))
     theirs = set(b2caps.get("changegroup", ["01"]))
     common = ours & theirs
     if not common:
         raise Abort("no common changegroup version",
                     hint=("this repository stores LFS files and needs changegroup 03; enable the lfs "
-                          "extension on the client") if getattr(repo, "has_lfs", False) else None)
+                          "extension on the client") if repo.has_lfs else None)
     return max(common)
 
 
-def _plan_parts(config, repo, heads, common, b2caps, opts, listkeys):
+def _plan_parts(config: Config, repo: ServedRepo, heads: list[bytes], common: list[bytes],
+                b2caps: dict[str, list[str]], opts: dict[str, bool],
+                listkeys: list[bytes]) -> Callable[[], Iterator[OutPart]]:
     """Check everything that can be checked up front; return a generator function of the parts."""
     if opts["stream"]:
         if not stream_allowed(config, repo):
@@ -123,12 +127,16 @@ def _plan_parts(config, repo, heads, common, b2caps, opts, listkeys):
                              "servers not advertising it; the client may be buggy")
         if "v2" not in b2caps.get("stream", []):
             raise Abort("the client does not support stream clone v2 (stream=v2 bundle2 capability)")
-        stream_files = stream_plan(repo)
+        streamed = engine_repo(repo)
+        engine: Repository | None = streamed
+        stream_files: StreamPlan | None = stream_plan(streamed)
         revs: list[int] = []
     else:
         stream_files = None
         revs = _missing(repo, common, heads) if opts["cg"] else []
-    version = _cg_version(repo, b2caps) if revs else None
+        # Only an existing repository has revisions to send.
+        engine = engine_repo(repo) if revs else None
+    version = _cg_version(engine, b2caps) if engine is not None and revs else "01"
     if opts["bookmarks"] and "bookmarks" not in b2caps:
         raise Abort("no common bookmarks exchange method")
     if opts["phases"] and "heads" not in b2caps.get("phases", []):
@@ -136,12 +144,12 @@ def _plan_parts(config, repo, heads, common, b2caps, opts, listkeys):
     requested_heads = [h for h in (heads or repo.heads()) if h != NULLID]
 
     def parts() -> Iterator[OutPart]:
-        if stream_files is not None:
-            yield stream2_part(repo, stream_files)
-        elif revs:
+        if stream_files is not None and engine is not None:
+            yield stream2_part(engine, stream_files)
+        elif revs and engine is not None:
             yield OutPart(b"CHANGEGROUP", [(b"version", version.encode("ascii"))],
                           [(b"nbchanges", b"%d" % len(revs))],
-                          changegroup.generate(repo, revs, version))
+                          changegroup.generate(engine, revs, version))
         if opts["bookmarks"]:
             marks = sorted(repo.bookmarks().items())
             if marks:
@@ -150,19 +158,22 @@ def _plan_parts(config, repo, heads, common, b2caps, opts, listkeys):
             yield OutPart(b"LISTKEYS", [(b"namespace", ns)], data=bundle2.encode_listkeys(repo.listkeys(ns)))
         if opts["phases"]:
             yield OutPart(b"PHASE-HEADS", data=bundle2.encode_phase_heads(phase_heads(repo, requested_heads)))
-        if revs and "hgtagsfnodes" in b2caps:
-            pairs = tags_fnodes(repo, requested_heads)
+        if revs and engine is not None and "hgtagsfnodes" in b2caps:
+            pairs = tags_fnodes(engine, requested_heads)
             if pairs:
                 yield OutPart(b"hgtagsfnodes", data=bundle2.encode_tagsfnodes(pairs))
 
     return parts
 
 
-def phase_heads(repo, heads: list[bytes]) -> dict[int, list[bytes]]:
+def phase_heads(served: ServedRepo, heads: list[bytes]) -> dict[int, list[bytes]]:
     """The phase-heads a pull of `heads` gets: every head public on a publishing server; else each
     head under its phase, plus the public heads hidden below draft heads."""
-    if repo.publishing:
+    if served.publishing:
         return {PUBLIC: sorted(heads)}
+    if not heads:
+        return {}
+    repo = engine_repo(served)
     cl = repo.changelog
     by_phase: dict[int, set[bytes]] = {}
     for h in heads:
@@ -186,7 +197,7 @@ def phase_heads(repo, heads: list[bytes]) -> dict[int, list[bytes]]:
 MAX_TAGS_FNODES_HEADS = 64
 
 
-def tags_fnodes(repo, heads: list[bytes]) -> list[tuple[bytes, bytes]]:
+def tags_fnodes(repo: Repository, heads: list[bytes]) -> list[tuple[bytes, bytes]]:
     """(head, .hgtags filenode) for heads whose manifest has .hgtags. Only worth it for a few heads
     (each needs one manifest read); the client computes anything missing itself."""
     if len(heads) > MAX_TAGS_FNODES_HEADS:
@@ -200,15 +211,16 @@ def tags_fnodes(repo, heads: list[bytes]) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def changegroup_legacy(repo, roots: list[bytes], heads: list[bytes] | None) -> Callable[[], Iterator[bytes]]:
+def changegroup_legacy(repo: ServedRepo, roots: list[bytes],
+                       heads: list[bytes] | None) -> Callable[[], Iterator[bytes]]:
     """`changegroup` / `changegroupsubset`: cg01 of the descendants of `roots` up to `heads`."""
-    cl = getattr(repo, "changelog", None)
-    common = []
+    common: list[bytes] = []
     for r in roots:
         if r == NULLID:
             continue
-        if cl is None or cl.get_rev(r) is None:
+        if not isinstance(repo, Repository) or repo.changelog.get_rev(r) is None:
             raise UnknownRevision(r.hex())
-        common.extend(p for p in cl.parents(r) if p != NULLID)
+        common.extend(p for p in repo.changelog.parents(r) if p != NULLID)
     revs = _missing(repo, common, heads or [])
-    return lambda: changegroup.generate(repo, revs, "01")
+    engine = engine_repo(repo)
+    return lambda: changegroup.generate(engine, revs, "01")

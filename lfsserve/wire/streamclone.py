@@ -14,6 +14,8 @@ from typing import Iterator
 from ..config import Config
 from ..hg import bundle2
 from ..hg.bundle2 import OutPart
+from ..hg.repository import Repository
+from ..repos import ServedRepo, engine_repo
 from .capabilities import stream_allowed, stream_requirements
 
 __all__ = ["StreamPlan", "stream2_part", "stream_out", "stream_plan"]
@@ -37,7 +39,7 @@ class StreamPlan:
         return self.files + ([(n, len(d)) for n, d in self.caches] if stream2 else [])
 
 
-def stream_plan(repo) -> StreamPlan:
+def stream_plan(repo: Repository) -> StreamPlan:
     """What a stream clone sends: the engine's store files with their sizes, plus, snapshotted
     under the lock: `phaseroots` when the server is not publishing (as hg; a publishing server
     leaves it out so the client sees everything public) and hg's cache files when present."""
@@ -71,7 +73,7 @@ def stream_plan(repo) -> StreamPlan:
     return StreamPlan(files, memory, caches)
 
 
-def stream2_part(repo, plan: StreamPlan) -> OutPart:
+def stream2_part(repo: Repository, plan: StreamPlan) -> OutPart:
     entries = plan.entries(stream2=True)
     reqs = ",".join(stream_requirements(repo))
     params = [(b"requirements", urllib.parse.quote(reqs, safe="").encode("ascii")),
@@ -79,7 +81,7 @@ def stream2_part(repo, plan: StreamPlan) -> OutPart:
     return OutPart(b"STREAM2", params, data=_stream_file_data(repo, plan, stream2=True))
 
 
-def _stream_file_data(repo, plan: StreamPlan, *, stream2: bool) -> Iterator[bytes]:
+def _stream_file_data(repo: Repository, plan: StreamPlan, *, stream2: bool) -> Iterator[bytes]:
     for name, size in plan.files:
         bname = os.fsencode(name)
         yield (bundle2.stream2_entry_header(b"s", bname, size) if stream2
@@ -94,11 +96,12 @@ def _stream_file_data(repo, plan: StreamPlan, *, stream2: bool) -> Iterator[byte
             yield data
 
 
-def stream_out(config: Config, repo) -> Iterator[bytes]:
+def stream_out(config: Config, served: ServedRepo) -> Iterator[bytes]:
     """Legacy `stream_out`: `0\\n`, `<files> <bytes>\\n`, then `name\\0size\\n` + data per file."""
-    if not stream_allowed(config, repo):
+    if not stream_allowed(config, served):
         yield b"1\n"
         return
+    repo = engine_repo(served)
     plan = stream_plan(repo)
     entries = plan.entries(stream2=False)
     yield b"0\n%d %d\n" % (len(entries), sum(size for _, size in entries))

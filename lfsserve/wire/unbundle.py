@@ -1,39 +1,48 @@
 """Push for wire v1: what `unbundle` does with a pushed bundle (bundle2 with its check:* parts,
 or bundle1), under the engine's store lock and transaction, and the reply the client expects.
-Plain synchronous code run in an executor thread; no HTTP.
+
+Each bundle2 part type is handled by one function registered with `@parthandler`, which gets the
+push's one `PushOperation` (repository, lazily opened transaction, reply parts, output) and the
+part. Plain synchronous code run in an executor thread; no HTTP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
-from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO, Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterable
 
 from ..config import Config
 from ..hg import bundle2
-from ..hg.bundle2 import Bundle2Error, OutPart, UnsupportedContent
+from ..hg.bundle2 import Bundle2Error, InPart, OutPart, UnsupportedContent
+from ..hg.changegroup import ApplyResult
 from ..hg.error import Abort, HgError, PushRaced
 from ..hg.phases import DRAFT, PUBLIC
 from ..hg.repository import Repository
-from ..repos import AbsentRepo
+from ..hg.transaction import Transaction
+from ..repos import AbsentRepo, ServedRepo
 from .capabilities import BundleRequired, repo_heads
 from .protocol import BadRequest
 
-__all__ = ["PushOptions", "PushReply", "check_heads", "parse_unbundle_heads", "unbundle"]
+__all__ = [
+    "LfsCheck",
+    "PART_HANDLERS",
+    "PushOperation",
+    "PushReply",
+    "check_heads",
+    "parthandler",
+    "parse_unbundle_heads",
+    "unbundle",
+]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class PushOptions:
-    publishing: bool
-    lock_timeout: float
-    # Called (in this thread) with the oids of the lfs pointers a push stores; returns those that are
-    # not acceptable. None: no check.
-    check_lfs: Callable[[set[str]], set[str]] | None = None
+# Called (in the push thread) with the oids of the lfs pointers a push stores; returns those that
+# are not acceptable.
+LfsCheck = Callable[[set[str]], set[str]]
 
 
 @dataclass
@@ -57,7 +66,7 @@ def parse_unbundle_heads(value: bytes) -> list[bytes]:
     return out
 
 
-def check_heads(repo, their_heads: list[bytes], context: str) -> None:
+def check_heads(repo: ServedRepo, their_heads: list[bytes], context: str) -> None:
     if their_heads == [b"force"]:
         return
     heads = repo_heads(repo)
@@ -67,18 +76,19 @@ def check_heads(repo, their_heads: list[bytes], context: str) -> None:
     raise PushRaced(f"repository changed while {context} - please try again")
 
 
-def unbundle(config: Config, repo_path: Path, repo, heads_arg: bytes, body: BinaryIO,
-             opts: PushOptions) -> PushReply:
-    """Apply a pushed bundle. `repo` is the opened repository, or None when it does not exist and
-    may be created (it then is, and removed again if the push fails)."""
+def unbundle(config: Config, repo: ServedRepo, heads_arg: bytes, body: BinaryIO,
+             check_lfs: LfsCheck | None = None) -> PushReply:
+    """Apply a pushed bundle to `repo`: an opened repository, or an AbsentRepo when the push may
+    create it (it then is, and removed again if the push fails). `check_lfs`: None, no check."""
     their_heads = parse_unbundle_heads(heads_arg)
     # As hg: the heads argument is checked before the bundle is even looked at, and a mismatch is
     # the plain "0\n<message>" answer whatever the bundle's format.
     try:
-        check_heads(repo if repo is not None else AbsentRepo(opts.publishing), their_heads, "preparing changes")
+        check_heads(repo, their_heads, "preparing changes")
     except PushRaced as exc:
         return PushReply(b"0\n%s\n" % exc.message.encode("utf-8"))
     magic = body.read(4)
+    algo = b""
     if magic == b"HG20":
         kind = "bundle2"
     elif magic == b"HG10":
@@ -92,32 +102,31 @@ def unbundle(config: Config, repo_path: Path, repo, heads_arg: bytes, body: Bina
     if kind == "bundle1" and not config.hg.bundle1:
         raise BundleRequired()
 
-    created = False
-    if repo is None:
-        repo = Repository.init(repo_path)
-        created = True
-    repo.publishing = opts.publishing
-    ok = False
-    try:
-        if kind == "bundle1":
-            reply = _apply_bundle1(repo, their_heads, bundle2.decompressing_reader(
-                body, {b"UN": "UN", b"GZ": "GZ", b"BZ": "_truncatedBZ"}[algo]), opts)
+    with contextlib.ExitStack() as stack:
+        created = isinstance(repo, AbsentRepo)
+        if isinstance(repo, AbsentRepo):
+            target = repo.create()
+            stack.callback(target.close)
         else:
-            reply = _apply_bundle2(repo, body, opts)
-        ok = reply.changed
-        return reply
-    finally:
-        if created and not ok:
-            shutil.rmtree(repo_path, ignore_errors=True)
+            assert isinstance(repo, Repository), "a served repository is the engine's or an AbsentRepo"
+            target = repo
+        ok = False
+        try:
+            if kind == "bundle1":
+                reply = _apply_bundle1(target, their_heads, bundle2.decompressing_reader(
+                    body, {b"UN": "UN", b"GZ": "GZ", b"BZ": "_truncatedBZ"}[algo]), check_lfs)
+            else:
+                reply = _apply_bundle2(target, body, check_lfs)
+            ok = reply.changed
+            return reply
+        finally:
+            if created and not ok:
+                stack.close()
+                shutil.rmtree(repo.root, ignore_errors=True)
 
 
-def _added_message(result) -> str:
-    n = len(result.added)
-    revs = getattr(result, "file_revisions", getattr(result, "revisions", None))
-    files = getattr(result, "files", None)
-    msg = f"added {n} changesets"
-    if revs is not None and files is not None:
-        msg += f" with {revs} changes to {files} files"
+def _added_message(result: ApplyResult) -> str:
+    msg = f"added {len(result.added)} changesets with {result.file_revisions} changes to {result.files} files"
     dh = result.heads_after - result.heads_before
     if dh > 0:
         msg += f" (+{dh} heads)"
@@ -126,10 +135,10 @@ def _added_message(result) -> str:
     return msg + "\n"
 
 
-def _check_lfs(oids: set[str], opts: PushOptions) -> None:
-    if not oids or opts.check_lfs is None:
+def _check_lfs(oids: set[str], check_lfs: LfsCheck | None) -> None:
+    if not oids or check_lfs is None:
         return
-    bad = opts.check_lfs(oids)
+    bad = check_lfs(oids)
     if bad:
         shown = ", ".join(sorted(bad)[:5]) + (" ..." if len(bad) > 5 else "")
         raise Abort(f"push refused: {len(bad)} LFS object(s) referenced by the pushed changesets are not "
@@ -137,17 +146,18 @@ def _check_lfs(oids: set[str], opts: PushOptions) -> None:
                     hint="push with the lfs extension enabled so the blobs are uploaded first")
 
 
-def _apply_bundle1(repo, their_heads, stream, opts: PushOptions) -> PushReply:
+def _apply_bundle1(repo: Repository, their_heads: list[bytes], stream: BinaryIO,
+                   check_lfs: LfsCheck | None) -> PushReply:
     output: list[str] = []
     try:
-        with repo.lock(timeout=opts.lock_timeout):
+        with repo.lock():
             check_heads(repo, their_heads, "uploading changes")
             with repo.transaction(b"push") as tr:
                 output.append("adding changesets\nadding manifests\nadding file changes\n")
                 result = repo.add_changegroup(tr, stream, "01")
-                if opts.publishing and result.added:
+                if repo.publishing and result.added:
                     repo.phases_advance(tr, PUBLIC, result.added)
-                _check_lfs(set(result.lfs_oids), opts)
+                _check_lfs(set(result.lfs_oids), check_lfs)
                 if result.added:
                     output.append(_added_message(result))
     except PushRaced as exc:
@@ -156,12 +166,15 @@ def _apply_bundle1(repo, their_heads, stream, opts: PushOptions) -> PushReply:
         if len(output) > 1:
             output.pop()
         output.append(f"transaction abort!\nrollback completed\nabort: {exc.message}\n")
-        if getattr(exc, "hint", None):
-            output.append(f"({exc.hint})\n")
+        hint = getattr(exc, "hint", None)
+        if hint:
+            output.append(f"({hint})\n")
         return PushReply(b"0\n" + "".join(output).encode("utf-8"))
     return PushReply(b"%d\n%s" % (result.return_code, "".join(output).encode("utf-8")),
                      changed=bool(result.added))
 
+
+# -- bundle2 --------------------------------------------------------------------------------------
 
 MAX_SMALL_PART = 16 * 1024 * 1024
 
@@ -174,40 +187,111 @@ class _PushkeyFailed(HgError):
         self.params = params
 
 
-def _apply_bundle2(repo, body: BinaryIO, opts: PushOptions) -> PushReply:
+@dataclass
+class PushOperation:
+    """One bundle2 push, as every part handler sees it.
+
+    The transaction opens on the first write (`transaction()`), so a push that only fails its
+    checks writes nothing. `reply` collects the reply parts; `output` is what the current part
+    prints (sent in reply to it); `final` what the transaction close prints.
+    """
+
+    repo: Repository
+    check_lfs: LfsCheck | None = None
+    replycaps: dict[str, list[str]] = field(default_factory=dict)
+    reply: list[OutPart] = field(default_factory=list)
+    output: list[str] = field(default_factory=list)
+    final: list[str] = field(default_factory=list)
+    lfs_oids: set[str] = field(default_factory=set)
+    _tr_cm: contextlib.AbstractContextManager[Transaction] | None = None
+    _tr: Transaction | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._tr is not None
+
+    def transaction(self) -> Transaction:
+        if self._tr is None:
+            self._tr_cm = self.repo.transaction(b"push")
+            self._tr = self._tr_cm.__enter__()
+        return self._tr
+
+    def __enter__(self) -> PushOperation:
+        return self
+
+    def __exit__(self, *exc: object) -> bool | None:
+        if self._tr_cm is not None:
+            return self._tr_cm.__exit__(*exc)  # type: ignore[arg-type]
+        return False
+
+
+PartHandler = Callable[[PushOperation, InPart], None]
+
+
+@dataclass(frozen=True)
+class _Registered:
+    handler: PartHandler
+    # The mandatory parameters the handler understands; None: it does not look at them.
+    params: frozenset[bytes] | None
+
+
+PART_HANDLERS: dict[bytes, _Registered] = {}
+
+
+def parthandler(name: bytes, params: Iterable[bytes] | None = None) -> Callable[[PartHandler], PartHandler]:
+    """Register the handler of bundle2 part type `name` (lower case), as Mercurial's @parthandler.
+    With `params`, a mandatory parameter outside them makes the part unsupported content."""
+    def register(fn: PartHandler) -> PartHandler:
+        if name in PART_HANDLERS:
+            raise RuntimeError(f"bundle2 part {name!r} handled twice")
+        PART_HANDLERS[name] = _Registered(fn, frozenset(params) if params is not None else None)
+        return fn
+    return register
+
+
+def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None) -> PushReply:
     """Process the parts in order under the store lock; the transaction opens on the first write.
 
     The reply lists, in order, each part's reply parts then the output printed while handling it,
     then one output part for the transaction close. On failure: the output so far, the
     rollback notice, and one error part; nothing of the push is kept.
     """
-    reply: list[OutPart] = []
-    final: list[str] = []
-    state: dict = {"replycaps": {}}
-    lfs_oids: set[str] = set()
-    lazy = _LazyTransaction(repo)
+    op = PushOperation(repo, check_lfs)
     try:
         reader = bundle2.BundleReader(body)
-        with repo.lock(timeout=opts.lock_timeout):
-            with lazy:
+        with repo.lock():
+            with op:
                 for part in reader.parts():
-                    texts: list[str] = []
+                    op.output = []
                     try:
-                        _handle_part(repo, part, lazy, texts, final, reply, state, opts, lfs_oids)
+                        _handle_part(op, part)
                     finally:
-                        if texts:
-                            reply.append(OutPart(b"output", [], [(b"in-reply-to", b"%d" % part.id)],
-                                                 "".join(texts).encode("utf-8")))
-                _check_lfs(lfs_oids, opts)
-        reply.append(OutPart(b"output", data="".join(final).encode("utf-8")))
-        return PushReply(bundle2.encode_parts(reply), changed=lazy.started)
+                        if op.output:
+                            op.reply.append(OutPart(b"output", [], [(b"in-reply-to", b"%d" % part.id)],
+                                                    "".join(op.output).encode("utf-8")))
+                _check_lfs(op.lfs_oids, check_lfs)
+        op.reply.append(OutPart(b"output", data="".join(op.final).encode("utf-8")))
+        return PushReply(bundle2.encode_parts(op.reply), changed=op.started)
     except (HgError, Bundle2Error) as exc:
-        parts = [p for p in reply if p.type == b"output"]
-        rollback = "transaction abort!\nrollback completed\n" if lazy.started else ""
+        parts = [p for p in op.reply if p.type == b"output"]
+        rollback = "transaction abort!\nrollback completed\n" if op.started else ""
         parts.append(OutPart(b"output", data=rollback.encode("utf-8")))
-        parts.append(_error_part(exc, state["replycaps"]))
+        parts.append(_error_part(exc, op.replycaps))
         log.info("push refused: %s", exc)
         return PushReply(bundle2.encode_parts(parts))
+
+
+def _handle_part(op: PushOperation, part: InPart) -> None:
+    registered = PART_HANDLERS.get(part.name)
+    if registered is None:
+        if part.mandatory:
+            raise UnsupportedContent(part.name)
+        return  # advisory parts we do not know (cache:rev-branch-cache, obsmarkers hints...)
+    if registered.params is not None:
+        unknown = [k for k in part.mandatory_params if k not in registered.params]
+        if unknown:
+            raise UnsupportedContent(part.type.lower(), unknown)
+    registered.handler(op, part)
 
 
 def _error_part(exc: BaseException, replycaps: dict[str, list[str]]) -> OutPart:
@@ -221,115 +305,107 @@ def _error_part(exc: BaseException, replycaps: dict[str, list[str]]) -> OutPart:
             params.append((b"params", b"\0".join(exc.params)[:255]))
         return OutPart(b"ERROR:UNSUPPORTEDCONTENT", params)
     if isinstance(exc, _PushkeyFailed) and "pushkey" in replycaps.get("error", ["pushkey"]):
-        adv = [(k, exc.params[k]) for k in (b"namespace", b"key", b"new", b"old", b"ret") if k in exc.params]
+        adv: list[tuple[bytes, bytes]] = [(k, exc.params[k]) for k in (b"namespace", b"key", b"new", b"old", b"ret")
+                                          if k in exc.params]
         return OutPart(b"ERROR:PUSHKEY", [(b"in-reply-to", b"%d" % exc.part_id)], adv)
     return bundle2.abort_part(exc)
 
 
-class _LazyTransaction:
-    """Opens the engine transaction on first use, so a push that only fails its checks writes nothing."""
+# -- part handlers --------------------------------------------------------------------------------
 
-    def __init__(self, repo):
-        self.repo = repo
-        self._cm = None
-        self.tr = None
-
-    @property
-    def started(self) -> bool:
-        return self.tr is not None
-
-    def get(self):
-        if self.tr is None:
-            self._cm = self.repo.transaction(b"push")
-            self.tr = self._cm.__enter__()
-        return self.tr
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self._cm is not None:
-            return self._cm.__exit__(*exc)
-        return False
+_RACED = "remote repository changed while pushing - please try again"
 
 
-def _handle_part(repo, part, lazy: _LazyTransaction, texts: list[str], final: list[str],
-                 reply: list[OutPart], state, opts: PushOptions, lfs_oids: set[str]) -> None:
-    name = part.name
-    pid = part.id
-    if name == b"replycaps":
-        state["replycaps"] = bundle2.decode_caps(part.read_all(MAX_SMALL_PART))
-    elif name == b"check:heads":
-        theirs = bundle2.decode_nodes(part.read_all(MAX_SMALL_PART))
-        if sorted(theirs) != sorted(repo_heads(repo)):
-            raise PushRaced("remote repository changed while pushing - please try again")
-    elif name == b"check:updated-heads":
-        theirs = bundle2.decode_nodes(part.read_all(MAX_SMALL_PART))
-        current = {h for hs in repo.branchmap().values() for h in hs}
-        for h in theirs:
-            if h not in current:
-                raise PushRaced("remote repository changed while pushing - please try again")
-    elif name == b"check:phases":
-        for phase, node in bundle2.decode_phase_heads(part.read_all(MAX_SMALL_PART)):
-            rev = repo.changelog.get_rev(node)
-            actual = repo.phase(rev) if rev is not None else None
-            if actual != phase:
-                names = ("public", "draft", "secret")
-                raise PushRaced("remote repository changed while pushing - please try again "
-                                f"({node[:6].hex()} is {names[actual] if actual is not None else 'missing'} "
-                                f"expected {names[phase]})")
-    elif name == b"check:bookmarks":
-        marks = repo.bookmarks()
-        for book, node in bundle2.decode_bookmarks(part.read_all(MAX_SMALL_PART)):
-            if marks.get(book) != node:
-                old = marks.get(book)
-                raise PushRaced('remote repository changed while pushing - please try again '
-                                f'(bookmark "{book.decode("utf-8", "replace")}" move from '
-                                f'{old.hex()[:12] if old else "missing"} to {node.hex()[:12] if node else "missing"})')
-    elif name == b"changegroup":
-        unknown = [k for k in part.mandatory_params if k not in (b"version", b"nbchanges", b"targetphase")]
-        if unknown:
-            raise UnsupportedContent(part.type.lower(), unknown)
-        version = part.params.get(b"version", b"01").decode("ascii", "replace")
-        if version not in ("01", "02", "03"):
-            raise UnsupportedContent(part.type.lower(), [b"version=" + version.encode()])
-        tr = lazy.get()
-        texts.append("adding changesets\nadding manifests\nadding file changes\n")
-        result = repo.add_changegroup(tr, part, version)
-        target = part.params.get(b"targetphase")
-        if result.added and (opts.publishing or target == b"0"):
-            repo.phases_advance(tr, PUBLIC, result.added)
-        lfs_oids.update(result.lfs_oids)
-        if result.added:
-            final.append(_added_message(result))
-        reply.append(OutPart(b"reply:changegroup", [],
-                             [(b"in-reply-to", b"%d" % pid), (b"return", b"%d" % result.return_code)]))
-    elif name == b"phase-heads":
-        entries = bundle2.decode_phase_heads(part.read_all(MAX_SMALL_PART))
-        tr = None
-        for phase in (PUBLIC, DRAFT):
-            nodes = [n for p, n in entries if p == phase]
-            if not nodes:
-                continue
-            tr = tr or lazy.get()   # the engine refuses unknown nodes (LookupError)
-            repo.phases_advance(tr, phase, nodes)
-    elif name == b"bookmarks":
-        changes: dict[bytes, bytes | None] = {}
-        for book, node in bundle2.decode_bookmarks(part.read_all(MAX_SMALL_PART)):
-            if b"@" in book:
-                raise Abort(f"cannot accept divergent bookmark {book.decode('utf-8', 'replace')}!")
-            changes[book] = node  # unknown nodes: the engine raises LookupError
-        if changes:
-            repo.set_bookmarks(lazy.get(), changes)
-    elif name == b"pushkey":
-        params = part.params
-        missing = [k for k in (b"namespace", b"key", b"old", b"new") if k not in params]
-        if missing:
-            raise Bundle2Error("pushkey part without " + ", ".join(k.decode() for k in missing))
-        ok = bool(repo.pushkey(lazy.get(), params[b"namespace"], params[b"key"], params[b"old"], params[b"new"]))
-        reply.append(OutPart(b"REPLY:PUSHKEY", [], [(b"in-reply-to", b"%d" % pid), (b"return", b"%d" % ok)]))
-        if part.mandatory and not ok:
-            raise _PushkeyFailed(pid, dict(params))
-    elif part.mandatory:
-        raise UnsupportedContent(name)
-    # advisory parts we do not know (cache:rev-branch-cache, obsmarkers hints...) are ignored
+@parthandler(b"replycaps")
+def _replycaps(op: PushOperation, part: InPart) -> None:
+    op.replycaps = bundle2.decode_caps(part.read_all(MAX_SMALL_PART))
+
+
+@parthandler(b"check:heads")
+def _check_heads(op: PushOperation, part: InPart) -> None:
+    theirs = bundle2.decode_nodes(part.read_all(MAX_SMALL_PART))
+    if sorted(theirs) != sorted(repo_heads(op.repo)):
+        raise PushRaced(_RACED)
+
+
+@parthandler(b"check:updated-heads")
+def _check_updated_heads(op: PushOperation, part: InPart) -> None:
+    theirs = bundle2.decode_nodes(part.read_all(MAX_SMALL_PART))
+    current = {h for hs in op.repo.branchmap().values() for h in hs}
+    for h in theirs:
+        if h not in current:
+            raise PushRaced(_RACED)
+
+
+@parthandler(b"check:phases")
+def _check_phases(op: PushOperation, part: InPart) -> None:
+    repo = op.repo
+    for phase, node in bundle2.decode_phase_heads(part.read_all(MAX_SMALL_PART)):
+        rev = repo.changelog.get_rev(node)
+        actual = repo.phase(rev) if rev is not None else None
+        if actual != phase:
+            names = ("public", "draft", "secret")
+            raise PushRaced(f"{_RACED} ({node[:6].hex()} is {names[actual] if actual is not None else 'missing'} "
+                            f"expected {names[phase]})")
+
+
+@parthandler(b"check:bookmarks")
+def _check_bookmarks(op: PushOperation, part: InPart) -> None:
+    marks = op.repo.bookmarks()
+    for book, node in bundle2.decode_bookmarks(part.read_all(MAX_SMALL_PART)):
+        if marks.get(book) != node:
+            old = marks.get(book)
+            raise PushRaced(f'{_RACED} (bookmark "{book.decode("utf-8", "replace")}" move from '
+                            f'{old.hex()[:12] if old else "missing"} to {node.hex()[:12] if node else "missing"})')
+
+
+@parthandler(b"changegroup", (b"version", b"nbchanges", b"targetphase"))
+def _changegroup(op: PushOperation, part: InPart) -> None:
+    version = part.params.get(b"version", b"01").decode("ascii", "replace")
+    if version not in ("01", "02", "03"):
+        raise UnsupportedContent(part.type.lower(), [b"version=" + version.encode()])
+    repo = op.repo
+    tr = op.transaction()
+    op.output.append("adding changesets\nadding manifests\nadding file changes\n")
+    result = repo.add_changegroup(tr, part, version)
+    target = part.params.get(b"targetphase")
+    if result.added and (repo.publishing or target == b"0"):
+        repo.phases_advance(tr, PUBLIC, result.added)
+    op.lfs_oids.update(result.lfs_oids)
+    if result.added:
+        op.final.append(_added_message(result))
+    op.reply.append(OutPart(b"reply:changegroup", [],
+                            [(b"in-reply-to", b"%d" % part.id), (b"return", b"%d" % result.return_code)]))
+
+
+@parthandler(b"phase-heads")
+def _phase_heads(op: PushOperation, part: InPart) -> None:
+    entries = bundle2.decode_phase_heads(part.read_all(MAX_SMALL_PART))
+    for phase in (PUBLIC, DRAFT):
+        nodes = [n for p, n in entries if p == phase]
+        if nodes:
+            op.repo.phases_advance(op.transaction(), phase, nodes)  # the engine refuses unknown nodes (LookupError)
+
+
+@parthandler(b"bookmarks")
+def _bookmarks(op: PushOperation, part: InPart) -> None:
+    changes: dict[bytes, bytes | None] = {}
+    for book, node in bundle2.decode_bookmarks(part.read_all(MAX_SMALL_PART)):
+        if b"@" in book:
+            raise Abort(f"cannot accept divergent bookmark {book.decode('utf-8', 'replace')}!")
+        changes[book] = node  # unknown nodes: the engine raises LookupError
+    if changes:
+        op.repo.set_bookmarks(op.transaction(), changes)
+
+
+@parthandler(b"pushkey")
+def _pushkey(op: PushOperation, part: InPart) -> None:
+    params = part.params
+    missing = [k for k in (b"namespace", b"key", b"old", b"new") if k not in params]
+    if missing:
+        raise Bundle2Error("pushkey part without " + ", ".join(k.decode() for k in missing))
+    ok = bool(op.repo.pushkey(op.transaction(), params[b"namespace"], params[b"key"], params[b"old"],
+                              params[b"new"]))
+    op.reply.append(OutPart(b"REPLY:PUSHKEY", [], [(b"in-reply-to", b"%d" % part.id), (b"return", b"%d" % ok)]))
+    if part.mandatory and not ok:
+        raise _PushkeyFailed(part.id, dict(params))

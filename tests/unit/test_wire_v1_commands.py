@@ -4,6 +4,7 @@ unbundle, bundlecaps parsing, capabilities, byte-answer formats (values from the
 from __future__ import annotations
 
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,7 @@ HEAD_14 = bytes.fromhex("79c7dd265679382f7937de122c2c2e14c46abd83")
 
 class FakeRepo(AbsentRepo):
     def __init__(self, heads, branchmap=None, marks=None):
-        super().__init__(publishing=True)
+        super().__init__(Path("fake"))  # publishing, as the default settings
         self._heads, self._branchmap, self._marks = heads, branchmap or {}, marks or {}
 
     def heads(self):
@@ -79,7 +80,7 @@ def test_bundlecaps_of_transcript_02():
 
 
 def test_capabilities_of_a_repository_not_created_yet():
-    caps = call("capabilities", session(AbsentRepo(True))).decode().split(" ")
+    caps = call("capabilities", session(AbsentRepo(Path("new")))).decode().split(" ")
     assert caps == sorted(caps)
     assert "lfs" in caps and "lfs-serve" not in caps and "unbundlehash" in caps
     assert "streamreqs=generaldelta,revlog-compression-zstd,revlogv1,sparserevlog" in caps
@@ -87,7 +88,7 @@ def test_capabilities_of_a_repository_not_created_yet():
     decoded = decode_caps(urllib.parse.unquote_to_bytes(b2[len("bundle2="):]))
     assert decoded["error"] == ["abort", "unsupportedcontent", "pushraced", "pushkey"]
     assert "remote-changegroup" not in decoded and decoded["stream"] == ["v2"]
-    caps = call("capabilities", session(AbsentRepo(True), stream_clone=False, httppostargs=False,
+    caps = call("capabilities", session(AbsentRepo(Path("new")), stream_clone=False, httppostargs=False,
                                         compression=["zlib"])).decode().split(" ")
     assert not [c for c in caps if c.startswith("stream")] and "httppostargs" not in caps
     assert "compression=zlib" in caps and "stream%3Dv2" not in caps[2]

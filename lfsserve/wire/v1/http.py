@@ -21,25 +21,28 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from aiohttp import hdrs, web
 
 from ...aio import iterate_blocking, run_blocking
 from ...auth import AuthError, Forbidden, Permission, Principal, Unauthorized
-from ...config import Config
-from ...metrics import metrics_of
 from ...hg.bundle2 import Bundle2Error
 from ...hg.error import HgError, RepoNotFound
 from ...kernel import CTX, PRINCIPAL
-from ...repos import RepoPathError, RepoRegistry
+from ...metrics import metrics_of
 from ...routing import Kind, Target
-from .. import capabilities, unbundle, v2
+from .. import v2
+from ..capabilities import BundleRequired
 from ..compression import MEDIA_01, compress_stream, negotiate
 from ..protocol import BadRequest, header_args, parse_client_proto, parse_qs_bytes
-from ...repos import AbsentRepo
-from .commands import COMMANDS, Command, Session, Stream, bind_args
+from ..unbundle import LfsCheck, PushReply
+from .commands import COMMANDS, Command, Result, Session, Stream, bind_args
 
-__all__ = ["V1", "V1State", "capabilities_bytes", "setup"]
+# Decoded arguments of a command, as bind_args gives them.
+Args = dict[str, bytes | dict[str, bytes]]
+
+__all__ = ["V1", "V1State", "handle", "setup"]
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +51,9 @@ SCRIPT_OK = "Script output follows"
 SPOOL_CHUNK = 1024 * 1024
 MAX_POST_ARGS = 16 * 1024 * 1024
 
-capabilities_bytes = capabilities.capabilities_bytes
-
-
 @dataclass
 class V1State:
-    registry: RepoRegistry
-    spool_dir: Path
+    spool_dir: Path   # where pushes are spooled before they are applied
 
 
 V1 = web.AppKey("lfsserve_wire_v1", V1State)
@@ -63,7 +62,7 @@ V1 = web.AppKey("lfsserve_wire_v1", V1State)
 def setup(app: web.Application) -> None:
     ctx = app[CTX]
     spool = ctx.config.root / "tmp"
-    app[V1] = V1State(ctx.repos, spool)
+    app[V1] = V1State(spool)
     ctx.register(Kind.HG, handle)
 
 
@@ -138,31 +137,6 @@ async def _request_args(request: web.Request, query: dict[str, bytes]) -> dict[s
     return args
 
 
-# -- repositories -----------------------------------------------------------------------------------
-
-def _open(config: Config, registry: RepoRegistry, name: str, may_create: bool):
-    """(repo, path): an opened engine repository, or None / AbsentRepo when it does not exist and a
-    push may create it. Runs in the executor."""
-    try:
-        path = registry.path_of(name)
-    except RepoPathError as exc:
-        raise RepoNotFound(f"{name} ({exc})")
-    if not (path / ".hg").is_dir():
-        if may_create:
-            return None, path
-        raise RepoNotFound(name)
-    from ...hg.repository import Repository
-    repo = Repository.open(path)
-    repo.publishing = config.hg.publishing
-    return repo, path
-
-
-def _session(config: Config, repo) -> Session:
-    if repo is None:
-        repo = AbsentRepo(config.hg.publishing)
-    return Session(config, repo, lock_timeout=config.hg.lock_timeout)
-
-
 # -- the handler ------------------------------------------------------------------------------------
 
 async def handle(request: web.Request, target: Target) -> web.StreamResponse:
@@ -188,8 +162,8 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
                 return _perm_error(405, "push requires POST request")
             ctx.auth.authorize(principal, target.repo, Permission.WRITE)
         args = bind_args(cmd, await _request_args(request, query))
-        if cmd.kind == "unbundle":
-            return await _unbundle(request, target, principal, args)
+        if cmd.kind == "push":
+            return await _push(request, target, principal, cmd, args)
         return await _run(request, target, principal, cmd, args)
     except Unauthorized as exc:
         return _perm_error(401, exc.message, ctx.auth.challenge())
@@ -198,13 +172,13 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
     except BadRequest as exc:
         return _bad_request(exc.message)
     except RepoNotFound as exc:
-        principal = request.get(PRINCIPAL)
-        if ctx.config.hg.create_on_push and principal is not None and not principal.authenticated:
+        asking = request.get(PRINCIPAL)
+        if ctx.config.hg.create_on_push and asking is not None and not asking.authenticated:
             # hg sends credentials only when challenged: an anonymous 404 would keep a user who
             # may create this repository (hg.create_on_push) from ever pushing to it.
             return _perm_error(401, f"{exc.message}; log in to create it by pushing", ctx.auth.challenge())
         return _not_found(exc.message)
-    except capabilities.BundleRequired as exc:
+    except BundleRequired as exc:
         return _hg_error(exc.message)
     except (HgError, Bundle2Error) as exc:
         log.info("%s on %s refused: %s", cmd.name, target.repo, exc)
@@ -216,29 +190,41 @@ def _may_create(request: web.Request, repo_name: str, principal: Principal) -> b
     return ctx.config.hg.create_on_push and ctx.auth.permission(principal, repo_name) >= Permission.WRITE
 
 
-async def _run(request: web.Request, target: Target, principal: Principal, cmd: Command,
-               args: dict) -> web.StreamResponse:
+def _opened(request: web.Request, target: Target, principal: Principal, stack: contextlib.ExitStack,
+            payload: BinaryIO | None = None) -> Callable[[Command, Args], Result]:
+    """A function for the executor that runs a command on the repository of `target`, opened
+    through the registry into `stack` (which the caller closes once the answer is sent: a Stream
+    reads the repository while it goes out)."""
     ctx = request.app[CTX]
-    state = request.app[V1]
-    config = ctx.config
     may_create = _may_create(request, target.repo, principal)
+    check_lfs = _lfs_checker(request, target.repo, principal) if payload is not None else None
 
-    def work():
-        repo, _ = _open(config, state.registry, target.repo, may_create)
-        return cmd.func(_session(config, repo), **args)
+    def work(cmd: Command, args: Args) -> Result:
+        repo = stack.enter_context(ctx.repos.open(target.repo, may_create=may_create))
+        return cmd.func(Session(ctx.config, repo, payload, check_lfs), **args)
+    return work
 
-    if cmd.name == "capabilities" and config.hg.wire_v2 and request.headers.get("X-HgUpgrade-1"):
-        caps = await run_blocking(work)
-        upgraded = await v2.maybe_upgrade(request, target, caps)
-        return upgraded if upgraded is not None else _bytes(caps)
-    if cmd.permission == "push":
-        async with state.registry.write_lock(target.repo):
-            result = await run_blocking(work)
-    else:
-        result = await run_blocking(work)
-    if isinstance(result, Stream):
-        return await _stream(request, result)
-    return _bytes(result)
+
+async def _run(request: web.Request, target: Target, principal: Principal, cmd: Command,
+               args: Args) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    config = ctx.config
+    with contextlib.ExitStack() as stack:
+        work = _opened(request, target, principal, stack)
+        if cmd.name == "capabilities" and config.hg.wire_v2 and request.headers.get("X-HgUpgrade-1"):
+            caps = await run_blocking(work, cmd, args)
+            assert isinstance(caps, bytes)
+            upgraded = await v2.maybe_upgrade(request, target, caps)
+            return upgraded if upgraded is not None else _bytes(caps)
+        if cmd.permission == "push":
+            async with ctx.repos.write_lock(target.repo):
+                result = await run_blocking(work, cmd, args)
+        else:
+            result = await run_blocking(work, cmd, args)
+        if isinstance(result, Stream):
+            return await _stream(request, result)
+        assert isinstance(result, bytes), f"{cmd.name} is a bytes command"
+        return _bytes(result)
 
 
 async def _stream(request: web.Request, result: Stream) -> web.StreamResponse:
@@ -316,7 +302,7 @@ async def _spool(request: web.Request, spool_dir: Path, limit: int = 0):
     return fh
 
 
-def _lfs_checker(request: web.Request, repo_name: str, principal: Principal):
+def _lfs_checker(request: web.Request, repo_name: str, principal: Principal) -> LfsCheck:
     """A callback for the push thread: which lfs oids of the push are not acceptable.
 
     The LFS service also makes the acceptable ones visible in this repository's namespace, so it
@@ -333,13 +319,13 @@ def _lfs_checker(request: web.Request, repo_name: str, principal: Principal):
     return check
 
 
-async def _unbundle(request: web.Request, target: Target, principal: Principal, args: dict) -> web.StreamResponse:
+async def _push(request: web.Request, target: Target, principal: Principal, cmd: Command,
+                args: Args) -> web.StreamResponse:
+    """A command that reads the request body (unbundle): spooled first, then applied under the
+    repository's write lock."""
     ctx = request.app[CTX]
     state = request.app[V1]
     config = ctx.config
-    may_create = _may_create(request, target.repo, principal)
-    opts = unbundle.PushOptions(publishing=config.hg.publishing, lock_timeout=config.hg.lock_timeout,
-                                check_lfs=_lfs_checker(request, target.repo, principal))
     try:
         body = await _spool(request, state.spool_dir, config.hg.max_push_size)
     except PushTooLarge as exc:
@@ -349,14 +335,11 @@ async def _unbundle(request: web.Request, target: Target, principal: Principal, 
         # client gets to read it instead of failing on a reset connection.
         return web.Response(status=413, reason=str(exc), text=f"{exc}\n")
     try:
-        with metrics_of(request.app).push() as observed:
-            async with state.registry.write_lock(target.repo):
-                def work():
-                    repo, path = _open(config, state.registry, target.repo, may_create)
-                    return COMMANDS["unbundle"].func(_session(config, repo) if repo is not None
-                                                     else Session(config, None, config.hg.lock_timeout),
-                                                     **args, body=body, repo_path=path, push=opts)
-                reply = await run_blocking(work)
+        with metrics_of(request.app).push() as observed, contextlib.ExitStack() as stack:
+            work = _opened(request, target, principal, stack, body)
+            async with ctx.repos.write_lock(target.repo):
+                reply = await run_blocking(work, cmd, args)
+            assert isinstance(reply, PushReply), f"{cmd.name} is a push command"
             if not reply.changed:
                 observed.result = "refused"
     finally:
