@@ -5,7 +5,11 @@ Credentials:
   password (handy for credential helpers and `[auth]` sections in hgrc);
 - `Authorization: Bearer <token>` with a token from the token file;
 - `Authorization: Bearer lfs1.…`: a short-lived signed action token that the LFS batch API put in
-  an action's header; it grants one operation on one object of one namespace and nothing else.
+  an action's header; it grants one operation on one object of one namespace and nothing else;
+- `Authorization: Bearer lfsr1.…`: a short-lived signed repository token that `git-lfs-authenticate`
+  (over SSH) hands to git-lfs; it grants the Git LFS API (batch, transfers, locks) of one namespace
+  for one operation ("download": read; "upload": read and write) and nothing else, as long as the
+  user it names still has that permission.
 
 Authorization: the first access rule whose glob matches the repository decides; without a
 matching rule authenticated users may read and write and anonymous clients get `auth.anonymous`.
@@ -63,9 +67,10 @@ class Principal:
     """Who made a request. `name` is None for anonymous clients."""
 
     name: str | None
-    via: str  # "anonymous" | "basic" | "bearer" | "signed"
-    # For via == "signed": what the action token grants.
-    scope: tuple[str, str, str] | None = None  # (namespace, oid, operation)
+    via: str  # "anonymous" | "basic" | "bearer" | "signed" | "repo-token" | "ssh"
+    # For via == "signed": what the action token grants, (namespace, oid, operation); for
+    # via == "repo-token": (namespace, "", operation).
+    scope: tuple[str, str, str] | None = None
 
     @property
     def authenticated(self) -> bool:
@@ -98,6 +103,10 @@ class Forbidden(AuthError):
     """Authenticated, but not allowed to do this: answer 403."""
 
     status = 403
+
+
+# expires_at of a signed action token: a Unix time in ASCII digits
+_EXPIRY = re.compile(r"[0-9]{1,12}")
 
 
 def hash_token(token: str) -> str:
@@ -189,6 +198,11 @@ def _parse_tokens(text: str, where: str) -> dict[str, str]:
 
 
 SIGNED_PREFIX = "lfs1."
+REPO_TOKEN_PREFIX = "lfsr1."
+# First MAC field of repository tokens: never a valid namespace, so no action token's MAC (whose
+# first field is the namespace) can be replayed as a repository token, nor the other way round.
+_REPO_TOKEN_DOMAIN = "\x01repo-token"
+_REPO_TOKEN_OPERATIONS = ("upload", "download")
 
 
 class Authenticator:
@@ -275,10 +289,39 @@ class Authenticator:
 
         return sign
 
+    def sign_repo_token(self, user: str, namespace: str, operation: str, expires_at: int) -> str:
+        """A token for the Git LFS API of `namespace`, `operation` ("download": read, "upload":
+        read and write) for `user`, until `expires_at` (what `git-lfs-authenticate` hands out)."""
+        if operation not in _REPO_TOKEN_OPERATIONS:
+            raise ValueError(f"operation must be upload or download, not {operation!r}")
+        user_b64 = base64.urlsafe_b64encode(user.encode("utf-8")).rstrip(b"=").decode("ascii")
+        mac = self._mac(_REPO_TOKEN_DOMAIN, namespace, operation, str(expires_at), user_b64)
+        return f"{REPO_TOKEN_PREFIX}{operation}.{expires_at}.{user_b64}.{mac}"
+
+    def _repo_token(self, token: str, lfs_repo: str | None) -> Principal:
+        if lfs_repo is None:
+            raise Unauthorized("a git-lfs-authenticate token is only valid for the Git LFS API")
+        parts = token[len(REPO_TOKEN_PREFIX):].split(".")
+        if len(parts) != 4 or parts[0] not in _REPO_TOKEN_OPERATIONS or not _EXPIRY.fullmatch(parts[1]):
+            raise Unauthorized("invalid repository token")
+        operation, expires_at, user_b64, mac = parts
+        if not hmac.compare_digest(mac, self._mac(_REPO_TOKEN_DOMAIN, lfs_repo, operation, expires_at, user_b64)):
+            raise Unauthorized(f"this token is not valid for {lfs_repo}")
+        if int(expires_at) < time.time():
+            raise Unauthorized("token expired; git-lfs asks for a new one (git-lfs-authenticate)")
+        try:
+            user = base64.urlsafe_b64decode(user_b64 + "=" * (-len(user_b64) % 4)).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("invalid repository token")
+        if not user:
+            raise Unauthorized("invalid repository token")
+        return Principal(user, "repo-token", (lfs_repo, "", operation))
+
     def _check_signed(self, token: str) -> tuple[int, str, str] | None:
         """Split a signed token into (expires_at, user, mac); None when it is not well formed."""
         parts = token[len(SIGNED_PREFIX):].split(".")
-        if len(parts) != 3 or not parts[0].isdigit():
+        # ASCII digits only, and few of them: str.isdigit() also takes "²", which int() refuses
+        if len(parts) != 3 or not _EXPIRY.fullmatch(parts[0]):
             return None
         return int(parts[0]), parts[1], parts[2]
 
@@ -287,16 +330,21 @@ class Authenticator:
         return principal.via == "signed" and principal.scope == (namespace, oid, operation)
 
     # -- authentication -------------------------------------------------------------------------
-    async def authenticate(self, headers: Mapping[str, str], scope_hint: tuple[str, str, str] | None = None
-                           ) -> Principal:
+    async def authenticate(self, headers: Mapping[str, str], scope_hint: tuple[str, str, str] | None = None,
+                           *, lfs_repo: str | None = None) -> Principal:
         """Who sent these headers. Raises Unauthorized for bad credentials (never falls back to anonymous).
 
         `scope_hint` is the (namespace, oid, operation) the request is for; a signed token is only
-        accepted when it was issued for exactly that.
+        accepted when it was issued for exactly that. `lfs_repo` is the namespace of a Git LFS
+        API request (None elsewhere): repository tokens are only accepted there, for that one.
         """
         value = headers.get("Authorization")
         if not value:
             return ANONYMOUS
+        if not value.isascii():
+            # Credentials are base64 or tokens; other bytes arrive surrogate-escaped and would
+            # not even encode for hashing.
+            raise Unauthorized("malformed Authorization header (credentials are ASCII)")
         scheme, _, cred = value.strip().partition(" ")
         scheme = scheme.lower()
         cred = cred.strip()
@@ -305,6 +353,8 @@ class Authenticator:
         if scheme == "bearer":
             if cred.startswith(SIGNED_PREFIX):
                 return self._signed(cred, scope_hint)
+            if cred.startswith(REPO_TOKEN_PREFIX):
+                return self._repo_token(cred, lfs_repo)
             user = self._token_user(cred)
             if user is None:
                 raise Unauthorized("invalid token")
@@ -391,6 +441,15 @@ class Authenticator:
             # Signed action tokens were checked against their scope in authenticate(); they carry
             # no repository-wide rights.
             raise Forbidden("an action token only grants the object transfer it was issued for")
+        if principal.via == "repo-token":
+            assert principal.scope is not None
+            namespace, _, operation = principal.scope
+            granted = Permission.WRITE if operation == "upload" else Permission.READ
+            if repo != namespace:
+                raise Forbidden(f"this token is for {namespace}, not {repo}")
+            if granted < needed:
+                raise Forbidden(f"this token was issued for downloads from {repo}; "
+                                "writing needs one issued for upload")
         if self.permission(principal, repo) >= needed:
             return
         what = "write to" if needed is Permission.WRITE else "read"
@@ -398,9 +457,11 @@ class Authenticator:
             raise Unauthorized(f"authentication required to {what} {repo}")
         raise Forbidden(f"user {principal.name} may not {what} {repo}")
 
-    async def require(self, headers: Mapping[str, str], repo: str, needed: Permission) -> Principal:
-        """authenticate() then authorize(); the usual call of a front end."""
-        principal = await self.authenticate(headers)
+    async def require(self, headers: Mapping[str, str], repo: str, needed: Permission, *, lfs: bool = False
+                      ) -> Principal:
+        """authenticate() then authorize(); the usual call of a front end (`lfs`: a Git LFS API
+        request, where repository tokens are accepted)."""
+        principal = await self.authenticate(headers, lfs_repo=repo if lfs else None)
         self.authorize(principal, repo, needed)
         return principal
 

@@ -277,6 +277,54 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ssh(args: argparse.Namespace) -> int:
+    from .ssh import run_forced_command
+
+    if not _USER.match(args.user):
+        print(f"lfsserve: invalid user name {args.user!r}", file=sys.stderr)
+        return 2
+    return run_forced_command(_config_from(args), args.user, os.environ.get("SSH_ORIGINAL_COMMAND"))
+
+
+def cmd_authorized_keys(args: argparse.Namespace) -> int:
+    from .ssh import keys
+
+    config = _config_from(args)
+    path = config.authorized_keys
+    try:
+        if args.action == "add":
+            text = sys.stdin.read() if args.key_file == "-" else Path(args.key_file).read_text(encoding="utf-8")
+            # The forced command must find the same configuration and data directory as this
+            # command did, without the environment (sshd starts it with a minimal one).
+            root = args.root or os.environ.get("LFSSERVE_ROOT")
+            command = keys.forced_command(config.ssh.command, args.user, args.config, root)
+            entry = keys.add_key(path, args.user, text, command)
+            print(f"added {entry.type} key {entry.fingerprint} for {args.user} to {path}")
+        elif args.action == "list":
+            for e in keys.list_keys(path):
+                if args.user is None or e.user == args.user:
+                    print(f"{e.user}\t{e.type}\t{e.fingerprint}\t{e.comment}")
+        elif args.action == "remove":
+            removed = keys.remove_keys(path, args.user, args.fingerprint)
+            if not removed:
+                what = f"key {args.fingerprint}" if args.fingerprint else "keys"
+                print(f"lfsserve: no {what} of {args.user} in {path}", file=sys.stderr)
+                return 1
+            for e in removed:
+                print(f"removed {e.type} key {e.fingerprint} of {e.user} from {path}")
+        else:  # lookup: sshd's AuthorizedKeysCommand; the system user (%u) does not matter
+            if len(args.words) > 2:
+                print("lfsserve: lookup takes USER [TYPE] KEY", file=sys.stderr)
+                return 2
+            key_type, key = (args.words[0], args.words[1]) if len(args.words) == 2 else (None, args.words[0])
+            for line in keys.lookup(path, key, key_type):
+                print(line)
+    except (keys.BadKey, OSError) as exc:
+        print(f"lfsserve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lfsserve", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"lfsserve {__version__}")
@@ -335,6 +383,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a deleted repository whose LFS references to drop first (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every object deleted")
     p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("ssh", help="the forced command of authorized_keys lines: serve hg and git-lfs "
+                                   "over SSH (reads SSH_ORIGINAL_COMMAND)")
+    _add_config_args(p)
+    p.add_argument("--user", required=True, help="the lfsserve user the SSH key belongs to")
+    p.set_defaults(func=cmd_ssh)
+
+    p = sub.add_parser("authorized-keys", help="manage the SSH keys of lfsserve users "
+                                               "(ssh.authorized_keys, default <root>/ssh/authorized_keys)")
+    keys_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    k = keys_sub.add_parser("add", help="add a user's OpenSSH public key with its forced command")
+    _add_config_args(k)
+    k.add_argument("user")
+    k.add_argument("key_file", metavar="PUBKEY_FILE", help="the public key (e.g. id_ed25519.pub), - for stdin")
+    k = keys_sub.add_parser("list", help="list the keys: user, type, fingerprint, comment")
+    _add_config_args(k)
+    k.add_argument("user", nargs="?", help="only this user's keys")
+    k = keys_sub.add_parser("remove", help="remove a user's keys (or the one with --fingerprint)")
+    _add_config_args(k)
+    k.add_argument("user")
+    k.add_argument("--fingerprint", metavar="SHA256:...", help="only this key (as `list` shows it)")
+    k = keys_sub.add_parser("lookup", help="print the line of a key, for sshd's AuthorizedKeysCommand "
+                                           "(AuthorizedKeysCommand /path/to/lfsserve authorized-keys lookup "
+                                           "--config FILE %%u %%t %%k)")
+    _add_config_args(k)
+    k.add_argument("system_user", metavar="USER", help="sshd's %%u (not used: every key maps to its lfsserve user)")
+    k.add_argument("words", nargs="+", metavar="[TYPE] KEY", help="sshd's %%t (optional) and %%k")
+    p.set_defaults(func=cmd_authorized_keys)
     return parser
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "LimitsConfig",
     "LogConfig",
     "ServerConfig",
+    "SshConfig",
     "StorageConfig",
     "load_config",
 ]
@@ -141,6 +142,13 @@ class HgConfig:
     lock_timeout: float = 30.0
     # Largest push (the bundle an `hg push` uploads), in bytes; 0 = unlimited. Larger: HTTP 413.
     max_push_size: int = 0
+    # Largest push once decompressed (a bundle2 with Compression=ZS/GZ/BZ, a bundle1 GZ/BZ), in
+    # bytes; 0 = unlimited. A tiny compressed bundle can unpack to gigabytes: this bounds that.
+    max_unpacked_push_size: int = 0
+    # Largest single revision (one changegroup chunk: a full text or a delta, decompressed) a push
+    # may carry, in bytes; 0 = up to the format's 2 GiB. The server holds one such revision in
+    # memory (two to three times its size, measured) while it checks and stores it.
+    max_revision_size: int = 256 * 1024 * 1024
 
 
 @dataclass
@@ -162,6 +170,19 @@ class LimitsConfig:
 
 
 @dataclass
+class SshConfig:
+    # authorized_keys file that `lfsserve authorized-keys add|remove` writes and `lfsserve
+    # authorized-keys lookup` (an sshd AuthorizedKeysCommand) reads. Empty: <root>/ssh/authorized_keys.
+    authorized_keys: str = ""
+    # The program the forced command of each key runs (`<command> ssh --config ... --user ...`).
+    # sshd runs it with a minimal PATH: an absolute path (e.g. a virtualenv's bin/lfsserve) is safer.
+    command: str = "lfsserve"
+    # Offer git-lfs's pure-SSH transfer protocol (git-lfs-transfer). Off: git-lfs falls back to
+    # git-lfs-authenticate and transfers objects over HTTP(S) at server.base_url.
+    lfs_transfer: bool = True
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -170,6 +191,7 @@ class Config:
     hg: HgConfig = field(default_factory=HgConfig)
     log: LogConfig = field(default_factory=LogConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    ssh: SshConfig = field(default_factory=SshConfig)
 
     # -- derived paths ---------------------------------------------------------------------
     @property
@@ -185,6 +207,12 @@ class Config:
     @property
     def lfs_dir(self) -> Path:
         return self.root / "lfs"
+
+    @property
+    def authorized_keys(self) -> Path:
+        if self.ssh.authorized_keys:
+            return Path(self.ssh.authorized_keys).expanduser().resolve()
+        return self.root / "ssh" / "authorized_keys"
 
     def validate(self) -> None:
         """Check values that types alone do not constrain; raise ConfigError naming the key."""
@@ -229,8 +257,9 @@ class Config:
             raise ConfigError(f"hg.zstd_level: must be 1-22, got {self.hg.zstd_level}")
         if self.hg.lock_timeout < 0:
             raise ConfigError("hg.lock_timeout: must be >= 0")
-        if self.hg.max_push_size < 0:
-            raise ConfigError("hg.max_push_size: must be >= 0")
+        for name in ("max_push_size", "max_unpacked_push_size", "max_revision_size"):
+            if getattr(self.hg, name) < 0:
+                raise ConfigError(f"hg.{name}: must be >= 0")
         if self.log.level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log.level: must be debug, info, warning or error, got {self.log.level!r}")
         if self.log.access_format not in ("combined", "json", "off"):
@@ -241,6 +270,9 @@ class Config:
             raise ConfigError("limits.request_timeout: must be >= 0")
         if self.limits.per_client_concurrency < 0:
             raise ConfigError("limits.per_client_concurrency: must be >= 0")
+        if not self.ssh.command or any(c in self.ssh.command for c in '"\\\n\r'):
+            raise ConfigError("ssh.command: must be a non-empty program path without quotes, "
+                              "backslashes or line breaks (it goes into authorized_keys lines)")
 
 
 # Short environment variable names for the options containers set most often.

@@ -3,7 +3,8 @@ serializes pushes to each.
 
 A repository path (already validated by routing) maps to `<repos_dir>/<path>`; that directory is a
 repository when it holds `.hg/`. Repositories do not nest: a path below an existing repository is
-not a repository. Symlinks may not lead a path outside `repos_dir`.
+not a repository, and no repository is created around another one. Symlinks may not lead a path
+outside `repos_dir`.
 
 Every front end (wire v1, wire v2, the web pages) and the CLI open repositories through
 `RepoRegistry.open`, which applies the server's settings for a repository (publishing, lock
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,10 @@ from .hg.repository import DEFAULT_LOCK_TIMEOUT, Repository
 if TYPE_CHECKING:
     from .config import Config
 
-__all__ = ["AbsentRepo", "RepoPathError", "RepoRegistry", "RepoSettings", "ServedRepo", "engine_repo"]
+__all__ = [
+    "AbsentRepo", "CannotCreate", "RepoPathError", "RepoRegistry", "RepoSettings", "ServedRepo", "engine_repo",
+    "make_dirs", "remove_created",
+]
 
 
 class ServedRepo(Protocol):
@@ -91,6 +96,39 @@ class RepoPathError(ValueError):
     """The path cannot hold a repository (outside the root, or inside another repository)."""
 
 
+class CannotCreate(RepoPathError):
+    """No repository may be created at this path (something already exists there)."""
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """Create the missing directories of `path`, top down; returns those this call created
+    (a directory another request made meanwhile is not ours)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    made = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        made.append(d)
+    return made
+
+
+def remove_created(path: Path, made: list[Path]) -> None:
+    """Undo a failed creation: the `.hg` this request wrote into `path`, then the directories it
+    made, deepest first, each only while empty (nothing anyone else put there is removed)."""
+    shutil.rmtree(path / ".hg", ignore_errors=True)
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            break  # not empty: someone else's content; its parents are not empty either
+
+
 class RepoRegistry:
     def __init__(self, repos_dir: Path, settings: RepoSettings | None = None):
         self.base = Path(repos_dir).resolve()
@@ -113,6 +151,32 @@ class RepoRegistry:
                 raise RepoPathError(f"{name}: lies inside repository {parent.relative_to(self.base)}")
             parent = parent.parent
         return path
+
+    def check_creatable(self, name: str) -> Path:
+        """The directory where a push may create repository `name` (blocking: use the executor).
+
+        Raises RepoPathError when the path lies inside a repository, and CannotCreate when
+        anything is already there other than an empty directory, above all when repositories
+        lie below it: creating one there would capture them.
+        """
+        path = self.path_of(name)
+        if not path.exists() and not path.is_symlink():
+            return path
+        if not path.is_dir() or path.is_symlink():
+            raise CannotCreate(f"{name}: exists and is not a directory; no repository can be created there")
+        inner = self._first_repo_below(path)
+        if inner is not None:
+            raise CannotCreate(f"{name}: holds repository {inner}; no repository can be created around it")
+        if any(path.iterdir()):
+            raise CannotCreate(f"{name}: is a directory that is not empty; no repository can be created there")
+        return path
+
+    def _first_repo_below(self, path: Path) -> str | None:
+        for dirpath, dirnames, _ in os.walk(path):
+            if ".hg" in dirnames:
+                return Path(dirpath).relative_to(self.base).as_posix()
+            dirnames.sort()
+        return None
 
     def exists(self, name: str) -> bool:
         try:
@@ -159,7 +223,8 @@ class RepoRegistry:
         if not (path / ".hg").is_dir():
             if not may_create:
                 raise RepoNotFound(name)
-            yield AbsentRepo(path, self.settings)
+            # raises CannotCreate where a repository must not appear (around other repositories)
+            yield AbsentRepo(self.check_creatable(name), self.settings)
             return
         repo = self.settings.apply(Repository.open(path))
         try:
@@ -185,11 +250,23 @@ class AbsentRepo:
         self.settings = settings
         self.publishing = settings.publishing
         self.lock_timeout = settings.lock_timeout
+        self._made: list[Path] = []
 
     def create(self) -> Repository:
-        """Create the repository this stands for (a push to a new path), configured as the opener
-        configures every repository. The caller closes it (and removes it if the push fails)."""
-        return self.settings.apply(Repository.init(self.root))
+        """Create the repository this stands for (a push to a new path, checked creatable by the
+        opener), configured as the opener configures every repository. The caller closes it, and
+        calls `undo_create` if the push fails."""
+        self._made = make_dirs(self.root)
+        try:
+            repo = Repository.init(self.root)
+        except BaseException:
+            self.undo_create()
+            raise
+        return self.settings.apply(repo)
+
+    def undo_create(self) -> None:
+        """Remove what create() wrote: its `.hg` and the directories it made (nothing else)."""
+        remove_created(self.root, self._made)
 
     def heads(self) -> list[bytes]:
         return []

@@ -17,14 +17,14 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
-from .changelog import parse_changeset
-from .error import Abort, BadChangegroup, CorruptRevlog
-from .filelog import LfsPointerError, parse_lfs_pointer
-from .manifest import changed_entries, parse_manifest
+from .changelog import check_changeset, parse_changeset
+from .error import Abort, BadChangegroup, BadPath, CorruptRevlog
+from .filelog import LfsPointerError, check_meta, parse_lfs_pointer
+from .manifest import changed_entries, check_manifest, parse_manifest
 from .mdiff import PatchError, patch, textdiff, trivial_header
 from .node import NULLID, NULLREV, hash_revision
 from .revlog import REVIDX_EXTSTORED, REVIDX_KNOWN, REVLOGV1, Revlog, RevlogWriter, flag_names
-from .store import Store, encode_dir
+from .store import Store, audit_path, encode_dir
 
 __all__ = ["generate", "apply", "supported_versions", "ApplyResult", "ChunkReader", "HEADERS"]
 
@@ -414,14 +414,18 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     clstart = len(clw)
 
     manifests_needed: dict[bytes, int] = {}
+    listed_files: dict[bytes, bytes] = {}  # files the new changesets name -> first such changeset
 
     def on_changeset(node: bytes, text: bytes, *_ignored) -> None:
         try:
+            check_changeset(text)
             entry = parse_changeset(text)
-        except CorruptRevlog:
-            raise BadChangegroup(f"changeset {node.hex()[:12]} is malformed") from None
+        except CorruptRevlog as exc:
+            raise BadChangegroup(f"changeset {node.hex()[:12]} is malformed: {exc.message}") from None
         if entry.manifest != NULLID:
             manifests_needed.setdefault(entry.manifest, len(clw))
+        for path in entry.files:
+            listed_files.setdefault(path, node)
 
     def cl_link(_linknode: bytes) -> int:
         return len(clw)
@@ -440,12 +444,19 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
     manifest_changes: list[dict] = []
 
     def on_manifest(node: bytes, text: bytes, p1: int, p2: int, base_rev: int, delta) -> None:
-        if base_rev != NULLREV and base_rev in (p1, p2):
-            changes = changed_entries(delta)
-        else:
-            mine = parse_manifest(text, "manifest")
-            theirs = parse_manifest(mfw.revision(p1), "manifest") if p1 != NULLREV else {}
-            changes = {p: v for p, v in mine.items() if theirs.get(p) != v}
+        try:
+            check_manifest(text)
+            if base_rev != NULLREV and base_rev in (p1, p2):
+                changes = changed_entries(delta)
+            else:
+                mine = parse_manifest(text, "manifest")
+                theirs = parse_manifest(mfw.revision(p1), "manifest") if p1 != NULLREV else {}
+                changes = {p: v for p, v in mine.items() if theirs.get(p) != v}
+            # a path new to this manifest is audited once here; the others were before
+            for path in changes:
+                audit_path(path)
+        except (CorruptRevlog, BadPath) as exc:
+            raise BadChangegroup(f"manifest {node.hex()[:12]} is malformed: {exc.message}") from None
         manifest_changes.append((node, changes))
 
     added_mf = _add_group(reader, version, mfw, "manifest", link_of=link_of, on_text=on_manifest)
@@ -468,20 +479,54 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
         result.lfs_oids.add(pointer.oid)
         writers.add_lfs_requirement = True
 
+    copies: list[tuple[str, bytes, bytes, bytes]] = []  # (file, node, copy source, its node)
     while True:
         name = reader.chunk()
         if not name:
             break
         path = bytes(name)
-        if b"\0" in path or b"\n" in path or b"\r" in path or path.startswith(b"/") or not path:
-            raise BadChangegroup(f"invalid file name {path[:100]!r} in changegroup")
+        try:
+            audit_path(path)  # before anything is opened or written under this name
+        except BadPath as exc:
+            raise BadChangegroup(f"invalid file name in changegroup: {exc.message}") from None
         fw = writers.file(path)
-        added = _add_group(reader, version, fw, f"file {path.decode('utf-8', 'replace')}",
-                           link_of=link_of, allow_flags=REVIDX_EXTSTORED, on_lfs=on_lfs)
+        what = f"file {path.decode('utf-8', 'replace')}"
+
+        def on_file(node: bytes, text: bytes, *_ignored, what=what) -> None:
+            try:
+                source = check_meta(text)
+            except (CorruptRevlog, BadPath) as exc:
+                raise BadChangegroup(f"{what} revision {node.hex()[:12]} is malformed: "
+                                     f"{exc.message}") from None
+            if source is not None:
+                copies.append((what, node, *source))
+
+        added = _add_group(reader, version, fw, what, link_of=link_of,
+                           allow_flags=REVIDX_EXTSTORED, on_text=on_file, on_lfs=on_lfs)
         if added:
             result.files += 1
             result.revisions += len(added)
             result.file_revisions += len(added)
+
+    # every copy source is a file revision hg can find (hg verify: "checking rename")
+    for what, node, src, src_node in copies:
+        w = writers.files.get(src)
+        found = w.rev(src_node) if w is not None else repo.file(src).get_rev(src_node)
+        if found is None:
+            raise BadChangegroup(f"{what} revision {node.hex()[:12]} is copied from "
+                                 f"{src[:100].decode('utf-8', 'replace')} revision {src_node.hex()[:12]}, "
+                                 f"which is neither in the changegroup nor in the repository")
+
+    # every file a new changeset names has a history (hg verify: "empty or missing")
+    for path, node in listed_files.items():
+        try:
+            audit_path(path)
+            known = path in writers.files or len(repo.file(path)) > 0
+        except BadPath as exc:
+            raise BadChangegroup(f"changeset {node.hex()[:12]} names an invalid file: {exc.message}") from None
+        if not known:
+            raise BadChangegroup(f"changeset {node.hex()[:12]} names file {path[:100].decode('utf-8', 'replace')}, "
+                                 f"which has no revision in the changegroup or the repository")
 
     # every file revision the new manifests name must exist now
     for mnode, changes in manifest_changes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __all__ = [
     "HgError", "RepoNotFound", "UnsupportedRequirement", "UnknownRevision", "LookupError",
-    "CorruptRevlog", "IntegrityError", "BadChangegroup", "LockTimeout", "PushRaced", "Abort",
+    "CorruptRevlog", "IntegrityError", "BadChangegroup", "BadPath", "LockTimeout", "PushRaced", "Abort",
 ]
 
 
@@ -66,6 +66,10 @@ class IntegrityError(CorruptRevlog):
 
 class BadChangegroup(HgError):
     """A client-supplied changegroup is invalid; nothing of it is kept."""
+
+
+class BadPath(HgError):
+    """A tracked-file path no repository may hold (`..`, absolute, under `.hg`...)."""
 
 
 class LockTimeout(HgError):

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 from .error import CorruptRevlog
 from .revlog import REVIDX_EXTSTORED, Revlog
+from .store import audit_path
 
-__all__ = ["Filelog", "parse_meta", "pack_meta", "LfsPointer", "parse_lfs_pointer", "LfsPointerError"]
+__all__ = ["Filelog", "parse_meta", "check_meta", "pack_meta", "LfsPointer", "parse_lfs_pointer",
+           "LfsPointerError"]
 
 META_MARK = b"\x01\n"
 
@@ -32,6 +34,36 @@ def parse_meta(text: bytes) -> tuple[dict[bytes, bytes], int]:
             k, _, v = line.partition(b": ")
             meta[k] = v
     return meta, end + 2
+
+
+_HEX_NODE = re.compile(rb"[0-9a-f]{40}\Z")
+
+
+def check_meta(text: bytes) -> tuple[bytes, bytes] | None:
+    """Refuse a file text whose metadata block Mercurial cannot read (CorruptRevlog saying why).
+
+    hg's reader needs the closing `\\1\\n`, a `: ` on every line (as `splitlines` cuts them), and a
+    `copy` to come with a `copyrev` naming a node in hex, not the null node. Returns the copy
+    source (path, node), which the caller must find in the repository.
+    """
+    if not text.startswith(META_MARK):
+        return None
+    end = text.find(META_MARK, 2)
+    if end < 0:
+        raise CorruptRevlog("file metadata block is not terminated")
+    meta = {}
+    for line in text[2:end].splitlines():
+        k, sep, v = line.partition(b": ")
+        if not sep:
+            raise CorruptRevlog(f"malformed file metadata line {line[:60]!r}")
+        meta[k] = v
+    if b"copy" not in meta:
+        return None
+    copyrev = meta.get(b"copyrev", b"")
+    if not _HEX_NODE.match(copyrev) or copyrev == b"0" * 40:
+        raise CorruptRevlog("file metadata names a copy source without a valid copyrev")
+    audit_path(meta[b"copy"])  # a copy source is a tracked path too
+    return meta[b"copy"], bytes.fromhex(copyrev.decode("ascii"))
 
 
 def pack_meta(meta: dict[bytes, bytes], data: bytes) -> bytes:
@@ -81,8 +113,10 @@ def parse_lfs_pointer(text: bytes) -> LfsPointer:
     if not _OID.match(oid):
         raise LfsPointerError("lfs pointer oid is not sha256:<64 lowercase hex>")
     size = fields.get(b"size", b"")
-    if not size.isdigit():
-        raise LfsPointerError("lfs pointer size is not a number")
+    # bytes.isdigit() is ASCII-only; the length bound keeps int() within its digit limit and the
+    # size within Git LFS's int64
+    if not size.isdigit() or len(size) > 19 or int(size) >= 1 << 63:
+        raise LfsPointerError("lfs pointer size is not a number below 2^63")
     extra = {k: v for k, v in fields.items() if k not in (b"version", b"oid", b"size")}
     return LfsPointer(oid[7:].decode("ascii"), int(size), extra)
 

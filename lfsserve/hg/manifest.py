@@ -6,12 +6,39 @@ Flags: `x` executable, `l` symlink (`t` marks a tree-manifest directory, which w
 from __future__ import annotations
 
 import binascii
+import re
 
 from .error import CorruptRevlog
 from .mdiff import iter_hunks
 from .revlog import Revlog
 
-__all__ = ["Manifestlog", "parse_manifest", "format_manifest", "changed_entries"]
+__all__ = ["Manifestlog", "parse_manifest", "check_manifest", "format_manifest", "changed_entries"]
+
+# one entry as hg writes it: a path, NUL, the file node in lowercase hex, at most one flag
+_ENTRY = re.compile(rb"([^\0\n\r]+)\0[0-9a-f]{40}[xl]?")
+_ALL_ENTRIES = re.compile(rb"(?:[^\0\n\r]++\0[0-9a-f]{40}+[xl]?+\n)*+")
+
+
+def check_manifest(text: bytes) -> None:
+    """Refuse a flat manifest Mercurial cannot read back (CorruptRevlog naming the first bad line).
+
+    Every line is `path NUL 40-lowercase-hex [x|l]`, the text ends with a newline, and paths are
+    strictly ascending (hg's manifest parser refuses unsorted or duplicate entries; flags other
+    than one `x` or `l` break hg's readers, `t` is a tree manifest, which lfsserve refuses).
+    """
+    if _ALL_ENTRIES.fullmatch(text) is None:
+        if not text.endswith(b"\n"):
+            raise CorruptRevlog("manifest does not end with a newline")
+        for line in text.split(b"\n")[:-1]:
+            if _ENTRY.fullmatch(line) is None:
+                raise CorruptRevlog(f"malformed manifest line {line[:80]!r}")
+        raise CorruptRevlog("malformed manifest")  # not reached: some line is malformed
+    prev = None
+    for line in text.split(b"\n")[:-1]:
+        path = line[:line.index(b"\0")]
+        if prev is not None and path <= prev:
+            raise CorruptRevlog(f"manifest entries not in sorted order at {path[:80]!r}")
+        prev = path
 
 
 def parse_manifest(text: bytes, name: str = "manifest") -> dict[bytes, tuple[bytes, bytes]]:
@@ -49,8 +76,11 @@ def changed_entries(delta: bytes) -> dict[bytes, tuple[bytes, bytes]]:
     Deletions do not appear.
     """
     out: dict = {}
-    for _start, _end, data in iter_hunks(delta):
-        _lines_to_entries(data, out)
+    try:
+        for _start, _end, data in iter_hunks(delta):
+            _lines_to_entries(data, out)
+    except (binascii.Error, ValueError):
+        raise CorruptRevlog("malformed manifest line in a manifest delta") from None
     return out
 
 
@@ -75,5 +105,10 @@ class Manifestlog:
         if pos:
             pos += 1
         start = pos + len(key)
-        end = text.index(b"\n", start)
-        return binascii.unhexlify(text[start:start + 40]), text[start + 40:end]
+        end = text.find(b"\n", start)
+        try:
+            if end < 0:
+                raise ValueError
+            return binascii.unhexlify(text[start:start + 40]), text[start + 40:end]
+        except (binascii.Error, ValueError):
+            raise CorruptRevlog(f"{self.revlog.name}: malformed manifest line for {path[:80]!r}") from None

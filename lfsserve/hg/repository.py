@@ -502,22 +502,61 @@ class Repository:
         return dagop.missing(self.parents_list, common_revs, head_revs)
 
     def between(self, pairs: Iterable[tuple[bytes, bytes]]) -> list[list[bytes]]:
-        """For each (top, bottom): nodes at distance 1, 2, 4, 8... from top along first parents."""
+        """For each (top, bottom): nodes at distance 1, 2, 4, 8... from top along first parents,
+        stopping before bottom (or the null revision).
+
+        Walking each pair would cost pairs x history (a client can send thousands of pairs over a
+        long history); instead the first-parent depth of each revision and a skew-binary jump
+        pointer (Myers) are computed once per request for the revisions the pairs reach, so the
+        whole request is linear in history plus pairs x log^2(history). Ancestors of a visible
+        changeset are visible (phases only grow towards descendants), so only the tops are checked.
+        """
         cl = self.changelog
         mask = self.visible_mask
+        depth: dict[int, int] = {}
+        jump: dict[int, int] = {}
+        parent: dict[int, int] = {}
+
+        def ensure(rev: int) -> None:
+            pending = []
+            while rev != NULLREV and rev not in depth:
+                pending.append(rev)
+                rev = cl.parentrevs(rev)[0]
+            for v in reversed(pending):
+                p = cl.parentrevs(v)[0]
+                parent[v] = p
+                if p == NULLREV:
+                    depth[v], jump[v] = 0, v
+                    continue
+                depth[v] = depth[p] + 1
+                j = jump[p]
+                jump[v] = jump[j] if depth[p] - depth[j] == depth[j] - depth[jump[j]] else p
+
+        def ancestor_at(rev: int, d: int) -> int:
+            while depth[rev] > d:
+                rev = parent[rev] if depth[jump[rev]] < d else jump[rev]
+            return rev
+
         out = []
         for top, bottom in pairs:
+            if top == bottom or top == NULLID:
+                out.append([])
+                continue
+            trev = self.visible_rev(top, mask)
+            if trev is None:
+                raise UnknownRevision(top.hex())
+            ensure(trev)
+            end = depth[trev] + 1  # distance of the null revision
+            brev = cl.get_rev(bottom) if bottom != NULLID else None
+            if brev is not None:
+                ensure(brev)
+                if depth[brev] <= depth[trev] and ancestor_at(trev, depth[brev]) == brev:
+                    end = depth[trev] - depth[brev]
             found = []
-            node, i, step = top, 0, 1
-            while node != bottom and node != NULLID:
-                rev = self.visible_rev(node, mask)
-                if rev is None:
-                    raise UnknownRevision(node.hex())
-                if i == step:
-                    found.append(node)
-                    step *= 2
-                node = cl.node(cl.parentrevs(rev)[0])
-                i += 1
+            dist = 1
+            while dist < end:
+                found.append(cl.node(ancestor_at(trev, depth[trev] - dist)))
+                dist *= 2
             out.append(found)
         return out
 
@@ -526,18 +565,27 @@ class Repository:
         cl = self.changelog
         nodes = list(nodes) or [cl.node(self._visible_tip())]
         mask = self.visible_mask
+        # the stop revision of every revision walked: tops sharing a first-parent line walk it
+        # once, so a request costs at most the history's length, not nodes x history
+        stop: dict[int, int] = {}
         out = []
         for top in nodes:
-            node = top
-            while True:
-                rev = self.visible_rev(node, mask)
-                if rev is None:
-                    raise UnknownRevision(node.hex())
+            rev = self.visible_rev(top, mask)
+            if rev is None:
+                raise UnknownRevision(top.hex())
+            path = []
+            while rev not in stop:
                 p1, p2 = cl.parentrevs(rev)
                 if p2 != NULLREV or p1 == NULLREV:
-                    out.append((top, node, cl.node(p1), cl.node(p2)))
+                    stop[rev] = rev
                     break
-                node = cl.node(p1)
+                path.append(rev)
+                rev = p1  # ancestors of a visible changeset are visible
+            end = stop[rev]
+            for r in path:
+                stop[r] = end
+            p1, p2 = cl.parentrevs(end)
+            out.append((top, cl.node(end), cl.node(p1), cl.node(p2)))
         return out
 
     # -- pushkey namespaces

@@ -98,6 +98,9 @@ def decompress(chunk) -> bytes:
     raise CorruptRevlog(f"unknown compression type {bytes(chunk[:1])!r}")
 
 
+_ZSTD_STEP = 1 << 20  # input fed to the streaming zstd compressor at a time
+
+
 class Compressor:
     """Chunk compression as hg writes it: small or incompressible data stays raw."""
 
@@ -111,12 +114,28 @@ class Compressor:
             return b""
         n = len(data)
         packed = None
-        if self.engine == "zstd" and n >= 50:
+        if self.engine == "zstd" and n > 1_000_000:
+            # as hg does for large texts: one-shot compress() allocates the worst-case output
+            # (about the input's size) up front; the streaming compressor holds only its output
+            z = self._zc.compressobj(size=n)
+            pieces, size = [], 0
+            with memoryview(data) as view:
+                for i in range(0, n, _ZSTD_STEP):
+                    pieces.append(z.compress(view[i:i + _ZSTD_STEP]))
+                    size += len(pieces[-1])
+                    if size >= n:  # incompressible: stored raw below, stop paying for it
+                        break
+                else:
+                    pieces.append(z.flush())
+                    packed = b"".join(pieces)
+            del pieces
+        elif self.engine == "zstd" and n >= 50:
             packed = self._zc.compress(data)
         elif self.engine == "zlib" and n >= 44:
             packed = zlib.compress(data)
         if packed is not None and len(packed) < n:
             return packed
+        packed = None  # incompressible: let it go before the raw copy is made
         if data[0] == 0:
             return data
         return b"u" + data
@@ -754,6 +773,12 @@ class RevlogWriter:
             text = patch(self.revision(delta_base), delta)
         base, stored = self._choose(rev, text, flags, p1r, p2r, delta_base, delta)
         chunk = self.compressor.compress(stored)
+        del stored
+        if self.inline and not self.delay and self.data_end + len(chunk) >= INLINE_THRESHOLD:
+            # The revlog outgrows inline storage with this revision (hg splits it once the data
+            # reaches the threshold). Split what is there first (small), then write this chunk
+            # split: splitting afterwards would read a big chunk back into memory.
+            self._split_now()
         offset = self.data_end
         entry = ((offset << 16) | flags, len(chunk), len(text), base, linkrev, p1r, p2r, node)
         packed = ENTRY.pack(*entry)
@@ -761,7 +786,7 @@ class RevlogWriter:
             packed = struct.pack(">I", self.header) + packed[4:]
         if self.inline:
             pos = self._inline_size
-            os.pwrite(self._ifd, packed + chunk, pos)
+            os.pwritev(self._ifd, [packed, chunk], pos)  # no concatenated copy of a big chunk
             self._inline_pos[rev] = pos + ENTRY_SIZE
             self._inline_size = pos + ENTRY_SIZE + len(chunk)
         else:
@@ -775,8 +800,6 @@ class RevlogWriter:
         self.nodemap[node] = rev
         self.texts.put(rev, text)
         self.added.append(rev)
-        if self.inline and not self.delay and self.data_end >= INLINE_THRESHOLD:
-            self._split_now()
         return rev
 
     def _choose(self, rev, text, flags, p1r, p2r, delta_base, delta) -> tuple[int, bytes]:

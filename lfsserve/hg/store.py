@@ -13,10 +13,11 @@ import hashlib
 import os
 from pathlib import Path
 
-from .error import CorruptRevlog, RepoNotFound, UnsupportedRequirement
+from .error import BadPath, CorruptRevlog, RepoNotFound, UnsupportedRequirement
 
 __all__ = [
     "read_requirements", "check_requirements", "Store", "encode_path", "encode_dir", "decode_dir",
+    "audit_path",
     "HG_INIT_REQUIREMENTS", "WORKING_COPY_REQUIREMENTS", "SUPPORTED_REQUIREMENTS",
 ]
 
@@ -74,6 +75,60 @@ def check_requirements(reqs: frozenset[str], root) -> None:
     if unknown or missing:
         names = sorted(unknown) + [f"lack of {m}" for m in missing]
         raise UnsupportedRequirement(names, where=str(root))
+
+
+# --- tracked-file paths -------------------------------------------------------------------------
+
+# Code points HFS+ ignores in names (UTF-8), so `.h\u200cg` is `.hg` on a Mac (hg's list).
+_HFS_IGNORED = tuple(chr(c).encode("utf-8") for c in (
+    0x200C, 0x200D, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E,
+    0x206A, 0x206B, 0x206C, 0x206D, 0x206E, 0x206F, 0xFEFF))
+
+
+def _fold(part: bytes) -> bytes:
+    """How a file system that ignores case and HFS+-ignored code points sees a name."""
+    part = part.lower()
+    if b"\xe2" in part or b"\xef" in part:
+        for c in _HFS_IGNORED:
+            part = part.replace(c, b"")
+    return part
+
+
+def audit_path(path: bytes) -> None:
+    """Refuse a tracked-file path that no checkout could hold safely (BadPath, hg's messages).
+
+    The rules of Mercurial's path auditor for stored history, a little stricter: no empty, `.` or
+    `..` segment, not absolute, no trailing `/`, nothing under `.hg` (also as spelled on
+    case-insensitive file systems, as a Windows short name, or inside a nested repository), and no
+    NUL, CR or LF, which hg refuses in file names.
+    """
+    shown = path[:200].decode("utf-8", "replace")
+    if not path:
+        raise BadPath("empty file name")
+    if b"\0" in path or b"\n" in path or b"\r" in path:
+        raise BadPath(f"file name contains NUL, CR or LF: {shown!r}")
+    if path.endswith(b"/"):
+        raise BadPath(f"path ends in directory separator: {shown}")
+    parts = path.split(b"/")
+    if any(p in (b"", b".", b"..") for p in parts):
+        raise BadPath(f"path contains illegal component: {shown}")
+    folded = [_fold(p) for p in parts]
+    if folded[0] in (b".hg", b".hg."):
+        raise BadPath(f"path contains illegal component: {shown}")
+    for p in parts:
+        first, tilde, last = p.partition(b"~")
+        if tilde and last.isdigit() and first.upper() in (b"HG", b"HG8B6C"):
+            raise BadPath(f"path contains illegal component: {shown}")
+    for i, p in enumerate(folded[1:], 1):
+        if p in (b".hg", b".hg."):
+            nested = b"/".join(parts[:i]).decode("utf-8", "replace")
+            raise BadPath(f"path '{shown}' is inside nested repo '{nested}'")
+
+
+def _check_inside(encoded: bytes, name: bytes) -> None:
+    """The last guard before a file is opened: an encoded store name stays inside the store."""
+    if encoded.startswith(b"/") or any(p in (b"", b".", b"..") for p in encoded.split(b"/")):
+        raise BadPath(f"store file name {name[:200].decode('utf-8', 'replace')!r} would leave the store")
 
 
 # --- name encoding (facts from `hg help internals.revlogs` and repositories hg creates) -----------
@@ -201,6 +256,7 @@ class Store:
         got = self._encoded.get(name)
         if got is None:
             enc = encode_path(name, fncache=self.fncache, dotencode=self.dotencode)
+            _check_inside(enc, name)
             got = self._encoded[name] = os.fsdecode(enc)
         return got
 

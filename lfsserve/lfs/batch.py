@@ -29,7 +29,7 @@ from ..routing import Target
 from .adapters import Action
 from .errors import LfsError, endpoint
 from .keys import LFS_SERVICE
-from .request import check_accept, check_ref, object_error, read_json
+from .request import MAX_SIZE, check_accept, check_ref, object_error, read_json
 
 __all__ = ["BatchObject", "BatchRequest", "answer_batch", "handle_batch", "parse_batch"]
 
@@ -92,9 +92,17 @@ def _render(action: Action, now: int, iso: dict[int, str]) -> str:
     return f'{{"href":{_quote(href)},"header":{{{fields}}},"expires_in":{at - now},"expires_at":"{when}"}}'
 
 
+def _echo(value: Any, kind: type) -> Any:
+    """A client value echoed in an error entry: only a plain scalar of the expected kind (a string
+    cut short); anything else (a nested structure, a float such as 1e999) becomes null."""
+    if kind is str:
+        return value[:200] if isinstance(value, str) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_SIZE else None
+
+
 def _error(obj: BatchObject, code: int, message: str) -> str:
-    return json.dumps({"oid": obj.oid, "size": obj.size, "error": {"code": code, "message": message}},
-                      separators=(",", ":"))
+    return json.dumps({"oid": _echo(obj.oid, str), "size": _echo(obj.size, int),
+                       "error": {"code": code, "message": message}}, separators=(",", ":"))
 
 
 async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequest, base: str) -> bytes:
@@ -160,7 +168,7 @@ async def handle_batch(request: web.Request, target: Target) -> web.StreamRespon
     ns = target.repo
     # Credentials are checked before the body is read: a client that may not even read gets its
     # 401/403 at once.
-    principal = await svc.auth.authenticate(request.headers)
+    principal = await svc.auth.authenticate(request.headers, lfs_repo=ns)
     request[PRINCIPAL] = principal
     svc.auth.authorize(principal, ns, Permission.READ)
     limit = 64 * 1024 + svc.config.lfs.max_batch_objects * _BYTES_PER_OBJECT

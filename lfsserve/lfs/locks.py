@@ -12,6 +12,7 @@ Locks apply to the whole repository; the `ref` field clients send is accepted an
 
 from __future__ import annotations
 
+import re
 import secrets
 import sqlite3
 import time
@@ -155,17 +156,38 @@ def _owner(principal: Principal) -> str:
     return principal.name or ANONYMOUS_OWNER
 
 
+# Cursors and limits are SQLite integers (int64): at most 18 ASCII digits. str.isdigit() would
+# also take "²", which int() refuses.
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_MAX_INT = 10 ** 18 - 1
+
+
 def _int_param(value: Any, name: str, default: int, maximum: int | None = None) -> int:
     if value is None or value == "":
         return default
     if isinstance(value, str):
-        if not value.isdigit():
-            raise LfsError(422, f"{name} must be a non-negative integer, got {value[:40]!r}")
+        if not _DIGITS.fullmatch(value):
+            raise LfsError(422, f"{name} must be a non-negative integer of at most 18 digits, "
+                                f"got {value[:40]!r}")
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise LfsError(422, f"{name} must be a non-negative integer")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_INT:
+        raise LfsError(422, f"{name} must be a non-negative integer of at most 18 digits")
     if maximum is not None:
         value = min(value, maximum)
+    return value
+
+
+def _text(value: str | None, name: str) -> str | None:
+    """A query or body string bound for SQLite: None/empty as absent; it must encode as UTF-8 (a
+    JSON "\\ud800" or an undecodable URL byte cannot) and hold no NUL."""
+    if not value:
+        return None
+    if "\0" in value or len(value) > MAX_PATH:
+        raise LfsError(422, f"{name} must be at most {MAX_PATH} characters and hold no NUL")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LfsError(422, f"{name} is not valid UTF-8 text")
     return value
 
 
@@ -180,7 +202,7 @@ def _page(next_seq: int | None) -> dict[str, Any]:
 
 async def _require(request: web.Request, auth, ns: str, needed: Permission) -> Principal:
     """Check the caller may `needed` in `ns` (401/403 otherwise) and note who it is for the log."""
-    principal = await auth.require(request.headers, ns, needed)
+    principal = await auth.require(request.headers, ns, needed, lfs=True)
     request[PRINCIPAL] = principal
     return principal
 
@@ -196,8 +218,8 @@ async def handle_locks(request: web.Request, target: Target) -> web.StreamRespon
         if request.method == "GET":
             await _require(request, auth, ns, Permission.READ)
             q = request.query
-            lock_id = q.get("id") or None
-            locks, nxt = await svc.locks.list(ns, path=q.get("path") or None, lock_id=lock_id,
+            locks, nxt = await svc.locks.list(ns, path=_text(q.get("path"), "path"),
+                                              lock_id=_text(q.get("id"), "id"),
                                               cursor=_int_param(q.get("cursor"), "cursor", 0),
                                               limit=_limit(q.get("limit")))
             return json_response({"locks": [lk.as_json() for lk in locks], **_page(nxt)})
@@ -207,7 +229,7 @@ async def handle_locks(request: web.Request, target: Target) -> web.StreamRespon
         body = await read_json(request)
         check_ref(body)
         path = body.get("path")
-        if not isinstance(path, str) or not path or len(path) > MAX_PATH or "\0" in path:
+        if not isinstance(path, str) or not _text(path, "path"):
             raise LfsError(422, f"path must be a non-empty string of at most {MAX_PATH} characters")
         try:
             lock = await svc.locks.create(ns, path, _owner(principal))
@@ -232,7 +254,7 @@ async def handle_locks(request: web.Request, target: Target) -> web.StreamRespon
             **_page(nxt),
         })
 
-    lock_id = rest[: -len("/unlock")]
+    lock_id = _text(rest[: -len("/unlock")], "lock id") or ""
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise LfsError(422, "force must be true or false")

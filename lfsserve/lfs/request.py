@@ -10,8 +10,10 @@ from aiohttp import web
 from ..blobstore import is_oid
 from .errors import LFS_JSON, LfsError
 
-__all__ = ["check_accept", "check_ref", "object_error", "read_json"]
+__all__ = ["MAX_SIZE", "check_accept", "check_ref", "decode_json", "object_error", "read_json"]
 
+# Largest object size a client may name: Git LFS sizes are int64.
+MAX_SIZE = (1 << 63) - 1
 _JSON_TYPES = (LFS_JSON, "application/json")
 _ACCEPTABLE = (LFS_JSON, "application/json", "application/*", "*/*")
 
@@ -43,10 +45,19 @@ async def read_json(request: web.Request, limit: int = 64 * 1024) -> dict[str, A
         data += chunk
         if len(data) > limit:
             raise LfsError(413, f"request body larger than {limit} bytes")
+    return decode_json(bytes(data))
+
+
+def decode_json(data: bytes) -> dict[str, Any]:
+    """A JSON object from a request body; LfsError (400/422) for anything else."""
     try:
         body = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LfsError(400, f"request body is not valid JSON: {exc}")
+    except RecursionError:
+        raise LfsError(400, "request body is not valid JSON: nested too deeply")
+    except ValueError as exc:
+        # JSONDecodeError, UnicodeDecodeError, and the int-string conversion limit (a number of
+        # thousands of digits) are all ValueErrors
+        raise LfsError(400, f"request body is not valid JSON: {str(exc)[:200]}")
     if not isinstance(body, dict):
         raise LfsError(422, "request body must be a JSON object")
     return body
@@ -56,8 +67,8 @@ def object_error(oid: Any, size: Any) -> str | None:
     """What is wrong with an object's `oid` and `size` as a client sent them, or None."""
     if not is_oid(oid):
         return "invalid oid: it must be a SHA-256 as 64 lowercase hex digits"
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        return "invalid size: it must be a non-negative integer"
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
+        return "invalid size: it must be a non-negative 64-bit integer"
     return None
 
 

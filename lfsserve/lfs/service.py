@@ -34,9 +34,12 @@ from ..config import Config
 from ..sqlitedb import SqliteDb
 from . import locks, namespaces
 from .adapters import TransferAdapter, open_adapter
+from .locks import Lock, LockExists
 from .namespaces import NamespaceIndex
 
-__all__ = ["LfsService", "LfsStats", "GcReport", "VerifyReport"]
+# Lock and LockExists are what LfsService.locks hands out and raises, for front ends (ssh/) that
+# reach LFS storage through this module only.
+__all__ = ["GcReport", "Lock", "LockExists", "LfsService", "LfsStats", "VerifyReport"]
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import logging
 
 from aiohttp import web
 
-from ..auth import Permission, Principal
+from ..auth import SIGNED_PREFIX, Permission, Principal
 from ..blobstore import BlobHandle, CorruptObject, Status
 from ..reqkeys import PRINCIPAL
 from ..routing import Target
@@ -34,7 +34,7 @@ _OCTETS = "application/octet-stream"
 
 async def _principal(request: web.Request, svc: LfsService, ns: str, oid: str, operation: str,
                      needed: Permission) -> Principal:
-    principal = await svc.auth.authenticate(request.headers, (ns, oid, operation))
+    principal = await svc.auth.authenticate(request.headers, (ns, oid, operation), lfs_repo=ns)
     request[PRINCIPAL] = principal
     if not svc.auth.signed_grants(principal, ns, oid, operation):
         svc.auth.authorize(principal, ns, needed)
@@ -75,6 +75,12 @@ async def _download(request: web.Request, svc: LfsService, ns: str, oid: str) ->
         # Known good: FileResponse does Range (206), HEAD, conditional requests and 416.
         return web.FileResponse(handle.path, headers=headers, chunk_size=1 << 20)
     return await _stream(request, svc, handle, headers)
+
+
+def _signed_token(request: web.Request) -> bool:
+    """Whether the request carries a signed action token (rather than ordinary credentials)."""
+    scheme, _, cred = request.headers.get("Authorization", "").strip().partition(" ")
+    return scheme.lower() == "bearer" and cred.strip().startswith(SIGNED_PREFIX)
 
 
 # Below this, the thread hand-off costs more than copying through the event loop.
@@ -119,12 +125,20 @@ async def handle_verify(request: web.Request, target: Target) -> web.StreamRespo
     if request.method != "POST":
         raise LfsError(405, "the verify action takes POST requests", headers={"Allow": "POST"})
     ns = target.repo
+    signed = _signed_token(request)
+    if not signed:
+        # Ordinary credentials (or none): refuse before reading anything from the client.
+        principal = await svc.auth.authenticate(request.headers)
+        request[PRINCIPAL] = principal
+        svc.auth.authorize(principal, ns, Permission.WRITE)
+    # A signed action token is bound to one oid, which only the (small, bounded) body names.
     body = await read_json(request, 4096)
     oid, size = body.get("oid"), body.get("size")
     error = object_error(oid, size)
     if error:
         raise LfsError(422, error)
-    await _principal(request, svc, ns, oid, "verify", Permission.WRITE)
+    if signed:
+        await _principal(request, svc, ns, oid, "verify", Permission.WRITE)
     state = (await svc.visible_states(ns, [oid])).get(oid)
     if state is None or not state.present:
         raise LfsError(404, f"object {oid} was not uploaded to {ns}")

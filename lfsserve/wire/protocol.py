@@ -175,8 +175,18 @@ def decode_batch(cmds: bytes) -> list[tuple[str, dict[str, bytes]]]:
 
 # -- node lists ------------------------------------------------------------------------------------
 
-def decode_nodes(value: bytes, what: str = "nodes") -> list[bytes]:
-    """A space-separated list of 40-hex nodes -> 20-byte nodes."""
+# Most nodes one argument may list (known, branches, heads...). hg's discovery asks about a few
+# hundred at a time; the bound keeps what one request may make the server hold and walk small.
+MAX_NODES = 100_000
+# Most `top-bottom` pairs one `between` request may list (legacy discovery sends a handful).
+MAX_PAIRS = 10_000
+
+
+def decode_nodes(value: bytes, what: str = "nodes", limit: int = MAX_NODES) -> list[bytes]:
+    """A space-separated list of 40-hex nodes -> 20-byte nodes; at most `limit` of them."""
+    # checked on the raw size first, so an oversized argument is never split into a huge list
+    if len(value) > limit * 41 or value.count(b" ") >= limit:
+        raise BadRequest(f"{what}: too many nodes in one request (at most {limit})")
     out = []
     for word in value.split():
         if len(word) != 40:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import shutil
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, Protocol
 
 from ..config import Config
 from ..hg import bundle2
@@ -23,13 +22,14 @@ from ..hg.error import Abort, HgError, PushRaced
 from ..hg.phases import DRAFT, PUBLIC
 from ..hg.repository import Repository
 from ..hg.transaction import Transaction
-from ..repos import AbsentRepo, ServedRepo
+from ..repos import AbsentRepo, ServedRepo, engine_repo
 from .capabilities import BundleRequired, repo_heads
 from .protocol import BadRequest
 
 __all__ = [
     "LfsCheck",
     "PART_HANDLERS",
+    "PushLimits",
     "PushOperation",
     "PushReply",
     "check_heads",
@@ -40,9 +40,34 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+class Reader(Protocol):
+    """What a changegroup is read from: the bundle1 stream or a bundle2 part."""
+
+    def read(self, n: int = -1) -> bytes: ...
+
+
 # Called (in the push thread) with the oids of the lfs pointers a push stores; returns those that
 # are not acceptable.
 LfsCheck = Callable[[set[str]], set[str]]
+
+
+@dataclass(frozen=True)
+class PushLimits:
+    """What a pushed bundle may unpack to (hg.max_unpacked_push_size, hg.max_revision_size); 0: no limit."""
+
+    max_unpacked: int = 0
+    max_revision: int = 0
+
+    @classmethod
+    def of(cls, config: Config) -> PushLimits:
+        return cls(config.hg.max_unpacked_push_size, config.hg.max_revision_size)
+
+    def changegroup_source(self, source: Reader) -> Reader:
+        """`source` as the changegroup reader must see it: one revision at most max_revision bytes."""
+        if not self.max_revision:
+            return source
+        return bundle2.LimitedReader(source, max_read=self.max_revision,  # type: ignore[arg-type]
+                                     read_setting="hg.max_revision_size")
 
 
 @dataclass
@@ -79,7 +104,9 @@ def check_heads(repo: ServedRepo, their_heads: list[bytes], context: str) -> Non
 def unbundle(config: Config, repo: ServedRepo, heads_arg: bytes, body: BinaryIO,
              check_lfs: LfsCheck | None = None) -> PushReply:
     """Apply a pushed bundle to `repo`: an opened repository, or an AbsentRepo when the push may
-    create it (it then is, and removed again if the push fails). `check_lfs`: None, no check."""
+    create it (the opener checked that nothing but possibly an empty directory is there). It then
+    is, and if the push changes nothing, only what this call made is removed. `check_lfs`: None,
+    no check."""
     their_heads = parse_unbundle_heads(heads_arg)
     # As hg: the heads argument is checked before the bundle is even looked at, and a mismatch is
     # the plain "0\n<message>" answer whatever the bundle's format.
@@ -102,27 +129,30 @@ def unbundle(config: Config, repo: ServedRepo, heads_arg: bytes, body: BinaryIO,
     if kind == "bundle1" and not config.hg.bundle1:
         raise BundleRequired()
 
+    limits = PushLimits.of(config)
     with contextlib.ExitStack() as stack:
-        created = isinstance(repo, AbsentRepo)
-        if isinstance(repo, AbsentRepo):
-            target = repo.create()
+        absent = repo if isinstance(repo, AbsentRepo) else None
+        if absent is not None:
+            target = absent.create()
             stack.callback(target.close)
         else:
-            assert isinstance(repo, Repository), "a served repository is the engine's or an AbsentRepo"
-            target = repo
+            target = engine_repo(repo)
         ok = False
         try:
             if kind == "bundle1":
-                reply = _apply_bundle1(target, their_heads, bundle2.decompressing_reader(
-                    body, {b"UN": "UN", b"GZ": "GZ", b"BZ": "_truncatedBZ"}[algo]), check_lfs)
+                stream = bundle2.decompressing_reader(body, {b"UN": "UN", b"GZ": "GZ", b"BZ": "_truncatedBZ"}[algo])
+                if limits.max_unpacked:
+                    stream = bundle2.LimitedReader(stream, max_total=limits.max_unpacked,  # type: ignore[assignment]
+                                                   total_setting="hg.max_unpacked_push_size")
+                reply = _apply_bundle1(target, their_heads, limits.changegroup_source(stream), check_lfs)
             else:
-                reply = _apply_bundle2(target, body, check_lfs)
+                reply = _apply_bundle2(target, body, check_lfs, limits)
             ok = reply.changed
             return reply
         finally:
-            if created and not ok:
+            if absent is not None and not ok:
                 stack.close()
-                shutil.rmtree(repo.root, ignore_errors=True)
+                absent.undo_create()
 
 
 def _added_message(result: ApplyResult) -> str:
@@ -146,7 +176,7 @@ def _check_lfs(oids: set[str], check_lfs: LfsCheck | None) -> None:
                     hint="push with the lfs extension enabled so the blobs are uploaded first")
 
 
-def _apply_bundle1(repo: Repository, their_heads: list[bytes], stream: BinaryIO,
+def _apply_bundle1(repo: Repository, their_heads: list[bytes], stream: Reader,
                    check_lfs: LfsCheck | None) -> PushReply:
     output: list[str] = []
     try:
@@ -181,7 +211,7 @@ MAX_SMALL_PART = 16 * 1024 * 1024
 
 class _PushkeyFailed(HgError):
     def __init__(self, part_id: int, params: dict[bytes, bytes]):
-        super().__init__(f"failed to update value for {params.get(b'namespace', b'').decode()}/"
+        super().__init__(f"failed to update value for {params.get(b'namespace', b'').decode('utf-8', 'replace')}/"
                          f"{params.get(b'key', b'').decode('utf-8', 'replace')}")
         self.part_id = part_id
         self.params = params
@@ -198,6 +228,7 @@ class PushOperation:
 
     repo: Repository
     check_lfs: LfsCheck | None = None
+    limits: PushLimits = PushLimits()
     replycaps: dict[str, list[str]] = field(default_factory=dict)
     reply: list[OutPart] = field(default_factory=list)
     output: list[str] = field(default_factory=list)
@@ -249,16 +280,18 @@ def parthandler(name: bytes, params: Iterable[bytes] | None = None) -> Callable[
     return register
 
 
-def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None) -> PushReply:
+def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None,
+                   limits: PushLimits = PushLimits()) -> PushReply:
     """Process the parts in order under the store lock; the transaction opens on the first write.
 
     The reply lists, in order, each part's reply parts then the output printed while handling it,
     then one output part for the transaction close. On failure: the output so far, the
     rollback notice, and one error part; nothing of the push is kept.
     """
-    op = PushOperation(repo, check_lfs)
+    op = PushOperation(repo, check_lfs, limits)
     try:
-        reader = bundle2.BundleReader(body)
+        reader = bundle2.BundleReader(body, max_unpacked=limits.max_unpacked,
+                                      unpacked_setting="hg.max_unpacked_push_size")
         with repo.lock():
             with op:
                 for part in reader.parts():
@@ -367,7 +400,7 @@ def _changegroup(op: PushOperation, part: InPart) -> None:
     repo = op.repo
     tr = op.transaction()
     op.output.append("adding changesets\nadding manifests\nadding file changes\n")
-    result = repo.add_changegroup(tr, part, version)
+    result = repo.add_changegroup(tr, op.limits.changegroup_source(part), version)
     target = part.params.get(b"targetphase")
     if result.added and (repo.publishing or target == b"0"):
         repo.phases_advance(tr, PUBLIC, result.added)

@@ -292,6 +292,89 @@ def test_push_creates_repo_and_bundle1(lfsserve, hg, rich, tmp_path):
     assert res.returncode != 0 and b"404" in res.stderr
 
 
+def test_create_on_push_never_captures_existing_repositories(lfsserve, hg, rich, tmp_path):
+    """hg.create_on_push: a parent of a repository is not a new repository (no deletion, no write
+    through it), creation follows the rules of the created path, and a failed creation removes
+    only what it made."""
+    import base64
+
+    import bcrypt
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n"
+                                for u, p in (("alice", "wonderland"), ("bob", "builder"))))
+    # bob may write `team` itself (the widest grant a parent path can get) but nothing below it
+    server = lfsserve(anonymous="read", config=f"""
+[auth]
+htpasswd = "{htpasswd}"
+[[auth.rules]]
+repos = "team/**"
+read = ["*"]
+write = ["alice"]
+[[auth.rules]]
+repos = "team"
+write = ["bob"]
+[hg]
+create_on_push = true
+""")
+    served = install(server, rich, "team/app")
+    before = history(hg, served, "all()")
+
+    def as_bob(extra: dict | None = None) -> dict:
+        return {"Authorization": "Basic " + base64.b64encode(b"bob:builder").decode(), **(extra or {})}
+
+    empty_hg20 = b"HG20" + b"\0" * 8  # no stream parameters, end of stream
+    status, reason, _, body = raw(server, "POST", "/team?cmd=unbundle",
+                                  as_bob({"X-HgArg-1": "heads=666f726365"}), empty_hg20)
+    assert status == 409 and b"holds repository team/app" in body, (status, reason, body)
+    assert (served / ".hg").is_dir() and history(hg, served, "all()") == before
+    assert not (server.root / "repos" / "team" / ".hg").exists()
+    # discovery for the parent path is refused the same way, so hg stops before sending anything
+    status, _, _, body = raw(server, "GET", "/team?cmd=capabilities", as_bob())
+    assert status == 409 and b"team/app" in body
+
+    # a real push of other history to the parent path, as bob
+    bob = Hg(tmp_path / "bob-home", hgrc=f"[auth]\ns.prefix = {server.url}/\ns.username = bob\n"
+                                         f"s.password = builder\n")
+    other = tmp_path / "other"
+    bob("init", str(other))
+    commit_file(bob, other, "o.txt", "o\n", "other", 1700400000)
+    res = bob("push", f"{server.url}/team", cwd=other, check=False)
+    assert res.returncode != 0 and b"409" in res.stderr and b"team/app" in res.stderr, res.stderr
+    # inside a repository, and below team/** where bob may not write: refused, nothing made
+    res = bob("push", f"{server.url}/team/app/sub", cwd=other, check=False)
+    assert res.returncode != 0 and b"404" in res.stderr
+    res = bob("push", f"{server.url}/team/new", cwd=other, check=False)
+    assert res.returncode != 0 and b"404: repository team/new not found" in res.stderr, res.stderr
+    status, _, _, _ = raw(server, "POST", "/team/new?cmd=unbundle",
+                          as_bob({"X-HgArg-1": "heads=666f726365"}), empty_hg20)
+    assert status == 403
+    assert sorted(p.name for p in (server.root / "repos" / "team").iterdir()) == ["app"]
+    # team/app still serves, whole
+    clone = tmp_path / "clone"
+    bob("clone", "-q", f"{server.url}/team/app", str(clone))
+    nodes = "{node}\n"
+    assert sorted(hg.out("log", "-R", str(clone), "-T", nodes).split()) == \
+        sorted(hg.out("log", "-R", str(served), "-r", "not secret()", "-T", nodes).split())
+    verify(hg, served)
+
+    # a creation that changes nothing removes only what it made: the new directories, not an
+    # existing empty directory the administrator prepared (only the .hg written into it)
+    status, _, _, body = raw(server, "POST", "/scratch/a/b?cmd=unbundle",
+                             as_bob({"X-HgArg-1": "heads=666f726365"}), empty_hg20)
+    assert status == 200, body
+    assert not (server.root / "repos" / "scratch").exists()
+    prepared = server.root / "repos" / "prepared"
+    prepared.mkdir()
+    status, _, _, body = raw(server, "POST", "/prepared?cmd=unbundle",
+                             as_bob({"X-HgArg-1": "heads=666f726365"}), empty_hg20)
+    assert status == 200, body
+    assert prepared.is_dir() and list(prepared.iterdir()) == []
+    # and a successful creation in it works
+    res = bob("push", f"{server.url}/prepared", cwd=other, check=False)
+    assert res.returncode == 0, res.stderr
+    verify(hg, prepared)
+
+
 def test_permissions(lfsserve, hg, rich, tmp_path):
     server = lfsserve(anonymous="read")
     install(server, rich, "r")
@@ -403,6 +486,36 @@ def test_bad_pushes_leave_repo_unchanged(lfsserve, hg, rich, tmp_path):
     assert _reply_parts(body)[0][0] == b"reply:changegroup"
     verify(hg, served)
     assert len(history(hg, served, "all()").splitlines()) == len(before.splitlines()) + 1
+
+
+def test_malformed_changegroups_get_hg_errors_and_write_nothing(lfsserve, hg, tmp_path):
+    """Issue 10 parts 3-5 over HTTP, in a `store` repository without fncache: a file name leaving
+    the store, dates hg cannot read, bad extras and flags are answered as bundle2 error parts
+    (hg prints "abort: ..."), never a 500, and nothing is written anywhere."""
+    from .engine.bundles import hg20
+    from .engine.cgbuild import Changeset, build
+    server = lfsserve()
+    served = server.root / "repos" / "plain"
+    hg("--config", "format.usefncache=false", "init", str(served))
+    cases = [
+        ("path contains illegal component", Changeset({b"../../../../../../../ESCAPED": b"x\n"})),
+        ("malformed date", Changeset({b"a": b"x\n"}, date=b"1e999 0")),
+        ("malformed date", Changeset({b"a": b"x\n"}, date=b"inf 0")),
+        ("date exceeds 32 bits", Changeset({b"a": b"x\n"}, date=b"99999999999 0")),
+        ("has no ':'", Changeset({b"a": b"x\n"}, date=b"1700000000 0 noextra")),
+        ("bad escape", Changeset({b"a": b"x\n"}, date=b"1700000000 0 a:\\x")),
+        ("malformed manifest line", Changeset({b"a": b"x\n"}, flags={b"a": b"xl"})),
+    ]
+    before = {str(p) for p in server.root.rglob("*") if "tmp" not in p.parts and "logs" not in p.parts}
+    for message, cs in cases:
+        status, _, _, body = _unbundle(server, "plain", hg20([build([cs])], "03"))
+        assert status == 200, (message, body)
+        kind, params, _ = _reply_parts(body)[-1]
+        assert kind == b"ERROR:ABORT" and message.encode() in params[b"message"], (message, params)
+    after = {str(p) for p in server.root.rglob("*") if "tmp" not in p.parts and "logs" not in p.parts}
+    assert after == before and not list(tmp_path.parent.rglob("*ESCAPED*"))
+    verify(hg, served)
+    assert hg.out("log", "-R", str(served), "-T", "{node}") == ""
 
 
 def test_push_size_limit(lfsserve, hg, rich, tmp_path):

@@ -116,3 +116,42 @@ async def test_action_signer_matches_sign_action(authn):
             assert got.via == "signed" and got.name == principal.name
     with pytest.raises(Unauthorized):
         await authn.authenticate({"Authorization": f"Bearer {sign('0' * 64)}"}, ("team/app", "0" * 64, "upload"))
+
+
+async def test_repo_tokens_grant_one_repository_one_operation_on_the_lfs_api_only(authn):
+    later = int(time.time()) + 60
+    download = {"Authorization": "Bearer " + authn.sign_repo_token("carol", "private/x", "download", later)}
+    upload = {"Authorization": "Bearer " + authn.sign_repo_token("alice", "private/x", "upload", later)}
+    carol = await authn.authenticate(download, lfs_repo="private/x")
+    assert (carol.name, carol.via) == ("carol", "repo-token")
+    authn.authorize(carol, "private/x", Permission.READ)
+    with pytest.raises(Forbidden, match="issued for downloads"):
+        authn.authorize(carol, "private/x", Permission.WRITE)
+    with pytest.raises(Forbidden, match="for private/x, not elsewhere"):
+        authn.authorize(carol, "elsewhere", Permission.READ)
+    alice = await authn.require(upload, "private/x", Permission.WRITE, lfs=True)
+    assert alice.name == "alice"
+    # Only for the namespace it was signed for, and never outside the LFS API (hg wire, v2).
+    with pytest.raises(Unauthorized, match="not valid for private/y"):
+        await authn.authenticate(upload, lfs_repo="private/y")
+    with pytest.raises(Unauthorized, match="only valid for the Git LFS API"):
+        await authn.require(upload, "private/x", Permission.READ)
+    # Bound to the user's current rights: an upload token for a user who may only read is no use.
+    bob_upload = {"Authorization": "Bearer " + authn.sign_repo_token("carol", "private/x", "upload", later)}
+    with pytest.raises(Forbidden):
+        await authn.require(bob_upload, "private/x", Permission.WRITE, lfs=True)
+    # Tampering, expiry, and an action token's MAC replayed as a repository token all fail.
+    token = upload["Authorization"].split()[1]
+    _, op, exp, user, mac = token.split(".")
+    for bad in (f"lfsr1.download.{exp}.{user}.{mac}", f"lfsr1.upload.{int(exp) + 1}.{user}.{mac}",
+                f"lfsr1.upload.{exp}.{user}", "lfsr1.upload.x.y.z", f"lfsr1.upload.\u00b2.{user}.{mac}",
+                f"lfsr1.upload.{'9' * 40}.{user}.{mac}"):
+        with pytest.raises(Unauthorized):
+            await authn.authenticate({"Authorization": f"Bearer {bad}"}, lfs_repo="private/x")
+    expired = authn.sign_repo_token("alice", "private/x", "upload", int(time.time()) - 1)
+    with pytest.raises(Unauthorized, match="expired"):
+        await authn.authenticate({"Authorization": f"Bearer {expired}"}, lfs_repo="private/x")
+    action = authn.sign_action(Principal("alice", "basic"), "private/x", "0" * 64, "upload", later)
+    forged = "lfsr1.upload." + action[len("lfs1."):]
+    with pytest.raises(Unauthorized):
+        await authn.authenticate({"Authorization": f"Bearer {forged}"}, lfs_repo="private/x")

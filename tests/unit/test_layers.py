@@ -4,7 +4,8 @@ Read from the sources (ast), so every import counts, including those inside func
 those under `if TYPE_CHECKING:`, which only annotations see):
 
     top          app, server, cli, admin, __main__   compose and run everything
-    front ends   wire/, lfs/, web/                   never import the top, nor each other
+    front ends   wire/, lfs/, ssh/, web/             never import the top, nor each other; ssh/
+                                                     reaches LFS storage through lfs.service only
     kernel       every other top-level module        never imports a front end or the top
     stores       hg/, blobstore/                      import only themselves and the utils
     utils        aio, sqlitedb, config               leaves: no HTTP, no front end, no kernel
@@ -22,7 +23,10 @@ import lfsserve
 ROOT = Path(lfsserve.__file__).parent
 TOP = {"lfsserve.app", "lfsserve.server", "lfsserve.cli", "lfsserve.admin", "lfsserve.__main__"}
 UTILS = {"lfsserve.aio", "lfsserve.sqlitedb", "lfsserve.config"}
-FRONT_ENDS = ("lfsserve.wire", "lfsserve.lfs", "lfsserve.web")
+FRONT_ENDS = ("lfsserve.wire", "lfsserve.lfs", "lfsserve.ssh", "lfsserve.web")
+# Service modules of a front end that other front ends may use: LfsService is the one door to LFS
+# storage (its HTTP handlers in lfs/ stay private to that front end).
+SHARED_SERVICES = {"lfsserve.lfs.service"}
 STORES = ("lfsserve.hg", "lfsserve.blobstore")
 
 
@@ -88,7 +92,7 @@ def _layer_violation(src: str, dst: str) -> str | None:
         return "only the top (app, server, cli, admin) may import the top"
     src_fe, dst_fe = _under(src, FRONT_ENDS), _under(dst, FRONT_ENDS)
     if src_fe:
-        if dst_fe and dst_fe != src_fe:
+        if dst_fe and dst_fe != src_fe and dst not in SHARED_SERVICES:
             return "a front end never imports another front end (use a kernel interface)"
         return None
     if dst_fe:
@@ -142,6 +146,11 @@ def test_the_checks_see_an_upward_import():
     assert _layer_violation("lfsserve.blobstore.local", "lfsserve.kernel")
     assert _layer_violation("lfsserve.sqlitedb", "lfsserve.routing")
     assert _layer_violation("lfsserve.lfs.service", "lfsserve.kernel") is None
+    assert _layer_violation("lfsserve.ssh.transfer", "lfsserve.lfs.service") is None
+    assert _layer_violation("lfsserve.ssh.transfer", "lfsserve.lfs.batch")
+    assert _layer_violation("lfsserve.ssh.session", "lfsserve.app")
+    assert _layer_violation("lfsserve.ssh.hg", "lfsserve.wire.v1")
+    assert _layer_violation("lfsserve.wire.v1", "lfsserve.ssh.transfer")
     assert _layer_violation("lfsserve.app", "lfsserve.wire.v1") is None
     graph = _graph()
     assert "lfsserve.hg.changegroup" in graph["lfsserve.hg.repository"]  # lazy imports count

@@ -18,23 +18,10 @@ from typing import BinaryIO, Callable, Iterator, Literal, Union
 from ...config import Config
 from ...hg.error import HgError
 from ...repos import ServedRepo, engine_repo
-from .. import getbundle as pull
-from .. import streamclone
-from ..capabilities import (
-    BundleRequired,
-    capabilities_bytes,
-    clonebundles_manifest,
-    repo_heads,
-)
-from ..protocol import (
-    BadRequest,
-    batch_escape,
-    decode_batch,
-    decode_nodes,
-    encode_nodes,
-)
-from ..unbundle import LfsCheck, PushReply
-from ..unbundle import unbundle as apply_push
+from .. import getbundle as pull, streamclone
+from ..capabilities import BundleRequired, capabilities_bytes, clonebundles_manifest, repo_heads
+from ..protocol import MAX_PAIRS, BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
+from ..unbundle import LfsCheck, PushReply, unbundle as apply_push
 
 __all__ = ["COMMANDS", "Command", "Result", "Session", "Stream", "bind_args", "command"]
 
@@ -136,6 +123,8 @@ def branches(s: Session, nodes: bytes) -> bytes:
 
 @command("between", "pairs")
 def between(s: Session, pairs: bytes) -> bytes:
+    if len(pairs) > MAX_PAIRS * 82 or pairs.count(b" ") >= MAX_PAIRS:
+        raise BadRequest(f"between: too many pairs in one request (at most {MAX_PAIRS})")
     decoded = []
     for pair in pairs.split(b" ") if pairs else []:
         nodes = decode_nodes(pair.replace(b"-", b" "), "pairs")

@@ -31,6 +31,7 @@ from ...hg.bundle2 import Bundle2Error
 from ...hg.error import HgError, RepoNotFound
 from ...kernel import CTX, PRINCIPAL
 from ...metrics import metrics_of
+from ...repos import CannotCreate
 from ...routing import Kind, Target
 from .. import v2
 from ..capabilities import BundleRequired
@@ -178,6 +179,8 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
             # may create this repository (hg.create_on_push) from ever pushing to it.
             return _perm_error(401, f"{exc.message}; log in to create it by pushing", ctx.auth.challenge())
         return _not_found(exc.message)
+    except CannotCreate as exc:
+        return _perm_error(409, str(exc))
     except BundleRequired as exc:
         return _hg_error(exc.message)
     except (HgError, Bundle2Error) as exc:

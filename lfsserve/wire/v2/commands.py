@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ...hg import error as hgerror
 from ...hg.node import NULLID, NULLREV
+from ..protocol import MAX_NODES
 from .framing import CommandError, CommandRequest, IndefiniteBytes
 
 if TYPE_CHECKING:
@@ -157,6 +158,8 @@ def _cbor_kind(value: Any) -> str:
 
 
 def _check_nodes(label: str, value: Any) -> None:
+    if isinstance(value, list) and len(value) > MAX_NODES:
+        raise CommandError(f"{label}: too many nodes in one request (at most {MAX_NODES})")
     if not isinstance(value, list) or not all(isinstance(n, bytes) and len(n) == 20 for n in value):
         raise CommandError(f"{label} must be a list of 20-byte binary nodes")
 

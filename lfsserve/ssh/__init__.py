@@ -1,0 +1,20 @@
+"""SSH front end: the forced command of lfsserve's authorized_keys lines.
+
+sshd authenticates a key and runs `lfsserve ssh --config ... --user NAME` with the client's
+command in SSH_ORIGINAL_COMMAND; `run_forced_command` accepts exactly three shapes of it
+(command.py), never through a shell, checks the user's permission with the same access rules as
+HTTP, and dispatches:
+
+    hg -R REPO serve --stdio                  hg.py (the hg stdio transport plugs in there)
+    git-lfs-authenticate REPO upload|download authenticate.py: a token for the HTTP LFS API
+    git-lfs-transfer REPO upload|download     transfer.py: git-lfs's pure-SSH protocol, on LfsService
+
+keys.py manages the authorized_keys file (and answers sshd's AuthorizedKeysCommand). This package
+imports the kernel (auth, config, routing), the LFS service and the stores, never another front end.
+"""
+
+from __future__ import annotations
+
+from .session import run_forced_command
+
+__all__ = ["run_forced_command"]

@@ -1,0 +1,96 @@
+"""The forced command: check what the client asked for and who it is, then run it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+
+from ..auth import Authenticator, AuthError, Permission, Principal
+from ..config import Config
+from .command import BadCommand, SshCommand, parse_command
+from .hg import serve_hg_stdio
+from .pktline import PktReader, PktWriter, ProtocolError, open_stdio
+
+__all__ = ["authenticate_answer", "run_forced_command"]
+
+
+def _fail(message: str) -> int:
+    # One line on stderr: ssh shows it to the user (hg prefixes "remote: ").
+    print(f"lfsserve: {message}", file=sys.stderr)
+    return 1
+
+
+def run_forced_command(config: Config, user: str, original_command: str | None) -> int:
+    """What `lfsserve ssh --user USER` does with SSH_ORIGINAL_COMMAND; returns the exit status."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="lfsserve: %(message)s")
+    try:
+        cmd = parse_command(original_command)
+    except BadCommand as exc:
+        return _fail(str(exc))
+    auth = Authenticator(config)
+    principal = Principal(user, "ssh")
+    needed = Permission.WRITE if cmd.operation == "upload" else Permission.READ
+    try:
+        auth.authorize(principal, cmd.repo, needed)
+    except AuthError as exc:
+        return _fail(exc.message)
+    if cmd.kind == "hg":
+        return serve_hg_stdio(config, principal, cmd.repo)
+    if cmd.kind == "git-lfs-authenticate":
+        try:
+            answer = authenticate_answer(config, auth, principal, cmd)
+        except ValueError as exc:
+            return _fail(str(exc))
+        sys.stdout.write(json.dumps(answer) + "\n")
+        return 0
+    if not config.ssh.lfs_transfer:
+        return _fail("git-lfs-transfer is turned off on this server (ssh.lfs_transfer); "
+                     "git-lfs falls back to git-lfs-authenticate and HTTP")
+    return asyncio.run(_transfer(config, auth, principal, cmd))
+
+
+def authenticate_answer(config: Config, auth: Authenticator, principal: Principal, cmd: SshCommand) -> dict:
+    """git-lfs-authenticate's JSON: the repository's HTTP LFS endpoint and a token for it."""
+    base = config.server.base_url.rstrip("/")
+    if not base:
+        raise ValueError("git-lfs-authenticate needs server.base_url (the public HTTP URL of this "
+                         "server) in the configuration")
+    assert principal.name is not None
+    expires_in = config.lfs.action_expiry
+    expires_at = int(time.time()) + expires_in
+    token = auth.sign_repo_token(principal.name, cmd.repo, cmd.operation, expires_at)
+    return {
+        "href": f"{base}/{cmd.repo}.git/info/lfs",
+        "header": {"Authorization": f"Bearer {token}"},
+        "expires_in": expires_in,
+        "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)),
+    }
+
+
+async def _transfer(config: Config, auth: Authenticator, principal: Principal, cmd: SshCommand) -> int:
+    from ..lfs.service import LfsService
+    from .transfer import SessionAbort, TransferSession
+
+    svc = LfsService.create(config, auth)
+    await svc.start()
+    try:
+        reader, writer = await open_stdio()
+        session = TransferSession(svc, principal, cmd.repo, cmd.operation, PktReader(reader), PktWriter(writer))
+        try:
+            return await session.run()
+        except ProtocolError as exc:
+            return _fail(f"git-lfs-transfer: protocol error: {exc}; nothing was stored from this message")
+        except SessionAbort:
+            return 1
+        except (BrokenPipeError, ConnectionResetError):
+            return _fail("git-lfs-transfer: the client went away")
+        finally:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await writer.drain()
+            writer.close()
+    finally:
+        await svc.stop()

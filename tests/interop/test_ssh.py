@@ -1,0 +1,257 @@
+"""git-lfs over a real OpenSSH server whose keys run `lfsserve ssh`: the pure-SSH transfer
+(git-lfs-transfer), the git-lfs-authenticate fallback to HTTP, locks, and what is refused.
+
+sshd's keys are written by `lfsserve authorized-keys add` (or looked up through it as an
+AuthorizedKeysCommand); the git remote is a local bare repository, `.lfsconfig` points git-lfs at
+`ssh://root@127.0.0.1:<port>/team/game`. GIT_TRACE shows which path git-lfs took.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ..support import HG, REPO_ROOT, LfsserveProcess, hg_env, run
+from .lfs_util import LFS, batch, oid_of, request, stored_oids, temp_files
+from .sshd import Sshd, make_key, make_wrapper, remove_wrapper, start_sshd
+from .test_lfs_git import Git
+
+pytestmark = pytest.mark.interop
+
+RULES = """
+[[auth.rules]]
+repos = "team/**"
+read = ["bob"]
+write = ["alice"]
+"""
+PURE_SSH = "attempting pure SSH protocol connection"
+PURE_SSH_FAILED = "pure SSH protocol connection failed"
+
+
+def lfsserve_cli(*args: str) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "lfsserve", *map(str, args)], cwd=REPO_ROOT, check=False)
+
+
+@dataclass
+class Site:
+    server: LfsserveProcess
+    sshd: Sshd
+    config: Path
+    keys: dict[str, Path]
+    git: Git
+
+    @property
+    def lfs_url(self) -> str:
+        return f"ssh://root@127.0.0.1:{self.sshd.port}/team/game"
+
+    def env(self, user: str) -> dict[str, str]:
+        return {"GIT_SSH_COMMAND": self.sshd.ssh_command(self.keys[user]), "GIT_TRACE": "1"}
+
+    def git_as(self, user: str, *args: str, cwd: Path | None = None, check: bool = True):
+        return self.git(*args, cwd=cwd, env=self.env(user), check=check)
+
+
+@pytest.fixture
+def site(lfsserve, tmp_path):
+    """Factory: site(lfs_transfer=True, keys_command=False) -> Site; sshd stopped by pid at the end."""
+    started: list[Sshd] = []
+    wrappers: list[Path] = []
+
+    def make(lfs_transfer: bool = True, keys_command: bool = False) -> Site:
+        server = lfsserve(anonymous="none", config="[auth]\n" + RULES)
+        wrapper = make_wrapper()
+        wrappers.append(wrapper)
+        config = tmp_path / "ssh-config.toml"
+        config.write_text(f"""
+[server]
+root = "{server.root}"
+base_url = "{server.url}"
+[ssh]
+command = "{wrapper}"
+lfs_transfer = {str(lfs_transfer).lower()}
+[auth]
+anonymous = "none"
+{RULES}""")
+        keys = {name: make_key(tmp_path / "keys", name) for name in ("alice", "bob", "eve")}
+        for name in ("alice", "bob"):
+            res = lfsserve_cli("authorized-keys", "add", "--config", config, name, keys[name].with_suffix(".pub"))
+            assert res.returncode == 0, res.stderr.decode()
+        # `list` shows the fingerprints ssh-keygen (and sshd's log) shows.
+        listed = lfsserve_cli("authorized-keys", "list", "--config", config).stdout.decode().splitlines()
+        fingerprints = [run(["ssh-keygen", "-l", "-f", str(keys[n].with_suffix(".pub"))]).stdout.decode().split()[1]
+                        for n in ("alice", "bob")]
+        assert [line.split("\t")[:3] for line in listed] == [["alice", "ssh-ed25519", fingerprints[0]],
+                                                              ["bob", "ssh-ed25519", fingerprints[1]]]
+        authorized = server.root / "ssh" / "authorized_keys"
+        assert authorized.stat().st_mode & 0o777 == 0o600
+        if keys_command:
+            sshd = start_sshd(tmp_path / "sshd", keys_command=f"{wrapper} authorized-keys lookup --config {config} "
+                                                               "%u %t %k")
+        else:
+            sshd = start_sshd(tmp_path / "sshd", authorized_keys=authorized)
+        started.append(sshd)
+        git = Git(tmp_path / "home")
+        git("config", "--global", "lfs.ssh.automultiplex", "false")
+        return Site(server, sshd, config, keys, git)
+
+    yield make
+    for sshd in started:
+        sshd.stop()
+    for wrapper in wrappers:
+        remove_wrapper(wrapper)
+
+
+def _data(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def _new_repo(site: Site, tmp_path: Path, files: dict[str, bytes]) -> tuple[Path, Path]:
+    remote, work = tmp_path / "remote.git", tmp_path / "work"
+    git = site.git
+    git("init", "-q", "--bare", str(remote))
+    git("init", "-q", str(work))
+    git("remote", "add", "origin", str(remote), cwd=work)
+    git("lfs", "track", "*.bin", cwd=work)
+    (work / ".lfsconfig").write_text(f'[lfs]\n\turl = {site.lfs_url}\n')
+    for name, data in files.items():
+        (work / name).write_bytes(data)
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "assets", cwd=work)
+    return remote, work
+
+
+def _text(res) -> str:
+    return (res.stdout + res.stderr).decode(errors="replace")
+
+
+def test_pure_ssh_push_pull_and_locks(site, tmp_path):
+    s = site()
+    big, small = _data(3 * 1024 * 1024 + 17, 1), b"small lfs object\n"
+    remote, work = _new_repo(s, tmp_path, {"big.bin": big, "small.bin": small})
+
+    push = s.git_as("alice", "push", "-q", "origin", "main", cwd=work)
+    trace = _text(push)
+    assert PURE_SSH in trace and PURE_SSH_FAILED not in trace, trace[-3000:]
+    assert "git-lfs-authenticate" not in trace
+    assert {oid_of(big), oid_of(small)} <= stored_oids(s.server.root)
+    assert "/info/lfs/objects/batch" not in s.server.log()  # nothing went over HTTP
+
+    clone = tmp_path / "clone"
+    res = s.git_as("bob", "clone", "-q", str(remote), str(clone))
+    assert PURE_SSH in _text(res) and PURE_SSH_FAILED not in _text(res)
+    assert (clone / "big.bin").read_bytes() == big
+    assert (clone / "small.bin").read_bytes() == small
+
+    out = _text(s.git_as("alice", "lfs", "lock", "big.bin", cwd=work))
+    assert "Locked big.bin" in out
+    listed = _text(s.git_as("bob", "lfs", "locks", cwd=clone))
+    assert "big.bin" in listed and "alice" in listed
+    refused = s.git_as("bob", "lfs", "lock", "small.bin", cwd=clone, check=False)
+    assert refused.returncode != 0 and "may not write" in _text(refused)
+    assert "Unlocked big.bin" in _text(s.git_as("alice", "lfs", "unlock", "big.bin", cwd=work))
+    assert "big.bin" not in _text(s.git_as("bob", "lfs", "locks", cwd=clone)).replace("GIT_TRACE", "")
+
+
+def test_git_lfs_authenticate_fallback_over_http(site, tmp_path):
+    s = site(lfs_transfer=False)
+    data = _data(200_000, 2)
+    remote, work = _new_repo(s, tmp_path, {"a.bin": data})
+
+    trace = _text(s.git_as("alice", "push", "-q", "origin", "main", cwd=work))
+    assert PURE_SSH_FAILED in trace and "git-lfs-authenticate" in trace, trace[-3000:]
+    assert oid_of(data) in stored_oids(s.server.root)
+    assert "POST /team/game.git/info/lfs/objects/batch" in s.server.log()
+
+    clone = tmp_path / "clone"
+    res = s.git_as("bob", "clone", "-q", str(remote), str(clone))
+    assert "git-lfs-authenticate" in _text(res)
+    assert (clone / "a.bin").read_bytes() == data
+
+    assert "Locked a.bin" in _text(s.git_as("alice", "lfs", "lock", "a.bin", cwd=work))
+    assert "Unlocked a.bin" in _text(s.git_as("alice", "lfs", "unlock", "a.bin", cwd=work))
+
+
+def test_read_only_user_refused_on_upload(site, tmp_path):
+    s = site()
+    remote, work = _new_repo(s, tmp_path, {"a.bin": _data(1000, 3)})
+    s.git_as("alice", "push", "-q", "origin", "main", cwd=work)
+    clone = tmp_path / "clone"
+    s.git_as("bob", "clone", "-q", str(remote), str(clone))
+    new = _data(5000, 4)
+    (clone / "b.bin").write_bytes(new)
+    s.git("add", "b.bin", cwd=clone)
+    s.git("commit", "-q", "-m", "more", cwd=clone)
+    res = s.git_as("bob", "push", "origin", "main", cwd=clone, check=False)
+    assert res.returncode != 0
+    assert "user bob may not write to team/game" in _text(res)
+    assert oid_of(new) not in stored_oids(s.server.root)
+
+
+def test_unknown_key_and_disallowed_commands_are_refused(site, tmp_path):
+    s = site()
+    res = s.sshd.ssh(s.keys["eve"], "git-lfs-authenticate team/game download")
+    assert res.returncode == 255 and b"Permission denied (publickey)" in res.stderr
+
+    alice = s.keys["alice"]
+    for command, message in [
+        ("git-lfs-authenticate ../x upload", "invalid repository path"),
+        ("git-lfs-transfer team/../../etc download", "invalid repository path"),
+        ("hg -R x serve --stdio; rm -rf /", "not allowed"),
+        ("hg -R 'x; rm -rf /' serve --stdio", "invalid repository path"),
+        ("git-lfs-authenticate team/game upload && id", "not allowed"),
+        ("ls -la", "not allowed"),
+        ("", "interactive logins are not available"),
+    ]:
+        res = s.sshd.ssh(alice, command)
+        assert res.returncode not in (0, 255), (command, res)
+        err = res.stderr.decode()
+        assert message in err and err.count("\n") == 1, (command, err)
+        assert res.stdout == b""
+    res = s.sshd.ssh(alice, "hg -R team/game serve --stdio")
+    assert res.returncode == 1 and "hg over ssh is not available yet" in res.stderr.decode()
+    # The real hg client's command line (ssh://host//path form) gets through the parser and the
+    # read check to the hg transport, for a reader and a writer alike.
+    for user in ("bob", "alice"):
+        res = run([HG, "clone", "-e", s.sshd.ssh_command(s.keys[user]),
+                   f"ssh://root@127.0.0.1:{s.sshd.port}//team/game", str(tmp_path / f"hg-{user}")],
+                  env=hg_env(tmp_path / "hg-home"), check=False)
+        assert res.returncode != 0 and "remote: lfsserve: hg over ssh is not available yet" in _text(res), _text(res)
+    res = s.sshd.ssh(s.keys["bob"], "git-lfs-transfer team/game upload")
+    assert res.returncode == 1 and "user bob may not write to team/game" in res.stderr.decode()
+
+
+def test_authorized_keys_command_and_authenticate_token_scope(site, tmp_path):
+    s = site(keys_command=True)
+    res = s.sshd.ssh(s.keys["alice"], "git-lfs-authenticate /team/game.git download")
+    assert res.returncode == 0, _text(res) + s.sshd.log()[-2000:]
+    answer = json.loads(res.stdout)
+    assert answer["href"] == f"{s.server.url}/team/game.git/info/lfs"
+    assert 0 < answer["expires_in"] <= 3600
+    download = answer["header"]
+    obj = [{"oid": oid_of(b"x"), "size": 1}]
+    assert batch(answer["href"], "download", obj, download)[0] == 200
+    # A download token neither writes nor opens another repository, nor the hg front door.
+    assert batch(answer["href"], "upload", obj, download)[0] == 403
+    assert batch(f"{s.server.url}/team/other.git/info/lfs", "download", obj, download)[0] == 401
+    assert request(f"{s.server.url}/team/game?cmd=capabilities", headers=download)[0] == 401
+    status, _, body = request(f"{answer['href']}/locks", headers={"Accept": LFS, **download})
+    assert status == 200, body
+
+    res = s.sshd.ssh(s.keys["alice"], "git-lfs-authenticate team/game upload")
+    upload = json.loads(res.stdout)["header"]
+    status, _, body = batch(answer["href"], "upload", obj, upload)
+    assert status == 200 and "upload" in body["objects"][0]["actions"]
+    # The token is bound to its user's current rights: bob's download token cannot upload.
+    res = s.sshd.ssh(s.keys["bob"], "git-lfs-authenticate team/game download")
+    bob = json.loads(res.stdout)["header"]
+    assert batch(answer["href"], "upload", obj, bob)[0] == 403
+    res = s.sshd.ssh(s.keys["bob"], "git-lfs-authenticate team/game upload")
+    assert res.returncode == 1 and "may not write" in res.stderr.decode()
+    assert s.sshd.ssh(s.keys["eve"], "git-lfs-authenticate team/game download").returncode == 255
+    assert not temp_files(s.server.root)
