@@ -40,9 +40,6 @@ from ..protocol import BadRequest, header_args, parse_client_proto, parse_qs_byt
 from ..unbundle import LfsCheck, PushReply
 from .commands import COMMANDS, Command, Result, Session, Stream, bind_args
 
-# Decoded arguments of a command, as bind_args gives them.
-Args = dict[str, bytes | dict[str, bytes]]
-
 __all__ = ["V1", "V1State", "handle", "setup"]
 
 log = logging.getLogger(__name__)
@@ -51,6 +48,10 @@ HG_ERROR = "application/hg-error"
 SCRIPT_OK = "Script output follows"
 SPOOL_CHUNK = 1024 * 1024
 MAX_POST_ARGS = 16 * 1024 * 1024
+
+# Decoded arguments of a command, as bind_args gives them.
+Args = dict[str, bytes | dict[str, bytes]]
+
 
 @dataclass
 class V1State:
