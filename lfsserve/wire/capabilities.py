@@ -6,6 +6,7 @@ them, the bundle1 refusal). Plain synchronous code; no HTTP.
 from __future__ import annotations
 
 import urllib.parse
+from typing import Callable
 
 from ..config import Config
 from ..hg import bundle2
@@ -16,6 +17,7 @@ from ..repos import ServedRepo
 __all__ = [
     "BundleRequired",
     "capabilities_bytes",
+    "http_capabilities",
     "clonebundles_manifest",
     "repo_heads",
     "server_bundle2_caps",
@@ -74,8 +76,22 @@ def server_bundle2_caps(streamable: bool) -> dict[str, list[str]]:
     return caps
 
 
-def capabilities_bytes(config: Config, repo: ServedRepo) -> bytes:
-    """The `capabilities` answer for `repo` (an engine Repository or an AbsentRepo).
+def http_capabilities(config: Config) -> list[str]:
+    """What the HTTP transport adds to the answer (hg's httpv1 protocol handler does the same):
+    argument headers, media types, compression engines, arguments in the POST body. An SSH
+    transport adds nothing."""
+    caps = ["httpheader=1024", "httpmediatype=0.1rx,0.1tx,0.2tx"]
+    if config.hg.compression:
+        caps.append("compression=" + ",".join(config.hg.compression))
+    if config.hg.httppostargs:
+        caps.append("httppostargs")
+    return caps
+
+
+def capabilities_bytes(config: Config, repo: ServedRepo,
+                       transport: Callable[[Config], list[str]] = http_capabilities) -> bytes:
+    """The `capabilities` answer for `repo` (an engine Repository or an AbsentRepo), with what
+    the `transport` adds.
 
     As hg serve 7.2.4 advertises, minus what lfsserve does not do: no `remote-changegroup`
     (the server would fetch client-named URLs) and hence no `digests`, no changegroup 04 and
@@ -88,8 +104,6 @@ def capabilities_bytes(config: Config, repo: ServedRepo) -> bytes:
         "bundle2=" + urllib.parse.quote(bundle2.encode_caps(server_bundle2_caps(streamable))),
         "changegroupsubset",
         "getbundle",
-        "httpheader=1024",
-        "httpmediatype=0.1rx,0.1tx,0.2tx",
         "known",
         "lfs",
         "lookup",
@@ -97,10 +111,7 @@ def capabilities_bytes(config: Config, repo: ServedRepo) -> bytes:
         "unbundle=HG10GZ,HG10BZ,HG10UN",
         "unbundlehash",
     ]
-    if config.hg.compression:
-        caps.append("compression=" + ",".join(config.hg.compression))
-    if config.hg.httppostargs:
-        caps.append("httppostargs")
+    caps += transport(config)
     if repo.has_lfs:
         caps.append("lfs-serve")
     if streamable:

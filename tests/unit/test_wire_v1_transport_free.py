@@ -55,10 +55,10 @@ SCRIPT = textwrap.dedent('''
     config = Config()
     registry = RepoRegistry(root, RepoSettings(publishing=False, lock_timeout=7.0))
 
-    def run(name, repo_name="r", **args):
+    def run(name, repo_name="r", session=Session, **args):
         cmd = COMMANDS[name]
         with registry.open(repo_name, may_create=True) as served:
-            out = cmd.func(Session(config, served), **bind_args(cmd, args))
+            out = cmd.func(session(config, served), **bind_args(cmd, args))
             if isinstance(out, Stream):
                 out = b"".join(out.chunks())
         return out.decode("latin-1")
@@ -68,6 +68,8 @@ SCRIPT = textwrap.dedent('''
         "lookup": run("lookup", key=b"tip"),
         "listkeys": run("listkeys", namespace=b"phases"),
         "capabilities": run("capabilities"),
+        # a transport that adds nothing of HTTP's (as SSH will)
+        "bare_capabilities": run("capabilities", session=lambda c, r: Session(c, r, transport_caps=lambda c: [])),
         "getbundle": run("getbundle", heads=previous.hex().encode(), common=b"0" * 40,
                          bundlecaps=b"HG20,bundle2=HG20%0Achangegroup%3D01%2C02%2C03"),
         "absent_heads": run("heads", repo_name="not/yet"),
@@ -89,7 +91,10 @@ def test_v1_commands_run_without_aiohttp(tmp_path):
     assert answers["lookup"] == f"1 {tip}\n"
     # not publishing (the registry's settings reached the repository): no `publishing True`
     assert answers["listkeys"] == ""
-    assert "unbundlehash" in answers["capabilities"].split(" ")
+    caps = answers["capabilities"].split(" ")
+    assert "unbundlehash" in caps and "httpheader=1024" in caps
+    bare = answers["bare_capabilities"].split(" ")
+    assert "unbundlehash" in bare and not [c for c in bare if c.startswith(("http", "compression="))]
     bundle = answers["getbundle"]
     assert bundle.startswith("HG20") and "CHANGEGROUP" in bundle
     assert answers["absent_heads"] == "0" * 40 + "\n"

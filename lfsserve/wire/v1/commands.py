@@ -19,7 +19,8 @@ from ...config import Config
 from ...hg.error import HgError
 from ...repos import ServedRepo, engine_repo
 from .. import getbundle as pull, streamclone
-from ..capabilities import BundleRequired, capabilities_bytes, clonebundles_manifest, repo_heads
+from ..capabilities import (BundleRequired, capabilities_bytes, clonebundles_manifest, http_capabilities,
+                            repo_heads)
 from ..protocol import MAX_PAIRS, BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
 from ..unbundle import LfsCheck, PushReply, unbundle as apply_push
 
@@ -35,6 +36,8 @@ class Session:
     repo: ServedRepo
     payload: BinaryIO | None = None
     check_lfs: LfsCheck | None = None
+    # What the transport adds to the capabilities answer (HTTP's unless the transport says).
+    transport_caps: Callable[[Config], list[str]] = http_capabilities
 
 
 @dataclass
@@ -95,7 +98,7 @@ def bind_args(cmd: Command, given: dict[str, bytes]) -> dict[str, bytes | dict[s
 
 @command("capabilities")
 def capabilities(s: Session) -> bytes:
-    return capabilities_bytes(s.config, s.repo)
+    return capabilities_bytes(s.config, s.repo, s.transport_caps)
 
 
 @command("heads")
