@@ -48,7 +48,7 @@ async def browse(request: web.Request, target: Target) -> web.StreamResponse:
         return web.Response(status=exc.status, text=exc.message + "\n")
     request[PRINCIPAL] = principal
 
-    def info():
+    def info() -> tuple[int, list[bytes], bool]:
         with ctx.repos.open(target.repo) as repo:
             return len(repo.heads()), sorted(repo.bookmarks()), repo.has_lfs
 

@@ -39,7 +39,7 @@ BUNDLE2_REQUIRED = ("incompatible Mercurial client; bundle2 required\n"
 class BundleRequired(HgError):
     """A bundle1 exchange while hg.bundle1 is off; answered as application/hg-error."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(BUNDLE2_REQUIRED)
 
 

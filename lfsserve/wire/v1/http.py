@@ -21,7 +21,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from aiohttp import hdrs, web
 
@@ -242,7 +242,7 @@ async def _stream(request: web.Request, result: Stream) -> web.StreamResponse:
                            prefer_uncompressed=result.prefer_uncompressed)
         media, prefix = choice.media_type, choice.prefix
 
-        def make():
+        def make() -> Iterator[bytes]:
             return compress_stream(result.chunks(), choice.engine, zstd_level=config.hg.zstd_level)
 
     async with contextlib.aclosing(iterate_blocking(make)) as chunks:
@@ -268,7 +268,7 @@ async def _stream(request: web.Request, result: Stream) -> web.StreamResponse:
 
 
 class PushTooLarge(Exception):
-    def __init__(self, limit: int):
+    def __init__(self, limit: int) -> None:
         super().__init__(f"push larger than this server's limit of {_size_text(limit)} (hg.max_push_size)")
         self.limit = limit
 
@@ -280,7 +280,7 @@ def _size_text(n: int) -> str:
     return f"{n} bytes"
 
 
-async def _spool(request: web.Request, spool_dir: Path, limit: int = 0):
+async def _spool(request: web.Request, spool_dir: Path, limit: int = 0) -> BinaryIO:
     """Copy the request body to an anonymous temporary file (never held in memory).
 
     With `limit`, a body announced or found to be larger raises PushTooLarge; what was spooled
@@ -288,7 +288,7 @@ async def _spool(request: web.Request, spool_dir: Path, limit: int = 0):
     if limit and request.content_length is not None and request.content_length > limit:
         raise PushTooLarge(limit)
     await run_blocking(spool_dir.mkdir, parents=True, exist_ok=True)
-    fh = await run_blocking(tempfile.TemporaryFile, dir=spool_dir, prefix="unbundle-")
+    fh: BinaryIO = await run_blocking(lambda: tempfile.TemporaryFile("w+b", dir=spool_dir, prefix="unbundle-"))
     size = 0
     try:
         while True:
