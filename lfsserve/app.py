@@ -21,7 +21,7 @@ from .config import Config
 from .health import healthz, readyz
 from .kernel import CTX, REQUEST_ID, ROUTE_KIND, ServerContext, Setup, lfs_error
 from .limits import LIMITS, PROBE_PATHS, Limits, limits_middleware, mark_prepared
-from .logs import add_request_id_header, request_id_middleware
+from .logs import add_request_id_header, client_gone, request_id_middleware
 from .metrics import METRICS, Metrics, metrics_handler
 from .repos import RepoRegistry, RepoSettings
 from .routing import BadPath, Kind, Target, resolve
@@ -55,9 +55,9 @@ async def _error_middleware(request: web.Request, handler):
         return await handler(request)
     except web.HTTPException:
         raise
-    except (ConnectionResetError, ConnectionAbortedError):
-        raise
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and client_gone(request):
+            raise  # the client went away: logs.request_id_middleware records it (499)
         log.exception("unhandled error serving %s %s", request.method, request.path_qs)
         rid = request.get(REQUEST_ID, "-")
         return web.Response(status=500, text=f"internal server error (request id {rid})\n")

@@ -12,8 +12,9 @@ Credentials:
   user it names still has that permission.
 
 Authorization: the first access rule whose glob matches the repository decides; without a
-matching rule authenticated users may read and write and anonymous clients get `auth.anonymous`.
-Write implies read. Front ends turn Unauthorized into 401 (with a Basic challenge: hg understands
+matching rule anonymous clients get `auth.anonymous` and authenticated users `auth.authenticated`
+(read by default: like hg serve's empty `web.allow-push`, nobody writes until configured; never
+less than anonymous clients). Write implies read. Front ends turn Unauthorized into 401 (with a Basic challenge: hg understands
 nothing else) and Forbidden into 403, each in its own body format.
 """
 
@@ -216,6 +217,8 @@ class Authenticator:
         self.config = config
         self.realm = config.auth.realm
         self.anonymous = Permission.parse(config.auth.anonymous)
+        # A user who logs in never gets less than one who does not.
+        self.authenticated = max(self.anonymous, Permission.parse(config.auth.authenticated))
         self._htpasswd = _ReloadingFile(config.auth.htpasswd, _parse_htpasswd)
         self._tokens = _ReloadingFile(config.auth.tokens, _parse_tokens)
         self._rules = [(_glob_to_regex(r.repos), r) for r in config.auth.rules]
@@ -420,7 +423,7 @@ class Authenticator:
         """The most this principal may do on this repository (or LFS namespace)."""
         rule = self._rule_for(repo)
         if rule is None:
-            return Permission.WRITE if principal.authenticated else self.anonymous
+            return self.authenticated if principal.authenticated else self.anonymous
 
         def listed(names: list[str]) -> bool:
             if "anonymous" in names:
@@ -464,6 +467,36 @@ class Authenticator:
         principal = await self.authenticate(headers, lfs_repo=repo if lfs else None)
         self.authorize(principal, repo, needed)
         return principal
+
+    def describe(self) -> list[str]:
+        """Who may write (and read), for the start-up banner: the two default levels and each rule."""
+        words = {Permission.NONE: "do nothing", Permission.READ: "read", Permission.WRITE: "read and write"}
+
+        def who(names: list[str]) -> str:
+            if "anonymous" in names:
+                return "everyone"
+            if "*" in names:
+                return "any authenticated user"
+            return ", ".join(dict.fromkeys(names)) or "nobody"
+
+        lines = [f"access: anonymous clients may {words[self.anonymous]} (auth.anonymous = \"{self.config.auth.anonymous}\"), "
+                 f"authenticated users may {words[self.authenticated]} (auth.authenticated = "
+                 f"\"{self.config.auth.authenticated}\")"
+                 + (", where no rule matches" if self._rules else "")]
+        for _, rule in self._rules:
+            lines.append(f"access: rule {rule.repos!r}: write {who(rule.write)}; read {who(rule.read + rule.write)}")
+        if self.anonymous is Permission.WRITE:
+            writers = "everyone, without credentials"
+        elif self.authenticated is Permission.WRITE:
+            writers = "every authenticated user" + (" (except where a rule says otherwise)" if self._rules else "")
+        else:
+            ruled = [f"{who(r.write)} on {r.repos}" for _, r in self._rules if r.write]
+            writers = "; ".join(ruled) if ruled else (
+                "nobody (set auth.authenticated = \"write\" to let users push)")
+        lines.append(f"access: who may write: {writers}")
+        if not (self.config.auth.htpasswd or self.config.auth.tokens) and self.anonymous is not Permission.WRITE:
+            lines.append("access: no users (set auth.htpasswd or auth.tokens to let people log in)")
+        return lines
 
     def challenge(self) -> dict[str, str]:
         """Headers for a 401: Basic for hg and browsers, LFS-Authenticate for git-lfs."""

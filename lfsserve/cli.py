@@ -27,10 +27,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _config_from(args: argparse.Namespace, **server_overrides) -> Config:
     overrides = {"server": {"root": args.root, **server_overrides}}
-    anonymous = getattr(args, "anonymous", None)
-    if anonymous is not None:
-        overrides["auth"] = {"anonymous": anonymous}
+    overrides["auth"] = {key: getattr(args, key, None) for key in ("anonymous", "authenticated", "htpasswd")}
     return load_config(args.config, overrides=overrides)
+
+
+def _data_config(args: argparse.Namespace) -> Config | None:
+    """The configuration of an admin command that reads existing data, or None (after saying why)
+    when its data directory does not exist: run from the wrong place, it must not report an
+    empty server, nor create one."""
+    config = _config_from(args)
+    if not config.root.is_dir():
+        print(f"lfsserve: no data directory at {config.root} (give the server's --root, or "
+              "server.root in --config / LFSSERVE_ROOT)", file=sys.stderr)
+        return None
+    print(f"data directory: {config.root}", file=sys.stderr)
+    return config
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -41,15 +52,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 _USER = re.compile(r"[A-Za-z0-9._@+-]{1,64}\Z")
+_NO_TERMINAL = ("lfsserve: no terminal to ask for the password; give it on standard input with "
+                "--password-stdin, e.g.\n  printf '%s\\n' \"$PASSWORD\" | lfsserve adduser --htpasswd {file} "
+                "--password-stdin {user}")
 
 
 def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass(f"password for {args.user}: ")
-        if password != getpass.getpass("again: "):
-            raise SystemExit("lfsserve: passwords do not match")
+        if not sys.stdin.isatty():
+            raise SystemExit(_NO_TERMINAL.format(user=args.user, file=args.htpasswd))
+        try:
+            password = getpass.getpass(f"password for {args.user}: ")
+            if password != getpass.getpass("again: "):
+                raise SystemExit("lfsserve: passwords do not match")
+        except EOFError:
+            raise SystemExit(_NO_TERMINAL.format(user=args.user, file=args.htpasswd)) from None
     if not password:
         raise SystemExit("lfsserve: empty password")
     return password
@@ -151,7 +170,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .hg.verify import verify_with_stats
     from .repos import RepoRegistry, engine_repo
 
-    config = _config_from(args)
+    config = _data_config(args)
+    if config is None:
+        return 1
     registry = RepoRegistry(config.repos_dir)
     names = [] if args.blobs_only else args.repos or list(registry.names())
     check_blobs = not args.repos_only and not args.repos
@@ -238,17 +259,20 @@ def cmd_repos(args: argparse.Namespace) -> int:
 
     from .admin import usage
 
-    rows = asyncio.run(usage(_config_from(args), progress=_Bar()))
+    config = _data_config(args)
+    if config is None:
+        return 1
+    rows = asyncio.run(usage(config, progress=_Bar()))
     if args.json:
         print(json.dumps([row.__dict__ for row in rows], indent=2))
         return 0
     if not rows:
-        print("no repositories")
+        print(f"no repositories in {config.repos_dir} (create one with `lfsserve init NAME`)")
         return 0
-    width = max(len("REPOSITORY"), *(len(r.name) for r in rows))
+    names = [r.name if r.hg_bytes is not None else r.name + " (lfs only)" for r in rows]
+    width = max(len("REPOSITORY"), *(len(n) for n in names))
     print(f"{'REPOSITORY':<{width}}  {'HG':>10}  {'LFS OBJECTS':>11}  {'LFS':>10}")
-    for r in rows:
-        name = r.name if r.hg_bytes is not None else r.name + " (lfs only)"
+    for name, r in zip(names, rows):
         print(f"{name:<{width}}  {_size(r.hg_bytes):>10}  {r.lfs_objects:>11}  {_size(r.lfs_bytes):>10}")
     return 0
 
@@ -263,7 +287,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"lfsserve: --grace: {exc}", file=sys.stderr)
         return 2
-    res = asyncio.run(collect_garbage(_config_from(args), grace, args.apply, args.forget, progress=_Bar()))
+    config = _data_config(args)
+    if config is None:
+        return 1
+    res = asyncio.run(collect_garbage(config, grace, args.apply, args.forget, progress=_Bar()))
     for name, n in res.forgotten.items():
         print(f"{'forgot' if args.apply else 'would forget'} namespace {name} ({n} references)")
     if args.verbose:
@@ -336,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free one)")
     p.add_argument("--anonymous", choices=["none", "read", "write"],
                    help="what unauthenticated clients may do (default read)")
+    p.add_argument("--authenticated", choices=["none", "read", "write"],
+                   help="what logged-in users may do where no access rule matches (default read)")
+    p.add_argument("--htpasswd", metavar="FILE", help="users and bcrypt passwords, from `lfsserve adduser`")
     p.add_argument("--base-url", help="external URL of the server, e.g. https://hg.example.com/hg")
     p.set_defaults(func=cmd_serve)
 

@@ -74,6 +74,9 @@ class AccessRule:
 class AuthConfig:
     # What unauthenticated clients may do everywhere no access rule says otherwise: none|read|write.
     anonymous: str = "read"
+    # What authenticated users (htpasswd, tokens) may do everywhere no access rule says otherwise:
+    # none|read|write. "write" is the one setting that lets every user push everywhere.
+    authenticated: str = "read"
     # htpasswd file with bcrypt entries ("user:$2y$..."), e.g. made by `lfsserve adduser`.
     htpasswd: str = ""
     # Token file: one "user:sha256-hex-of-token" line each, e.g. made by `lfsserve token`.
@@ -83,7 +86,7 @@ class AuthConfig:
     # <root>/secret.key (created with mode 0600 on first start).
     secret_file: str = ""
     # Per-repository rules; the first rule whose glob matches decides. No match: authenticated
-    # users may read and write, anonymous clients get `anonymous`.
+    # users get `authenticated`, anonymous clients get `anonymous`.
     rules: list[AccessRule] = field(default_factory=list)
 
 
@@ -134,7 +137,8 @@ class HgConfig:
     bundle1: bool = True
     # Allow `hg clone --stream`.
     stream_clone: bool = True
-    # Advertise `httppostargs`: clients then send command arguments in POST bodies, not headers.
+    # Advertise `httppostargs` (command arguments in POST bodies, not headers) to the clients that
+    # cannot get a 401 later: hg cannot resend such a body with credentials (wire/v1.py).
     httppostargs: bool = True
     # zstd level for compressed pull answers (1 fastest .. 22 smallest; hg serve uses 3).
     zstd_level: int = 3
@@ -149,6 +153,9 @@ class HgConfig:
     # may carry, in bytes; 0 = up to the format's 2 GiB. The server holds one such revision in
     # memory (two to three times its size, measured) while it checks and stores it.
     max_revision_size: int = 256 * 1024 * 1024
+    # Largest file a pushed revision may keep in plain history, in bytes; 0 = no limit. Larger
+    # files must be stored with LFS: a push adding one is refused with a message saying how.
+    max_file_size: int = 0
 
 
 @dataclass
@@ -165,6 +172,10 @@ class LogConfig:
 class LimitsConfig:
     # Longest a request may take before the server gives up on it, in seconds; 0 = no limit.
     request_timeout: float = 0.0
+    # Seconds a client may send nothing while the server waits for its request: an unfinished
+    # body gets 408, unfinished headers (and idle keep-alive connections) are closed. An idle
+    # timeout, not a total: an upload of any size passes while bytes keep coming. 0 = wait forever.
+    idle_timeout: float = 60.0
     # Concurrent requests one client address may have in flight; 0 = unlimited. Over: 429.
     per_client_concurrency: int = 0
 
@@ -230,8 +241,10 @@ class Config:
             raise ConfigError("server.executor_threads: must be >= 0")
         if s.shutdown_grace < 0:
             raise ConfigError("server.shutdown_grace: must be >= 0")
-        if self.auth.anonymous not in ("none", "read", "write"):
-            raise ConfigError(f"auth.anonymous: must be none, read or write, got {self.auth.anonymous!r}")
+        for name in ("anonymous", "authenticated"):
+            level = getattr(self.auth, name)
+            if level not in ("none", "read", "write"):
+                raise ConfigError(f"auth.{name}: must be none, read or write, got {level!r}")
         for name in ("htpasswd", "tokens"):
             path = getattr(self.auth, name)
             if path and not Path(path).expanduser().is_file():
@@ -257,7 +270,7 @@ class Config:
             raise ConfigError(f"hg.zstd_level: must be 1-22, got {self.hg.zstd_level}")
         if self.hg.lock_timeout < 0:
             raise ConfigError("hg.lock_timeout: must be >= 0")
-        for name in ("max_push_size", "max_unpacked_push_size", "max_revision_size"):
+        for name in ("max_push_size", "max_unpacked_push_size", "max_revision_size", "max_file_size"):
             if getattr(self.hg, name) < 0:
                 raise ConfigError(f"hg.{name}: must be >= 0")
         if self.log.level.lower() not in ("debug", "info", "warning", "error"):
@@ -268,6 +281,8 @@ class Config:
             raise ConfigError(f"log.format: must be text or json, got {self.log.format!r}")
         if self.limits.request_timeout < 0:
             raise ConfigError("limits.request_timeout: must be >= 0")
+        if self.limits.idle_timeout < 0:
+            raise ConfigError("limits.idle_timeout: must be >= 0")
         if self.limits.per_client_concurrency < 0:
             raise ConfigError("limits.per_client_concurrency: must be >= 0")
         if not self.ssh.command or any(c in self.ssh.command for c in '"\\\n\r'):

@@ -119,7 +119,7 @@ class Metrics:
                               ["result"], registry=r)
         self.push_seconds = Histogram("lfsserve_hg_push_duration_seconds", "Time to receive and apply an hg push",
                                       buckets=_SECONDS_BUCKETS, registry=r)
-        self.rejected = Counter("lfsserve_limit_rejections", "Requests refused by a limit (concurrency, timeout)",
+        self.rejected = Counter("lfsserve_limit_rejections", "Requests refused by a limit (concurrency, timeout, idle)",
                                 ["limit"], registry=r)
         for protocol in ("lfs", "hg"):
             self.uploads_in_flight.labels(protocol)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AbsentRepo", "CannotCreate", "RepoPathError", "RepoRegistry", "RepoSettings", "ServedRepo", "engine_repo",
-    "make_dirs", "remove_created",
+    "how_to_create", "make_dirs", "remove_created",
 ]
 
 
@@ -90,6 +90,14 @@ class RepoSettings:
         repo.publishing = self.publishing
         repo.lock_timeout = self.lock_timeout
         return repo
+
+
+def how_to_create(create_on_push: bool, name: str) -> str:
+    """What a user who found no repository can do about it (404s, the empty index)."""
+    if create_on_push:
+        return "push to a new repository's URL to create it (hg.create_on_push is on)"
+    return (f"create it on the server with `lfsserve init {name or 'NAME'}`, or set "
+            "hg.create_on_push = true to create repositories by pushing")
 
 
 class RepoPathError(ValueError):

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from .auth import Principal
 
-__all__ = ["CLIENT", "PRINCIPAL", "REQUEST_ID", "RESPONSE_PREPARED", "ROUTE_KIND"]
+__all__ = ["BODY_SENT", "CLIENT", "PRINCIPAL", "REQUEST_ID", "RESPONSE_PREPARED", "ROUTE_KIND"]
 
 # The id sent back as X-Request-Id and written on every log line about the request.
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -21,3 +21,6 @@ CLIENT = web.RequestKey("client", str)
 ROUTE_KIND = web.RequestKey("route_kind", str)
 # Set once a streamed response has started (a late error can then only cut it).
 RESPONSE_PREPARED = web.RequestKey("response_prepared", bool)
+# Response body bytes that left the server (headers and chunk framing not counted; a file sent
+# by the kernel counted too): the access log's size and the sent-bytes metric.
+BODY_SENT = web.RequestKey("body_sent", int)

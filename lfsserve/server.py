@@ -16,25 +16,29 @@ from aiohttp import web
 from . import __version__
 from .aio import Executor, set_default_executor
 from .app import create_app
+from .kernel import CTX
 from .shutdown import DRAIN
 from .config import Config
-from .logs import AccessLogger, JsonAccessLogger, QuietAccessLogger, setup_logging
+from .logs import access_logger_class, setup_logging
+from .metrics import METRICS
 
 __all__ = ["run", "runner_options", "serve"]
 
 log = logging.getLogger(__name__)
 
 
-def runner_options(config: Config) -> dict:
+def runner_options(app: web.Application, config: Config) -> dict:
     """AppRunner arguments that belong to the product (tests running the app in-process use them too)."""
     # The access logger also feeds the request metrics, so it runs even when lines are "off".
-    access = {"combined": AccessLogger, "json": JsonAccessLogger, "off": QuietAccessLogger}[config.log.access_format]
     return {
-        "access_log_class": access,
+        "access_log_class": access_logger_class(config.log.access_format, app[METRICS]),
         "access_log": logging.getLogger("lfsserve.access"),
         # Requests in flight were already given server.shutdown_grace (see shutdown.py); what is
         # still running after that is cancelled almost at once.
         "shutdown_timeout": 1.0,
+        # Unfinished request headers, like idle keep-alive connections, are closed after
+        # limits.idle_timeout (aiohttp's default is an hour); bodies are watched in limits.py.
+        **({"keepalive_timeout": config.limits.idle_timeout} if config.limits.idle_timeout else {}),
     }
 
 
@@ -52,7 +56,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             pass
 
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, **runner_options(config))
+    runner = web.AppRunner(app, handle_signals=False, **runner_options(app, config))
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
     await site.start()
@@ -62,6 +66,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         port = server.sockets[0].getsockname()[1]
     host = config.server.host
     shown = f"[{host}]" if ":" in host else host
+    for line in app[CTX].auth.describe():
+        print(line, flush=True)
     # Tests and scripts wait for this exact line (and read the port from it when --port 0).
     print(f"lfsserve {__version__}: listening on http://{shown}:{port} (data in {config.root})", flush=True)
     try:

@@ -83,11 +83,13 @@ class LfsserveProcess:
 
 
 def start_lfsserve(root: Path, *args: str, config: str | None = None, env: dict | None = None,
-                   anonymous: str | None = "write", timeout: float = 30) -> LfsserveProcess:
+                   anonymous: str | None = "write", timeout: float = 30, cwd: Path | None = None
+                   ) -> LfsserveProcess:
     """Start `python -m lfsserve serve --root ROOT --port 0 ...` and wait until it listens.
 
     `config` is TOML text written to ROOT/../<name>.toml and passed with --config. The harness
-    defaults to `--anonymous write` (the product's default is read).
+    defaults to `--anonymous write` (the product's default is read). `cwd` runs the server there
+    (relative paths in its arguments and config), still with this checkout's lfsserve.
     """
     root.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "lfsserve", "serve", "--root", str(root), "--port", "0"]
@@ -101,7 +103,9 @@ def start_lfsserve(root: Path, *args: str, config: str | None = None, env: dict 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LFSSERVE_")}
     full_env.update(env or {})
     full_env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    if cwd is not None:
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), full_env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(cmd, cwd=str(cwd or REPO_ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=full_env)
     output: list[str] = []
     found: list[str] = []
@@ -201,8 +205,8 @@ class Hg:
         self.env = hg_env(home, hgrc)
 
     def __call__(self, *args: str, cwd: Path | str | None = None, check: bool = True,
-                 input: bytes | None = None) -> subprocess.CompletedProcess:
-        return run([self.exe, *args], cwd=cwd, env=self.env, check=check, input=input)
+                 input: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        return run([self.exe, *args], cwd=cwd, env=self.env, check=check, input=input, timeout=timeout)
 
     def out(self, *args: str, cwd: Path | str | None = None) -> str:
         return self(*args, cwd=cwd).stdout.decode("utf-8")

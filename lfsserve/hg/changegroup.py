@@ -19,7 +19,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from .changelog import check_changeset, parse_changeset
 from .error import Abort, BadChangegroup, BadPath, CorruptRevlog
-from .filelog import LfsPointerError, check_meta, parse_lfs_pointer
+from .filelog import LfsPointerError, check_meta, parse_lfs_pointer, parse_meta
 from .manifest import changed_entries, check_manifest, parse_manifest
 from .mdiff import PatchError, patch, textdiff, trivial_header
 from .node import NULLID, NULLREV, hash_revision
@@ -400,8 +400,34 @@ def _add_group(reader: ChunkReader, version: str, writer: RevlogWriter, what: st
         added.append(rev)
 
 
-def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> ApplyResult:
-    """Apply a changegroup inside `tr` (see Repository.add_changegroup)."""
+def _file_size_hooks(path: bytes, report: Callable[[bytes, bytes, int], None] | None,
+                     on_lfs: Callable[[bytes, bytes], None], on_text: Callable[..., None]):
+    """(on_lfs, on_text) hooks for _add_group that also give `report` the content size of each
+    new revision of `path` stored in the filelog; LFS pointers (flagged revisions) are not reported."""
+    if report is None:
+        return on_lfs, on_text
+    pointers: set[bytes] = set()
+
+    def lfs(node: bytes, text: bytes) -> None:
+        pointers.add(node)
+        on_lfs(node, text)
+
+    def text_hook(node: bytes, text: bytes, *rest) -> None:
+        on_text(node, text, *rest)
+        if node not in pointers:
+            report(path, node, len(text) - parse_meta(text)[1])
+
+    return lfs, text_hook
+
+
+def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None,
+          on_file_revision: Callable[[bytes, bytes, int], None] | None = None) -> ApplyResult:
+    """Apply a changegroup inside `tr` (see Repository.add_changegroup).
+
+    `on_file_revision(path, node, size)` is called for each new file revision whose content is
+    kept in the filelog (not an LFS pointer), with the size of that content (copy metadata not
+    counted); it may raise to refuse the changegroup.
+    """
     if version not in HEADERS:
         raise BadChangegroup(f"changegroup version {version!r} is not supported")
     repo._check_tr(tr)
@@ -501,8 +527,9 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None) -> A
             if source is not None:
                 copies.append((what, node, *source))
 
+        file_lfs, file_text = _file_size_hooks(path, on_file_revision, on_lfs, on_file)
         added = _add_group(reader, version, fw, what, link_of=link_of,
-                           allow_flags=REVIDX_EXTSTORED, on_text=on_file, on_lfs=on_lfs)
+                           allow_flags=REVIDX_EXTSTORED, on_text=file_text, on_lfs=file_lfs)
         if added:
             result.files += 1
             result.revisions += len(added)

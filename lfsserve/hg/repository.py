@@ -794,10 +794,12 @@ class Repository:
         return self._phase_override
 
     # -- writing (see changegroup.py for the changegroup itself)
-    def add_changegroup(self, tr: Transaction, source, version: str, *, on_lfs_pointer=None):
+    def add_changegroup(self, tr: Transaction, source, version: str, *, on_lfs_pointer=None,
+                        on_file_revision=None):
         from .changegroup import apply
 
-        return apply(self, tr, source, version, on_lfs_pointer=on_lfs_pointer)
+        return apply(self, tr, source, version, on_lfs_pointer=on_lfs_pointer,
+                     on_file_revision=on_file_revision)
 
     def _resolve_tr_rev(self, node: bytes) -> int | None:
         writer = self._writer

@@ -21,6 +21,7 @@ from typing import Mapping
 from aiohttp import web
 
 from ..aio import run_blocking
+from ..reqkeys import BODY_SENT
 
 __all__ = ["send"]
 
@@ -30,23 +31,22 @@ _CHUNK = 16 << 20  # per sendfile() call: bounded so a stop request is noticed
 _STALL_SECONDS = 300.0  # a client that takes nothing for this long is dropped
 
 
-def _sendfile_loop(sock_fd: int, path: Path, size: int) -> int:
-    sent = 0
+def _sendfile_loop(sock_fd: int, path: Path, size: int, sent: list[int]) -> None:
+    """Send the file; `sent[0]` counts the bytes the kernel took, also when this raises."""
     file_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         poller = select.poll()
         poller.register(sock_fd, select.POLLOUT)
-        while sent < size:
+        while sent[0] < size:
             try:
-                n = os.sendfile(sock_fd, file_fd, sent, min(_CHUNK, size - sent))
+                n = os.sendfile(sock_fd, file_fd, sent[0], min(_CHUNK, size - sent[0]))
             except BlockingIOError:
                 if not poller.poll(_STALL_SECONDS * 1000):
                     raise TimeoutError(f"client took nothing for {_STALL_SECONDS:.0f}s")
                 continue
             if n == 0:
-                raise ConnectionError("file shorter than expected")  # the object changed on disk
-            sent += n
-        return sent
+                raise EOFError("file shorter than expected")  # the object changed on disk
+            sent[0] += n
     finally:
         os.close(file_fd)
 
@@ -74,7 +74,8 @@ async def send(request: web.Request, path: Path, size: int, headers: Mapping[str
             await asyncio.sleep(0.001)
         if transport.is_closing():
             return response
-        job = asyncio.ensure_future(run_blocking(_sendfile_loop, sock.fileno(), path, size))
+        sent = [0]
+        job = asyncio.ensure_future(run_blocking(_sendfile_loop, sock.fileno(), path, size, sent))
         try:
             await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -83,9 +84,16 @@ async def send(request: web.Request, path: Path, size: int, headers: Mapping[str
             _shutdown(sock)
             await asyncio.wait([job])
             raise
-        except (OSError, TimeoutError) as exc:
+        except ConnectionError:
+            transport.abort()
+            raise  # the client went away: recorded as such (logs.request_id_middleware)
+        except (OSError, EOFError, TimeoutError) as exc:
             log.info("download of %s stopped: %s", path.name, exc)
             transport.abort()
+        finally:
+            # aiohttp never saw these bytes: count them for the access log and metrics.
+            if BODY_SENT in request:
+                request[BODY_SENT] += sent[0]
         return response
     finally:
         sock.close()

@@ -4,8 +4,7 @@ path (which must accept only pointers to blobs the server has) and operations (g
 It is the one door to LFS storage: uploads, downloads, the batch API's states and actions (its
 transfer adapter), pushed pointers, verification, quarantine and gc all go through it, so a new
 backend (`[storage] backend`, built by blobstore.open_store) or a new rule changes one place.
-
-Interface documented for the other front ends in /work/coord/LFS_API.md (kept in sync).
+Its public methods are the whole interface the other front ends use; each says what it promises.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ them, the bundle1 refusal). Plain synchronous code; no HTTP.
 from __future__ import annotations
 
 import urllib.parse
-from typing import Callable
+from typing import Iterable
 
 from ..config import Config
 from ..hg import bundle2
@@ -76,22 +76,24 @@ def server_bundle2_caps(streamable: bool) -> dict[str, list[str]]:
     return caps
 
 
-def http_capabilities(config: Config) -> list[str]:
+def http_capabilities(config: Config, postargs: bool = False) -> list[str]:
     """What the HTTP transport adds to the answer (hg's httpv1 protocol handler does the same):
-    argument headers, media types, compression engines, arguments in the POST body. An SSH
-    transport adds nothing."""
+    argument headers, media types, compression engines, and arguments in the POST body. An SSH
+    transport adds nothing.
+
+    `httppostargs` is offered only with `postargs` (the HTTP transport's judgement that this
+    client cannot be sent a 401 later) and `hg.httppostargs`."""
     caps = ["httpheader=1024", "httpmediatype=0.1rx,0.1tx,0.2tx"]
     if config.hg.compression:
         caps.append("compression=" + ",".join(config.hg.compression))
-    if config.hg.httppostargs:
+    if postargs and config.hg.httppostargs:
         caps.append("httppostargs")
     return caps
 
 
-def capabilities_bytes(config: Config, repo: ServedRepo,
-                       transport: Callable[[Config], list[str]] = http_capabilities) -> bytes:
+def capabilities_bytes(config: Config, repo: ServedRepo, transport_caps: Iterable[str] = ()) -> bytes:
     """The `capabilities` answer for `repo` (an engine Repository or an AbsentRepo), with what
-    the `transport` adds.
+    the transport adds (`transport_caps`, e.g. http_capabilities).
 
     As hg serve 7.2.4 advertises, minus what lfsserve does not do: no `remote-changegroup`
     (the server would fetch client-named URLs) and hence no `digests`, no changegroup 04 and
@@ -111,7 +113,7 @@ def capabilities_bytes(config: Config, repo: ServedRepo,
         "unbundle=HG10GZ,HG10BZ,HG10UN",
         "unbundlehash",
     ]
-    caps += transport(config)
+    caps += transport_caps
     if repo.has_lfs:
         caps.append("lfs-serve")
     if streamable:

@@ -27,6 +27,7 @@ from .capabilities import BundleRequired, repo_heads
 from .protocol import BadRequest
 
 __all__ = [
+    "FileTooLarge",
     "LfsCheck",
     "PART_HANDLERS",
     "PushLimits",
@@ -53,14 +54,29 @@ LfsCheck = Callable[[set[str]], set[str]]
 
 @dataclass(frozen=True)
 class PushLimits:
-    """What a pushed bundle may unpack to (hg.max_unpacked_push_size, hg.max_revision_size); 0: no limit."""
+    """What a pushed bundle may unpack to (hg.max_unpacked_push_size, hg.max_revision_size), and
+    the largest file content a pushed revision may keep in plain history (hg.max_file_size; LFS
+    pointers not counted); 0: no limit."""
 
     max_unpacked: int = 0
     max_revision: int = 0
+    max_file_size: int = 0
 
     @classmethod
     def of(cls, config: Config) -> PushLimits:
-        return cls(config.hg.max_unpacked_push_size, config.hg.max_revision_size)
+        return cls(config.hg.max_unpacked_push_size, config.hg.max_revision_size, config.hg.max_file_size)
+
+    def file_revision_check(self) -> Callable[[bytes, bytes, int], None] | None:
+        """The engine's on_file_revision callback enforcing max_file_size; None without a limit."""
+        limit = self.max_file_size
+        if not limit:
+            return None
+
+        def check(path: bytes, node: bytes, size: int) -> None:
+            if size > limit:
+                raise FileTooLarge(path, size, limit)
+
+        return check
 
     def changegroup_source(self, source: Reader) -> Reader:
         """`source` as the changegroup reader must see it: one revision at most max_revision bytes."""
@@ -144,7 +160,7 @@ def unbundle(config: Config, repo: ServedRepo, heads_arg: bytes, body: BinaryIO,
                 if limits.max_unpacked:
                     stream = bundle2.LimitedReader(stream, max_total=limits.max_unpacked,  # type: ignore[assignment]
                                                    total_setting="hg.max_unpacked_push_size")
-                reply = _apply_bundle1(target, their_heads, limits.changegroup_source(stream), check_lfs)
+                reply = _apply_bundle1(target, their_heads, limits.changegroup_source(stream), check_lfs, limits)
             else:
                 reply = _apply_bundle2(target, body, check_lfs, limits)
             ok = reply.changed
@@ -165,6 +181,28 @@ def _added_message(result: ApplyResult) -> str:
     return msg + "\n"
 
 
+class FileTooLarge(Abort):
+    """A pushed file revision larger than hg.max_file_size that is not stored with LFS."""
+
+    def __init__(self, path: bytes, size: int, limit: int):
+        name = path.decode("utf-8", "replace")
+        super().__init__(
+            f"{name} is {_size_words(size)}, over this server's limit of {_size_words(limit)} for files "
+            "kept in history (hg.max_file_size); store it with LFS",
+            # bundle2 carries at most 255 bytes of hint: no file name in it.
+            hint="enable the lfs extension, commit a .hglfs file whose [track] section has a rule such as "
+                 f'** = size(">{_size_words(limit, fileset=True)}"), then redo the commit that added the file '
+                 "so that LFS stores it, and push again")
+
+
+def _size_words(n: int, fileset: bool = False) -> str:
+    """Bytes as hg's size() fileset writes them (1MB = 1 MiB), or with the exact count."""
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}" if fileset else f"{n // scale} {unit[0]}iB"
+    return f"{n}" if fileset else f"{n} bytes"
+
+
 def _check_lfs(oids: set[str], check_lfs: LfsCheck | None) -> None:
     if not oids or check_lfs is None:
         return
@@ -177,14 +215,14 @@ def _check_lfs(oids: set[str], check_lfs: LfsCheck | None) -> None:
 
 
 def _apply_bundle1(repo: Repository, their_heads: list[bytes], stream: Reader,
-                   check_lfs: LfsCheck | None) -> PushReply:
+                   check_lfs: LfsCheck | None, limits: PushLimits = PushLimits()) -> PushReply:
     output: list[str] = []
     try:
         with repo.lock():
             check_heads(repo, their_heads, "uploading changes")
             with repo.transaction(b"push") as tr:
                 output.append("adding changesets\nadding manifests\nadding file changes\n")
-                result = repo.add_changegroup(tr, stream, "01")
+                result = repo.add_changegroup(tr, stream, "01", on_file_revision=limits.file_revision_check())
                 if repo.publishing and result.added:
                     repo.phases_advance(tr, PUBLIC, result.added)
                 _check_lfs(set(result.lfs_oids), check_lfs)
@@ -400,7 +438,8 @@ def _changegroup(op: PushOperation, part: InPart) -> None:
     repo = op.repo
     tr = op.transaction()
     op.output.append("adding changesets\nadding manifests\nadding file changes\n")
-    result = repo.add_changegroup(tr, op.limits.changegroup_source(part), version)
+    result = repo.add_changegroup(tr, op.limits.changegroup_source(part), version,
+                                  on_file_revision=op.limits.file_revision_check())
     target = part.params.get(b"targetphase")
     if result.added and (repo.publishing or target == b"0"):
         repo.phases_advance(tr, PUBLIC, result.added)

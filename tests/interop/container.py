@@ -1,8 +1,8 @@
 """Build and run the project's Dockerfile with podman or docker, for interop tests.
 
-podman is driven the way /work/shared/tools/docker-smoke.sh does on machines without a Docker
-engine or registry access: vfs storage (PODMAN_STORAGE_DRIVER), builds with --isolation chroot,
---network host, --pull=never (the python base image is a local stand-in made by podman-base.sh)
+podman is driven as machines without a Docker engine or registry access need it: vfs storage
+(PODMAN_STORAGE_DRIVER), builds with --isolation chroot, --network host, --pull=never (the python
+base image is a local stand-in, which .ci/run builds with the shared tools' podman-base.sh)
 and --layers=false (with vfs every cached layer is a full copy of the root fs); runc as runtime
 when installed (crun refuses hybrid cgroups); ulimits within what podman may set.
 

@@ -1,7 +1,7 @@
 """The Docker image, built and run for real (podman or docker), used the way README's Deployment says.
 
 One image build and one data volume for the module: add a user with a one-off container, start
-the server with nothing but the published port, the volume and the htpasswd setting, then push
+the server with nothing but the published port, the volume and the user settings, then push
 and clone an hg repository with LFS files through it, check the admin commands, stop it with
 SIGTERM (exit 0), and start a replacement container on the same volume (an upgrade).
 """
@@ -43,7 +43,8 @@ def served(image):
     out = engine.run(tag, "adduser", "--htpasswd", "/data/htpasswd", "--password-stdin", "alice",
                      volume=volume, input=PASSWORD.encode() + b"\n")
     assert b"alice" in out.stdout
-    env = {"LFSSERVE_AUTH_HTPASSWD": "/data/htpasswd", "LFSSERVE_HG_CREATE_ON_PUSH": "true"}
+    env = {"LFSSERVE_AUTH_HTPASSWD": "/data/htpasswd", "LFSSERVE_AUTH_AUTHENTICATED": "write",
+           "LFSSERVE_HG_CREATE_ON_PUSH": "true"}
     container = engine.start(tag, volume=volume, env=env)
     return engine, tag, volume, env, container
 

@@ -43,6 +43,7 @@ root = "{tmp_path / 'data'}"
 {server}
 [auth]
 anonymous = "{anonymous}"
+authenticated = "write"  # users write where no rule below matches (the default is read)
 htpasswd = "{tmp_path / 'htpasswd'}"
 tokens = "{tmp_path / 'tokens'}"
 [[auth.rules]]

@@ -5,7 +5,7 @@ import bcrypt
 import pytest
 
 from lfsserve.auth import ANONYMOUS, Authenticator, Forbidden, Permission, Principal, Unauthorized, hash_token
-from lfsserve.config import load_config
+from lfsserve.config import ConfigError, load_config
 
 
 def basic(user, pw):
@@ -57,7 +57,10 @@ async def test_rules(authn):
     assert authn.permission(ANONYMOUS, "private/x") is Permission.NONE
     assert authn.permission(ANONYMOUS, "open/x") is Permission.WRITE
     assert authn.permission(ANONYMOUS, "open/x/y") is Permission.READ  # "*" stays in one segment
-    assert authn.permission(bob, "elsewhere") is Permission.WRITE
+    # Least privilege: without a rule, an authenticated user gets auth.authenticated (read).
+    assert authn.permission(bob, "elsewhere") is Permission.READ
+    with pytest.raises(Forbidden):
+        authn.authorize(bob, "elsewhere", Permission.WRITE)
     with pytest.raises(Unauthorized):
         authn.authorize(ANONYMOUS, "private/x", Permission.READ)
     with pytest.raises(Forbidden):
@@ -65,6 +68,67 @@ async def test_rules(authn):
     with pytest.raises(Unauthorized):
         authn.authorize(ANONYMOUS, "elsewhere", Permission.WRITE)
     authn.authorize(ANONYMOUS, "elsewhere", Permission.READ)
+
+
+def _authn(tmp_path, auth: str, rules: str = "") -> Authenticator:
+    (tmp_path / "c.toml").write_text(f"""
+[server]
+root = "{tmp_path / 'data'}"
+[auth]
+{auth}
+{rules}
+""")
+    return Authenticator(load_config(tmp_path / "c.toml", env={}))
+
+
+BOB = Principal("bob", "basic")
+
+
+def test_authenticated_level_without_rules(tmp_path):
+    assert load_config(None, env={}).auth.authenticated == "read"
+    for level, expected in (("none", Permission.NONE), ("read", Permission.READ), ("write", Permission.WRITE)):
+        authn = _authn(tmp_path, f'anonymous = "none"\nauthenticated = "{level}"')
+        assert authn.permission(BOB, "team/app") is expected
+        assert authn.permission(ANONYMOUS, "team/app") is Permission.NONE
+    # Logging in never lowers what a client may do.
+    authn = _authn(tmp_path, 'anonymous = "read"\nauthenticated = "none"')
+    assert authn.permission(BOB, "x") is Permission.READ
+    # The environment and the TOML file set it like any option; a bad value names the key.
+    assert load_config(None, env={"LFSSERVE_AUTH_AUTHENTICATED": "write"}).auth.authenticated == "write"
+    with pytest.raises(ConfigError, match="auth.authenticated"):
+        load_config(None, env={"LFSSERVE_AUTH_AUTHENTICATED": "admin"})
+
+
+def test_authenticated_level_yields_to_rules(tmp_path):
+    authn = _authn(tmp_path, 'authenticated = "write"', """
+[[auth.rules]]
+repos = "team/**"
+read = ["*"]
+write = ["alice"]
+""")
+    assert authn.permission(BOB, "team/app") is Permission.READ
+    assert authn.permission(Principal("alice", "basic"), "team/app") is Permission.WRITE
+    assert authn.permission(BOB, "other") is Permission.WRITE
+
+
+def test_describe_says_who_may_write(tmp_path):
+    text = "\n".join(_authn(tmp_path, "").describe())
+    assert 'anonymous clients may read (auth.anonymous = "read")' in text
+    assert 'authenticated users may read (auth.authenticated = "read")' in text
+    assert 'who may write: nobody (set auth.authenticated = "write"' in text
+    assert "no users" in text
+    text = "\n".join(_authn(tmp_path, 'authenticated = "write"').describe())
+    assert "who may write: every authenticated user" in text
+    text = "\n".join(_authn(tmp_path, 'anonymous = "write"').describe())
+    assert "who may write: everyone, without credentials" in text
+    text = "\n".join(_authn(tmp_path, 'anonymous = "none"', """
+[[auth.rules]]
+repos = "team/**"
+read = ["*"]
+write = ["alice", "bob"]
+""").describe())
+    assert "rule 'team/**': write alice, bob; read any authenticated user" in text
+    assert "who may write: alice, bob on team/**" in text
 
 
 async def test_signed_action_tokens(authn):

@@ -78,3 +78,17 @@ def test_example_config_is_valid_and_complete():
         assert f"[{section.name}]" in example, section.name
         for opt in dataclasses.fields(typing.get_type_hints(Config)[section.name]):
             assert f"{opt.name} =" in example, f"{section.name}.{opt.name} missing from config.example.toml"
+
+
+def test_idle_timeout_bounds_headers_too(tmp_path):
+    from lfsserve.app import create_app
+    from lfsserve.server import runner_options
+
+    config = load_config(None, overrides={"server": {"root": str(tmp_path)}}, env={})
+    assert config.limits.idle_timeout == 60.0
+    assert runner_options(create_app(config), config)["keepalive_timeout"] == 60.0
+    config = load_config(None, overrides={"server": {"root": str(tmp_path)}},
+                         env={"LFSSERVE_LIMITS_IDLE_TIMEOUT": "0"})
+    assert "keepalive_timeout" not in runner_options(create_app(config), config)  # 0: aiohttp's default
+    with pytest.raises(ConfigError, match="limits.idle_timeout"):
+        load_config(None, env={"LFSSERVE_LIMITS_IDLE_TIMEOUT": "-1"})

@@ -75,7 +75,8 @@ def transfer(root: Path, stdin: bytes, operation: str = "upload", repo: str = "t
              user: str = "alice", config: str = "", command: str = "git-lfs-transfer"
              ) -> subprocess.CompletedProcess:
     cfg = root.parent / "config.toml"
-    cfg.write_text(f'[server]\nroot = "{root}"\n' + config)
+    # Users write where no rule says otherwise (auth.authenticated defaults to read).
+    cfg.write_text(f'[server]\nroot = "{root}"\n[auth]\nauthenticated = "write"\n' + config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LFSSERVE_")}
     env["SSH_ORIGINAL_COMMAND"] = f"{command} {repo} {operation}"
     return subprocess.run([sys.executable, "-m", "lfsserve", "ssh", "--config", str(cfg), "--user", user],

@@ -88,8 +88,13 @@ def test_capabilities_of_a_repository_not_created_yet():
     decoded = decode_caps(urllib.parse.unquote_to_bytes(b2[len("bundle2="):]))
     assert decoded["error"] == ["abort", "unsupportedcontent", "pushraced", "pushkey"]
     assert "remote-changegroup" not in decoded and decoded["stream"] == ["v2"]
-    caps = call("capabilities", session(AbsentRepo(Path("new")), stream_clone=False, httppostargs=False,
-                                        compression=["zlib"])).decode().split(" ")
+    assert "httppostargs" not in caps  # only where the front end says no 401 can follow
+    s = session(AbsentRepo(Path("new")))
+    s.offer_postargs = True
+    assert "httppostargs" in call("capabilities", s).decode().split(" ")
+    s = session(AbsentRepo(Path("new")), stream_clone=False, httppostargs=False, compression=["zlib"])
+    s.offer_postargs = True
+    caps = call("capabilities", s).decode().split(" ")
     assert not [c for c in caps if c.startswith("stream")] and "httppostargs" not in caps
     assert "compression=zlib" in caps and "stream%3Dv2" not in caps[2]
 

@@ -69,7 +69,7 @@ SCRIPT = textwrap.dedent('''
         "listkeys": run("listkeys", namespace=b"phases"),
         "capabilities": run("capabilities"),
         # a transport that adds nothing of HTTP's (as SSH will)
-        "bare_capabilities": run("capabilities", session=lambda c, r: Session(c, r, transport_caps=lambda c: [])),
+        "bare_capabilities": run("capabilities", session=lambda c, r: Session(c, r, transport="ssh")),
         "getbundle": run("getbundle", heads=previous.hex().encode(), common=b"0" * 40,
                          bundlecaps=b"HG20,bundle2=HG20%0Achangegroup%3D01%2C02%2C03"),
         "absent_heads": run("heads", repo_name="not/yet"),

@@ -36,8 +36,12 @@ class Session:
     repo: ServedRepo
     payload: BinaryIO | None = None
     check_lfs: LfsCheck | None = None
-    # What the transport adds to the capabilities answer (HTTP's unless the transport says).
-    transport_caps: Callable[[Config], list[str]] = http_capabilities
+    # The transport the command came by: it adds its part to the capabilities answer (HTTP: its
+    # headers, media types, compression; SSH: nothing).
+    transport: Literal["http", "ssh"] = "http"
+    # Whether `capabilities` may offer httppostargs to this client (hg.httppostargs permitting):
+    # only where no 401 can follow, see wire/v1/http.py. Off unless the HTTP transport says so.
+    offer_postargs: bool = False
 
 
 @dataclass
@@ -98,7 +102,8 @@ def bind_args(cmd: Command, given: dict[str, bytes]) -> dict[str, bytes | dict[s
 
 @command("capabilities")
 def capabilities(s: Session) -> bytes:
-    return capabilities_bytes(s.config, s.repo, s.transport_caps)
+    extra = http_capabilities(s.config, s.offer_postargs) if s.transport == "http" else []
+    return capabilities_bytes(s.config, s.repo, extra)
 
 
 @command("heads")

@@ -31,7 +31,7 @@ from ...hg.bundle2 import Bundle2Error
 from ...hg.error import HgError, RepoNotFound
 from ...kernel import CTX, PRINCIPAL
 from ...metrics import metrics_of
-from ...repos import CannotCreate
+from ...repos import CannotCreate, how_to_create
 from ...routing import Kind, Target
 from .. import v2
 from ..capabilities import BundleRequired
@@ -139,6 +139,22 @@ async def _request_args(request: web.Request, query: dict[str, bytes]) -> dict[s
     return args
 
 
+
+def _postargs_safe(request: web.Request, repo_name: str, principal: Principal) -> bool:
+    """Whether this client may be offered httppostargs: only when no 401 can follow.
+
+    With httppostargs, hg sends a push's arguments and bundle as one body that it cannot rewind
+    (its _multifile); when that request gets a 401, hg retries with credentials but without
+    the body, and the push fails or hangs. hg only learns credentials from a 401 and then sends
+    them with every request, so a client that authenticated before this capabilities request
+    never gets another 401, and neither does an anonymous one that may already write here.
+    Everyone else sends arguments in X-HgArg headers, whose requests hg replays whole
+    (httpsendfile is rewound), as against hg serve, which does not offer httppostargs."""
+    if principal.authenticated:
+        return True
+    return request.app[CTX].auth.permission(principal, repo_name) >= Permission.WRITE
+
+
 # -- the handler ------------------------------------------------------------------------------------
 
 async def handle(request: web.Request, target: Target) -> web.StreamResponse:
@@ -168,6 +184,7 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
             return await _push(request, target, principal, cmd, args)
         return await _run(request, target, principal, cmd, args)
     except Unauthorized as exc:
+        await _drain(request, ctx.config.hg.max_push_size)
         return _perm_error(401, exc.message, ctx.auth.challenge())
     except (Forbidden, AuthError) as exc:
         return _perm_error(exc.status, exc.message)
@@ -178,8 +195,9 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
         if ctx.config.hg.create_on_push and asking is not None and not asking.authenticated:
             # hg sends credentials only when challenged: an anonymous 404 would keep a user who
             # may create this repository (hg.create_on_push) from ever pushing to it.
+            await _drain(request, ctx.config.hg.max_push_size)
             return _perm_error(401, f"{exc.message}; log in to create it by pushing", ctx.auth.challenge())
-        return _not_found(exc.message)
+        return _not_found(f"{exc.message}; {how_to_create(ctx.config.hg.create_on_push, target.repo)}")
     except CannotCreate as exc:
         return _perm_error(409, str(exc))
     except BundleRequired as exc:
@@ -187,6 +205,23 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
     except (HgError, Bundle2Error) as exc:
         log.info("%s on %s refused: %s", cmd.name, target.repo, exc)
         return _hg_error(exc.message, getattr(exc, "hint", None))
+
+
+async def _drain(request: web.Request, limit: int) -> None:
+    """Read and drop what is left of the request body before a 401 (at most `limit` bytes, 0 = all).
+
+    hg sends a whole push before it reads the answer, then resends it with credentials. aiohttp's
+    own draining after an early answer gives up after 10 s and closes the connection, so a push
+    that takes longer to upload would fail on a reset instead of being retried. The body stays
+    under limits.idle_timeout while it is drained."""
+    seen = 0
+    while request.can_read_body:
+        chunk = await request.content.read(SPOOL_CHUNK)
+        if not chunk:
+            return
+        seen += len(chunk)
+        if limit and seen > limit:
+            return
 
 
 def _may_create(request: web.Request, repo_name: str, principal: Principal) -> bool:
@@ -202,10 +237,11 @@ def _opened(request: web.Request, target: Target, principal: Principal, stack: c
     ctx = request.app[CTX]
     may_create = _may_create(request, target.repo, principal)
     check_lfs = _lfs_checker(request, target.repo, principal) if payload is not None else None
+    postargs = _postargs_safe(request, target.repo, principal)
 
     def work(cmd: Command, args: Args) -> Result:
         repo = stack.enter_context(ctx.repos.open(target.repo, may_create=may_create))
-        return cmd.func(Session(ctx.config, repo, payload, check_lfs), **args)
+        return cmd.func(Session(ctx.config, repo, payload, check_lfs, offer_postargs=postargs), **args)
     return work
 
 
