@@ -21,9 +21,10 @@ from .changelog import check_changeset, parse_changeset
 from .error import Abort, BadChangegroup, BadPath, CorruptRevlog
 from .filelog import LfsPointerError, check_meta, parse_lfs_pointer, parse_meta
 from .manifest import changed_entries, check_manifest, parse_manifest
-from .mdiff import PatchError, patch, textdiff, trivial_header
+from .mdiff import PatchError, patch, trivial_header
 from .node import NULLID, NULLREV, hash_revision
 from .revlog import REVIDX_EXTSTORED, REVIDX_KNOWN, REVLOGV1, Revlog, RevlogWriter, flag_names
+from .storageutil import DeltaEmitter
 from .store import Store, audit_path, encode_dir
 
 __all__ = ["generate", "apply", "supported_versions", "ApplyResult", "ChunkReader", "HEADERS"]
@@ -56,14 +57,14 @@ def _chunk(header: bytes, delta: bytes) -> Iterator[bytes]:
 
 
 class _GroupEmitter:
-    """Chooses the delta of each revision sent from one revlog."""
+    """Frames the revisions sent from one revlog; storageutil.DeltaEmitter chooses each delta."""
 
     def __init__(self, rl: Revlog, version: str, what: str):
         self.rl = rl
         self.version = version
         self.what = what
-        self.sent: set[int] = set()
-        self.prev = NULLREV
+        # 01 has no base field: each delta is against the previous chunk (p1 for the first)
+        self.deltas = DeltaEmitter(rl, against_previous=version == "01")
 
     def emit(self, rev: int, linknode: bytes) -> Iterator[bytes]:
         rl = self.rl
@@ -77,47 +78,16 @@ class _GroupEmitter:
                         hint="the client must support changegroup 03 (enable the lfs extension)")
         node = rl.node(rev)
         n1, n2 = rl.node(p1), rl.node(p2)
-        if self.version == "01":
-            base = self.prev if self.prev != NULLREV else p1
-            delta = self._delta_against(rev, base)
-            header = HEADERS["01"].pack(node, n1, n2, linknode)
-        else:
-            base, delta = self._pick(rev, p1, p2, flags)
-            basenode = rl.node(base)
-            if self.version == "02":
-                header = HEADERS["02"].pack(node, n1, n2, basenode, linknode)
-            else:
-                header = HEADERS["03"].pack(node, n1, n2, basenode, linknode, flags)
-        self.sent.add(rev)
-        self.prev = rev
-        yield from _chunk(header, delta)
-
-    def _delta_against(self, rev: int, base: int) -> bytes:
-        rl = self.rl
-        if base != NULLREV and rl.deltaparent(rev) == base and not (rl.flags(base) | rl.flags(rev)):
-            return rl.chunk(rev)
-        text = rl.revision(rev)
+        base, delta = self.deltas.next(rev)
         if base == NULLREV:
-            return trivial_header(len(text)) + text
-        return textdiff(rl.revision(base), text)
-
-    def _pick(self, rev: int, p1: int, p2: int, flags: int) -> tuple[int, bytes]:
-        rl = self.rl
-        if flags & REVIDX_EXTSTORED:
-            text = rl.revision(rev)
-            return NULLREV, trivial_header(len(text)) + text
-        stored = rl.deltaparent(rev)
-        if stored == NULLREV:
-            text = rl.chunk(rev)
-            return NULLREV, trivial_header(len(text)) + text
-        if (stored in self.sent or stored == p1 or stored == p2) and not rl.flags(stored):
-            return stored, rl.chunk(rev)
-        # the receiver may not have the stored base: a fresh delta against a parent it has
-        text = rl.revision(rev)
-        for p in (p1, p2):
-            if p != NULLREV and not rl.flags(p):
-                return p, textdiff(rl.revision(p), text)
-        return NULLREV, trivial_header(len(text)) + text
+            delta = trivial_header(len(delta)) + delta
+        if self.version == "01":
+            header = HEADERS["01"].pack(node, n1, n2, linknode)
+        elif self.version == "02":
+            header = HEADERS["02"].pack(node, n1, n2, rl.node(base), linknode)
+        else:
+            header = HEADERS["03"].pack(node, n1, n2, rl.node(base), linknode, flags)
+        yield from _chunk(header, delta)
 
 
 def generate(repo, revs, version: str, *, fastpath=None) -> Iterator[bytes]:
@@ -293,19 +263,23 @@ class _Writers:
         repo = self.repo
         return RevlogWriter(rl, self.tr, index_name=index_name, data_name=index_name[:-2] + b".d",
                             compression=repo.compression, sparse=repo.sparse,
-                            create_header=repo._revlog_header() if header is None else header,
+                            create_header=repo.revlog_header() if header is None else header,
                             delay=delay, on_new_file=self._note_new)
 
     def file(self, path: bytes) -> RevlogWriter:
         w = self.files.get(path)
         if w is None:
-            rl = self.repo._open_revlog(Revlog, Store.filelog_name(path))
+            rl = self.repo.open_revlog(Revlog, Store.filelog_name(path))
             w = self.files[path] = self._writer(rl, Store.filelog_name(path))
         return w
 
     def close(self) -> None:
         for w in [self.changelog, self.manifest, *self.files.values()]:
             w.close()
+
+    def publish(self) -> None:
+        """Called by the repository when the transaction commits (see finalize_writer)."""
+        finalize_writer(self.repo, self.tr, self)
 
 
 def finalize_writer(repo, tr, writers: _Writers) -> None:
@@ -430,10 +404,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None,
     """
     if version not in HEADERS:
         raise BadChangegroup(f"changegroup version {version!r} is not supported")
-    repo._check_tr(tr)
-    writers = repo._writer
-    if writers is None:
-        writers = repo._writer = _Writers(repo, tr)
+    writers = repo.revlog_writers(tr, lambda: _Writers(repo, tr))
     reader = ChunkReader(source)
     result = ApplyResult()
     clw = writers.changelog
@@ -567,7 +538,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None,
 
     # new changesets are draft; the front end publishes them when the server is publishing
     if added_cl:
-        repo._set_new_draft(added_cl[0], len(added_cl))
+        repo.mark_new_drafts(tr, added_cl[0], len(added_cl))
     result.added = [clw.node(r) for r in added_cl]
     # heads as hg's apply() counts them, even on a server: over all changesets, secret ones
     # included (real `hg serve` reports "+1 heads" for a push on top of a changeset whose secret

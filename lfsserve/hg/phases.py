@@ -7,12 +7,19 @@ Secret, archived and internal changesets are never served.
 
 from __future__ import annotations
 
-from typing import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
 
+from . import dagop
 from .node import NULLREV
 
+if TYPE_CHECKING:
+    from .revlog import Index
+    from .transaction import Transaction
+
 __all__ = ["PUBLIC", "DRAFT", "SECRET", "ARCHIVED", "INTERNAL", "HIDDEN_FROM", "parse_phaseroots",
-           "format_phaseroots", "compute_phases", "roots_for"]
+           "format_phaseroots", "compute_phases", "roots_for", "advance", "retract", "mark_new_drafts",
+           "PhaseState"]
 
 PUBLIC, DRAFT, SECRET, ARCHIVED, INTERNAL = 0, 1, 2, 32, 96
 ALL_PHASES = (PUBLIC, DRAFT, SECRET, ARCHIVED, INTERNAL)
@@ -72,3 +79,91 @@ def roots_for(parents, phase: bytearray) -> dict[int, list[int]]:
         if p > parent_max:
             out.setdefault(p, []).append(r)
     return out
+
+
+
+def advance(arr: bytearray, parents: Sequence[tuple[int, int]], revs: list[int], phase: int) -> None:
+    """Move `revs` and their ancestors to `phase` or lower (public = 0), in place."""
+    mask = dagop.ancestors_mask(parents, revs, len(parents))
+    for r in range(len(parents)):
+        if mask[r] and arr[r] > phase:
+            arr[r] = phase
+
+
+def retract(arr: bytearray, parents: Sequence[tuple[int, int]], revs: list[int], phase: int) -> None:
+    """Move `revs` and their descendants to `phase` or higher, in place."""
+    mask = dagop.descendants_mask(parents, revs)
+    for r in range(len(parents)):
+        if mask[r] and arr[r] < phase:
+            arr[r] = phase
+
+
+def mark_new_drafts(arr: bytearray, parents: Sequence[tuple[int, int]], first: int, count: int) -> None:
+    """Revisions first..first+count-1 are new: draft, or their parents' phase if higher."""
+    for r in range(first, first + count):
+        p1, p2 = parents[r]
+        arr[r] = max(DRAFT, arr[p1] if p1 >= 0 else 0, arr[p2] if p2 >= 0 else 0)
+
+
+class PhaseState:
+    """The phases of one repository: read from `phaseroots` (the array computed from them is
+    kept with the changelog index, like every DAG-derived value), and the phases an open
+    transaction changes, which `write` turns back into roots when it commits."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        # phases of every revision as the open transaction sees them (None: no change yet)
+        self.pending: bytearray | None = None
+
+    def read_roots(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    def array(self, index: Index, parents: Sequence[tuple[int, int]]) -> bytearray:
+        """Phase of every revision of the changelog `index` (`parents`: its DAG)."""
+        if self.pending is not None:
+            return self.pending
+        data = self.read_roots()
+        got = index.derived.get("phases")
+        if got is not None and got[0] == data:
+            return got[1]
+        nodemap = index.nodemap
+        roots = [(p, nodemap[n]) for p, n in parse_phaseroots(data) if n in nodemap]
+        arr = compute_phases(parents, roots)
+        index.derived["phases"] = (data, arr)
+        return arr
+
+    def visible_mask(self, index: Index, parents: Sequence[tuple[int, int]]) -> bytearray:
+        """1 for each served revision (phase below HIDDEN_FROM)."""
+        arr = self.array(index, parents)
+        if self.pending is None:
+            got = index.derived.get("visible")
+            if got is not None and got[0] is arr:
+                return got[1]
+        mask = bytearray(1 if p < HIDDEN_FROM else 0 for p in arr)
+        if self.pending is None:
+            index.derived["visible"] = (arr, mask)
+        return mask
+
+    def edit(self, current: bytearray, size: int) -> bytearray:
+        """The transaction's phases, started from `current` on first use and grown to `size`
+        revisions (revisions it adds are public until marked otherwise)."""
+        if self.pending is None:
+            self.pending = bytearray(current)
+        if len(self.pending) < size:
+            self.pending.extend(bytes(size - len(self.pending)))
+        return self.pending
+
+    def write(self, tr: Transaction, parents: Sequence[tuple[int, int]], nodes: list[bytes]) -> None:
+        """Write the transaction's phases as roots, if that changes the file."""
+        if self.pending is None:
+            return
+        roots = roots_for(parents, self.pending)
+        data = format_phaseroots({p: [nodes[r] for r in rs] for p, rs in roots.items()})
+        if data != self.read_roots():
+            tr.replace_file(b"phaseroots", data)
+
+    def reset(self) -> None:
+        self.pending = None

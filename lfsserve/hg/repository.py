@@ -16,25 +16,29 @@ import contextlib
 import hashlib
 import os
 import re
-import threading
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Protocol, TypeVar
 
+from . import branchmap as branchmod
 from . import dagop, phases
-from .bookmarks import format_bookmarks, parse_bookmarks
+from .bookmarks import BookmarkStore
 from .changelog import Changelog
 from .error import Abort, CorruptRevlog, HgError, LockTimeout, LookupError, PushRaced, RepoNotFound, UnknownRevision
 from .filelog import Filelog
 from .lock import Lock, local_mutex
 from .manifest import Manifestlog
 from .node import NULLID, NULLREV
-from .revlog import FLAG_GENERALDELTA, FLAG_INLINE_DATA, REVLOGV1, Revlog
+from .revlog import FLAG_GENERALDELTA, FLAG_INLINE_DATA, REVLOGV1, Revlog, RevlogWriter
 from .store import HG_INIT_REQUIREMENTS, Store, check_requirements, read_requirements
 from .tags import live_tags, merge_tags, parse_tags
 from .transaction import Transaction, has_journal, rollback_journal
 
-__all__ = ["Repository", "AmbiguousRevision", "recover_abandoned"]
+if TYPE_CHECKING:
+    from .changegroup import ApplyResult
+    from .filelog import LfsPointer
+
+__all__ = ["Repository", "AmbiguousRevision", "PendingRevlogs", "recover_abandoned"]
 
 DEFAULT_LOCK_TIMEOUT = 600.0
 _HEX = re.compile(rb"[0-9a-fA-F]+\Z")
@@ -49,9 +53,18 @@ class AmbiguousRevision(UnknownRevision):
         self.args = (self.message,)
 
 
-# branch of every changeset, per changelog file, extended as the changelog grows
-_branch_lock = threading.Lock()
-_branch_cache: dict[str, tuple[bytes, list]] = {}
+class PendingRevlogs(Protocol):
+    """The revlog writers a transaction has open (changegroup.py's), as the repository sees them."""
+
+    @property
+    def changelog(self) -> RevlogWriter: ...
+
+    def publish(self) -> None:
+        """Make what was written durable and visible (the changelog last); called at commit."""
+
+
+W = TypeVar("W", bound=PendingRevlogs)
+R = TypeVar("R", bound=Revlog)
 
 
 class Repository:
@@ -75,13 +88,17 @@ class Repository:
         self._locks: list[Lock] = []
         self._local_mutex = None
         self._tr: Transaction | None = None
-        self._bookmarks: dict[bytes, bytes] | None = None
-        self._phase_override: bytearray | None = None  # phases changed by the open transaction
-        self._writer = None  # the changegroup writer of the open transaction
+        self._phases = phases.PhaseState(self.store.path / "phaseroots")
+        if "bookmarksinstore" in requirements:
+            self._bookmarks = BookmarkStore(self.store.path / "bookmarks", b"")
+        else:
+            self._bookmarks = BookmarkStore(self.root / ".hg" / "bookmarks", b"plain")
+        self._pending: PendingRevlogs | None = None  # revlog writers of the open transaction
+        self._stream_inodes: dict[bytes, int] = {}  # inode of each file stream_files() listed
 
     # -- opening and creating
     @classmethod
-    def open(cls, path) -> "Repository":
+    def open(cls, path: str | os.PathLike[str]) -> "Repository":
         root = Path(path)
         if not (root / ".hg").is_dir():
             raise RepoNotFound(root)
@@ -90,7 +107,7 @@ class Repository:
         return cls(root, reqs)
 
     @classmethod
-    def init(cls, path, *, lfs: bool = False) -> "Repository":
+    def init(cls, path: str | os.PathLike[str], *, lfs: bool = False) -> "Repository":
         """Create a repository as `hg init` of Mercurial 7.2.4 does (plus `lfs` when asked)."""
         root = Path(path)
         hg = root / ".hg"
@@ -121,32 +138,34 @@ class Repository:
         self.close()
 
     # -- revlogs
-    def _revlog_header(self) -> int:
+    def revlog_header(self) -> int:
+        """The header a revlog created in this repository starts with."""
         return REVLOGV1 | FLAG_INLINE_DATA | (FLAG_GENERALDELTA if self.generaldelta else 0)
 
-    def _open_revlog(self, cls, index_name: bytes, **kw) -> Revlog:
+    def open_revlog(self, cls: type[R], index_name: bytes, **kw) -> R:
+        """Open the store's revlog `index_name` (e.g. b"data/f.i") as a `cls` (a Revlog class)."""
         data_name = index_name[:-2] + b".d"
         return cls(self.store.join(index_name), self.store.join(data_name), index_name.decode("utf-8", "replace"),
-                   default_header=self._revlog_header(), **kw)
+                   default_header=self.revlog_header(), **kw)
 
     @property
     def changelog(self) -> Changelog:
         if self._changelog is None:
-            self._changelog = self._open_revlog(Changelog, b"00changelog.i")
+            self._changelog = self.open_revlog(Changelog, b"00changelog.i")
         return self._changelog
 
     @property
     def manifestlog(self) -> Manifestlog:
         if self._manifestlog is None:
             self.changelog  # the changelog is read first: every manifest it names is then on disk
-            self._manifestlog = Manifestlog(self._open_revlog(Revlog, b"00manifest.i"))
+            self._manifestlog = Manifestlog(self.open_revlog(Revlog, b"00manifest.i"))
         return self._manifestlog
 
     def file(self, path: bytes) -> Filelog:
         fl = self._filelogs.get(path)
         if fl is None:
             self.changelog
-            fl = self._open_revlog(Filelog, Store.filelog_name(path), path=path)
+            fl = self.open_revlog(Filelog, Store.filelog_name(path), path=path)
             if len(self._filelogs) > 256:
                 for old in list(self._filelogs.values())[:128]:
                     old.close()
@@ -160,8 +179,8 @@ class Repository:
         self._changelog = None
         self._manifestlog = None
         self._filelogs = {}
-        self._bookmarks = None
-        self._phase_override = None
+        self._bookmarks.invalidate()
+        self._phases.reset()
 
     # -- DAG
     def _derived(self, key: str, compute):
@@ -177,29 +196,10 @@ class Repository:
         return self._derived("parents", lambda: [(e[5], e[6]) for e in self.changelog.index.entries])
 
     # -- phases
-    def _phaseroots_path(self) -> Path:
-        return self.store.path / "phaseroots"
-
-    def _read_phaseroots(self) -> bytes:
-        try:
-            return self._phaseroots_path().read_bytes()
-        except FileNotFoundError:
-            return b""
-
     @property
     def phase_array(self) -> bytearray:
-        if self._phase_override is not None:
-            return self._phase_override
-        data = self._read_phaseroots()
-        cache = self.changelog.index.derived
-        got = cache.get("phases")
-        if got is not None and got[0] == data:
-            return got[1]
-        nodemap = self.changelog.index.nodemap
-        roots = [(p, nodemap[n]) for p, n in phases.parse_phaseroots(data) if n in nodemap]
-        arr = phases.compute_phases(self.parents_list, roots)
-        cache["phases"] = (data, arr)
-        return arr
+        """Phase of every changeset (as the open transaction sees them, if any)."""
+        return self._phases.array(self.changelog.index, self.parents_list)
 
     def phase(self, rev: int) -> int:
         if rev == NULLREV:
@@ -208,16 +208,7 @@ class Repository:
 
     @property
     def visible_mask(self) -> bytearray:
-        arr = self.phase_array
-        if self._phase_override is None:
-            cache = self.changelog.index.derived
-            got = cache.get("visible")
-            if got is not None and got[0] is arr:
-                return got[1]
-        mask = bytearray(1 if p < phases.HIDDEN_FROM else 0 for p in arr)
-        if self._phase_override is None:
-            self.changelog.index.derived["visible"] = (arr, mask)
-        return mask
+        return self._phases.visible_mask(self.changelog.index, self.parents_list)
 
     def has_hidden(self) -> bool:
         """True when some changeset is not served (secret, archived or internal)."""
@@ -261,7 +252,7 @@ class Repository:
     def head_revs(self) -> list[int]:
         """Visible heads, ascending."""
         visible = self.visible_mask
-        if self._phase_override is not None:
+        if self._phases.pending is not None:
             return dagop.heads_of(self.parents_list, visible)
         cache = self.changelog.index.derived
         got = cache.get("heads")
@@ -282,93 +273,26 @@ class Repository:
         return [cl.node(r) for r in reversed(revs)]
 
     def branch_of(self) -> list[tuple[bytes, bool]]:
-        """(branch, closes branch) of every changeset, cached per changelog file."""
-        cl = self.changelog
-        n = len(cl)
-        key = cl.index_path
-        with _branch_lock:
-            got = _branch_cache.get(key)
-        info: list = []
-        if got is not None:
-            tip_node, old = got
-            if len(old) <= n and (not old or cl.node(len(old) - 1) == tip_node):
-                info = old
-            if len(old) == n and info is old:
-                return old
-        info = list(info)
-        for r in range(len(info), n):
-            info.append(cl.branch_info(r))
-        if n:
-            with _branch_lock:
-                _branch_cache[key] = (cl.node(n - 1), info)
-        return info
+        """(branch, closes branch) of every changeset."""
+        return branchmod.branch_info(self.changelog)
 
     def branchmap(self) -> dict[bytes, list[bytes]]:
         """Every head of every named branch (closed ones included), each list ascending by rev."""
-        info = self.branch_of()
-        visible = self.visible_mask
-        parents = self.parents_list
-        n = len(info)
-        has_child = bytearray(n)
-        for r in range(n):
-            if not visible[r]:
-                continue
-            b = info[r][0]
-            for p in parents[r]:
-                if p >= 0 and info[p][0] == b:
-                    has_child[p] = 1
-        # candidates: no child on the same branch. A candidate can still have a descendant on
-        # its branch through other branches; it is a head only if it is not an ancestor of
-        # another candidate of its branch.
-        candidates: dict[bytes, list[int]] = {}
-        for r in range(n):
-            if visible[r] and not has_child[r]:
-                candidates.setdefault(info[r][0], []).append(r)
         cl = self.changelog
-        out: dict[bytes, list[bytes]] = {}
-        for branch, revs in candidates.items():
-            if len(revs) > 1:
-                low = revs[0]
-                mark = bytearray(revs[-1] + 1)
-                for r in revs:
-                    for p in parents[r]:
-                        if p >= low:
-                            mark[p] = 1
-                for r in range(revs[-1], low - 1, -1):
-                    if mark[r]:
-                        for p in parents[r]:
-                            if p >= low:
-                                mark[p] = 1
-                revs = [r for r in revs if not mark[r]]
-            out[branch] = [cl.node(r) for r in revs]
-        return out
+        heads = branchmod.branch_heads(self.branch_of(), self.parents_list, self.visible_mask)
+        return {branch: [cl.node(r) for r in revs] for branch, revs in heads.items()}
 
     def branch_tip(self, branch: bytes) -> bytes | None:
-        heads = self.branchmap().get(branch)
-        if not heads:
-            return None
-        info, cl = self.branch_of(), self.changelog
-        open_heads = [h for h in heads if not info[cl.rev(h)][1]]
-        return (open_heads or heads)[-1]
+        info = self.branch_of()
+        heads = branchmod.branch_heads(info, self.parents_list, self.visible_mask).get(branch, [])
+        tip = branchmod.branch_tip(info, heads)
+        return None if tip is None else self.changelog.node(tip)
 
     # -- names
-    def _bookmarks_path(self) -> Path:
-        if "bookmarksinstore" in self.requirements:
-            return self.store.path / "bookmarks"
-        return self.root / ".hg" / "bookmarks"
-
-    def _raw_bookmarks(self) -> dict[bytes, bytes]:
-        if self._bookmarks is None:
-            try:
-                self._bookmarks = parse_bookmarks(self._bookmarks_path().read_bytes())
-            except FileNotFoundError:
-                self._bookmarks = {}
-        return self._bookmarks
-
     def bookmarks(self) -> dict[bytes, bytes]:
         """Bookmarks pointing at visible changesets."""
         mask = self.visible_mask
-        return {name: node for name, node in self._raw_bookmarks().items()
+        return {name: node for name, node in self._bookmarks.read().items()
                 if self.visible_rev(node, mask) is not None}
 
     def tags(self) -> dict[bytes, bytes]:
@@ -423,7 +347,7 @@ class Repository:
             return head[12:32]
         return head[:20] if len(head) >= 20 else NULLID
 
-    def lookup(self, key) -> bytes:
+    def lookup(self, key: bytes | str) -> bytes:
         """Resolve a name as `hg lookup` does: rev number, full hex, bookmark, tag, branch, hex prefix."""
         if isinstance(key, str):
             key = key.encode("utf-8")
@@ -462,9 +386,9 @@ class Repository:
         if tip is not None:
             return tip
         if _HEX.match(key) and len(key) <= 40:
-            node = self._resolve_prefix(key.lower())
-            if node is not None:
-                return node
+            found = self._resolve_prefix(key.lower())
+            if found is not None:
+                return found
         raise UnknownRevision(key)
 
     def _resolve_prefix(self, prefix: bytes) -> bytes | None:
@@ -589,7 +513,7 @@ class Repository:
         return out
 
     # -- pushkey namespaces
-    def listkeys(self, namespace) -> dict[bytes, bytes]:
+    def listkeys(self, namespace: bytes | str) -> dict[bytes, bytes]:
         if isinstance(namespace, str):
             namespace = namespace.encode()
         if namespace == b"namespaces":
@@ -622,12 +546,12 @@ class Repository:
                 out.append((name, st.st_size))
         return out
 
-    def open_store_file(self, name: bytes):
+    def open_store_file(self, name: bytes) -> BinaryIO:
         """Open a store file by its unencoded name (for stream clones)."""
         if b"\0" in name or name.startswith(b"/") or b".." in name.split(b"/"):
             raise Abort(f"invalid store file name {name!r}")
         fh = open(self.store.join(name), "rb")
-        expected = getattr(self, "_stream_inodes", {}).get(name)
+        expected = self._stream_inodes.get(name)
         if expected is not None and os.fstat(fh.fileno()).st_ino != expected:
             # appends are fine (we read up to the listed size), but a push that split an inline
             # revlog replaced this file: its first bytes are no longer what was listed
@@ -724,7 +648,7 @@ class Repository:
             return
         tr = Transaction(self.store, desc, durable=self.durable)
         self._tr = tr
-        self._phase_override = None
+        self._phases.reset()
         try:
             yield tr
             self._write_pending_state(tr)
@@ -735,8 +659,8 @@ class Repository:
             raise
         finally:
             self._tr = None
-            self._writer = None
-            self._phase_override = None
+            self._pending = None
+            self._phases.reset()
         self._remove_undo()
         self.invalidate()
 
@@ -751,118 +675,97 @@ class Repository:
                 pass
 
     def _write_pending_state(self, tr: Transaction) -> None:
-        """Write phaseroots and bookmarks (before the changelog, which finalizers publish last)."""
-        from .changegroup import finalize_writer
-
-        writer = self._writer
+        """Write phaseroots and bookmarks, then publish the revlogs (the changelog last)."""
         parents, nodes = self._tr_dag()
-        if self._phase_override is not None:
-            roots = phases.roots_for(parents, self._phase_override)
-            data = phases.format_phaseroots({p: [nodes[r] for r in rs] for p, rs in roots.items()})
-            if data != self._read_phaseroots():
-                tr.replace_file(b"phaseroots", data)
-        if getattr(self, "_bookmarks_dirty", False):
-            data = format_bookmarks(self._bookmarks or {})
-            if "bookmarksinstore" in self.requirements:
-                tr.replace_file(b"bookmarks", data)
-            else:
-                tr.replace_file(b"bookmarks", data, location=b"plain")
-            self._bookmarks_dirty = False
-        if writer is not None:
-            finalize_writer(self, tr, writer)
+        self._phases.write(tr, parents, nodes)
+        self._bookmarks.write(tr)
+        if self._pending is not None:
+            self._pending.publish()
 
     def _tr_dag(self) -> tuple[list, list]:
         """(parents, nodes) of the changelog including revisions added by the open transaction."""
-        writer = self._writer
         cl = self.changelog
         parents = list(self.parents_list)
         nodes = [e[7] for e in cl.index.entries]
-        if writer is not None:
-            clw = writer.changelog
-            for r in range(len(parents), len(clw.entries)):
-                e = clw.entries[r]
+        if self._pending is not None:
+            entries = self._pending.changelog.entries
+            for r in range(len(parents), len(entries)):
+                e = entries[r]
                 parents.append((e[5], e[6]))
                 nodes.append(e[7])
         return parents, nodes
 
-    def _ensure_phase_override(self) -> bytearray:
-        if self._phase_override is None:
-            parents, _ = self._tr_dag()
-            arr = bytearray(self.phase_array)
-            arr.extend(bytes(len(parents) - len(arr)))
-            self._phase_override = arr
-        return self._phase_override
+    def _edit_phases(self) -> tuple[bytearray, list]:
+        """The open transaction's phases, covering the revisions it added, and its DAG."""
+        parents, _ = self._tr_dag()
+        return self._phases.edit(self.phase_array, len(parents)), parents
 
     # -- writing (see changegroup.py for the changegroup itself)
-    def add_changegroup(self, tr: Transaction, source, version: str, *, on_lfs_pointer=None,
-                        on_file_revision=None):
+    def add_changegroup(self, tr: Transaction, source: BinaryIO, version: str, *,
+                        on_lfs_pointer: Callable[[LfsPointer], None] | None = None,
+                        on_file_revision: Callable[[bytes, bytes, int], None] | None = None) -> ApplyResult:
+        """Apply a changegroup of `version` read from `source` inside `tr` (see changegroup.apply)."""
         from .changegroup import apply
 
         return apply(self, tr, source, version, on_lfs_pointer=on_lfs_pointer,
                      on_file_revision=on_file_revision)
 
+    def revlog_writers(self, tr: Transaction, open_writers: Callable[[], W]) -> W:
+        """The revlog writers of the open transaction `tr`, opened by `open_writers()` on first
+        use (one set per transaction, whatever the number of changegroups it applies). The
+        revisions they hold count as the repository's for the rest of the transaction (phases,
+        bookmarks, pushkey); they are published when `tr` commits, after phases and bookmarks."""
+        self.check_transaction(tr)
+        if self._pending is None:
+            self._pending = open_writers()
+        return self._pending  # type: ignore[return-value]  # the object open_writers() made
+
+    def mark_new_drafts(self, tr: Transaction, first: int, count: int) -> None:
+        """Changesets first..first+count-1, added by `tr`, are draft (or secret under a secret parent)."""
+        self.check_transaction(tr)
+        arr, parents = self._edit_phases()
+        phases.mark_new_drafts(arr, parents, first, count)
+
     def _resolve_tr_rev(self, node: bytes) -> int | None:
-        writer = self._writer
-        if writer is not None:
-            return writer.changelog.rev(node)
+        if self._pending is not None:
+            return self._pending.changelog.rev(node)
         return self.changelog.get_rev(node)
 
     def phases_advance(self, tr: Transaction, phase: int, nodes: Iterable[bytes]) -> None:
         """Move `nodes` and their ancestors to `phase` or lower (public = 0)."""
-        self._check_tr(tr)
-        parents, _ = self._tr_dag()
+        self.check_transaction(tr)
         revs = []
         for n in nodes:
             r = self._resolve_tr_rev(n)
             if r is None:
                 raise LookupError(n, "00changelog.i")
             revs.append(r)
-        arr = self._ensure_phase_override()
-        mask = dagop.ancestors_mask(parents, revs, len(parents))
-        for r in range(len(parents)):
-            if mask[r] and arr[r] > phase:
-                arr[r] = phase
+        arr, parents = self._edit_phases()
+        phases.advance(arr, parents, revs, phase)
 
     def phases_retract(self, tr: Transaction, phase: int, nodes: Iterable[bytes]) -> None:
         """Move `nodes` and their descendants to `phase` or higher."""
-        self._check_tr(tr)
-        parents, _ = self._tr_dag()
+        self.check_transaction(tr)
         revs = [r for r in (self._resolve_tr_rev(n) for n in nodes) if r is not None]
-        arr = self._ensure_phase_override()
-        mask = dagop.descendants_mask(parents, revs)
-        for r in range(len(parents)):
-            if mask[r] and arr[r] < phase:
-                arr[r] = phase
-
-    def _set_new_draft(self, first_new: int, count: int) -> None:
-        arr = self._ensure_phase_override()
-        parents, _ = self._tr_dag()
-        if len(arr) < len(parents):
-            arr.extend(bytes(len(parents) - len(arr)))
-        for r in range(first_new, first_new + count):
-            p1, p2 = parents[r]
-            arr[r] = max(phases.DRAFT, arr[p1] if p1 >= 0 else 0, arr[p2] if p2 >= 0 else 0)
+        arr, parents = self._edit_phases()
+        phases.retract(arr, parents, revs, phase)
 
     def set_bookmarks(self, tr: Transaction, changes: dict[bytes, bytes | None]) -> None:
-        self._check_tr(tr)
-        marks = dict(self._raw_bookmarks())
-        for name, node in changes.items():
-            if node is None:
-                marks.pop(name, None)
-            else:
-                if self._resolve_tr_rev(node) is None:
-                    raise LookupError(node, "00changelog.i")
-                marks[name] = node
-        self._bookmarks = marks
-        self._bookmarks_dirty = True
+        """Set (node) or delete (None) bookmarks in `tr`; every node must be known."""
+        self.check_transaction(tr)
+        for node in changes.values():
+            if node is not None and self._resolve_tr_rev(node) is None:
+                raise LookupError(node, "00changelog.i")
+        self._bookmarks.change(changes)
 
-    def pushkey(self, tr: Transaction, namespace, key, old, new) -> bool:
+    def pushkey(self, tr: Transaction, namespace: bytes | str, key: bytes | str, old: bytes | str,
+                new: bytes | str) -> bool:
         """hg's pushkey for 'bookmarks' and 'phases'; False when the old value does not match."""
-        self._check_tr(tr)
+        self.check_transaction(tr)
         ns = namespace.encode() if isinstance(namespace, str) else namespace
         key, old, new = (v.encode() if isinstance(v, str) else v for v in (key, old, new))
         if ns == b"bookmarks":
-            current = self._raw_bookmarks().get(key)
+            current = self._bookmarks.read().get(key)
             current_hex = current.hex().encode() if current else b""
             if current_hex != old:
                 return False
@@ -883,12 +786,12 @@ class Repository:
             except ValueError:
                 return False
             rev = self._resolve_tr_rev(node)
-            arr = self._phase_override if self._phase_override is not None else self.phase_array
-            current = arr[rev] if rev < len(arr) else phases.DRAFT
-            if current == old_phase and new_phase < old_phase:
+            arr = self.phase_array
+            current_phase = arr[rev] if rev is not None and rev < len(arr) else phases.DRAFT
+            if current_phase == old_phase and new_phase < old_phase:
                 self.phases_advance(tr, new_phase, [node])
                 return True
-            return current == new_phase
+            return current_phase == new_phase
         return False
 
     def _node_from_hex(self, value: bytes) -> bytes | None:
@@ -898,12 +801,12 @@ class Repository:
         rev = self._resolve_tr_rev(node)
         if rev is None or rev == NULLREV:
             return None
-        arr = self._phase_override if self._phase_override is not None else self.phase_array
+        arr = self.phase_array
         if rev < len(arr) and arr[rev] >= phases.HIDDEN_FROM:
             return None
         return node
 
-    def check_heads(self, expected) -> None:
+    def check_heads(self, expected: Iterable[bytes | str] | bytes | str) -> None:
         """Raise PushRaced unless `expected` is [b"force"], the current heads, or
         [b"hashed", sha1 of the sorted current heads] (hg's unbundle convention)."""
         expected = list(expected) if not isinstance(expected, (bytes, str)) else [expected]
@@ -917,7 +820,8 @@ class Repository:
                 return
         raise PushRaced()
 
-    def _check_tr(self, tr: Transaction) -> None:
+    def check_transaction(self, tr: Transaction) -> None:
+        """Abort unless `tr` is this repository's open transaction."""
         if tr is not self._tr or not tr.active:
             raise Abort("not inside this repository's open transaction")
 

@@ -22,7 +22,7 @@ from typing import Iterator
 import zstandard
 
 from .error import CorruptRevlog, IntegrityError, LookupError, UnsupportedRequirement
-from .mdiff import PatchError, patch, trivial_header
+from .mdiff import PatchError, patch
 from .node import NULLID, NULLREV, hash_revision
 
 __all__ = [
@@ -147,7 +147,7 @@ class Index:
     """A parsed revlog index. Immutable once built; shared between threads."""
 
     __slots__ = ("key", "version", "inline", "generaldelta", "entries", "positions", "inline_data",
-                 "consumed", "trailing", "_nodemap", "derived", "last_raw", "__weakref__")
+                 "consumed", "trailing", "_nodemap", "derived", "prefix_derived", "last_raw", "__weakref__")
 
     def __init__(self, key, header: int, entries: list, positions: list | None, inline_data,
                  consumed: int, trailing: int):
@@ -164,6 +164,10 @@ class Index:
         self.last_raw = b""  # split revlogs: the last whole entry as stored (to extend safely)
         # values computed from this exact index (parents lists, phases...), shared like the index
         self.derived: dict = {}
+        # per-revision lists that stay true when revisions are appended (branch of each
+        # changeset): inherited by the next index of the same file when its first revisions are
+        # this index's. Owners extend a copy, never the inherited list itself.
+        self.prefix_derived: dict = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -223,6 +227,7 @@ def _extend_index(old: Index, key, tail: bytes) -> Index | None:
     new = list(ENTRY.iter_unpack(body[:whole]))
     idx = Index(key, header, old.entries + new, None, None, old.consumed + whole, len(body) - whole)
     idx.last_raw = bytes(body[whole - ENTRY_SIZE:whole]) if whole else old.last_raw
+    idx.prefix_derived = dict(old.prefix_derived)
     m = old._nodemap
     if m is not None:
         m = dict(m)
@@ -302,6 +307,9 @@ def load_index(path: str, name: str, default_header: int) -> Index:
     idx = parse_index(data, key, name, default_header)
     if not idx.inline:
         idx.inline_data = None
+    old = INDEX_CACHE.peek(path)
+    if old is not None and old.prefix_derived and old.entries == idx.entries[:len(old.entries)]:
+        idx.prefix_derived = dict(old.prefix_derived)  # an inline revlog that grew
     INDEX_CACHE.put(path, idx)
     return idx
 
@@ -495,17 +503,6 @@ class Revlog:
             return decompress(self.raw_chunk(rev))
         except CorruptRevlog as exc:
             raise CorruptRevlog(f"{self.name}: revision {rev}: {exc.message}") from None
-
-    def delta(self, rev: int) -> tuple[int, bytes]:
-        """(base rev, delta) as stored: patch(revision(base), delta) == revision(rev).
-
-        For a revision stored as a full text, base is NULLREV and the delta applies to b"".
-        """
-        base = self.deltaparent(rev)
-        data = self.chunk(rev)
-        if base == NULLREV:
-            return NULLREV, trivial_header(len(data)) + data
-        return base, data
 
     def _check_flags(self, rev: int) -> int:
         flags = self.index.entries[rev][E_OFFSET_FLAGS] & 0xFFFF

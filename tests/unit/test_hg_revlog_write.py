@@ -29,9 +29,9 @@ def _texts(n: int, seed: int = 1) -> list[bytes]:
 def _write(repo: Repository, name: bytes, texts: list[bytes], start_parent: bytes = NULLID) -> list[bytes]:
     nodes = []
     with repo.lock(), repo.transaction() as tr:
-        rl = repo._open_revlog(Revlog, name)
+        rl = repo.open_revlog(Revlog, name)
         w = RevlogWriter(rl, tr, index_name=name, data_name=name[:-2] + b".d", compression=repo.compression,
-                         sparse=repo.sparse, create_header=repo._revlog_header())
+                         sparse=repo.sparse, create_header=repo.revlog_header())
         parent = start_parent
         for i, text in enumerate(texts):
             node = hash_revision(text, parent, NULLID)
@@ -59,19 +59,19 @@ def test_write_read_split_and_incremental_index(tmp_path):
     name = b"data/some file.txt.i"
     texts = _texts(120)
     nodes = _write(repo, name, texts[:20])
-    rl = repo._open_revlog(Revlog, name)
+    rl = repo.open_revlog(Revlog, name)
     assert rl.index.inline and len(rl) == 20
     assert [rl.revision(r, verify=True) for r in rl] == texts[:20]
     # grow past the inline threshold: the writer splits the revlog inside the transaction
     nodes += _write(repo, name, texts[20:], start_parent=nodes[-1])
-    rl = repo._open_revlog(Revlog, name)
+    rl = repo.open_revlog(Revlog, name)
     assert not rl.index.inline and os.path.exists(rl.data_path)
     assert [rl.revision(r, verify=True) for r in rl] == texts
     # a later append is parsed incrementally, and equals a full parse
     more = _texts(130)[120:]
     _write(repo, name, more, start_parent=nodes[-1])
     before = INDEX_CACHE.peek(rl.index_path)
-    extended = repo._open_revlog(Revlog, name).index
+    extended = repo.open_revlog(Revlog, name).index
     assert extended is not before and len(extended) == 130
     full = parse_index(Path(rl.index_path).read_bytes())
     assert extended.entries == full.entries
@@ -90,9 +90,9 @@ def test_rollback_restores_every_byte(tmp_path):
 
     with pytest.raises(Boom):
         with repo.lock(), repo.transaction() as tr:
-            rl = repo._open_revlog(Revlog, name)
+            rl = repo.open_revlog(Revlog, name)
             w = RevlogWriter(rl, tr, index_name=name, data_name=b"data/x.d", compression="zstd",
-                             sparse=True, create_header=repo._revlog_header())
+                             sparse=True, create_header=repo.revlog_header())
             parent = nodes[-1]
             for text in texts[10:]:  # enough to split the revlog
                 node = hash_revision(text, parent, NULLID)

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from lfsserve.hg.manifest import format_manifest, parse_manifest
+from lfsserve.hg.manifest import find_entry, format_manifest, parse_manifest
 from lfsserve.wire.v2 import commands
-from lfsserve.wire.v2.commands import COMMANDS, PathFilter, api_descriptor, manifest_lookup, validate_args
+from lfsserve.wire.v2.commands import COMMANDS, PathFilter, api_descriptor, validate_args
 from lfsserve.wire.v2.framing import CommandError, CommandRequest
 
 class FakeRepo:
@@ -162,7 +162,7 @@ def test_manifest_lookup_agrees_with_parsing():
     text = format_manifest(entries)
     assert parse_manifest(text) == entries
     for n in names:
-        assert manifest_lookup(text, n) == entries[n][0]
+        assert find_entry(text, n) == entries[n]
     for missing in (b"", b"0", b"a/", b"a.b/zz", b"zzz", b"a\0", b"b/a.", b"\xff"):
-        assert manifest_lookup(text, missing) is None
-    assert manifest_lookup(b"", b"a") is None
+        assert find_entry(text, missing) is None
+    assert find_entry(b"", b"a") is None

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ...hg import error as hgerror
+from ...hg.manifest import find_entry
 from ...hg.node import NULLID, NULLREV
+from ...hg.storageutil import DeltaEmitter
 from ..protocol import MAX_NODES
 from .framing import CommandError, CommandRequest, IndefiniteBytes
 
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from ...hg.repository import Repository
 
 __all__ = ["COMMANDS", "Command", "Context", "FRAMING_MEDIA_TYPE", "PathFilter", "api_descriptor", "classify",
-           "emit_revisions", "manifest_lookup", "resolve_revisions", "run", "validate_args"]
+           "emit_revisions", "resolve_revisions", "run", "validate_args"]
 
 log = logging.getLogger(__name__)
 
@@ -290,16 +292,12 @@ def emit_revisions(revlog: Any, revs: list[int], *, haveparents: bool, fields: s
                    linknodes: dict[int, bytes] | None = None, what: str = "revision") -> Iterator[Any]:
     """Per revision: a map (node, parents, linknode, deltabasenode) then its data, as the client asked.
 
-    Data is a delta when the receiver can resolve its base: a base sent earlier in this answer,
-    or (haveparents) a parent of the revision. The stored delta is reused when its base
-    qualifies; otherwise a delta against p1 (haveparents) or the previous revision sent is
-    computed; the first revision of a chain without a usable base goes as a fulltext.
+    The engine's DeltaEmitter chooses each delta (the policy changegroups use): against a base
+    sent earlier in this answer or, with haveparents, a parent; a fulltext only when no such
+    base exists (stored full texts are re-deltaed: v2 answers favour size).
     """
-    from ...hg import mdiff
-
     want_data = b"revision" in fields
-    sent: set[int] = set()
-    prev = NULLREV
+    deltas = DeltaEmitter(revlog, have_parents=haveparents, redelta_fulltexts=True)
     for rev in sorted(revs):
         node = revlog.node(rev)
         if revlog.flags(rev):
@@ -316,29 +314,14 @@ def emit_revisions(revlog: Any, revs: list[int], *, haveparents: bool, fields: s
         if not want_data:
             yield entry
             continue
-        stored = revlog.deltaparent(rev)
-        if stored != NULLREV and (stored in sent or (haveparents and stored in (p1, p2))):
-            base, data = revlog.delta(rev)
-        else:
-            if haveparents and p1 != NULLREV:
-                base = p1
-            elif prev != NULLREV:
-                base = prev
-            else:
-                base = NULLREV
-            data = None
+        base, data = deltas.next(rev)
         if base == NULLREV:
-            data = revlog.revision(rev)
             entry[b"fieldsfollowing"] = [[b"revision", len(data)]]
         else:
-            if data is None:
-                data = mdiff.textdiff(revlog.revision(base), revlog.revision(rev))
             entry[b"deltabasenode"] = revlog.node(base)
             entry[b"fieldsfollowing"] = [[b"delta", len(data)]]
         yield entry
         yield data
-        sent.add(rev)
-        prev = rev
 
 
 # -- the commands -----------------------------------------------------------------------------------
@@ -502,33 +485,6 @@ def filedata(ctx: Context, haveparents: bool, nodes: list[bytes], fields: set[by
                               what=f"file {path.decode('utf-8', 'replace')} revision")
 
 
-def manifest_lookup(text: bytes, path: bytes) -> bytes | None:
-    """The file node of `path` in a manifest text, by binary search over its sorted lines.
-
-    (A clone asks this for every file of every changeset: scanning 100 KiB manifests each time
-    costs seconds where this costs microseconds.)
-    """
-    lo, hi = 0, len(text)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        start = text.rfind(b"\n", 0, mid) + 1
-        sep = text.find(b"\0", start)
-        if sep < 0:
-            raise hgerror.CorruptRevlog("malformed manifest line")
-        if text[start:sep] < path:
-            end = text.find(b"\n", sep)
-            lo = end + 1 if end >= 0 else len(text)
-        else:
-            hi = start
-    if text.startswith(path + b"\0", lo):
-        start = lo + len(path) + 1
-        try:
-            return bytes.fromhex(text[start:start + 40].decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            raise hgerror.CorruptRevlog("malformed manifest line") from None
-    return None
-
-
 class PathFilter:
     """`path:` and `rootfilesin:` include/exclude patterns, as a predicate on repository paths."""
 
@@ -611,9 +567,10 @@ def filesdata(ctx: Context, haveparents: bool, fields: set[bytes], pathfilter: d
             for path in cl.read(rev).files:
                 if not match(path):
                     continue
-                fnode = manifest_lookup(mtext, path)
-                if fnode is None:
+                found = find_entry(mtext, path)
+                if found is None:
                     continue
+                fnode = found[0]
                 store = stores.get(path)
                 if store is None:
                     store = stores[path] = repo.file(path)
@@ -622,7 +579,7 @@ def filesdata(ctx: Context, haveparents: bool, fields: set[bytes], pathfilter: d
                     if ptexts is None:
                         ptexts = [mlog.revision(mlog.rev(cl.manifest_node(p)))
                                   for p in cl.parentrevs(rev) if p != NULLREV]
-                    if any(manifest_lookup(pt, path) == fnode for pt in ptexts):
+                    if any(e is not None and e[0] == fnode for e in (find_entry(pt, path) for pt in ptexts)):
                         continue
                 fnodes.setdefault(path, {}).setdefault(fnode, node)
         else:
