@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterable, Protocol
+from typing import BinaryIO, Callable, Iterable, Protocol, cast
 
 from ..config import Config
 from ..hg import bundle2
@@ -78,12 +78,13 @@ class PushLimits:
 
         return check
 
-    def changegroup_source(self, source: Reader) -> Reader:
-        """`source` as the changegroup reader must see it: one revision at most max_revision bytes."""
+    def changegroup_source(self, source: Reader) -> BinaryIO:
+        """`source` as the changegroup reader must see it: one revision at most max_revision bytes.
+        (The engine declares BinaryIO but reads a changegroup through read() alone.)"""
         if not self.max_revision:
-            return source
-        return bundle2.LimitedReader(source, max_read=self.max_revision,  # type: ignore[arg-type]
-                                     read_setting="hg.max_revision_size")
+            return cast(BinaryIO, source)
+        return cast(BinaryIO, bundle2.LimitedReader(cast(BinaryIO, source), max_read=self.max_revision,
+                                                    read_setting="hg.max_revision_size"))
 
 
 @dataclass
@@ -214,7 +215,7 @@ def _check_lfs(oids: set[str], check_lfs: LfsCheck | None) -> None:
                     hint="push with the lfs extension enabled so the blobs are uploaded first")
 
 
-def _apply_bundle1(repo: Repository, their_heads: list[bytes], stream: Reader,
+def _apply_bundle1(repo: Repository, their_heads: list[bytes], stream: BinaryIO,
                    check_lfs: LfsCheck | None, limits: PushLimits = PushLimits()) -> PushReply:
     output: list[str] = []
     try:

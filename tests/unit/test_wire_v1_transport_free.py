@@ -36,9 +36,9 @@ SCRIPT = textwrap.dedent('''
     repo = Repository.init(root / "r")
     with repo.lock(), repo.transaction() as tr:
         def writer(name):
-            return RevlogWriter(repo._open_revlog(Revlog, name), tr, index_name=name,
+            return RevlogWriter(repo.open_revlog(Revlog, name), tr, index_name=name,
                                 data_name=name[:-2] + b".d", compression=repo.compression,
-                                sparse=repo.sparse, create_header=repo._revlog_header())
+                                sparse=repo.sparse, create_header=repo.revlog_header())
         previous = NULLID
         for name, text in ((Store.filelog_name(b"a"), b"hello\\n"), (b"00manifest.i", None),
                            (b"00changelog.i", None)):
