@@ -12,7 +12,8 @@ from .error import CorruptRevlog
 from .mdiff import iter_hunks
 from .revlog import Revlog
 
-__all__ = ["Manifestlog", "parse_manifest", "check_manifest", "format_manifest", "changed_entries", "find_entry"]
+__all__ = ["Manifestlog", "parse_manifest", "check_manifest", "check_manifest_delta", "format_manifest",
+           "changed_entries", "line_aligned", "find_entry"]
 
 # one entry as hg writes it: a path, NUL, the file node in lowercase hex, at most one flag
 _ENTRY = re.compile(rb"([^\0\n\r]+)\0[0-9a-f]{40}[xl]?")
@@ -26,19 +27,102 @@ def check_manifest(text: bytes) -> None:
     strictly ascending (hg's manifest parser refuses unsorted or duplicate entries; flags other
     than one `x` or `l` break hg's readers, `t` is a tree manifest, which lfsserve refuses).
     """
-    if _ALL_ENTRIES.fullmatch(text) is None:
-        if not text.endswith(b"\n"):
-            raise CorruptRevlog("manifest does not end with a newline")
-        for line in text.split(b"\n")[:-1]:
-            if _ENTRY.fullmatch(line) is None:
-                raise CorruptRevlog(f"malformed manifest line {line[:80]!r}")
-        raise CorruptRevlog("malformed manifest")  # not reached: some line is malformed
-    prev = None
-    for line in text.split(b"\n")[:-1]:
-        path = line[:line.index(b"\0")]
-        if prev is not None and path <= prev:
-            raise CorruptRevlog(f"manifest entries not in sorted order at {path[:80]!r}")
-        prev = path
+    if text and not text.endswith(b"\n"):
+        raise CorruptRevlog("manifest does not end with a newline")
+    _check_lines(text, [(0, len(text))])
+
+
+def _check_lines(text: bytes, windows: list[tuple[int, int]]) -> None:
+    """check_manifest's rules on the whole lines text[start:end] of each window (ascending, disjoint).
+
+    All windows are checked for syntax before any for order, so the error names the line a check
+    of the whole text would name: the first malformed line, else the first out of order.
+    """
+    for start, end in windows:
+        if _ALL_ENTRIES.fullmatch(text, start, end) is None:
+            for line in text[start:end].split(b"\n")[:-1]:
+                if _ENTRY.fullmatch(line) is None:
+                    raise CorruptRevlog(f"malformed manifest line {line[:80]!r}")
+            raise CorruptRevlog("malformed manifest")  # not reached: some line is malformed
+    for start, end in windows:
+        prev = None
+        for line in text[start:end].split(b"\n")[:-1]:
+            path = line[:line.index(b"\0")]
+            if prev is not None and path <= prev:
+                raise CorruptRevlog(f"manifest entries not in sorted order at {path[:80]!r}")
+            prev = path
+
+
+def check_manifest_delta(text: bytes, delta) -> dict[bytes, tuple[bytes, bytes]]:
+    """check_manifest(text) for `text` made by applying `delta` to a base that passes check_manifest,
+    at a cost proportional to what the delta touches, not to the size of the manifest.
+
+    Returns the entries of the lines the delta touched (a superset of those differing from the
+    base; deletions do not appear). The base's lines that `text` keeps whole were valid and in
+    order; what may be wrong is on a line the delta wrote into, on a line it joined by cutting
+    its base anywhere (hunk edges need not fall on line ends), or between such a line and its
+    neighbours. So each hunk's extent in the new text is widened to whole lines (the line holding
+    its first byte, through the line holding the byte after its last: that is where the base's
+    bytes resume, maybe mid-line), then by one line on each side for the order check.
+    """
+    if text and not text.endswith(b"\n"):
+        raise CorruptRevlog("manifest does not end with a newline")
+    n = len(text)
+    touched: list[list[int]] = []  # [start, end) of whole lines the delta touched, merged
+    shift = 0  # where the base's offsets are in the new text
+    for start, end, data in iter_hunks(delta):
+        lo = start + shift
+        hi = lo + len(data)
+        shift += len(data) - (end - start)
+        if touched and lo < touched[-1][1]:
+            first = touched[-1][0]  # the line holding `lo` is already in the last range
+        else:
+            # scans stop at the last range's end (a line end): each byte is scanned once overall
+            floor = touched[-1][1] - 1 if touched else 0
+            first = text.rfind(b"\n", max(floor, 0), lo) + 1 if lo else 0
+        last_end = touched[-1][1] if touched else 0
+        if hi < n:
+            stop = last_end if hi < last_end else text.find(b"\n", hi) + 1
+        else:
+            stop = n
+        if touched and first <= touched[-1][1]:
+            touched[-1][1] = max(touched[-1][1], stop)
+        else:
+            touched.append([first, stop])
+    windows: list[tuple[int, int]] = []
+    for first, stop in touched:
+        after = text.find(b"\n", stop) + 1 if stop < n else n
+        if windows and first <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], after)
+            continue
+        # the line before `first`; text[first - 1] and text[windows[-1][1] - 1] are line ends
+        floor = windows[-1][1] - 1 if windows else 0
+        before = text.rfind(b"\n", floor, first - 1) + 1 if first else 0
+        if windows and before <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], after)
+        else:
+            windows.append((before, after))
+    _check_lines(text, windows)
+    out: dict = {}
+    for first, stop in touched:
+        _lines_to_entries(memoryview(text)[first:stop], out)
+    return out
+
+
+def line_aligned(base: bytes, delta) -> bool:
+    """Whether every hunk of `delta` replaces whole lines of `base` with whole lines.
+
+    Mercurial's own manifest deltas are; hg verify and changegroup emitters (ours included, see
+    changed_entries) read a stored delta's fragments as the entries it changed.
+    """
+    for start, end, data in iter_hunks(delta):
+        if start and base[start - 1:start] != b"\n":
+            return False
+        if end > start and base[end - 1:end] != b"\n":
+            return False
+        if data and data[-1:] != b"\n":
+            return False
+    return True
 
 
 def parse_manifest(text: bytes, name: str = "manifest") -> dict[bytes, tuple[bytes, bytes]]:

@@ -1,8 +1,9 @@
 """Hand-made changegroups: linear history whose every field (changeset text, manifest lines, file
 names and texts) the test chooses, valid or not, so the server can be shown input hg never writes.
 
-Each revision is sent as a full text (delta base null, one hunk replacing the empty text), with
-nodes computed as Mercurial does: sha1(min(p1, p2) + max(p1, p2) + text).
+Each revision is sent as a full text (delta base null, one hunk replacing the empty text), unless
+a manifest is given as a delta against its parent; nodes are computed as Mercurial does:
+sha1(min(p1, p2) + max(p1, p2) + text).
 """
 
 from __future__ import annotations
@@ -24,10 +25,24 @@ def _chunk(payload: bytes) -> bytes:
     return struct.pack(">l", 4 + len(payload)) + payload
 
 
-def _revision(version: str, node: bytes, p1: bytes, link: bytes, text: bytes, flags: int = 0) -> bytes:
-    fields = [node, p1, NULL, NULL, link] + ([flags] if version == "03" else [])
-    delta = struct.pack(">lll", 0, 0, len(text)) + text
+def _revision(version: str, node: bytes, p1: bytes, link: bytes, text: bytes, flags: int = 0,
+              delta: bytes | None = None) -> bytes:
+    """A revision chunk: the full text, or `delta` against p1."""
+    fields = [node, p1, NULL, NULL if delta is None else p1, link] + ([flags] if version == "03" else [])
+    if delta is None:
+        delta = struct.pack(">lll", 0, 0, len(text)) + text
     return _chunk(struct.pack(_HEADER[version], *fields) + delta)
+
+
+def apply_hunks(base: bytes, hunks: list[tuple[int, int, bytes]]) -> tuple[bytes, bytes]:
+    """(the text, the binary delta) of `hunks` (start, end, data; ascending) replacing base[start:end]."""
+    out, pos = [], 0
+    for start, end, data in hunks:
+        assert pos <= start <= end <= len(base)
+        out += [base[pos:start], data]
+        pos = end
+    delta = b"".join(struct.pack(">lll", s, e, len(d)) + d for s, e, d in hunks)
+    return b"".join(out) + base[pos:], delta
 
 
 def manifest_text(entries: dict[bytes, tuple[bytes, bytes]]) -> bytes:
@@ -50,6 +65,9 @@ class Changeset:
     desc: bytes = b"a change"
     manifest: object = None
     text: object = None
+    # given the previous manifest's text, the hunks (start, end, data) that make this manifest: it
+    # is then sent as that delta against its parent (`manifest` and `flags` are not used)
+    manifest_delta: object = None
 
 
 def changeset_text(mnode: bytes, c: Changeset) -> bytes:
@@ -65,6 +83,7 @@ def build(changesets: list[Changeset], version: str = "03") -> bytes:
     entries: dict[bytes, tuple[bytes, bytes]] = {}
     file_tip: dict[bytes, bytes] = {}
     cl_p1 = mf_p1 = NULL
+    prev_mtext = b""
     pending = []
     for c in changesets:
         for path, text in c.files.items():
@@ -74,17 +93,20 @@ def build(changesets: list[Changeset], version: str = "03") -> bytes:
             file_tip[path] = fnode
             entries[path] = (fnode, c.flags.get(path, b""))
         mtext = manifest_text(entries)
-        if c.manifest is not None:
+        mdelta = None
+        if c.manifest_delta is not None:
+            mtext, mdelta = apply_hunks(prev_mtext, c.manifest_delta(prev_mtext))
+        elif c.manifest is not None:
             mtext = c.manifest(mtext) if callable(c.manifest) else c.manifest
         mnode = node_of(mtext, mf_p1)
         ctext = c.text(mnode) if callable(c.text) else (c.text or changeset_text(mnode, c))
         cnode = node_of(ctext, cl_p1)
         cl_chunks.append(_revision(version, cnode, cl_p1, cnode, ctext))
-        mf_chunks.append(_revision(version, mnode, mf_p1, cnode, mtext))
+        mf_chunks.append(_revision(version, mnode, mf_p1, cnode, mtext, delta=mdelta))
         for path, fnode, p1, text in pending:
             file_chunks.setdefault(path, []).append(_revision(version, fnode, p1, cnode, text))
         pending = []
-        cl_p1, mf_p1 = cnode, mnode
+        cl_p1, mf_p1, prev_mtext = cnode, mnode, mtext
     out = [*cl_chunks, struct.pack(">l", 0), *mf_chunks, struct.pack(">l", 0)]
     if version == "03":
         out.append(struct.pack(">l", 0))

@@ -18,6 +18,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from lfsserve.hg.error import BadChangegroup, BadPath
+from lfsserve.hg.manifest import line_aligned
+from lfsserve.hg.node import NULLREV
 from lfsserve.hg.repository import Repository
 from lfsserve.hg.store import Store, audit_path
 
@@ -190,6 +192,98 @@ def test_audit_refuses_what_hg_refuses(path):
                                   b"dir/.hgx/y", b"caf\xc3\xa9", b"\xff"])
 def test_audit_accepts_ordinary_paths(path):
     audit_path(path)
+
+
+# -- manifests sent as deltas: checked through what the delta touches (hunks cut lines anywhere) --
+
+_BASE_FILES = {p: p + b"\n" for p in (b"a", b"b/c", b"b/d", b"e", b"f")}
+_NEW_C = node_of(b"c2\n", node_of(b"b/c\n")).hex().encode()
+
+
+def _line(text: bytes, path: bytes) -> tuple[int, int]:
+    start = 0 if text.startswith(path + b"\0") else text.index(b"\n" + path + b"\0") + 1
+    return start, text.index(b"\n", start) + 1
+
+
+def _new_c(text: bytes) -> bytes:
+    """b/c's line with its new file node."""
+    s, e = _line(text, b"b/c")
+    return text[s:s + 4] + _NEW_C + text[s + 44:e]
+
+
+def _mid_line_cut(text: bytes) -> list:
+    # from inside a's node to inside b/d's path, rewriting b/c's node on the way
+    s, e = _line(text, b"a")[0] + 10, _line(text, b"b/d")[0] + 2
+    cs, ce = _line(text, b"b/c")
+    return [(s, e, text[s:cs] + _new_c(text) + text[ce:e])]
+
+
+def _neighbour_order(text: bytes) -> list:
+    s, e = _line(text, b"b/c")
+    return [(s, e, _new_c(text).replace(b"b/c", b"e/c"))]  # sorts after b/d, the unchanged next line
+
+
+def _bad_middle_line(text: bytes) -> list:
+    s, _ = _line(text, b"b/c")
+    _, e = _line(text, b"b/d")
+    return [(s, e, _new_c(text) + b"b/cc\0" + _NEW_C + b"xl\n" + text[_line(text, b"b/d")[0]:e])]
+
+
+def _final_newline(text: bytes) -> list:
+    return [(len(text) - 1, len(text), b"")]
+
+
+def _duplicate_neighbour(text: bytes) -> list:
+    s, _ = _line(text, b"b/c")
+    return [(s, s, _new_c(text))]  # the new line, then the old b/c line
+
+
+def _resumes_mid_path(text: bytes) -> list:
+    s, _ = _line(text, b"b/c")
+    return [(s, s + 2, _new_c(text).replace(b"b/c", b"b/a"))]  # "b/c" keeps its "c": a line "c"
+
+
+@pytest.mark.parametrize("hunks, refusal", [
+    (_neighbour_order, "not in sorted order at b'b/d'"),
+    (_bad_middle_line, "malformed manifest line b'b/cc"),
+    (_final_newline, "does not end with a newline"),
+    (_duplicate_neighbour, "not in sorted order at b'b/c'"),
+    (_resumes_mid_path, "not in sorted order at b'b/d'"),
+], ids=lambda v: getattr(v, "__name__", "")[1:] or None)
+def test_manifest_deltas_are_checked_where_they_cut(empty_repos, tmp_path, hunks, refusal):
+    cg = build([Changeset(_BASE_FILES), Changeset({b"b/c": b"c2\n"}, manifest_delta=hunks)])
+    message = check_against_hg(tmp_path / "case", empty_repos["default"], cg)
+    assert message is not None and refusal in message, message
+
+
+def _other_node_for_e(text: bytes) -> list:
+    at = _line(text, b"e")[0] + 3  # the second hex digit of e's node
+    return [(at, at + 1, b"1" if text[at:at + 1] == b"0" else b"0")]
+
+
+def test_manifest_delta_cutting_lines_mid_way_is_accepted(empty_repos, tmp_path):
+    cg = build([Changeset(_BASE_FILES), Changeset({b"b/c": b"c2\n"}, manifest_delta=_mid_line_cut),
+                Changeset({b"b/c": b"c3\n", b"b/cz": b"z\n"},
+                          manifest_delta=lambda t: [(_line(t, b"b/c")[0] + 3, _line(t, b"b/d")[0],
+                                                     b"\0" + node_of(b"c3\n", bytes.fromhex(_NEW_C.decode()))
+                                                     .hex().encode() + b"\nb/cz\0" + node_of(b"z\n").hex()
+                                                     .encode() + b"x\n")])])
+    for fmt, empty in empty_repos.items():
+        assert check_against_hg(tmp_path / fmt, empty, cg) is None, fmt
+    # what was stored replaces whole lines (hg verify and pulls read stored deltas as entries)
+    repo = Repository.open(tmp_path / "default" / "ours")
+    try:
+        ml = repo.manifestlog.revlog
+        for rev in (1, 2):
+            base = ml.deltaparent(rev)
+            assert base == NULLREV or line_aligned(ml.revision(base), ml.chunk(rev))
+    finally:
+        repo.close()
+    # a file revision named only on a line the delta rewrote mid-way must still be in the push
+    cg = build([Changeset(_BASE_FILES), Changeset({b"b/c": b"c2\n"}, manifest_delta=_mid_line_cut),
+                Changeset({}, manifest_delta=_other_node_for_e)])
+    message = check_against_hg(tmp_path / "missing", empty_repos["default"], cg)
+    assert message is not None and "names e revision" in message, message
 
 
 # -- property: lfsserve accepts only what hg accepts and reads back ------------------------------
