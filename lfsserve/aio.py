@@ -14,7 +14,7 @@ import concurrent.futures
 import functools
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import TypeVar
 
 __all__ = ["Executor", "iterate_blocking", "run_blocking", "submit_blocking"]
@@ -74,7 +74,7 @@ async def run_blocking(fn: Callable[..., T], *args, **kwargs) -> T:
 _DONE = object()
 
 
-async def iterate_blocking(make: Callable[[], Iterator[T]], max_pending: int = 8) -> AsyncIterator[T]:
+async def iterate_blocking(make: Callable[[], Iterator[T]], max_pending: int = 8) -> AsyncGenerator[T, None]:
     """Iterate the sync iterator `make()` in a worker thread, yielding its items on the loop.
 
     The worker blocks when `max_pending` items wait for the consumer. If the consumer stops early

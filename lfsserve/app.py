@@ -23,10 +23,11 @@ from .kernel import CTX, REQUEST_ID, ROUTE_KIND, ServerContext, Setup, lfs_error
 from .limits import LIMITS, PROBE_PATHS, Limits, limits_middleware, mark_prepared
 from .logs import add_request_id_header, client_gone, request_id_middleware
 from .metrics import METRICS, Metrics, metrics_handler
-from .repos import RepoRegistry
+from .repos import RepoRegistry, RepoSettings
 from .routing import BadPath, Kind, Target, resolve
 from .shutdown import DRAIN, Drain, close_while_draining, drain_middleware
 from .urls import TrustedProxies
+from .web import pages
 from .wire import v1, v2
 
 __all__ = ["CTX", "FRONTENDS", "create_app"]
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 # wire v1's push path asks.
 FRONTENDS: tuple[Setup, ...] = (
     lfs.setup,      # Git LFS: batch API, basic transfer, verify, locks
-    v1.setup,       # Mercurial wire protocol v1 (?cmd=), and the index page
+    v1.setup,       # Mercurial wire protocol v1 (?cmd=)
     v2.setup,       # Mercurial wire protocol v2 (/api/exp-http-v2-0003/...)
+    pages.setup,    # pages for browsers: the index at / and a repository's page
 )
 
 
@@ -105,7 +107,7 @@ async def _index(request: web.Request, target: Target) -> web.StreamResponse:
 def create_app(config: Config, frontends: Sequence[Setup] = FRONTENDS) -> web.Application:
     ctx = ServerContext(config=config, auth=Authenticator(config),
                         proxies=TrustedProxies(config.server.trusted_proxies),
-                        repos=RepoRegistry(config.repos_dir))
+                        repos=RepoRegistry(config.repos_dir, RepoSettings.from_config(config)))
     # Bodies a handler reads whole (batch JSON, v1 POST args) are small; everything large streams
     # from request.content, which this limit does not apply to.
     app = web.Application(middlewares=[drain_middleware, request_id_middleware, limits_middleware,

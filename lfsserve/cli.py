@@ -167,9 +167,8 @@ class _ProgressLine:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .hg.error import HgError
-    from .hg.repository import Repository
     from .hg.verify import verify_with_stats
-    from .repos import RepoPathError, RepoRegistry
+    from .repos import RepoRegistry, engine_repo
 
     config = _data_config(args)
     if config is None:
@@ -184,9 +183,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for name in names:
         progress = _ProgressLine(name)
         try:
-            repo = Repository.open(registry.path_of(name))
-            problems, stats = verify_with_stats(repo, progress)
-        except (RepoPathError, HgError) as exc:
+            with registry.open(name) as repo:
+                problems, stats = verify_with_stats(engine_repo(repo), progress)
+        except HgError as exc:
             progress.clear()
             print(f"{name}: {exc}")
             first_bad = first_bad or f"{name}: {exc}"

@@ -1,24 +1,104 @@
-"""Where served repositories live, and the in-process lock that serializes pushes to each.
+"""Where served repositories live, the one way to open them, and the in-process lock that
+serializes pushes to each.
 
 A repository path (already validated by routing) maps to `<repos_dir>/<path>`; that directory is a
 repository when it holds `.hg/`. Repositories do not nest: a path below an existing repository is
 not a repository, and no repository is created around another one. Symlinks may not lead a path
 outside `repos_dir`.
 
-Opening and reading a repository is the engine's business (lfsserve.hg), done in the executor;
-this module only answers "which directory" and "may I write now".
+Every front end (wire v1, wire v2, the web pages) and the CLI open repositories through
+`RepoRegistry.open`, which applies the server's settings for a repository (publishing, lock
+timeout; per-repository `.hg/hgrc` settings belong there too) in one place and closes what it
+opened. What they get is a `ServedRepo`: the engine's Repository, or, when a push may create the
+repository, an `AbsentRepo` that answers discovery as an empty repository does. Opening and
+reading happen in the executor (blocking file I/O).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["CannotCreate", "RepoPathError", "RepoRegistry", "make_dirs", "remove_created"]
+from .hg.error import RepoNotFound, UnknownRevision
+from .hg.node import NULLID
+from .hg.repository import DEFAULT_LOCK_TIMEOUT, Repository
+
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = [
+    "AbsentRepo", "CannotCreate", "RepoPathError", "RepoRegistry", "RepoSettings", "ServedRepo", "engine_repo",
+    "how_to_create", "make_dirs", "remove_created",
+]
+
+
+class ServedRepo(Protocol):
+    """What the wire front ends ask of a repository for discovery and capabilities.
+
+    The engine's Repository implements it, and so does AbsentRepo (a repository a push may
+    create). Serving content (changegroups, stream clones) and applying pushes need the engine's
+    Repository itself: code that does narrows with `isinstance(repo, Repository)`.
+    """
+
+    root: Path
+    publishing: bool
+    lock_timeout: float
+    has_lfs: bool
+    requirements: frozenset[str]
+
+    def heads(self) -> list[bytes]: ...
+    def branchmap(self) -> dict[bytes, list[bytes]]: ...
+    def known(self, nodes: Iterable[bytes]) -> list[bool]: ...
+    def lookup(self, key: bytes) -> bytes: ...
+    def listkeys(self, namespace: bytes) -> dict[bytes, bytes]: ...
+    def bookmarks(self) -> dict[bytes, bytes]: ...
+    def missing(self, common: Iterable[bytes], heads: Iterable[bytes]) -> list[int]: ...
+    def between(self, pairs: Iterable[tuple[bytes, bytes]]) -> list[list[bytes]]: ...
+    def branches(self, nodes: Iterable[bytes]) -> list[tuple[bytes, bytes, bytes, bytes]]: ...
+    def has_secret(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+def engine_repo(repo: ServedRepo) -> Repository:
+    """The engine Repository behind a served one, for what only an existing repository can do
+    (send changegroups and stream clones, take pushkey); RepoNotFound for an AbsentRepo."""
+    if not isinstance(repo, Repository):
+        raise RepoNotFound("(not created yet)")
+    return repo
+
+
+@dataclass(frozen=True)
+class RepoSettings:
+    """The server's settings for every repository it opens (from the `[hg]` config section)."""
+
+    publishing: bool = True
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+
+    @classmethod
+    def from_config(cls, config: Config) -> RepoSettings:
+        return cls(publishing=config.hg.publishing, lock_timeout=config.hg.lock_timeout)
+
+    def apply(self, repo: Repository) -> Repository:
+        """The one place a served repository gets its settings (where per-repository `.hg/hgrc`
+        settings such as `[phases] publish` would be read and applied too)."""
+        repo.publishing = self.publishing
+        repo.lock_timeout = self.lock_timeout
+        return repo
+
+
+def how_to_create(create_on_push: bool, name: str) -> str:
+    """What a user who found no repository can do about it (404s, the empty index)."""
+    if create_on_push:
+        return "push to a new repository's URL to create it (hg.create_on_push is on)"
+    return (f"create it on the server with `lfsserve init {name or 'NAME'}`, or set "
+            "hg.create_on_push = true to create repositories by pushing")
 
 
 class RepoPathError(ValueError):
@@ -59,8 +139,9 @@ def remove_created(path: Path, made: list[Path]) -> None:
 
 
 class RepoRegistry:
-    def __init__(self, repos_dir: Path):
+    def __init__(self, repos_dir: Path, settings: RepoSettings | None = None):
         self.base = Path(repos_dir).resolve()
+        self.settings = settings or RepoSettings()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def path_of(self, name: str) -> Path:
@@ -136,3 +217,104 @@ class RepoRegistry:
             lock = asyncio.Lock()
             self._locks[name] = lock
         return lock
+
+    # -- opening: the one way in
+
+    @contextlib.contextmanager
+    def open(self, name: str, *, may_create: bool = False) -> Iterator[ServedRepo]:
+        """Repository `name`, with this server's settings applied, closed on exit (blocking: run
+        in the executor). Raises RepoNotFound when there is none; with `may_create` (a writer
+        pushing where hg.create_on_push allows it), yields an AbsentRepo instead."""
+        try:
+            path = self.path_of(name)
+        except RepoPathError as exc:
+            raise RepoNotFound(f"{name} ({exc})") from None
+        if not (path / ".hg").is_dir():
+            if not may_create:
+                raise RepoNotFound(name)
+            # raises CannotCreate where a repository must not appear (around other repositories)
+            yield AbsentRepo(self.check_creatable(name), self.settings)
+            return
+        repo = self.settings.apply(Repository.open(path))
+        try:
+            yield repo
+        finally:
+            repo.close()
+
+
+# What `hg init` 7.2.4 creates: the answer for a repository that does not exist yet.
+DEFAULT_REQUIREMENTS = frozenset({"dotencode", "fncache", "generaldelta", "revlog-compression-zstd",
+                                  "revlogv1", "share-safe", "sparserevlog", "store"})
+
+
+class AbsentRepo:
+    """Stands in for a repository that a push may create (hg.create_on_push and a writer asking):
+    it answers discovery as an empty repository would, so that `hg push` reaches unbundle."""
+
+    has_lfs = False
+    requirements = DEFAULT_REQUIREMENTS
+
+    def __init__(self, root: Path, settings: RepoSettings = RepoSettings()):
+        self.root = Path(root)
+        self.settings = settings
+        self.publishing = settings.publishing
+        self.lock_timeout = settings.lock_timeout
+        self._made: list[Path] = []
+
+    def create(self) -> Repository:
+        """Create the repository this stands for (a push to a new path, checked creatable by the
+        opener), configured as the opener configures every repository. The caller closes it, and
+        calls `undo_create` if the push fails."""
+        self._made = make_dirs(self.root)
+        try:
+            repo = Repository.init(self.root)
+        except BaseException:
+            self.undo_create()
+            raise
+        return self.settings.apply(repo)
+
+    def undo_create(self) -> None:
+        """Remove what create() wrote: its `.hg` and the directories it made (nothing else)."""
+        remove_created(self.root, self._made)
+
+    def heads(self) -> list[bytes]:
+        return []
+
+    def branchmap(self) -> dict[bytes, list[bytes]]:
+        return {}
+
+    def known(self, nodes: Iterable[bytes]) -> list[bool]:
+        return [False for _ in nodes]
+
+    def lookup(self, key: bytes) -> bytes:
+        if key in (b"tip", b"null", b".", b"0" * 40, b"-1"):
+            return NULLID
+        raise UnknownRevision(key)
+
+    def listkeys(self, namespace: bytes) -> dict[bytes, bytes]:
+        if namespace == b"namespaces":
+            return {b"bookmarks": b"", b"namespaces": b"", b"phases": b""}
+        if namespace == b"phases":
+            return {b"publishing": b"True"} if self.publishing else {}
+        return {}
+
+    def bookmarks(self) -> dict[bytes, bytes]:
+        return {}
+
+    def missing(self, common: Iterable[bytes], heads: Iterable[bytes]) -> list[int]:
+        for h in heads:
+            if h != NULLID:
+                raise UnknownRevision(h.hex())
+        return []
+
+    def between(self, pairs: Iterable[tuple[bytes, bytes]]) -> list[list[bytes]]:
+        return [[] for _ in pairs]
+
+    def branches(self, nodes: Iterable[bytes]) -> list[tuple[bytes, bytes, bytes, bytes]]:
+        return [(n, NULLID, NULLID, NULLID) for n in nodes]
+
+    def has_secret(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass

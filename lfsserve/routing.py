@@ -43,6 +43,9 @@ class Kind(enum.Enum):
     INDEX = "index"            # "/" without a command
     HG = "hg"                  # {repo} (?cmd= or a browser page)
     HG_API = "hg-api"          # {repo}/api/...
+    # Never produced by resolve(): {repo} without cmd is Kind.HG, whose handler (wire v1) hands
+    # it to the handler registered under this kind (the web front end's repository page).
+    REPO_PAGE = "repo-page"
     LFS_BATCH = "lfs-batch"
     LFS_LOCKS = "lfs-locks"    # rest: "", "verify", "{id}/unlock"
     LFS_OBJECT = "lfs-object"  # rest: the oid

@@ -74,6 +74,8 @@ class Repository:
         self.store = Store(self.root, requirements)
         self.has_lfs = "lfs" in requirements
         self.publishing = True
+        # How long lock() waits for another writer; the server's opener sets it from its config.
+        self.lock_timeout = DEFAULT_LOCK_TIMEOUT
         # fsync pushes before acknowledging them (set False only where durability does not matter)
         self.durable = True
         self.compression = "zstd" if "revlog-compression-zstd" in requirements else "zlib"
@@ -572,8 +574,10 @@ class Repository:
 
     # -- locking and transactions
     @contextlib.contextmanager
-    def lock(self, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
+    def lock(self, timeout: float | None = None) -> Iterator[None]:
         """Hold `.hg/wlock` then `.hg/store/lock` (hg's order). Reentrant within this instance.
+
+        Waits at most `timeout` seconds (default: this instance's `lock_timeout`) for another writer.
 
         On first acquisition, an abandoned transaction (journal left by a crash) is rolled back.
         """
@@ -584,6 +588,8 @@ class Repository:
             finally:
                 self._lock_depth -= 1
             return
+        if timeout is None:
+            timeout = self.lock_timeout
         mutex = local_mutex(self.root / ".hg")
         start = time.monotonic()
         acquired = mutex.acquire(timeout=timeout) if timeout > 0 else mutex.acquire(blocking=False)

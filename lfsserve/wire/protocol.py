@@ -143,7 +143,7 @@ def batch_unescape(data: bytes) -> bytes:
 
 def decode_batch(cmds: bytes) -> list[tuple[str, dict[str, bytes]]]:
     """`cmd k=v,k=v;cmd ...` -> [(cmd, {k: v})], names and values unescaped."""
-    out = []
+    out: list[tuple[str, dict[str, bytes]]] = []
     if not cmds:
         return out
     for item in cmds.split(b";"):

@@ -139,16 +139,18 @@ def test_fuzz_unbundle_in_process(tmp_path):
     from lfsserve.config import Config
     from lfsserve.hg.error import HgError
     from lfsserve.hg.repository import Repository
-    from lfsserve.wire import exchange
+    from lfsserve.repos import RepoSettings
+    from lfsserve.wire import unbundle
 
     path = tmp_path / "repo"
     Repository.init(path)
     config = Config()
-    opts = exchange.PushOptions(publishing=True, lock_timeout=5, check_lfs=lambda oids: set())
+    settings = RepoSettings(publishing=True, lock_timeout=5)
 
     def check(data: bytes) -> None:
         try:
-            exchange.unbundle(config, path, Repository.open(path), b"force".hex().encode(), io.BytesIO(data), opts)
+            with settings.apply(Repository.open(path)) as repo:
+                unbundle.unbundle(config, repo, b"force".hex().encode(), io.BytesIO(data), lambda oids: set())
         except (BadRequest, HgError):
             pass
 
@@ -259,7 +261,7 @@ def test_fuzz_v1_commands(tmp_path):
     from lfsserve.config import Config
     from lfsserve.hg.error import HgError
     from lfsserve.hg.repository import Repository
-    from lfsserve.wire.commands import COMMANDS, Session, Stream, bind_args
+    from lfsserve.wire.v1.commands import COMMANDS, Session, Stream, bind_args
     from tests.support import HG, hg_env, run
 
     path = tmp_path / "dag"

@@ -4,7 +4,7 @@ Read from the sources (ast), so every import counts, including those inside func
 those under `if TYPE_CHECKING:`, which only annotations see):
 
     top          app, server, cli, admin, __main__   compose and run everything
-    front ends   wire/, lfs/, ssh/                   never import the top, nor each other; ssh/
+    front ends   wire/, lfs/, ssh/, web/             never import the top, nor each other; ssh/
                                                      reaches LFS storage through lfs.service only
     kernel       every other top-level module        never imports a front end or the top
     stores       hg/, blobstore/                      import only themselves and the utils
@@ -23,7 +23,7 @@ import lfsserve
 ROOT = Path(lfsserve.__file__).parent
 TOP = {"lfsserve.app", "lfsserve.server", "lfsserve.cli", "lfsserve.admin", "lfsserve.__main__"}
 UTILS = {"lfsserve.aio", "lfsserve.sqlitedb", "lfsserve.config"}
-FRONT_ENDS = ("lfsserve.wire", "lfsserve.lfs", "lfsserve.ssh")
+FRONT_ENDS = ("lfsserve.wire", "lfsserve.lfs", "lfsserve.ssh", "lfsserve.web")
 # Service modules of a front end that other front ends may use: LfsService is the one door to LFS
 # storage (its HTTP handlers in lfs/ stay private to that front end).
 SHARED_SERVICES = {"lfsserve.lfs.service"}

@@ -4,22 +4,24 @@ unbundle, bundlecaps parsing, capabilities, byte-answer formats (values from the
 from __future__ import annotations
 
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
 from lfsserve.config import Config
 from lfsserve.hg.bundle2 import decode_caps
 from lfsserve.hg.error import PushRaced, UnknownRevision
-from lfsserve.wire import exchange
-from lfsserve.wire.commands import COMMANDS, Session, bind_args
+from lfsserve.repos import AbsentRepo
+from lfsserve.wire import getbundle, unbundle
 from lfsserve.wire.protocol import BadRequest
+from lfsserve.wire.v1.commands import COMMANDS, Session, bind_args
 
 HEAD_14 = bytes.fromhex("79c7dd265679382f7937de122c2c2e14c46abd83")
 
 
-class FakeRepo(exchange.AbsentRepo):
+class FakeRepo(AbsentRepo):
     def __init__(self, heads, branchmap=None, marks=None):
-        super().__init__(publishing=True)
+        super().__init__(Path("fake"))  # publishing, as the default settings
         self._heads, self._branchmap, self._marks = heads, branchmap or {}, marks or {}
 
     def heads(self):
@@ -54,17 +56,17 @@ def call(name, s, **args):
 def test_unbundle_heads_argument_forms():
     repo = FakeRepo([HEAD_14])
     # transcript 14: bundle1 push with "hashed" + sha1 of the sorted binary heads
-    their = exchange.parse_unbundle_heads(b"686173686564 7f288ae90956792e637675b5143221f22bf35d29")
+    their = unbundle.parse_unbundle_heads(b"686173686564 7f288ae90956792e637675b5143221f22bf35d29")
     assert their == [b"hashed", bytes.fromhex("7f288ae90956792e637675b5143221f22bf35d29")]
-    exchange.check_heads(repo, their, "preparing changes")
-    exchange.check_heads(repo, exchange.parse_unbundle_heads(b"666f726365"), "x")  # "force"
-    exchange.check_heads(repo, [HEAD_14], "x")
+    unbundle.check_heads(repo, their, "preparing changes")
+    unbundle.check_heads(repo, unbundle.parse_unbundle_heads(b"666f726365"), "x")  # "force"
+    unbundle.check_heads(repo, [HEAD_14], "x")
     with pytest.raises(PushRaced, match="repository changed while preparing changes - please try again"):
-        exchange.check_heads(repo, [b"hashed", b"\x01" * 20], "preparing changes")
+        unbundle.check_heads(repo, [b"hashed", b"\x01" * 20], "preparing changes")
     with pytest.raises(BadRequest):
-        exchange.parse_unbundle_heads(b"xyz")
+        unbundle.parse_unbundle_heads(b"xyz")
     # an empty repository's only head is the null node, as hg shows it
-    exchange.check_heads(FakeRepo([]), [b"\0" * 20], "x")
+    unbundle.check_heads(FakeRepo([]), [b"\0" * 20], "x")
 
 
 def test_bundlecaps_of_transcript_02():
@@ -72,13 +74,13 @@ def test_bundlecaps_of_transcript_02():
         "HG20%2Cbundle2%3DHG20%250Abookmarks%250Achangegroup%253D01%252C02%252C03%250Acheckheads%253Drelated"
         "%250Aerror%253Dabort%252Cunsupportedcontent%252Cpushraced%252Cpushkey%250Ahgtagsfnodes%250Alistkeys"
         "%250Aphases%253Dheads%250Apushkey%250Astream%253Dv2")
-    plain, b2 = exchange.parse_bundlecaps(value)
+    plain, b2 = getbundle.parse_bundlecaps(value)
     assert b"HG20" in plain
     assert b2["changegroup"] == ["01", "02", "03"] and b2["phases"] == ["heads"] and "hgtagsfnodes" in b2
 
 
 def test_capabilities_of_a_repository_not_created_yet():
-    caps = call("capabilities", session(exchange.AbsentRepo(True))).decode().split(" ")
+    caps = call("capabilities", session(AbsentRepo(Path("new")))).decode().split(" ")
     assert caps == sorted(caps)
     assert "lfs" in caps and "lfs-serve" not in caps and "unbundlehash" in caps
     assert "streamreqs=generaldelta,revlog-compression-zstd,revlogv1,sparserevlog" in caps
@@ -87,10 +89,10 @@ def test_capabilities_of_a_repository_not_created_yet():
     assert decoded["error"] == ["abort", "unsupportedcontent", "pushraced", "pushkey"]
     assert "remote-changegroup" not in decoded and decoded["stream"] == ["v2"]
     assert "httppostargs" not in caps  # only where the front end says no 401 can follow
-    s = session(exchange.AbsentRepo(True))
+    s = session(AbsentRepo(Path("new")))
     s.offer_postargs = True
     assert "httppostargs" in call("capabilities", s).decode().split(" ")
-    s = session(exchange.AbsentRepo(True), stream_clone=False, httppostargs=False, compression=["zlib"])
+    s = session(AbsentRepo(Path("new")), stream_clone=False, httppostargs=False, compression=["zlib"])
     s.offer_postargs = True
     caps = call("capabilities", s).decode().split(" ")
     assert not [c for c in caps if c.startswith("stream")] and "httppostargs" not in caps

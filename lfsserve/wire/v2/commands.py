@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ...hg import error as hgerror
 from ...hg.manifest import find_entry
@@ -22,6 +22,9 @@ from ...hg.node import NULLID, NULLREV
 from ...hg.storageutil import DeltaEmitter
 from ..protocol import MAX_NODES
 from .framing import CommandError, CommandRequest, IndefiniteBytes
+
+if TYPE_CHECKING:
+    from ...hg.repository import Repository
 
 __all__ = ["COMMANDS", "Command", "Context", "FRAMING_MEDIA_TYPE", "PathFilter", "api_descriptor", "classify",
            "emit_revisions", "resolve_revisions", "run", "validate_args"]
@@ -47,7 +50,7 @@ FILESDATA_BATCH = 50_000
 class Context:
     """What a command runs against: an open repository and the server's settings for it."""
 
-    repo: Any  # lfsserve.hg.repository.Repository
+    repo: Repository
     publishing: bool = True
     stream_clone: bool = True
     request_id: str = "-"

@@ -12,7 +12,7 @@ lose from a poor choice); without sender settings a client is assumed to know on
 from __future__ import annotations
 
 import zlib
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import zstandard
 
@@ -74,7 +74,8 @@ class ZstdEncoder:
         return self._c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
 
 
-_ENCODERS = {b"identity": IdentityEncoder, b"zlib": ZlibEncoder, b"zstd-8mb": ZstdEncoder}
+_ENCODERS: dict[bytes, Callable[[], Encoder]] = {
+    b"identity": IdentityEncoder, b"zlib": ZlibEncoder, b"zstd-8mb": ZstdEncoder}
 
 
 class _IdentityDecoder:
@@ -98,7 +99,8 @@ class _ZstdDecoder:
         return self._d.decompress(data)
 
 
-_DECODERS = {b"identity": _IdentityDecoder, b"zlib": _ZlibDecoder, b"zstd-8mb": _ZstdDecoder}
+_DECODERS: dict[bytes, Callable[[], Decoder]] = {
+    b"identity": _IdentityDecoder, b"zlib": _ZlibDecoder, b"zstd-8mb": _ZstdDecoder}
 
 
 def make_encoder(name: bytes) -> Encoder:

@@ -22,8 +22,9 @@ from aiohttp import web
 
 from ...aio import iterate_blocking, run_blocking
 from ...auth import AuthError, Permission
+from ...hg.error import RepoNotFound, UnsupportedRequirement
 from ...kernel import CTX, REQUEST_ID, ServerContext
-from ...repos import RepoPathError, RepoRegistry
+from ...repos import RepoRegistry, engine_repo
 from ...routing import Kind, Target
 from . import cbor, commands
 from .encoding import choose, make_encoder, order_from_config
@@ -86,27 +87,23 @@ def _concat_headers(request: web.BaseRequest, prefix: str) -> str:
     return "".join(parts)
 
 
-def _open_context(state: _State, repo_name: str, request_id: str):
-    """Open the repository (in a worker thread) and wrap it in a command Context."""
-    from ...hg.repository import Repository
-
-    path = state.registry.path_of(repo_name)
-    repo = Repository.open(path)
-    cfg = state.server.config.hg
-    repo.publishing = cfg.publishing
-    return commands.Context(repo, publishing=cfg.publishing, stream_clone=cfg.stream_clone,
+def _open_context(state: _State, repo_name: str, request_id: str,
+                  stack: contextlib.ExitStack) -> commands.Context:
+    """Open the repository through the registry (in a worker thread), into `stack`, which the
+    caller closes when the answer is sent; wrap it in a command Context."""
+    repo = engine_repo(stack.enter_context(state.registry.open(repo_name)))
+    return commands.Context(repo, publishing=repo.publishing, stream_clone=state.server.config.hg.stream_clone,
                             request_id=request_id)
 
 
-async def _context(state: _State, target: Target, request: web.BaseRequest) -> commands.Context:
-    from ...hg import error as hgerror
-
+async def _context(state: _State, target: Target, request: web.BaseRequest,
+                   stack: contextlib.ExitStack) -> commands.Context:
     rid = request.get(REQUEST_ID, "-")
     try:
-        return await run_blocking(_open_context, state, target.repo, rid)
-    except (hgerror.RepoNotFound, RepoPathError):
+        return await run_blocking(_open_context, state, target.repo, rid, stack)
+    except RepoNotFound:
         raise _Refusal(404, f"repository not found: {target.repo}") from None
-    except hgerror.UnsupportedRequirement as exc:
+    except UnsupportedRequirement as exc:
         log.error("[%s] cannot serve %s: %s", rid, target.repo, exc.message)
         raise _Refusal(500, f"this server cannot read repository {target.repo}: {exc.message}") from None
 
@@ -123,18 +120,16 @@ async def maybe_upgrade(request: web.Request, target: Target, v1caps: bytes) -> 
         return None
     if "cbor" not in _concat_headers(request, "X-HgProto").split():
         return None
-    try:
-        ctx = await _context(state, target, request)
-    except _Refusal as exc:
-        return _text(exc.status, exc.message, **exc.headers)
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            ctx = await _context(state, target, request, stack)
+        except _Refusal as exc:
+            return _text(exc.status, exc.message, **exc.headers)
         if ctx.repo.has_lfs:
             # v2 carries no revision flags: an lfs pointer would reach the client as file content.
             log.info("[%s] %s uses lfs: answering the v2 handshake with v1", ctx.request_id, target.repo)
             return None
         descriptor = await run_blocking(commands.api_descriptor, ctx)
-    finally:
-        ctx.repo.close()
     body = cbor.encode({b"apibase": b"api/", b"apis": {API_NAME.encode("ascii"): descriptor},
                         b"v1capabilities": v1caps})
     # The same URL answers v1 or CBOR depending on these headers: caches must keep them apart.
@@ -205,11 +200,9 @@ async def _serve(state: _State, request: web.Request, target: Target) -> web.Str
     async with contextlib.AsyncExitStack() as stack:
         if writes:
             await stack.enter_async_context(state.registry.write_lock(target.repo))
-        ctx = await _context(state, target, request)
-        try:
-            return await _stream(request, ctx, parsed, encoding)
-        finally:
-            ctx.repo.close()
+        opened = stack.enter_context(contextlib.ExitStack())
+        ctx = await _context(state, target, request, opened)
+        return await _stream(request, ctx, parsed, encoding)
 
 
 async def _read_body(request: web.Request) -> bytes:

@@ -9,40 +9,38 @@ lock. This module is the one place where wire v1 errors become HTTP: permission 
 401/403/405 with hg's `0\\n<message>\\n` body, malformed requests 400, repository-level refusals
 `application/hg-error`.
 
-Also served here: the repository index at `/` and a short page for a repository URL opened in a
-browser.
+A repository URL without `cmd` is handed to the web front end's page (Kind.REPO_PAGE).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import logging
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
 
 from aiohttp import hdrs, web
 
-from ..aio import iterate_blocking, run_blocking
-from ..auth import AuthError, Forbidden, Permission, Principal, Unauthorized
-from ..config import Config
-from ..metrics import metrics_of
-from ..hg.bundle2 import Bundle2Error
-from ..hg.error import HgError, RepoNotFound
-from ..hg.node import NULLID
-from ..kernel import CTX
-from ..repos import CannotCreate, RepoPathError, RepoRegistry
-from ..reqkeys import PRINCIPAL
-from ..routing import Kind, Target
-from . import exchange, v2
-from .commands import COMMANDS, Command, Session, Stream, bind_args
-from .compression import MEDIA_01, compress_stream, negotiate
-from .protocol import BadRequest, header_args, parse_client_proto, parse_qs_bytes
+from ...aio import iterate_blocking, run_blocking
+from ...auth import AuthError, Forbidden, Permission, Principal, Unauthorized
+from ...hg.bundle2 import Bundle2Error
+from ...hg.error import HgError, RepoNotFound
+from ...kernel import CTX, PRINCIPAL
+from ...metrics import metrics_of
+from ...repos import CannotCreate, how_to_create
+from ...routing import Kind, Target
+from .. import v2
+from ..capabilities import BundleRequired
+from ..compression import MEDIA_01, compress_stream, negotiate
+from ..protocol import BadRequest, header_args, parse_client_proto, parse_qs_bytes
+from ..unbundle import LfsCheck, PushReply
+from .commands import COMMANDS, Command, Result, Session, Stream, bind_args
 
-__all__ = ["V1", "V1State", "capabilities_bytes", "setup"]
+__all__ = ["V1", "V1State", "handle", "setup"]
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +49,13 @@ SCRIPT_OK = "Script output follows"
 SPOOL_CHUNK = 1024 * 1024
 MAX_POST_ARGS = 16 * 1024 * 1024
 
-capabilities_bytes = exchange.capabilities_bytes
+# Decoded arguments of a command, as bind_args gives them.
+Args = dict[str, bytes | dict[str, bytes]]
 
 
 @dataclass
 class V1State:
-    registry: RepoRegistry
-    spool_dir: Path
+    spool_dir: Path   # where pushes are spooled before they are applied
 
 
 V1 = web.AppKey("lfsserve_wire_v1", V1State)
@@ -66,9 +64,8 @@ V1 = web.AppKey("lfsserve_wire_v1", V1State)
 def setup(app: web.Application) -> None:
     ctx = app[CTX]
     spool = ctx.config.root / "tmp"
-    app[V1] = V1State(ctx.repos, spool)
+    app[V1] = V1State(spool)
     ctx.register(Kind.HG, handle)
-    ctx.register(Kind.INDEX, index)
 
 
 # -- responses --------------------------------------------------------------------------------------
@@ -142,31 +139,6 @@ async def _request_args(request: web.Request, query: dict[str, bytes]) -> dict[s
     return args
 
 
-# -- repositories -----------------------------------------------------------------------------------
-
-def _open(config: Config, registry: RepoRegistry, name: str, may_create: bool):
-    """(repo, path): an opened engine repository, or None / AbsentRepo when it does not exist and a
-    push may create it. Runs in the executor."""
-    try:
-        path = registry.path_of(name)
-    except RepoPathError as exc:
-        raise RepoNotFound(f"{name} ({exc})")
-    if not (path / ".hg").is_dir():
-        if may_create:
-            # raises CannotCreate where a repository must not appear (around other repositories)
-            return None, registry.check_creatable(name)
-        raise RepoNotFound(name)
-    from ..hg.repository import Repository
-    repo = Repository.open(path)
-    repo.publishing = config.hg.publishing
-    return repo, path
-
-
-def _session(config: Config, repo, offer_postargs: bool = False) -> Session:
-    if repo is None:
-        repo = exchange.AbsentRepo(config.hg.publishing)
-    return Session(config, repo, lock_timeout=config.hg.lock_timeout, offer_postargs=offer_postargs)
-
 
 def _postargs_safe(request: web.Request, repo_name: str, principal: Principal) -> bool:
     """Whether this client may be offered httppostargs: only when no 401 can follow.
@@ -186,17 +158,20 @@ def _postargs_safe(request: web.Request, repo_name: str, principal: Principal) -
 # -- the handler ------------------------------------------------------------------------------------
 
 async def handle(request: web.Request, target: Target) -> web.StreamResponse:
+    ctx = request.app[CTX]
     try:
         query = _query(request)
     except BadRequest as exc:
         return _bad_request(exc.message)
     name = query.pop("cmd", None)
     if name is None:
-        return await browse(request, target)
+        page = ctx.handlers.get(Kind.REPO_PAGE)
+        if page is None:
+            return _bad_request("missing wire protocol command (cmd=)")
+        return await page(request, target)
     cmd = COMMANDS.get(name.decode("latin-1"))
     if cmd is None:
         return _bad_request(f"unknown wire protocol command {name.decode('latin-1')[:60]!r}")
-    ctx = request.app[CTX]
     try:
         principal = await ctx.auth.require(request.headers, target.repo, Permission.READ)
         request[PRINCIPAL] = principal
@@ -205,8 +180,8 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
                 return _perm_error(405, "push requires POST request")
             ctx.auth.authorize(principal, target.repo, Permission.WRITE)
         args = bind_args(cmd, await _request_args(request, query))
-        if cmd.kind == "unbundle":
-            return await _unbundle(request, target, principal, args)
+        if cmd.kind == "push":
+            return await _push(request, target, principal, cmd, args)
         return await _run(request, target, principal, cmd, args)
     except Unauthorized as exc:
         await _drain(request, ctx.config.hg.max_push_size)
@@ -216,16 +191,16 @@ async def handle(request: web.Request, target: Target) -> web.StreamResponse:
     except BadRequest as exc:
         return _bad_request(exc.message)
     except RepoNotFound as exc:
-        principal = request.get(PRINCIPAL)
-        if ctx.config.hg.create_on_push and principal is not None and not principal.authenticated:
+        asking = request.get(PRINCIPAL)
+        if ctx.config.hg.create_on_push and asking is not None and not asking.authenticated:
             # hg sends credentials only when challenged: an anonymous 404 would keep a user who
             # may create this repository (hg.create_on_push) from ever pushing to it.
             await _drain(request, ctx.config.hg.max_push_size)
             return _perm_error(401, f"{exc.message}; log in to create it by pushing", ctx.auth.challenge())
-        return _not_found(f"{exc.message}; {_how_to_create(ctx.config, target.repo)}")
+        return _not_found(f"{exc.message}; {how_to_create(ctx.config.hg.create_on_push, target.repo)}")
     except CannotCreate as exc:
         return _perm_error(409, str(exc))
-    except exchange.BundleRequired as exc:
+    except BundleRequired as exc:
         return _hg_error(exc.message)
     except (HgError, Bundle2Error) as exc:
         log.info("%s on %s refused: %s", cmd.name, target.repo, exc)
@@ -254,30 +229,42 @@ def _may_create(request: web.Request, repo_name: str, principal: Principal) -> b
     return ctx.config.hg.create_on_push and ctx.auth.permission(principal, repo_name) >= Permission.WRITE
 
 
-async def _run(request: web.Request, target: Target, principal: Principal, cmd: Command,
-               args: dict) -> web.StreamResponse:
+def _opened(request: web.Request, target: Target, principal: Principal, stack: contextlib.ExitStack,
+            payload: BinaryIO | None = None) -> Callable[[Command, Args], Result]:
+    """A function for the executor that runs a command on the repository of `target`, opened
+    through the registry into `stack` (which the caller closes once the answer is sent: a Stream
+    reads the repository while it goes out)."""
     ctx = request.app[CTX]
-    state = request.app[V1]
-    config = ctx.config
     may_create = _may_create(request, target.repo, principal)
-    postargs = cmd.name == "capabilities" and _postargs_safe(request, target.repo, principal)
+    check_lfs = _lfs_checker(request, target.repo, principal) if payload is not None else None
+    postargs = _postargs_safe(request, target.repo, principal)
 
-    def work():
-        repo, _ = _open(config, state.registry, target.repo, may_create)
-        return cmd.func(_session(config, repo, postargs), **args)
+    def work(cmd: Command, args: Args) -> Result:
+        repo = stack.enter_context(ctx.repos.open(target.repo, may_create=may_create))
+        return cmd.func(Session(ctx.config, repo, payload, check_lfs, offer_postargs=postargs), **args)
+    return work
 
-    if cmd.name == "capabilities" and config.hg.wire_v2 and request.headers.get("X-HgUpgrade-1"):
-        caps = await run_blocking(work)
-        upgraded = await v2.maybe_upgrade(request, target, caps)
-        return upgraded if upgraded is not None else _bytes(caps)
-    if cmd.permission == "push":
-        async with state.registry.write_lock(target.repo):
-            result = await run_blocking(work)
-    else:
-        result = await run_blocking(work)
-    if isinstance(result, Stream):
-        return await _stream(request, result)
-    return _bytes(result)
+
+async def _run(request: web.Request, target: Target, principal: Principal, cmd: Command,
+               args: Args) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    config = ctx.config
+    with contextlib.ExitStack() as stack:
+        work = _opened(request, target, principal, stack)
+        if cmd.name == "capabilities" and config.hg.wire_v2 and request.headers.get("X-HgUpgrade-1"):
+            caps = await run_blocking(work, cmd, args)
+            assert isinstance(caps, bytes)
+            upgraded = await v2.maybe_upgrade(request, target, caps)
+            return upgraded if upgraded is not None else _bytes(caps)
+        if cmd.permission == "push":
+            async with ctx.repos.write_lock(target.repo):
+                result = await run_blocking(work, cmd, args)
+        else:
+            result = await run_blocking(work, cmd, args)
+        if isinstance(result, Stream):
+            return await _stream(request, result)
+        assert isinstance(result, bytes), f"{cmd.name} is a bytes command"
+        return _bytes(result)
 
 
 async def _stream(request: web.Request, result: Stream) -> web.StreamResponse:
@@ -291,7 +278,7 @@ async def _stream(request: web.Request, result: Stream) -> web.StreamResponse:
                            prefer_uncompressed=result.prefer_uncompressed)
         media, prefix = choice.media_type, choice.prefix
 
-        def make():
+        def make() -> Iterator[bytes]:
             return compress_stream(result.chunks(), choice.engine, zstd_level=config.hg.zstd_level)
 
     async with contextlib.aclosing(iterate_blocking(make)) as chunks:
@@ -317,7 +304,7 @@ async def _stream(request: web.Request, result: Stream) -> web.StreamResponse:
 
 
 class PushTooLarge(Exception):
-    def __init__(self, limit: int):
+    def __init__(self, limit: int) -> None:
         super().__init__(f"push larger than this server's limit of {_size_text(limit)} (hg.max_push_size)")
         self.limit = limit
 
@@ -329,7 +316,7 @@ def _size_text(n: int) -> str:
     return f"{n} bytes"
 
 
-async def _spool(request: web.Request, spool_dir: Path, limit: int = 0):
+async def _spool(request: web.Request, spool_dir: Path, limit: int = 0) -> BinaryIO:
     """Copy the request body to an anonymous temporary file (never held in memory).
 
     With `limit`, a body announced or found to be larger raises PushTooLarge; what was spooled
@@ -337,7 +324,7 @@ async def _spool(request: web.Request, spool_dir: Path, limit: int = 0):
     if limit and request.content_length is not None and request.content_length > limit:
         raise PushTooLarge(limit)
     await run_blocking(spool_dir.mkdir, parents=True, exist_ok=True)
-    fh = await run_blocking(tempfile.TemporaryFile, dir=spool_dir, prefix="unbundle-")
+    fh: BinaryIO = await run_blocking(lambda: tempfile.TemporaryFile("w+b", dir=spool_dir, prefix="unbundle-"))
     size = 0
     try:
         while True:
@@ -355,7 +342,7 @@ async def _spool(request: web.Request, spool_dir: Path, limit: int = 0):
     return fh
 
 
-def _lfs_checker(request: web.Request, repo_name: str, principal: Principal):
+def _lfs_checker(request: web.Request, repo_name: str, principal: Principal) -> LfsCheck:
     """A callback for the push thread: which lfs oids of the push are not acceptable.
 
     The LFS service also makes the acceptable ones visible in this repository's namespace, so it
@@ -372,14 +359,13 @@ def _lfs_checker(request: web.Request, repo_name: str, principal: Principal):
     return check
 
 
-async def _unbundle(request: web.Request, target: Target, principal: Principal, args: dict) -> web.StreamResponse:
+async def _push(request: web.Request, target: Target, principal: Principal, cmd: Command,
+                args: Args) -> web.StreamResponse:
+    """A command that reads the request body (unbundle): spooled first, then applied under the
+    repository's write lock."""
     ctx = request.app[CTX]
     state = request.app[V1]
     config = ctx.config
-    may_create = _may_create(request, target.repo, principal)
-    opts = exchange.PushOptions(publishing=config.hg.publishing, lock_timeout=config.hg.lock_timeout,
-                                check_lfs=_lfs_checker(request, target.repo, principal),
-                                max_file_size=config.hg.max_file_size)
     try:
         body = await _spool(request, state.spool_dir, config.hg.max_push_size)
     except PushTooLarge as exc:
@@ -389,14 +375,11 @@ async def _unbundle(request: web.Request, target: Target, principal: Principal, 
         # client gets to read it instead of failing on a reset connection.
         return web.Response(status=413, reason=str(exc), text=f"{exc}\n")
     try:
-        with metrics_of(request.app).push() as observed:
-            async with state.registry.write_lock(target.repo):
-                def work():
-                    repo, path = _open(config, state.registry, target.repo, may_create)
-                    return COMMANDS["unbundle"].func(_session(config, repo) if repo is not None
-                                                     else Session(config, None, config.hg.lock_timeout),
-                                                     **args, body=body, repo_path=path, push=opts)
-                reply = await run_blocking(work)
+        with metrics_of(request.app).push() as observed, contextlib.ExitStack() as stack:
+            work = _opened(request, target, principal, stack, body)
+            async with ctx.repos.write_lock(target.repo):
+                reply = await run_blocking(work, cmd, args)
+            assert isinstance(reply, PushReply), f"{cmd.name} is a push command"
             if not reply.changed:
                 observed.result = "refused"
     finally:
@@ -404,85 +387,3 @@ async def _unbundle(request: web.Request, target: Target, principal: Principal, 
     if reply.changed:
         log.info("push to %s by %s applied", target.repo, principal)
     return _bytes(reply.body)
-
-
-# -- pages for browsers -----------------------------------------------------------------------------
-
-_PAGE = """<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{title}</title></head>
-<body>
-{body}
-</body></html>
-"""
-
-
-def _how_to_create(config: Config, name: str) -> str:
-    """What a user who found no repository can do about it (404s, the empty index)."""
-    if config.hg.create_on_push:
-        return "push to a new repository's URL to create it (hg.create_on_push is on)"
-    return (f"create it on the server with `lfsserve init {name or 'NAME'}`, or set "
-            "hg.create_on_push = true to create repositories by pushing")
-
-
-async def browse(request: web.Request, target: Target) -> web.StreamResponse:
-    """A repository URL opened in a browser: what it is and how to clone it."""
-    ctx = request.app[CTX]
-    state = request.app[V1]
-    try:
-        principal = await ctx.auth.require(request.headers, target.repo, Permission.READ)
-    except Unauthorized as exc:
-        return web.Response(status=401, text=exc.message + "\n", headers=ctx.auth.challenge())
-    except AuthError as exc:
-        return web.Response(status=exc.status, text=exc.message + "\n")
-    request[PRINCIPAL] = principal
-
-    def info():
-        repo, _ = _open(ctx.config, state.registry, target.repo, False)
-        # An empty repository's only head is the null revision: it has no heads.
-        heads = [h for h in repo.heads() if h != NULLID]
-        return len(heads), sorted(repo.bookmarks()), repo.has_lfs
-
-    try:
-        nheads, marks, lfs = await run_blocking(info)
-    except RepoNotFound:
-        return web.Response(status=404, text=f"no repository at /{target.repo}: "
-                                             f"{_how_to_create(ctx.config, target.repo)}\n")
-    except HgError as exc:
-        return web.Response(status=500, text=f"repository {target.repo} cannot be read: {exc.message}\n")
-    url = f"{ctx.base_url(request)}/{target.repo}"
-    esc = html.escape
-    body = (f"<h1>{esc(target.repo)}</h1>\n<p>A Mercurial repository served by lfsserve.</p>\n"
-            f"<pre>hg clone {esc(url)}</pre>\n"
-            + ("<p>It is empty: push to it to fill it." if not nheads else
-               f"<p>{nheads} head{'s' if nheads > 1 else ''}"
-               + (f"; bookmarks: {esc(', '.join(m.decode('utf-8', 'replace') for m in marks))}" if marks else "")
-               + ".")
-            + (" Large files are stored with LFS (the server is its own <code>lfs.url</code>)." if lfs else "")
-            + "</p>\n<p><a href=\"" + esc(ctx.base_url(request)) + "/\">all repositories</a></p>")
-    return web.Response(text=_PAGE.format(title=esc(target.repo), body=body), content_type="text/html")
-
-
-async def index(request: web.Request, target: Target) -> web.StreamResponse:
-    """`/`: the repositories this client may read."""
-    ctx = request.app[CTX]
-    state = request.app[V1]
-    if "cmd" in request.query:
-        return _not_found("no repository at / (clone http://host/<repository>; the list is at /)")
-    try:
-        principal = await ctx.auth.authenticate(request.headers)
-    except Unauthorized as exc:
-        return web.Response(status=401, text=exc.message + "\n", headers=ctx.auth.challenge())
-    request[PRINCIPAL] = principal
-    names = await run_blocking(lambda: list(state.registry.names()))
-    readable = [n for n in names if ctx.auth.permission(principal, n) >= Permission.READ]
-    base = ctx.base_url(request)
-    # Nothing to list (a new server, or nothing this client may read): say so, and how to start.
-    empty = ("No repositories you may read here" + ("" if principal.authenticated else " without logging in")
-             + f". To add one: {_how_to_create(ctx.config, '')}.")
-    if "text/html" not in request.headers.get("Accept", ""):
-        # One clone URL a line, for scripts; the sentence only when there is none.
-        return web.Response(text="".join(f"{base}/{n}\n" for n in readable) or empty + "\n")
-    esc = html.escape
-    items = "\n".join(f'<li><a href="{esc(base)}/{esc(n)}">{esc(n)}</a></li>' for n in readable)
-    body = f"<h1>Repositories</h1>\n<ul>\n{items}\n</ul>" if readable else f"<p>{esc(empty)}</p>"
-    return web.Response(text=_PAGE.format(title="lfsserve", body=body), content_type="text/html")

@@ -1,48 +1,46 @@
 """The wire protocol v1 commands: one registry, each command declared once with its arguments and
-the permission it needs. The HTTP transport (`?cmd=`) and `batch` both look commands up here.
+the permission it needs. Transports (HTTP `?cmd=` now, SSH next) and `batch` look commands up here.
 
-Command functions are synchronous and run in an executor thread with a Session (the server
-config and one opened repository). Byte commands return the answer's bytes; stream commands
-return a Stream whose chunks are produced lazily; `unbundle` is special (it needs the request
-body), so the transport calls exchange.unbundle for it.
+A command never sees a transport: it runs (synchronously, in an executor thread) with a Session
+(the server config, one repository from the registry's opener, and for `unbundle` the request
+payload the transport spooled) and the decoded arguments, and returns bytes, a Stream whose
+chunks are produced lazily (the transport keeps the repository open until it has sent them), or
+a PushReply. Failures are typed exceptions (BadRequest, HgError and its kinds, BundleRequired);
+the transport turns them into its own framing.
 """
 
 from __future__ import annotations
 
 import urllib.parse
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, Literal, Union
 
-from ..config import Config
-from ..hg.error import HgError
-from . import exchange
-from .protocol import MAX_PAIRS, BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
+from ...config import Config
+from ...hg.error import HgError
+from ...repos import ServedRepo, engine_repo
+from .. import getbundle as pull, streamclone
+from ..capabilities import (BundleRequired, capabilities_bytes, clonebundles_manifest, http_capabilities,
+                            repo_heads)
+from ..protocol import MAX_PAIRS, BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
+from ..unbundle import LfsCheck, PushReply, unbundle as apply_push
 
-__all__ = ["COMMANDS", "Command", "Session", "Stream", "bind_args", "command"]
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    args: tuple[str, ...]      # required argument names; "*" also accepts any others
-    permission: str            # "pull" | "push"
-    kind: str                  # "bytes" | "stream" | "unbundle"
-    func: Callable
-
-    @property
-    def batchable(self) -> bool:
-        return self.kind == "bytes" and self.permission == "pull"
+__all__ = ["COMMANDS", "Command", "Result", "Session", "Stream", "bind_args", "command"]
 
 
 @dataclass
 class Session:
-    """What a command sees: the config and one repository (engine Repository or AbsentRepo)."""
+    """What a command sees: the config, one served repository, and what the transport carries for
+    the push command (the spooled request payload, the LFS blob check bound to the pusher)."""
 
     config: Config
-    repo: object
-    lock_timeout: float = 30.0
+    repo: ServedRepo
+    payload: BinaryIO | None = None
+    check_lfs: LfsCheck | None = None
+    # The transport the command came by: it adds its part to the capabilities answer (HTTP: its
+    # headers, media types, compression; SSH: nothing).
+    transport: Literal["http", "ssh"] = "http"
     # Whether `capabilities` may offer httppostargs to this client (hg.httppostargs permitting):
-    # only where no 401 can follow, see wire/v1.py. Off unless the front end says so.
+    # only where no 401 can follow, see wire/v1/http.py. Off unless the HTTP transport says so.
     offer_postargs: bool = False
 
 
@@ -56,11 +54,29 @@ class Stream:
     raw: bool = False
 
 
+Result = Union[bytes, Stream, PushReply]
+Kind = Literal["bytes", "stream", "push"]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: tuple[str, ...]      # required argument names; "*" also accepts any others
+    permission: str            # "pull" | "push"
+    kind: Kind                 # bytes: answers bytes; stream: a Stream; push: reads the payload, a PushReply
+    func: Callable[..., Result]
+
+    @property
+    def batchable(self) -> bool:
+        return self.kind == "bytes" and self.permission == "pull"
+
+
 COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, args: str = "", permission: str = "pull", kind: str = "bytes"):
-    def register(fn: Callable) -> Callable:
+def command(name: str, args: str = "", permission: str = "pull",
+            kind: Kind = "bytes") -> Callable[[Callable[..., Result]], Callable[..., Result]]:
+    def register(fn: Callable[..., Result]) -> Callable[..., Result]:
         if name in COMMANDS:
             raise RuntimeError(f"wire command {name!r} declared twice")
         COMMANDS[name] = Command(name, tuple(args.split()), permission, kind, fn)
@@ -68,9 +84,9 @@ def command(name: str, args: str = "", permission: str = "pull", kind: str = "by
     return register
 
 
-def bind_args(cmd: Command, given: dict[str, bytes]) -> dict[str, object]:
+def bind_args(cmd: Command, given: dict[str, bytes]) -> dict[str, bytes | dict[str, bytes]]:
     """Keyword arguments for cmd.func from the request's arguments; BadRequest if one is missing."""
-    out: dict[str, object] = {}
+    out: dict[str, bytes | dict[str, bytes]] = {}
     for name in cmd.args:
         if name == "*":
             continue
@@ -86,16 +102,17 @@ def bind_args(cmd: Command, given: dict[str, bytes]) -> dict[str, object]:
 
 @command("capabilities")
 def capabilities(s: Session) -> bytes:
-    return exchange.capabilities_bytes(s.config, s.repo, postargs=s.offer_postargs)
+    extra = http_capabilities(s.config, s.offer_postargs) if s.transport == "http" else []
+    return capabilities_bytes(s.config, s.repo, extra)
 
 
 @command("heads")
 def heads(s: Session) -> bytes:
-    return encode_nodes(exchange.repo_heads(s.repo)) + b"\n"
+    return encode_nodes(repo_heads(s.repo)) + b"\n"
 
 
 @command("known", "nodes *")
-def known(s: Session, nodes: bytes, others) -> bytes:
+def known(s: Session, nodes: bytes, others: dict[str, bytes]) -> bytes:
     return b"".join(b"1" if k else b"0" for k in s.repo.known(decode_nodes(nodes)))
 
 
@@ -142,7 +159,7 @@ def listkeys(s: Session, namespace: bytes) -> bytes:
 @command("clonebundles")
 @command("clonebundles_manifest")
 def clonebundles(s: Session) -> bytes:
-    return exchange.clonebundles_manifest(s.repo) or b""
+    return clonebundles_manifest(s.repo) or b""
 
 
 @command("protocaps", "caps")
@@ -152,18 +169,15 @@ def protocaps(s: Session, caps: bytes) -> bytes:
 
 @command("pushkey", "namespace key old new", permission="push")
 def pushkey(s: Session, namespace: bytes, key: bytes, old: bytes, new: bytes) -> bytes:
-    repo = s.repo
-    if isinstance(repo, exchange.AbsentRepo):
-        from ..hg.error import RepoNotFound
-        raise RepoNotFound("(not created yet)")
-    with repo.lock(timeout=s.lock_timeout):
+    repo = engine_repo(s.repo)
+    with repo.lock():
         with repo.transaction(b"pushkey") as tr:
             ok = repo.pushkey(tr, namespace, key, old, new)
     return b"%d\n" % bool(ok)
 
 
 @command("batch", "cmds *")
-def batch(s: Session, cmds: bytes, others) -> bytes:
+def batch(s: Session, cmds: bytes, others: dict[str, bytes]) -> bytes:
     results = []
     for name, args in decode_batch(cmds):
         sub = COMMANDS.get(name)
@@ -171,39 +185,44 @@ def batch(s: Session, cmds: bytes, others) -> bytes:
             raise BadRequest(f"batch: unknown command {name!r}")
         if not sub.batchable or sub.name == "batch":
             raise BadRequest(f"batch: command {name!r} cannot be batched")
-        results.append(batch_escape(sub.func(s, **bind_args(sub, args))))
+        answer = sub.func(s, **bind_args(sub, args))
+        assert isinstance(answer, bytes), "batchable commands answer bytes"
+        results.append(batch_escape(answer))
     return b";".join(results)
 
 
 # -- stream commands --------------------------------------------------------------------------------
 
 @command("getbundle", "*", kind="stream")
-def getbundle(s: Session, others) -> Stream:
-    plan = exchange.getbundle(s.config, s.repo, others)
+def getbundle(s: Session, others: dict[str, bytes]) -> Stream:
+    plan = pull.getbundle(s.config, s.repo, others)
     return Stream(plan.chunks, prefer_uncompressed=plan.prefer_uncompressed)
 
 
 @command("changegroup", "roots", kind="stream")
 def changegroup(s: Session, roots: bytes) -> Stream:
     if not s.config.hg.bundle1:
-        raise exchange.BundleRequired()
-    return Stream(exchange.changegroup_legacy(s.repo, decode_nodes(roots, "roots"), None))
+        raise BundleRequired()
+    return Stream(pull.changegroup_legacy(s.repo, decode_nodes(roots, "roots"), None))
 
 
 @command("changegroupsubset", "bases heads", kind="stream")
 def changegroupsubset(s: Session, bases: bytes, heads: bytes) -> Stream:
     if not s.config.hg.bundle1:
-        raise exchange.BundleRequired()
-    return Stream(exchange.changegroup_legacy(s.repo, decode_nodes(bases, "bases"), decode_nodes(heads, "heads")))
+        raise BundleRequired()
+    return Stream(pull.changegroup_legacy(s.repo, decode_nodes(bases, "bases"), decode_nodes(heads, "heads")))
 
 
 @command("stream_out", kind="stream")
 def stream_out(s: Session) -> Stream:
     repo = s.repo
-    return Stream(lambda: exchange.stream_out(s.config, repo), raw=True)
+    return Stream(lambda: streamclone.stream_out(s.config, repo), raw=True)
 
 
-@command("unbundle", "heads", permission="push", kind="unbundle")
-def unbundle(s: Session, heads: bytes, *, body, repo_path, push: exchange.PushOptions) -> exchange.PushReply:
-    """`body`: the spooled request body; s.repo is None when the push may create the repository."""
-    return exchange.unbundle(s.config, repo_path, s.repo, heads, body, push)
+@command("unbundle", "heads", permission="push", kind="push")
+def unbundle(s: Session, heads: bytes) -> PushReply:
+    """Apply the pushed bundle (the session's payload); s.repo is an AbsentRepo when the push may
+    create the repository."""
+    if s.payload is None:
+        raise BadRequest("unbundle: no bundle in the request")
+    return apply_push(s.config, s.repo, heads, s.payload, s.check_lfs)
