@@ -302,10 +302,12 @@ def test_create_on_push_never_captures_existing_repositories(lfsserve, hg, rich,
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text("".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n"
                                 for u, p in (("alice", "wonderland"), ("bob", "builder"))))
-    # bob may write `team` itself (the widest grant a parent path can get) but nothing below it
+    # bob may write `team` itself (the widest grant a parent path can get) but nothing below it;
+    # outside `team`, any logged-in user may write (so creating scratch/... is up to the rules)
     server = lfsserve(anonymous="read", config=f"""
 [auth]
 htpasswd = "{htpasswd}"
+authenticated = "write"
 [[auth.rules]]
 repos = "team/**"
 read = ["*"]
