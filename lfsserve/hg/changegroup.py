@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 from .changelog import check_changeset, parse_changeset
 from .error import Abort, BadChangegroup, BadPath, CorruptRevlog
@@ -27,7 +28,7 @@ from .revlog import REVIDX_EXTSTORED, REVIDX_KNOWN, REVLOGV1, Revlog, RevlogWrit
 from .storageutil import DeltaEmitter
 from .store import Store, audit_path, encode_dir
 
-__all__ = ["generate", "apply", "supported_versions", "ApplyResult", "ChunkReader", "HEADERS"]
+__all__ = ["HEADERS", "ApplyResult", "ChunkReader", "apply", "generate", "supported_versions"]
 
 HEADERS = {
     "01": struct.Struct(">20s20s20s20s"),

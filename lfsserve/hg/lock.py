@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .error import LockTimeout
 
-__all__ = ["Lock", "lock_prefix", "read_lock", "lock_is_stale"]
+__all__ = ["Lock", "lock_is_stale", "lock_prefix", "read_lock"]
 
 _prefix: str | None = None
 

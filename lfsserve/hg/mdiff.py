@@ -12,8 +12,16 @@ import difflib
 import itertools
 import struct
 
-__all__ = ["PatchError", "patch", "patch_chain", "textdiff", "full_replacement",
-           "trivial_header", "patched_size", "iter_hunks"]
+__all__ = [
+    "PatchError",
+    "full_replacement",
+    "iter_hunks",
+    "patch",
+    "patch_chain",
+    "patched_size",
+    "textdiff",
+    "trivial_header",
+]
 
 _HUNK = struct.Struct(">lll")
 _unpack_hunk = _HUNK.unpack_from

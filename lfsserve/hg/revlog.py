@@ -17,7 +17,7 @@ import os
 import struct
 import threading
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import zstandard
 
@@ -26,8 +26,17 @@ from .mdiff import PatchError, patch
 from .node import NULLID, NULLREV, hash_revision
 
 __all__ = [
-    "Revlog", "Index", "load_index", "RevlogWriter", "decompress", "Compressor",
-    "FLAG_INLINE_DATA", "FLAG_GENERALDELTA", "REVIDX_EXTSTORED", "REVIDX_KNOWN", "INLINE_THRESHOLD",
+    "FLAG_GENERALDELTA",
+    "FLAG_INLINE_DATA",
+    "INLINE_THRESHOLD",
+    "REVIDX_EXTSTORED",
+    "REVIDX_KNOWN",
+    "Compressor",
+    "Index",
+    "Revlog",
+    "RevlogWriter",
+    "decompress",
+    "load_index",
 ]
 
 # index header (first 4 bytes of the first entry)
@@ -146,8 +155,22 @@ class Compressor:
 class Index:
     """A parsed revlog index. Immutable once built; shared between threads."""
 
-    __slots__ = ("key", "version", "inline", "generaldelta", "entries", "positions", "inline_data",
-                 "consumed", "trailing", "_nodemap", "derived", "prefix_derived", "last_raw", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_nodemap",
+        "consumed",
+        "derived",
+        "entries",
+        "generaldelta",
+        "inline",
+        "inline_data",
+        "key",
+        "last_raw",
+        "positions",
+        "prefix_derived",
+        "trailing",
+        "version",
+    )
 
     def __init__(self, key, header: int, entries: list, positions: list | None, inline_data,
                  consumed: int, trailing: int):
@@ -242,7 +265,7 @@ def _fix_first(entries: list) -> list:
     # The first entry's offset field holds the header; its data always starts at 0.
     if entries:
         e = entries[0]
-        entries[0] = (e[E_OFFSET_FLAGS] & 0xFFFF,) + e[1:]
+        entries[0] = (e[E_OFFSET_FLAGS] & 0xFFFF, *e[1:])
     return entries
 
 
@@ -284,7 +307,7 @@ INDEX_CACHE = _IndexCache()
 def load_index(path: str, name: str, default_header: int) -> Index:
     """The parsed index of the `.i` file at `path` (an empty index when the file does not exist)."""
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - `with fh` below; only the open may raise FileNotFoundError
     except FileNotFoundError:
         return parse_index(b"", None, name, default_header)
     with fh:
@@ -604,7 +627,8 @@ class RevlogWriter:
             header = create_header
             self.created = True
         else:
-            header = (FLAG_INLINE_DATA if idx.inline else 0) | (FLAG_GENERALDELTA if idx.generaldelta else 0) | idx.version
+            header = ((FLAG_INLINE_DATA if idx.inline else 0) | (FLAG_GENERALDELTA if idx.generaldelta else 0)
+                      | idx.version)
             if not self.entries:
                 header = create_header if os.path.getsize(revlog.index_path) == 0 else header
             self.created = False

@@ -16,12 +16,12 @@ import concurrent.futures
 import os
 import shutil
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .error import Abort
 from .store import Store
 
-__all__ = ["Transaction", "rollback_journal", "has_journal"]
+__all__ = ["Transaction", "has_journal", "rollback_journal"]
 
 JOURNAL_VERSION = b"2"
 _STORE_LOCATIONS = (b"", b"store")
@@ -209,8 +209,9 @@ class Transaction:
         self._backups_path = store.path / "journal.backupfiles"
         if self._journal_path.exists():
             raise Abort("abandoned transaction found", hint="run 'hg recover' or reopen the repository for writing")
-        self._journal = open(self._journal_path, "xb")
-        self._backups_fh = open(self._backups_path, "wb")
+        # both stay open for the transaction's life; close() and abort() close them
+        self._journal = open(self._journal_path, "xb")  # noqa: SIM115
+        self._backups_fh = open(self._backups_path, "wb")  # noqa: SIM115
         self._backups_fh.write(JOURNAL_VERSION + b"\n")
         self._backups_fh.flush()
         self.offsets: dict[bytes, int] = {}
@@ -306,7 +307,7 @@ class Transaction:
         paths = [p for p in sorted(self._touched) if p not in skip]
         self._touched.difference_update(paths)
         done = _sync_all([str(self._journal_path), str(self._backups_path), *paths])
-        dirs = {str(self.store.path)} | {os.path.dirname(p) for p, ok in zip(paths, done[2:]) if ok}
+        dirs = {str(self.store.path)} | {os.path.dirname(p) for p, ok in zip(paths, done[2:], strict=True) if ok}
         _sync_all(sorted(dirs), directory=True)
 
     def close(self) -> None:

@@ -12,8 +12,8 @@ revlog and revision.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .changelog import parse_changeset
 from .error import HgError
@@ -22,7 +22,7 @@ from .manifest import changed_entries, parse_manifest
 from .node import NULLID, NULLREV
 from .revlog import E_BASE, E_CLEN, E_LINK, E_OFFSET_FLAGS, E_P1, E_P2, REVIDX_EXTSTORED, Revlog
 
-__all__ = ["Problem", "verify", "VerifyStats"]
+__all__ = ["Problem", "VerifyStats", "verify"]
 
 Progress = Callable[[str, int, int], None]
 MAX_PER_REVLOG = 20
