@@ -39,12 +39,20 @@ class _Places:
         self.store = store
         self.hg = store.root / ".hg"
 
-    def path(self, location: bytes, name: bytes) -> str | None:
+    def lookup(self, location: bytes, name: bytes) -> str | None:
+        """The path, or None for a location we do not know (a journal written by another hg)."""
         if location in _STORE_LOCATIONS:
             return self.store.join(name)
         if location == b"plain":
             return os.path.join(self.hg, os.fsdecode(name))
         return None
+
+    def path(self, location: bytes, name: bytes) -> str:
+        """The path of a file in a known location (checked with lookup() where it may not be)."""
+        path = self.lookup(location, name)
+        if path is None:
+            raise ValueError(f"unknown journal location {location!r}")
+        return path
 
 
 def has_journal(store: Store) -> bool:
@@ -129,7 +137,7 @@ def rollback_journal(store: Store, report: Callable[[str], None] | None = None) 
         if entry in done:
             continue
         loc, f, b, cache = entry
-        if places.path(loc, b or f) is None:
+        if places.lookup(loc, b or f) is None:
             report(f"ignoring backup entry with unknown location {loc!r}")
             continue
         try:
@@ -149,10 +157,11 @@ def rollback_journal(store: Store, report: Callable[[str], None] | None = None) 
                 raise
     # the journal goes last: until then, running this again finishes the job
     for loc, f, b, _ in backups:
-        if f and b:
+        kept = places.lookup(loc, b) if f and b else None
+        if kept is not None:
             try:
-                os.unlink(places.path(loc, b))
-            except (FileNotFoundError, TypeError):
+                os.unlink(kept)
+            except FileNotFoundError:
                 pass
     try:
         os.unlink(backups_file)
