@@ -341,7 +341,7 @@ def _add_group(reader: ChunkReader, version: str, writer: RevlogWriter, what: st
     `on_text(node, text, p1 rev, p2 rev, base rev, delta)` checks each new revision; it returns
     None, or a delta against the same base to store in place of the one received.
     """
-    added = []
+    added: list[int] = []
     prev = None
     while True:
         data = reader.chunk()
@@ -444,7 +444,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None,
 
     mfw = writers.manifest
     # entries each new manifest may have changed, to check their file revisions arrive
-    manifest_changes: list[dict] = []
+    manifest_changes: list[tuple[bytes, dict[bytes, tuple[bytes, bytes]]]] = []
 
     def on_manifest(node: bytes, text: bytes, p1: int, p2: int, base_rev: int, delta) -> bytes | None:
         try:

@@ -97,7 +97,7 @@ class Lock:
         self.path = Path(path)
         self.desc = desc
         self.held = False
-        self._info = None
+        self._info: str | None = None
 
     def _try_once(self) -> str | None:
         """Take the lock; None on success, else the current holder."""

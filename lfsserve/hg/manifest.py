@@ -152,7 +152,7 @@ def format_manifest(entries: dict[bytes, tuple[bytes, bytes]]) -> bytes:
     return b"".join(b"%s\0%s%s\n" % (p, n.hex().encode(), f) for p, (n, f) in sorted(entries.items()))
 
 
-def _lines_to_entries(data: bytes, out: dict) -> None:
+def _lines_to_entries(data: bytes | memoryview, out: dict) -> None:
     unhex = binascii.unhexlify
     for line in bytes(data).split(b"\n"):
         if line:

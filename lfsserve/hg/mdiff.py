@@ -75,7 +75,7 @@ def patch(base, delta) -> bytes:
     a = memoryview(base)
     d = memoryview(delta)
     alen, n = len(a), len(d)
-    out = []
+    out: list[memoryview] = []
     append = out.append
     pos = last = 0
     while pos < n:
@@ -187,7 +187,7 @@ def _matching_blocks(a: list, b: list) -> list:
         # else: no anchor in a large region: replace it whole
     result.sort()
     # merge adjacent runs
-    merged = []
+    merged: list[tuple[int, int, int]] = []
     for i, j, size in result:
         if merged and merged[-1][0] + merged[-1][2] == i and merged[-1][1] + merged[-1][2] == j:
             pi, pj, ps = merged[-1]

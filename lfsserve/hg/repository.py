@@ -461,7 +461,7 @@ class Repository:
                 rev = parent[rev] if depth[jump[rev]] < d else jump[rev]
             return rev
 
-        out = []
+        out: list[list[bytes]] = []
         for top, bottom in pairs:
             if top in (bottom, NULLID):
                 out.append([])

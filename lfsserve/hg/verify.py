@@ -158,9 +158,9 @@ def verify_with_stats(repo, progress: Progress | None = None) -> tuple[list[Prob
     nml = len(ml)
     stats.manifests = nml
     _check_index(ml, out, ncl)
-    for mnode, users in manifest_users.items():
+    for mnode, naming in manifest_users.items():
         if mnode != NULLID and ml.get_rev(mnode) is None:
-            out.add(cl.name, users[0], f"names manifest {mnode.hex()[:12]}, which {ml.name} lacks")
+            out.add(cl.name, naming[0], f"names manifest {mnode.hex()[:12]}, which {ml.name} lacks")
     file_users: dict[bytes, dict[bytes, int]] = {}  # path -> file node -> first changeset naming it
     good_manifests = set()
     for rev, text in _texts(ml, out, stats):
@@ -239,8 +239,8 @@ def _entries_vs_parents(ml: Revlog, rev: int, text: bytes) -> dict:
     return {p: v for p, v in mine.items() if theirs.get(p) != v}
 
 
-def _check_copy(repo, fl, rev: int, meta: dict, out: _Collector) -> None:
-    src = meta.get(b"copy")
+def _check_copy(repo, fl, rev: int, meta: dict[bytes, bytes], out: _Collector) -> None:
+    src = meta[b"copy"]  # the caller checked it is there
     try:
         srcnode = bytes.fromhex(meta.get(b"copyrev", b"").decode("ascii"))
     except ValueError:
