@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .transaction import Transaction
 
-__all__ = ["parse_bookmarks", "format_bookmarks", "BookmarkStore"]
+__all__ = ["BookmarkStore", "format_bookmarks", "parse_bookmarks"]
 
 
 def parse_bookmarks(data: bytes) -> dict[bytes, bytes]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .changelog import Changelog
 
-__all__ = ["branch_info", "branch_heads", "branch_tip"]
+__all__ = ["branch_heads", "branch_info", "branch_tip"]
 
 
 def branch_info(cl: Changelog) -> list[tuple[bytes, bool]]:

@@ -15,8 +15,9 @@ import bz2
 import struct
 import urllib.parse
 import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import BinaryIO
 
 import zstandard
 
@@ -24,27 +25,27 @@ __all__ = [
     "MAGIC",
     "WDIRID",
     "Bundle2Error",
+    "BundleReader",
+    "InPart",
     "LimitedReader",
+    "OutPart",
     "SizeLimitExceeded",
     "UnsupportedContent",
-    "InPart",
-    "OutPart",
-    "BundleReader",
-    "decode_caps",
-    "encode_caps",
-    "encode_bundle",
-    "decode_phase_heads",
-    "encode_phase_heads",
     "decode_bookmarks",
-    "encode_bookmarks",
-    "decode_nodes",
-    "encode_listkeys",
+    "decode_caps",
     "decode_listkeys",
+    "decode_nodes",
+    "decode_phase_heads",
+    "decompressing_reader",
+    "encode_bookmarks",
+    "encode_bundle",
+    "encode_caps",
+    "encode_listkeys",
+    "encode_phase_heads",
     "encode_tagsfnodes",
+    "read_uvarint",
     "stream2_entry_header",
     "uvarint",
-    "read_uvarint",
-    "decompressing_reader",
 ]
 
 MAGIC = b"HG20"
@@ -506,7 +507,7 @@ def _read_interruption(fp: BinaryIO) -> None:
 class BundleReader:
     """Reads a bundle2 stream from a binary file object positioned after the `HG20` magic."""
 
-    KNOWN_STREAM_PARAMS = {b"compression"}
+    KNOWN_STREAM_PARAMS = frozenset({b"compression"})
 
     def __init__(self, fp: BinaryIO, *, max_unpacked: int = 0, unpacked_setting: str = ""):
         """`max_unpacked`: most bytes the stream may hold after decompression (0: no limit)."""

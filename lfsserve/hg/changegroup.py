@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 from .changelog import check_changeset, parse_changeset
 from .error import Abort, BadChangegroup, BadPath, CorruptRevlog
@@ -27,7 +28,7 @@ from .revlog import REVIDX_EXTSTORED, REVIDX_KNOWN, REVLOGV1, Revlog, RevlogWrit
 from .storageutil import DeltaEmitter
 from .store import Store, audit_path, encode_dir
 
-__all__ = ["generate", "apply", "supported_versions", "ApplyResult", "ChunkReader", "HEADERS"]
+__all__ = ["HEADERS", "ApplyResult", "ChunkReader", "apply", "generate", "supported_versions"]
 
 HEADERS = {
     "01": struct.Struct(">20s20s20s20s"),
@@ -340,7 +341,7 @@ def _add_group(reader: ChunkReader, version: str, writer: RevlogWriter, what: st
     `on_text(node, text, p1 rev, p2 rev, base rev, delta)` checks each new revision; it returns
     None, or a delta against the same base to store in place of the one received.
     """
-    added = []
+    added: list[int] = []
     prev = None
     while True:
         data = reader.chunk()
@@ -443,7 +444,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None,
 
     mfw = writers.manifest
     # entries each new manifest may have changed, to check their file revisions arrive
-    manifest_changes: list[dict] = []
+    manifest_changes: list[tuple[bytes, dict[bytes, tuple[bytes, bytes]]]] = []
 
     def on_manifest(node: bytes, text: bytes, p1: int, p2: int, base_rev: int, delta) -> bytes | None:
         try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from .error import CorruptRevlog
 from .revlog import Revlog
 
-__all__ = ["Changelog", "ChangesetEntry", "parse_changeset", "check_changeset", "decode_extra", "encode_extra"]
+__all__ = ["Changelog", "ChangesetEntry", "check_changeset", "decode_extra", "encode_extra", "parse_changeset"]
 
 
 _SIMPLE_ESCAPES = {

@@ -6,11 +6,11 @@ over a bytearray of marks, linear in the number of revisions.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from .node import NULLREV
 
-__all__ = ["ancestors_mask", "descendants_mask", "missing", "heads_of", "is_ancestor"]
+__all__ = ["ancestors_mask", "descendants_mask", "heads_of", "is_ancestor", "missing"]
 
 Parents = Sequence[tuple[int, int]]
 
@@ -93,7 +93,7 @@ def heads_of(parents: Parents, visible: bytearray | None = None) -> list[int]:
 
 def is_ancestor(parents: Parents, a: int, b: int) -> bool:
     """True when `a` is an ancestor of `b` (or equal)."""
-    if a == NULLREV or a == b:
+    if a in (NULLREV, b):
         return True
     if a > b:
         return False

@@ -6,8 +6,18 @@ Front ends translate these once, at their edge, into status codes or protocol er
 from __future__ import annotations
 
 __all__ = [
-    "HgError", "RepoNotFound", "UnsupportedRequirement", "UnknownRevision", "LookupError",
-    "CorruptRevlog", "IntegrityError", "BadChangegroup", "BadPath", "LockTimeout", "PushRaced", "Abort",
+    "Abort",
+    "BadChangegroup",
+    "BadPath",
+    "CorruptRevlog",
+    "HgError",
+    "IntegrityError",
+    "LockTimeout",
+    "LookupError",
+    "PushRaced",
+    "RepoNotFound",
+    "UnknownRevision",
+    "UnsupportedRequirement",
 ]
 
 
@@ -48,7 +58,7 @@ class UnknownRevision(HgError):
         self.key = key
 
 
-class LookupError(HgError):  # noqa: A001 - the name Mercurial users know
+class LookupError(HgError):  # shadows the builtin on purpose: the name Mercurial users know
     def __init__(self, node: bytes, name: str, message: str = "no node"):
         shown = node.hex() if isinstance(node, bytes) and len(node) == 20 else repr(node)
         super().__init__(f"{name}@{shown}: {message}")

@@ -15,8 +15,15 @@ from .error import CorruptRevlog
 from .revlog import REVIDX_EXTSTORED, Revlog
 from .store import audit_path
 
-__all__ = ["Filelog", "parse_meta", "check_meta", "pack_meta", "LfsPointer", "parse_lfs_pointer",
-           "LfsPointerError"]
+__all__ = [
+    "Filelog",
+    "LfsPointer",
+    "LfsPointerError",
+    "check_meta",
+    "pack_meta",
+    "parse_lfs_pointer",
+    "parse_meta",
+]
 
 META_MARK = b"\x01\n"
 

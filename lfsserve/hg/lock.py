@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .error import LockTimeout
 
-__all__ = ["Lock", "lock_prefix", "read_lock", "lock_is_stale"]
+__all__ = ["Lock", "lock_is_stale", "lock_prefix", "read_lock"]
 
 _prefix: str | None = None
 
@@ -97,7 +97,7 @@ class Lock:
         self.path = Path(path)
         self.desc = desc
         self.held = False
-        self._info = None
+        self._info: str | None = None
 
     def _try_once(self) -> str | None:
         """Take the lock; None on success, else the current holder."""

@@ -12,8 +12,16 @@ from .error import CorruptRevlog
 from .mdiff import iter_hunks
 from .revlog import Revlog
 
-__all__ = ["Manifestlog", "parse_manifest", "check_manifest", "check_manifest_delta", "format_manifest",
-           "changed_entries", "line_aligned", "find_entry"]
+__all__ = [
+    "Manifestlog",
+    "changed_entries",
+    "check_manifest",
+    "check_manifest_delta",
+    "find_entry",
+    "format_manifest",
+    "line_aligned",
+    "parse_manifest",
+]
 
 # one entry as hg writes it: a path, NUL, the file node in lowercase hex, at most one flag
 _ENTRY = re.compile(rb"([^\0\n\r]+)\0[0-9a-f]{40}[xl]?")
@@ -144,7 +152,7 @@ def format_manifest(entries: dict[bytes, tuple[bytes, bytes]]) -> bytes:
     return b"".join(b"%s\0%s%s\n" % (p, n.hex().encode(), f) for p, (n, f) in sorted(entries.items()))
 
 
-def _lines_to_entries(data: bytes, out: dict) -> None:
+def _lines_to_entries(data: bytes | memoryview, out: dict) -> None:
     unhex = binascii.unhexlify
     for line in bytes(data).split(b"\n"):
         if line:

@@ -12,8 +12,16 @@ import difflib
 import itertools
 import struct
 
-__all__ = ["PatchError", "patch", "patch_chain", "textdiff", "full_replacement",
-           "trivial_header", "patched_size", "iter_hunks"]
+__all__ = [
+    "PatchError",
+    "full_replacement",
+    "iter_hunks",
+    "patch",
+    "patch_chain",
+    "patched_size",
+    "textdiff",
+    "trivial_header",
+]
 
 _HUNK = struct.Struct(">lll")
 _unpack_hunk = _HUNK.unpack_from
@@ -67,7 +75,7 @@ def patch(base, delta) -> bytes:
     a = memoryview(base)
     d = memoryview(delta)
     alen, n = len(a), len(d)
-    out = []
+    out: list[memoryview] = []
     append = out.append
     pos = last = 0
     while pos < n:
@@ -179,7 +187,7 @@ def _matching_blocks(a: list, b: list) -> list:
         # else: no anchor in a large region: replace it whole
     result.sort()
     # merge adjacent runs
-    merged = []
+    merged: list[tuple[int, int, int]] = []
     for i, j, size in result:
         if merged and merged[-1][0] + merged[-1][2] == i and merged[-1][1] + merged[-1][2] == j:
             pi, pj, ps = merged[-1]

@@ -7,8 +7,9 @@ Secret, archived and internal changesets are never served.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from . import dagop
 from .node import NULLREV
@@ -17,9 +18,22 @@ if TYPE_CHECKING:
     from .revlog import Index
     from .transaction import Transaction
 
-__all__ = ["PUBLIC", "DRAFT", "SECRET", "ARCHIVED", "INTERNAL", "HIDDEN_FROM", "parse_phaseroots",
-           "format_phaseroots", "compute_phases", "roots_for", "advance", "retract", "mark_new_drafts",
-           "PhaseState"]
+__all__ = [
+    "ARCHIVED",
+    "DRAFT",
+    "HIDDEN_FROM",
+    "INTERNAL",
+    "PUBLIC",
+    "SECRET",
+    "PhaseState",
+    "advance",
+    "compute_phases",
+    "format_phaseroots",
+    "mark_new_drafts",
+    "parse_phaseroots",
+    "retract",
+    "roots_for",
+]
 
 PUBLIC, DRAFT, SECRET, ARCHIVED, INTERNAL = 0, 1, 2, 32, 96
 ALL_PHASES = (PUBLIC, DRAFT, SECRET, ARCHIVED, INTERNAL)

@@ -17,8 +17,9 @@ import hashlib
 import os
 import re
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Protocol, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 
 from . import branchmap as branchmod
 from . import dagop, phases
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from .changegroup import ApplyResult
     from .filelog import LfsPointer
 
-__all__ = ["Repository", "AmbiguousRevision", "PendingRevlogs", "recover_abandoned"]
+__all__ = ["AmbiguousRevision", "PendingRevlogs", "Repository", "recover_abandoned"]
 
 DEFAULT_LOCK_TIMEOUT = 600.0
 _HEX = re.compile(rb"[0-9a-fA-F]+\Z")
@@ -98,7 +99,7 @@ class Repository:
 
     # -- opening and creating
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> "Repository":
+    def open(cls, path: str | os.PathLike[str]) -> Repository:
         root = Path(path)
         if not (root / ".hg").is_dir():
             raise RepoNotFound(root)
@@ -107,7 +108,7 @@ class Repository:
         return cls(root, reqs)
 
     @classmethod
-    def init(cls, path: str | os.PathLike[str], *, lfs: bool = False) -> "Repository":
+    def init(cls, path: str | os.PathLike[str], *, lfs: bool = False) -> Repository:
         """Create a repository as `hg init` of Mercurial 7.2.4 does (plus `lfs` when asked)."""
         root = Path(path)
         hg = root / ".hg"
@@ -157,14 +158,15 @@ class Repository:
     @property
     def manifestlog(self) -> Manifestlog:
         if self._manifestlog is None:
-            self.changelog  # the changelog is read first: every manifest it names is then on disk
+            # the changelog is read first: every manifest it names is then on disk
+            self.changelog  # noqa: B018 - the property loads it
             self._manifestlog = Manifestlog(self.open_revlog(Revlog, b"00manifest.i"))
         return self._manifestlog
 
     def file(self, path: bytes) -> Filelog:
         fl = self._filelogs.get(path)
         if fl is None:
-            self.changelog
+            self.changelog  # noqa: B018 - read first, as above
             fl = self.open_revlog(Filelog, Store.filelog_name(path), path=path)
             if len(self._filelogs) > 256:
                 for old in list(self._filelogs.values())[:128]:
@@ -461,9 +463,9 @@ class Repository:
                 rev = parent[rev] if depth[jump[rev]] < d else jump[rev]
             return rev
 
-        out = []
+        out: list[list[bytes]] = []
         for top, bottom in pairs:
-            if top == bottom or top == NULLID:
+            if top in (bottom, NULLID):
                 out.append([])
                 continue
             trev = self.visible_rev(top, mask)
@@ -533,8 +535,8 @@ class Repository:
         changelog (so the changelog never names data the copy lacks). Sizes are read under the
         lock; read each file only up to its size, through open_store_file()."""
         with self.lock():
-            names = self.store.data_files() + [b"00manifest.d", b"00manifest.i", b"00changelog.d",
-                                                b"00changelog.i"]
+            names = [*self.store.data_files(), b"00manifest.d", b"00manifest.i", b"00changelog.d",
+                     b"00changelog.i"]
             out = []
             self._stream_inodes = {}
             for name in names:
@@ -550,7 +552,7 @@ class Repository:
         """Open a store file by its unencoded name (for stream clones)."""
         if b"\0" in name or name.startswith(b"/") or b".." in name.split(b"/"):
             raise Abort(f"invalid store file name {name!r}")
-        fh = open(self.store.join(name), "rb")
+        fh = open(self.store.join(name), "rb")  # noqa: SIM115 - returned to the caller, who closes it
         expected = self._stream_inodes.get(name)
         if expected is not None and os.fstat(fh.fileno()).st_ino != expected:
             # appends are fine (we read up to the listed size), but a push that split an inline

@@ -17,7 +17,7 @@ import os
 import struct
 import threading
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import zstandard
 
@@ -26,8 +26,17 @@ from .mdiff import PatchError, patch
 from .node import NULLID, NULLREV, hash_revision
 
 __all__ = [
-    "Revlog", "Index", "load_index", "RevlogWriter", "decompress", "Compressor",
-    "FLAG_INLINE_DATA", "FLAG_GENERALDELTA", "REVIDX_EXTSTORED", "REVIDX_KNOWN", "INLINE_THRESHOLD",
+    "FLAG_GENERALDELTA",
+    "FLAG_INLINE_DATA",
+    "INLINE_THRESHOLD",
+    "REVIDX_EXTSTORED",
+    "REVIDX_KNOWN",
+    "Compressor",
+    "Index",
+    "Revlog",
+    "RevlogWriter",
+    "decompress",
+    "load_index",
 ]
 
 # index header (first 4 bytes of the first entry)
@@ -146,10 +155,24 @@ class Compressor:
 class Index:
     """A parsed revlog index. Immutable once built; shared between threads."""
 
-    __slots__ = ("key", "version", "inline", "generaldelta", "entries", "positions", "inline_data",
-                 "consumed", "trailing", "_nodemap", "derived", "prefix_derived", "last_raw", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_nodemap",
+        "consumed",
+        "derived",
+        "entries",
+        "generaldelta",
+        "inline",
+        "inline_data",
+        "key",
+        "last_raw",
+        "positions",
+        "prefix_derived",
+        "trailing",
+        "version",
+    )
 
-    def __init__(self, key, header: int, entries: list, positions: list | None, inline_data,
+    def __init__(self, key, header: int, entries: list, positions: list[int] | None, inline_data: bytes | None,
                  consumed: int, trailing: int):
         self.key = key
         self.version = header & 0xFFFF
@@ -160,7 +183,7 @@ class Index:
         self.inline_data = inline_data  # inline: the .i file contents
         self.consumed = consumed  # bytes of the .i file that form whole revisions
         self.trailing = trailing  # bytes after the last whole revision (an append in progress)
-        self._nodemap = None
+        self._nodemap: dict[bytes, int] | None = None
         self.last_raw = b""  # split revlogs: the last whole entry as stored (to extend safely)
         # values computed from this exact index (parents lists, phases...), shared like the index
         self.derived: dict = {}
@@ -173,7 +196,7 @@ class Index:
         return len(self.entries)
 
     @property
-    def nodemap(self) -> dict:
+    def nodemap(self) -> dict[bytes, int]:
         m = self._nodemap
         if m is None:
             m = {e[E_NODE]: r for r, e in enumerate(self.entries)}
@@ -242,7 +265,7 @@ def _fix_first(entries: list) -> list:
     # The first entry's offset field holds the header; its data always starts at 0.
     if entries:
         e = entries[0]
-        entries[0] = (e[E_OFFSET_FLAGS] & 0xFFFF,) + e[1:]
+        entries[0] = (e[E_OFFSET_FLAGS] & 0xFFFF, *e[1:])
     return entries
 
 
@@ -284,7 +307,7 @@ INDEX_CACHE = _IndexCache()
 def load_index(path: str, name: str, default_header: int) -> Index:
     """The parsed index of the `.i` file at `path` (an empty index when the file does not exist)."""
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - `with fh` below; only the open may raise FileNotFoundError
     except FileNotFoundError:
         return parse_index(b"", None, name, default_header)
     with fh:
@@ -464,6 +487,7 @@ class Revlog:
         if idx.inline:
             data = idx.inline_data
             positions = idx.positions
+            assert data is not None and positions is not None  # an inline index always has both
             mv = memoryview(data)
             return [mv[positions[r]:positions[r] + entries[r][E_CLEN]] for r in revs]
         out = []
@@ -587,12 +611,13 @@ class RevlogWriter:
     until `finalize()` appends them in one write.
     """
 
-    def __init__(self, revlog: Revlog, tr, *, index_name: str, data_name: str, compression: str,
+    def __init__(self, revlog: Revlog, tr, *, index_name: bytes, data_name: bytes, compression: str,
                  sparse: bool, create_header: int, delay: bool = False, on_new_file=None):
         self.rl = revlog
         self.tr = tr
         self.index_name = index_name  # store-relative (unencoded) names, for the journal
         self.data_name = data_name
+        self.display_name = index_name.decode("utf-8", "replace")  # for messages
         self.compressor = Compressor(compression)
         self.sparse = sparse
         self.delay = delay
@@ -604,7 +629,8 @@ class RevlogWriter:
             header = create_header
             self.created = True
         else:
-            header = (FLAG_INLINE_DATA if idx.inline else 0) | (FLAG_GENERALDELTA if idx.generaldelta else 0) | idx.version
+            header = ((FLAG_INLINE_DATA if idx.inline else 0) | (FLAG_GENERALDELTA if idx.generaldelta else 0)
+                      | idx.version)
             if not self.entries:
                 header = create_header if os.path.getsize(revlog.index_path) == 0 else header
             self.created = False
@@ -680,13 +706,14 @@ class RevlogWriter:
 
     def _new_chunk(self, rev: int) -> bytes:
         e = self.entries[rev]
+        fd = self._ifd if self.inline else self._dfd
+        assert fd is not None  # opened by _start() before any revision was added
         if self.inline:
-            pos = self._inline_pos[rev]
-            data = os.pread(self._ifd, e[E_CLEN], pos)
+            data = os.pread(fd, e[E_CLEN], self._inline_pos[rev])
         else:
-            data = os.pread(self._dfd, e[E_CLEN], e[E_OFFSET_FLAGS] >> 16)
+            data = os.pread(fd, e[E_CLEN], e[E_OFFSET_FLAGS] >> 16)
         if len(data) != e[E_CLEN]:
-            raise CorruptRevlog(f"{self.index_name}: cannot read back revision {rev}")
+            raise CorruptRevlog(f"{self.display_name}: cannot read back revision {rev}")
         return decompress(data)
 
     def revision(self, rev: int) -> bytes:
@@ -699,6 +726,7 @@ class RevlogWriter:
             return t
         # rebuild from the chain (new revisions only reach old ones through their bases)
         chain = []
+        text: bytes | None
         r = rev
         while True:
             if r < self.old_count:
@@ -717,6 +745,7 @@ class RevlogWriter:
         for r in reversed(chain):
             chunk = self._new_chunk(r)
             text = chunk if text is None else patch(text, chunk)
+        assert text is not None  # the chain ends at a full text, an old revision or a cached one
         self.texts.put(rev, text)
         return text
 
@@ -764,9 +793,10 @@ class RevlogWriter:
         p1r = self.nodemap.get(p1)
         p2r = self.nodemap.get(p2)
         if p1r is None or p2r is None:
-            raise LookupError(p1 if p1r is None else p2, self.index_name, "unknown parent")
+            raise LookupError(p1 if p1r is None else p2, self.display_name, "unknown parent")
         rev = len(self.entries)
         if text is None:
+            assert delta_base is not None and delta is not None, "give text, or delta_base and delta"
             text = patch(self.revision(delta_base), delta)
         base, stored = self._choose(rev, text, flags, p1r, p2r, delta_base, delta)
         chunk = self.compressor.compress(stored)
@@ -781,17 +811,21 @@ class RevlogWriter:
         packed = ENTRY.pack(*entry)
         if rev == 0:
             packed = struct.pack(">I", self.header) + packed[4:]
+        ifd, dfd = self._ifd, self._dfd
         if self.inline:
+            assert ifd is not None  # opened by _start()
             pos = self._inline_size
-            os.pwritev(self._ifd, [packed, chunk], pos)  # no concatenated copy of a big chunk
+            os.pwritev(ifd, [packed, chunk], pos)  # no concatenated copy of a big chunk
             self._inline_pos[rev] = pos + ENTRY_SIZE
             self._inline_size = pos + ENTRY_SIZE + len(chunk)
         else:
-            os.pwrite(self._dfd, chunk, offset)
+            assert dfd is not None  # opened by _start()
+            os.pwrite(dfd, chunk, offset)
             if self.delay:
                 self._pending_index.append(packed)
             else:
-                os.pwrite(self._ifd, packed, rev * ENTRY_SIZE)
+                assert ifd is not None  # opened by _start() unless delayed
+                os.pwrite(ifd, packed, rev * ENTRY_SIZE)
         self.data_end = offset + len(chunk)
         self.entries.append(entry)
         self.nodemap[node] = rev
@@ -851,10 +885,11 @@ class RevlogWriter:
     def _split_images(self) -> tuple[bytes, bytes]:
         """(data file, index file) contents of this revlog in split form."""
         fd = self._ifd
+        assert fd is not None  # only an inline revlog being written is split
         size = self._inline_size
         content = os.pread(fd, size, 0)
         if len(content) != size:
-            raise CorruptRevlog(f"{self.index_name}: short read while splitting")
+            raise CorruptRevlog(f"{self.display_name}: short read while splitting")
         data_parts = []
         index_parts = []
         pos = 0
@@ -868,13 +903,15 @@ class RevlogWriter:
             data_parts.append(content[pos + ENTRY_SIZE:pos + ENTRY_SIZE + clen])
             pos += ENTRY_SIZE + clen
         if pos != size:
-            raise CorruptRevlog(f"{self.index_name}: inline data does not add up while splitting")
+            raise CorruptRevlog(f"{self.display_name}: inline data does not add up while splitting")
         return b"".join(data_parts), b"".join(index_parts)
 
     def _split_now(self) -> None:
         """Convert this inline revlog into .i + .d, journaled so a rollback restores the inline file."""
         rl = self.rl
         tr = self.tr
+        fd = self._ifd
+        assert fd is not None  # opened by _start()
         tr.addbackup(self.index_name, for_offset=True)
         data, index = self._split_images()
         tr.add(self.data_name, 0)
@@ -887,7 +924,7 @@ class RevlogWriter:
         tmp_path = rl.index_path + ".s"
         with open(tmp_path, "wb") as f:
             f.write(index)
-        os.close(self._ifd)
+        os.close(fd)
         os.replace(tmp_path, rl.index_path)
         self._switch_to_split()
         self._ifd = os.open(rl.index_path, os.O_RDWR | os.O_CLOEXEC)

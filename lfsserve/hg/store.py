@@ -16,9 +16,16 @@ from pathlib import Path
 from .error import BadPath, CorruptRevlog, RepoNotFound, UnsupportedRequirement
 
 __all__ = [
-    "read_requirements", "check_requirements", "Store", "encode_path", "encode_dir", "decode_dir",
+    "HG_INIT_REQUIREMENTS",
+    "SUPPORTED_REQUIREMENTS",
+    "WORKING_COPY_REQUIREMENTS",
+    "Store",
     "audit_path",
-    "HG_INIT_REQUIREMENTS", "WORKING_COPY_REQUIREMENTS", "SUPPORTED_REQUIREMENTS",
+    "check_requirements",
+    "decode_dir",
+    "encode_dir",
+    "encode_path",
+    "read_requirements",
 ]
 
 # What `hg init` of 7.2.4 writes: .hg/requires holds share-safe, the rest go to .hg/store/requires.

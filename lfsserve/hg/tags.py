@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .node import NULLID
 
-__all__ = ["parse_tags", "merge_tags", "live_tags"]
+__all__ = ["live_tags", "merge_tags", "parse_tags"]
 
 TagHist = dict[bytes, tuple[bytes, list[bytes]]]
 
@@ -33,7 +33,7 @@ def parse_tags(data: bytes) -> TagHist:
         hist: list[bytes] = []
         if name in out:
             old, hist = out[name]
-            hist = hist + [old]
+            hist = [*hist, old]
         out[name] = (node, hist)
     return out
 

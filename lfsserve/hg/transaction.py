@@ -16,12 +16,12 @@ import concurrent.futures
 import os
 import shutil
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .error import Abort
 from .store import Store
 
-__all__ = ["Transaction", "rollback_journal", "has_journal"]
+__all__ = ["Transaction", "has_journal", "rollback_journal"]
 
 JOURNAL_VERSION = b"2"
 _STORE_LOCATIONS = (b"", b"store")
@@ -39,12 +39,20 @@ class _Places:
         self.store = store
         self.hg = store.root / ".hg"
 
-    def path(self, location: bytes, name: bytes) -> str | None:
+    def lookup(self, location: bytes, name: bytes) -> str | None:
+        """The path, or None for a location we do not know (a journal written by another hg)."""
         if location in _STORE_LOCATIONS:
             return self.store.join(name)
         if location == b"plain":
             return os.path.join(self.hg, os.fsdecode(name))
         return None
+
+    def path(self, location: bytes, name: bytes) -> str:
+        """The path of a file in a known location (checked with lookup() where it may not be)."""
+        path = self.lookup(location, name)
+        if path is None:
+            raise ValueError(f"unknown journal location {location!r}")
+        return path
 
 
 def has_journal(store: Store) -> bool:
@@ -129,7 +137,7 @@ def rollback_journal(store: Store, report: Callable[[str], None] | None = None) 
         if entry in done:
             continue
         loc, f, b, cache = entry
-        if places.path(loc, b or f) is None:
+        if places.lookup(loc, b or f) is None:
             report(f"ignoring backup entry with unknown location {loc!r}")
             continue
         try:
@@ -149,10 +157,11 @@ def rollback_journal(store: Store, report: Callable[[str], None] | None = None) 
                 raise
     # the journal goes last: until then, running this again finishes the job
     for loc, f, b, _ in backups:
-        if f and b:
+        kept = places.lookup(loc, b) if f and b else None
+        if kept is not None:
             try:
-                os.unlink(places.path(loc, b))
-            except (FileNotFoundError, TypeError):
+                os.unlink(kept)
+            except FileNotFoundError:
                 pass
     try:
         os.unlink(backups_file)
@@ -209,8 +218,9 @@ class Transaction:
         self._backups_path = store.path / "journal.backupfiles"
         if self._journal_path.exists():
             raise Abort("abandoned transaction found", hint="run 'hg recover' or reopen the repository for writing")
-        self._journal = open(self._journal_path, "xb")
-        self._backups_fh = open(self._backups_path, "wb")
+        # both stay open for the transaction's life; close() and abort() close them
+        self._journal = open(self._journal_path, "xb")  # noqa: SIM115
+        self._backups_fh = open(self._backups_path, "wb")  # noqa: SIM115
         self._backups_fh.write(JOURNAL_VERSION + b"\n")
         self._backups_fh.flush()
         self.offsets: dict[bytes, int] = {}
@@ -306,7 +316,7 @@ class Transaction:
         paths = [p for p in sorted(self._touched) if p not in skip]
         self._touched.difference_update(paths)
         done = _sync_all([str(self._journal_path), str(self._backups_path), *paths])
-        dirs = {str(self.store.path)} | {os.path.dirname(p) for p, ok in zip(paths, done[2:]) if ok}
+        dirs = {str(self.store.path)} | {os.path.dirname(p) for p, ok in zip(paths, done[2:], strict=True) if ok}
         _sync_all(sorted(dirs), directory=True)
 
     def close(self) -> None:

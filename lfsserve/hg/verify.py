@@ -12,8 +12,8 @@ revlog and revision.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .changelog import parse_changeset
 from .error import HgError
@@ -22,7 +22,7 @@ from .manifest import changed_entries, parse_manifest
 from .node import NULLID, NULLREV
 from .revlog import E_BASE, E_CLEN, E_LINK, E_OFFSET_FLAGS, E_P1, E_P2, REVIDX_EXTSTORED, Revlog
 
-__all__ = ["Problem", "verify", "VerifyStats"]
+__all__ = ["Problem", "VerifyStats", "verify"]
 
 Progress = Callable[[str, int, int], None]
 MAX_PER_REVLOG = 20
@@ -158,9 +158,9 @@ def verify_with_stats(repo, progress: Progress | None = None) -> tuple[list[Prob
     nml = len(ml)
     stats.manifests = nml
     _check_index(ml, out, ncl)
-    for mnode, users in manifest_users.items():
+    for mnode, naming in manifest_users.items():
         if mnode != NULLID and ml.get_rev(mnode) is None:
-            out.add(cl.name, users[0], f"names manifest {mnode.hex()[:12]}, which {ml.name} lacks")
+            out.add(cl.name, naming[0], f"names manifest {mnode.hex()[:12]}, which {ml.name} lacks")
     file_users: dict[bytes, dict[bytes, int]] = {}  # path -> file node -> first changeset naming it
     good_manifests = set()
     for rev, text in _texts(ml, out, stats):
@@ -239,8 +239,8 @@ def _entries_vs_parents(ml: Revlog, rev: int, text: bytes) -> dict:
     return {p: v for p, v in mine.items() if theirs.get(p) != v}
 
 
-def _check_copy(repo, fl, rev: int, meta: dict, out: _Collector) -> None:
-    src = meta.get(b"copy")
+def _check_copy(repo, fl, rev: int, meta: dict[bytes, bytes], out: _Collector) -> None:
+    src = meta[b"copy"]  # the caller checked it is there
     try:
         srcnode = bytes.fromhex(meta.get(b"copyrev", b"").decode("ascii"))
     except ValueError:
