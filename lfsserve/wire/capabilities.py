@@ -6,7 +6,7 @@ them, the bundle1 refusal). Plain synchronous code; no HTTP.
 from __future__ import annotations
 
 import urllib.parse
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..config import Config
 from ..hg import bundle2
@@ -17,8 +17,8 @@ from ..repos import ServedRepo
 __all__ = [
     "BundleRequired",
     "capabilities_bytes",
-    "http_capabilities",
     "clonebundles_manifest",
+    "http_capabilities",
     "repo_heads",
     "server_bundle2_caps",
     "stream_allowed",

@@ -10,8 +10,8 @@ engine, the answer is `application/mercurial-0.1`: a bare zlib stream.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import zstandard
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from ..config import Config
 from ..hg import bundle2, changegroup

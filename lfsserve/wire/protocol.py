@@ -10,13 +10,13 @@ Everything here is pure parsing: no I/O, no aiohttp.
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 __all__ = [
+    "MAX_ARG_HEADERS",
     "BadRequest",
     "ClientProto",
-    "MAX_ARG_HEADERS",
     "batch_escape",
     "batch_unescape",
     "decode_batch",
@@ -147,7 +147,7 @@ def decode_batch(cmds: bytes) -> list[tuple[str, dict[str, bytes]]]:
     if not cmds:
         return out
     for item in cmds.split(b";"):
-        op, sep, rest = item.partition(b" ")
+        op, _, rest = item.partition(b" ")
         if not op:
             raise BadRequest("batch: empty command name")
         try:

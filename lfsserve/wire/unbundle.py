@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterable, Protocol, cast
+from typing import BinaryIO, Protocol, cast
 
 from ..config import Config
 from ..hg import bundle2
@@ -27,15 +28,15 @@ from .capabilities import BundleRequired, repo_heads
 from .protocol import BadRequest
 
 __all__ = [
+    "PART_HANDLERS",
     "FileTooLarge",
     "LfsCheck",
-    "PART_HANDLERS",
     "PushLimits",
     "PushOperation",
     "PushReply",
     "check_heads",
-    "parthandler",
     "parse_unbundle_heads",
+    "parthandler",
     "unbundle",
 ]
 

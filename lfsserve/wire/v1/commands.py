@@ -12,17 +12,19 @@ the transport turns them into its own framing.
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator, Literal, Union
+from typing import BinaryIO, Literal
 
 from ...config import Config
 from ...hg.error import HgError
 from ...repos import ServedRepo, engine_repo
-from .. import getbundle as pull, streamclone
-from ..capabilities import (BundleRequired, capabilities_bytes, clonebundles_manifest, http_capabilities,
-                            repo_heads)
+from .. import getbundle as pull
+from .. import streamclone
+from ..capabilities import BundleRequired, capabilities_bytes, clonebundles_manifest, http_capabilities, repo_heads
 from ..protocol import MAX_PAIRS, BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
-from ..unbundle import LfsCheck, PushReply, unbundle as apply_push
+from ..unbundle import LfsCheck, PushReply
+from ..unbundle import unbundle as apply_push
 
 __all__ = ["COMMANDS", "Command", "Result", "Session", "Stream", "bind_args", "command"]
 
@@ -54,7 +56,7 @@ class Stream:
     raw: bool = False
 
 
-Result = Union[bytes, Stream, PushReply]
+Result = bytes | Stream | PushReply
 Kind = Literal["bytes", "stream", "push"]
 
 
@@ -146,7 +148,8 @@ def between(s: Session, pairs: bytes) -> bytes:
 def lookup(s: Session, key: bytes) -> bytes:
     try:
         node = s.repo.lookup(key)
-    except HgError as exc:  # as hg: any lookup failure (unknown revision, ambiguous prefix...) is a "0 <message>" answer
+    except HgError as exc:
+        # as hg: any lookup failure (unknown revision, ambiguous prefix...) is a "0 <message>" answer
         return b"0 %s\n" % exc.message.encode("utf-8")
     return b"1 %s\n" % node.hex().encode("ascii")
 

@@ -19,9 +19,10 @@ import contextlib
 import logging
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 from aiohttp import hdrs, web
 
@@ -73,7 +74,7 @@ def setup(app: web.Application) -> None:
 class _BareResponse(web.Response):
     """hg serve sends permission errors without a Content-Type; aiohttp would add one."""
 
-    async def _prepare_headers(self) -> None:  # type: ignore[override]
+    async def _prepare_headers(self) -> None:
         await super()._prepare_headers()
         self._headers.popall(hdrs.CONTENT_TYPE, None)
 
@@ -324,7 +325,9 @@ async def _spool(request: web.Request, spool_dir: Path, limit: int = 0) -> Binar
     if limit and request.content_length is not None and request.content_length > limit:
         raise PushTooLarge(limit)
     await run_blocking(spool_dir.mkdir, parents=True, exist_ok=True)
-    fh: BinaryIO = await run_blocking(lambda: tempfile.TemporaryFile("w+b", dir=spool_dir, prefix="unbundle-"))
+    # the file outlives this function on success: the caller applies the push from it, then closes it
+    fh: BinaryIO = await run_blocking(
+        lambda: tempfile.TemporaryFile("w+b", dir=spool_dir, prefix="unbundle-"))  # noqa: SIM115
     size = 0
     try:
         while True:

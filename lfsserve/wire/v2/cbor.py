@@ -15,12 +15,20 @@ own accepts far more: shared references that make cyclic objects, bignum and dat
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import cbor2
 
-__all__ = ["CBORError", "MAX_DEPTH", "decode", "decode_sequence", "encode", "encode_bytes_header",
-           "encode_indefinite_bytes"]
+__all__ = [
+    "MAX_DEPTH",
+    "CBORError",
+    "decode",
+    "decode_sequence",
+    "encode",
+    "encode_bytes_header",
+    "encode_indefinite_bytes",
+]
 
 MAX_DEPTH = 32
 _SET_TAG = 258

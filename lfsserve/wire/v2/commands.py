@@ -13,8 +13,9 @@ one); it reaches the client as a command error with a readable message.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ...hg import error as hgerror
 from ...hg.manifest import find_entry
@@ -26,8 +27,19 @@ from .framing import CommandError, CommandRequest, IndefiniteBytes
 if TYPE_CHECKING:
     from ...hg.repository import Repository
 
-__all__ = ["COMMANDS", "Command", "Context", "FRAMING_MEDIA_TYPE", "PathFilter", "api_descriptor", "classify",
-           "emit_revisions", "resolve_revisions", "run", "validate_args"]
+__all__ = [
+    "COMMANDS",
+    "FRAMING_MEDIA_TYPE",
+    "Command",
+    "Context",
+    "PathFilter",
+    "api_descriptor",
+    "classify",
+    "emit_revisions",
+    "resolve_revisions",
+    "run",
+    "validate_args",
+]
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +248,7 @@ def _visible_revs(ctx: Context, nodes: list[bytes], what: str = "changeset") -> 
     """Changelog revs of `nodes`; CommandError naming the first node the client may not see."""
     repo = ctx.repo
     known = repo.known(nodes)
-    for node, ok in zip(nodes, known):
+    for node, ok in zip(nodes, known, strict=True):
         if not ok:
             raise CommandError(f"unknown {what}: %s", node.hex())
     cl = repo.changelog
@@ -281,7 +293,7 @@ def resolve_revisions(ctx: Context, specs: list[Any]) -> list[int]:
             if not spec[b"heads"]:
                 raise CommandError("changesetdagrange heads cannot be empty")
             _visible_revs(ctx, spec[b"heads"])
-            roots = [n for n, ok in zip(spec[b"roots"], repo.known(spec[b"roots"])) if ok]
+            roots = [n for n, ok in zip(spec[b"roots"], repo.known(spec[b"roots"]), strict=True) if ok]
             revs.update(repo.missing(roots, spec[b"heads"]))
         else:
             raise CommandError("unknown revision specifier type: %s", kind)
@@ -408,7 +420,7 @@ def changesetdata(ctx: Context, revisions: list[Any], fields: set[bytes]) -> Ite
     # point now. Bookmarks on changesets it may not see stay unsent.
     if marks_by_node:
         nodes = sorted(marks_by_node)
-        for node, visible in zip(nodes, repo.known(nodes)):
+        for node, visible in zip(nodes, repo.known(nodes), strict=True):
             if visible:
                 yield {b"node": node, b"bookmarks": marks_by_node[node]}
 
@@ -430,7 +442,7 @@ def _dagrange_roots(ctx: Context, specs: list[Any]) -> list[bytes] | None:
             return None
         roots.extend(spec[b"roots"])
     known = ctx.repo.known(roots)
-    return [n for n, ok in zip(roots, known) if ok]
+    return [n for n, ok in zip(roots, known, strict=True) if ok]
 
 
 @command("manifestdata", permission="pull", args={

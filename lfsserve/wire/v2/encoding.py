@@ -12,7 +12,8 @@ lose from a poor choice); without sender settings a client is assumed to know on
 from __future__ import annotations
 
 import zlib
-from typing import Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import zstandard
 

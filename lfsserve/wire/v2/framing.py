@@ -17,15 +17,26 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from . import cbor
 from .encoding import Encoder
 
 __all__ = [
-    "CommandError", "CommandRequest", "Frame", "FrameType", "IndefiniteBytes", "MAX_PAYLOAD",
-    "ProtocolError", "Request", "ResponseWriter", "coalesce", "encode_frame", "iter_frames",
+    "MAX_PAYLOAD",
+    "CommandError",
+    "CommandRequest",
+    "Frame",
+    "FrameType",
+    "IndefiniteBytes",
+    "ProtocolError",
+    "Request",
+    "ResponseWriter",
+    "coalesce",
+    "encode_frame",
+    "iter_frames",
     "read_request",
 ]
 
