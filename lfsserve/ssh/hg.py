@@ -96,7 +96,7 @@ async def _serve(config: Config, principal: Principal, repo: str) -> int:
         # as `hg serve --stdio` does, a missing repository is an abort before the handshake
         await run_blocking(check)
     except RepoNotFound as exc:
-        print(f"abort: repository {exc.message} not found", file=sys.stderr, flush=True)
+        print(f"abort: {exc.message}", file=sys.stderr, flush=True)
         return 255
     except CannotCreate as exc:
         return _fail(str(exc))
@@ -236,7 +236,7 @@ class _HgServer:
             except BadRequest as exc:
                 await self._out_of_band(f"bad request: {exc.message}")
             except RepoNotFound as exc:
-                await self._out_of_band(f"repository {exc.message} not found")
+                await self._out_of_band(exc.message)
             except CannotCreate as exc:
                 await self._out_of_band(str(exc))
             except BundleRequired as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ..support import HG, REPO_ROOT, LfsserveProcess, hg_env, oid_of, run
+from ..support import HG, REPO_ROOT, Hg, LfsserveProcess, hg_env, oid_of, run
 from .lfs_http import LFS, batch, request
 from .lfs_util import stored_oids, temp_files
 from .sshd import Sshd, make_key, make_wrapper, remove_wrapper, start_sshd
@@ -60,12 +60,13 @@ class Site:
 
 @pytest.fixture
 def site(lfsserve, tmp_path):
-    """Factory: site(lfs_transfer=True, keys_command=False) -> Site; sshd stopped by pid at the end."""
+    """Factory: site(lfs_transfer=True, keys_command=False, http_auth="") -> Site (http_auth: more of
+    the HTTP server's [auth] section); sshd stopped by pid at the end."""
     started: list[Sshd] = []
     wrappers: list[Path] = []
 
-    def make(lfs_transfer: bool = True, keys_command: bool = False) -> Site:
-        server = lfsserve(anonymous="none", config="[auth]\n" + RULES)
+    def make(lfs_transfer: bool = True, keys_command: bool = False, http_auth: str = "") -> Site:
+        server = lfsserve(anonymous="none", config="[auth]\n" + http_auth + "\n" + RULES)
         wrapper = make_wrapper()
         wrappers.append(wrapper)
         config = tmp_path / "ssh-config.toml"
@@ -214,15 +215,17 @@ def test_unknown_key_and_disallowed_commands_are_refused(site, tmp_path):
         err = res.stderr.decode()
         assert message in err and err.count("\n") == 1, (command, err)
         assert res.stdout == b""
-    res = s.sshd.ssh(alice, "hg -R team/game serve --stdio")
-    assert res.returncode == 1 and "hg over ssh is not available yet" in res.stderr.decode()
+    # team/game is no hg repository: hg serve's abort, before the handshake
+    res = s.sshd.ssh(alice, "hg -R team/game serve --stdio", input=b"hello\n")
+    assert res.returncode == 255 and res.stdout == b"", res
+    assert res.stderr.decode() == "abort: repository team/game not found\n"
     # The real hg client's command line (ssh://host//path form) gets through the parser and the
     # read check to the hg transport, for a reader and a writer alike.
     for user in ("bob", "alice"):
         res = run([HG, "clone", "-e", s.sshd.ssh_command(s.keys[user]),
                    f"ssh://root@127.0.0.1:{s.sshd.port}//team/game", str(tmp_path / f"hg-{user}")],
                   env=hg_env(tmp_path / "hg-home"), check=False)
-        assert res.returncode != 0 and "remote: lfsserve: hg over ssh is not available yet" in _text(res), _text(res)
+        assert res.returncode != 0 and "remote: abort: repository team/game not found" in _text(res), _text(res)
     res = s.sshd.ssh(s.keys["bob"], "git-lfs-transfer team/game upload")
     assert res.returncode == 1 and "user bob may not write to team/game" in res.stderr.decode()
 
@@ -256,3 +259,139 @@ def test_authorized_keys_command_and_authenticate_token_scope(site, tmp_path):
     assert res.returncode == 1 and "may not write" in res.stderr.decode()
     assert s.sshd.ssh(s.keys["eve"], "git-lfs-authenticate team/game download").returncode == 255
     assert not temp_files(s.server.root)
+
+
+# -- hg over SSH ------------------------------------------------------------------------------------
+
+PASSWORD = "s3cret-alice"
+
+
+def _hg_as(site: Site, user: str, home: Path, exe: str = HG) -> Hg:
+    """A real hg client whose ssh logs in with `user`'s key (ui.ssh, as users configure it)."""
+    return Hg(home / user, f"[ui]\nssh = {site.sshd.ssh_command(site.keys[user])}\n", exe=exe)
+
+
+def _hg_url(site: Site, repo: str) -> str:
+    return f"ssh://root@127.0.0.1:{site.sshd.port}/{repo}"
+
+
+def _hg_repo(site: Site, name: str) -> Path:
+    res = lfsserve_cli("init", "--root", site.server.root, name)
+    assert res.returncode == 0, res.stderr.decode()
+    return site.server.root / "repos" / name
+
+
+def _commit(hg: Hg, repo: Path, name: str, data: bytes) -> None:
+    (repo / name).write_bytes(data)
+    hg("commit", "-A", "-m", f"add {name}", cwd=repo)
+
+
+def test_hg_clone_pull_push_over_ssh(site, tmp_path):
+    s = site()
+    served = _hg_repo(s, "team/hg")
+    url = _hg_url(s, "team/hg")
+    alice, bob = _hg_as(s, "alice", tmp_path), _hg_as(s, "bob", tmp_path)
+
+    work = tmp_path / "alice-work"
+    alice("clone", url, str(work))
+    _commit(alice, work, "a.txt", b"one\n" * 1000)
+    _commit(alice, work, "b.bin", _data(50_000, 1))
+    alice("bookmark", "feature", cwd=work)
+    out = _text(alice("push", "-B", "feature", cwd=work))
+    assert "remote: added 2 changesets with 2 changes to 2 files" in out and "exporting bookmark feature" in out, out
+
+    clone, stream = tmp_path / "bob-clone", tmp_path / "bob-stream"
+    bob("clone", url, str(clone))
+    out = _text(bob("clone", "--stream", url, str(stream)))
+    assert "streaming all changes" in out, out
+    for repo in (clone, stream):
+        assert (repo / "b.bin").read_bytes() == _data(50_000, 1)
+        assert bob.out("log", "-T", "{phase} {bookmarks}\n", cwd=repo) == "public feature\npublic \n"
+
+    _commit(alice, work, "c.txt", b"three\n")
+    alice("push", cwd=work)
+    out = _text(bob("pull", "-u", cwd=clone))
+    assert "added 1 changesets with 1 changes to 1 files" in out, out
+    assert (clone / "c.txt").read_bytes() == b"three\n"
+    assert bob.out("log", "-r", "feature", "-T", "{desc}", cwd=clone) == "add c.txt"  # the bookmark moved
+
+    # a read-only user's push: hg's remote error, nothing written
+    _commit(bob, clone, "bob.txt", b"bob\n")
+    res = bob("push", cwd=clone, check=False)
+    assert res.returncode != 0, _text(res)
+    assert "remote: user bob may not write to team/hg" in _text(res) and "abort: remote error" in _text(res)
+    assert len(alice.out("log", "-R", str(served), "-T", "{node}\n").split()) == 3
+
+    # a new head is refused, then pushed with -f; the server publishes (hg's default), so the
+    # pushed head becomes public, and a pull brings that phase back to a clone that lost it
+    other = tmp_path / "alice-other"
+    alice("clone", "-r", "0", url, str(other))
+    _commit(alice, other, "head.txt", b"head\n")
+    res = alice("push", cwd=other, check=False)
+    assert res.returncode != 0 and "push creates new remote head" in _text(res), _text(res)
+    alice("push", "-f", cwd=other)
+    assert alice.out("log", "-R", str(served), "-r", "head()", "-T", "{phase}\n") == "public\npublic\n"
+    # phases and bookmarks move over pushkey/bookmarks parts
+    alice("phase", "--draft", "--force", "-r", ".", cwd=other)
+    alice("pull", cwd=other)
+    assert alice.out("log", "-r", ".", "-T", "{phase}", cwd=other) == "public"
+    alice("bookmark", "-d", "feature", cwd=work)
+    res = alice("push", "-B", "feature", cwd=work, check=False)
+    out = _text(res)
+    assert res.returncode == 1 and "deleting remote bookmark feature" in out, out  # 1: no changesets
+    assert bob.out("bookmarks", "-R", str(served)).strip() == "no bookmarks set"
+    assert "Traceback" not in out
+    alice("verify", "-R", str(served))
+
+
+def test_hg_http_and_ssh_pushes_race_on_one_repository(site, tmp_path):
+    htpasswd = tmp_path / "htpasswd"
+    res = subprocess.run([sys.executable, "-m", "lfsserve", "adduser", "--htpasswd", str(htpasswd),
+                          "--password-stdin", "alice"], cwd=REPO_ROOT, input=PASSWORD.encode() + b"\n",
+                         capture_output=True, check=False)
+    assert res.returncode == 0, res.stderr.decode()
+    s = site(http_auth=f'htpasswd = "{htpasswd}"')
+    served = _hg_repo(s, "team/race")
+    alice = _hg_as(s, "alice", tmp_path)
+    base = tmp_path / "base"
+    alice("clone", _hg_url(s, "team/race"), str(base))
+    _commit(alice, base, "base.txt", b"base\n")
+    alice("push", cwd=base)
+
+    http_url = f"{s.server.url}/team/race"
+    clones = {}
+    for via in ("http", "ssh"):
+        clone = tmp_path / via
+        alice("clone", str(base), str(clone))
+        for i in range(20):
+            _commit(alice, clone, f"{via}-{i}.bin", _data(20_000, i + (100 if via == "ssh" else 0)))
+        clones[via] = clone
+    with open(clones["http"] / ".hg" / "hgrc", "a") as fh:
+        fh.write(f"[auth]\nx.prefix = {http_url}\nx.username = alice\nx.password = {PASSWORD}\n")
+    procs = {
+        via: subprocess.Popen([HG, "push", "-f", url], cwd=clones[via], env=alice.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for via, url in (("http", http_url), ("ssh", _hg_url(s, "team/race")))
+    }
+    outs = {via: p.communicate(timeout=300)[0].decode(errors="replace") for via, p in procs.items()}
+    for via, p in procs.items():
+        assert p.returncode == 0, (via, outs[via])
+        assert "added 20 changesets with 20 changes to 20 files" in outs[via], outs[via]
+    res = alice("verify", "-R", str(served))
+    assert "checked 41 changesets" in _text(res), _text(res)
+    assert len(alice.out("log", "-R", str(served), "-r", "head()", "-T", "{node}\n").split()) == 2
+
+
+def test_hg593_clones_over_ssh(site, tmp_path, hg593_path):
+    s = site()
+    _hg_repo(s, "team/old")
+    alice = _hg_as(s, "alice", tmp_path)
+    work = tmp_path / "work"
+    alice("clone", _hg_url(s, "team/old"), str(work))
+    _commit(alice, work, "a.txt", b"a\n" * 500)
+    alice("push", cwd=work)
+    old = _hg_as(s, "bob", tmp_path / "old", exe=hg593_path)
+    out = _text(old("clone", _hg_url(s, "team/old"), str(tmp_path / "old-clone")))
+    assert "added 1 changesets with 1 changes to 1 files" in out, out
+    assert (tmp_path / "old-clone" / "a.txt").read_bytes() == b"a\n" * 500
+    old("verify", cwd=tmp_path / "old-clone")
