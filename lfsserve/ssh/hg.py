@@ -173,11 +173,12 @@ class _HgServer:
 
         async def value(name: bytes, n: int) -> bytes:
             nonlocal budget
+            what = f"argument {name[:40].decode('latin-1')!r} of {cmd.name}"
             if n > budget:
-                raise ChannelError(f"argument {name[:40]!r} of {cmd.name} declares {n} bytes; the arguments "
-                                   f"of one command may take at most {MAX_ARGS_BYTES}")
+                raise ChannelError(f"{what} declares {n} bytes; the arguments of one command may take at "
+                                   f"most {MAX_ARGS_BYTES}")
             budget -= n
-            return await self._exactly(n, f"argument {name[:40]!r} of {cmd.name}")
+            return await self._exactly(n, what)
 
         for _ in cmd.args:
             name, n = await self._header(f"an argument of {cmd.name}")

@@ -395,3 +395,98 @@ def test_hg593_clones_over_ssh(site, tmp_path, hg593_path):
     assert "added 1 changesets with 1 changes to 1 files" in out, out
     assert (tmp_path / "old-clone" / "a.txt").read_bytes() == b"a\n" * 500
     old("verify", cwd=tmp_path / "old-clone")
+
+
+# -- the hg channel driven directly (no sshd): `lfsserve ssh` with SSH_ORIGINAL_COMMAND ----------------
+
+NULL_PAIR = b"-".join([b"0" * 40] * 2)
+HANDSHAKE = b"hello\nbetween\npairs %d\n%s" % (len(NULL_PAIR), NULL_PAIR)
+
+
+@pytest.fixture
+def channel(tmp_path):
+    """channel(user, input, repo="team/raw") -> CompletedProcess of `lfsserve ssh` speaking hg."""
+    root = tmp_path / "root"
+    config = tmp_path / "raw.toml"
+    config.write_text(f'[server]\nroot = "{root}"\n[hg]\nmax_push_size = 100000\n[auth]\nanonymous = "none"\n{RULES}')
+    res = lfsserve_cli("init", "--root", root, "team/raw")
+    assert res.returncode == 0, res.stderr.decode()
+
+    def talk(user: str, data: bytes, repo: str = "team/raw") -> subprocess.CompletedProcess:
+        env = {**hg_env(tmp_path / "home"), "SSH_ORIGINAL_COMMAND": f"hg -R {repo} serve --stdio"}
+        return subprocess.run([sys.executable, "-m", "lfsserve", "ssh", "--config", str(config), "--user", user],
+                              cwd=REPO_ROOT, env=env, input=data, capture_output=True, timeout=120, check=False)
+    talk.repo = root / "repos" / "team" / "raw"  # type: ignore[attr-defined]
+    talk.spool = root / "tmp"  # type: ignore[attr-defined]
+    return talk
+
+
+def _frames(out: bytes) -> list[bytes]:
+    frames = []
+    while out:
+        size, _, rest = out.partition(b"\n")
+        frames.append(rest[:int(size)])
+        out = rest[int(size):]
+    return frames
+
+
+def test_hg_channel_handshake_and_unknown_command(channel):
+    res = channel("bob", HANDSHAKE + b"frobnicate\nheads\n")
+    assert res.returncode == 0 and res.stderr == b"", res
+    hello, between, unknown, heads = _frames(res.stdout)
+    assert hello.startswith(b"capabilities: ") and hello.endswith(b"\n")
+    caps = hello[len(b"capabilities: "):-1].split(b" ")
+    assert {b"batch", b"getbundle", b"known", b"pushkey", b"protocaps", b"unbundlehash"} <= set(caps)
+    assert any(c.startswith(b"unbundle=") for c in caps)
+    # HTTP's own capabilities are not offered over SSH
+    assert not any(c.startswith((b"httpheader", b"httpmediatype", b"compression", b"httppostargs")) for c in caps)
+    assert between == b"\n" and unknown == b"" and heads == b"0" * 40 + b"\n"
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"\x00\xff\xfegarbage\n", "expected a command name"),
+    (b"known\nnodes 40\nabc", "input ended in the middle of argument 'nodes' of known"),
+    (b"known\nnodes\n", "expected `<name> <length>`"),
+    (b"known\nnodes 99999999999\n", "declares 99999999999 bytes"),
+    (b"known\nother 3\nabc", "unexpected argument 'other' for known"),
+    (b"getbundle\n* 99999999\n", "pairs in the dict argument of getbundle"),
+    (b"x" * 200_000, "longer than 1024 bytes"),
+], ids=["garbage", "truncated", "no-length", "huge-length", "undeclared", "huge-count", "endless-line"])
+def test_hg_channel_broken_framing_is_said_and_ends_the_session(channel, data, message):
+    res = channel("alice", HANDSHAKE + data)
+    assert res.returncode == 1, res
+    err = res.stderr.decode()
+    assert message in err and err.startswith("lfsserve: hg protocol error: "), err
+    assert len(_frames(res.stdout)) == 2   # the handshake's answers, nothing after them
+
+
+def _bundle_frames(chunks: list[bytes]) -> bytes:
+    return b"".join(b"%d\n%s" % (len(c), c) for c in chunks)
+
+
+def test_hg_channel_unbundle_refusals_write_nothing(channel, tmp_path):
+    before = sorted(p.name for p in (channel.repo / ".hg" / "store").iterdir())
+    push = b"unbundle\nheads 5\nforce"
+    # EOF in the middle of the bundle: told on stderr, the spooled part dropped
+    res = channel("alice", HANDSHAKE + push + b"100\nHG20" + b"\0" * 10)
+    assert res.returncode == 1 and "input ended in the middle of the pushed bundle" in res.stderr.decode(), res
+    assert _frames(res.stdout)[2:] == [b""]   # the go-ahead, then nothing
+    # a frame length that is no number
+    res = channel("alice", HANDSHAKE + push + b"12x\n")
+    assert res.returncode == 1 and "expected a frame length" in res.stderr.decode(), res
+    # more than hg.max_push_size
+    res = channel("alice", HANDSHAKE + push + _bundle_frames([b"\0" * 60000] * 2) + b"0\n")
+    assert res.returncode == 1 and "push larger than this server's limit of 97.66 KiB" in res.stderr.decode(), res
+    # a reader: hg's out-of-band error before any of the bundle is read; the session goes on
+    res = channel("bob", HANDSHAKE + push + b"heads\n")
+    assert res.returncode == 0, res
+    assert res.stdout.endswith(b"\n41\n" + b"0" * 40 + b"\n")
+    assert res.stderr.decode() == "user bob may not write to team/raw\n-\n"
+    # a bundle that is no bundle: refused inside a bundle2 reply, nothing applied
+    res = channel("alice", HANDSHAKE + push + _bundle_frames([b"garbage"]) + b"0\n")
+    assert res.returncode == 0, res
+    assert sorted(p.name for p in (channel.repo / ".hg" / "store").iterdir()) == before
+    assert list(channel.spool.iterdir()) == []
+    res = subprocess.run([HG, "verify", "-R", str(channel.repo)], env=hg_env(tmp_path / "home"), capture_output=True,
+                         check=False)
+    assert res.returncode == 0, res
