@@ -345,12 +345,7 @@ def test_hg_clone_pull_push_over_ssh(site, tmp_path):
 
 
 def test_hg_http_and_ssh_pushes_race_on_one_repository(site, tmp_path):
-    htpasswd = tmp_path / "htpasswd"
-    res = subprocess.run([sys.executable, "-m", "lfsserve", "adduser", "--htpasswd", str(htpasswd),
-                          "--password-stdin", "alice"], cwd=REPO_ROOT, input=PASSWORD.encode() + b"\n",
-                         capture_output=True, check=False)
-    assert res.returncode == 0, res.stderr.decode()
-    s = site(http_auth=f'htpasswd = "{htpasswd}"')
+    s = site(http_auth=f'htpasswd = "{_htpasswd(tmp_path, "alice")}"')
     served = _hg_repo(s, "team/race")
     alice = _hg_as(s, "alice", tmp_path)
     base = tmp_path / "base"
@@ -367,7 +362,7 @@ def test_hg_http_and_ssh_pushes_race_on_one_repository(site, tmp_path):
             _commit(alice, clone, f"{via}-{i}.bin", _data(20_000, i + (100 if via == "ssh" else 0)))
         clones[via] = clone
     with open(clones["http"] / ".hg" / "hgrc", "a") as fh:
-        fh.write(f"[auth]\nx.prefix = {http_url}\nx.username = alice\nx.password = {PASSWORD}\n")
+        fh.write(f"[auth]\nx.prefix = {http_url}\nx.username = alice\nx.password = {PASSWORD}-alice\n")
     procs = {
         via: subprocess.Popen([HG, "push", "-f", url], cwd=clones[via], env=alice.env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -380,6 +375,47 @@ def test_hg_http_and_ssh_pushes_race_on_one_repository(site, tmp_path):
     res = alice("verify", "-R", str(served))
     assert "checked 41 changesets" in _text(res), _text(res)
     assert len(alice.out("log", "-R", str(served), "-r", "head()", "-T", "{node}\n").split()) == 2
+
+
+def _htpasswd(tmp_path: Path, *users: str) -> Path:
+    htpasswd = tmp_path / "htpasswd"
+    for user in users:
+        res = subprocess.run([sys.executable, "-m", "lfsserve", "adduser", "--htpasswd", str(htpasswd),
+                              "--password-stdin", user], cwd=REPO_ROOT, input=f"{PASSWORD}-{user}\n".encode(),
+                             capture_output=True, check=False)
+        assert res.returncode == 0, res.stderr.decode()
+    return htpasswd
+
+
+def test_hg_lfs_over_ssh_with_blobs_over_http(site, tmp_path):
+    s = site(http_auth=f'htpasswd = "{_htpasswd(tmp_path, "alice", "bob")}"')
+    served = _hg_repo(s, "team/media")
+    lfs_url = f"{s.server.url}/team/media/.git/info/lfs"
+
+    def lfs_hg(user: str) -> Hg:
+        return Hg(tmp_path / f"lfs-{user}", f"[ui]\nssh = {s.sshd.ssh_command(s.keys[user])}\n"
+                  f"[extensions]\nlfs =\n[lfs]\nurl = {lfs_url}\ntrack = size('>10KB')\n"
+                  f"[auth]\nx.prefix = {s.server.url}/team/\nx.username = {user}\nx.password = {PASSWORD}-{user}\n")
+    alice, bob = lfs_hg("alice"), lfs_hg("bob")
+    work = tmp_path / "lfs-work"
+    alice("clone", _hg_url(s, "team/media"), str(work))
+    big = _data(300_000, 7)
+    _commit(alice, work, "big.bin", big)
+    _commit(alice, work, "small.txt", b"small\n")
+    out = _text(alice("push", cwd=work))
+    assert "lfs: uploaded 1 files" in out and "remote: added 2 changesets" in out, out
+    assert "lfs" in (served / ".hg" / "store" / "requires").read_text().split()  # share-safe
+    assert oid_of(big) in stored_oids(s.server.root)
+    # blobs sent elsewhere: the SSH push is checked against the blob store as an HTTP push is
+    _commit(alice, work, "elsewhere.bin", _data(200_000, 8))
+    res = alice("push", "--config", f"lfs.url=file://{tmp_path / 'elsewhere'}", cwd=work, check=False)
+    assert res.returncode != 0 and "remote: push refused: 1 LFS object(s) referenced by the pushed changesets are " \
+        "not on this server" in _text(res), _text(res)
+    assert len(alice.out("log", "-R", str(served), "-T", "{node}\n").split()) == 2
+    clone = tmp_path / "lfs-clone"
+    out = _text(bob("clone", _hg_url(s, "team/media"), str(clone)))
+    assert (clone / "big.bin").read_bytes() == big, out
+    alice("verify", "-R", str(served))
 
 
 def test_hg593_clones_over_ssh(site, tmp_path, hg593_path):
