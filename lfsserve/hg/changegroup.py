@@ -400,6 +400,13 @@ def _file_size_hooks(path: bytes, report: Callable[[bytes, bytes, int], None] | 
     return lfs, text_hook
 
 
+def _has_file_revision(repo, writers: _Writers, path: bytes, node: bytes) -> bool:
+    """Whether file revision `node` of `path` exists: added by this transaction or stored."""
+    w = writers.files.get(path)
+    found = w.rev(node) if w is not None else repo.file(path).get_rev(node)
+    return found is not None
+
+
 def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None,
           on_file_revision: Callable[[bytes, bytes, int], None] | None = None) -> ApplyResult:
     """Apply a changegroup inside `tr` (see Repository.add_changegroup).
@@ -529,9 +536,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None,
 
     # every copy source is a file revision hg can find (hg verify: "checking rename")
     for what, node, src, src_node in copies:
-        w = writers.files.get(src)
-        found = w.rev(src_node) if w is not None else repo.file(src).get_rev(src_node)
-        if found is None:
+        if not _has_file_revision(repo, writers, src, src_node):
             raise BadChangegroup(f"{what} revision {node.hex()[:12]} is copied from "
                                  f"{src[:100].decode('utf-8', 'replace')} revision {src_node.hex()[:12]}, "
                                  f"which is neither in the changegroup nor in the repository")
@@ -550,9 +555,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None,
     # every file revision the new manifests name must exist now
     for mnode, changes in manifest_changes:
         for path, (fnode, _flags) in changes.items():
-            w = writers.files.get(path)
-            found = w.rev(fnode) if w is not None else repo.file(path).get_rev(fnode)
-            if found is None:
+            if not _has_file_revision(repo, writers, path, fnode):
                 raise BadChangegroup(f"manifest {mnode.hex()[:12]} names {path.decode('utf-8', 'replace')} "
                                      f"revision {fnode.hex()[:12]}, which is neither in the "
                                      f"changegroup nor in the repository")

@@ -38,7 +38,7 @@ from .namespaces import NamespaceIndex
 
 # Lock and LockExists are what LfsService.locks hands out and raises, for front ends (ssh/) that
 # reach LFS storage through this module only.
-__all__ = ["GcReport", "LfsService", "LfsStats", "Lock", "LockExists", "VerifyReport"]
+__all__ = ["GcReport", "LfsService", "LfsStats", "Lock", "LockExists", "VerifyFailed", "VerifyReport"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,15 @@ class GcReport:
     deleted: list[str] = field(default_factory=list)
     freed_bytes: int = 0
     kept: int = 0
+
+
+class VerifyFailed(Exception):
+    """A verify action that fails: `status` (404 or 422, as the Git LFS API answers) and why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 class LfsService:
@@ -181,6 +190,17 @@ class LfsService:
         if stale and budget:
             states.update(await self.store.states(stale, rehash_budget=budget))
         return states
+
+    async def verify_uploaded(self, namespace: str, oid: str, size: int) -> None:
+        """The verify action's check, for every transport: `oid` was uploaded to (or is visible
+        in) `namespace`, is intact and has `size` bytes; else VerifyFailed saying which."""
+        state = (await self.visible_states(namespace, [oid])).get(oid)
+        if state is None or not state.present:
+            raise VerifyFailed(404, f"object {oid} was not uploaded to {namespace}")
+        if state.status is Status.CORRUPT:
+            raise VerifyFailed(422, f"object {oid} is corrupt on the server; upload it again")
+        if state.size != size:
+            raise VerifyFailed(422, f"object {oid} is stored with size {state.size}, not {size}")
 
     # -- the hg push path ----------------------------------------------------------------------
     async def accept_pushed_pointers(self, namespace: str, oids: Iterable[str], principal: Principal) -> set[str]:

@@ -16,14 +16,14 @@ import logging
 from aiohttp import web
 
 from ..auth import SIGNED_PREFIX, Permission, Principal
-from ..blobstore import BlobHandle, CorruptObject, Status
+from ..blobstore import BlobHandle, CorruptObject
 from ..reqkeys import PRINCIPAL
 from ..routing import Target
 from . import sendfile
 from .errors import LfsError, endpoint
 from .keys import LFS_SERVICE
 from .request import object_error, read_json
-from .service import LfsService
+from .service import LfsService, VerifyFailed
 
 __all__ = ["handle_object", "handle_verify"]
 
@@ -137,14 +137,11 @@ async def handle_verify(request: web.Request, target: Target) -> web.StreamRespo
     error = object_error(oid, size)
     if error:
         raise LfsError(422, error)
-    assert isinstance(oid, str)  # object_error accepted it
+    assert isinstance(oid, str) and isinstance(size, int)  # object_error accepted them
     if signed:
         await _principal(request, svc, ns, oid, "verify", Permission.WRITE)
-    state = (await svc.visible_states(ns, [oid])).get(oid)
-    if state is None or not state.present:
-        raise LfsError(404, f"object {oid} was not uploaded to {ns}")
-    if state.status is Status.CORRUPT:
-        raise LfsError(422, f"object {oid} is corrupt on the server; upload it again")
-    if state.size != size:
-        raise LfsError(422, f"object {oid} is stored with size {state.size}, not {size}")
+    try:
+        await svc.verify_uploaded(ns, oid, size)
+    except VerifyFailed as exc:
+        raise LfsError(exc.status, exc.message) from None
     return web.Response(status=200)

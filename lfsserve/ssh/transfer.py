@@ -41,7 +41,7 @@ from ..blobstore import (
     TooLarge,
     UploadRaced,
 )
-from ..lfs.service import LfsService, LockExists
+from ..lfs.service import LfsService, LockExists, VerifyFailed
 from .pktline import DELIM, FLUSH, PktReader, PktWriter, ProtocolError
 
 __all__ = ["TransferSession"]
@@ -298,13 +298,10 @@ class TransferSession:
         oid_text, _, size_text = rest.partition(" ")
         oid = self._oid(oid_text)
         size = self._size(req, size_text)
-        state = (await self.svc.visible_states(self.ns, [oid])).get(oid)
-        if state is None or not state.present:
-            raise Refusal(404, f"object {oid} was not uploaded to {self.ns}")
-        if state.status is Status.CORRUPT:
-            raise Refusal(422, f"object {oid} is corrupt on the server; upload it again")
-        if state.size != size:
-            raise Refusal(422, f"object {oid} is stored with size {state.size}, not {size}")
+        try:
+            await self.svc.verify_uploaded(self.ns, oid, size)
+        except VerifyFailed as exc:
+            raise Refusal(exc.status, exc.message) from None
         self._status(200)
 
     async def _get(self, req: Request, rest: str) -> None:
