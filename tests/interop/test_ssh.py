@@ -444,7 +444,8 @@ def channel(tmp_path):
     """channel(user, input, repo="team/raw") -> CompletedProcess of `lfsserve ssh` speaking hg."""
     root = tmp_path / "root"
     config = tmp_path / "raw.toml"
-    config.write_text(f'[server]\nroot = "{root}"\n[hg]\nmax_push_size = 100000\n[auth]\nanonymous = "none"\n{RULES}')
+    config.write_text(f'[server]\nroot = "{root}"\n[hg]\nmax_push_size = 100000\ncreate_on_push = true\n'
+                      f'[auth]\nanonymous = "none"\n{RULES}')
     res = lfsserve_cli("init", "--root", root, "team/raw")
     assert res.returncode == 0, res.stderr.decode()
 
@@ -494,6 +495,18 @@ def test_hg_channel_broken_framing_is_said_and_ends_the_session(channel, data, m
     err = res.stderr.decode()
     assert message in err and err.startswith("lfsserve: hg protocol error: "), err
     assert len(_frames(res.stdout)) == 2   # the handshake's answers, nothing after them
+
+
+def test_hg_channel_missing_repository(channel):
+    # a reader: hg serve's abort before the handshake
+    res = channel("bob", HANDSHAKE, repo="team/new")
+    assert res.returncode == 255 and res.stdout == b"", res
+    assert res.stderr.decode() == "abort: repository team/new not found\n"
+    # a writer where hg.create_on_push allows it: an empty repository until a push creates it
+    res = channel("alice", HANDSHAKE + b"heads\n", repo="team/new")
+    assert res.returncode == 0, res
+    assert _frames(res.stdout)[1:] == [b"\n", b"0" * 40 + b"\n"]
+    assert not (channel.repo.parent / "new").exists()
 
 
 def _bundle_frames(chunks: list[bytes]) -> bytes:
