@@ -27,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import stat
 import sys
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -100,6 +102,9 @@ async def _serve(config: Config, principal: Principal, repo: str) -> int:
         return 255
     except CannotCreate as exc:
         return _fail(str(exc))
+    if not _streamable(0) or not _streamable(1):
+        # asyncio cannot wait on a regular file or /dev/null (it would wait forever)
+        return _fail("hg serve --stdio needs pipes or sockets as stdin and stdout (as sshd gives)")
     reader, writer = await open_stdio()
     server = _HgServer(config, auth, registry, principal, repo, creatable, reader, writer)
     try:
@@ -112,6 +117,11 @@ async def _serve(config: Config, principal: Principal, repo: str) -> int:
         return _fail("the client went away")
     finally:
         await server.close()
+
+
+def _streamable(fd: int) -> bool:
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 class _HgServer:
