@@ -5,12 +5,13 @@ command in SSH_ORIGINAL_COMMAND; `run_forced_command` accepts exactly three shap
 (command.py), never through a shell, checks the user's permission with the same access rules as
 HTTP, and dispatches:
 
-    hg -R REPO serve --stdio                  hg.py (the hg stdio transport plugs in there)
+    hg -R REPO serve --stdio                  hg.py: wire protocol v1 over stdio, on the wire v1 commands
     git-lfs-authenticate REPO upload|download authenticate.py: a token for the HTTP LFS API
     git-lfs-transfer REPO upload|download     transfer.py: git-lfs's pure-SSH protocol, on LfsService
 
 keys.py manages the authorized_keys file (and answers sshd's AuthorizedKeysCommand). This package
-imports the kernel (auth, config, routing), the LFS service and the stores, never another front end.
+imports the kernel (auth, config, routing), the stores and the services other front ends share
+(the LFS service, the transport-free wire v1 commands and transport helpers), nothing else of them.
 """
 
 from __future__ import annotations

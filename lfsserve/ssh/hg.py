@@ -1,24 +1,355 @@
-"""hg over SSH: `hg -R REPO serve --stdio`.
+"""hg over SSH: `hg -R REPO serve --stdio`, the stdio transport of wire protocol v1.
 
 The command line is parsed and checked in command.py and the user's read permission in
-session.py; what remains is the stdio transport of wire protocol v1 (hello/between handshake,
-`<arg> <len>` arguments, length-prefixed answers, the unbundle exchange). It is built on the
-transport-free wire v1 commands, one implementation of each command for HTTP and SSH, and plugs
-in here: `serve_hg_stdio` is called with stdin/stdout untouched (nothing has been read from or
-written to them) and returns the process's exit status.
+session.py; this module speaks the protocol on stdin/stdout, running the transport-free commands
+of lfsserve/wire/v1/commands.py (one implementation of each command for HTTP and SSH):
+
+    client: <command>\\n, then per declared argument `<name> <len>\\n<value>`
+            (`* <count>\\n` then `<name> <len>\\n<value>` pairs for a command's dict argument)
+    server: `<len>\\n<bytes>` for a bytes answer; a streamed answer (getbundle, stream_out,
+            changegroup) raw, unframed; an unknown command gets an empty answer (`0\\n`)
+    unbundle: server `0\\n` (go on), client the bundle as `<len>\\n<chunk>` frames ending with
+            `0\\n`; server the bundle2 reply raw (bundle1: an empty frame, then the result frame)
+    errors hg shows (out of band): `<message>\\n-\\n` on stderr, `\\n` on stdout
+    an empty line or end of input ends the session
+
+The handshake (`hello`, `between` with the null pair) is two ordinary commands. Writes need
+write permission (checked per command: the user is the one the key names), take the same
+per-repository lock and engine transaction as HTTP pushes (Mercurial's lock files keep this
+process, the HTTP server and `hg` apart), and spool the bundle to a temporary file first, within
+hg.max_push_size. Broken framing (garbage, truncated arguments, an absurd length, end of input
+inside a push) cannot be answered in step: it is said on stderr and the process exits non-zero,
+having written nothing to the repository.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import stat
 import sys
+from typing import TYPE_CHECKING, BinaryIO
 
-from ..auth import Principal
+from ..aio import iterate_blocking, run_blocking
+from ..auth import Authenticator, AuthError, Permission, Principal
 from ..config import Config
+from ..hg.bundle2 import Bundle2Error
+from ..hg.error import HgError, RepoNotFound
+from ..repos import CannotCreate, RepoRegistry, RepoSettings
+from ..wire.v1.commands import COMMANDS, Command, Session, Stream, bind_args
+from ..wire.v1.transport import (
+    SPOOL_CHUNK,
+    BadRequest,
+    BundleRequired,
+    PushReply,
+    PushTooLarge,
+    lfs_checker,
+    may_create,
+    open_spool,
+    spool_dir,
+)
+from .pktline import open_stdio
+
+if TYPE_CHECKING:
+    from ..lfs.service import LfsService
 
 __all__ = ["serve_hg_stdio"]
+
+log = logging.getLogger(__name__)
+
+# A command name or an argument header line (`<name> <len>`); hg's are a few dozen bytes.
+MAX_LINE = 1024
+# All the argument bytes of one command, as HTTP's X-HgArgs-Post limit.
+MAX_ARGS_BYTES = 16 * 1024 * 1024
+# Pairs in a command's dict argument (getbundle sends about ten).
+MAX_PAIRS = 1024
+_NAME = re.compile(rb"[A-Za-z0-9_]{1,64}\Z")
+_DIGITS = re.compile(rb"[0-9]{1,19}\Z")
+
+Args = dict[str, bytes | dict[str, bytes]]
+
+
+class ChannelError(Exception):
+    """The client broke the framing: nothing more can be read in step."""
 
 
 def serve_hg_stdio(config: Config, principal: Principal, repo: str) -> int:
     """Serve Mercurial's SSH protocol for `repo` to `principal` (who may at least read it)."""
-    print("lfsserve: hg over ssh is not available yet", file=sys.stderr)
+    return asyncio.run(_serve(config, principal, repo))
+
+
+def _fail(message: str) -> int:
+    print(f"lfsserve: {message}", file=sys.stderr, flush=True)
     return 1
+
+
+async def _serve(config: Config, principal: Principal, repo: str) -> int:
+    auth = Authenticator(config)
+    registry = RepoRegistry(config.repos_dir, RepoSettings.from_config(config))
+    creatable = may_create(config, auth, principal, repo)
+
+    def check() -> None:
+        with registry.open(repo, may_create=creatable):
+            pass
+    try:
+        # as `hg serve --stdio` does, a missing repository is an abort before the handshake
+        await run_blocking(check)
+    except RepoNotFound as exc:
+        print(f"abort: {exc.message}", file=sys.stderr, flush=True)
+        return 255
+    except CannotCreate as exc:
+        return _fail(str(exc))
+    if not _streamable(0) or not _streamable(1):
+        # asyncio cannot wait on a regular file or /dev/null (it would wait forever)
+        return _fail("hg serve --stdio needs pipes or sockets as stdin and stdout (as sshd gives)")
+    reader, writer = await open_stdio()
+    server = _HgServer(config, auth, registry, principal, repo, creatable, reader, writer)
+    try:
+        return await server.run()
+    except ChannelError as exc:
+        return _fail(f"hg protocol error: {exc}; nothing was written to the repository by this request")
+    except PushTooLarge as exc:
+        return _fail(f"abort: {exc}")
+    except (BrokenPipeError, ConnectionResetError):
+        return _fail("the client went away")
+    finally:
+        await server.close()
+
+
+def _streamable(fd: int) -> bool:
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+class _HgServer:
+    """One `hg serve --stdio` session: one user, one repository, commands one after the other."""
+
+    def __init__(self, config: Config, auth: Authenticator, registry: RepoRegistry, principal: Principal,
+                 repo: str, creatable: bool, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.config = config
+        self.auth = auth
+        self.registry = registry
+        self.principal = principal
+        self.repo = repo
+        self.creatable = creatable
+        self.r = reader
+        self.w = writer
+        self._lfs: LfsService | None = None   # the LFS service, started at the first push (it vouches for lfs blobs)
+
+    async def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            await self.w.drain()
+        self.w.close()
+        if self._lfs is not None:
+            await self._lfs.stop()
+
+    # -- framing --------------------------------------------------------------------------------
+    async def _line(self, what: str, *, eof_ok: bool = False) -> bytes | None:
+        try:
+            line = await self.r.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            if eof_ok and not exc.partial:
+                return None
+            raise ChannelError(f"input ended in the middle of {what}") from None
+        except asyncio.LimitOverrunError:
+            raise ChannelError(f"{what} is longer than {MAX_LINE} bytes") from None
+        if len(line) > MAX_LINE + 1:
+            raise ChannelError(f"{what} is longer than {MAX_LINE} bytes")
+        return line[:-1]
+
+    async def _exactly(self, n: int, what: str) -> bytes:
+        try:
+            return await self.r.readexactly(n)
+        except asyncio.IncompleteReadError:
+            raise ChannelError(f"input ended in the middle of {what}") from None
+
+    async def _header(self, what: str) -> tuple[bytes, int]:
+        """An argument header `<name> <len>`."""
+        line = await self._line(what)
+        assert line is not None
+        parts = line.split(b" ")
+        if len(parts) != 2 or not _DIGITS.match(parts[1]):
+            raise ChannelError(f"expected `<name> <length>` for {what}, got {line[:60]!r}")
+        return parts[0], int(parts[1])
+
+    async def _args(self, cmd: Command) -> dict[str, bytes]:
+        """The arguments hg sends for `cmd`: one header per declared name, in any order."""
+        out: dict[str, bytes] = {}
+        budget = MAX_ARGS_BYTES
+        declared = set(cmd.args)
+
+        async def value(name: bytes, n: int) -> bytes:
+            nonlocal budget
+            what = f"argument {name[:40].decode('latin-1')!r} of {cmd.name}"
+            if n > budget:
+                raise ChannelError(f"{what} declares {n} bytes; the arguments of one command may take at "
+                                   f"most {MAX_ARGS_BYTES}")
+            budget -= n
+            return await self._exactly(n, what)
+
+        for _ in cmd.args:
+            name, n = await self._header(f"an argument of {cmd.name}")
+            key = name.decode("latin-1")
+            if key not in declared:
+                raise ChannelError(f"unexpected argument {key[:40]!r} for {cmd.name}")
+            declared.discard(key)
+            if key != "*":
+                out[key] = await value(name, n)
+                continue
+            if n > MAX_PAIRS:
+                raise ChannelError(f"{n} pairs in the dict argument of {cmd.name} (at most {MAX_PAIRS})")
+            for _ in range(n):
+                sub, m = await self._header(f"a dict argument of {cmd.name}")
+                out.setdefault(sub.decode("latin-1"), await value(sub, m))
+        return out
+
+    async def _send(self, data: bytes) -> None:
+        self.w.write(data)
+        await self.w.drain()
+
+    async def _respond(self, value: bytes) -> None:
+        await self._send(b"%d\n%s" % (len(value), value))
+
+    async def _out_of_band(self, message: str, hint: str | None = None) -> None:
+        """An error hg shows as `remote: <message>` then `abort: remote error`: the message on
+        stderr, an empty line where the answer's length would be."""
+        text = message.rstrip("\n") + (f"\n({hint})" if hint else "")
+        sys.stderr.write(f"{text}\n-\n")
+        sys.stderr.flush()
+        await self._send(b"\n")
+
+    # -- the session ----------------------------------------------------------------------------
+    async def run(self) -> int:
+        while True:
+            line = await self._line("a command name", eof_ok=True)
+            if not line:
+                return 0   # end of input or an empty line: the client is done
+            if not _NAME.match(line):
+                raise ChannelError(f"expected a command name, got {line[:60]!r}")
+            cmd = COMMANDS.get(line.decode("ascii"))
+            if cmd is None:
+                await self._respond(b"")   # as the protocol says: an unknown command, an empty answer
+                continue
+            given = await self._args(cmd)
+            try:
+                if cmd.permission == "push":
+                    self.auth.authorize(self.principal, self.repo, Permission.WRITE)
+                args = bind_args(cmd, given)
+                if cmd.kind == "push":
+                    await self._push(cmd, args)
+                else:
+                    await self._run(cmd, args)
+            except AuthError as exc:
+                await self._out_of_band(exc.message)
+            except BadRequest as exc:
+                await self._out_of_band(f"bad request: {exc.message}")
+            except RepoNotFound as exc:
+                await self._out_of_band(exc.message)
+            except CannotCreate as exc:
+                await self._out_of_band(str(exc))
+            except BundleRequired as exc:
+                await self._out_of_band(exc.message)
+            except (HgError, Bundle2Error) as exc:
+                log.info("%s on %s refused: %s", cmd.name, self.repo, exc)
+                await self._out_of_band(exc.message, getattr(exc, "hint", None))
+
+    def _session(self, stack: contextlib.ExitStack, payload: BinaryIO | None = None) -> Session:
+        """A Session on the repository, opened into `stack` (blocking: in the executor)."""
+        repo = stack.enter_context(self.registry.open(self.repo, may_create=self.creatable))
+        check = lfs_checker(self.config, self._lfs, self.repo, self.principal) if payload is not None else None
+        return Session(self.config, repo, payload, check, transport="ssh")
+
+    async def _run(self, cmd: Command, args: Args) -> None:
+        with contextlib.ExitStack() as stack:
+            def work() -> bytes | Stream | PushReply:
+                return cmd.func(self._session(stack), **args)
+            if cmd.permission == "push":
+                async with self.registry.write_lock(self.repo):
+                    result = await run_blocking(work)
+            else:
+                result = await run_blocking(work)
+            if isinstance(result, Stream):
+                await self._stream(result)
+                return
+            assert isinstance(result, bytes), f"{cmd.name} is a bytes command"
+            await self._respond(result)
+
+    async def _stream(self, result: Stream) -> None:
+        """A streamed answer, raw (no compression over SSH: hg leaves that to ssh). The first chunk
+        is produced before anything is written, so an error at the start is still an error hg
+        shows; a later one can only cut the session."""
+        async with contextlib.aclosing(iterate_blocking(result.chunks)) as chunks:
+            try:
+                first = await chunks.__anext__()
+            except StopAsyncIteration:
+                first = b""
+            self.w.write(first)
+            try:
+                async for chunk in chunks:
+                    self.w.write(chunk)
+                    await self.w.drain()
+            except (HgError, Bundle2Error, OSError) as exc:
+                raise ChannelError(f"the answer failed after it started: {exc}") from exc
+            await self.w.drain()
+
+    async def _push(self, cmd: Command, args: Args) -> None:
+        """unbundle: `0\\n` (send the bundle), the bundle into a spool file, then applied under the
+        repository's write lock."""
+        if self._lfs is None:
+            from ..lfs.service import LfsService  # only pushes need the LFS store
+            svc = LfsService.create(self.config, self.auth)
+            await svc.start()
+            self._lfs = svc
+        await self._respond(b"")
+        body = await self._spool()
+        try:
+            with contextlib.ExitStack() as stack:
+                def work() -> bytes | Stream | PushReply:
+                    return cmd.func(self._session(stack, body), **args)
+                async with self.registry.write_lock(self.repo):
+                    reply = await run_blocking(work)
+        finally:
+            await run_blocking(body.close)
+        assert isinstance(reply, PushReply), f"{cmd.name} is a push command"
+        if reply.changed:
+            log.info("push to %s by %s applied", self.repo, self.principal)
+        if reply.body.startswith(b"HG20"):
+            await self._send(reply.body)   # a bundle2 reply, read as a stream
+            return
+        # bundle1: `<result>\n<output>`; the output goes where hg's does, to stderr
+        result, _, output = reply.body.partition(b"\n")
+        if output:
+            sys.stderr.buffer.write(output)
+            sys.stderr.flush()
+        await self._respond(b"")
+        await self._respond(result)
+
+    async def _spool(self) -> BinaryIO:
+        """The pushed bundle's frames, into a temporary file (never held in memory)."""
+        limit = self.config.hg.max_push_size
+        fh: BinaryIO = await run_blocking(open_spool, spool_dir(self.config))
+        size = 0
+        try:
+            while True:
+                line = await self._line("the pushed bundle")
+                assert line is not None
+                if not _DIGITS.match(line):
+                    raise ChannelError(f"expected a frame length in the pushed bundle, got {line[:60]!r}")
+                n = int(line)
+                if n == 0:
+                    break
+                size += n
+                if limit and size > limit:
+                    raise PushTooLarge(limit)
+                while n:
+                    chunk = await self._exactly(min(n, SPOOL_CHUNK), "the pushed bundle")
+                    n -= len(chunk)
+                    await run_blocking(fh.write, chunk)
+            await run_blocking(fh.seek, 0)
+        except BaseException:
+            fh.close()
+            raise
+        return fh

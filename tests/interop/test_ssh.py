@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ..support import HG, REPO_ROOT, LfsserveProcess, hg_env, oid_of, run
+from ..support import HG, REPO_ROOT, Hg, LfsserveProcess, hg_env, oid_of, run
 from .lfs_http import LFS, batch, request
 from .lfs_util import stored_oids, temp_files
 from .sshd import Sshd, make_key, make_wrapper, remove_wrapper, start_sshd
@@ -60,12 +60,13 @@ class Site:
 
 @pytest.fixture
 def site(lfsserve, tmp_path):
-    """Factory: site(lfs_transfer=True, keys_command=False) -> Site; sshd stopped by pid at the end."""
+    """Factory: site(lfs_transfer=True, keys_command=False, http_auth="") -> Site (http_auth: more of
+    the HTTP server's [auth] section); sshd stopped by pid at the end."""
     started: list[Sshd] = []
     wrappers: list[Path] = []
 
-    def make(lfs_transfer: bool = True, keys_command: bool = False) -> Site:
-        server = lfsserve(anonymous="none", config="[auth]\n" + RULES)
+    def make(lfs_transfer: bool = True, keys_command: bool = False, http_auth: str = "") -> Site:
+        server = lfsserve(anonymous="none", config="[auth]\n" + http_auth + "\n" + RULES)
         wrapper = make_wrapper()
         wrappers.append(wrapper)
         config = tmp_path / "ssh-config.toml"
@@ -214,15 +215,17 @@ def test_unknown_key_and_disallowed_commands_are_refused(site, tmp_path):
         err = res.stderr.decode()
         assert message in err and err.count("\n") == 1, (command, err)
         assert res.stdout == b""
-    res = s.sshd.ssh(alice, "hg -R team/game serve --stdio")
-    assert res.returncode == 1 and "hg over ssh is not available yet" in res.stderr.decode()
+    # team/game is no hg repository: hg serve's abort, before the handshake
+    res = s.sshd.ssh(alice, "hg -R team/game serve --stdio", input=b"hello\n")
+    assert res.returncode == 255 and res.stdout == b"", res
+    assert res.stderr.decode() == "abort: repository team/game not found\n"
     # The real hg client's command line (ssh://host//path form) gets through the parser and the
     # read check to the hg transport, for a reader and a writer alike.
     for user in ("bob", "alice"):
         res = run([HG, "clone", "-e", s.sshd.ssh_command(s.keys[user]),
                    f"ssh://root@127.0.0.1:{s.sshd.port}//team/game", str(tmp_path / f"hg-{user}")],
                   env=hg_env(tmp_path / "hg-home"), check=False)
-        assert res.returncode != 0 and "remote: lfsserve: hg over ssh is not available yet" in _text(res), _text(res)
+        assert res.returncode != 0 and "remote: abort: repository team/game not found" in _text(res), _text(res)
     res = s.sshd.ssh(s.keys["bob"], "git-lfs-transfer team/game upload")
     assert res.returncode == 1 and "user bob may not write to team/game" in res.stderr.decode()
 
@@ -256,3 +259,283 @@ def test_authorized_keys_command_and_authenticate_token_scope(site, tmp_path):
     assert res.returncode == 1 and "may not write" in res.stderr.decode()
     assert s.sshd.ssh(s.keys["eve"], "git-lfs-authenticate team/game download").returncode == 255
     assert not temp_files(s.server.root)
+
+
+# -- hg over SSH ------------------------------------------------------------------------------------
+
+PASSWORD = "s3cret-alice"
+
+
+def _hg_as(site: Site, user: str, home: Path, exe: str = HG) -> Hg:
+    """A real hg client whose ssh logs in with `user`'s key (ui.ssh, as users configure it)."""
+    return Hg(home / user, f"[ui]\nssh = {site.sshd.ssh_command(site.keys[user])}\n", exe=exe)
+
+
+def _hg_url(site: Site, repo: str) -> str:
+    return f"ssh://root@127.0.0.1:{site.sshd.port}/{repo}"
+
+
+def _hg_repo(site: Site, name: str) -> Path:
+    res = lfsserve_cli("init", "--root", site.server.root, name)
+    assert res.returncode == 0, res.stderr.decode()
+    return site.server.root / "repos" / name
+
+
+def _commit(hg: Hg, repo: Path, name: str, data: bytes) -> None:
+    (repo / name).write_bytes(data)
+    hg("commit", "-A", "-m", f"add {name}", cwd=repo)
+
+
+def test_hg_clone_pull_push_over_ssh(site, tmp_path):
+    s = site()
+    served = _hg_repo(s, "team/hg")
+    url = _hg_url(s, "team/hg")
+    alice, bob = _hg_as(s, "alice", tmp_path), _hg_as(s, "bob", tmp_path)
+
+    work = tmp_path / "alice-work"
+    alice("clone", url, str(work))
+    _commit(alice, work, "a.txt", b"one\n" * 1000)
+    _commit(alice, work, "b.bin", _data(50_000, 1))
+    alice("bookmark", "feature", cwd=work)
+    out = _text(alice("push", "-B", "feature", cwd=work))
+    assert "remote: added 2 changesets with 2 changes to 2 files" in out and "exporting bookmark feature" in out, out
+
+    clone, stream = tmp_path / "bob-clone", tmp_path / "bob-stream"
+    bob("clone", url, str(clone))
+    out = _text(bob("clone", "--stream", url, str(stream)))
+    assert "streaming all changes" in out, out
+    for repo in (clone, stream):
+        assert (repo / "b.bin").read_bytes() == _data(50_000, 1)
+        assert bob.out("log", "-T", "{phase} {bookmarks}\n", cwd=repo) == "public feature\npublic \n"
+
+    _commit(alice, work, "c.txt", b"three\n")
+    alice("push", cwd=work)
+    out = _text(bob("pull", "-u", cwd=clone))
+    assert "added 1 changesets with 1 changes to 1 files" in out, out
+    assert (clone / "c.txt").read_bytes() == b"three\n"
+    assert bob.out("log", "-r", "feature", "-T", "{desc}", cwd=clone) == "add c.txt"  # the bookmark moved
+
+    # a read-only user's push: hg's remote error, nothing written
+    _commit(bob, clone, "bob.txt", b"bob\n")
+    res = bob("push", cwd=clone, check=False)
+    assert res.returncode != 0, _text(res)
+    assert "remote: user bob may not write to team/hg" in _text(res) and "abort: remote error" in _text(res)
+    assert len(alice.out("log", "-R", str(served), "-T", "{node}\n").split()) == 3
+
+    # a new head is refused, then pushed with -f; the server publishes (hg's default), so the
+    # pushed head becomes public, and a pull brings that phase back to a clone that lost it
+    other = tmp_path / "alice-other"
+    alice("clone", "-r", "0", url, str(other))
+    _commit(alice, other, "head.txt", b"head\n")
+    res = alice("push", cwd=other, check=False)
+    assert res.returncode != 0 and "push creates new remote head" in _text(res), _text(res)
+    alice("push", "-f", cwd=other)
+    assert alice.out("log", "-R", str(served), "-r", "head()", "-T", "{phase}\n") == "public\npublic\n"
+    # phases and bookmarks move over pushkey/bookmarks parts
+    alice("phase", "--draft", "--force", "-r", ".", cwd=other)
+    alice("pull", cwd=other)
+    assert alice.out("log", "-r", ".", "-T", "{phase}", cwd=other) == "public"
+    alice("bookmark", "-d", "feature", cwd=work)
+    res = alice("push", "-B", "feature", cwd=work, check=False)
+    out = _text(res)
+    assert res.returncode == 1 and "deleting remote bookmark feature" in out, out  # 1: no changesets
+    assert bob.out("bookmarks", "-R", str(served)).strip() == "no bookmarks set"
+    assert "Traceback" not in out
+    alice("verify", "-R", str(served))
+
+
+def test_hg_http_and_ssh_pushes_race_on_one_repository(site, tmp_path):
+    s = site(http_auth=f'htpasswd = "{_htpasswd(tmp_path, "alice")}"')
+    served = _hg_repo(s, "team/race")
+    alice = _hg_as(s, "alice", tmp_path)
+    base = tmp_path / "base"
+    alice("clone", _hg_url(s, "team/race"), str(base))
+    _commit(alice, base, "base.txt", b"base\n")
+    alice("push", cwd=base)
+
+    http_url = f"{s.server.url}/team/race"
+    clones = {}
+    for via in ("http", "ssh"):
+        clone = tmp_path / via
+        alice("clone", str(base), str(clone))
+        for i in range(20):
+            _commit(alice, clone, f"{via}-{i}.bin", _data(20_000, i + (100 if via == "ssh" else 0)))
+        clones[via] = clone
+    with open(clones["http"] / ".hg" / "hgrc", "a") as fh:
+        fh.write(f"[auth]\nx.prefix = {http_url}\nx.username = alice\nx.password = {PASSWORD}-alice\n")
+    procs = {
+        via: subprocess.Popen([HG, "push", "-f", url], cwd=clones[via], env=alice.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for via, url in (("http", http_url), ("ssh", _hg_url(s, "team/race")))
+    }
+    outs = {via: p.communicate(timeout=300)[0].decode(errors="replace") for via, p in procs.items()}
+    for via, p in procs.items():
+        assert p.returncode == 0, (via, outs[via])
+        assert "added 20 changesets with 20 changes to 20 files" in outs[via], outs[via]
+    res = alice("verify", "-R", str(served))
+    assert "checked 41 changesets" in _text(res), _text(res)
+    assert len(alice.out("log", "-R", str(served), "-r", "head()", "-T", "{node}\n").split()) == 2
+
+
+def _htpasswd(tmp_path: Path, *users: str) -> Path:
+    htpasswd = tmp_path / "htpasswd"
+    for user in users:
+        res = subprocess.run([sys.executable, "-m", "lfsserve", "adduser", "--htpasswd", str(htpasswd),
+                              "--password-stdin", user], cwd=REPO_ROOT, input=f"{PASSWORD}-{user}\n".encode(),
+                             capture_output=True, check=False)
+        assert res.returncode == 0, res.stderr.decode()
+    return htpasswd
+
+
+def test_hg_lfs_over_ssh_with_blobs_over_http(site, tmp_path):
+    s = site(http_auth=f'htpasswd = "{_htpasswd(tmp_path, "alice", "bob")}"')
+    served = _hg_repo(s, "team/media")
+    lfs_url = f"{s.server.url}/team/media/.git/info/lfs"
+
+    def lfs_hg(user: str) -> Hg:
+        return Hg(tmp_path / f"lfs-{user}", f"[ui]\nssh = {s.sshd.ssh_command(s.keys[user])}\n"
+                  f"[extensions]\nlfs =\n[lfs]\nurl = {lfs_url}\ntrack = size('>10KB')\n"
+                  f"[auth]\nx.prefix = {s.server.url}/team/\nx.username = {user}\nx.password = {PASSWORD}-{user}\n")
+    alice, bob = lfs_hg("alice"), lfs_hg("bob")
+    work = tmp_path / "lfs-work"
+    alice("clone", _hg_url(s, "team/media"), str(work))
+    big = _data(300_000, 7)
+    _commit(alice, work, "big.bin", big)
+    _commit(alice, work, "small.txt", b"small\n")
+    out = _text(alice("push", cwd=work))
+    assert "lfs: uploaded 1 files" in out and "remote: added 2 changesets" in out, out
+    assert "lfs" in (served / ".hg" / "store" / "requires").read_text().split()  # share-safe
+    assert oid_of(big) in stored_oids(s.server.root)
+    # blobs sent elsewhere: the SSH push is checked against the blob store as an HTTP push is
+    _commit(alice, work, "elsewhere.bin", _data(200_000, 8))
+    res = alice("push", "--config", f"lfs.url=file://{tmp_path / 'elsewhere'}", cwd=work, check=False)
+    assert res.returncode != 0 and "remote: push refused: 1 LFS object(s) referenced by the pushed changesets are " \
+        "not on this server" in _text(res), _text(res)
+    assert len(alice.out("log", "-R", str(served), "-T", "{node}\n").split()) == 2
+    clone = tmp_path / "lfs-clone"
+    out = _text(bob("clone", _hg_url(s, "team/media"), str(clone)))
+    assert (clone / "big.bin").read_bytes() == big, out
+    alice("verify", "-R", str(served))
+
+
+def test_hg593_clones_over_ssh(site, tmp_path, hg593_path):
+    s = site()
+    _hg_repo(s, "team/old")
+    alice = _hg_as(s, "alice", tmp_path)
+    work = tmp_path / "work"
+    alice("clone", _hg_url(s, "team/old"), str(work))
+    _commit(alice, work, "a.txt", b"a\n" * 500)
+    alice("push", cwd=work)
+    old = _hg_as(s, "bob", tmp_path / "old", exe=hg593_path)
+    out = _text(old("clone", _hg_url(s, "team/old"), str(tmp_path / "old-clone")))
+    assert "added 1 changesets with 1 changes to 1 files" in out, out
+    assert (tmp_path / "old-clone" / "a.txt").read_bytes() == b"a\n" * 500
+    old("verify", cwd=tmp_path / "old-clone")
+
+
+# -- the hg channel driven directly (no sshd): `lfsserve ssh` with SSH_ORIGINAL_COMMAND ----------------
+
+NULL_PAIR = b"-".join([b"0" * 40] * 2)
+HANDSHAKE = b"hello\nbetween\npairs %d\n%s" % (len(NULL_PAIR), NULL_PAIR)
+
+
+@pytest.fixture
+def channel(tmp_path):
+    """channel(user, input, repo="team/raw") -> CompletedProcess of `lfsserve ssh` speaking hg."""
+    root = tmp_path / "root"
+    config = tmp_path / "raw.toml"
+    config.write_text(f'[server]\nroot = "{root}"\n[hg]\nmax_push_size = 100000\ncreate_on_push = true\n'
+                      f'[auth]\nanonymous = "none"\n{RULES}')
+    res = lfsserve_cli("init", "--root", root, "team/raw")
+    assert res.returncode == 0, res.stderr.decode()
+
+    def talk(user: str, data: bytes, repo: str = "team/raw") -> subprocess.CompletedProcess:
+        env = {**hg_env(tmp_path / "home"), "SSH_ORIGINAL_COMMAND": f"hg -R {repo} serve --stdio"}
+        return subprocess.run([sys.executable, "-m", "lfsserve", "ssh", "--config", str(config), "--user", user],
+                              cwd=REPO_ROOT, env=env, input=data, capture_output=True, timeout=120, check=False)
+    talk.repo = root / "repos" / "team" / "raw"  # type: ignore[attr-defined]
+    talk.spool = root / "tmp"  # type: ignore[attr-defined]
+    return talk
+
+
+def _frames(out: bytes) -> list[bytes]:
+    frames = []
+    while out:
+        size, _, rest = out.partition(b"\n")
+        frames.append(rest[:int(size)])
+        out = rest[int(size):]
+    return frames
+
+
+def test_hg_channel_handshake_and_unknown_command(channel):
+    res = channel("bob", HANDSHAKE + b"frobnicate\nheads\n")
+    assert res.returncode == 0 and res.stderr == b"", res
+    hello, between, unknown, heads = _frames(res.stdout)
+    assert hello.startswith(b"capabilities: ") and hello.endswith(b"\n")
+    caps = hello[len(b"capabilities: "):-1].split(b" ")
+    assert {b"batch", b"getbundle", b"known", b"pushkey", b"protocaps", b"unbundlehash"} <= set(caps)
+    assert any(c.startswith(b"unbundle=") for c in caps)
+    # HTTP's own capabilities are not offered over SSH
+    assert not any(c.startswith((b"httpheader", b"httpmediatype", b"compression", b"httppostargs")) for c in caps)
+    assert between == b"\n" and unknown == b"" and heads == b"0" * 40 + b"\n"
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"\x00\xff\xfegarbage\n", "expected a command name"),
+    (b"known\nnodes 40\nabc", "input ended in the middle of argument 'nodes' of known"),
+    (b"known\nnodes\n", "expected `<name> <length>`"),
+    (b"known\nnodes 99999999999\n", "declares 99999999999 bytes"),
+    (b"known\nother 3\nabc", "unexpected argument 'other' for known"),
+    (b"getbundle\n* 99999999\n", "pairs in the dict argument of getbundle"),
+    (b"x" * 200_000, "longer than 1024 bytes"),
+], ids=["garbage", "truncated", "no-length", "huge-length", "undeclared", "huge-count", "endless-line"])
+def test_hg_channel_broken_framing_is_said_and_ends_the_session(channel, data, message):
+    res = channel("alice", HANDSHAKE + data)
+    assert res.returncode == 1, res
+    err = res.stderr.decode()
+    assert message in err and err.startswith("lfsserve: hg protocol error: "), err
+    assert len(_frames(res.stdout)) == 2   # the handshake's answers, nothing after them
+
+
+def test_hg_channel_missing_repository(channel):
+    # a reader: hg serve's abort before the handshake
+    res = channel("bob", HANDSHAKE, repo="team/new")
+    assert res.returncode == 255 and res.stdout == b"", res
+    assert res.stderr.decode() == "abort: repository team/new not found\n"
+    # a writer where hg.create_on_push allows it: an empty repository until a push creates it
+    res = channel("alice", HANDSHAKE + b"heads\n", repo="team/new")
+    assert res.returncode == 0, res
+    assert _frames(res.stdout)[1:] == [b"\n", b"0" * 40 + b"\n"]
+    assert not (channel.repo.parent / "new").exists()
+
+
+def _bundle_frames(chunks: list[bytes]) -> bytes:
+    return b"".join(b"%d\n%s" % (len(c), c) for c in chunks)
+
+
+def test_hg_channel_unbundle_refusals_write_nothing(channel, tmp_path):
+    before = sorted(p.name for p in (channel.repo / ".hg" / "store").iterdir())
+    push = b"unbundle\nheads 5\nforce"
+    # EOF in the middle of the bundle: told on stderr, the spooled part dropped
+    res = channel("alice", HANDSHAKE + push + b"100\nHG20" + b"\0" * 10)
+    assert res.returncode == 1 and "input ended in the middle of the pushed bundle" in res.stderr.decode(), res
+    assert _frames(res.stdout)[2:] == [b""]   # the go-ahead, then nothing
+    # a frame length that is no number
+    res = channel("alice", HANDSHAKE + push + b"12x\n")
+    assert res.returncode == 1 and "expected a frame length" in res.stderr.decode(), res
+    # more than hg.max_push_size
+    res = channel("alice", HANDSHAKE + push + _bundle_frames([b"\0" * 60000] * 2) + b"0\n")
+    assert res.returncode == 1 and "push larger than this server's limit of 97.66 KiB" in res.stderr.decode(), res
+    # a reader: hg's out-of-band error before any of the bundle is read; the session goes on
+    res = channel("bob", HANDSHAKE + push + b"heads\n")
+    assert res.returncode == 0, res
+    assert res.stdout.endswith(b"\n41\n" + b"0" * 40 + b"\n")
+    assert res.stderr.decode() == "user bob may not write to team/raw\n-\n"
+    # a bundle that is no bundle: refused inside a bundle2 reply, nothing applied
+    res = channel("alice", HANDSHAKE + push + _bundle_frames([b"garbage"]) + b"0\n")
+    assert res.returncode == 0, res
+    assert sorted(p.name for p in (channel.repo / ".hg" / "store").iterdir()) == before
+    assert list(channel.spool.iterdir()) == []
+    res = subprocess.run([HG, "verify", "-R", str(channel.repo)], env=hg_env(tmp_path / "home"), capture_output=True,
+                         check=False)
+    assert res.returncode == 0, res

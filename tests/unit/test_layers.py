@@ -25,8 +25,9 @@ TOP = {"lfsserve.app", "lfsserve.server", "lfsserve.cli", "lfsserve.admin", "lfs
 UTILS = {"lfsserve.aio", "lfsserve.sqlitedb", "lfsserve.config"}
 FRONT_ENDS = ("lfsserve.wire", "lfsserve.lfs", "lfsserve.ssh", "lfsserve.web")
 # Service modules of a front end that other front ends may use: LfsService is the one door to LFS
-# storage (its HTTP handlers in lfs/ stay private to that front end).
-SHARED_SERVICES = {"lfsserve.lfs.service"}
+# storage (its HTTP handlers in lfs/ stay private to that front end); the transport-free wire v1
+# commands and what their transports share serve hg over HTTP (wire/) and over SSH (ssh/).
+SHARED_SERVICES = {"lfsserve.lfs.service", "lfsserve.wire.v1.commands", "lfsserve.wire.v1.transport"}
 STORES = ("lfsserve.hg", "lfsserve.blobstore")
 
 

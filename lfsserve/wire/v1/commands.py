@@ -102,10 +102,22 @@ def bind_args(cmd: Command, given: dict[str, bytes]) -> dict[str, bytes | dict[s
 
 # -- byte commands ----------------------------------------------------------------------------------
 
+def _capabilities(s: Session) -> bytes:
+    # SSH adds protocaps (hg's sshv1 handler does: the client then says which compression it
+    # takes, which SSH answers ignore)
+    extra = http_capabilities(s.config, s.offer_postargs) if s.transport == "http" else ["protocaps"]
+    return capabilities_bytes(s.config, s.repo, extra)
+
+
 @command("capabilities")
 def capabilities(s: Session) -> bytes:
-    extra = http_capabilities(s.config, s.offer_postargs) if s.transport == "http" else []
-    return capabilities_bytes(s.config, s.repo, extra)
+    return _capabilities(s)
+
+
+@command("hello")
+def hello(s: Session) -> bytes:
+    """The first question of the SSH handshake (hg answers it over HTTP too)."""
+    return b"capabilities: " + _capabilities(s) + b"\n"
 
 
 @command("heads")

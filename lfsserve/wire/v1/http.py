@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from ..compression import MEDIA_01, compress_stream, negotiate
 from ..protocol import BadRequest, header_args, parse_client_proto, parse_qs_bytes
 from ..unbundle import LfsCheck, PushReply
 from .commands import COMMANDS, Command, Result, Session, Stream, bind_args
+from .transport import SPOOL_CHUNK, PushTooLarge, lfs_checker, may_create, open_spool, spool_dir
 
 __all__ = ["V1", "V1State", "handle", "setup"]
 
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 HG_ERROR = "application/hg-error"
 SCRIPT_OK = "Script output follows"
-SPOOL_CHUNK = 1024 * 1024
 MAX_POST_ARGS = 16 * 1024 * 1024
 
 # Decoded arguments of a command, as bind_args gives them.
@@ -64,8 +63,7 @@ V1 = web.AppKey("lfsserve_wire_v1", V1State)
 
 def setup(app: web.Application) -> None:
     ctx = app[CTX]
-    spool = ctx.config.root / "tmp"
-    app[V1] = V1State(spool)
+    app[V1] = V1State(spool_dir(ctx.config))
     ctx.register(Kind.HG, handle)
 
 
@@ -227,7 +225,7 @@ async def _drain(request: web.Request, limit: int) -> None:
 
 def _may_create(request: web.Request, repo_name: str, principal: Principal) -> bool:
     ctx = request.app[CTX]
-    return ctx.config.hg.create_on_push and ctx.auth.permission(principal, repo_name) >= Permission.WRITE
+    return may_create(ctx.config, ctx.auth, principal, repo_name)
 
 
 def _opened(request: web.Request, target: Target, principal: Principal, stack: contextlib.ExitStack,
@@ -304,30 +302,15 @@ async def _stream(request: web.Request, result: Stream) -> web.StreamResponse:
         return response
 
 
-class PushTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"push larger than this server's limit of {_size_text(limit)} (hg.max_push_size)")
-        self.limit = limit
-
-
-def _size_text(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.4g} {unit}"
-    return f"{n} bytes"
-
-
-async def _spool(request: web.Request, spool_dir: Path, limit: int = 0) -> BinaryIO:
+async def _spool(request: web.Request, directory: Path, limit: int = 0) -> BinaryIO:
     """Copy the request body to an anonymous temporary file (never held in memory).
 
     With `limit`, a body announced or found to be larger raises PushTooLarge; what was spooled
     is dropped with the file."""
     if limit and request.content_length is not None and request.content_length > limit:
         raise PushTooLarge(limit)
-    await run_blocking(spool_dir.mkdir, parents=True, exist_ok=True)
     # the file outlives this function on success: the caller applies the push from it, then closes it
-    fh: BinaryIO = await run_blocking(
-        lambda: tempfile.TemporaryFile("w+b", dir=spool_dir, prefix="unbundle-"))  # noqa: SIM115
+    fh = await run_blocking(open_spool, directory)
     size = 0
     try:
         while True:
@@ -346,20 +329,8 @@ async def _spool(request: web.Request, spool_dir: Path, limit: int = 0) -> Binar
 
 
 def _lfs_checker(request: web.Request, repo_name: str, principal: Principal) -> LfsCheck:
-    """A callback for the push thread: which lfs oids of the push are not acceptable.
-
-    The LFS service also makes the acceptable ones visible in this repository's namespace, so it
-    is called even when lfs.require_pushed_blobs is off (the refusal is then skipped)."""
-    config = request.app[CTX].config
-    service = request.app[CTX].lfs_blobs
-
-    def check(oids: set[str]) -> set[str]:
-        if service is None:
-            bad = set(oids)  # no LFS store in this server: nothing can vouch for these blobs
-        else:
-            bad = set(service.accept_pushed_pointers_sync(repo_name, sorted(oids), principal))
-        return bad if config.lfs.require_pushed_blobs else set()
-    return check
+    ctx = request.app[CTX]
+    return lfs_checker(ctx.config, ctx.lfs_blobs, repo_name, principal)
 
 
 async def _push(request: web.Request, target: Target, principal: Principal, cmd: Command,
