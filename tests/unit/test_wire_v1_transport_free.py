@@ -136,3 +136,11 @@ def test_both_repositories_are_served_repositories(tmp_path):
         missing = [n for n in members if not hasattr(served, n)]
         assert not missing, f"{type(served).__name__} lacks {missing}"
     repo.close()
+
+
+def test_hg_over_ssh_path_imports_no_aiohttp():
+    """`lfsserve ssh` starts once per hg command: what its hg session imports is start-up CPU on
+    every clone and pull (bench/ssh_bench.py). The HTTP stack must stay out of it."""
+    probe = "import sys, lfsserve.ssh.session, lfsserve.ssh.hg; print('aiohttp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ...auth import Authenticator, Permission, Principal
 from ...config import Config
-from ...kernel import LfsBlobPolicy
 from ..capabilities import BundleRequired
 from ..protocol import BadRequest
 from ..unbundle import LfsCheck, PushReply
+
+if TYPE_CHECKING:
+    from ...kernel import LfsBlobPolicy
 
 # The errors and the push answer a transport turns into its own framing are re-exported here.
 __all__ = ["SPOOL_CHUNK", "BadRequest", "BundleRequired", "PushReply", "PushTooLarge", "lfs_checker",
