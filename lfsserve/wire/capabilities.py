@@ -59,7 +59,9 @@ def stream_allowed(config: Config, repo: ServedRepo) -> bool:
     return config.hg.stream_clone and not repo.has_secret()
 
 
-def server_bundle2_caps(streamable: bool) -> dict[str, list[str]]:
+def server_bundle2_caps(streamable: bool, obsmarkers: bool = False) -> dict[str, list[str]]:
+    """The bundle2 capabilities; `obsmarkers`: the repository exchanges obsolescence markers
+    (both formats, as hg advertises them when experimental.evolution.exchange is on)."""
     caps: dict[str, list[str]] = {
         "HG20": [],
         "bookmarks": [],
@@ -73,6 +75,8 @@ def server_bundle2_caps(streamable: bool) -> dict[str, list[str]]:
     }
     if streamable:
         caps["stream"] = ["v2"]
+    if obsmarkers:
+        caps["obsmarkers"] = ["V0", "V1"]
     return caps
 
 
@@ -100,10 +104,11 @@ def capabilities_bytes(config: Config, repo: ServedRepo, transport_caps: Iterabl
     hence no `delta-compression`. lfsserve always serves LFS, so `lfs` is always there.
     """
     streamable = stream_allowed(config, repo)
+    b2caps = server_bundle2_caps(streamable, repo.config.evolution.exchange)
     caps = [
         "batch",
         "branchmap",
-        "bundle2=" + urllib.parse.quote(bundle2.encode_caps(server_bundle2_caps(streamable))),
+        "bundle2=" + urllib.parse.quote(bundle2.encode_caps(b2caps)),
         "changegroupsubset",
         "getbundle",
         "known",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, cast
 
 from ..config import Config
-from ..hg import bundle2
+from ..hg import bundle2, obsolete
 from ..hg.bundle2 import Bundle2Error, InPart, OutPart, UnsupportedContent
 from ..hg.changegroup import ApplyResult
 from ..hg.error import Abort, HgError, PushRaced
@@ -274,6 +274,7 @@ class PushOperation:
     output: list[str] = field(default_factory=list)
     final: list[str] = field(default_factory=list)
     lfs_oids: set[str] = field(default_factory=set)
+    new_markers: int = 0
     _tr_cm: contextlib.AbstractContextManager[Transaction] | None = None
     _tr: Transaction | None = None
 
@@ -333,6 +334,7 @@ def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None,
         reader = bundle2.BundleReader(body, max_unpacked=limits.max_unpacked,
                                       unpacked_setting="hg.max_unpacked_push_size")
         with repo.lock():
+            troubles = repo.instabilities() if repo.config.evolution.createmarkers else None
             with op:
                 for part in reader.parts():
                     op.output = []
@@ -343,6 +345,8 @@ def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None,
                             op.reply.append(OutPart(b"output", [], [(b"in-reply-to", b"%d" % part.id)],
                                                     "".join(op.output).encode("utf-8")))
                 _check_lfs(op.lfs_oids, check_lfs)
+            if troubles is not None and op.started:
+                op.final.extend(_evolution_report(repo, troubles, op.new_markers))
         op.reply.append(OutPart(b"output", data="".join(op.final).encode("utf-8")))
         return PushReply(bundle2.encode_parts(op.reply), changed=op.started)
     except (HgError, Bundle2Error) as exc:
@@ -483,3 +487,38 @@ def _pushkey(op: PushOperation, part: InPart) -> None:
     op.reply.append(OutPart(b"REPLY:PUSHKEY", [], [(b"in-reply-to", b"%d" % part.id), (b"return", b"%d" % ok)]))
     if part.mandatory and not ok:
         raise _PushkeyFailed(part.id, dict(params))
+
+
+# The most bytes of obsolescence markers one push may carry (about 90,000 typical markers); the
+# part is read whole, so this also bounds the memory a push can make the server use for them.
+MAX_OBSMARKERS_PART = 8 * 1024 * 1024
+
+
+@parthandler(b"obsmarkers")
+def _obsmarkers(op: PushOperation, part: InPart) -> None:
+    repo = op.repo
+    if not repo.config.evolution.createmarkers and not part.mandatory:
+        return  # as hg: advisory markers are dropped where the feature is off
+    data = part.read_all(MAX_OBSMARKERS_PART)
+    _version, markers = obsolete.decode_markers(data)  # raises before anything is written
+    new = repo.add_markers(op.transaction(), markers)
+    op.new_markers += new
+    op.reply.append(OutPart(b"reply:obsmarkers", [], [(b"in-reply-to", b"%d" % part.id), (b"new", b"%d" % new)]))
+
+
+def _evolution_report(repo: Repository, before: dict[str, frozenset[int]], new_markers: int) -> list[str]:
+    """What hg's transaction summary says about obsolescence after a push: the new markers, the
+    changesets they obsoleted, and the new troubled changesets of each kind."""
+    after = repo.instabilities()
+    out = []
+    if new_markers:
+        out.append(f"{new_markers} new obsolescence markers\n")
+    obsoleted = after["obsolete"] - before["obsolete"]
+    if obsoleted:
+        out.append(f"obsoleted {len(obsoleted)} changesets\n")
+    mask = repo.visible_mask
+    for kind in ("orphan", "phase-divergent", "content-divergent"):
+        delta = sum(1 for r in after[kind] if mask[r]) - sum(1 for r in before[kind] if r < len(mask) and mask[r])
+        if delta > 0:
+            out.append(f"{delta} new {kind} changesets\n")
+    return out

@@ -59,3 +59,67 @@ def test_non_publishing_repository_keeps_pushed_drafts(server, hg, tmp_path):
     hg("push", cwd=tmp_path / "a")
     assert hg.out("log", "-T", "{phase} ", cwd=served) == "public public "
     hg("verify", cwd=served)
+
+
+EVOLVE_RC = "[phases]\npublish = False\n[experimental]\nevolution = all\n"
+
+
+def log(hg: Hg, repo: Path, *args: str) -> list[str]:
+    return hg.out("log", "-T", "{desc}\n", *args, cwd=repo).splitlines()
+
+
+def test_amend_prune_divergence_with_evolve_clients(server, tmp_path):
+    served = server_repo(server, Hg(tmp_path / "admin"), "team/evo", EVOLVE_RC)
+    url = f"{server.url}/team/evo"
+    evo = Hg(tmp_path / "evo-home", "[extensions]\nevolve =\n")
+    plain = Hg(tmp_path / "plain-home")
+    a, b = tmp_path / "a", tmp_path / "b"
+    evo("clone", url, str(a))
+    commit(evo, a, "f", "base\n")
+    commit(evo, a, "f", "one\n")
+    evo("push", cwd=a)
+    evo("clone", url, str(b))
+    old = evo.out("log", "-r", ".", "-T", "{node}", cwd=a)
+
+    # A amends and pushes: no --force needed, the marker reaches the server
+    (a / "f").write_text("one, amended\n")
+    evo("amend", "-m", "f: one amended", cwd=a)
+    new = evo.out("log", "-r", ".", "-T", "{node}", cwd=a)
+    out = evo.out("push", cwd=a)
+    assert "remote: 1 new obsolescence markers" in out and "remote: obsoleted 1 changesets" in out, out
+    markers = evo.out("debugobsolete", cwd=served)
+    assert markers.startswith(f"{old} {new} 0 (") and markers.count("\n") == 1, markers
+    assert evo.out("heads", "-T", "{node}\n", cwd=served).split() == [new]
+
+    # B pulls: one head, the amended changeset; the old one is obsolete there too
+    evo("pull", "-u", cwd=b)
+    assert evo.out("heads", "-T", "{node}\n", cwd=b).split() == [new]
+    assert evo.out("log", "-r", "obsolete()", "--hidden", "-T", "{node}", cwd=b) == old
+    # a client without evolve sees only the visible changesets
+    plain("clone", url, str(tmp_path / "c"))
+    assert log(plain, tmp_path / "c") == ["f: one amended", "f: base"]
+
+    # prune: a draft pushed, then pruned; the prune marker travels without any changeset
+    commit(evo, a, "g", "doomed\n")
+    evo("push", cwd=a)
+    evo("prune", "-r", ".", cwd=a)
+    res = evo("push", cwd=a, check=False)
+    assert "remote: 1 new obsolescence markers" in res.stdout.decode(), res.stdout
+    assert log(plain, served, "-r", "all()") == ["f: base", "f: one amended"]
+    assert evo.out("heads", "-T", "{node}\n", cwd=served).split() == [new]
+
+    # divergence: A and B rewrite the same changeset each their own way
+    evo("pull", "-u", cwd=b)
+    (a / "f").write_text("A's way\n")
+    evo("amend", "-m", "f: A's way", cwd=a)
+    evo("push", cwd=a)
+    (b / "f").write_text("B's way\n")
+    evo("amend", "-m", "f: B's way", cwd=b)
+    out = evo.out("push", "-f", cwd=b)
+    assert "remote: 2 new content-divergent changesets" in out, out
+    evo("pull", cwd=a)
+    assert len(evo.out("log", "-r", "contentdivergent()", "-T", "{node}\n", cwd=a).split()) == 2
+    # a new plain clone: both rewrites, not what they replaced
+    plain("clone", "-U", url, str(tmp_path / "d"))
+    assert sorted(log(plain, tmp_path / "d")) == ["f: A's way", "f: B's way", "f: base"]
+    evo("verify", cwd=served)
