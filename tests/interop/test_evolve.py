@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lfsserve.hg import obsolete
+
 from ..support import Hg, LfsserveProcess, start_lfsserve
 
 pytestmark = pytest.mark.interop
@@ -123,3 +125,35 @@ def test_amend_prune_divergence_with_evolve_clients(server, tmp_path):
     plain("clone", "-U", url, str(tmp_path / "d"))
     assert sorted(log(plain, tmp_path / "d")) == ["f: A's way", "f: B's way", "f: base"]
     evo("verify", cwd=served)
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_obsstore_read_and_written_as_hg_does(hg, tmp_path, version):
+    """Markers hg wrote decode and encode back to the same bytes; the v0/v1 choice is the file's."""
+    repo = tmp_path / "r"
+    hg("init", str(repo))
+    commit(hg, repo, "f", "one\n")
+    commit(hg, repo, "f", "two\n")
+    nodes = hg.out("log", "-r", "0:", "-T", "{node}\n", cwd=repo).split()
+    cfg = ["--config", "experimental.evolution.createmarkers=1", "--config", f"format.obsstore-version={version}"]
+    hg("debugobsolete", *cfg, "--record-parents", "-d", "1700000000 -3600", "-u", "Ünïcode <u@example.com>",
+       nodes[0], "ab" * 20, "cd" * 20, cwd=repo)
+    hg("debugobsolete", *cfg, "--record-parents", nodes[1], cwd=repo)  # a prune
+    hg("debugobsolete", *cfg, "12" * 20, "34" * 20, cwd=repo)  # parents unknown, not recorded
+    obsstore = repo / ".hg" / "store" / "obsstore"
+    data = obsstore.read_bytes()
+    listed = hg.out("debugobsolete", *cfg, "-T", "json", cwd=repo)
+    got_version, markers = obsolete.decode_markers(data)
+    assert got_version == version and len(markers) == 3
+    ours = obsolete.encode_markers(markers, version)
+    if version == 1:
+        assert ours == data
+    else:  # hg writes a date given as an integer without ".0"; the marker is the same
+        assert obsolete.decode_markers(ours) == (0, markers)
+    obsstore.write_bytes(ours)
+    assert hg.out("debugobsolete", *cfg, "-T", "json", cwd=repo) == listed
+    assert markers[0][1] == (bytes.fromhex("ab" * 20), bytes.fromhex("cd" * 20))
+    assert markers[0][4] == (1700000000.0, -3600)
+    assert markers[0][5] == (bytes(20),)  # the root's parent, recorded
+    assert markers[1][1] == () and markers[1][5] == (bytes.fromhex(nodes[0]),)
+    assert markers[2][5] is None
