@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 from . import branchmap as branchmod
 from . import dagop, obsolete, phases
 from .bookmarks import BookmarkStore
-from .changelog import Changelog
+from .changelog import Changelog, topic_from_text
 from .error import Abort, CorruptRevlog, HgError, LockTimeout, LookupError, PushRaced, RepoNotFound, UnknownRevision
 from .filelog import Filelog
 from .hgrc import RepoConfig
@@ -403,6 +403,26 @@ class Repository:
         cl = self.changelog
         heads = branchmod.branch_heads(self.branch_of(), self.parents_list, self.visible_mask)
         return {branch: [cl.node(r) for r in revs] for branch, revs in heads.items()}
+
+    def branchmap_tns(self) -> dict[bytes, list[bytes]]:
+        """The branch map of the topic extension (`branchmaptns`): heads by fully qualified branch
+        name, where a draft changeset with a topic belongs to `branch//[namespace/]topic`."""
+        cl = self.changelog
+        arr = self.phase_array
+        topics = branchmod.topic_info(cl)
+        info = [(branchmod.fqbn(b, *topics[r]) if topics[r][1] and arr[r] != phases.PUBLIC else b, closed)
+                for r, (b, closed) in enumerate(self.branch_of())]
+        heads = branchmod.branch_heads(info, self.parents_list, self.visible_mask)
+        return {name: [cl.node(r) for r in revs] for name, revs in heads.items()}
+
+    def topic_of(self, node: bytes) -> bytes:
+        """The topic of a changeset of this repository or of the open transaction (b"": none)."""
+        rev = self._resolve_tr_rev(node)
+        if rev is None:
+            return b""
+        if self._pending is not None and rev >= len(self.changelog):
+            return topic_from_text(self._pending.changelog.revision(rev))[1]
+        return branchmod.topic_info(self.changelog)[rev][1]
 
     def branch_tip(self, branch: bytes) -> bytes | None:
         info = self.branch_of()

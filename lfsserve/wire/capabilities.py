@@ -23,6 +23,7 @@ __all__ = [
     "server_bundle2_caps",
     "stream_allowed",
     "stream_requirements",
+    "topic_capabilities",
 ]
 
 # Requirements a stream-clone client need not share with us (they are about the working copy or
@@ -119,6 +120,7 @@ def capabilities_bytes(config: Config, repo: ServedRepo, transport_caps: Iterabl
         "unbundlehash",
     ]
     caps += transport_caps
+    caps += topic_capabilities(repo)
     if repo.has_lfs:
         caps.append("lfs-serve")
     if streamable:
@@ -127,6 +129,17 @@ def capabilities_bytes(config: Config, repo: ServedRepo, transport_caps: Iterabl
     if clonebundles_manifest(repo) is not None:
         caps += ["clonebundles", "clonebundles_manifest"]
     return " ".join(sorted(caps)).encode("ascii")
+
+
+def topic_capabilities(repo: ServedRepo) -> list[str]:
+    """What a server with hg-evolve's topic extension adds for topic-aware clients: its commands
+    (`_exttopics_heads`, `tns_heads`, `branchmaptns`) and what a push publishes (all, only what
+    has no topic, or nothing)."""
+    topics = repo.config.topics
+    if not topics.enabled:
+        return []
+    mode = "all" if repo.publishing else "auto" if topics.publish_bare_branch else "none"
+    return ["_exttopics_heads", "ext-topics-publish=" + mode, "ext-topics-tns-heads", "topics", "topics-namespaces"]
 
 
 def clonebundles_manifest(repo: ServedRepo) -> bytes | None:

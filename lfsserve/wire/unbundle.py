@@ -409,6 +409,9 @@ def _check_heads(op: PushOperation, part: InPart) -> None:
 def _check_updated_heads(op: PushOperation, part: InPart) -> None:
     theirs = bundle2.decode_nodes(part.read_all(MAX_SMALL_PART))
     current = {h for hs in op.repo.branchmap().values() for h in hs}
+    if op.repo.config.topics.enabled:
+        # a topic client checks the heads of each branch//topic it updates (topic's handler)
+        current.update(h for hs in op.repo.branchmap_tns().values() for h in hs)
     for h in theirs:
         if h not in current:
             raise PushRaced(_RACED)
@@ -449,6 +452,11 @@ def _changegroup(op: PushOperation, part: InPart) -> None:
     target = part.params.get(b"targetphase")
     if result.added and (repo.publishing or target == b"0"):
         repo.phases_advance(tr, PUBLIC, result.added)
+    elif result.added and repo.config.topics.enabled and repo.config.topics.publish_bare_branch:
+        # the topic extension's experimental.topic.publish-bare-branch: what has no topic is public
+        bare = [n for n in result.added if not repo.topic_of(n)]
+        if bare:
+            repo.phases_advance(tr, PUBLIC, bare)
     op.lfs_oids.update(result.lfs_oids)
     if result.added:
         op.final.append(_added_message(result))

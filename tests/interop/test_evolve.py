@@ -157,3 +157,37 @@ def test_obsstore_read_and_written_as_hg_does(hg, tmp_path, version):
     assert markers[0][5] == (bytes(20),)  # the root's parent, recorded
     assert markers[1][1] == () and markers[1][5] == (bytes.fromhex(nodes[0]),)
     assert markers[2][5] is None
+
+
+def test_topics_push_pull_and_bare_branch_publishing(server, tmp_path):
+    served = server_repo(server, Hg(tmp_path / "admin"), "team/topics",
+                         EVOLVE_RC + "topic.publish-bare-branch = yes\n[extensions]\ntopic =\n")
+    url = f"{server.url}/team/topics"
+    top = Hg(tmp_path / "top-home", "[extensions]\nevolve =\ntopic =\n")
+    a, b = tmp_path / "a", tmp_path / "b"
+    top("clone", url, str(a))
+    caps = top.out("debugcapabilities", url)
+    for cap in ("topics", "topics-namespaces", "_exttopics_heads", "ext-topics-publish=auto",
+                "ext-topics-tns-heads", "obsmarkers", "V0", "V1"):
+        assert f"  {cap}\n" in caps or f"    {cap}\n" in caps, (cap, caps)
+    commit(top, a, "f", "base\n")
+    top("push", cwd=a)
+    # without a topic: published by the push (ext-topics-publish=auto)
+    assert top.out("log", "-T", "{phase}", cwd=served) == "public"
+    top("topics", "feature", cwd=a)
+    commit(top, a, "f", "feature work\n")
+    top("push", cwd=a)
+    assert top.out("log", "-r", "tip", "-T", "{phase} {topic}", cwd=served) == "draft feature"
+    top("clone", url, str(b))
+    assert "feature" in top.out("topics", cwd=b)
+    top("update", "feature", cwd=b)
+    assert "feature work" in top.out("stack", cwd=b)
+    # the topic's changeset amended in A: B pulls one head on the topic
+    (a / "f").write_text("feature work, amended\n")
+    top("amend", "-m", "f: feature work amended", cwd=a)
+    top("push", cwd=a)
+    top("pull", cwd=b)
+    # (B's working directory keeps the old one visible there, as obsolete)
+    assert log(top, b, "-r", "obsolete()") == ["f: feature work"]
+    assert log(top, b, "-r", "heads(all()) - obsolete()") == ["f: feature work amended"]
+    assert log(top, served, "-r", "topic(feature)") == ["f: feature work amended"]
