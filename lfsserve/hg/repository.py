@@ -260,7 +260,7 @@ class Repository:
         hidden = set()
         for node in obs.successors:
             r = rev_of.get(node) if rev_of is not None else self.changelog.get_rev(node)
-            if r is not None and r < n and arr[r] != phases.PUBLIC and node not in pinned:
+            if r is not None and 0 <= r < n and arr[r] != phases.PUBLIC and node not in pinned:
                 hidden.add(r)
         if not hidden:
             return base
@@ -279,7 +279,7 @@ class Repository:
         out = []
         for node in obs.successors:
             r = self.changelog.get_rev(node)
-            if r is not None and r < len(arr) and arr[r] != phases.PUBLIC:
+            if r is not None and 0 <= r < len(arr) and arr[r] != phases.PUBLIC:
                 out.append(r)
         return sorted(out)
 
@@ -310,7 +310,7 @@ class Repository:
         phase_div, content_div = set(), set()
         for node in obs.predecessors:
             rev = cl.get_rev(node)
-            if rev is None or rev >= len(arr) or arr[rev] == phases.PUBLIC or rev in obs_revs:
+            if rev is None or not 0 <= rev < len(arr) or arr[rev] == phases.PUBLIC or rev in obs_revs:
                 continue
             seen = {node}
             todo = [node]
@@ -323,7 +323,7 @@ class Repository:
                     seen.add(prec)
                     todo.append(prec)
                     pr = cl.get_rev(prec)
-                    if pr is not None and pr < len(arr) and arr[pr] == phases.PUBLIC and not m[2] & 1:
+                    if pr is not None and 0 <= pr < len(arr) and arr[pr] == phases.PUBLIC and not m[2] & 1:
                         phase_div.add(rev)  # (flag 1: the marker itself fixes a phase-divergence)
                     if len([x for x in obs.successor_sets(prec, is_final, memo) if x]) > 1:
                         content_div.add(rev)
@@ -705,7 +705,7 @@ class Repository:
             arr = self._edit_phases()[0] if self._phases.pending is not None else self.phase_array
             for m in new:
                 r = self._resolve_tr_rev(m[0])
-                if r is not None and r < len(arr) and arr[r] == phases.PUBLIC:
+                if r is not None and 0 <= r < len(arr) and arr[r] == phases.PUBLIC:
                     raise Abort(f"cannot obsolete public changeset: {m[0].hex()[:12]}",
                                 hint="see 'hg help phases' for details")
         try:

@@ -210,12 +210,12 @@ def obsmarkers_part(repo: Repository, heads: list[bytes], b2caps: dict[str, list
     if not common:
         return None
     cl = repo.changelog
-    head_revs = [r for r in (cl.get_rev(h) for h in heads) if r is not None]
+    head_revs = [r for r in (cl.get_rev(h) for h in heads) if r is not None and r >= 0]
     ancestors = dagop.ancestors_mask(repo.parents_list, head_revs)
     nodes = []
     for node in {*obs.predecessors, *obs.successors, *obs.children}:
         r = cl.get_rev(node)
-        if r is not None and ancestors[r]:
+        if r is not None and r >= 0 and ancestors[r]:
             nodes.append(node)
     markers = obsolete.sorted_markers(obs.relevant(nodes))
     if not markers:

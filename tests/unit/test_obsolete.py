@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 
@@ -111,3 +112,52 @@ def test_pushed_markers_are_checked_before_anything_is_kept(tmp_path):
             assert (b"reply:obsmarkers", {b"in-reply-to": b"0", b"new": new}) in reply
         assert obsstore.read_bytes() == good and repo.obsstore.markers == decode_markers(good)[1]
         assert repo.heads() == [public]
+
+
+def test_obsolete_pushkey_namespace_for_old_clients(tmp_path):
+    with RepoSettings(lock_timeout=5, evolution=("all",)).apply(Repository.init(tmp_path / "r")) as repo:
+        assert b"obsolete" in repo.listkeys(b"namespaces") and repo.listkeys(b"obsolete") == {}
+        many = [(bytes([i % 256, i // 256]) * 10, (A,), 0, ((b"user", b"u" * 100),), (float(i), 0), None)
+                for i in range(200)]
+        payload = base64.b85encode(encode_markers(many[:150], 0))
+        with repo.lock(), repo.transaction() as tr:
+            assert repo.pushkey(tr, b"obsolete", b"dump0", b"", payload)
+            assert not repo.pushkey(tr, b"obsolete", b"dump1", b"old", payload)  # an old value: refused
+            assert not repo.pushkey(tr, b"obsolete", b"other", b"", payload)
+            repo.add_markers(tr, many[100:])
+        keys = repo.listkeys(b"obsolete")
+        # format 0 in base85 chunks of at most 5300 bytes, as hg splits them
+        assert len(keys) > 1 and all(len(base64.b85decode(v)) <= 5301 for v in keys.values())
+        got = [m for v in keys.values() for m in decode_markers(base64.b85decode(v))[1]]
+        assert sorted(got) == sorted(many)
+    with RepoSettings(lock_timeout=5).apply(Repository.open(tmp_path / "r")) as repo:
+        # evolution off: markers still hide what they obsolete, but are not exchanged
+        assert b"obsolete" not in repo.listkeys(b"namespaces") and repo.listkeys(b"obsolete") == {}
+
+
+def test_topic_branch_map_and_heads(tmp_path):
+    from lfsserve.hg.branchmap import fqbn, parse_fqbn
+    from lfsserve.wire.v1.commands import COMMANDS, Session
+
+    for name, parts in [(b"default", (b"default", b"none", b"")),
+                        (b"default//feature", (b"default", b"none", b"feature")),
+                        (b"stable//team/fix", (b"stable", b"team", b"fix"))]:
+        assert parse_fqbn(name) == parts and fqbn(*parts) == name
+    path = tmp_path / "r"
+    Repository.init(path).close()
+    (path / ".hg" / "hgrc").write_text("[phases]\npublish = no\n[extensions]\ntopic =\n")
+    with RepoSettings(lock_timeout=5).apply(Repository.open(path)) as repo:
+        for cg in (changegroup03(b"a", b"a\n"), changegroup03(b"b", b"b\n", extra=b"topic:feature"),
+                   changegroup03(b"c", b"c\n", extra=b"topic:fix\0topic-namespace:team")):
+            assert _push(repo, [OutPart(b"CHANGEGROUP", [(b"version", b"03")], data=cg)])[0][0] == b"reply:changegroup"
+        bm = repo.branchmap_tns()
+        assert sorted(bm) == [b"default", b"default//feature", b"default//team/fix"]
+        assert sorted(repo.branchmap()[b"default"]) == sorted(n for ns in bm.values() for n in ns)
+        session = Session(Config(), repo)
+        tns_heads = COMMANDS["tns_heads"].func
+        assert tns_heads(session, namespaces=b"*".hex().encode()).split() == \
+            [n.hex().encode() for n in repo.heads()]
+        # the `team` namespace was not asked for: its head is left out
+        assert sorted(tns_heads(session, namespaces=b"other".hex().encode()).split()) == \
+            sorted(n.hex().encode() for n in bm[b"default"] + bm[b"default//feature"])
+        assert COMMANDS["branchmaptns"].func(session).count(b"\n") == 2
