@@ -40,17 +40,18 @@ from ..hg.bundle2 import Bundle2Error
 from ..hg.error import HgError, RepoNotFound
 from ..repos import CannotCreate, RepoRegistry, RepoSettings
 from ..webhooks import Webhooks
-from ..wire.pushenv import PushEnv, push_env
 from ..wire.v1.commands import COMMANDS, Command, Session, Stream, bind_args
 from ..wire.v1.transport import (
     SPOOL_CHUNK,
     BadRequest,
     BundleRequired,
+    PushEnv,
     PushReply,
     PushTooLarge,
     lfs_checker,
     may_create,
     open_spool,
+    push_env,
     spool_dir,
 )
 from .pktline import open_stdio
