@@ -152,8 +152,19 @@ class HgConfig:
     repos_dir: str = ""
     # Let a push to a repository that does not exist create it (needs write permission there).
     create_on_push: bool = False
-    # A publishing server makes pushed changesets public.
+    # A publishing server makes pushed changesets public (a repository's `.hg/hgrc` may say
+    # otherwise with `[phases] publish`).
     publishing: bool = True
+    # Read each repository's own `.hg/hgrc` (`[phases]`, `[experimental] evolution`, `[web]`,
+    # `[hooks]`, `[extensions] topic`), as hg serve does; false: every repository has the defaults.
+    repo_hgrc: bool = True
+    # Default of Mercurial's `experimental.evolution` for every repository: [] (off), ["all"], or
+    # options among createmarkers, allowunstable, allowdivergence, exchange.
+    evolution: list[str] = field(default_factory=list)
+    # Let a repository's hgrc turn changeset evolution on or off for itself.
+    repo_evolution: bool = True
+    # Run the hooks a repository's own hgrc defines (`[hooks]`); off: only the server's own.
+    repo_hooks: bool = False
     # Compression engines for mercurial-0.2 responses, in the server's order of preference.
     compression: list[str] = field(default_factory=lambda: ["zstd", "zlib"])
     # Serve the experimental wire protocol v2 (exp-http-v2-0003).
@@ -362,6 +373,10 @@ class Config:
             raise ConfigError(f"hg.zstd_level: must be 1-22, got {self.hg.zstd_level}")
         if self.hg.lock_timeout < 0:
             raise ConfigError("hg.lock_timeout: must be >= 0")
+        for i, word in enumerate(self.hg.evolution):
+            if word not in ("all", "createmarkers", "allowunstable", "allowdivergence", "exchange"):
+                raise ConfigError(f"hg.evolution[{i}]: unknown option {word!r} (all, createmarkers, "
+                                  "allowunstable, allowdivergence, exchange)")
         for name in ("max_push_size", "max_unpacked_push_size", "max_revision_size", "max_file_size"):
             if getattr(self.hg, name) < 0:
                 raise ConfigError(f"hg.{name}: must be >= 0")

@@ -27,6 +27,7 @@ from .bookmarks import BookmarkStore
 from .changelog import Changelog
 from .error import Abort, CorruptRevlog, HgError, LockTimeout, LookupError, PushRaced, RepoNotFound, UnknownRevision
 from .filelog import Filelog
+from .hgrc import RepoConfig
 from .lock import Lock, local_mutex
 from .manifest import Manifestlog
 from .node import NULLID, NULLREV
@@ -75,6 +76,8 @@ class Repository:
         self.store = Store(self.root, requirements)
         self.has_lfs = "lfs" in requirements
         self.publishing = True
+        # the repository's settings (its .hg/hgrc within what the server allows); the opener sets them
+        self.config = RepoConfig()
         # How long lock() waits for another writer; the server's opener sets it from its config.
         self.lock_timeout = DEFAULT_LOCK_TIMEOUT
         # fsync pushes before acknowledging them (set False only where durability does not matter)
