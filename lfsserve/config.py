@@ -233,11 +233,9 @@ class SshConfig:
 class HooksConfig:
     # Mercurial-style hooks run on push (external commands, as hg runs them): `name[.suffix]` =
     # shell command, e.g. "pretxnchangegroup.check" = "/srv/hooks/check-msg", plus optional
-    # "priority.<name>" = "<int>". Apply to every repository.
+    # "priority.<name>" = "<int>". Apply to every repository (a repository's own .hg/hgrc [hooks]
+    # run too when hg.repo_hooks is on).
     commands: dict[str, str] = field(default_factory=dict)
-    # Also run the hooks of a repository's own .hg/hgrc [hooks] section. Off by default: whoever
-    # can write a repository's hgrc then runs commands as the server.
-    allow_repo_hooks: bool = False
     # Seconds a hook may run before it is killed (a pretxn* hook then aborts the push).
     timeout: float = 300.0
 

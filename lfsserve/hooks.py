@@ -1,7 +1,7 @@
 """Mercurial-compatible push hooks: external commands from `[hooks]`, run as hg runs them.
 
-Hooks come from lfsserve's `hooks.commands` (every repository) and, when `hooks.allow_repo_hooks`
-is on, from the repository's own `.hg/hgrc [hooks]`. Names are `type[.suffix]`; `priority.<name>`
+Hooks come from lfsserve's `hooks.commands` (every repository) and, when `hg.repo_hooks` is on,
+from the repository's own `.hg/hgrc [hooks]` (read by hg/hgrc.py). Names are `type[.suffix]`; `priority.<name>`
 orders them (higher first, then in the order given, global ones before the repository's), as hg's
 `_allhooks` does. A command runs through the shell with the repository root as its working
 directory and hg's environment (HG_NODE, HG_NODE_LAST, HG_SOURCE, HG_URL, HG_PENDING,
@@ -66,11 +66,11 @@ def _items_in_order(items: Iterable[tuple[str, str]], where: str, start: int,
 
 
 def load_hooks(config: HooksConfig, repo_items: Iterable[tuple[str, str]] | None, repo_name: str = "") -> HookSet:
-    """The hooks of one repository: lfsserve's, then (if allowed) its hgrc's, which override a
-    global hook of the same name as a later hg config file would."""
+    """The hooks of one repository: lfsserve's, then its hgrc's (None: not allowed), which
+    override a global hook of the same name as a later hg config file would."""
     entries: dict[str, tuple[int, int, str, str]] = {}
     _items_in_order(config.commands.items(), "lfsserve config", 0, entries)
-    if repo_items is not None and config.allow_repo_hooks:
+    if repo_items is not None:
         _items_in_order(repo_items, f"{repo_name}/.hg/hgrc", len(entries), entries)
     hooks = [Hook(name, cmd) for _, _, name, cmd in sorted(entries.values()) if cmd.strip()]
     return HookSet(hooks)

@@ -132,6 +132,12 @@ class WebhookQueue:
                 f"SELECT {_COLUMNS} FROM webhook_deliveries {where} ORDER BY id DESC LIMIT ?", (*params, limit))]
         return self.db.read_sync(rows)
 
+    def get_sync(self, delivery_id: int) -> Delivery | None:
+        def row(conn: sqlite3.Connection) -> Delivery | None:
+            r = conn.execute(f"SELECT {_COLUMNS} FROM webhook_deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            return _row(r) if r else None
+        return self.db.read_sync(row)
+
     def redeliver_sync(self, delivery_id: int) -> bool:
         """Send a delivery again (whatever its state) as soon as a server's worker sees it."""
         def again(conn: sqlite3.Connection) -> bool:

@@ -144,9 +144,10 @@ class PushEnv:
             log.exception("push to %s: its webhook event could not be queued", self.repo_name)
 
 
-def repo_hook_items(repo: Repository) -> list[tuple[str, str]] | None:
-    """The repository's `.hg/hgrc [hooks]` items, in order."""
-    return None
+def repo_hook_items(repo: Repository) -> tuple[tuple[str, str], ...] | None:
+    """The repository's `.hg/hgrc [hooks]` items in order, when hg.repo_hooks lets them run."""
+    settings = repo.config
+    return settings.hooks if settings.hooks_allowed else None
 
 
 def push_env(config: Config, auth: Authenticator, webhooks: Webhooks | None, repo_name: str,
