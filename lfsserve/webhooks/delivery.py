@@ -39,14 +39,20 @@ class DeliveryWorker:
         self.config = hooks.config
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self._stopping = False
 
     def wake_threadsafe(self) -> None:
         self._loop.call_soon_threadsafe(self._wake.set)
 
+    def stop(self) -> None:
+        """Finish the deliveries under way (their outcome is recorded), then return from run()."""
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
+            while not self._stopping:
                 try:
                     batch = await self.hooks.queue.claim(_BATCH, lease=2 * self.config.timeout + 30)
                     if batch:
@@ -57,8 +63,10 @@ class DeliveryWorker:
                     log.exception("webhook queue failed; trying again shortly")
                     due = None
                 wait = POLL if due is None else min(POLL, max(0.0, due - time.time()))
+                if self._stopping:
+                    break
                 self._wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
 
     async def _deliver(self, session: aiohttp.ClientSession, d: Delivery) -> None:
@@ -107,7 +115,12 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         hooks.on_queued = None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        worker.stop()
+        # deliveries under way get their attempt's time to finish; a cancelled one is claimed
+        # again once its lease ends
+        done, _ = await asyncio.wait([task], timeout=hooks.config.timeout + 5)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await run_blocking(hooks.stop)

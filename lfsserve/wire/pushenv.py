@@ -94,8 +94,8 @@ class PushEnv:
                 continue
             raise NotAuthorised(f"{self.user or 'anonymous'} is not authorised to publish changesets "
                                 f"in {self.repo_name} ({node.hex()[:12]} would become public)",
-                                hint="push them as drafts to a non-publishing repository, or ask someone "
-                                     "allowed to publish (auth.rules publish)")
+                                hint="push them as drafts to a non-publishing repository, or let a user whom "
+                                     "auth.rules allows to publish push them")
 
     def check_branch(self, branch: bytes, node: bytes) -> None:
         name = branch.decode("utf-8", "replace")
