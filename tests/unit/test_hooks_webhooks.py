@@ -1,0 +1,126 @@
+"""Hooks (loading as hg orders them, running with a timeout), publishing rights, the webhook queue
+and signature, and the LFS upload event (issue 15). The pushes themselves: tests/interop."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import threading
+import time
+
+import pytest
+
+from lfsserve.aio import run_blocking
+from lfsserve.auth import Authenticator, Principal
+from lfsserve.config import ConfigError, HooksConfig, load_config
+from lfsserve.hooks import Hook, HookError, HookRunner, explain_exit, load_hooks
+from lfsserve.kernel import CTX
+from lfsserve.webhooks import Webhooks, sign
+from lfsserve.webhooks.store import WebhookQueue
+from tests.support import oid_of
+
+from .lfs_support import ALICE
+
+
+def test_hooks_ordered_by_priority_then_order_repo_hooks_override():
+    cfg = HooksConfig(commands={"changegroup.b": "b", "changegroup.a": "a", "priority.changegroup.a": "3",
+                                "pretxnclose": "p", "commit.x": "ignored: lfsserve never commits"})
+    repo = [("changegroup.b", "b from the repo"), ("changegroup.c", "c"), ("priority.changegroup.c", "5"),
+            ("changegroup.a", "")]  # an empty command turns a hook off, as in hg
+    hooks = load_hooks(cfg, repo, "team/app")
+    assert [(h.name, h.command) for h in hooks.of("changegroup")] == [
+        ("changegroup.c", "c"), ("changegroup.b", "b from the repo")]
+    assert [h.name for h in load_hooks(cfg, None).of("changegroup")] == ["changegroup.a", "changegroup.b"]
+    assert [h.name for h in hooks.of("pretxnclose")] == ["pretxnclose"]
+    with pytest.raises(HookError, match=r"hook pretxnchangegroup.x \(team/app/.hg/hgrc\) is an in-process "
+                                        r"python: hook, which lfsserve does not support"):
+        load_hooks(cfg, [("pretxnchangegroup.x", "python:mymod.check")], "team/app")
+
+
+def test_config_refuses_python_hooks_unknown_types_and_bad_rules(tmp_path):
+    def load(text: str):
+        path = tmp_path / "c.toml"
+        path.write_text(text)
+        return load_config(path, env={})
+
+    with pytest.raises(ConfigError, match=r"hooks.commands.changegroup.x: in-process python: hooks are not"):
+        load('[hooks.commands]\n"changegroup.x" = "python:a.b"\n')
+    with pytest.raises(ConfigError, match=r"hooks.commands.preoutgoing: unknown hook type 'preoutgoing'"):
+        load('[hooks.commands]\npreoutgoing = "true"\n')
+    with pytest.raises(ConfigError, match=r"auth.rules\[0\].protect\[0\]: give one of branches or bookmarks"):
+        load('[[auth.rules]]\nrepos = "a"\nprotect = [{ push = ["x"] }]\n')
+    with pytest.raises(ConfigError, match=r"webhooks.targets\[0\].events: unknown event 'pull'"):
+        load('[[webhooks.targets]]\nurl = "http://x/"\nevents = ["pull"]\n')
+    config = load('[[auth.rules]]\nrepos = "team/**"\nwrite = ["a", "b"]\npublish = ["a"]\n'
+                  'protect = [{ branches = "stable", push = ["a"] }, { bookmarks = "rel*", push = ["b"] }]\n')
+    auth = Authenticator(config)
+    a, b = (auth.push_rights(Principal(n, "basic"), "team/x") for n in ("a", "b"))
+    assert a.may_publish and not b.may_publish
+    assert a.may_push_branch("stable") and not b.may_push_branch("stable") and b.may_push_branch("default")
+    assert b.may_move_bookmark("release") and not a.may_move_bookmark("release") and a.may_move_bookmark("@")
+    assert auth.push_rights(Principal("b", "basic"), "elsewhere").may_publish  # no rule: writers publish
+
+
+def test_hook_runner_output_status_and_timeout(tmp_path):
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        runner = HookRunner(loop, timeout=2.0)
+        code, out = runner.run_sync(Hook("pretxnclose.x", 'echo "$HG_NODE in $PWD"; echo oops >&2; exit 3'),
+                                    str(tmp_path), {"HG_NODE": "abc"})
+        assert code == 3 and out == f"abc in {tmp_path}\noops\n".encode()
+        assert explain_exit(code) == "exited with status 3"
+        start = time.monotonic()
+        code, out = runner.run_sync(Hook("pretxnclose.slow", "sleep 60 & sleep 60"), str(tmp_path), {})
+        assert time.monotonic() - start < 30  # killed with its children, not waited for
+        assert code == -9 and explain_exit(code) == "killed by signal 9"
+        assert b"hook pretxnclose.slow timed out after 2 seconds (hooks.timeout)" in out
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+
+
+async def test_queue_claims_retries_and_redelivers(tmp_path):
+    queue = WebhookQueue(tmp_path)
+    await run_blocking(queue.start)
+    try:
+        await run_blocking(queue.enqueue_sync, "e1", "push", "team/app", ["http://a/", "http://b/"], b"{}")
+        claimed = await queue.claim(10, lease=60)
+        assert sorted(d.url for d in claimed) == ["http://a/", "http://b/"]
+        assert await queue.claim(10, lease=60) == []  # leased
+        a, b = sorted(claimed, key=lambda d: d.url)
+        await queue.delivered(a.id, 204)
+        await queue.failed(b.id, 500, "HTTP 500", retry_at=time.time() - 1)
+        again = await queue.claim(10, lease=60)
+        assert [(d.id, d.attempts, d.last_status) for d in again] == [(b.id, 1, 500)]
+        await queue.failed(b.id, None, "ConnectionRefusedError", retry_at=None)  # given up
+        assert (await queue.next_due()) is None
+        rows = await run_blocking(queue.list_sync, 10)
+        assert [(d.url, d.status, d.attempts) for d in rows] == [("http://b/", "failed", 2),
+                                                                 ("http://a/", "delivered", 1)]
+        assert await run_blocking(queue.redeliver_sync, b.id)
+        assert [d.id for d in await queue.claim(10, lease=60)] == [b.id]
+        assert not await run_blocking(queue.redeliver_sync, 999)
+    finally:
+        await run_blocking(queue.stop)
+
+
+async def test_lfs_upload_queues_a_signed_event(make_client, tmp_path):
+    client = await make_client('[[webhooks.targets]]\nurl = "http://127.0.0.1:9/hook"\nrepos = "team/**"\n'
+                               'secret = "k"\nevents = ["lfs"]\n[webhooks]\nretry_base = 3600.0\n')
+    data = b"lfs object for the webhook"
+    r = await client.put(f"/team/app/.hg/lfs/objects/{oid_of(data)}", data=data, headers=ALICE)
+    assert r.status == 201
+    r = await client.put(f"/other/repo/.hg/lfs/objects/{oid_of(data)}", data=data, headers=ALICE)
+    assert r.status in (200, 201)
+    hooks = client.app[CTX].webhooks
+    assert isinstance(hooks, Webhooks)
+    rows = await run_blocking(hooks.queue.list_sync, 10)
+    assert len(rows) == 1  # other/repo matches no target
+    event = json.loads(rows[0].payload)
+    assert (event["event"], event["repo"], event["user"], event["lfs_oids"]) == ("lfs", "team/app", "alice",
+                                                                                [oid_of(data)])
+    assert sign("k", rows[0].payload) == "sha256=" + hmac.new(b"k", rows[0].payload, hashlib.sha256).hexdigest()
