@@ -50,7 +50,7 @@ def test_pretxnchangegroup_refuses_changegroup_sees_nodes_http_and_ssh(lfsserve,
     check = _script(hook_dir / "check.sh", CHECK)
     record = _script(hook_dir / "record.sh", RECORD)
     root = tmp_path / "data"
-    config_text = (f'[server]\nroot = "{root}"\n[auth]\nauthenticated = "write"\n'
+    config_text = (f'[server]\nroot = "{root}"\n[auth]\nauthenticated = "write"\n[hg]\nrepo_hooks = true\n'
                    "[hooks]\ntimeout = 60\n[hooks.commands]\n"
                    f'"pretxnchangegroup.msg" = "{check}"\n'
                    f'"changegroup.record" = "{record}"\n'
@@ -58,8 +58,11 @@ def test_pretxnchangegroup_refuses_changegroup_sees_nodes_http_and_ssh(lfsserve,
                    # a hook type lfsserve never fires is ignored, as hg ignores it where it does not apply
                    '"priority.changegroup.record" = "5"\n')
     run([sys.executable, "-m", "lfsserve", "init", "--root", str(root), "team/app"], cwd=REPO_ROOT)
-    server = lfsserve(root=root, config=config_text, env={"HOOK_DIR": str(hook_dir)})
     served = root / "repos" / "team" / "app"
+    # a hook of the repository's own hgrc (hg.repo_hooks is on): sees the pending phase
+    (served / ".hg" / "hgrc").write_text(
+        '[hooks]\npretxnclose.repo = echo "repo hook: $(hg log -r $HG_NODE_LAST -T {phase})" >&2\n')
+    server = lfsserve(root=root, config=config_text, env={"HOOK_DIR": str(hook_dir)})
     hg = Hg(tmp_path / "home")
     work = tmp_path / "work"
     hg("clone", f"{server.url}/team/app", str(work), timeout=TIMEOUT)
@@ -74,6 +77,7 @@ def test_pretxnchangegroup_refuses_changegroup_sees_nodes_http_and_ssh(lfsserve,
     res = hg("push", cwd=work, timeout=TIMEOUT)
     out = res.stdout.decode() + res.stderr.decode()
     assert f"remote: checked {good[:12]} as \n" in out, out  # anonymous push: no user
+    assert "remote: repo hook: public\n" in out, out
     log = (hook_dir / "log").read_text().splitlines()
     # changegroup first (priority, and hg's order), then incoming for each changeset
     assert log[0].split()[:6] == ["changegroup", "changegroup.record", good, good, "serve",
