@@ -27,10 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
-import stat
 import sys
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..aio import iterate_blocking, run_blocking
@@ -48,10 +47,10 @@ from ..wire.v1.transport import (
     PushTooLarge,
     lfs_checker,
     may_create,
-    open_spool,
+    spool,
     spool_dir,
 )
-from .pktline import open_stdio
+from .pktline import STDIO_REFUSED, open_stdio, stdio_usable
 
 if TYPE_CHECKING:
     from ..lfs.service import LfsService
@@ -102,9 +101,8 @@ async def _serve(config: Config, principal: Principal, repo: str) -> int:
         return 255
     except CannotCreate as exc:
         return _fail(str(exc))
-    if not _streamable(0) or not _streamable(1):
-        # asyncio cannot wait on a regular file or /dev/null (it would wait forever)
-        return _fail("hg serve --stdio needs pipes or sockets as stdin and stdout (as sshd gives)")
+    if not stdio_usable():
+        return _fail(f"hg serve --stdio {STDIO_REFUSED}")
     reader, writer = await open_stdio()
     server = _HgServer(config, auth, registry, principal, repo, creatable, reader, writer)
     try:
@@ -117,11 +115,6 @@ async def _serve(config: Config, principal: Principal, repo: str) -> int:
         return _fail("the client went away")
     finally:
         await server.close()
-
-
-def _streamable(fd: int) -> bool:
-    mode = os.fstat(fd).st_mode
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 class _HgServer:
@@ -328,28 +321,19 @@ class _HgServer:
         await self._respond(result)
 
     async def _spool(self) -> BinaryIO:
-        """The pushed bundle's frames, into a temporary file (never held in memory)."""
-        limit = self.config.hg.max_push_size
-        fh: BinaryIO = await run_blocking(open_spool, spool_dir(self.config))
-        size = 0
-        try:
-            while True:
-                line = await self._line("the pushed bundle")
-                assert line is not None
-                if not _DIGITS.match(line):
-                    raise ChannelError(f"expected a frame length in the pushed bundle, got {line[:60]!r}")
-                n = int(line)
-                if n == 0:
-                    break
-                size += n
-                if limit and size > limit:
-                    raise PushTooLarge(limit)
-                while n:
-                    chunk = await self._exactly(min(n, SPOOL_CHUNK), "the pushed bundle")
-                    n -= len(chunk)
-                    await run_blocking(fh.write, chunk)
-            await run_blocking(fh.seek, 0)
-        except BaseException:
-            fh.close()
-            raise
-        return fh
+        """The pushed bundle's frames (`<length>\\n<bytes>`, ended by `0\\n`) into a spool file."""
+        return await spool(self._frames(), spool_dir(self.config), self.config.hg.max_push_size)
+
+    async def _frames(self) -> AsyncIterator[bytes]:
+        while True:
+            line = await self._line("the pushed bundle")
+            assert line is not None
+            if not _DIGITS.match(line):
+                raise ChannelError(f"expected a frame length in the pushed bundle, got {line[:60]!r}")
+            n = int(line)
+            if n == 0:
+                return
+            while n:
+                chunk = await self._exactly(min(n, SPOOL_CHUNK), "the pushed bundle")
+                n -= len(chunk)
+                yield chunk
