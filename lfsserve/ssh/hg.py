@@ -47,6 +47,7 @@ from ..wire.v1.transport import (
     PushTooLarge,
     lfs_checker,
     may_create,
+    refused_reply,
     spool,
     spool_dir,
 )
@@ -297,15 +298,26 @@ class _HgServer:
             await svc.start()
             self._lfs = svc
         await self._respond(b"")
-        body = await self._spool()
+        frames = self._frames()
+        reply: bytes | Stream | PushReply
         try:
-            with contextlib.ExitStack() as stack:
-                def work() -> bytes | Stream | PushReply:
-                    return cmd.func(self._session(stack, body), **args)
-                async with self.registry.write_lock(self.repo):
-                    reply = await run_blocking(work)
-        finally:
-            await run_blocking(body.close)
+            body = await spool(frames, spool_dir(self.config), self.config.hg.max_push_size)
+        except PushTooLarge as exc:
+            # The rest of the bundle is read and dropped, so that the client reads hg's own form of
+            # the refusal instead of failing on a closed channel.
+            async for _ in frames:
+                pass
+            log.info("push to %s by %s refused: %s", self.repo, self.principal, exc)
+            reply = refused_reply(frames.magic, exc)
+        else:
+            try:
+                with contextlib.ExitStack() as stack:
+                    def work() -> bytes | Stream | PushReply:
+                        return cmd.func(self._session(stack, body), **args)
+                    async with self.registry.write_lock(self.repo):
+                        reply = await run_blocking(work)
+            finally:
+                await run_blocking(body.close)
         assert isinstance(reply, PushReply), f"{cmd.name} is a push command"
         if reply.changed:
             log.info("push to %s by %s applied", self.repo, self.principal)
@@ -320,13 +332,33 @@ class _HgServer:
         await self._respond(b"")
         await self._respond(result)
 
-    async def _spool(self) -> BinaryIO:
-        """The pushed bundle's frames (`<length>\\n<bytes>`, ended by `0\\n`) into a spool file."""
-        return await spool(self._frames(), spool_dir(self.config), self.config.hg.max_push_size)
+    def _frames(self) -> _Frames:
+        """The pushed bundle's frames (`<length>\\n<bytes>`, ended by `0\\n`), as chunks."""
+        return _Frames(self)
 
-    async def _frames(self) -> AsyncIterator[bytes]:
+
+class _Frames:
+    """The chunks of a pushed bundle as it arrives; `magic` keeps its first bytes (which bundle
+    format the client sent, for the answer to a refused push)."""
+
+    def __init__(self, server: _HgServer) -> None:
+        self._server = server
+        self._it = self._chunks()
+        self.magic = b""
+
+    def __aiter__(self) -> _Frames:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._it.__anext__()
+        if len(self.magic) < 4:
+            self.magic += chunk[:4 - len(self.magic)]
+        return chunk
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        server = self._server
         while True:
-            line = await self._line("the pushed bundle")
+            line = await server._line("the pushed bundle")
             assert line is not None
             if not _DIGITS.match(line):
                 raise ChannelError(f"expected a frame length in the pushed bundle, got {line[:60]!r}")
@@ -334,6 +366,6 @@ class _HgServer:
             if n == 0:
                 return
             while n:
-                chunk = await self._exactly(min(n, SPOOL_CHUNK), "the pushed bundle")
+                chunk = await server._exactly(min(n, SPOOL_CHUNK), "the pushed bundle")
                 n -= len(chunk)
                 yield chunk
