@@ -251,19 +251,18 @@ def _apply_bundle1(repo: Repository, their_heads: list[bytes], stream: BinaryIO,
                 if repo.publishing and result.added:
                     repo.phases_advance(tr, PUBLIC, result.added)
                 _check_lfs(set(result.lfs_oids), check_lfs)
-                if result.added:
-                    output.append(_added_message(result))
                 if env is not None and result.added:
                     args = _node_args(result.added)
                     env.run_hooks(repo, "pretxnchangegroup", output, throw=True, pending=tr, args=args)
                     env.run_hooks(repo, "pretxnclose", output, throw=True, pending=tr, args=args)
+        # said once the transaction is committed
+        if result.added:
+            output.append(_added_message(result))
         if env is not None:
             _after_push(repo, env, output, result.added, {}, result.lfs_oids)
     except PushRaced as exc:
         return PushReply(b"0\n%s\n" % exc.message.encode("utf-8"))
     except (HgError, Bundle2Error) as exc:
-        if len(output) > 1 and output[-1].startswith("added "):
-            output.pop()
         output.append(f"transaction abort!\nrollback completed\nabort: {exc.message}\n")
         hint = getattr(exc, "hint", None)
         if hint:
