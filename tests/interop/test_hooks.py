@@ -59,8 +59,11 @@ def test_pretxnchangegroup_refuses_changegroup_sees_nodes_http_and_ssh(lfsserve,
                    '"priority.changegroup.record" = "5"\n')
     run([sys.executable, "-m", "lfsserve", "init", "--root", str(root), "team/app"], cwd=REPO_ROOT)
     served = root / "repos" / "team" / "app"
-    # a hook of the repository's own hgrc (hg.repo_hooks is on): sees the pending phase
+    # a hook of the repository's own hgrc (hg.repo_hooks is on), in a non-publishing repository:
+    # it sees the pushed changesets as drafts only through the pending phaseroots (without them
+    # hg would take a changeset under no draft root for public)
     (served / ".hg" / "hgrc").write_text(
+        '[phases]\npublish = False\n'
         '[hooks]\npretxnclose.repo = echo "repo hook: $(hg log -r $HG_NODE_LAST -T {phase})" >&2\n')
     server = lfsserve(root=root, config=config_text, env={"HOOK_DIR": str(hook_dir)})
     hg = Hg(tmp_path / "home")
@@ -77,7 +80,7 @@ def test_pretxnchangegroup_refuses_changegroup_sees_nodes_http_and_ssh(lfsserve,
     res = hg("push", cwd=work, timeout=TIMEOUT)
     out = res.stdout.decode() + res.stderr.decode()
     assert f"remote: checked {good[:12]} as \n" in out, out  # anonymous push: no user
-    assert "remote: repo hook: public\n" in out, out
+    assert "remote: repo hook: draft\n" in out, out
     log = (hook_dir / "log").read_text().splitlines()
     # changegroup first (priority, and hg's order), then incoming for each changeset
     assert log[0].split()[:6] == ["changegroup", "changegroup.record", good, good, "serve",
