@@ -47,6 +47,7 @@ class PushEnv:
     rights: PushRights
     webhooks: Webhooks | None = None
     txnid: str = field(default_factory=lambda: "TXN:" + secrets.token_hex(20))
+    bundle2: bool = False    # the push is a bundle2 (hg then sets HG_BUNDLE2=1)
     _hooks: HookSet | None = None
 
     # -- hooks
@@ -67,6 +68,8 @@ class PushEnv:
         env = {"HG_SOURCE": "serve", "HG_URL": self.url, "HG_TXNID": self.txnid, "HG_TXNNAME": "serve",
                "HG_HOOKTYPE": htype, "HGPLAIN": "", "HG_USER": self.user or "", "LFSSERVE_USER": self.user or "",
                "LFSSERVE_REPO": self.repo_name}
+        if self.bundle2:
+            env["HG_BUNDLE2"] = "1"
         env.update({"HG_" + k.upper(): v for k, v in (args or {}).items()})
         root = os.path.realpath(repo.root)
         if pending is not None and repo.write_pending(pending):

@@ -163,6 +163,8 @@ def unbundle(config: Config, repo: ServedRepo, heads_arg: bytes, body: BinaryIO,
                          f"(starts with {magic[:4]!r}, expected HG20 or HG10)")
     if kind == "bundle1" and not config.hg.bundle1:
         raise BundleRequired()
+    if env is not None:
+        env.bundle2 = kind == "bundle2"
 
     limits = PushLimits.of(config)
     with contextlib.ExitStack() as stack:

@@ -34,7 +34,8 @@ echo "checked $(cut -d' ' -f1 "$HOOK_DIR/seen-$$" | tr '\\n' ' ')as $HG_USER"
 """
 
 RECORD = """#!/bin/sh
-echo "$HG_HOOKTYPE $HG_HOOKNAME $HG_NODE $HG_NODE_LAST $HG_SOURCE $HG_URL $LFSSERVE_USER $HG_TXNID" >> "$HOOK_DIR/log"
+line="$HG_HOOKTYPE $HG_HOOKNAME $HG_NODE $HG_NODE_LAST $HG_SOURCE $HG_URL $LFSSERVE_USER"
+echo "$line $HG_BUNDLE2 $HG_TXNID" >> "$HOOK_DIR/log"
 """
 
 
@@ -85,7 +86,7 @@ def test_pretxnchangegroup_refuses_changegroup_sees_nodes_http_and_ssh(lfsserve,
     # changegroup first (priority, and hg's order), then incoming for each changeset
     assert log[0].split()[:6] == ["changegroup", "changegroup.record", good, good, "serve",
                                   "remote:http:127.0.0.1:"], log
-    assert log[0].split()[-1].startswith("TXN:")
+    assert log[0].split()[-2:-1] == ["1"] and log[0].split()[-1].startswith("TXN:")  # HG_BUNDLE2, HG_TXNID
     assert log[1].split()[:3] == ["incoming", "incoming.record", good], log
 
     # two changesets, the second one refused: the client sees the hook's output and hg's abort
