@@ -124,3 +124,68 @@ async def test_lfs_upload_queues_a_signed_event(make_client, tmp_path):
     assert (event["event"], event["repo"], event["user"], event["lfs_oids"]) == ("lfs", "team/app", "alice",
                                                                                 [oid_of(data)])
     assert sign("k", rows[0].payload) == "sha256=" + hmac.new(b"k", rows[0].payload, hashlib.sha256).hexdigest()
+
+
+def _cg01(path: bytes, text: bytes, message: bytes) -> bytes:
+    """A bundle1 changegroup (version 01): one root changeset adding `path`."""
+    from lfsserve.hg.mdiff import trivial_header
+    from lfsserve.hg.node import NULLID, hash_revision
+    from tests.bundle_build import chunk
+
+    def rev(data: bytes, link: bytes) -> bytes:
+        node = hash_revision(data, NULLID, NULLID)
+        return chunk(node + NULLID + NULLID + link + trivial_header(len(data)) + data)
+
+    fnode = hash_revision(text, NULLID, NULLID)
+    manifest = path + b"\0" + fnode.hex().encode() + b"\n"
+    cs = (hash_revision(manifest, NULLID, NULLID).hex().encode() + b"\nT <t@example.com>\n1700000000 0\n"
+          + path + b"\n\n" + message)
+    cnode = hash_revision(cs, NULLID, NULLID)
+    end = b"\0\0\0\0"
+    return b"".join([rev(cs, cnode), end, rev(manifest, cnode), end, chunk(path), rev(text, cnode), end, end])
+
+
+@pytest.mark.interop  # its hook runs the real hg on the pending changesets
+def test_bundle1_push_runs_hooks_and_checks_publishing(tmp_path):
+    import io
+
+    from lfsserve.auth import PushRights
+    from lfsserve.config import Config
+    from lfsserve.hg.repository import Repository
+    from lfsserve.repos import RepoSettings
+    from lfsserve.wire import unbundle
+    from lfsserve.wire.pushenv import PushEnv
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    log = tmp_path / "log"
+    cfg = HooksConfig(commands={"pretxnchangegroup.msg": 'hg log -r "$HG_NODE:" -T "{desc}" | grep -qv WIP || '
+                                                         '{ echo "no WIP please"; exit 1; }',
+                                "changegroup.log": f'echo "$HG_NODE $HG_BUNDLE2" >> {log}'})
+
+    def env(user: str, publish: bool) -> PushEnv:
+        return PushEnv("team/app", user, "remote:http:127.0.0.1:" + user, cfg, HookRunner(loop, 60.0),
+                       PushRights(user, publish, ()))
+
+    def push(repo: Repository, cg: bytes, e: PushEnv) -> str:
+        return unbundle.unbundle(Config(), repo, b"force".hex().encode(), io.BytesIO(b"HG10UN" + cg),
+                                 env=e).body.decode()
+
+    try:
+        with RepoSettings(lock_timeout=5).apply(Repository.init(tmp_path / "r")) as repo:
+            reply = push(repo, _cg01(b"a", b"a\n", b"WIP stuff"), env("alice", True))
+            assert reply.startswith("0\n") and "no WIP please\n" in reply, reply
+            assert "abort: pretxnchangegroup.msg hook exited with status 1\n" in reply
+            assert "added 1 changesets" not in reply and len(repo.changelog) == 0
+            reply = push(repo, _cg01(b"a", b"a\n", b"fine"), env("bob", False))
+            assert reply.startswith("0\n") and "abort: bob is not authorised to publish changesets" in reply
+            assert len(repo.changelog) == 0
+            reply = push(repo, _cg01(b"a", b"a\n", b"fine"), env("alice", True))
+            assert reply.startswith("1\n") and "added 1 changesets with 1 changes to 1 files\n" in reply, reply
+            repo.invalidate()
+            assert len(repo.changelog) == 1
+            assert log.read_text() == repo.changelog.node(0).hex() + " \n"  # no HG_BUNDLE2 for bundle1
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
