@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import io
 import json
 import threading
 import time
@@ -13,12 +14,19 @@ import time
 import pytest
 
 from lfsserve.aio import run_blocking
-from lfsserve.auth import Authenticator, Principal
-from lfsserve.config import ConfigError, HooksConfig, load_config
+from lfsserve.auth import Authenticator, Principal, PushRights
+from lfsserve.config import Config, ConfigError, HooksConfig, load_config
+from lfsserve.hg.mdiff import trivial_header
+from lfsserve.hg.node import NULLID, hash_revision
+from lfsserve.hg.repository import Repository
 from lfsserve.hooks import Hook, HookError, HookRunner, explain_exit, load_hooks
 from lfsserve.kernel import CTX
+from lfsserve.repos import RepoSettings
 from lfsserve.webhooks import Webhooks, sign
 from lfsserve.webhooks.store import WebhookQueue
+from lfsserve.wire import unbundle
+from lfsserve.wire.pushenv import PushEnv
+from tests.bundle_build import chunk
 from tests.support import oid_of
 
 from .lfs_support import ALICE
@@ -128,10 +136,6 @@ async def test_lfs_upload_queues_a_signed_event(make_client, tmp_path):
 
 def _cg01(path: bytes, text: bytes, message: bytes) -> bytes:
     """A bundle1 changegroup (version 01): one root changeset adding `path`."""
-    from lfsserve.hg.mdiff import trivial_header
-    from lfsserve.hg.node import NULLID, hash_revision
-    from tests.bundle_build import chunk
-
     def rev(data: bytes, link: bytes) -> bytes:
         node = hash_revision(data, NULLID, NULLID)
         return chunk(node + NULLID + NULLID + link + trivial_header(len(data)) + data)
@@ -147,15 +151,6 @@ def _cg01(path: bytes, text: bytes, message: bytes) -> bytes:
 
 @pytest.mark.interop  # its hook runs the real hg on the pending changesets
 def test_bundle1_push_runs_hooks_and_checks_publishing(tmp_path):
-    import io
-
-    from lfsserve.auth import PushRights
-    from lfsserve.config import Config
-    from lfsserve.hg.repository import Repository
-    from lfsserve.repos import RepoSettings
-    from lfsserve.wire import unbundle
-    from lfsserve.wire.pushenv import PushEnv
-
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
