@@ -260,6 +260,8 @@ class WebhooksConfig:
     retry_base: float = 10.0
     # Attempts before a delivery is given up (then `lfsserve webhooks redeliver` sends it again).
     max_attempts: int = 12
+    # Days the delivery log keeps delivered and given-up deliveries; 0: forever.
+    keep_days: int = 30
 
 
 @dataclass
@@ -353,6 +355,8 @@ class Config:
             raise ConfigError("webhooks.timeout and webhooks.retry_base: must be > 0")
         if self.webhooks.max_attempts < 1:
             raise ConfigError("webhooks.max_attempts: must be >= 1")
+        if self.webhooks.keep_days < 0:
+            raise ConfigError("webhooks.keep_days: must be >= 0")
         if self.lfs.max_batch_objects < 1:
             raise ConfigError("lfs.max_batch_objects: must be >= 1")
         if self.lfs.max_object_size < 0:

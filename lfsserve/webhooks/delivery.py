@@ -31,6 +31,8 @@ WEBHOOKS = web.AppKey("lfsserve_webhooks", Webhooks)
 # Longest sleep between looks at the queue (events queued by another process wait this long).
 POLL = 2.0
 _BATCH = 16
+# How often old deliveries are dropped from the log (webhooks.keep_days).
+PRUNE_EVERY = 3600.0
 
 
 class DeliveryWorker:
@@ -52,8 +54,12 @@ class DeliveryWorker:
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
+            pruned = 0.0
             while not self._stopping:
                 try:
+                    if self.config.keep_days and time.monotonic() - pruned > PRUNE_EVERY:
+                        pruned = time.monotonic()
+                        await self.hooks.queue.prune(time.time() - self.config.keep_days * 86400)
                     batch = await self.hooks.queue.claim(_BATCH, lease=2 * self.config.timeout + 30)
                     if batch:
                         await asyncio.gather(*(self._deliver(session, d) for d in batch))

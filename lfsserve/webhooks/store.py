@@ -124,6 +124,13 @@ class WebhookQueue:
                           retry_at if retry_at is not None else time.time(), delivery_id))
         await self.db.write(fail)
 
+    async def prune(self, before: float) -> int:
+        """Forget delivered and given-up deliveries created before `before`; how many."""
+        def forget(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM webhook_deliveries WHERE status != 'pending' AND created < ?",
+                                (before,)).rowcount
+        return await self.db.write(forget)
+
     def list_sync(self, limit: int, status: str | None = None) -> list[Delivery]:
         """The newest deliveries first (for the admin command)."""
         def rows(conn: sqlite3.Connection) -> list[Delivery]:

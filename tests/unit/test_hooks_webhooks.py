@@ -112,6 +112,8 @@ async def test_queue_claims_retries_and_redelivers(tmp_path):
         assert await run_blocking(queue.redeliver_sync, b.id)
         assert [d.id for d in await queue.claim(10, lease=60)] == [b.id]
         assert not await run_blocking(queue.redeliver_sync, 999)
+        assert await queue.prune(time.time() + 1) == 1  # a, delivered; b is pending again
+        assert [d.id for d in await run_blocking(queue.list_sync, 10)] == [b.id]
     finally:
         await run_blocking(queue.stop)
 
