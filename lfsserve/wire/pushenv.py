@@ -41,7 +41,7 @@ class NotAuthorised(Abort):
 class PushEnv:
     repo_name: str
     user: str | None
-    url: str                 # HG_URL, as hg's server sets it: remote:<transport>:<address>:<user>
+    url: str                 # HG_URL, as hg's server sets it (see push_env)
     hooks_config: HooksConfig
     runner: HookRunner
     rights: PushRights
@@ -155,8 +155,13 @@ def repo_hook_items(repo: Repository) -> tuple[tuple[str, str], ...] | None:
 
 def push_env(config: Config, auth: Authenticator, webhooks: Webhooks | None, repo_name: str,
              principal: Principal, transport: str, address: str) -> PushEnv:
-    """Built in the transport's event loop (the hooks run on it)."""
+    """Built in the transport's event loop (the hooks run on it). `transport`: the URL scheme the
+    client used (http, https) or ssh; HG_URL is then what hg serve gives: remote:<scheme>:<address>:<user>
+    over HTTP, remote:ssh:<address> over SSH."""
     user = principal.name
-    url = "remote:%s:%s:%s" % (transport, urllib.parse.quote(address), urllib.parse.quote(user or ""))
+    if transport == "ssh":
+        url = f"remote:ssh:{address}"
+    else:
+        url = f"remote:{transport}:{urllib.parse.quote(address)}:{urllib.parse.quote(user or '')}"
     return PushEnv(repo_name, user, url, config.hooks, HookRunner(asyncio.get_running_loop(), config.hooks.timeout),
                    auth.push_rights(principal, repo_name), webhooks)

@@ -127,7 +127,7 @@ exec {sys.executable} -m lfsserve ssh --config {server_config(root)} --user alic
     out = res.stdout.decode() + res.stderr.decode()
     assert "remote: checked " in out and "as alice" in out, out
     entry = (hook_dir / "log").read_text().splitlines()[2].split()
-    assert entry[:7] == ["changegroup", "changegroup.record", entry[2], last, "serve", "remote:ssh:10.1.2.3:alice",
+    assert entry[:7] == ["changegroup", "changegroup.record", entry[2], last, "serve", "remote:ssh:10.1.2.3",
                          "alice"], entry
     assert run([HG, "log", "-r", "tip", "-T", "{node}"], cwd=served,
                env=hg_env(tmp_path / "h2")).stdout.decode() == last

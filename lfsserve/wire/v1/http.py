@@ -244,8 +244,8 @@ def _opened(request: web.Request, target: Target, principal: Principal, stack: c
         return cmd.func(Session(ctx.config, repo, payload, check_lfs, offer_postargs=postargs, push=env), **args)
     env = None
     if push:
-        # hg's HTTP server: remote:http:<client address>:<user>
-        env = push_env(ctx.config, ctx.auth, ctx.webhooks, target.repo, principal, "http", request.remote or "")
+        env = push_env(ctx.config, ctx.auth, ctx.webhooks, target.repo, principal, request.scheme,
+                       request.remote or "")
     return work
 
 

@@ -205,7 +205,8 @@ async def _serve(state: _State, request: web.Request, target: Target) -> web.Str
         ctx = await _context(state, target, request, opened)
         if writes:
             ctx.push = push_env(state.server.config, state.server.auth, state.server.webhooks, target.repo,
-                                principal, "http", request.remote or "")
+                                principal, request.scheme,
+                                request.remote or "")
         return await _stream(request, ctx, parsed, encoding)
 
 
