@@ -99,13 +99,14 @@ async def _serve(config: Config, principal: Principal, repo: str) -> int:
         with registry.open(repo, may_create=creatable):
             pass
     try:
-        # as `hg serve --stdio` does, a missing repository is an abort before the handshake
         await run_blocking(check)
-    except RepoNotFound as exc:
-        print(f"abort: {exc.message}", file=sys.stderr, flush=True)
-        return 255
     except CannotCreate as exc:
         return _fail(str(exc))
+    except HgError as exc:
+        # as `hg serve --stdio` does, a missing (or unreadable) repository is an abort before the
+        # handshake
+        print(f"abort: {exc.message}", file=sys.stderr, flush=True)
+        return 255
     if not stdio_usable():
         return _fail(f"hg serve --stdio {STDIO_REFUSED}")
     reader, writer = await open_stdio()

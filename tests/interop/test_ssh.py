@@ -507,6 +507,14 @@ def test_hg_channel_missing_repository(channel):
     assert res.returncode == 0, res
     assert _frames(res.stdout)[1:] == [b"\n", b"0" * 40 + b"\n"]
     assert not (channel.repo.parent / "new").exists()
+    # a repository lfsserve cannot read: hg's form of the abort, no traceback
+    odd = channel.repo.parent / "odd"
+    (odd / ".hg").mkdir(parents=True)
+    (odd / ".hg" / "requires").write_text("revlogv1\nstore\nsome-future-format\n")
+    res = channel("bob", HANDSHAKE, repo="team/odd")
+    err = res.stderr.decode()
+    assert res.returncode == 255 and err.startswith("abort: repository ") and "some-future-format" in err, res
+    assert "Traceback" not in err and err.count("\n") == 1, err
 
 
 def _bundle_frames(chunks: list[bytes]) -> bytes:
