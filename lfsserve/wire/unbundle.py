@@ -540,7 +540,7 @@ def _phase_heads(op: PushOperation, part: InPart) -> None:
 def _bookmarks(op: PushOperation, part: InPart) -> None:
     changes: dict[bytes, bytes | None] = {}
     for book, node in bundle2.decode_bookmarks(part.read_all(MAX_SMALL_PART)):
-        if b"@" in book:
+        if b"@" in book and not book.endswith(b"@"):   # `name@path`, as hg; `@` itself is a bookmark
             raise Abort(f"cannot accept divergent bookmark {book.decode('utf-8', 'replace')}!")
         changes[book] = node  # unknown nodes: the engine raises LookupError
     _note_bookmarks(op, changes)
