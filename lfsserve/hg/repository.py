@@ -102,6 +102,7 @@ class Repository:
         else:
             self._bookmarks = BookmarkStore(self.root / ".hg" / "bookmarks", b"plain")
         self._pending: PendingRevlogs | None = None  # revlog writers of the open transaction
+        self._pending_files: set[bytes] = set()  # hg's pending files the open transaction wrote
         self._stream_inodes: dict[bytes, int] = {}  # inode of each file stream_files() listed
         self._new_markers = 0  # obsolescence markers the open transaction added
 
@@ -851,6 +852,7 @@ class Repository:
         finally:
             self._tr = None
             self._pending = None
+            self._pending_files = set()
             self._phases.reset()
         self._remove_undo()
         self.invalidate()
@@ -872,6 +874,32 @@ class Repository:
         self._bookmarks.write(tr)
         if self._pending is not None:
             self._pending.publish()
+
+    def write_pending(self, tr: Transaction) -> bool:
+        """Make what `tr` wrote so far readable by Mercurial run with HG_PENDING=<root> (a
+        pretxn* hook): `00changelog.i.a` (the changelog index with the new revisions, whose data
+        is already in 00changelog.d), `phaseroots.pending`, `bookmarks.pending` — hg's pending
+        files. They are temporary files of `tr`, gone when it ends either way. True when there
+        is something pending."""
+        self.check_transaction(tr)
+        written = False
+        if self._pending is not None:
+            if b"00changelog.i.a" not in self._pending_files:
+                tr.registertmp(b"00changelog.i.a")
+                self._pending_files.add(b"00changelog.i.a")
+            written = self._pending.changelog.write_pending_index(self.store.join(b"00changelog.i.a"))
+        parents, nodes = self._tr_dag()
+        for name, location, data in ((b"phaseroots.pending", b"", self._phases.pending_roots(parents, nodes)),
+                                     (b"bookmarks.pending", self._bookmarks.location, self._bookmarks.pending_data())):
+            if data is None:
+                continue
+            if name not in self._pending_files:
+                tr.registertmp(name, location)
+                self._pending_files.add(name)
+            with open(tr.path(name, location), "wb") as fh:
+                fh.write(data)
+            written = True
+        return written
 
     def _tr_dag(self) -> tuple[list, list]:
         """(parents, nodes) of the changelog including revisions added by the open transaction."""
