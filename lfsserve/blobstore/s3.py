@@ -97,7 +97,7 @@ def _s3_errors(what: str):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         log.error("S3 %s failed: %s %s", what, status or "", exc)
         raise StorageUnavailable(f"object storage failed ({what}); try again later") from exc
-    except (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
         log.error("S3 %s failed: %s", what, exc)
         raise StorageUnavailable(f"object storage unreachable ({what}); try again later") from exc
 

@@ -38,6 +38,7 @@ from ..blobstore import (
     ObjectMissing,
     Status,
     StorageFull,
+    StorageUnavailable,
     TooLarge,
     UploadRaced,
 )
@@ -57,7 +58,7 @@ DEFAULT_LOCK_LIMIT = 100
 MAX_LOCK_LIMIT = 1000
 _BLOB_STATUS: list[tuple[type[BlobError], int]] = [
     (HashMismatch, 422), (CorruptObject, 422), (TooLarge, 413), (ObjectMissing, 404),
-    (InvalidOid, 422), (StorageFull, 507), (UploadRaced, 503),
+    (InvalidOid, 422), (StorageFull, 507), (UploadRaced, 503), (StorageUnavailable, 503),
 ]
 
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from lfsserve.blobstore import Status, StorageUnavailable, open_store
+from lfsserve.blobstore import HashMismatch, Status, StorageUnavailable, open_store
 from lfsserve.blobstore.s3 import S3BlobStore
 from lfsserve.config import load_config
 from tests.s3server import ACCESS_KEY, REGION, SECRET_KEY
@@ -75,7 +75,7 @@ async def test_layout_multipart_and_no_leftovers(moto):
         bad = bytearray(big)
         bad[-1] ^= 1
         other = oid_of(b"not this")
-        with pytest.raises(Exception):
+        with pytest.raises(HashMismatch):
             await store.put(other, chunks_of(bytes(bad), 1 << 20))
         assert moto.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
         assert _keys(moto, bucket) == [store.key(oid)]
