@@ -215,6 +215,11 @@ class BlobStore(abc.ABC):
         discarded). Backends without direct uploads have none."""
         return {}
 
+    async def clean_abandoned(self, older_than: float) -> int:
+        """Remove uploads started before `older_than` (Unix time) that never completed and never
+        will (their process died; a direct upload never confirmed). How many were removed."""
+        return 0
+
     @abc.abstractmethod
     def list(self) -> AsyncIterator[tuple[str, int, float]]:
         """Every stored object as (oid, size, modification time)."""

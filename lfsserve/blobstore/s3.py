@@ -479,27 +479,25 @@ class S3BlobStore(BlobStore):
                     if is_oid(oid) and name[:6] == f"{oid[0:2]}/{oid[2:4]}/":
                         yield oid, item["Size"], item["LastModified"].timestamp()
 
-    async def list_staged(self) -> AsyncIterator[tuple[str, float]]:
-        """Direct uploads never confirmed, as (key, modification time), for gc."""
-        paginator = self.client.get_paginator("list_objects_v2")
+    async def clean_abandoned(self, older_than: float) -> int:
+        """Direct uploads never confirmed nor used, and multipart uploads of a killed process
+        (S3 keeps and bills their parts until aborted), started before `older_than`."""
+        removed = 0
         with _s3_errors("LIST"):
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._incoming):
+            async for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=self._incoming):
                 for item in page.get("Contents", ()):
-                    yield item["Key"], item["LastModified"].timestamp()
-
-    async def abandoned_multipart(self, older_than: float) -> int:
-        """Abort multipart uploads under the objects prefix started before `older_than` (left
-        by a killed process; S3 keeps and bills their parts until aborted). Returns how many."""
-        aborted = 0
-        paginator = self.client.get_paginator("list_multipart_uploads")
-        with _s3_errors("LIST uploads"):
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._objects):
+                    if item["LastModified"].timestamp() < older_than:
+                        await self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
+                        removed += 1
+            async for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                    Bucket=self.bucket, Prefix=self._objects):
                 for up in page.get("Uploads", ()):
                     if up["Initiated"].timestamp() < older_than:
                         await self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"],
                                                                  UploadId=up["UploadId"])
-                        aborted += 1
-        return aborted
+                        removed += 1
+        return removed
 
 
 def _update(h: Any, parts: list[bytes]) -> None:

@@ -359,4 +359,8 @@ class LfsService:
             if len(batch) >= 500:
                 await sweep()
         await sweep()
+        if not dry_run:
+            abandoned = await self.store.clean_abandoned(cutoff)
+            if abandoned:
+                log.info("removed %d abandoned upload(s) older than the grace period", abandoned)
         return report

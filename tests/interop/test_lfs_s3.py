@@ -1,0 +1,186 @@
+"""LFS objects in an S3 bucket (moto in server mode): real hg and git-lfs, proxy and direct mode,
+S3 going away mid-test.
+
+In proxy mode the bytes pass through lfsserve (multipart to the bucket, Range passed through);
+in direct mode the batch answers are presigned S3 URLs and lfsserve sees no object bytes: hg's
+uploads (hg never calls verify) are checked and installed when its push names them, git-lfs's
+by the verify action.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from ..s3server import MotoServer
+from ..support import oid_of
+from .lfs_http import request
+from .lfs_util import count_in_log
+from .test_lfs_git import Git
+from .test_lfs_hg import clear_local_blobs, lfs_hg
+
+pytestmark = pytest.mark.interop
+
+LFS = "application/vnd.git-lfs+json"
+
+
+def _keys(moto: MotoServer, bucket: str) -> set[str]:
+    out: set[str] = set()
+    for page in moto.client().get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        out.update(o["Key"] for o in page.get("Contents", ()))
+    return out
+
+
+def _final(oid: str) -> str:
+    return f"lfs/objects/{oid[:2]}/{oid[2:4]}/{oid}"
+
+
+@pytest.mark.parametrize("mode", ["proxy", "direct"])
+def test_hg_and_git_lfs_through_a_bucket(lfsserve, moto, tmp_path, mode):
+    bucket = moto.create_bucket()
+    server = lfsserve(config=moto.storage_toml(bucket, transfer=mode) + "[hg]\ncreate_on_push = true\n",
+                      env=moto.env)
+    a, big = b"THIS-IS-LFS\n", random.Random(7).randbytes(3 * 1024 * 1024 + 11)
+
+    # hg: push to the server's repository; the push's pointers must name stored blobs.
+    hg = lfs_hg(tmp_path, f"{server.url}/team/app/.git/info/lfs")
+    work = tmp_path / "hgwork"
+    hg("init", str(work))
+    (work / "a").write_bytes(a)
+    (work / "big").write_bytes(big)
+    hg("commit", "-A", "-m", "blobs", cwd=work)
+    hg("push", f"{server.url}/team/app", cwd=work)
+    assert _keys(moto, bucket) == {_final(oid_of(a)), _final(oid_of(big))}  # installed, nothing staged
+    clone = tmp_path / "hgclone"
+    hg("clone", "-U", f"{server.url}/team/app", str(clone))
+    clear_local_blobs(hg, clone)
+    hg("update", "tip", cwd=clone)
+    assert (clone / "big").read_bytes() == big and (clone / "a").read_bytes() == a
+
+    # git-lfs: push --all, then pull into a clone.
+    git = Git(tmp_path / "githome")
+    remote, gwork = tmp_path / "remote.git", tmp_path / "gitwork"
+    git("init", "-q", "--bare", str(remote))
+    git("init", "-q", str(gwork))
+    git("config", "lfs.url", f"{server.url}/team/game.git/info/lfs", cwd=gwork)
+    git("remote", "add", "origin", str(remote), cwd=gwork)
+    git("lfs", "track", "*.bin", cwd=gwork)
+    # proxy: one 100 MB object, resumed with a Range request below; direct: a few MB.
+    size = 100 * 1024 * 1024 if mode == "proxy" else 5 * 1024 * 1024 + 3
+    huge = random.Random(8).randbytes(size)
+    small = b"small git object\n"
+    (gwork / "huge.bin").write_bytes(huge)
+    (gwork / "small.bin").write_bytes(small)
+    git("add", ".", cwd=gwork)
+    git("commit", "-q", "-m", "assets", cwd=gwork)
+    git("push", "-q", "origin", "main", cwd=gwork)
+    assert {_final(oid_of(huge)), _final(oid_of(small))} <= _keys(moto, bucket)
+    assert not [k for k in _keys(moto, bucket) if not k.startswith("lfs/objects/")]
+    assert count_in_log(server, 'POST /team/game/.hg/lfs/verify HTTP/1.1" 200') == (2 if mode == "direct" else 0)
+
+    gclone = tmp_path / "gitclone"
+    git("clone", "-q", str(remote), str(gclone), env={"GIT_LFS_SKIP_SMUDGE": "1"})
+    git("config", "lfs.url", f"{server.url}/team/game.git/info/lfs", cwd=gclone)
+    if mode == "proxy":
+        # An interrupted download: git-lfs resumes it from what it has with a Range request.
+        incoming = gclone / ".git" / "lfs" / "incoming"
+        incoming.mkdir(parents=True, exist_ok=True)
+        (incoming / f"{oid_of(huge)}.tmp").write_bytes(huge[:size // 2 + 5])
+    git("lfs", "pull", cwd=gclone)
+    assert (gclone / "huge.bin").read_bytes() == huge and (gclone / "small.bin").read_bytes() == small
+    if mode == "proxy":
+        assert count_in_log(server, f'GET /team/game/.hg/lfs/objects/{oid_of(huge)} HTTP/1.1" 206') == 1
+    else:
+        # Object bytes never passed through lfsserve.
+        assert count_in_log(server, '"PUT /') == 0 and count_in_log(server, "/.hg/lfs/objects/") == 0
+    assert "Traceback" not in server.log()
+
+
+def test_s3_outage_answers_503_with_retry_after_and_recovers(lfsserve, tmp_path):
+    own = MotoServer.start()  # this test stops it: not the session's server
+    try:
+        bucket = own.create_bucket()
+        server = lfsserve(config=own.storage_toml(bucket), env=own.env)
+        base = f"{server.url}/team/app/.git/info/lfs"
+        data = random.Random(3).randbytes(300_000)
+        oid = oid_of(data)
+        obj = f"{server.url}/team/app/.hg/lfs/objects/{oid}"
+        assert request(obj, "PUT", data)[0] == 201
+
+        own.stop()
+        started = time.monotonic()
+        body = ('{"operation":"download","objects":[{"oid":"%s","size":%d}]}' % (oid, len(data))).encode()
+        status, headers, text = request(base + "/objects/batch", "POST", body,
+                                        {"Accept": LFS, "Content-Type": LFS}, timeout=120)
+        assert status == 503 and int(headers["Retry-After"]) > 0, text
+        assert b"try again" in text
+        status, headers, _ = request(obj, "GET", timeout=120)
+        assert status == 503 and headers["Retry-After"]
+        other = random.Random(4).randbytes(20 * 1024 * 1024)  # a multipart upload: refused, not half-stored
+        status, headers, _ = request(f"{server.url}/team/app/.hg/lfs/objects/{oid_of(other)}", "PUT", other,
+                                     timeout=120)
+        assert status == 503 and headers["Retry-After"]
+        assert time.monotonic() - started < 100  # failed over, not hung
+
+        own.restart()  # moto comes back empty: the client uploads again and all is well
+        assert request(obj, "GET")[0] == 404  # the bucket lost it; the server says so plainly
+        assert request(obj, "PUT", data)[0] == 201
+        status, _, got = request(obj, "GET")
+        assert status == 200 and got == data
+        assert server.alive() and "Traceback" not in server.log()
+    finally:
+        own.stop()
+
+
+def test_storage_copy_to_s3_is_resumable_and_verifies(lfsserve, moto, tmp_path):
+    import subprocess
+    import sys
+
+    server = lfsserve()
+    blobs = [random.Random(i).randbytes(n) for i, n in enumerate((10, 70_000, 9 * 1024 * 1024))]
+    for blob in blobs:
+        assert request(f"{server.url}/team/app/.hg/lfs/objects/{oid_of(blob)}", "PUT", blob)[0] == 201
+    server.stop()
+    bucket = moto.create_bucket()
+    cfg = tmp_path / "s3.toml"
+    cfg.write_text(moto.storage_toml(bucket, prefix="mig/"))
+    cmd = [sys.executable, "-m", "lfsserve", "storage", "copy", "--to", "s3", "--root", str(server.root),
+           "--config", str(cfg)]
+    env = {**moto.env, "PATH": "/usr/bin:/bin"}
+    # A first run that copies one object (as if interrupted after it), then the full run.
+    client = moto.client()
+    first = oid_of(blobs[0])
+    client.put_object(Bucket=bucket, Key="mig/" + _final(first), Body=blobs[0], Metadata={"lfs-sha256": first})
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+    assert res.returncode == 0, res.stderr
+    assert "copied 2 LFS objects" in res.stdout and "1 were already there" in res.stdout
+    assert _keys(moto, bucket) == {"mig/" + _final(oid_of(b)) for b in blobs}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+    assert "copied 0 LFS objects" in res.stdout and "3 were already there" in res.stdout
+
+    # The server on the bucket serves what was copied.
+    s3 = lfsserve(root=server.root, config=moto.storage_toml(bucket, prefix="mig/"), env=moto.env)
+    status, _, got = request(f"{s3.url}/team/app/.hg/lfs/objects/{oid_of(blobs[2])}")
+    assert status == 200 and got == blobs[2]
+    s3.stop()
+
+    # verify, repos and gc work on the bucket: a damaged object is found and quarantined ...
+    def admin(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lfsserve", *args, "--root", str(server.root),
+                               "--config", str(cfg)], env=env, capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).parents[2])
+
+    bad = oid_of(blobs[1])
+    client.put_object(Bucket=bucket, Key="mig/" + _final(bad), Body=blobs[1][:-1] + b"!")
+    res = admin("verify", "--blobs-only")
+    assert res.returncode == 1 and f"corrupt: {bad} (moved to s3://{bucket}/mig/lfs/quarantine/{bad}." in res.stdout
+    assert "checked 3 LFS objects" in res.stdout
+    res = admin("repos", "--json")
+    assert '"lfs_objects": 2' in res.stdout, res.stdout + res.stderr
+    # ... and gc deletes what no repository references any more.
+    res = admin("gc", "--forget", "team/app", "--grace", "0", "--apply")
+    assert res.returncode == 0 and "deleted 2 unreferenced LFS objects" in res.stdout, res.stdout + res.stderr
+    assert [k for k in _keys(moto, bucket) if "/objects/" in k] == []
