@@ -128,7 +128,7 @@ class S3BlobStore(BlobStore):
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
                 # Fail over to the client quickly: it retries, and a 503 is better than a hang.
-                retries={"max_attempts": 3, "mode": "standard"},
+                retries={"max_attempts": 2, "mode": "standard"},
                 connect_timeout=5, read_timeout=60, max_pool_connections=64),
         }
         if access_key_id:

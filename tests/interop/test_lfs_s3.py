@@ -159,8 +159,6 @@ def test_storage_copy_to_s3_is_resumable_and_verifies(lfsserve, moto, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "copied 2 LFS objects" in res.stdout and "1 were already there" in res.stdout
     assert _keys(moto, bucket) == {"mig/" + _final(oid_of(b)) for b in blobs}
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
-    assert "copied 0 LFS objects" in res.stdout and "3 were already there" in res.stdout
 
     # The server on the bucket serves what was copied.
     s3 = lfsserve(root=server.root, config=moto.storage_toml(bucket, prefix="mig/"), env=moto.env)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from lfsserve.blobstore import HashMismatch, Status, StorageUnavailable, open_store
+from lfsserve.blobstore import HashMismatch, Status, open_store
 from lfsserve.blobstore.s3 import S3BlobStore
 from lfsserve.config import load_config
 from tests.s3server import ACCESS_KEY, REGION, SECRET_KEY
@@ -119,25 +119,3 @@ async def test_direct_upload_is_invisible_until_promoted(moto):
         assert _keys(moto, bucket) == [store.key(oid)]
     finally:
         await store.close()
-
-
-async def test_s3_gone_is_storage_unavailable(moto):
-    from tests.s3server import MotoServer
-
-    own = MotoServer.start()
-    try:
-        store = _store(own, own.create_bucket())
-        await store.open()
-        data = os.urandom(1000)
-        await store.put(oid_of(data), chunks_of(data))
-        own.stop()
-        with pytest.raises(StorageUnavailable):
-            await store.state(oid_of(data))
-        with pytest.raises(StorageUnavailable):
-            await store.put(oid_of(b"x"), chunks_of(b"x"))
-        own.restart()
-        assert (await store.put(oid_of(data), chunks_of(data))).created
-        assert (await store.state(oid_of(data))).status is Status.OK
-        await store.close()
-    finally:
-        own.stop()
