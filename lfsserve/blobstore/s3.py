@@ -336,13 +336,24 @@ class S3BlobStore(BlobStore):
     async def promote_staged(self, oids: Collection[str], owner: str) -> dict[str, ObjectState]:
         if self.transfer != "direct":
             return {}
+        # One LIST of the owner's staging area (usually nearly empty) instead of a request per oid:
+        # batch requests name up to thousands of objects, few of which are staged.
+        wanted = set(oids)
+        folder = f"{self._incoming}{owner_tag(owner)}/"
+        staged = []
+        with _s3_errors("LIST"):
+            async for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
+                staged += [item["Key"][len(folder):] for item in page.get("Contents", ())]
+        staged = [oid for oid in staged if oid in wanted and is_oid(oid)]
+        if not staged:
+            return {}
         sem = asyncio.Semaphore(HEAD_CONCURRENCY)
 
         async def one(oid: str) -> tuple[str, ObjectState | None]:
             async with sem:
                 return oid, await self._promote(oid, self.incoming_key(oid, owner))
 
-        results = await asyncio.gather(*(one(oid) for oid in dict.fromkeys(oids) if is_oid(oid)))
+        results = await asyncio.gather(*(one(oid) for oid in staged))
         return {oid: state for oid, state in results if state is not None}
 
     async def _promote(self, oid: str, staged: str) -> ObjectState | None:
