@@ -318,10 +318,10 @@ class TransferSession:
                     self.w.data(chunk)
                     sent += len(chunk)
                     await self.w.drain()
-        except CorruptObject:
+        except BlobError as exc:  # corrupt, or the object storage failed mid-way
             # The status line is gone: the only honest signal left is to stop short, so the
             # client's hash check fails and it keeps nothing.
-            print(f"lfsserve: LFS object {oid} is corrupt: download cut after {sent} of "
+            print(f"lfsserve: LFS object {oid}: {exc.message}: download cut after {sent} of "
                   f"{handle.size} bytes", file=sys.stderr)
             raise SessionAbort() from None
         self.w.flush()
