@@ -64,6 +64,7 @@ PARTS_IN_FLIGHT = 2        # per upload: memory stays below (PARTS_IN_FLIGHT + 1
 COPY_LIMIT = 5 << 30       # largest single CopyObject; beyond it, multipart copy
 COPY_PART = 1 << 30
 HEAD_CONCURRENCY = 32      # HEAD requests at once for one states() call
+_CHECKED_MAX = 100_000  # re-hash outcomes of foreign objects kept in memory
 _META = "lfs-sha256"       # metadata of objects this store verified and installed
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 _CHANGED_CODES = {"412", "PreconditionFailed"}
@@ -127,9 +128,11 @@ class S3BlobStore(BlobStore):
                     "payload_signing_enabled": False},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
-                # Fail over to the client quickly: it retries, and a 503 is better than a hang.
+                # Fail over to the client quickly: it retries, and a 503 is better than a hang
+                # (git-lfs gives up on a server silent for 30 s). read_timeout is per read, not
+                # per object: a large download takes as long as it needs.
                 retries={"max_attempts": 2, "mode": "standard"},
-                connect_timeout=5, read_timeout=60, max_pool_connections=64),
+                connect_timeout=5, read_timeout=15, max_pool_connections=64),
         }
         if access_key_id:
             self._client_args["aws_access_key_id"] = access_key_id
@@ -248,10 +251,15 @@ class S3BlobStore(BlobStore):
             return MISSING
         digest, size, etag = res
         ok = digest == oid
-        self._checked[oid] = (etag, ok)
+        self._remember(oid, etag, ok)
         if not ok:
             log.error("LFS object %s is corrupt: its content hashes to %s", oid, digest)
         return ObjectState(Status.OK if ok else Status.CORRUPT, size)
+
+    def _remember(self, oid: str, etag: str, ok: bool) -> None:
+        if len(self._checked) >= _CHECKED_MAX:
+            self._checked.clear()  # only a cache: forgotten objects are re-hashed when next used
+        self._checked[oid] = (etag, ok)
 
     # -- writing -------------------------------------------------------------------------------
     async def put(self, oid: str, chunks: AsyncIterator[bytes], *, max_size: int = 0) -> PutResult:
@@ -427,7 +435,7 @@ class S3BlobStore(BlobStore):
                     raise StorageUnavailable(f"object storage sent {got} of {end - start} bytes; try again")
                 if h is not None:
                     ok = h.hexdigest() == oid
-                    self._checked[oid] = (resp["ETag"], ok)
+                    self._remember(oid, resp["ETag"], ok)
                     if not ok:
                         log.error("LFS object %s is corrupt (found while sending it)", oid)
                         raise CorruptObject(f"object {oid} is corrupt")

@@ -110,6 +110,15 @@ def test_s3_outage_answers_503_with_retry_after_and_recovers(lfsserve, tmp_path)
         oid = oid_of(data)
         obj = f"{server.url}/team/app/.hg/lfs/objects/{oid}"
         assert request(obj, "PUT", data)[0] == 201
+        # Ranges and HEAD pass through to S3.
+        status, headers, got = request(obj, "GET", headers={"Range": "bytes=1000-1999"})
+        assert status == 206 and got == data[1000:2000] and headers["Content-Range"] == f"bytes 1000-1999/{len(data)}"
+        status, headers, got = request(obj, "GET", headers={"Range": "bytes=-10"})
+        assert status == 206 and got == data[-10:]
+        status, headers, _ = request(obj, "GET", headers={"Range": f"bytes={len(data)}-"})
+        assert status == 416 and headers["Content-Range"] == f"bytes */{len(data)}"
+        status, headers, got = request(obj, "HEAD")
+        assert status == 200 and int(headers["Content-Length"]) == len(data) and got == b""
 
         own.stop()
         started = time.monotonic()
