@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from .support import free_port, require_interop_marker
 
@@ -32,6 +33,7 @@ class MotoServer:
     port: int
     proc: subprocess.Popen | None = None
     buckets: list[str] = field(default_factory=list)
+    _sync_client: Any = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -89,11 +91,14 @@ class MotoServer:
             self._client().create_bucket(Bucket=bucket)
 
     def _client(self):
-        import botocore.session
+        # One client per server (creating one loads botocore's service model: ~0.3 s).
+        if self._sync_client is None:
+            import botocore.session
 
-        return botocore.session.get_session().create_client(
-            "s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY)
+            self._sync_client = botocore.session.get_session().create_client(
+                "s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id=ACCESS_KEY,
+                aws_secret_access_key=SECRET_KEY)
+        return self._sync_client
 
     def create_bucket(self, name: str | None = None) -> str:
         name = name or f"lfs-{secrets.token_hex(6)}"

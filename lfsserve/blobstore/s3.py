@@ -631,6 +631,9 @@ class _Upload:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks)
+        for task in self._tasks:
+            if not task.cancelled():
+                task.exception()  # retrieved: the upload failed for another reason already
         self._tasks.clear()
         self._part = []
         if self._upload_id is not None:
