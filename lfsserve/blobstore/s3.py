@@ -367,20 +367,21 @@ class S3BlobStore(BlobStore):
     async def _promote(self, oid: str, staged: str) -> ObjectState | None:
         """Hash the staged upload; install it if it matches, drop it either way. None when no
         upload is staged there."""
-        res = await self._hash_key(staged)
-        if res is None:
-            return None
-        digest, size, etag = res
-        if digest != oid:
-            log.info("direct upload of %s discarded: its content hashes to %s", oid, digest)
-            await self._delete_key(staged)
-            return MISSING
-        # Copy exactly the version that was hashed (another PUT may have replaced it since).
-        if not await self._copy(staged, self.key(oid), size, metadata={_META: oid}, if_match=etag):
-            return None
-        with contextlib.suppress(StorageUnavailable):
-            await self._delete_key(staged)  # left over: the next promotion re-checks and drops it
-        return ObjectState(Status.OK, size)
+        for _attempt in range(3):  # another PUT of the same upload may replace it meanwhile
+            res = await self._hash_key(staged)
+            if res is None:
+                return None
+            digest, size, etag = res
+            if digest != oid:
+                log.info("direct upload of %s discarded: its content hashes to %s", oid, digest)
+                await self._delete_key(staged)
+                return MISSING
+            # Copy exactly the version that was hashed.
+            if await self._copy(staged, self.key(oid), size, metadata={_META: oid}, if_match=etag):
+                with contextlib.suppress(StorageUnavailable):
+                    await self._delete_key(staged)  # left over: the next promotion re-checks and drops it
+                return ObjectState(Status.OK, size)
+        return None
 
     # -- reading -------------------------------------------------------------------------------
     async def get(self, oid: str) -> BlobHandle:
