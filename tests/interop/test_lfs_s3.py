@@ -9,11 +9,18 @@ by the verify action.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from lfsserve.admin import collect_garbage, open_lfs, usage, verify_blobs
+from lfsserve.config import load_config
 
 from ..s3server import MotoServer
 from ..support import oid_of
@@ -145,50 +152,54 @@ def test_s3_outage_answers_503_with_retry_after_and_recovers(lfsserve, tmp_path)
         own.stop()
 
 
-def test_storage_copy_to_s3_is_resumable_and_verifies(lfsserve, moto, tmp_path):
-    import subprocess
-    import sys
-
-    server = lfsserve()
-    blobs = [random.Random(i).randbytes(n) for i, n in enumerate((10, 70_000, 9 * 1024 * 1024))]
-    for blob in blobs:
-        assert request(f"{server.url}/team/app/.hg/lfs/objects/{oid_of(blob)}", "PUT", blob)[0] == 201
-    server.stop()
+async def test_storage_copy_verify_repos_gc_on_a_bucket(moto, tmp_path):
+    """`lfsserve storage copy --to s3` (the command), then the admin operations behind `verify`,
+    `repos` and `gc` (admin.py, as the CLI runs them) on the bucket."""
+    root = tmp_path / "data"
+    root.mkdir()
     bucket = moto.create_bucket()
     cfg = tmp_path / "s3.toml"
     cfg.write_text(moto.storage_toml(bucket, prefix="mig/"))
-    cmd = [sys.executable, "-m", "lfsserve", "storage", "copy", "--to", "s3", "--root", str(server.root),
-           "--config", str(cfg)]
-    env = {**moto.env, "PATH": "/usr/bin:/bin"}
-    # A first run that copies one object (as if interrupted after it), then the full run.
+    local = load_config(env={"LFSSERVE_ROOT": str(root)})
+    blobs = [random.Random(i).randbytes(n) for i, n in enumerate((10, 70_000, 9 * 1024 * 1024))]
+
+    async def chunks(data: bytes):
+        yield data
+
+    async with open_lfs(local) as svc:  # a local store with objects visible in team/app
+        for blob in blobs:
+            await svc.receive("team/app", oid_of(blob), chunks(blob))
+
+    # As if an earlier run was interrupted after copying the first object.
     client = moto.client()
     first = oid_of(blobs[0])
     client.put_object(Bucket=bucket, Key="mig/" + _final(first), Body=blobs[0], Metadata={"lfs-sha256": first})
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+    res = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "lfsserve", "storage", "copy", "--to", "s3", "--root", str(root),
+                         "--config", str(cfg)],
+        env={**moto.env, "PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).parents[2])
     assert res.returncode == 0, res.stderr
     assert "copied 2 LFS objects" in res.stdout and "1 were already there" in res.stdout
     assert _keys(moto, bucket) == {"mig/" + _final(oid_of(b)) for b in blobs}
 
-    # The server on the bucket serves what was copied.
-    s3 = lfsserve(root=server.root, config=moto.storage_toml(bucket, prefix="mig/"), env=moto.env)
-    status, _, got = request(f"{s3.url}/team/app/.hg/lfs/objects/{oid_of(blobs[2])}")
-    assert status == 200 and got == blobs[2]
-    s3.stop()
-
-    # verify, repos and gc work on the bucket: a damaged object is found and quarantined ...
-    def admin(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "lfsserve", *args, "--root", str(server.root),
-                               "--config", str(cfg)], env=env, capture_output=True, text=True, timeout=120,
-                              cwd=Path(__file__).parents[2])
-
-    bad = oid_of(blobs[1])
-    client.put_object(Bucket=bucket, Key="mig/" + _final(bad), Body=blobs[1][:-1] + b"!")
-    res = admin("verify", "--blobs-only")
-    assert res.returncode == 1 and f"corrupt: {bad} (moved to s3://{bucket}/mig/lfs/quarantine/{bad}." in res.stdout
-    assert "checked 3 LFS objects" in res.stdout
-    res = admin("repos", "--json")
-    assert '"lfs_objects": 2' in res.stdout, res.stdout + res.stderr
-    # ... and gc deletes what no repository references any more.
-    res = admin("gc", "--forget", "team/app", "--grace", "0", "--apply")
-    assert res.returncode == 0 and "deleted 2 unreferenced LFS objects" in res.stdout, res.stdout + res.stderr
-    assert [k for k in _keys(moto, bucket) if "/objects/" in k] == []
+    s3 = load_config(cfg, env={"LFSSERVE_ROOT": str(root), **moto.env})
+    os.environ.update(moto.env)  # the S3 credentials, from the standard chain as in production
+    try:
+        # verify finds an object another tool damaged in the bucket, and quarantines it ...
+        bad = oid_of(blobs[1])
+        client.put_object(Bucket=bucket, Key="mig/" + _final(bad), Body=blobs[1][:-1] + b"!")
+        result = await verify_blobs(s3)
+        assert result.checked == 3 and result.corrupt == [bad]
+        assert result.quarantined[bad].startswith(f"s3://{bucket}/mig/lfs/quarantine/{bad}.")
+        # ... repos counts what the bucket holds for each repository ...
+        rows = {row.name: row for row in await usage(s3)}
+        assert rows["team/app"].lfs_objects == 2
+        assert rows["team/app"].lfs_bytes == len(blobs[0]) + len(blobs[2])
+        # ... and gc deletes what no repository references any more.
+        gc = await collect_garbage(s3, 0, apply=True, forget=["team/app"])
+        assert sorted(gc.deleted) == sorted([first, oid_of(blobs[2])])
+        assert [k for k in _keys(moto, bucket) if "/objects/" in k] == []
+    finally:
+        for key in moto.env:
+            os.environ.pop(key, None)
