@@ -122,8 +122,8 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
     svc.stats.batch_requests += 1
     svc.stats.batch_objects += len(req.objects)
 
-    # First what each object gets: an answer already, or (None) actions from the adapter.
-    out: list[str | None] = []
+    # First what each object gets: its answer already, or actions from the adapter (after prepare).
+    out: list[str] = []  # "" = actions to come from the adapter
     need: list[tuple[str, int]] = []
     for obj in req.objects:
         if obj.error is not None:
@@ -140,7 +140,7 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
             elif state.size != size:
                 out.append(_error(obj, 422, f"The object's size is {state.size} bytes, not {size}"))
             else:
-                out.append(None)
+                out.append("")
                 need.append((oid, size))
             continue
         if cfg.max_object_size and size > cfg.max_object_size:
@@ -151,14 +151,14 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
         elif state is not None and state.servable:
             out.append(_error(obj, 422, f"An object with this oid is stored with size {state.size}, not {size}"))
         else:
-            out.append(None)
+            out.append("")
             need.append((oid, size))
     prepare = getattr(actions, "prepare", None)
     if prepare is not None and need:
         await prepare(need)
     todo = iter(need)
     for i, answer in enumerate(out):
-        if answer is not None:
+        if answer:
             continue
         oid, size = next(todo)
         if req.operation == "download":
@@ -172,7 +172,7 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
             out[i] = (f'{{"oid":"{oid}","size":{size},"authenticated":true,'
                       f'"actions":{{"upload":{upload}{verify}}}}}')
     head = f'{{"transfer":{_quote(svc.transfer.name)},"objects":['
-    return (head + ",".join(out) + '],"hash_algo":"sha256"}').encode("utf-8")  # type: ignore[arg-type]
+    return (head + ",".join(out) + '],"hash_algo":"sha256"}').encode("utf-8")
 
 
 @endpoint
