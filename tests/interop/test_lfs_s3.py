@@ -24,7 +24,7 @@ from lfsserve.config import load_config
 
 from ..s3server import MotoServer
 from ..support import oid_of
-from .lfs_http import request
+from .lfs_http import batch, request
 from .lfs_util import count_in_log
 from .test_lfs_git import Git
 from .test_lfs_hg import clear_local_blobs, lfs_hg
@@ -104,6 +104,26 @@ def test_hg_and_git_lfs_through_a_bucket(lfsserve, moto, tmp_path, mode):
     else:
         # Object bytes never passed through lfsserve.
         assert count_in_log(server, '"PUT /') == 0 and count_in_log(server, "/.hg/lfs/objects/") == 0
+        # Downloads are presigned S3 GETs that git-lfs must not send credentials to.
+        status, _, answer = batch(f"{server.url}/team/game.git/info/lfs", "download",
+                                  [{"oid": oid_of(small), "size": len(small)}])
+        (obj,) = answer["objects"]
+        action = obj["actions"]["download"]
+        assert status == 200 and obj["authenticated"] is True and action["href"].startswith(moto.url)
+        assert "X-Amz-Signature=" in action["href"] and "Authorization" not in action.get("header", {})
+        # Uploads go to a staging key, bound to their size and SHA-256; verify is this server's.
+        new = b"one more object\n"
+        status, _, answer = batch(f"{server.url}/team/game.git/info/lfs", "upload",
+                                  [{"oid": oid_of(new), "size": len(new)}])
+        actions = answer["objects"][0]["actions"]
+        assert "/lfs/incoming/" in actions["upload"]["href"] and actions["verify"]["href"].startswith(server.url)
+        assert "content-length%3Bhost%3Bx-amz-checksum-sha256" in actions["upload"]["href"]
+        assert request(actions["upload"]["href"], "PUT", new, actions["upload"]["header"])[0] == 200
+        # Staged, not yet an object: invisible until checked (here by the download batch, as for hg).
+        assert _final(oid_of(new)) not in _keys(moto, bucket)
+        status, _, answer = batch(f"{server.url}/team/game.git/info/lfs", "download",
+                                  [{"oid": oid_of(new), "size": len(new)}])
+        assert "actions" in answer["objects"][0] and _final(oid_of(new)) in _keys(moto, bucket)
     assert "Traceback" not in server.log()
 
 
