@@ -138,17 +138,20 @@ async def _stream(request: web.Request, svc: LfsService, handle: BlobHandle, hea
         await response.prepare(request)
         return response
     chunks = svc.read(handle, start, end)
-    # The first chunk before the status line: a backend that fails at once gets its 503.
     async with contextlib.aclosing(chunks):
-        try:
-            first = await chunks.__anext__()
-        except StopAsyncIteration:
-            first = b""
+        first = b""
+        if handle.verified:
+            # The first chunk before the status line: a backend that fails at once gets its 503.
+            # An unverified object's status line goes out first whatever its size: if it turns
+            # out corrupt, the client sees the connection cut before the end.
+            with contextlib.suppress(StopAsyncIteration):
+                first = await chunks.__anext__()
         await response.prepare(request)
         sent = 0
         try:
-            await response.write(first)
-            sent = len(first)
+            if first:
+                await response.write(first)
+                sent = len(first)
             async for chunk in chunks:
                 await response.write(chunk)
                 sent += len(chunk)
