@@ -27,7 +27,7 @@ from .repos import RepoRegistry, RepoSettings
 from .routing import BadPath, Kind, Target, resolve
 from .shutdown import DRAIN, Drain, close_while_draining, drain_middleware
 from .urls import TrustedProxies
-from .web import pages
+from . import web as web_ui
 from .wire import v1, v2
 
 __all__ = ["CTX", "FRONTENDS", "create_app"]
@@ -41,7 +41,7 @@ FRONTENDS: tuple[Setup, ...] = (
     lfs.setup,      # Git LFS: batch API, basic transfer, verify, locks
     v1.setup,       # Mercurial wire protocol v1 (?cmd=)
     v2.setup,       # Mercurial wire protocol v2 (/api/exp-http-v2-0003/...)
-    pages.setup,    # pages for browsers: the index at / and a repository's page
+    web_ui.setup,   # the web UI: the index at /, hgweb's pages and JSON under each repository
 )
 
 

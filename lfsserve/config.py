@@ -195,6 +195,19 @@ class SshConfig:
 
 
 @dataclass
+class WebConfig:
+    # Defaults for every repository's web settings; a repository's own `.hg/hgrc` `[web]` section
+    # (description, contact, name, hidden, allow_archive, labels) wins, as in hgweb.
+    description: str = ""
+    contact: str = ""
+    # Archive types offered (gz, bz2, zip); empty: none, as hgweb's default.
+    allow_archive: list[str] = field(default_factory=list)
+    # What a repository's SSH clone URL starts with, e.g. "ssh://hg@hg.example.com" (the summary
+    # page then shows `hg clone ssh://hg@hg.example.com/<repo>`). Empty: no SSH URL shown.
+    ssh_clone_base: str = ""
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -204,6 +217,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     ssh: SshConfig = field(default_factory=SshConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     # -- derived paths ---------------------------------------------------------------------
     @property
