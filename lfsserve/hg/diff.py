@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from .error import HgError
 from .filelog import Filelog
+from .mdiff import _matching_blocks as _patience_blocks
 from .node import NULLID, NULLREV
 from .repository import Repository
 from .revlog import E_ULEN
@@ -52,6 +53,9 @@ __all__ = [
 # store; the engine itself never touches blobs.
 LfsReader = Callable[[bytes, bytes], "bytes | None"]  # (path, pointer text) -> content
 
+# Past this many line pairs in the part of two texts that differs, diffs stop searching for the
+# longest matches (bdiff's rule) and use patience matching, whose cost stays near-linear.
+_EXACT_WORK = 4_000_000
 _GIT_MODE = {b"": b"100644", b"x": b"100755", b"l": b"120000"}
 _NULLHEX = b"0" * 40
 _MISSING_NEWLINE = b"\\ No newline at end of file\n"
@@ -159,8 +163,14 @@ def line_blocks(a: list[bytes], b: list[bytes]) -> list[tuple[int, int, int, int
     if head:
         runs.append((0, 0, head))
     if head < na - tail and head < nb - tail:
-        sm = difflib.SequenceMatcher(None, a[head:na - tail], b[head:nb - tail], autojunk=False)
-        runs.extend((head + i, head + j, n) for i, j, n in sm.get_matching_blocks() if n)
+        mid_a, mid_b = a[head:na - tail], b[head:nb - tail]
+        if len(mid_a) * len(mid_b) <= _EXACT_WORK:
+            sm = difflib.SequenceMatcher(None, mid_a, mid_b, autojunk=False)
+            runs.extend((head + i, head + j, n) for i, j, n in sm.get_matching_blocks() if n)
+        else:
+            # a large rewrite: longest-match search could take quadratic time; the engine's
+            # patience matching is near-linear (a valid diff, maybe not the one hg prints)
+            runs.extend((head + i, head + j, n) for i, j, n in _patience_blocks(mid_a, mid_b))
     if tail:
         runs.append((na - tail, nb - tail, tail))
     # merge touching runs, then push each gap towards the end while the lines after it match

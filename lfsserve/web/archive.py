@@ -22,8 +22,10 @@ from ..aio import run_blocking, submit_blocking
 from ..hg.archive import ARCHIVE_TYPES, ArchiveError, write_archive
 from ..hg.node import NULLREV
 from ..hg.repository import Repository
+from ..kernel import ServerContext
 from ..repos import engine_repo
-from . import model, pages
+from . import model
+from .hgrc import MAX_HGRC, parse_hgrc_section
 from .raw import LfsBlobReader, cache_headers, lfs_service, with_repo
 from .router import PageHandler, WebError, WebRequest
 
@@ -75,6 +77,23 @@ class _Gone(Exception):
     """The response stopped taking the archive."""
 
 
+def archive_allowed(ctx: ServerContext, repo: str, kind: str) -> bool:
+    """Whether `kind` (gz, bz2, zip) may be downloaded, as hgweb decides: listed in the
+    repository's `[web] allow-archive` (or its older spelling allow_archive; without either,
+    lfsserve's `[web] allow_archive`), or its `allow<kind>` switch on. Blocking (reads .hg/hgrc)."""
+    items: dict[str, str] = {}
+    try:
+        with open(ctx.repos.path_of(repo) / ".hg" / "hgrc", "rb") as f:
+            raw = f.read(MAX_HGRC + 1)
+        if len(raw) <= MAX_HGRC:  # as hgrc.read_web_settings: a bigger one is ignored
+            items = parse_hgrc_section(raw.decode("utf-8", "replace"), "web")
+    except OSError:
+        pass
+    listed = items.get("allow-archive", items.get("allow_archive"))
+    allowed = re.split(r"[\s,]+", listed) if listed is not None else list(ctx.config.web.allow_archive)
+    return kind in allowed or items.get("allow" + kind, "").strip().lower() in ("1", "yes", "true", "on", "always")
+
+
 def _archive_name(repo: str, rev_arg: str, node_hex: str) -> str:
     """hgweb's `{basename with non-word runs as -}-{the revision as the URL names it}` (`tip`
     becomes the short node; so does a full node here, where hgweb keeps all 40 digits)."""
@@ -95,8 +114,7 @@ async def archive(wr: WebRequest) -> web.StreamResponse:
         raise WebError(404, "Unsupported archive type")  # hgweb's words; the type is not echoed
     rev_arg = spec[:-len(suffix)]
     kind, media = ARCHIVE_TYPES[suffix]
-    settings = await run_blocking(pages.web_settings, wr.ctx, wr.repo)
-    if kind not in settings.allow_archive:
+    if not await run_blocking(archive_allowed, wr.ctx, wr.repo, kind):
         raise WebError(403, "Archive type not allowed")
 
     def resolve(repo: Repository) -> str:

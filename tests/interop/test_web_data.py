@@ -55,7 +55,7 @@ def site(tmp_path_factory, webrepo):
     try:
         for name in ("team/repo", "private/repo", "gzonly/repo"):
             shutil.copytree(repo, server.root / "repos" / name, symlinks=True)
-        (server.root / "repos" / "gzonly/repo/.hg/hgrc").write_text("[web]\nallow_archive = gz\n")
+        (server.root / "repos" / "gzonly/repo/.hg/hgrc").write_text("[web]\nallow-archive = gz\nallowbz2 = yes\n")
         # an LFS repository: pushed by hg with the lfs extension, its blob uploaded to our store
         lfs_hg = Hg(base / "lfs-home", f"[extensions]\nlfs =\n[lfs]\nurl = {server.url}/lfs/repo/.git/info/lfs\n"
                                        "track = path:big/\n")
@@ -205,6 +205,7 @@ def test_archive_identical_to_hg_archive(site):
 
 def test_archive_allowed_per_repository(site):
     assert get(site, "/gzonly/repo/archive/tip.tar.gz")[0] == 200
+    assert get(site, "/gzonly/repo/archive/tip.tar.bz2")[0] == 200
     status, _, body = get(site, "/gzonly/repo/archive/tip.zip")
     assert status == 403 and b"Archive type not allowed" in body
     assert get(site, "/team/repo/archive/tip.tar.xz")[0] == 404
