@@ -215,6 +215,15 @@ def test_pages(site: Site):
     hostile = page(f"{site.repo}/file/tip/{q(HOSTILE_NAME)}")
     assert SCRIPT not in hostile and HOSTILE_NAME not in hostile and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in hostile
 
+    rev_diff = page(f"{site.repo}/rev/{n['greet the world']}")
+    assert '<tr class="add"><td class="ln"></td><td class="ln">2</td><td class="code">+    return &#39;hello, world&#39;' \
+        in rev_diff
+    sbs = page(f"{site.repo}/rev/{n['greet the world']}?sidebyside=1")
+    assert 'class="source sbs"' in sbs and "hello, world" in sbs
+    diff = page(f"{site.repo}/diff/{n['rename and add a binary']}/new-name.txt")
+    assert "(added)" in diff and "+moved" in diff
+    blame = page(f"{site.repo}/annotate/tip/new-name.txt")
+    assert blame.count("<tr id=") == 2 and "old-name.txt" in blame  # followed the rename
     history = page(f"{site.repo}/log/tip/src/main.py")
     assert "rewrite main" in history and "greet the world" in history and "start the feature" not in history
     assert "v1.0" in page(f"{site.repo}/tags")
@@ -310,11 +319,15 @@ def test_json_matches_hgweb(site: Site):
         "json-graph", "json-changelog", f"json-rev/{n['rename and add a binary']}",
         f"json-changeset/{n['merge the feature']}", f"json-rev/{n['start the feature']}",
         f"log?style=json&rev={n['greet the world'][:12]}", "?style=json",
+        f"json-diff/{n['rename and add a binary']}/new-name.txt", f"json-diff/{n['greet the world']}/src/main.py",
+        f"json-filediff/{n['rewrite main']}/src/main.py", f"json-diff/{n['merge the feature']}/src/feature.py",
+        "json-annotate/tip/src/main.py", f"json-annotate/{n['merge the feature']}/new-name.txt",
+        "json-annotate/tip/README.md", f"json-annotate/{n['greet the world']}/{q('docs/ünïcödé.txt')}",
     ]
     for url in urls:
         ours = _json(f"{site.repo}/{url}")
         theirs = _json(f"{site.hgweb}/{url}")
-        # hgweb's graph layout and diffs are compared elsewhere (layout is ours to draw);
-        # archives depend on allow_archive, which differs between the two servers' configs
-        ignore = {"col", "row", "color", "edges", "diff", "archives"}
+        # the graph's layout is ours to draw; archives depend on allow_archive, which differs
+        # between the two servers' configs
+        ignore = {"col", "row", "color", "edges", "archives"}
         assert _drop(ours, ignore) == _drop(theirs, ignore), url
