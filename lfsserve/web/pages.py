@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import json
 import posixpath
 import urllib.parse
@@ -166,7 +167,9 @@ def _immutable(wr: WebRequest, arg: str, node: str, date: list) -> dict[str, str
     if arg.lower() != node:
         return None
     public = wr.ctx.auth.permission(ANONYMOUS, wr.repo) >= Permission.READ
-    tag = f'"{node}-{wr.command}-{wr.style}-{abs(hash(tuple(wr.args))) & 0xffffffff:x}-{wr.request.query_string}"'
+    # stable across processes and restarts (so every worker behind a balancer agrees)
+    what = "\0".join([wr.command, wr.style, *wr.args, wr.request.query_string]).encode("utf-8", "surrogateescape")
+    tag = f'"{node}-{hashlib.sha256(what).hexdigest()[:16]}"'
     return {"ETag": tag, "Cache-Control": ("public, " if public else "private, ") + IMMUTABLE,
             "Last-Modified": datetime.datetime.fromtimestamp(date[0], datetime.UTC)
             .strftime("%a, %d %b %Y %H:%M:%S GMT")}
