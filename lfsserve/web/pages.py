@@ -264,7 +264,8 @@ async def index(request: web.Request, target: Target) -> web.StreamResponse:
 
     items = await run_blocking(entries)
     if style == "json":
-        return _json({"entries": [{"name": e["name"], "description": e["description"], "contact": e["contact"],
+        # hgwebdir's names are the repositories' paths (`[web] name` titles pages only)
+        return _json({"entries": [{"name": e["path"], "description": e["description"], "contact": e["contact"],
                                    "lastchange": e["lastchange"] or [0.0, 0], "labels": e["labels"]}
                                   for e in items]})
     text = render("index.html", title="Repositories · lfsserve", home=_home(request), repo=False, repo_url="",
