@@ -262,9 +262,32 @@ def dir_listing(repo: Repository, rev: int, path: str) -> tuple[list[dict], list
     return directories, files
 
 
-def file_revs(repo: Repository, rev: int, path: str, limit: int) -> tuple[list[int], bool] | None:
-    """Changesets (newest first) that changed `path`, among the ancestors of `rev`; None when
-    the file never existed there."""
+def file_parent_links(repo: Repository, fl: Filelog, frev: int) -> list[int]:
+    """The changesets of a file revision's parents, a copy's source standing for its first
+    parent as in hg (filectx.parents)."""
+    p1, p2 = fl.parentrevs(frev)
+    out = []
+    if p1 == NULLREV:
+        try:
+            copy = fl.copy_info(fl.node(frev))
+        except HgError:
+            copy = None
+        if copy is not None:
+            src = repo.file(copy[0])
+            srev = src.get_rev(copy[1])
+            if srev is not None:
+                out.append(src.linkrev(srev))
+    else:
+        out.append(fl.linkrev(p1))
+    if p2 != NULLREV:
+        out.append(fl.linkrev(p2))
+    return out
+
+
+def file_revs(repo: Repository, rev: int, path: str, limit: int) -> tuple[list[tuple[int, list[int]]], bool] | None:
+    """Changesets (newest first) that changed `path`, among the ancestors of `rev`, each with
+    the changesets of the file revision's parents (what hgweb's file log calls `parents`);
+    None when the file never existed there."""
     fl = repo.file(path.encode())
     if len(fl) == 0:
         return None
@@ -276,7 +299,7 @@ def file_revs(repo: Repository, rev: int, path: str, limit: int) -> tuple[list[i
         if link < len(ancestors) and ancestors[link] and mask[link]:
             if len(out) == limit:
                 return out, True
-            out.append(link)
+            out.append((link, file_parent_links(repo, fl, frev)))
     if not out:
         return None
     return out, False
@@ -284,7 +307,7 @@ def file_revs(repo: Repository, rev: int, path: str, limit: int) -> tuple[list[i
 
 def files_status(repo: Repository, rev: int) -> list[dict]:
     """Files a changeset touched, with hgweb's status (added, removed, modified) and, for a copy
-    or rename, where it came from (`copy`)."""
+    or rename, where it came from (`source`)."""
     cl = repo.changelog
     cs = cl.read(rev)
     man = _manifest(repo, rev)
@@ -305,7 +328,7 @@ def files_status(repo: Repository, rev: int) -> list[dict]:
             except (LookupError, HgError):
                 copy = None
             if copy is not None:
-                item["copy"] = text(copy[0])
+                item["source"] = text(copy[0])
         out.append(item)
     return out
 

@@ -366,7 +366,10 @@ async def file_log(wr: WebRequest) -> web.StreamResponse:
         if found is None:
             raise WebError(404, f"no file {path!r} in the history of {rev_arg}")
         revs, more = found
-        return {"entries": [model.changeset(repo, r, names) for r in revs], "more": more}
+        cl = repo.changelog
+        entries = [dict(model.changeset(repo, r, names), parents=[cl.node(p).hex() for p in fparents])
+                   for r, fparents in revs]
+        return {"entries": entries, "more": more}
 
     data = await _with_repo(wr, read)
     if wr.json:
@@ -380,7 +383,7 @@ async def file_log(wr: WebRequest) -> web.StreamResponse:
 
 _COLORS = ["#0969da", "#8250df", "#1a7f37", "#bf8700", "#cf222e", "#0a7ea4", "#953800", "#6e7781"]
 _LANE = 14
-_ROW = 28
+_ROW = 34
 
 
 def _svg(row: dict) -> Markup:
@@ -391,13 +394,13 @@ def _svg(row: dict) -> Markup:
     mid = _ROW // 2
     for a, b, color in row["edges"]:
         c = _COLORS[color % len(_COLORS)]
-        parts.append(f'<path d="M{x(a)} {mid} C{x(a)} {_ROW} {x(b)} {mid} {x(b)} {_ROW + mid}" fill="none" '
+        parts.append(f'<path d="M{x(a)} {mid} C{x(a)} {_ROW} {x(b)} {mid} {x(b)} {_ROW}" fill="none" '
                      f'stroke="{c}" stroke-width="2" />')
     for _, b, color in row.get("incoming", []):
         c = _COLORS[color % len(_COLORS)]
         parts.append(f'<line x1="{x(b)}" y1="0" x2="{x(b)}" y2="{mid}" stroke="{c}" stroke-width="2" />')
     c = _COLORS[row["color"] % len(_COLORS)]
-    parts.append(f'<circle cx="{x(row["col"])}" cy="{mid}" r="5" fill="{c}" stroke="var(--bg)" stroke-width="2" />')
+    parts.append(f'<circle cx="{x(row["col"])}" cy="{mid}" r="4.5" fill="{c}" stroke="var(--bg)" stroke-width="2" />')
     parts.append("</svg>")
     return Markup("".join(parts))
 
@@ -548,7 +551,7 @@ async def file(wr: WebRequest) -> web.StreamResponse:
         if fd is not None:
             last = model.changeset(repo, fd.linkrev, names)
             return {"cs": cs, "file": fd, "last": last,
-                    "fparents": _file_parents(repo, fd)}
+                    "fparents": _file_parents(repo, r, fd)}
         listing = model.dir_listing(repo, r, path)
         if listing is None:
             raise WebError(404, f"no file or directory {path!r} at revision {rev_arg}")
@@ -607,14 +610,13 @@ async def file(wr: WebRequest) -> web.StreamResponse:
                  parent_dir=posixpath.dirname(path))
 
 
-def _file_parents(repo: Repository, fd: model.FileData) -> list[str]:
-    """The changesets of a file revision's parents (hgweb's `parents` of a file view)."""
-    fl = repo.file(fd.path.encode())
-    out = []
-    for p in fl.parentrevs(fd.filerev):
-        if p != NULLREV:
-            out.append(repo.changelog.node(fl.linkrev(p)).hex())
-    return out
+def _file_parents(repo: Repository, rev: int, fd: model.FileData) -> list[str]:
+    """hgweb's `parents` of a file view: the changeset that introduced this file revision when
+    the view is at a later changeset, else the changesets of the file revision's parents."""
+    cl = repo.changelog
+    if fd.linkrev != rev:
+        return [cl.node(fd.linkrev).hex()]
+    return [cl.node(r).hex() for r in model.file_parent_links(repo, repo.file(fd.path.encode()), fd.filerev)]
 
 
 # The LFS content shown inline is bounded like any other file view.

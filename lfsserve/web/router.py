@@ -89,7 +89,7 @@ def _split(rest: str) -> tuple[str, list[str]]:
 def setup(app: web.Application, tables: Iterable[Mapping[str, PageHandler]], summary: PageHandler,
           error_page: ErrorPage) -> None:
     """Register the web UI on the app's ServerContext: Kind.WEB (every `{repo}/{webcmd}` URL)
-    and Kind.REPO_PAGE (a bare `{repo}`: `summary`)."""
+    and Kind.REPO_PAGE (a bare `{repo}`: `summary`, or shortlog in the json style, as hgweb)."""
     ctx = app[CTX]
     commands: dict[str, PageHandler] = {}
     for table in tables:
@@ -141,7 +141,10 @@ def setup(app: web.Application, tables: Iterable[Mapping[str, PageHandler]], sum
         return await dispatch(request, target, target.rest)
 
     async def repo_page(request: web.Request, target: Target) -> web.StreamResponse:
-        return await dispatch(request, target, "summary")
+        # hgweb's default command is shortlog, which scripts reading `{repo}?style=json` rely on;
+        # people get the summary.
+        default = "shortlog" if request.query.get("style") == "json" else "summary"
+        return await dispatch(request, target, default)
 
     commands.setdefault("summary", summary)
     ctx.register(Kind.WEB, web_handler)
