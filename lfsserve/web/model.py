@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from ..hg import dagop, phases
 from ..hg.error import HgError, LookupError, UnknownRevision
@@ -166,7 +167,7 @@ def branches(repo: Repository) -> list[dict]:
     cl = repo.changelog
     heads = set(repo.head_revs())
     info = repo.branch_of()
-    out = []
+    out: list[dict[str, Any]] = []
     for name, nodes in repo.branchmap().items():
         revs = [cl.rev(n) for n in nodes]
         open_revs = [r for r in revs if not info[r][1]]
@@ -175,7 +176,7 @@ def branches(repo: Repository) -> list[dict]:
         cs = cl.read(tip)
         out.append({"branch": text(name), "node": cl.node(tip).hex(), "date": [float(cs.time), cs.tz],
                     "status": status, "rev": tip})
-    out.sort(key=lambda b: -b["rev"])
+    out.sort(key=lambda b: b["rev"], reverse=True)
     return out
 
 
@@ -293,7 +294,7 @@ def file_revs(repo: Repository, rev: int, path: str, limit: int) -> tuple[list[t
         return None
     mask = repo.visible_mask
     ancestors = dagop.ancestors_mask(repo.parents_list, [rev])
-    out = []
+    out: list[tuple[int, list[int]]] = []
     for frev in range(len(fl) - 1, -1, -1):
         link = fl.linkrev(frev)
         if link < len(ancestors) and ancestors[link] and mask[link]:
