@@ -271,6 +271,7 @@ def test_index_permissions_and_settings(site: Site):
     "rev/zzzzzz", "rev/" + "a" * 300, "rev/%00", "rev/", "rev/-99999", "file/tip/..", "file/tip/a/../../x",
     "file/tip/no-such-file", "file/nosuchrev/README.md", "file/tip/%0a", "log/tip/no-such-file",
     "shortlog?revcount=0", "shortlog?revcount=999999", "shortlog?skip=-1", "shortlog?revcount=abc",
+    "shortlog?revcount=%C2%B2", "shortlog?skip=%D9%A1", "rev/%D9%A1",
     "graph/zzz", "json-rev/zzz", "log/%FF%FE", "file/tip/README.md/inner", "json-file/tip/..",
     "nosuchcommand", "rev/tip%20", "file/tip%00/x",
 ])
@@ -278,6 +279,14 @@ def test_hostile_arguments_are_4xx(site: Site, path: str):
     status, _, body = get(f"{site.repo}/{path}")
     assert 400 <= status < 500, (path, status, body[:300])
     assert b"Traceback" not in body
+
+
+def test_pages_forbid_scripts(site: Site):
+    for url in (site.server.url + "/", site.repo, f"{site.repo}/graph", f"{site.repo}/rev/tip", f"{site.repo}/nope"):
+        _, headers, _ = get(url)
+        assert "default-src 'none'" in headers["Content-Security-Policy"] and "script-src" not in \
+            headers["Content-Security-Policy"], url
+        assert headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_immutable_urls_are_cacheable(site: Site):
