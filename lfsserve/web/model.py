@@ -311,21 +311,23 @@ def files_status(repo: Repository, rev: int) -> list[dict]:
     or rename, where it came from (`source`)."""
     cl = repo.changelog
     cs = cl.read(rev)
-    man = _manifest(repo, rev)
+    ml = repo.manifestlog
     p1 = repo.parents_list[rev][0]
-    pman = _manifest(repo, p1)
+    pnode = cl.manifest_node(p1) if p1 != NULLREV else None
     out = []
     for f in sorted(set(cs.files)):
-        if f not in man:
+        # a lookup in each manifest's text, not a parse of its thousands of lines
+        entry = ml.find(cs.manifest, f)
+        if entry is None:
             status = "removed"
-        elif f not in pman:
+        elif pnode is None or ml.find(pnode, f) is None:
             status = "added"
         else:
             status = "modified"
         item = {"file": text(f), "status": status}
-        if status != "removed":
+        if entry is not None:
             try:
-                copy = repo.file(f).copy_info(man[f][0])
+                copy = repo.file(f).copy_info(entry[0])
             except (LookupError, HgError):
                 copy = None
             if copy is not None:
