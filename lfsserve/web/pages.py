@@ -39,6 +39,7 @@ from ..hg.repository import Repository
 from ..kernel import CTX, PRINCIPAL, ServerContext
 from ..repos import engine_repo, how_to_create
 from ..routing import Target
+from . import archive as archivemod
 from . import diffs, model, raw
 from .hgrc import WebSettings, read_web_settings
 from .router import PageHandler, WebError, WebRequest
@@ -53,6 +54,8 @@ MAX_PAGE = 500
 MAX_VIEW_SIZE = 2 << 20        # bigger files: a download link, no inline view
 MAX_HIGHLIGHT_SIZE = 512 << 10  # bigger files: shown without syntax highlighting
 IMMUTABLE = "max-age=31536000, immutable"
+# hgweb's archive types, in its order, and their file extensions
+ARCHIVE_KINDS = {"zip": ".zip", "gz": ".tar.gz", "bz2": ".tar.bz2"}
 
 _MEDIA_01 = "application/mercurial-0.1"
 # The pages run no script at all: a policy that forbids any is a second wall behind escaping.
@@ -284,6 +287,7 @@ async def index(request: web.Request, target: Target) -> web.StreamResponse:
 
 async def summary(wr: WebRequest) -> web.StreamResponse:
     settings = await run_blocking(web_settings, wr.ctx, wr.repo)
+    kinds = await run_blocking(lambda: [k for k in ARCHIVE_KINDS if archivemod.archive_allowed(wr.ctx, wr.repo, k)])
 
     def read(repo: Repository) -> dict:
         names = model.Names.read(repo)
@@ -308,7 +312,11 @@ async def summary(wr: WebRequest) -> web.StreamResponse:
     if wr.json:
         return _json({"node": data["node"], "lastchange": data["lastchange"], "bookmarks": data["bookmarks"],
                       "branches": data["branches"], "shortlog": [_strip(c) for c in data["shortlog"]],
-                      "tags": data["tags"], "archives": [], "labels": settings.labels})
+                      "tags": data["tags"], "labels": settings.labels,
+                      # hgweb offers the summary's archives as of `tip`
+                      "archives": [{"node": "tip", "extension": ARCHIVE_KINDS[k], "type": k,
+                                    "url": f"{wr.base}/{wr.repo}/archive/tip{ARCHIVE_KINDS[k]}"}
+                                   for k in kinds]})
     base = wr.base
     ssh_base = wr.ctx.config.web.ssh_clone_base.rstrip("/")
     clone_ssh = f"{ssh_base}/{wr.repo}" if ssh_base else ""
@@ -316,7 +324,9 @@ async def summary(wr: WebRequest) -> web.StreamResponse:
                  contact=settings.contact, lastchange=data["lastchange"] if data["shortlog"] else None,
                  lfs=data["lfs"], clone_http=f"{base}/{wr.repo}", clone_ssh=clone_ssh,
                  shortlog=data["shortlog"], bookmarks=data["bookmarks"], branches=data["branches"],
-                 tags=data["tags"])
+                 tags=data["tags"],
+                 archives=[(ARCHIVE_KINDS[k], wr.link("archive", "tip" + ARCHIVE_KINDS[k])) for k in kinds]
+                 if data["shortlog"] else [])
 
 
 # -- logs ------------------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ def test_hgrc_web_section(tmp_path):
                               allow_archive=["gz", "zip", "bz2"], labels=["a", "b"])
     # nothing there: the server's defaults; a huge file is not one a person wrote
     assert read_web_settings(tmp_path / "none", WebSettings(contact="c")) == WebSettings(contact="c")
+    # hgweb's spelling wins over the older one
+    (tmp_path / ".hg" / "hgrc").write_text("[web]\nallow_archive = zip\nallow-archive = gz bz2\n")
+    assert read_web_settings(tmp_path).allow_archive == ["gz", "bz2"]
     (tmp_path / ".hg" / "hgrc").write_text("[web]\ndescription = x\n" + "#" * (300 << 10))
     assert read_web_settings(tmp_path) == WebSettings()
 
