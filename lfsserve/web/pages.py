@@ -148,8 +148,10 @@ _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not
 def web_settings(ctx: ServerContext, repo: str) -> WebSettings:
     """A repository's `[web]` settings over the server's defaults (blocking: run in the executor)."""
     c = ctx.config.web
-    return read_web_settings(ctx.repos.path_of(repo), WebSettings(description=c.description, contact=c.contact,
-                                                                  allow_archive=list(c.allow_archive)))
+    defaults = WebSettings(description=c.description, contact=c.contact, allow_archive=list(c.allow_archive))
+    if not ctx.config.hg.repo_hgrc:  # the server reads no repository's hgrc at all
+        return defaults
+    return read_web_settings(ctx.repos.path_of(repo), defaults)
 
 
 def _home(request: web.Request) -> str:
