@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from . import __version__, lfs
+from . import web as web_ui
 from .auth import Authenticator
 from .config import Config
 from .health import healthz, readyz
@@ -27,7 +28,6 @@ from .repos import RepoRegistry, RepoSettings
 from .routing import BadPath, Kind, Target, resolve
 from .shutdown import DRAIN, Drain, close_while_draining, drain_middleware
 from .urls import TrustedProxies
-from . import web as web_ui
 from .wire import v1, v2
 
 __all__ = ["CTX", "FRONTENDS", "create_app"]

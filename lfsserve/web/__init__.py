@@ -18,7 +18,7 @@ from . import archive, feeds, pages, raw, router
 __all__ = ["COMMAND_TABLES", "setup"]
 
 COMMAND_TABLES = (
-    pages.COMMANDS,     # summary, log, shortlog, graph, rev, file, tags, bookmarks, branches
+    pages.COMMANDS,     # summary, log, shortlog, graph, rev, file, diff, annotate, tags, bookmarks, branches
     raw.COMMANDS,       # raw-file, raw-rev
     archive.COMMANDS,   # archive
     feeds.COMMANDS,     # atom-log, rss-log
@@ -28,5 +28,3 @@ COMMAND_TABLES = (
 def setup(app: web.Application) -> None:
     app[CTX].register(Kind.INDEX, pages.index)
     router.setup(app, COMMAND_TABLES, pages.summary, pages.error_page)
-    if not pages.LFS_PREVIEW_HOOK:
-        pages.LFS_PREVIEW_HOOK.append(raw.lfs_preview)  # file views show LFS content from the store

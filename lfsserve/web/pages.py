@@ -15,7 +15,9 @@ Cache-Control, and a matching If-None-Match gets a 304.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import hashlib
 import json
 import posixpath
 import urllib.parse
@@ -29,13 +31,15 @@ from markupsafe import Markup
 
 from ..aio import run_blocking
 from ..auth import ANONYMOUS, Permission, Unauthorized
+from ..hg import annotate as annotatemod
+from ..hg import diff
 from ..hg.error import HgError, RepoNotFound
 from ..hg.node import NULLREV
 from ..hg.repository import Repository
 from ..kernel import CTX, PRINCIPAL, ServerContext
 from ..repos import engine_repo, how_to_create
 from ..routing import Target
-from . import model
+from . import diffs, model, raw
 from .hgrc import WebSettings, read_web_settings
 from .router import PageHandler, WebError, WebRequest
 
@@ -163,7 +167,9 @@ def _immutable(wr: WebRequest, arg: str, node: str, date: list) -> dict[str, str
     if arg.lower() != node:
         return None
     public = wr.ctx.auth.permission(ANONYMOUS, wr.repo) >= Permission.READ
-    tag = f'"{node}-{wr.command}-{wr.style}-{abs(hash(tuple(wr.args))) & 0xffffffff:x}-{wr.request.query_string}"'
+    # stable across processes and restarts (so every worker behind a balancer agrees)
+    what = "\0".join([wr.command, wr.style, *wr.args, wr.request.query_string]).encode("utf-8", "surrogateescape")
+    tag = f'"{node}-{hashlib.sha256(what).hexdigest()[:16]}"'
     return {"ETag": tag, "Cache-Control": ("public, " if public else "private, ") + IMMUTABLE,
             "Last-Modified": datetime.datetime.fromtimestamp(date[0], datetime.UTC)
             .strftime("%a, %d %b %Y %H:%M:%S GMT")}
@@ -258,7 +264,8 @@ async def index(request: web.Request, target: Target) -> web.StreamResponse:
 
     items = await run_blocking(entries)
     if style == "json":
-        return _json({"entries": [{"name": e["name"], "description": e["description"], "contact": e["contact"],
+        # hgwebdir's names are the repositories' paths (`[web] name` titles pages only)
+        return _json({"entries": [{"name": e["path"], "description": e["description"], "contact": e["contact"],
                                    "lastchange": e["lastchange"] or [0.0, 0], "labels": e["labels"]}
                                   for e in items]})
     text = render("index.html", title="Repositories · lfsserve", home=_home(request), repo=False, repo_url="",
@@ -479,6 +486,8 @@ async def rev(wr: WebRequest) -> web.StreamResponse:
     rev_arg = wr.args[0]
     sidebyside = wr.request.query.get("sidebyside", "") == "1"
 
+    lfs = _lfs_reader(wr)
+
     def read(repo: Repository) -> dict:
         names = model.Names.read(repo)
         r = model.resolve_rev(repo, rev_arg)
@@ -489,7 +498,8 @@ async def rev(wr: WebRequest) -> web.StreamResponse:
         parents = [model.changeset(repo, p, names) for p in repo.parents_list[r] if p != NULLREV]
         kids = [model.changeset(repo, cl.rev(n), names) for n in model.children(repo, r)]
         files = model.files_status(repo, r)
-        return {"cs": cs, "parents": parents, "children": kids, "files": files}
+        fds = diff.changeset_file_diffs(repo, cl.node(r), limits=diffs.PAGE_LIMITS, lfs=lfs)
+        return {"cs": cs, "parents": parents, "children": kids, "files": files, "diff": diffs.page_diff(fds)}
 
     data = await _with_repo(wr, read)
     cs = data["cs"]
@@ -501,11 +511,13 @@ async def rev(wr: WebRequest) -> web.StreamResponse:
         phase = out.pop("phase")
         out.pop("parents")
         out.update(parents=[p["node"] for p in data["parents"]], children=[c["node"] for c in data["children"]],
-                   files=[{"file": f["file"], "status": f["status"]} for f in data["files"]], phase=phase)
+                   files=[{"file": f["file"], "status": f["status"]} for f in data["files"]],
+                   diff=data["diff"].json_blocks(), phase=phase)
         return _json(out, headers=headers)
     return _html(wr, "rev.html", "shortlog", f"Changeset {cs['node'][:12]}", headers=headers, cs=cs,
                  parents=data["parents"], children=data["children"], files=data["files"],
-                 diffhtml="", diff_notice="", sidebyside=sidebyside, raw_rev=True)
+                 diffhtml=data["diff"].html(sidebyside, lambda p: wr.link("file", cs["node"], p)),
+                 diff_notice=data["diff"].notice, sidebyside=sidebyside, raw_rev=True)
 
 
 # -- files -----------------------------------------------------------------------------------------
@@ -619,15 +631,137 @@ def _file_parents(repo: Repository, rev: int, fd: model.FileData) -> list[str]:
     return [cl.node(r).hex() for r in model.file_parent_links(repo, repo.file(fd.path.encode()), fd.filerev)]
 
 
-# The LFS content shown inline is bounded like any other file view.
-LFS_PREVIEW_HOOK: list[Callable[[WebRequest, str, int], Any]] = []
-
-
 async def _lfs_preview(wr: WebRequest, fd: model.FileData) -> bytes | None:
     """An LFS file's real content for the view, when it is small and the blob store has it."""
-    if fd.lfs is None or fd.lfs[1] > MAX_VIEW_SIZE or not LFS_PREVIEW_HOOK:
+    if fd.lfs is None or fd.lfs[1] > MAX_VIEW_SIZE:
         return None
-    return await LFS_PREVIEW_HOOK[0](wr, fd.lfs[0], fd.lfs[1])
+    return await raw.lfs_preview(wr, fd.lfs[0], fd.lfs[1])
+
+
+def _lfs_reader(wr: WebRequest) -> diff.LfsReader | None:
+    """Diffs show LFS files by their content (from the blob store) when it is small enough."""
+    svc = raw.lfs_service(wr.ctx)
+    if svc is None:
+        return None
+    return raw.LfsBlobReader(asyncio.get_running_loop(), svc, wr.repo, MAX_VIEW_SIZE).read_sync
+
+
+def _file_children(repo: Repository, fd: model.FileData) -> list[str]:
+    """The changesets of a file revision's children (hgweb's `children` of a file page)."""
+    fl = repo.file(fd.path.encode())
+    cl = repo.changelog
+    return [cl.node(fl.linkrev(r)).hex() for r in range(fd.filerev + 1, len(fl)) if fd.filerev in fl.parentrevs(r)]
+
+
+async def file_diff(wr: WebRequest) -> web.StreamResponse:
+    """diff/{rev}/{path}: what changeset {rev} did to one file."""
+    rev_arg = _rev_arg(wr, "")
+    if not rev_arg or len(wr.args) < 2:
+        raise WebError(400, "which file? diff/{rev}/{path}")
+    path = model.parse_path(wr.args[1:])
+    if not path:
+        raise WebError(400, "which file? diff/{rev}/{path}")
+    sidebyside = wr.request.query.get("sidebyside", "") == "1"
+    lfs = _lfs_reader(wr)
+
+    def read(repo: Repository) -> dict:
+        names = model.Names.read(repo)
+        r = model.resolve_rev(repo, rev_arg)
+        if r == NULLREV:
+            raise WebError(404, "the null revision has no changes")
+        cl = repo.changelog
+        cs = model.changeset(repo, r, names)
+        fd = model.file_data(repo, r, path, 0)
+        p1 = repo.parents_list[r][0]
+        if fd is None:
+            parent_has = p1 != NULLREV and model.file_data(repo, p1, path, 0) is not None
+            if not parent_has:
+                raise WebError(404, f"no file {path!r} in changeset {rev_arg} or its parent")
+            parents, kids = [], []
+        else:
+            parents = [cl.node(x).hex() for x in ([fd.linkrev] if fd.linkrev != r else
+                                                  model.file_parent_links(repo, repo.file(path.encode()), fd.filerev))]
+            kids = _file_children(repo, fd)
+        one = diff.file_diff(repo, cl.node(p1), cl.node(r), path.encode(), limits=diffs.PAGE_LIMITS, lfs=lfs)
+        return {"cs": cs, "parents": parents, "children": kids, "diff": diffs.page_diff([one] if one else [])}
+
+    data = await _with_repo(wr, read)
+    cs = data["cs"]
+    headers = _immutable(wr, rev_arg, cs["node"], cs["date"])
+    if (nm := _not_modified(wr, headers)) is not None:
+        return nm
+    if wr.json:
+        return _json({"path": path, "node": cs["node"], "date": cs["date"], "desc": cs["desc"],
+                      "author": cs["user"], "parents": data["parents"], "children": data["children"],
+                      "diff": data["diff"].json_blocks()}, headers=headers)
+    return _html(wr, "diff.html", "file", f"Diff of {path}", headers=headers, cs=cs, path=path,
+                 diffhtml=data["diff"].html(sidebyside, lambda p: wr.link("file", cs["node"], p)),
+                 diff_notice=data["diff"].notice, sidebyside=sidebyside, empty=not data["diff"].blocks)
+
+
+ANNOTATE_LIMITS = annotatemod.AnnotateLimits(max_file_revisions=5000, max_bytes=128 << 20, max_file_bytes=2 << 20)
+
+
+async def annotate(wr: WebRequest) -> web.StreamResponse:
+    """annotate/{rev}/{path}: who last changed each line."""
+    rev_arg = _rev_arg(wr, "")
+    path = model.parse_path(wr.args[1:])
+    if not rev_arg or not path:
+        raise WebError(400, "which file? annotate/{rev}/{path}")
+
+    def read(repo: Repository) -> dict:
+        names = model.Names.read(repo)
+        r = model.resolve_rev(repo, rev_arg)
+        fd = model.file_data(repo, r, path, 0)
+        if fd is None:
+            raise WebError(404, f"no file {path!r} at revision {rev_arg}")
+        if fd.lfs is not None:
+            return {"lfs": True, "cs": model.changeset(repo, r, names), "fd": fd}
+        cl = repo.changelog
+        try:
+            result = annotatemod.annotate(repo, cl.node(r), path.encode(), limits=ANNOTATE_LIMITS)
+        except annotatemod.AnnotateTooExpensive as exc:
+            raise WebError(413, f"{exc.message}: too expensive to show here") from None
+        infos: dict[int, dict] = {}
+        lines = []
+        for i, line in enumerate(result.lines, 1):
+            if line.rev not in infos:
+                infos[line.rev] = model.changeset(repo, line.rev, names, with_parents=False)
+            lines.append((i, line, infos[line.rev]))
+        parents = [cl.node(x).hex() for x in ([fd.linkrev] if fd.linkrev != r else
+                                              model.file_parent_links(repo, repo.file(path.encode()), fd.filerev))]
+        return {"lfs": False, "cs": model.changeset(repo, r, names), "fd": fd, "binary": result.binary,
+                "lines": lines, "parents": parents, "children": _file_children(repo, fd)}
+
+    data = await _with_repo(wr, read)
+    cs = data["cs"]
+    fd = data["fd"]
+    headers = _immutable(wr, rev_arg, cs["node"], cs["date"])
+    if (nm := _not_modified(wr, headers)) is not None:
+        return nm
+    if wr.json:
+        if data["lfs"]:
+            raise WebError(404, f"{path} is stored with Git LFS: there is nothing to annotate")
+        return _json({
+            "abspath": path, "node": cs["node"], "author": cs["user"], "date": cs["date"], "desc": cs["desc"],
+            "parents": data["parents"], "children": data["children"], "permissions": fd.flags,
+            "annotate": [{"node": info["node"], "author": info["user"], "desc": info["desc"],
+                          "abspath": model.text(line.path), "targetline": line.lineno,
+                          "line": model.text(line.text), "lineno": i, "revdate": info["date"]}
+                         for i, line, info in data["lines"]]}, headers=headers)
+    notice = ""
+    if data["lfs"]:
+        notice = "This file is stored with Git LFS: its history is the history of its pointer, nothing to annotate."
+    elif data["binary"]:
+        notice = "This is a binary file: there are no lines to annotate."
+    rows = []
+    previous = None
+    for i, line, info in data.get("lines", []):
+        rows.append({"n": i, "text": line.text.decode("utf-8", "replace").rstrip("\n"), "cs": info,
+                     "first": info["node"] != previous, "path": model.text(line.path), "lineno": line.lineno})
+        previous = info["node"]
+    return _html(wr, "annotate.html", "file", f"Annotate {path}", headers=headers, cs=cs, path=path,
+                 rows=rows, notice=notice)
 
 
 COMMANDS: dict[str, PageHandler] = {
@@ -641,5 +775,7 @@ COMMANDS: dict[str, PageHandler] = {
     "branches": names_page,
     "rev": rev,
     "file": file,
+    "diff": file_diff,
+    "annotate": annotate,
 }
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from ..aio import run_blocking
 from ..auth import AuthError, Permission, Principal, Unauthorized
 from ..kernel import CTX, PRINCIPAL, ServerContext
+from ..repos import how_to_create
 from ..routing import WEB_STYLES, Kind, Target
 
 __all__ = ["ALIASES", "PageHandler", "WebError", "WebRequest", "setup"]
@@ -128,7 +129,8 @@ def setup(app: web.Application, tables: Iterable[Mapping[str, PageHandler]], sum
                 or not await run_blocking(ctx.repos.exists, target.repo)):
             # The same answer for "private" and "absent": a name alone reveals nothing.
             return error_page(request, 404, f"no repository at /{target.repo}"
-                              + ("" if principal.authenticated else " (or you need to log in)"), json_style)
+                              + ("" if principal.authenticated else " (or you need to log in)") + ": "
+                              + how_to_create(ctx.config.hg.create_on_push, target.repo), json_style)
         if handler is None:
             return error_page(request, 404, f"unknown web command {cmd[:60]!r}", json_style)
         wr = WebRequest(request, ctx, principal, target.repo, cmd, "json" if json_style else "", args)

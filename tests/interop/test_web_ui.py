@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -213,8 +212,18 @@ def test_pages(site: Site):
     lfs = page(f"{site.repo}/file/tip/assets/data.dat")
     assert "Git LFS" in lfs and oid_of(LFS_CONTENT) in lfs
     hostile = page(f"{site.repo}/file/tip/{q(HOSTILE_NAME)}")
-    assert SCRIPT not in hostile and HOSTILE_NAME not in hostile and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in hostile
+    assert SCRIPT not in hostile and HOSTILE_NAME not in hostile
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in hostile
 
+    rev_diff = page(f"{site.repo}/rev/{n['greet the world']}")
+    added = '<tr class="add"><td class="ln"></td><td class="ln">2</td><td class="code">+    return &#39;hello, world'
+    assert added in rev_diff
+    sbs = page(f"{site.repo}/rev/{n['greet the world']}?sidebyside=1")
+    assert 'class="source sbs"' in sbs and "hello, world" in sbs
+    diff = page(f"{site.repo}/diff/{n['rename and add a binary']}/new-name.txt")
+    assert "(added)" in diff and "+moved" in diff
+    blame = page(f"{site.repo}/annotate/tip/new-name.txt")
+    assert blame.count("<tr id=") == 2 and "old-name.txt" in blame  # followed the rename
     history = page(f"{site.repo}/log/tip/src/main.py")
     assert "rewrite main" in history and "greet the world" in history and "start the feature" not in history
     assert "v1.0" in page(f"{site.repo}/tags")
@@ -310,11 +319,131 @@ def test_json_matches_hgweb(site: Site):
         "json-graph", "json-changelog", f"json-rev/{n['rename and add a binary']}",
         f"json-changeset/{n['merge the feature']}", f"json-rev/{n['start the feature']}",
         f"log?style=json&rev={n['greet the world'][:12]}", "?style=json",
+        f"json-diff/{n['rename and add a binary']}/new-name.txt", f"json-diff/{n['greet the world']}/src/main.py",
+        f"json-filediff/{n['rewrite main']}/src/main.py", f"json-diff/{n['merge the feature']}/src/feature.py",
+        "json-annotate/tip/src/main.py", f"json-annotate/{n['merge the feature']}/new-name.txt",
+        "json-annotate/tip/README.md", f"json-annotate/{n['greet the world']}/{q('docs/ünïcödé.txt')}",
     ]
     for url in urls:
         ours = _json(f"{site.repo}/{url}")
         theirs = _json(f"{site.hgweb}/{url}")
-        # hgweb's graph layout and diffs are compared elsewhere (layout is ours to draw);
-        # archives depend on allow_archive, which differs between the two servers' configs
-        ignore = {"col", "row", "color", "edges", "diff", "archives"}
+        # the graph's layout is ours to draw; archives depend on allow_archive, which differs
+        # between the two servers' configs
+        ignore = {"col", "row", "color", "edges", "archives"}
         assert _drop(ours, ignore) == _drop(theirs, ignore), url
+
+
+# -- a real browser ---------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    require(Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(),
+            "chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.add_argument("--user-data-dir=" + str(tmp_path_factory.mktemp("chromium-profile")))
+    options.add_argument("--window-size=1200,900")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_in_a_real_browser(site: Site, browser, tmp_path: Path):
+    from selenium.webdriver.common.by import By
+
+    shots = []
+    errors = []
+
+    def check(name: str) -> None:
+        path = tmp_path / f"{len(shots):02d}-{name}.png"
+        browser.save_screenshot(str(path))
+        shots.append(path)
+        errors.extend((name, e) for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR"))
+        assert browser.find_element(By.TAG_NAME, "main").is_displayed()
+
+    def click(text: str) -> None:
+        browser.find_element(By.LINK_TEXT, text).click()
+
+    n = site.nodes
+    browser.get(site.server.url + "/")
+    check("index")
+    assert browser.title.startswith("Repositories")
+    names = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "table.repos td:first-child a")]
+    assert names == ["team/site"]
+    click("team/site")
+    check("summary")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "team/site"
+    assert browser.find_element(By.ID, "clone-http").get_attribute("value") == f"hg clone {site.repo}"
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.log tbody tr")
+    assert len(rows) == len(n) and "rewrite main" in rows[0].text
+
+    nav = browser.find_element(By.CSS_SELECTOR, "nav[aria-label=Repository]")
+    nav.find_element(By.LINK_TEXT, "Graph").click()
+    check("graph")
+    assert browser.find_element(By.CSS_SELECTOR, "a[aria-current=page]").text == "Graph"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "table.graph svg circle")) == len(n)
+    # the merge draws its two parents' lines: some row has a line leaving to another column
+    widths = [int(svg.get_attribute("width")) for svg in browser.find_elements(By.CSS_SELECTOR, "table.graph svg")]
+    assert max(widths) > min(widths)
+
+    click("greet the world")
+    check("changeset")
+    assert browser.find_element(By.CSS_SELECTOR, "dd.node").text == n["greet the world"]
+    added = [r.text for r in browser.find_elements(By.CSS_SELECTOR, ".diff tr.add td.code")]
+    assert "+    return 'hello, world'" in added and "+Grüße, 世界" in added
+    click("Side-by-side view")
+    check("changeset-sidebyside")
+    assert browser.find_elements(By.CSS_SELECTOR, ".sbs td.code.add")
+
+    browser.get(f"{site.repo}/file/tip")
+    check("files")
+    click("src/")
+    check("files-src")
+    click("main.py")
+    check("file-view")
+    code = browser.find_elements(By.CSS_SELECTOR, ".source td.code")
+    assert len(code) == 30 and code[29].text == "line 29"
+    click("annotate")
+    check("annotate")
+    who = browser.find_elements(By.CSS_SELECTOR, ".annotate td.who a")
+    assert who and all(a.get_attribute("href").startswith(f"{site.repo}/annotate/") for a in who)
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".annotate tbody tr")) == 30
+
+    browser.get(f"{site.repo}/file/tip/assets")
+    click("data.dat")
+    check("lfs-file")
+    body = browser.find_element(By.TAG_NAME, "main").text
+    assert "stored with Git LFS" in body and "LFS line 39 of the tracked data file" in body
+
+    browser.get(f"{site.repo}/file/tip/{q(HOSTILE_NAME)}")
+    check("hostile-name")
+    assert browser.find_element(By.CSS_SELECTOR, ".source td.code").text == SCRIPT  # shown, not run
+
+    # a phone: nothing wider than the screen except what scrolls inside its own box
+    browser.set_window_size(390, 844)
+    for url in (site.repo, f"{site.repo}/rev/{n['greet the world']}", f"{site.repo}/file/tip/src/main.py"):
+        browser.get(url)
+        check("phone")
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"), url
+    # keyboard: the first Tab reaches the skip link
+    from selenium.webdriver.common.keys import Keys
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.text == "Skip to content"
+
+    assert not errors, errors
+    assert all(p.stat().st_size > 1000 for p in shots)
