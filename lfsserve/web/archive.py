@@ -77,6 +77,17 @@ class _Gone(Exception):
     """The response stopped taking the archive."""
 
 
+def lfs_oids(repo: Repository, rev: int) -> dict[str, str]:
+    """oid -> path of the LFS-stored files of changeset `rev` (blocking)."""
+    out: dict[str, str] = {}
+    for path, (fnode, _) in repo.manifestlog.read(repo.changelog.manifest_node(rev)).items():
+        fl = repo.file(path)
+        frev = fl.rev(fnode)
+        if fl.is_lfs(frev):
+            out.setdefault(fl.lfs_pointer(frev).oid, path.decode("utf-8", "replace"))
+    return out
+
+
 def archive_allowed(ctx: ServerContext, repo: str, kind: str) -> bool:
     """Whether `kind` (gz, bz2, zip) may be downloaded, as hgweb decides: listed in the
     repository's `[web] allow-archive` (or its older spelling allow_archive; without either,
@@ -117,13 +128,22 @@ async def archive(wr: WebRequest) -> web.StreamResponse:
     if not await run_blocking(archive_allowed, wr.ctx, wr.repo, kind):
         raise WebError(403, "Archive type not allowed")
 
-    def resolve(repo: Repository) -> str:
+    def resolve(repo: Repository) -> tuple[str, dict[str, str]]:
         r = model.resolve_rev(repo, rev_arg)
         if r == NULLREV:
             raise WebError(404, "the null revision has no files")
-        return repo.changelog.node(r).hex()
+        return repo.changelog.node(r).hex(), lfs_oids(repo, r) if repo.has_lfs else {}
 
-    node_hex = await with_repo(wr, resolve)
+    node_hex, oids = await with_repo(wr, resolve)
+    if oids:
+        # every blob must be there before the first byte goes out: a missing one found half-way
+        # could only cut the download short
+        svc = lfs_service(wr.ctx)
+        states = await svc.visible_states(wr.repo, oids) if svc is not None else {}
+        missing = [oid for oid in oids if oid not in states or not states[oid].present]
+        if missing:
+            raise WebError(404, f"the LFS object of {oids[missing[0]]} ({missing[0]}) is not in this server's "
+                                "store: no archive")
     name = _archive_name(wr.repo, rev_arg, node_hex)
     headers = {**cache_headers(wr, rev_arg, node_hex, kind), "Content-Type": media,
                "Content-Disposition": 'attachment; filename="%s"' % re.sub(r'["\\\x00-\x1f]', "_", name + suffix)}
