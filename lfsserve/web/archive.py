@@ -6,8 +6,10 @@ symbolic name given, `-v1.0/`). Offered only for the types the repository's `.hg
 `[web] allow_archive` lists (lfsserve's `[web] allow_archive` is the default), else 403, as
 hgweb does. The archive is written in a worker thread (compression included) into a small
 bounded queue the response drains: memory stays flat whatever the size of the repository, and a
-slow client slows the writer. Each archive is one request in flight for its client, so the
-per-client concurrency limit (limits.per_client_concurrency) caps how many one crawler runs.
+slow client slows the writer. Writers run on the web front end's blob threads (raw.blob_workers:
+at most BLOB_WORKERS archives are written at once, the others wait their turn). Each archive is
+one request in flight for its client, so the per-client concurrency limit
+(limits.per_client_concurrency) caps how many one crawler runs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 
 from aiohttp import web
 
-from ..aio import run_blocking, submit_blocking
+from ..aio import run_blocking
 from ..hg.archive import ARCHIVE_TYPES, ArchiveError, write_archive
 from ..hg.node import NULLREV
 from ..hg.repository import Repository
@@ -26,7 +28,7 @@ from ..kernel import ServerContext
 from ..repos import engine_repo
 from . import model
 from .hgrc import MAX_HGRC, parse_hgrc_section
-from .raw import LfsBlobReader, cache_headers, lfs_service, with_repo
+from .raw import LfsBlobReader, blob_workers, cache_headers, lfs_service, with_repo
 from .router import PageHandler, WebError, WebRequest
 
 __all__ = ["COMMANDS", "archive"]
@@ -174,7 +176,7 @@ async def archive(wr: WebRequest) -> web.StreamResponse:
             except _Gone:
                 pass
 
-    future = submit_blocking(work)
+    future = blob_workers().submit(work)
     resp = web.StreamResponse(headers=headers)
     try:
         item = await queue.get()

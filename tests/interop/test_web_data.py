@@ -8,6 +8,7 @@ revisions and paths answered 4xx. One server for the module."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import shutil
@@ -228,6 +229,10 @@ def test_lfs_files_resolved(site):
     assert status == 404 and b"not in this server" in body, (status, body[:300])
     status, _, body = get(site, "/lfs/copy/archive/tip.zip")
     assert status == 404 and b"not in this server" in body
+    # many at once: writers waiting for blobs must not starve the threads the blob reads need
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: get(site, "/lfs/repo/archive/tip.tar.gz"), range(12)))
+    assert {(status, body) for status, _, body in answers} == {(200, answers[0][2])}
     body = get(site, f"/lfs/repo/archive/{node}.zip")[2]
     assert body == lfs_hg("archive", "-R", str(lrepo), "-r", node, "-t", "zip", "-p", f"repo-{node[:12]}", "-").stdout
 
