@@ -21,6 +21,7 @@ import contextlib
 import mimetypes
 import posixpath
 import re
+import threading
 import urllib.parse
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ def lfs_service(ctx: ServerContext) -> LfsService | None:
 # whose blob reads need threads of the shared executor in turn. Such work runs on threads of its
 # own, so that it can never hold every thread of the shared pool while waiting for a free one.
 BLOB_WORKERS = 8
+_BLOB_THREAD = "lfsserve-web-blobs"
 _blob_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
 
@@ -72,7 +74,7 @@ def blob_workers() -> concurrent.futures.ThreadPoolExecutor:
     """The threads for work that reads LFS blobs through LfsBlobReader (archives, patches)."""
     global _blob_pool
     if _blob_pool is None:
-        _blob_pool = concurrent.futures.ThreadPoolExecutor(BLOB_WORKERS, thread_name_prefix="lfsserve-web-blobs")
+        _blob_pool = concurrent.futures.ThreadPoolExecutor(BLOB_WORKERS, thread_name_prefix=_BLOB_THREAD)
     return _blob_pool
 
 
@@ -260,13 +262,20 @@ class LfsBlobReader:
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
+    @staticmethod
+    def _safe() -> bool:
+        """Whether this thread may wait for blob reads: only threads of blob_workers() may (on
+        the shared executor, waiting could hold the very threads those reads need)."""
+        return threading.current_thread().name.startswith(_BLOB_THREAD)
+
     def read_sync(self, path: bytes, pointer_text: bytes) -> bytes | None:
-        """The whole content of a small blob (None: not a pointer, too large, or not available)."""
+        """The whole content of a small blob (None: not a pointer, too large, not available, or
+        called outside blob_workers(), where waiting for it could deadlock)."""
         try:
             pointer = parse_lfs_pointer(pointer_text)
         except ValueError:
             return None
-        if pointer.size > self.max_whole:
+        if pointer.size > self.max_whole or not self._safe():
             return None
         stream = self.open_sync(path, pointer)
         if stream is None:
@@ -278,6 +287,8 @@ class LfsBlobReader:
 
     def open_sync(self, path: bytes, pointer: LfsPointer) -> _BlobStream | None:
         """A blocking reader of the blob's content, or None when it is not visible/stored."""
+        if not self._safe():
+            raise RuntimeError("LfsBlobReader used outside raw.blob_workers()")
         try:
             handle = self._call(self.svc.open_download(self.namespace, pointer.oid, whole=True))
         except BlobError:
