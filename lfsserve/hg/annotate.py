@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .diff import line_blocks, split_lines
+from .diff import line_blocks, line_keys, split_lines
 from .error import HgError, LookupError
 from .node import NULLID, NULLREV
 from .repository import Repository
@@ -177,7 +177,7 @@ def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimi
         budget -= len(data)
         if budget < 0:
             raise AnnotateTooExpensive(f"more than {limits.max_bytes} bytes of history to compare")
-        lines = split_lines(data)
+        lines = line_keys(data)
         owners = [key] * len(lines)
         linenos = list(range(1, len(lines) + 1))
         for p in parents[key]:
@@ -191,10 +191,10 @@ def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimi
             if not needed[p]:
                 del done[p]
         done[key] = (owners, linenos, lines)
-    owners, linenos, lines = done[base]
+    owners, linenos, _ = done[base]
     users: dict[int, bytes] = {}
     out = []
-    for owner, lineno, line in zip(owners, linenos, lines, strict=True):
+    for owner, lineno, line in zip(owners, linenos, split_lines(text), strict=True):
         rev = revs[owner]
         if rev not in users:
             users[rev] = cl.read(rev).user

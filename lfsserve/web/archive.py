@@ -6,8 +6,10 @@ symbolic name given, `-v1.0/`). Offered only for the types the repository's `.hg
 `[web] allow_archive` lists (lfsserve's `[web] allow_archive` is the default), else 403, as
 hgweb does. The archive is written in a worker thread (compression included) into a small
 bounded queue the response drains: memory stays flat whatever the size of the repository, and a
-slow client slows the writer. Each archive is one request in flight for its client, so the
-per-client concurrency limit (limits.per_client_concurrency) caps how many one crawler runs.
+slow client slows the writer. Writers run on the web front end's blob threads (raw.blob_workers:
+at most BLOB_WORKERS archives are written at once, the others wait their turn). Each archive is
+one request in flight for its client, so the per-client concurrency limit
+(limits.per_client_concurrency) caps how many one crawler runs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 
 from aiohttp import web
 
-from ..aio import run_blocking, submit_blocking
+from ..aio import run_blocking
 from ..hg.archive import ARCHIVE_TYPES, ArchiveError, write_archive
 from ..hg.node import NULLREV
 from ..hg.repository import Repository
@@ -26,7 +28,7 @@ from ..kernel import ServerContext
 from ..repos import engine_repo
 from . import model
 from .hgrc import MAX_HGRC, parse_hgrc_section
-from .raw import LfsBlobReader, cache_headers, lfs_service, with_repo
+from .raw import LfsBlobReader, blob_workers, cache_headers, lfs_service, with_repo
 from .router import PageHandler, WebError, WebRequest
 
 __all__ = ["COMMANDS", "archive"]
@@ -77,6 +79,17 @@ class _Gone(Exception):
     """The response stopped taking the archive."""
 
 
+def lfs_oids(repo: Repository, rev: int) -> dict[str, str]:
+    """oid -> path of the LFS-stored files of changeset `rev` (blocking)."""
+    out: dict[str, str] = {}
+    for path, (fnode, _) in repo.manifestlog.read(repo.changelog.manifest_node(rev)).items():
+        fl = repo.file(path)
+        frev = fl.rev(fnode)
+        if fl.is_lfs(frev):
+            out.setdefault(fl.lfs_pointer(frev).oid, path.decode("utf-8", "replace"))
+    return out
+
+
 def archive_allowed(ctx: ServerContext, repo: str, kind: str) -> bool:
     """Whether `kind` (gz, bz2, zip) may be downloaded, as hgweb decides: listed in the
     repository's `[web] allow-archive` (or its older spelling allow_archive; without either,
@@ -117,13 +130,22 @@ async def archive(wr: WebRequest) -> web.StreamResponse:
     if not await run_blocking(archive_allowed, wr.ctx, wr.repo, kind):
         raise WebError(403, "Archive type not allowed")
 
-    def resolve(repo: Repository) -> str:
+    def resolve(repo: Repository) -> tuple[str, dict[str, str]]:
         r = model.resolve_rev(repo, rev_arg)
         if r == NULLREV:
             raise WebError(404, "the null revision has no files")
-        return repo.changelog.node(r).hex()
+        return repo.changelog.node(r).hex(), lfs_oids(repo, r) if repo.has_lfs else {}
 
-    node_hex = await with_repo(wr, resolve)
+    node_hex, oids = await with_repo(wr, resolve)
+    if oids:
+        # every blob must be there before the first byte goes out: a missing one found half-way
+        # could only cut the download short
+        svc = lfs_service(wr.ctx)
+        states = await svc.visible_states(wr.repo, oids) if svc is not None else {}
+        missing = [oid for oid in oids if oid not in states or not states[oid].present]
+        if missing:
+            raise WebError(404, f"the LFS object of {oids[missing[0]]} ({missing[0]}) is not in this server's "
+                                "store: no archive")
     name = _archive_name(wr.repo, rev_arg, node_hex)
     headers = {**cache_headers(wr, rev_arg, node_hex, kind), "Content-Type": media,
                "Content-Disposition": 'attachment; filename="%s"' % re.sub(r'["\\\x00-\x1f]', "_", name + suffix)}
@@ -154,7 +176,7 @@ async def archive(wr: WebRequest) -> web.StreamResponse:
             except _Gone:
                 pass
 
-    future = submit_blocking(work)
+    future = blob_workers().submit(work)
     resp = web.StreamResponse(headers=headers)
     try:
         item = await queue.get()

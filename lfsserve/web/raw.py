@@ -16,10 +16,12 @@ worker thread, and `lfs_preview` for the file view.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import mimetypes
 import posixpath
 import re
+import threading
 import urllib.parse
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -40,8 +42,8 @@ from ..repos import engine_repo
 from . import model
 from .router import PageHandler, WebError, WebRequest
 
-__all__ = ["COMMANDS", "LfsBlobReader", "cache_headers", "lfs_preview", "lfs_service", "raw_file", "raw_rev",
-           "with_repo"]
+__all__ = ["COMMANDS", "LfsBlobReader", "blob_workers", "cache_headers", "lfs_preview", "lfs_service", "raw_file",
+           "raw_rev", "with_repo"]
 
 IMMUTABLE = "max-age=31536000, immutable"
 # raw-rev builds the patch in memory: bounded like the diff pages, a larger one is refused (413)
@@ -60,12 +62,31 @@ def lfs_service(ctx: ServerContext) -> LfsService | None:
     return ctx.lfs_blobs if isinstance(ctx.lfs_blobs, LfsService) else None
 
 
-async def with_repo(wr: WebRequest, fn):
-    """Run `fn(repo)` in the executor with the repository open; engine errors become 404s."""
+# Work that reads LFS blobs from a worker thread (LfsBlobReader) waits there for the event loop,
+# whose blob reads need threads of the shared executor in turn. Such work runs on threads of its
+# own, so that it can never hold every thread of the shared pool while waiting for a free one.
+BLOB_WORKERS = 8
+_BLOB_THREAD = "lfsserve-web-blobs"
+_blob_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def blob_workers() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads for work that reads LFS blobs through LfsBlobReader (archives, patches)."""
+    global _blob_pool
+    if _blob_pool is None:
+        _blob_pool = concurrent.futures.ThreadPoolExecutor(BLOB_WORKERS, thread_name_prefix=_BLOB_THREAD)
+    return _blob_pool
+
+
+async def with_repo(wr: WebRequest, fn, *, reads_blobs: bool = False):
+    """Run `fn(repo)` in the executor with the repository open; engine errors become 404s.
+    `reads_blobs`: fn reads LFS blobs through an LfsBlobReader (see blob_workers)."""
     def work():
         with wr.ctx.repos.open(wr.repo) as served:
             return fn(engine_repo(served))
     try:
+        if reads_blobs:
+            return await asyncio.wrap_future(blob_workers().submit(work))
         return await run_blocking(work)
     except RepoNotFound:
         raise WebError(404, f"no repository at /{wr.repo}") from None
@@ -220,7 +241,7 @@ async def raw_rev(wr: WebRequest) -> web.StreamResponse:
         except DiffTooLarge as exc:
             raise WebError(413, exc.message) from None
 
-    node, patch = await with_repo(wr, read)
+    node, patch = await with_repo(wr, read, reads_blobs=reader is not None)
     headers = {**_RAW_HEADERS, **cache_headers(wr, rev_arg, node, "git" if git else "")}
     if (nm := _not_modified(wr, headers)) is not None:
         return nm
@@ -229,7 +250,8 @@ async def raw_rev(wr: WebRequest) -> web.StreamResponse:
 
 class LfsBlobReader:
     """Reads LFS blobs of one repository from a worker thread (the engine's diff and archive code
-    runs there), through LfsService on the event loop. Never call it from the loop itself."""
+    runs there), through LfsService on the event loop. Only from a thread of blob_workers():
+    never from the loop itself, nor from the shared executor."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, svc: LfsService, namespace: str, max_whole: int):
         self.loop = loop
@@ -240,13 +262,20 @@ class LfsBlobReader:
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
+    @staticmethod
+    def _safe() -> bool:
+        """Whether this thread may wait for blob reads: only threads of blob_workers() may (on
+        the shared executor, waiting could hold the very threads those reads need)."""
+        return threading.current_thread().name.startswith(_BLOB_THREAD)
+
     def read_sync(self, path: bytes, pointer_text: bytes) -> bytes | None:
-        """The whole content of a small blob (None: not a pointer, too large, or not available)."""
+        """The whole content of a small blob (None: not a pointer, too large, not available, or
+        called outside blob_workers(), where waiting for it could deadlock)."""
         try:
             pointer = parse_lfs_pointer(pointer_text)
         except ValueError:
             return None
-        if pointer.size > self.max_whole:
+        if pointer.size > self.max_whole or not self._safe():
             return None
         stream = self.open_sync(path, pointer)
         if stream is None:
@@ -258,6 +287,8 @@ class LfsBlobReader:
 
     def open_sync(self, path: bytes, pointer: LfsPointer) -> _BlobStream | None:
         """A blocking reader of the blob's content, or None when it is not visible/stored."""
+        if not self._safe():
+            raise RuntimeError("LfsBlobReader used outside raw.blob_workers()")
         try:
             handle = self._call(self.svc.open_download(self.namespace, pointer.oid, whole=True))
         except BlobError:

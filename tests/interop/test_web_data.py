@@ -8,6 +8,8 @@ revisions and paths answered 4xx. One server for the module."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
 import json
 import shutil
 import urllib.parse
@@ -29,8 +31,6 @@ pytestmark = pytest.mark.interop
 
 LFS_CONTENT = b"large file content \x00\x01 " * 1000
 CONFIG = """
-[hg]
-create_on_push = true
 [web]
 allow_archive = ["gz", "bz2", "zip"]
 [[auth.rules]]
@@ -56,16 +56,19 @@ def site(tmp_path_factory, webrepo):
         for name in ("team/repo", "private/repo", "gzonly/repo"):
             shutil.copytree(repo, server.root / "repos" / name, symlinks=True)
         (server.root / "repos" / "gzonly/repo/.hg/hgrc").write_text("[web]\nallow-archive = gz\nallowbz2 = yes\n")
-        # an LFS repository: pushed by hg with the lfs extension, its blob uploaded to our store
-        lfs_hg = Hg(base / "lfs-home", f"[extensions]\nlfs =\n[lfs]\nurl = {server.url}/lfs/repo/.git/info/lfs\n"
-                                       "track = path:big/\n")
+        # an LFS repository made by hg with the lfs extension (pointers in its filelogs), its blob
+        # uploaded to our store through the repository's namespace
+        lfs_hg = Hg(base / "lfs-home", "[extensions]\nlfs =\n[lfs]\ntrack = path:big\n")
         lrepo = base / "lfsrepo"
         lfs_hg("init", str(lrepo))
         (lrepo / "big").mkdir()
         (lrepo / "big" / "blob.bin").write_bytes(LFS_CONTENT)
         (lrepo / "small.txt").write_text("small\n")
         lfs_hg("commit", "-q", "-A", "-m", "lfs files", "-d", "1600000000 0", cwd=lrepo)
-        lfs_hg("push", "-q", f"{server.url}/lfs/repo", cwd=lrepo)
+        assert "lfs" in (lrepo / ".hg" / "requires").read_text() + (lrepo / ".hg/store/requires").read_text()
+        shutil.copytree(lrepo, server.root / "repos" / "lfs" / "repo", symlinks=True)
+        oid = hashlib.sha256(LFS_CONTENT).hexdigest()
+        assert request(f"{server.url}/lfs/repo/.hg/lfs/objects/{oid}", "PUT", LFS_CONTENT)[0] in (200, 201)
         yield {"hg": hg, "repo": repo, "server": server, "lfs_hg": lfs_hg, "lfsrepo": lrepo, "base": base}
     finally:
         server.stop()
@@ -218,6 +221,20 @@ def test_lfs_files_resolved(site):
     assert headers["Content-Length"] == str(len(LFS_CONTENT))
     assert get(site, "/lfs/repo/raw-file/tip/small.txt")[2] == b"small\n"
     node = lfs_hg.out("log", "-R", str(lrepo), "-r", "tip", "-T", "{node}")
+    # raw-rev diffs the content, not the pointer (binary here, as hg export with the lfs extension says)
+    assert get(site, "/lfs/repo/raw-rev/tip")[2] == lfs_hg("export", "-R", str(lrepo), "-r", "tip").stdout
+    # the same history under another path: its namespace never received the blob, so nothing
+    # of it is served there, and the archive is refused before it starts
+    shutil.copytree(site["server"].root / "repos" / "lfs" / "repo", site["server"].root / "repos" / "lfs" / "copy",
+                    symlinks=True)
+    status, _, body = get(site, "/lfs/copy/raw-file/tip/big/blob.bin")
+    assert status == 404 and b"not in this server" in body, (status, body[:300])
+    status, _, body = get(site, "/lfs/copy/archive/tip.zip")
+    assert status == 404 and b"not in this server" in body
+    # many at once: writers waiting for blobs must not starve the threads the blob reads need
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: get(site, "/lfs/repo/archive/tip.tar.gz"), range(12)))
+    assert {(status, body) for status, _, body in answers} == {(200, answers[0][2])}
     body = get(site, f"/lfs/repo/archive/{node}.zip")[2]
     assert body == lfs_hg("archive", "-R", str(lrepo), "-r", node, "-t", "zip", "-p", f"repo-{node[:12]}", "-").stdout
 
