@@ -503,9 +503,7 @@ async def rev(wr: WebRequest) -> web.StreamResponse:
     rev_arg = wr.args[0]
     sidebyside = wr.request.query.get("sidebyside", "") == "1"
 
-    lfs = _lfs_reader(wr)
-
-    def read(repo: Repository) -> dict:
+    def read(repo: Repository, lfs: diff.LfsReader | None) -> dict:
         names = model.Names.read(repo)
         r = model.resolve_rev(repo, rev_arg)
         if r == NULLREV:
@@ -518,7 +516,7 @@ async def rev(wr: WebRequest) -> web.StreamResponse:
         fds = diff.changeset_file_diffs(repo, cl.node(r), limits=diffs.PAGE_LIMITS, lfs=lfs)
         return {"cs": cs, "parents": parents, "children": kids, "files": files, "diff": diffs.page_diff(fds)}
 
-    data = await _with_repo(wr, read)
+    data = await _with_repo_lfs(wr, read)
     cs = data["cs"]
     headers = _immutable(wr, rev_arg, cs["node"], cs["date"])
     if (nm := _not_modified(wr, headers)) is not None:
@@ -655,12 +653,19 @@ async def _lfs_preview(wr: WebRequest, fd: model.FileData) -> bytes | None:
     return await raw.lfs_preview(wr, fd.lfs[0], fd.lfs[1])
 
 
-def _lfs_reader(wr: WebRequest) -> diff.LfsReader | None:
-    """Diffs show LFS files by their content (from the blob store) when it is small enough."""
+async def _with_repo_lfs(wr: WebRequest, fn: Callable[[Repository, diff.LfsReader | None], T]) -> T:
+    """Run `fn(repo, lfs)` for a page that diffs files: in a repository with LFS files, on
+    raw.blob_workers() with a reader of small blobs (the diff then shows their content, not their
+    pointers); elsewhere on the shared executor, without one."""
     svc = raw.lfs_service(wr.ctx)
-    if svc is None:
-        return None
-    return raw.LfsBlobReader(asyncio.get_running_loop(), svc, wr.repo, MAX_VIEW_SIZE).read_sync
+
+    def has_lfs() -> bool:
+        with wr.ctx.repos.open(wr.repo) as served:
+            return served.has_lfs
+    if svc is None or not await run_blocking(has_lfs):
+        return await _with_repo(wr, lambda repo: fn(repo, None))
+    reader = raw.LfsBlobReader(asyncio.get_running_loop(), svc, wr.repo, MAX_VIEW_SIZE).read_sync
+    return await raw.with_repo(wr, lambda repo: fn(repo, reader), reads_blobs=True)
 
 
 def _file_children(repo: Repository, fd: model.FileData) -> list[str]:
@@ -679,9 +684,8 @@ async def file_diff(wr: WebRequest) -> web.StreamResponse:
     if not path:
         raise WebError(400, "which file? diff/{rev}/{path}")
     sidebyside = wr.request.query.get("sidebyside", "") == "1"
-    lfs = _lfs_reader(wr)
 
-    def read(repo: Repository) -> dict:
+    def read(repo: Repository, lfs: diff.LfsReader | None) -> dict:
         names = model.Names.read(repo)
         r = model.resolve_rev(repo, rev_arg)
         if r == NULLREV:
@@ -702,7 +706,7 @@ async def file_diff(wr: WebRequest) -> web.StreamResponse:
         one = diff.file_diff(repo, cl.node(p1), cl.node(r), path.encode(), limits=diffs.PAGE_LIMITS, lfs=lfs)
         return {"cs": cs, "parents": parents, "children": kids, "diff": diffs.page_diff([one] if one else [])}
 
-    data = await _with_repo(wr, read)
+    data = await _with_repo_lfs(wr, read)
     cs = data["cs"]
     headers = _immutable(wr, rev_arg, cs["node"], cs["date"])
     if (nm := _not_modified(wr, headers)) is not None:

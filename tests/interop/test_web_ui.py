@@ -224,6 +224,9 @@ def test_pages(site: Site):
     assert 'class="source sbs"' in sbs and "hello, world" in sbs
     diff = page(f"{site.repo}/diff/{n['rename and add a binary']}/new-name.txt")
     assert "(added)" in diff and "+moved" in diff
+    # an LFS file's diff shows its content (read from the blob store), not the pointer
+    lfs_diff = page(f"{site.repo}/rev/{n[f'add LFS data and a hostile {SCRIPT} name']}")
+    assert "+LFS line 39 of the tracked data file" in lfs_diff and "oid sha256:" not in lfs_diff
     blame = page(f"{site.repo}/annotate/tip/new-name.txt")
     assert blame.count("<tr id=") == 2 and "old-name.txt" in blame  # followed the rename
     history = page(f"{site.repo}/log/tip/src/main.py")
