@@ -325,7 +325,7 @@ def files_status(repo: Repository, rev: int) -> list[dict]:
         else:
             status = "modified"
         item = {"file": text(f), "status": status}
-        if entry is not None:
+        if entry is not None and status == "added":  # as hg status: only added files show a source
             try:
                 copy = repo.file(f).copy_info(entry[0])
             except (LookupError, HgError):
