@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from . import __version__, lfs
+from . import web as web_ui
 from .auth import Authenticator
 from .config import Config
 from .health import healthz, readyz
@@ -27,7 +28,6 @@ from .repos import RepoRegistry, RepoSettings
 from .routing import BadPath, Kind, Target, resolve
 from .shutdown import DRAIN, Drain, close_while_draining, drain_middleware
 from .urls import TrustedProxies
-from .web import pages
 from .webhooks import Webhooks
 from .webhooks.delivery import WEBHOOKS, webhooks_ctx
 from .wire import v1, v2
@@ -43,7 +43,7 @@ FRONTENDS: tuple[Setup, ...] = (
     lfs.setup,      # Git LFS: batch API, basic transfer, verify, locks
     v1.setup,       # Mercurial wire protocol v1 (?cmd=)
     v2.setup,       # Mercurial wire protocol v2 (/api/exp-http-v2-0003/...)
-    pages.setup,    # pages for browsers: the index at / and a repository's page
+    web_ui.setup,   # the web UI: the index at /, hgweb's pages and JSON under each repository
 )
 
 

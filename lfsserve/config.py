@@ -245,6 +245,19 @@ class SshConfig:
 
 
 @dataclass
+class WebConfig:
+    # Defaults for every repository's web settings; a repository's own `.hg/hgrc` `[web]` section
+    # (description, contact, name, hidden, allow_archive, labels) wins, as in hgweb.
+    description: str = ""
+    contact: str = ""
+    # Archive types offered (gz, bz2, zip); empty: none, as hgweb's default.
+    allow_archive: list[str] = field(default_factory=list)
+    # What a repository's SSH clone URL starts with, e.g. "ssh://hg@hg.example.com" (the summary
+    # page then shows `hg clone ssh://hg@hg.example.com/<repo>`). Empty: no SSH URL shown.
+    ssh_clone_base: str = ""
+
+
+@dataclass
 class HooksConfig:
     # Mercurial-style hooks run on push (external commands, as hg runs them): `name[.suffix]` =
     # shell command, e.g. "pretxnchangegroup.check" = "/srv/hooks/check-msg", plus optional
@@ -289,6 +302,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     ssh: SshConfig = field(default_factory=SshConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 

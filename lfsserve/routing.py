@@ -12,6 +12,16 @@ apart by suffix, so every repository gets all of them:
     ... and the same three LFS endpoints + /locks[/verify|/{id}/unlock]   Git LFS locking
     {repo}/.hg/lfs/objects/{oid}                      basic transfer: PUT / GET (hg serve's layout)
     {repo}/.hg/lfs/verify                             basic transfer: verify action
+    {repo}/{webcmd}[/{args}]                          the web UI, in hgweb's URL space (log, rev/X,
+                                                      file/REV/PATH, json-log, raw-file/..., ...)
+
+A web command is the first segment (after at least one repository segment) that names one of
+hgweb's commands (WEB_COMMANDS, optionally with a `json-`/`raw-`/`atom-`/`rss-` style prefix); what
+follows it (revisions, file paths, which may be non-ASCII or start with a dot) is the web front
+end's to check; it is looked for before the bare LFS (`{prefix}/objects/batch`, `/locks`) and v2
+(`/api`) suffixes, which a file path may end with. A repository whose path has such a segment is
+still cloned and pushed by its `?cmd=` URL and its `.git/info/lfs` / `.hg/lfs` endpoints; its web
+pages, bare LFS prefix and v2 API are not reachable.
 
 All LFS spellings of one repository map to the same namespace, the repository path. Paths are
 validated here, once: no empty, "." or ".."-like segments, no hidden segments, a restricted
@@ -24,7 +34,8 @@ import enum
 import re
 from dataclasses import dataclass
 
-__all__ = ["MAX_REPO_PATH", "BadPath", "Kind", "Target", "resolve", "validate_repo_path"]
+__all__ = ["MAX_REPO_PATH", "WEB_COMMANDS", "WEB_STYLES", "BadPath", "Kind", "Target", "is_web_command", "resolve",
+           "validate_repo_path"]
 
 MAX_REPO_PATH = 255
 MAX_DEPTH = 16
@@ -50,6 +61,25 @@ class Kind(enum.Enum):
     LFS_LOCKS = "lfs-locks"    # rest: "", "verify", "{id}/unlock"
     LFS_OBJECT = "lfs-object"  # rest: the oid
     LFS_VERIFY = "lfs-verify"
+    WEB = "web"                # rest: "{webcmd}[/{args}]"
+
+
+# hgweb's commands (mercurial/hgweb/webcommands.py), the names its URLs use, and the styles a
+# command may be prefixed with (`json-log` is `log?style=json`, `raw-file` is `file?style=raw`).
+WEB_COMMANDS = frozenset({
+    "summary", "log", "shortlog", "changelog", "graph", "rev", "changeset", "file", "manifest",
+    "annotate", "filelog", "diff", "filediff", "comparison", "tags", "bookmarks", "branches",
+    "archive", "search", "help",
+})
+WEB_STYLES = frozenset({"json", "raw", "atom", "rss"})
+
+
+def is_web_command(segment: str) -> bool:
+    """Whether a path segment names a web command (`log`, `json-log`, `raw-file`, `atom-log`...)."""
+    if segment in WEB_COMMANDS:
+        return True
+    style, sep, cmd = segment.partition("-")
+    return bool(sep) and style in WEB_STYLES and cmd in WEB_COMMANDS
 
 
 @dataclass(frozen=True)
@@ -125,6 +155,12 @@ def resolve(path: str, raw_path: str, has_cmd: bool) -> Target:
             if not _LFS_SERVICE.match(m.group("rest")):
                 raise BadPath(f"unknown Git LFS endpoint {m.group('rest')!r}")
             return _lfs_service(m.group("repo"), m.group("rest"))
+    # A web URL's file path may end like the bare LFS or v2 endpoints (`file/tip/docs/api`): the
+    # first web command segment decides, before those suffixes are looked at.
+    segments = p.split("/")
+    for i in range(1, min(len(segments), MAX_DEPTH + 1)):
+        if is_web_command(segments[i]):
+            return Target(Kind.WEB, validate_repo_path("/".join(segments[:i])), "/".join(segments[i:]))
     m = _LFS_BARE.match(p)
     if m:
         return _lfs_service(m.group("repo"), m.group("rest"))

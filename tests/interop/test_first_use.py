@@ -47,7 +47,7 @@ def test_index_missing_and_empty_repository_say_what_to_do(lfsserve, hg, tmp_pat
     hg("commit", "-Am", "one", "-u", "t", cwd=work)
     hg("push", server.url + "/team/app", cwd=work)
     status, text = get(server.url + "/team/app", accept="text/html")
-    assert "1 head." in text and "empty" not in text
+    assert "Latest changes" in text and ">one</a>" in text and "empty" not in text
 
 
 def test_missing_repository_with_create_on_push_says_push(lfsserve, tmp_path):

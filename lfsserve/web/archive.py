@@ -1,0 +1,207 @@
+"""`archive/{rev}.tar.gz|.tar.bz2|.zip`: a changeset's files as one download, as hgweb serves it.
+
+The content is `hg archive`'s (lfsserve.hg.archive writes it, LFS files resolved to their blobs
+through LfsService), under the prefix hgweb uses, `{repo basename}-{short node}/` (or the
+symbolic name given, `-v1.0/`). Offered only for the types the repository's `.hg/hgrc`
+`[web] allow_archive` lists (lfsserve's `[web] allow_archive` is the default), else 403, as
+hgweb does. The archive is written in a worker thread (compression included) into a small
+bounded queue the response drains: memory stays flat whatever the size of the repository, and a
+slow client slows the writer. Writers run on the web front end's blob threads (raw.blob_workers:
+at most BLOB_WORKERS archives are written at once, the others wait their turn). Each archive is
+one request in flight for its client, so the per-client concurrency limit
+(limits.per_client_concurrency) caps how many one crawler runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+
+from aiohttp import web
+
+from ..aio import run_blocking
+from ..hg.archive import ARCHIVE_TYPES, ArchiveError, write_archive
+from ..hg.node import NULLREV
+from ..hg.repository import Repository
+from ..kernel import ServerContext
+from ..repos import engine_repo
+from . import model
+from .hgrc import MAX_HGRC, parse_hgrc_section
+from .raw import LfsBlobReader, blob_workers, cache_headers, lfs_service, with_repo
+from .router import PageHandler, WebError, WebRequest
+
+__all__ = ["COMMANDS", "archive"]
+
+# What the writer thread may get ahead of the client: PENDING pieces of about PIECE bytes.
+PIECE = 64 << 10
+PENDING = 8
+_DONE = object()
+
+
+class _QueueSink:
+    """The archive writer's output: pieces handed to the event loop through a bounded queue.
+
+    write() blocks the worker thread while PENDING pieces wait for the client; it raises
+    _Gone when the response has stopped (client gone), which ends the writer."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
+        self.loop = loop
+        self.queue = queue
+        self.room = threading.Semaphore(PENDING)
+        self.stop = threading.Event()
+        self.buf: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.buf.append(data)
+        self.size += len(data)
+        if self.size >= PIECE:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self.buf:
+            piece = b"".join(self.buf)
+            self.buf, self.size = [], 0
+            self.put(piece)
+
+    def put(self, item: object) -> None:
+        while not self.room.acquire(timeout=0.5):
+            if self.stop.is_set():
+                raise _Gone()
+        if self.stop.is_set():
+            raise _Gone()
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class _Gone(Exception):
+    """The response stopped taking the archive."""
+
+
+def lfs_oids(repo: Repository, rev: int) -> dict[str, str]:
+    """oid -> path of the LFS-stored files of changeset `rev` (blocking)."""
+    out: dict[str, str] = {}
+    for path, (fnode, _) in repo.manifestlog.read(repo.changelog.manifest_node(rev)).items():
+        fl = repo.file(path)
+        frev = fl.rev(fnode)
+        if fl.is_lfs(frev):
+            out.setdefault(fl.lfs_pointer(frev).oid, path.decode("utf-8", "replace"))
+    return out
+
+
+def archive_allowed(ctx: ServerContext, repo: str, kind: str) -> bool:
+    """Whether `kind` (gz, bz2, zip) may be downloaded, as hgweb decides: listed in the
+    repository's `[web] allow-archive` (or its older spelling allow_archive; without either,
+    lfsserve's `[web] allow_archive`), or its `allow<kind>` switch on. Blocking (reads .hg/hgrc)."""
+    items: dict[str, str] = {}
+    try:
+        with open(ctx.repos.path_of(repo) / ".hg" / "hgrc", "rb") as f:
+            raw = f.read(MAX_HGRC + 1)
+        if len(raw) <= MAX_HGRC:  # as hgrc.read_web_settings: a bigger one is ignored
+            items = parse_hgrc_section(raw.decode("utf-8", "replace"), "web")
+    except OSError:
+        pass
+    listed = items.get("allow-archive", items.get("allow_archive"))
+    allowed = re.split(r"[\s,]+", listed) if listed is not None else list(ctx.config.web.allow_archive)
+    return kind in allowed or items.get("allow" + kind, "").strip().lower() in ("1", "yes", "true", "on", "always")
+
+
+def _archive_name(repo: str, rev_arg: str, node_hex: str) -> str:
+    """hgweb's `{basename with non-word runs as -}-{the revision as the URL names it}` (`tip`
+    becomes the short node; so does a full node here, where hgweb keeps all 40 digits)."""
+    base = re.sub(r"\W+", "-", repo.rsplit("/", 1)[-1])
+    version = node_hex[:12] if rev_arg in (node_hex, "tip") else rev_arg
+    return f"{base}-{version}"
+
+
+async def archive(wr: WebRequest) -> web.StreamResponse:
+    """archive/{rev}.{tar.gz|tar.bz2|zip}."""
+    if not wr.args or not wr.args[0]:
+        raise WebError(400, "archive needs a revision and a type: archive/{rev}.tar.gz|.tar.bz2|.zip")
+    if len(wr.args) > 1:
+        raise WebError(404, "archives of a part of the repository are not supported: archive/{rev}.{type}")
+    spec = wr.args[0]
+    suffix = next((s for s in ARCHIVE_TYPES if spec.endswith(s) and len(spec) > len(s)), None)
+    if suffix is None:
+        raise WebError(404, "Unsupported archive type")  # hgweb's words; the type is not echoed
+    rev_arg = spec[:-len(suffix)]
+    kind, media = ARCHIVE_TYPES[suffix]
+    if not await run_blocking(archive_allowed, wr.ctx, wr.repo, kind):
+        raise WebError(403, "Archive type not allowed")
+
+    def resolve(repo: Repository) -> tuple[str, dict[str, str]]:
+        r = model.resolve_rev(repo, rev_arg)
+        if r == NULLREV:
+            raise WebError(404, "the null revision has no files")
+        return repo.changelog.node(r).hex(), lfs_oids(repo, r) if repo.has_lfs else {}
+
+    node_hex, oids = await with_repo(wr, resolve)
+    if oids:
+        # every blob must be there before the first byte goes out: a missing one found half-way
+        # could only cut the download short
+        svc = lfs_service(wr.ctx)
+        states = await svc.visible_states(wr.repo, oids) if svc is not None else {}
+        missing = [oid for oid in oids if oid not in states or not states[oid].present]
+        if missing:
+            raise WebError(404, f"the LFS object of {oids[missing[0]]} ({missing[0]}) is not in this server's "
+                                "store: no archive")
+    name = _archive_name(wr.repo, rev_arg, node_hex)
+    headers = {**cache_headers(wr, rev_arg, node_hex, kind), "Content-Type": media,
+               "Content-Disposition": 'attachment; filename="%s"' % re.sub(r'["\\\x00-\x1f]', "_", name + suffix)}
+    if "ETag" in headers and wr.request.headers.get("If-None-Match") == headers["ETag"]:
+        return web.Response(status=304, headers=headers)
+    if wr.request.method == "HEAD":
+        return web.Response(headers=headers)
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    sink = _QueueSink(loop, queue)
+    svc = lfs_service(wr.ctx)
+    lfs = LfsBlobReader(loop, svc, wr.repo, 0).open_sync if svc is not None else None
+    node = bytes.fromhex(node_hex)
+
+    def work() -> None:
+        try:
+            with wr.ctx.repos.open(wr.repo) as served:
+                repo = engine_repo(served)
+                write_archive(repo, repo.changelog.rev(node), kind, name, sink, lfs=lfs)
+            sink.flush()
+            sink.put(_DONE)
+        except _Gone:
+            pass
+        except BaseException as exc:  # handed to the response, which decides what the client sees
+            try:
+                sink.put(exc)
+            except _Gone:
+                pass
+
+    future = blob_workers().submit(work)
+    resp = web.StreamResponse(headers=headers)
+    try:
+        item = await queue.get()
+        sink.room.release()
+        if isinstance(item, BaseException):
+            if isinstance(item, ArchiveError):
+                raise WebError(404, item.message)
+            raise item
+        await resp.prepare(wr.request)
+        while item is not _DONE:
+            if isinstance(item, BaseException):
+                # the status line is gone: cut the transfer, the client sees a truncated archive
+                if wr.request.transport is not None:
+                    wr.request.transport.abort()
+                if isinstance(item, ArchiveError):
+                    return resp
+                raise item
+            await resp.write(item)
+            item = await queue.get()
+            sink.room.release()
+        await resp.write_eof()
+        return resp
+    finally:
+        sink.stop.set()
+        await asyncio.shield(asyncio.wrap_future(future))
+
+
+COMMANDS: dict[str, PageHandler] = {"archive": archive}
