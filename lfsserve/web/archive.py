@@ -27,7 +27,7 @@ from ..hg.repository import Repository
 from ..kernel import ServerContext
 from ..repos import engine_repo
 from . import model
-from .hgrc import MAX_HGRC, parse_hgrc_section
+from .hgrc import web_items
 from .raw import LfsBlobReader, blob_workers, cache_headers, lfs_service, with_repo
 from .router import PageHandler, WebError, WebRequest
 
@@ -94,14 +94,7 @@ def archive_allowed(ctx: ServerContext, repo: str, kind: str) -> bool:
     """Whether `kind` (gz, bz2, zip) may be downloaded, as hgweb decides: listed in the
     repository's `[web] allow-archive` (or its older spelling allow_archive; without either,
     lfsserve's `[web] allow_archive`), or its `allow<kind>` switch on. Blocking (reads .hg/hgrc)."""
-    items: dict[str, str] = {}
-    try:
-        with open(ctx.repos.path_of(repo) / ".hg" / "hgrc", "rb") as f:
-            raw = f.read(MAX_HGRC + 1)
-        if len(raw) <= MAX_HGRC:  # as hgrc.read_web_settings: a bigger one is ignored
-            items = parse_hgrc_section(raw.decode("utf-8", "replace"), "web")
-    except OSError:
-        pass
+    items = web_items(ctx.repos.path_of(repo)) if ctx.config.hg.repo_hgrc else {}
     listed = items.get("allow-archive", items.get("allow_archive"))
     allowed = re.split(r"[\s,]+", listed) if listed is not None else list(ctx.config.web.allow_archive)
     return kind in allowed or items.get("allow" + kind, "").strip().lower() in ("1", "yes", "true", "on", "always")

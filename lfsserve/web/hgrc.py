@@ -1,9 +1,9 @@
 """A repository's web settings: the `[web]` section of its `.hg/hgrc`, as hgweb reads it.
 
 `description`, `contact`, `name`, `hidden`, `allow_archive` and `labels`, with lfsserve's global
-defaults (the `[web]` section of its config) where the repository says nothing. Only that one
-file is read (no `%include`: it could name any file on the server). Reading is blocking: run it
-in the executor.
+defaults (the `[web]` section of its config) where the repository says nothing. The file is read
+by the engine's one hgrc reader (`lfsserve.hg.hgrc.load`: hg's syntax, `%include`, cached by file
+version); a file it cannot parse leaves the defaults. Blocking: run in the executor.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["MAX_HGRC", "WebSettings", "parse_hgrc_section", "read_web_settings"]
+from ..hg import hgrc
 
-MAX_HGRC = 256 << 10  # a bigger hgrc is not one a person wrote: ignore it
-_SECTION = re.compile(r"\[([^\[]+)\]")
-_ITEM = re.compile(r"([^=\s][^=]*?)\s*=\s*(.*\S|)")
+__all__ = ["WebSettings", "read_web_settings", "web_items"]
+
 _TRUE = {"1", "yes", "true", "on", "always"}
 _FALSE = {"0", "no", "false", "off", "never"}
 
@@ -31,35 +30,12 @@ class WebSettings:
     labels: list[str] = field(default_factory=list)
 
 
-def parse_hgrc_section(text: str, section: str) -> dict[str, str]:
-    """The items of `[section]` in hg's config syntax: `key = value`, continuation lines that
-    start with whitespace, `#`/`;` comments, `%unset key`; a later value wins."""
-    items: dict[str, str] = {}
-    current = None
-    last_key = None
-    for line in text.splitlines():
-        if current == section and last_key is not None and line[:1] in (" ", "\t") and line.strip():
-            items[last_key] += "\n" + line.strip()
-            continue
-        last_key = None
-        stripped = line.strip()
-        if not stripped or stripped[0] in "#;":
-            continue
-        m = _SECTION.fullmatch(stripped)
-        if m:
-            current = m.group(1).strip()
-            continue
-        if current != section:
-            continue
-        if stripped.startswith("%unset "):
-            items.pop(stripped[7:].strip(), None)
-            continue
-        m = _ITEM.fullmatch(line)
-        if m:
-            last_key = m.group(1).strip()
-            items[last_key] = m.group(2)
-    return items
-
+def web_items(repo_root: Path) -> dict[str, str]:
+    """The `[web]` items of the repository's hgrc (none when it is missing or unparsable)."""
+    try:
+        return dict(hgrc.load(repo_root).items("web"))
+    except (hgrc.HgrcError, OSError):
+        return {}
 
 def _list(value: str) -> list[str]:
     return [v for v in re.split(r"[\s,]+", value) if v]
@@ -73,14 +49,9 @@ def _bool(value: str, default: bool) -> bool:
 def read_web_settings(repo_root: Path, defaults: WebSettings = WebSettings()) -> WebSettings:
     """The web settings of the repository at `repo_root` (a missing or unreadable hgrc: the
     defaults)."""
-    try:
-        with open(repo_root / ".hg" / "hgrc", "rb") as f:
-            raw = f.read(MAX_HGRC + 1)
-    except OSError:
+    items = web_items(repo_root)
+    if not items:
         return defaults
-    if len(raw) > MAX_HGRC:
-        return defaults
-    items = parse_hgrc_section(raw.decode("utf-8", "replace"), "web")
     return WebSettings(
         name=items.get("name", defaults.name),
         description=items.get("description", defaults.description),

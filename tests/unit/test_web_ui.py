@@ -4,26 +4,31 @@ from __future__ import annotations
 
 from lfsserve.hg.diff import FileDiff, Hunk
 from lfsserve.web.diffs import page_diff
-from lfsserve.web.hgrc import WebSettings, parse_hgrc_section, read_web_settings
+from lfsserve.web.hgrc import WebSettings, read_web_settings
 
 
 def test_hgrc_web_section(tmp_path):
     text = ("[ui]\nusername = x\n[web]\n# comment\ndescription = first line\n  second line\ncontact=Ann\n"
             "hidden = Yes\nallow_archive = gz, zip bz2\nname = old\n%unset name\n[web]\nlabels = a b\n")
-    assert parse_hgrc_section(text, "web") == {"description": "first line\nsecond line", "contact": "Ann",
-                                               "hidden": "Yes", "allow_archive": "gz, zip bz2", "labels": "a b"}
     (tmp_path / ".hg").mkdir()
     (tmp_path / ".hg" / "hgrc").write_text(text)
     got = read_web_settings(tmp_path, WebSettings(contact="default", description="d"))
     assert got == WebSettings(name="", description="first line\nsecond line", contact="Ann", hidden=True,
                               allow_archive=["gz", "zip", "bz2"], labels=["a", "b"])
-    # nothing there: the server's defaults; a huge file is not one a person wrote
+    # nothing there: the server's defaults; a huge file is not one a person wrote (the engine's
+    # reader refuses it), nor is one hg cannot parse
     assert read_web_settings(tmp_path / "none", WebSettings(contact="c")) == WebSettings(contact="c")
     # hgweb's spelling wins over the older one
     (tmp_path / ".hg" / "hgrc").write_text("[web]\nallow_archive = zip\nallow-archive = gz bz2\n")
     assert read_web_settings(tmp_path).allow_archive == ["gz", "bz2"]
-    (tmp_path / ".hg" / "hgrc").write_text("[web]\ndescription = x\n" + "#" * (300 << 10))
+    (tmp_path / ".hg" / "hgrc").write_text("[web]\ndescription = x\n" + "#" * (1100 << 10))
     assert read_web_settings(tmp_path) == WebSettings()
+    (tmp_path / ".hg" / "hgrc").write_text("[web]\ndescription = x\n= no name\n")
+    assert read_web_settings(tmp_path) == WebSettings()
+    # hg's %include is followed, as hg does
+    (tmp_path / "shared.rc").write_text("[web]\ncontact = Team <team@example.com>\n")
+    (tmp_path / ".hg" / "hgrc").write_text("%include ../shared.rc\n[web]\nname = app\n")
+    assert read_web_settings(tmp_path) == WebSettings(name="app", contact="Team <team@example.com>")
 
 
 def _fd(path: bytes, n: int) -> FileDiff:
