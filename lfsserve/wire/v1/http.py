@@ -38,6 +38,7 @@ from ..capabilities import BundleRequired
 from ..compression import MEDIA_01, compress_stream, negotiate
 from ..protocol import BadRequest, header_args, parse_client_proto, parse_qs_bytes
 from ..unbundle import LfsCheck, PushReply
+from . import bundles
 from .commands import COMMANDS, Command, Result, Session, Stream, bind_args
 from .transport import SPOOL_CHUNK, PushTooLarge, lfs_checker, may_create, open_spool, spool_dir
 
@@ -65,6 +66,7 @@ def setup(app: web.Application) -> None:
     ctx = app[CTX]
     app[V1] = V1State(spool_dir(ctx.config))
     ctx.register(Kind.HG, handle)
+    bundles.setup(app)
 
 
 # -- responses --------------------------------------------------------------------------------------
@@ -237,10 +239,12 @@ def _opened(request: web.Request, target: Target, principal: Principal, stack: c
     may_create = _may_create(request, target.repo, principal)
     check_lfs = _lfs_checker(request, target.repo, principal) if payload is not None else None
     postargs = _postargs_safe(request, target.repo, principal)
+    bundle_url = request.app[bundles.BUNDLES].url_maker(request, target.repo)
 
     def work(cmd: Command, args: Args) -> Result:
         repo = stack.enter_context(ctx.repos.open(target.repo, may_create=may_create))
-        return cmd.func(Session(ctx.config, repo, payload, check_lfs, offer_postargs=postargs), **args)
+        return cmd.func(Session(ctx.config, repo, payload, check_lfs, offer_postargs=postargs,
+                                bundle_url=bundle_url), **args)
     return work
 
 
@@ -360,4 +364,5 @@ async def _push(request: web.Request, target: Target, principal: Principal, cmd:
         await run_blocking(body.close)
     if reply.changed:
         log.info("push to %s by %s applied", target.repo, principal)
+        request.app[bundles.BUNDLES].pushed(target.repo)
     return _bytes(reply.body)
