@@ -36,7 +36,8 @@ from .capabilities import stream_allowed, stream_requirements
 from .streamclone import stream2_part, stream_plan
 
 __all__ = ["INLINE_SCHEME", "BuildReport", "BundleEntry", "BundleStoreBusy", "build", "current_entries",
-           "filter_legacy", "has_manifest", "manifest_lines", "open_bundle_store", "read_index", "repo_name_of"]
+           "filter_compression", "filter_legacy", "has_manifest", "manifest_lines", "open_bundle_store",
+           "read_index", "repo_name_of"]
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,20 @@ def static_manifest_lines(repo: ServedRepo) -> list[bytes]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     return [line + b"\n" for line in raw.splitlines() if line.strip()]
+
+
+def filter_compression(lines: Iterable[bytes], client_engines: Iterable[str] | None) -> list[bytes]:
+    """Leave out zstd bundles for a client that says (X-HgProto-1 `comp=`) it has no zstd: an hg
+    built without it (pure Python) aborts on such a manifest line instead of skipping it."""
+    if client_engines is None or "zstd" in client_engines:
+        return list(lines)
+    out = []
+    for line in lines:
+        spec = next((urllib.parse.unquote_to_bytes(f[len(b"BUNDLESPEC="):]) for f in line.split()[1:]
+                     if f.startswith(b"BUNDLESPEC=")), b"")
+        if not spec.startswith(b"zstd-"):
+            out.append(line)
+    return out
 
 
 def filter_legacy(lines: Iterable[bytes]) -> list[bytes]:

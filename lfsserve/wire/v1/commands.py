@@ -52,6 +52,8 @@ class Session:
     # How the clone bundles manifest names a bundle file (store key -> URL): set by the HTTP
     # transport; None advertises them inline (peer-bundle-cache://, fetched over this connection).
     bundle_url: Callable[[str], str] | None = None
+    # The compression engines the client says it has (HTTP's X-HgProto-1 comp=); None: unknown.
+    client_engines: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -182,7 +184,8 @@ def listkeys(s: Session, namespace: bytes) -> bytes:
 
 def _manifest(s: Session) -> list[bytes]:
     store = cb.open_bundle_store(s.config)
-    return cb.manifest_lines(s.config, store, cb.repo_name_of(s.config, s.repo), s.repo, s.bundle_url)
+    lines = cb.manifest_lines(s.config, store, cb.repo_name_of(s.config, s.repo), s.repo, s.bundle_url)
+    return cb.filter_compression(lines, s.client_engines)
 
 
 @command("clonebundles_manifest", "*")

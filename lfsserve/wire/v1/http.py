@@ -240,11 +240,12 @@ def _opened(request: web.Request, target: Target, principal: Principal, stack: c
     check_lfs = _lfs_checker(request, target.repo, principal) if payload is not None else None
     postargs = _postargs_safe(request, target.repo, principal)
     bundle_url = request.app[bundles.BUNDLES].url_maker(request, target.repo)
+    engines = parse_client_proto(request.headers).compression or None
 
     def work(cmd: Command, args: Args) -> Result:
         repo = stack.enter_context(ctx.repos.open(target.repo, may_create=may_create))
         return cmd.func(Session(ctx.config, repo, payload, check_lfs, offer_postargs=postargs,
-                                bundle_url=bundle_url), **args)
+                                bundle_url=bundle_url, client_engines=engines), **args)
     return work
 
 
