@@ -181,6 +181,10 @@ class ClonebundlesConfig:
     # Advertise bundles over HTTP as inline `peer-bundle-cache://` entries (fetched through the
     # wire protocol) rather than URLs. SSH always advertises inline entries.
     inline: bool = False
+    # Wire protocol v2: advertise this server as a content redirect target and answer cacheable
+    # commands (changesetdata, manifestdata, filedata, filesdata, rawstorefiledata) of clients that
+    # accept it with the location of the answer, kept in <root>/clonebundles, instead of the bytes.
+    v2_redirects: bool = False
 
 
 CLONEBUNDLE_FORMATS = ("zstd-v2", "gzip-v2", "none-v2", "none-v2;stream=v2")

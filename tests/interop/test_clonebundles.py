@@ -228,3 +228,36 @@ def test_a_build_that_fails_advertises_nothing_new(hg, rich, tmp_path):
         # (the defaults: zstd-v2, and a stream bundle as no changeset is secret)
         assert [e.format for e in report.built] == ["zstd-v2", "none-v2;stream=v2"]
         assert [e.name for e in cb.current_entries(config, good, "r", served)] == [e.name for e in report.built]
+
+
+def test_v2_content_redirects_followed_by_hg_593(lfsserve, hg, rich, tmp_path, hg593_path):
+    """hg 5.9.3 speaking wire protocol v2 takes this server as its redirect target, follows the
+    locations of changesetdata/manifestdata/filesdata, and ends with the same history; a second
+    clone of the same state is answered from the cached files (no new one is made)."""
+    server = lfsserve(config="[clonebundles]\nv2_redirects = true\n")
+    served = install(server, rich, "team/app")
+    # (secret changesets are not served; a publishing server shows the rest as public)
+    old = Hg(tmp_path / "v2-home", hgrc="[experimental]\nhttppeer.advertise-v2 = true\n", exe=hg593_path)
+    url = f"{server.url}/team/app"
+    cache = server.root / "clonebundles" / "team" / "app" / ".clonebundles"
+
+    c1 = tmp_path / "v2-1"
+    log = old("clone", "-U", "--debug", url, str(c1)).stdout.decode()
+    assert "(remote redirect target lfsserve is compatible)" in log, log
+    followed = [line for line in log.splitlines() if line.startswith("(following redirect to ")]
+    # one each for changesetdata, manifestdata and filesdata
+    assert len(followed) == 3 and all(f"{url}/.hg/clonebundles/v2-" in line for line in followed), log
+    verify(hg, c1)
+    def changesets(repo: Path, revs: str = "all()") -> list[str]:
+        return sorted(hg.out("log", "-R", str(repo), "-r", revs, "-T", "{node} {branch} {files}\n").splitlines())
+    public = changesets(served, "not secret()")
+    assert changesets(c1) == public
+    assert hg.out("phase", "-R", str(c1), "-r", "draft()") == ""
+    made = sorted(p.name for p in cache.glob("v2-*.cbor"))
+    assert len(made) == len(followed)
+
+    c2 = tmp_path / "v2-2"
+    log = old("clone", "-U", "--debug", url, str(c2)).stdout.decode()
+    assert len([line for line in log.splitlines() if line.startswith("(following redirect to ")]) == len(followed)
+    assert sorted(p.name for p in cache.glob("v2-*.cbor")) == made
+    assert changesets(c2) == public

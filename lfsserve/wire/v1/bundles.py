@@ -153,6 +153,7 @@ async def serve_bundle(request: web.Request, target: Target) -> web.StreamRespon
         return web.Response(status=404, text="clone bundle gone (a newer one replaced it): clone again\n")
     # FileResponse: sendfile, Range, If-Modified-Since; the name is content-addressed, so
     # the bytes under it never change
+    media = "application/mercurial-cbor" if path.suffix == ".cbor" else "application/mercurial-bundle"
     return web.FileResponse(path, chunk_size=256 * 1024,
-                            headers={hdrs.CONTENT_TYPE: "application/mercurial-bundle",
+                            headers={hdrs.CONTENT_TYPE: media,
                                      hdrs.CACHE_CONTROL: "private, max-age=31536000, immutable"})
