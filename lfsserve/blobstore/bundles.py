@@ -73,6 +73,10 @@ class BundleStore(abc.ABC):
         """Remove `key`; absent is fine."""
 
     @abc.abstractmethod
+    def names(self, repo: str) -> list[tuple[str, float]]:
+        """(name, modification time) of every file stored for `repo`."""
+
+    @abc.abstractmethod
     def exclusive(self, repo: str) -> contextlib.AbstractContextManager[None]:
         """Hold the build lock of `repo` (across processes where the backend can); raise
         BundleStoreBusy at once when someone else holds it."""
@@ -154,6 +158,18 @@ class LocalBundleStore(BundleStore):
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+    def names(self, repo: str) -> list[tuple[str, float]]:
+        out = []
+        try:
+            with os.scandir(self._path(f"{repo}/{_DIR}")) as it:
+                for entry in it:
+                    if not entry.name.startswith(".") and entry.is_file():
+                        with contextlib.suppress(FileNotFoundError):
+                            out.append((entry.name, entry.stat().st_mtime))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        return out
 
     @contextlib.contextmanager
     def exclusive(self, repo: str) -> Iterator[None]:

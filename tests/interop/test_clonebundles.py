@@ -261,3 +261,39 @@ def test_v2_content_redirects_followed_by_hg_593(lfsserve, hg, rich, tmp_path, h
     assert len([line for line in log.splitlines() if line.startswith("(following redirect to ")]) == len(followed)
     assert sorted(p.name for p in cache.glob("v2-*.cbor")) == made
     assert changesets(c2) == public
+
+
+def test_v2_answers_are_cached_per_repository_state(hg, rich, tmp_path):
+    """A content redirect names a file holding exactly the answer's CBOR (size and SHA-256 as
+    given); answers for a state the repository has left go once their URLs have expired."""
+    import hashlib
+    import os
+
+    from lfsserve.wire.v2 import commands, redirect
+    from lfsserve.wire.v2.framing import CommandRequest
+
+    root = tmp_path / "root"
+    hg("clone", "-q", "--noupdate", str(rich), str(root / "repos" / "r"))
+    config = load_config(overrides={"server": {"root": str(root)}}, env={})
+    store = cb.open_bundle_store(config)
+    directory = config.clonebundles_dir / "r" / ".clonebundles"
+    directory.mkdir(parents=True)
+    stale = directory / "v2-0000000000000000-old.cbor"
+    stale.write_bytes(b"an answer for an older state")
+    os.utime(stale, (0, 0))
+    with RepoRegistry(config.repos_dir).open("r") as served:
+        r = redirect.Redirector(store, "r", lambda key: f"http://h/{key}")
+        args = {b"revisions": [{b"type": b"changesetdagrange", b"roots": [], b"heads": served.heads()}],
+                b"fields": {b"revision", b"parents"}}
+        req = CommandRequest(1, b"changesetdata", args, {b"targets": [b"lfsserve"], b"hashes": [b"sha256"]})
+        ctx = commands.Context(served)  # type: ignore[arg-type]
+        loc = r.location(ctx, req)
+        assert loc is not None and not stale.exists()
+        name = loc[b"url"].decode().rsplit("/", 1)[1]
+        data = (directory / name).read_bytes()
+        assert loc[b"size"] == len(data) and loc[b"fullhashes"] == [[b"sha256", hashlib.sha256(data).digest()]]
+        assert data.startswith(b"\xa1")   # the first object: {totalitems: N}, no status map
+        assert r.location(ctx, req) == loc  # the same state: the same file, not made again
+        bad = CommandRequest(1, b"changesetdata", {b"revisions": [{b"type": b"nosuch"}], b"fields": set()},
+                             {b"targets": [b"lfsserve"]})
+        assert r.location(ctx, bad) is None   # a failing command gets its ordinary error answer

@@ -259,7 +259,7 @@ def _redirector(state: _State, request: web.Request, target: Target) -> redirect
         name = key.rsplit("/", 1)[1]
         return (f"{server.base_url(request)}/{urllib.parse.quote(target.repo)}/.hg/clonebundles/{name}"
                 f"?expires={expires}&sig={server.auth.sign_bundle_url(key, expires)}")
-    return redirect.Redirector(store, target.repo, url_for)
+    return redirect.Redirector(store, target.repo, url_for, keep_for=cfg.url_expiry)
 
 
 def _produce(ctx: commands.Context, parsed: Request, encoding: bytes,

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,7 @@ class Redirector:
     store: BundleStore
     repo_name: str
     url_for: Callable[[str], str]
+    keep_for: float = 3600.0   # seconds answers for an old state are kept (the URLs' lifetime)
 
     def wanted(self, request: CommandRequest) -> bool:
         redirect = request.redirect
@@ -62,7 +64,8 @@ class Redirector:
     def location(self, ctx: commands.Context, request: CommandRequest) -> dict[bytes, Any] | None:
         """The `location` of the cached answer (made now if missing); None when the command
         fails (the ordinary answer then reports the error)."""
-        key = _cache_key(ctx.repo, request)
+        state = _state_key(ctx.repo)
+        key = f"{state}-{_request_key(request)}"
         name = f"v2-{key}.cbor"
         meta_key = bundle_key(self.repo_name, f"v2-{key}.json")
         meta = self.store.read_small(meta_key)
@@ -73,6 +76,7 @@ class Redirector:
                 return None
             meta = json.dumps(made).encode()
             self.store.write_small(meta_key, meta)
+            self._prune(state)
         info = json.loads(meta)
         wanted = [h for h in request.redirect.get(b"hashes", []) if h in HASHES] if request.redirect else []
         loc: dict[bytes, Any] = {b"url": self.url_for(bundle_key(self.repo_name, name)).encode("utf-8"),
@@ -80,6 +84,14 @@ class Redirector:
         if wanted:
             loc[b"fullhashes"] = [[h, bytes.fromhex(info[h.decode()])] for h in wanted]
         return loc
+
+    def _prune(self, state: str) -> None:
+        """Drop answers for states the repository has left, once their URLs have expired (a
+        client may still be fetching one until then)."""
+        cutoff = time.time() - self.keep_for
+        for name, mtime in self.store.names(self.repo_name):
+            if name.startswith("v2-") and not name.startswith(f"v2-{state}-") and mtime < cutoff:
+                self.store.delete(bundle_key(self.repo_name, name))
 
     def _materialize(self, ctx: commands.Context, request: CommandRequest, name: str) -> dict[str, Any]:
         tmp_dir = self.store.temp_dir(self.repo_name)
@@ -101,17 +113,21 @@ class Redirector:
         return {"size": size, "sha256": sha256.hexdigest(), "sha1": sha1.hexdigest()}
 
 
-def _cache_key(repo: Repository, request: CommandRequest) -> str:
-    """Names the answer: the command, its arguments, and every piece of repository state an answer
-    can show (heads, bookmarks, phase roots, publishing)."""
+def _request_key(request: CommandRequest) -> str:
+    """The command and its arguments."""
+    return hashlib.sha256(request.name + b"\0" + cbor.encode(_canonical(request.args))).hexdigest()
+
+
+def _state_key(repo: Repository) -> str:
+    """Every piece of repository state an answer can show: heads, bookmarks, phase roots,
+    publishing (short: it only tells the states of one repository apart)."""
     h = hashlib.sha256()
-    h.update(request.name + b"\0" + cbor.encode(_canonical(request.args)))
     h.update(b"".join(sorted(repo.heads())))
     h.update(cbor.encode([[k, v] for k, v in sorted(repo.bookmarks().items())]))
     h.update(b"publishing" if repo.publishing else b"-")
     with contextlib.suppress(FileNotFoundError), repo.open_store_file(b"phaseroots") as fh:
         h.update(fh.read())
-    return h.hexdigest()
+    return h.hexdigest()[:16]
 
 
 def _canonical(value: Any) -> Any:
