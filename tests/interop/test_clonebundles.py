@@ -81,6 +81,7 @@ def _wait_for_bundle(server, name: str, revs: int, timeout: float = 120) -> None
     raise AssertionError(f"no bundle of {revs} changesets built for {name}:\n{server.log()[-3000:]}")
 
 
+@pytest.mark.slow
 def test_generated_bundles_over_http_and_ssh(lfsserve, hg, rich, tmp_path, hg593_path):
     server = lfsserve(config=CONFIG)
     served = install(server, rich, "team/app")
@@ -230,6 +231,7 @@ def test_a_build_that_fails_advertises_nothing_new(hg, rich, tmp_path):
         assert [e.name for e in cb.current_entries(config, good, "r", served)] == [e.name for e in report.built]
 
 
+@pytest.mark.slow
 def test_v2_content_redirects_followed_by_hg_593(lfsserve, hg, rich, tmp_path, hg593_path):
     """hg 5.9.3 speaking wire protocol v2 takes this server as its redirect target, follows the
     locations of changesetdata/manifestdata/filesdata, and ends with the same history; a second
