@@ -7,9 +7,9 @@ builds its clone bundles once with `lfsserve clonebundles build` (zstd-v2 and a 
 the build time is printed), and measures, alternating the servers:
 
   hg serve          `hg clone -U`           changegroup over bundle2 (the baseline)
-  lfsserve bundle   `hg clone -U`           applies the zstd-v2 bundle (first in the manifest),
-                                            then pulls nothing
-  lfsserve stream   `hg clone -U --stream`  applies the stream bundle
+  lfsserve          `hg clone -U`           applies the stream bundle (first in the manifest by
+                                            default), then pulls nothing
+  lfsserve zstd-v2  `hg clone -U` preferring COMPRESSION=zstd: applies the zstd-v2 bundle
   hg serve stream   `hg clone -U --stream`  hg serve's stream clone, for reference
 
 printing wall time, the SERVER's CPU seconds (/proc/<pid>/stat before/after) and the ratios to
@@ -63,13 +63,14 @@ def main() -> int:
         hgs = Server("hg serve", [HG, "serve", "-R", str(root / "repos" / "bench"), "-p", str(hport),
                                   "-a", "127.0.0.1", "--config", "web.push_ssl=false"],
                      f"http://127.0.0.1:{hport}/", env)
-        scenarios = [("hg serve", hgs, []), ("lfsserve bundle", lfs, []),
-                     ("lfsserve stream", lfs, ["--stream"]), ("hg serve stream", hgs, ["--stream"])]
+        zstd = ["--config", "ui.clonebundleprefers=COMPRESSION=zstd"]
+        scenarios = [("hg serve", hgs, [], None), ("lfsserve", lfs, [], "none-v2-stream-v2-"),
+                     ("lfsserve zstd-v2", lfs, zstd, "zstd-v2-"), ("hg serve stream", hgs, ["--stream"], None)]
         results: dict[str, list[tuple[float, float, float]]] = {}
         try:
             for i in range(args.repeat):
                 order = scenarios if i % 2 == 0 else scenarios[::-1]
-                for name, server, extra in order:
+                for name, server, extra, bundle in order:
                     d = work / "run"
                     shutil.rmtree(d, ignore_errors=True)
                     d.mkdir()
@@ -81,8 +82,11 @@ def main() -> int:
                     if i == 0:
                         res = subprocess.run([HG, "clone", "-U", "--debug", *extra, server.url, str(d / "check")],
                                              env=env, capture_output=True, text=True, check=True)
-                        used = "applying clone bundle" in res.stdout
-                        assert used == name.startswith("lfsserve"), (name, res.stdout[-2000:])
+                        applied = [line for line in res.stdout.splitlines()
+                                   if line.startswith("applying clone bundle from ")]
+                        ok = (bundle is None and not applied) or (bundle is not None and len(applied) == 1
+                                                                  and f"/{bundle}" in applied[0])
+                        assert ok, (name, res.stdout[-2000:])
                         run_hg(["verify", "-q", "-R", str(out)], env)
                     shutil.rmtree(d, ignore_errors=True)
         finally:

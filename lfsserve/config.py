@@ -166,10 +166,11 @@ class ClonebundlesConfig:
     # only `lfsserve clonebundles build REPO` builds them; built bundles are advertised either way.
     auto_generate: bool = False
     # Bundle specifications to build, in the order the manifest lists them (a client without
-    # ui.clonebundleprefers takes the first it can use): "zstd-v2" (a changegroup, any client),
-    # "none-v2;stream=v2" (the store files: fastest to apply; not built while the repository has
-    # secret changesets or stream clones are off), "gzip-v2" and "none-v2" (changegroups).
-    formats: list[str] = field(default_factory=lambda: ["zstd-v2", "none-v2;stream=v2"])
+    # ui.clonebundleprefers takes the first it can use): "none-v2;stream=v2" (the store files:
+    # fastest to apply; clients lacking a store requirement skip it; not built while the
+    # repository has secret changesets or stream clones are off), "zstd-v2" (a changegroup, any
+    # client), "gzip-v2" and "none-v2" (changegroups).
+    formats: list[str] = field(default_factory=lambda: ["none-v2;stream=v2", "zstd-v2"])
     # Seconds after the last push before a build starts (pushes in between restart the wait).
     delay: float = 30.0
     # Rebuild only when at least this many served changesets are missing from the newest bundle.

@@ -134,7 +134,8 @@ def test_generated_bundles_over_http_and_ssh(lfsserve, hg, rich, tmp_path, hg593
 
     # 4. over SSH the same bundle is inline (peer-bundle-cache://, fetched over the connection)
     config = tmp_path / "ssh.toml"
-    config.write_text(f'[server]\nroot = "{server.root}"\n' + CONFIG.replace('"write"', '"read"'))
+    config.write_text(f'[server]\nroot = "{server.root}"\n'
+                      + CONFIG.replace('anonymous = "write"', 'anonymous = "read"\nauthenticated = "write"'))
     ssh = _ssh_wrapper(tmp_path, config)
     c4 = tmp_path / "c4"
     log = hg("clone", "--debug", "--config", f"ui.ssh={ssh}", "ssh://lfsserve/team/app", str(c4)).stdout.decode()
@@ -157,6 +158,14 @@ def test_generated_bundles_over_http_and_ssh(lfsserve, hg, rich, tmp_path, hg593
     assert f"applying clone bundle from {url}/.hg/clonebundles/gzip-v2-10-" in log, log
     verify(hg, c6)
     assert history(hg, served) == history(hg, c6)
+    # 6. pushes over SSH (a process of its own) are picked up when a client next reads the
+    # manifest over HTTP
+    for i in range(2):
+        (c1 / "new.txt").write_text(f"over ssh {i}\n")
+        hg("commit", "-q", "-m", f"over ssh {i}", cwd=c1)
+    hg("push", "-q", "--config", f"ui.ssh={ssh}", "ssh://lfsserve/team/app", cwd=c1)
+    assert b"zstd-v2-10-" in _get(f"{url}?cmd=clonebundles_manifest")
+    _wait_for_bundle(server, "team/app", 12)
     # a bundle URL needs its signature
     bundle = _index(server, "team/app")[0]["name"]
     import urllib.error
@@ -226,8 +235,8 @@ def test_a_build_that_fails_advertises_nothing_new(hg, rich, tmp_path):
         assert not [p for p in (config.clonebundles_dir / "r" / ".clonebundles").iterdir() if p.name != "lock"]
         good = LocalBundleStore(config.clonebundles_dir)
         report = cb.build(config, good, "r", served)  # type: ignore[arg-type]
-        # (the defaults: zstd-v2, and a stream bundle as no changeset is secret)
-        assert [e.format for e in report.built] == ["zstd-v2", "none-v2;stream=v2"]
+        # (the defaults: a stream bundle, as no changeset is secret, and zstd-v2)
+        assert [e.format for e in report.built] == ["none-v2;stream=v2", "zstd-v2"]
         assert [e.name for e in cb.current_entries(config, good, "r", served)] == [e.name for e in report.built]
 
 

@@ -74,6 +74,16 @@ class BundleJobs:
         loop = asyncio.get_running_loop()
         self._timers[repo_name] = loop.call_later(cfg.delay, self._start, repo_name)
 
+    def manifest_read(self, repo_name: str) -> None:
+        """A client read the manifest: unless a build is already pending, look (after the delay)
+        whether the bundles are stale, so that changes that did not come through this server's
+        HTTP pushes (SSH sessions are processes of their own; hg run on the server) are picked up
+        too. The build itself decides, cheaply, whether anything needs building."""
+        cfg = self.ctx.config.clonebundles
+        if not cfg.auto_generate or repo_name in self._timers or repo_name in self._running:
+            return
+        self._timers[repo_name] = asyncio.get_running_loop().call_later(cfg.delay, self._start, repo_name)
+
     def _start(self, repo_name: str) -> None:
         self._timers.pop(repo_name, None)
         if repo_name in self._running:

@@ -267,6 +267,8 @@ async def _run(request: web.Request, target: Target, principal: Principal, cmd: 
             result = await run_blocking(work, cmd, args)
         if isinstance(result, Stream):
             return await _stream(request, result)
+        if cmd.name in ("clonebundles_manifest", "clonebundles"):
+            request.app[bundles.BUNDLES].manifest_read(target.repo)
         assert isinstance(result, bytes), f"{cmd.name} is a bytes command"
         return _bytes(result)
 
