@@ -226,6 +226,8 @@ REPO_TOKEN_PREFIX = "lfsr1."
 # First MAC field of repository tokens: never a valid namespace, so no action token's MAC (whose
 # first field is the namespace) can be replayed as a repository token, nor the other way round.
 _REPO_TOKEN_DOMAIN = "\x01repo-token"
+# Domain of the signatures in clone bundle URLs: never valid as any other token.
+_BUNDLE_URL_DOMAIN = "\x01clonebundle"
 _REPO_TOKEN_OPERATIONS = ("upload", "download")
 
 
@@ -323,6 +325,16 @@ class Authenticator:
         user_b64 = base64.urlsafe_b64encode(user.encode("utf-8")).rstrip(b"=").decode("ascii")
         mac = self._mac(_REPO_TOKEN_DOMAIN, namespace, operation, str(expires_at), user_b64)
         return f"{REPO_TOKEN_PREFIX}{operation}.{expires_at}.{user_b64}.{mac}"
+
+    def sign_bundle_url(self, key: str, expires_at: int) -> str:
+        """The signature of a clone bundle URL: lets whoever was handed the manifest (a reader of
+        the repository) GET bundle `key` until `expires_at`, without credentials."""
+        return self._mac(_BUNDLE_URL_DOMAIN, key, str(expires_at))
+
+    def bundle_url_valid(self, key: str, expires_at: str, signature: str) -> bool:
+        if not _EXPIRY.fullmatch(expires_at) or int(expires_at) < time.time():
+            return False
+        return hmac.compare_digest(signature, self.sign_bundle_url(key, int(expires_at)))
 
     def _repo_token(self, token: str, lfs_repo: str | None) -> Principal:
         if lfs_repo is None:

@@ -349,6 +349,54 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clonebundles(args: argparse.Namespace) -> int:
+    import datetime
+
+    from .hg.error import RepoNotFound
+    from .repos import RepoRegistry, RepoSettings, engine_repo
+    from .routing import BadPath, validate_repo_path
+    from .wire import clonebundles as cb
+
+    config = _data_config(args)
+    if config is None:
+        return 1
+    try:
+        name = validate_repo_path(args.repo.strip("/"))
+    except BadPath as exc:
+        print(f"lfsserve: {exc}", file=sys.stderr)
+        return 2
+    store = cb.open_bundle_store(config)
+    registry = RepoRegistry(config.repos_dir, RepoSettings.from_config(config))
+    try:
+        with registry.open(name) as repo:
+            if args.action == "build":
+                try:
+                    report = cb.build(config, store, name, engine_repo(repo), force=args.force)
+                except cb.BundleStoreBusy as exc:
+                    print(f"lfsserve: {exc}", file=sys.stderr)
+                    return 1
+                for e in report.built:
+                    print(f"built {e.name} ({e.bundlespec}, {e.revs} changesets, {_size(e.size)})")
+                for fmt, why in report.skipped:
+                    print(f"skipped {fmt}: {why}")
+                for n in report.removed:
+                    print(f"removed {n}")
+                return 0
+            current = {e.name for e in cb.current_entries(config, store, name, repo)}
+            entries = cb.read_index(store, name)
+    except RepoNotFound:
+        print(f"lfsserve: no repository {name} in {config.repos_dir}", file=sys.stderr)
+        return 1
+    if not entries:
+        print(f"no clone bundles for {name} (build them with `lfsserve clonebundles build {name}`)")
+        return 0
+    for e in entries:
+        when = datetime.datetime.fromtimestamp(e.created, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        state = "advertised" if e.name in current else "kept"
+        print(f"{e.name}  {e.bundlespec}  {e.revs} changesets  {_size(e.size)}  {when}  {state}")
+    return 0
+
+
 def cmd_storage_copy(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -456,6 +504,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="repository path under the repositories directory, e.g. team/app")
     p.add_argument("--lfs", action="store_true", help="require the lfs extension (large files as lfs pointers)")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("clonebundles", help="build a repository's clone bundles now, or list them "
+                                            "(see [clonebundles] in config.example.toml)")
+    _add_config_args(p)
+    p.add_argument("action", choices=["build", "list"])
+    p.add_argument("repo", metavar="REPO", help="repository path, e.g. team/app")
+    p.add_argument("--force", action="store_true", help="build every format even when current")
+    p.set_defaults(func=cmd_clonebundles)
 
     p = sub.add_parser("repos", help="list repositories and LFS namespaces with their sizes")
     _add_config_args(p)

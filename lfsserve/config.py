@@ -28,6 +28,7 @@ from typing import Any
 __all__ = [
     "AccessRule",
     "AuthConfig",
+    "ClonebundlesConfig",
     "Config",
     "ConfigError",
     "HgConfig",
@@ -210,6 +211,37 @@ class HgConfig:
 
 
 @dataclass
+class ClonebundlesConfig:
+    # Build clone bundles of a repository in the background after pushes to it (debounced). Off:
+    # only `lfsserve clonebundles build REPO` builds them; built bundles are advertised either way.
+    auto_generate: bool = False
+    # Bundle specifications to build, in the order the manifest lists them (a client without
+    # ui.clonebundleprefers takes the first it can use): "none-v2;stream=v2" (the store files:
+    # fastest to apply; clients lacking a store requirement skip it; not built while the
+    # repository has secret changesets or stream clones are off), "zstd-v2" (a changegroup, any
+    # client), "gzip-v2" and "none-v2" (changegroups).
+    formats: list[str] = field(default_factory=lambda: ["none-v2;stream=v2", "zstd-v2"])
+    # Seconds after the last push before a build starts (pushes in between restart the wait).
+    delay: float = 30.0
+    # Rebuild only when at least this many served changesets are missing from the newest bundle.
+    min_new_changesets: int = 1
+    # Bundles kept per format (the newest is advertised; older ones finish in-flight downloads).
+    keep: int = 2
+    # Lifetime in seconds of the signed bundle URLs the manifest hands out over HTTP.
+    url_expiry: int = 3600
+    # Advertise bundles over HTTP as inline `peer-bundle-cache://` entries (fetched through the
+    # wire protocol) rather than URLs. SSH always advertises inline entries.
+    inline: bool = False
+    # Wire protocol v2: advertise this server as a content redirect target and answer cacheable
+    # commands (changesetdata, manifestdata, filedata, filesdata, rawstorefiledata) of clients that
+    # accept it with the location of the answer, kept in <root>/clonebundles, instead of the bytes.
+    v2_redirects: bool = False
+
+
+CLONEBUNDLE_FORMATS = ("zstd-v2", "gzip-v2", "none-v2", "none-v2;stream=v2")
+
+
+@dataclass
 class LogConfig:
     # debug|info|warning|error
     level: str = "info"
@@ -305,6 +337,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    clonebundles: ClonebundlesConfig = field(default_factory=ClonebundlesConfig)
 
     # -- derived paths ---------------------------------------------------------------------
     @property
@@ -320,6 +353,11 @@ class Config:
     @property
     def lfs_dir(self) -> Path:
         return self.root / "lfs"
+
+    @property
+    def clonebundles_dir(self) -> Path:
+        """Where generated clone bundles live (the local bundle store), beside the LFS objects."""
+        return self.root / "clonebundles"
 
     @property
     def authorized_keys(self) -> Path:
@@ -436,6 +474,19 @@ class Config:
             raise ConfigError("limits.idle_timeout: must be >= 0")
         if self.limits.per_client_concurrency < 0:
             raise ConfigError("limits.per_client_concurrency: must be >= 0")
+        cb = self.clonebundles
+        for i, fmt in enumerate(cb.formats):
+            if fmt not in CLONEBUNDLE_FORMATS:
+                raise ConfigError(f"clonebundles.formats[{i}]: unsupported bundle specification {fmt!r} "
+                                  f"(one of {', '.join(CLONEBUNDLE_FORMATS)})")
+        if cb.delay < 0:
+            raise ConfigError("clonebundles.delay: must be >= 0")
+        if cb.min_new_changesets < 1:
+            raise ConfigError("clonebundles.min_new_changesets: must be >= 1")
+        if cb.keep < 1:
+            raise ConfigError("clonebundles.keep: must be >= 1")
+        if cb.url_expiry < 60:
+            raise ConfigError("clonebundles.url_expiry: must be at least 60 seconds")
         if not self.ssh.command or any(c in self.ssh.command for c in '"\\\n\r'):
             raise ConfigError("ssh.command: must be a non-empty program path without quotes, "
                               "backslashes or line breaks (it goes into authorized_keys lines)")

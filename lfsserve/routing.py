@@ -12,6 +12,7 @@ apart by suffix, so every repository gets all of them:
     ... and the same three LFS endpoints + /locks[/verify|/{id}/unlock]   Git LFS locking
     {repo}/.hg/lfs/objects/{oid}                      basic transfer: PUT / GET (hg serve's layout)
     {repo}/.hg/lfs/verify                             basic transfer: verify action
+    {repo}/.hg/clonebundles/{name}                    a generated clone bundle (signed URL)
     {repo}/{webcmd}[/{args}]                          the web UI, in hgweb's URL space (log, rev/X,
                                                       file/REV/PATH, json-log, raw-file/..., ...)
 
@@ -62,6 +63,7 @@ class Kind(enum.Enum):
     LFS_OBJECT = "lfs-object"  # rest: the oid
     LFS_VERIFY = "lfs-verify"
     WEB = "web"                # rest: "{webcmd}[/{args}]"
+    HG_CLONEBUNDLE = "hg-clonebundle"  # rest: the bundle's file name
 
 
 # hgweb's commands (mercurial/hgweb/webcommands.py), the names its URLs use, and the styles a
@@ -115,6 +117,8 @@ _LFS_ENDPOINTS = (
 _LFS_SERVICE = re.compile(r"(?:objects/batch|locks(?:/verify|/[^/]+/unlock)?)\Z")
 _LFS_BARE = re.compile(r"(?P<repo>.+?)/(?P<rest>objects/batch|locks(?:/verify|/[^/]+/unlock)?)\Z")
 _HG_LFS = re.compile(r"(?P<repo>.+)/\.hg/lfs/(?:objects/(?P<oid>[^/]*)|(?P<verify>verify))\Z")
+_HG_BUNDLE = re.compile(r"(?P<repo>.+)/\.hg/clonebundles/(?P<name>[^/]*)\Z")
+_BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _HG_API = re.compile(r"(?P<repo>.+)/api(?:/(?P<rest>exp-http-v2-[^/]*(?:/.*)?))?\Z")
 
 
@@ -149,6 +153,11 @@ def resolve(path: str, raw_path: str, has_cmd: bool) -> Target:
         if not _OID.match(oid):
             raise BadPath(f"not an LFS object id (64 lowercase hex digits): {oid[:80]!r}")
         return Target(Kind.LFS_OBJECT, validate_repo_path(m.group("repo")), oid)
+    m = _HG_BUNDLE.match(p)
+    if m:
+        if not _BUNDLE_NAME.match(m.group("name")):
+            raise BadPath(f"not a clone bundle name: {m.group('name')[:80]!r}")
+        return Target(Kind.HG_CLONEBUNDLE, validate_repo_path(m.group("repo")), m.group("name"))
     for regex in _LFS_ENDPOINTS:
         m = regex.match(p)
         if m:

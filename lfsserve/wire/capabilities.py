@@ -17,7 +17,6 @@ from ..repos import ServedRepo
 __all__ = [
     "BundleRequired",
     "capabilities_bytes",
-    "clonebundles_manifest",
     "http_capabilities",
     "repo_heads",
     "server_bundle2_caps",
@@ -96,9 +95,11 @@ def http_capabilities(config: Config, postargs: bool = False) -> list[str]:
     return caps
 
 
-def capabilities_bytes(config: Config, repo: ServedRepo, transport_caps: Iterable[str] = ()) -> bytes:
+def capabilities_bytes(config: Config, repo: ServedRepo, transport_caps: Iterable[str] = (), *,
+                       clonebundles: bool = False) -> bytes:
     """The `capabilities` answer for `repo` (an engine Repository or an AbsentRepo), with what
-    the transport adds (`transport_caps`, e.g. http_capabilities).
+    the transport adds (`transport_caps`, e.g. http_capabilities); `clonebundles`: whether the
+    repository has a clone bundles manifest (wire/clonebundles.py's has_manifest).
 
     As hg serve 7.2.4 advertises, minus what lfsserve does not do: no `remote-changegroup`
     (the server would fetch client-named URLs) and hence no `digests`, no changegroup 04 and
@@ -126,7 +127,7 @@ def capabilities_bytes(config: Config, repo: ServedRepo, transport_caps: Iterabl
     if streamable:
         reqs = stream_requirements(repo)
         caps.append("stream" if not set(reqs) - {"revlogv1"} else "streamreqs=" + ",".join(reqs))
-    if clonebundles_manifest(repo) is not None:
+    if clonebundles:
         caps += ["clonebundles", "clonebundles_manifest"]
     return " ".join(sorted(caps)).encode("ascii")
 
@@ -140,10 +141,3 @@ def topic_capabilities(repo: ServedRepo) -> list[str]:
         return []
     mode = "all" if repo.publishing else "auto" if topics.publish_bare_branch else "none"
     return ["_exttopics_heads", "ext-topics-publish=" + mode, "ext-topics-tns-heads", "topics", "topics-namespaces"]
-
-
-def clonebundles_manifest(repo: ServedRepo) -> bytes | None:
-    try:
-        return (repo.root / ".hg" / "clonebundles.manifest").read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return None

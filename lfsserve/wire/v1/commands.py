@@ -11,21 +11,26 @@ the transport turns them into its own framing.
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
+from ...blobstore.bundles import bundle_key
 from ...config import Config
 from ...hg.branchmap import parse_fqbn
-from ...hg.error import HgError
+from ...hg.bundle2 import uvarint
+from ...hg.error import Abort, HgError
 from ...hg.repository import Repository
 from ...repos import ServedRepo, engine_repo
+from .. import clonebundles as cb
 from .. import getbundle as pull
 from .. import streamclone
-from ..capabilities import BundleRequired, capabilities_bytes, clonebundles_manifest, http_capabilities, repo_heads
+from ..capabilities import BundleRequired, capabilities_bytes, http_capabilities, repo_heads
 from ..protocol import MAX_PAIRS, BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
 from ..pushenv import PushEnv
+from ..streamclone import STREAM_READ
 from ..unbundle import LfsCheck, PushReply, check_pushkey
 from ..unbundle import unbundle as apply_push
 
@@ -49,6 +54,11 @@ class Session:
     offer_postargs: bool = False
     # For push commands: who pushes, with the hooks, rights and webhooks around the push.
     push: PushEnv | None = None
+    # How the clone bundles manifest names a bundle file (store key -> URL): set by the HTTP
+    # transport; None advertises them inline (peer-bundle-cache://, fetched over this connection).
+    bundle_url: Callable[[str], str] | None = None
+    # The compression engines the client says it has (HTTP's X-HgProto-1 comp=); None: unknown.
+    client_engines: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -111,7 +121,8 @@ def _capabilities(s: Session) -> bytes:
     # SSH adds protocaps (hg's sshv1 handler does: the client then says which compression it
     # takes, which SSH answers ignore)
     extra = http_capabilities(s.config, s.offer_postargs) if s.transport == "http" else ["protocaps"]
-    return capabilities_bytes(s.config, s.repo, extra)
+    offers = cb.has_manifest(s.config, cb.open_bundle_store(s.config), cb.repo_name_of(s.config, s.repo), s.repo)
+    return capabilities_bytes(s.config, s.repo, extra, clonebundles=offers)
 
 
 @command("capabilities")
@@ -213,10 +224,44 @@ def listkeys(s: Session, namespace: bytes) -> bytes:
     return b"\n".join(b"%s\t%s" % (k, v) for k, v in sorted(s.repo.listkeys(namespace).items()))
 
 
+def _manifest(s: Session) -> list[bytes]:
+    store = cb.open_bundle_store(s.config)
+    lines = cb.manifest_lines(s.config, store, cb.repo_name_of(s.config, s.repo), s.repo, s.bundle_url)
+    return cb.filter_compression(lines, s.client_engines)
+
+
+@command("clonebundles_manifest", "*")
+def clonebundles_manifest(s: Session, others: dict[str, bytes]) -> bytes:
+    # (the client's store_fingerprint=1 says it understands STORE-FINGERPRINT entries: they stay)
+    return b"".join(_manifest(s))
+
+
 @command("clonebundles")
-@command("clonebundles_manifest")
 def clonebundles(s: Session) -> bytes:
-    return clonebundles_manifest(s.repo) or b""
+    """The manifest for clients older than clonebundles_manifest, filtered as hg does."""
+    return b"".join(cb.filter_legacy(_manifest(s)))
+
+
+@command("get_cached_bundle_inline", "path", kind="stream")
+def get_cached_bundle_inline(s: Session, path: bytes) -> Stream:
+    """The bytes of a generated clone bundle an inline (peer-bundle-cache://) entry names: its
+    length as a uvarint, then the file."""
+    store = cb.open_bundle_store(s.config)
+    repo_name = cb.repo_name_of(s.config, s.repo)
+    name = path.decode("ascii", "replace")
+    # only a bundle the index names (never a path the client makes up)
+    known = repo_name is not None and any(e.name == name for e in cb.read_index(store, repo_name))
+    local = store.local_path(bundle_key(repo_name, name)) if known and repo_name is not None else None
+    if local is None:
+        raise Abort(f"clonebundle {name} does not exist")
+
+    def chunks() -> Iterator[bytes]:
+        # (the first chunk is produced before the status line: a vanished file is still an error)
+        with open(local, "rb") as fh:
+            yield uvarint(os.fstat(fh.fileno()).st_size)
+            while data := fh.read(STREAM_READ):
+                yield data
+    return Stream(chunks, prefer_uncompressed=True)
 
 
 @command("protocaps", "caps")

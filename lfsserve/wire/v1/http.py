@@ -39,6 +39,7 @@ from ..compression import MEDIA_01, compress_stream, negotiate
 from ..protocol import BadRequest, header_args, parse_client_proto, parse_qs_bytes
 from ..pushenv import push_env
 from ..unbundle import LfsCheck, PushReply
+from . import bundles
 from .commands import COMMANDS, Command, Result, Session, Stream, bind_args
 from .transport import SPOOL_CHUNK, PushTooLarge, lfs_checker, may_create, spool, spool_dir
 
@@ -66,6 +67,7 @@ def setup(app: web.Application) -> None:
     ctx = app[CTX]
     app[V1] = V1State(spool_dir(ctx.config))
     ctx.register(Kind.HG, handle)
+    bundles.setup(app)
 
 
 # -- responses --------------------------------------------------------------------------------------
@@ -238,10 +240,13 @@ def _opened(request: web.Request, target: Target, principal: Principal, stack: c
     may_create = _may_create(request, target.repo, principal)
     check_lfs = _lfs_checker(request, target.repo, principal) if payload is not None else None
     postargs = _postargs_safe(request, target.repo, principal)
+    bundle_url = request.app[bundles.BUNDLES].url_maker(request, target.repo)
+    engines = parse_client_proto(request.headers).compression or None
 
     def work(cmd: Command, args: Args) -> Result:
         repo = stack.enter_context(ctx.repos.open(target.repo, may_create=may_create))
-        return cmd.func(Session(ctx.config, repo, payload, check_lfs, offer_postargs=postargs, push=env), **args)
+        return cmd.func(Session(ctx.config, repo, payload, check_lfs, offer_postargs=postargs, push=env,
+                                bundle_url=bundle_url, client_engines=engines), **args)
     env = None
     if push:
         env = push_env(ctx.config, ctx.auth, ctx.webhooks, target.repo, principal, request.scheme,
@@ -267,6 +272,8 @@ async def _run(request: web.Request, target: Target, principal: Principal, cmd: 
             result = await run_blocking(work, cmd, args)
         if isinstance(result, Stream):
             return await _stream(request, result)
+        if cmd.name in ("clonebundles_manifest", "clonebundles"):
+            request.app[bundles.BUNDLES].manifest_read(target.repo)
         assert isinstance(result, bytes), f"{cmd.name} is a bytes command"
         return _bytes(result)
 
@@ -347,4 +354,5 @@ async def _push(request: web.Request, target: Target, principal: Principal, cmd:
         await run_blocking(body.close)
     if reply.changed:
         log.info("push to %s by %s applied", target.repo, principal)
+        request.app[bundles.BUNDLES].pushed(target.repo)
     return _bytes(reply.body)

@@ -68,6 +68,8 @@ class Context:
     publishing: bool = True
     stream_clone: bool = True
     request_id: str = "-"
+    # The API descriptor's `redirect` entry (content redirect targets), or None: no redirects.
+    redirect: dict[bytes, Any] | None = None
     # For requests that write: who pushes, with the rights around a push (publishing, protection).
     push: PushEnv | None = None
 
@@ -133,6 +135,7 @@ def api_descriptor(ctx: Context) -> dict[bytes, Any]:
         b"framingmediatypes": [FRAMING_MEDIA_TYPE.encode("ascii")],
         b"pathfilterprefixes": set(PATH_FILTER_PREFIXES),
         b"rawrepoformats": [f.encode("ascii") for f in formats],
+        **({b"redirect": ctx.redirect} if ctx.redirect else {}),
     }
 
 

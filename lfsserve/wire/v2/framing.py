@@ -388,13 +388,15 @@ class ResponseWriter:
         return self._frame(request_id, FrameType.COMMAND_RESPONSE, RESPONSE_EOS, payload, end=last)
 
     def respond(self, request_id: int, values: Iterator[Any], classify: ErrorClassifier, *,
-                last: bool) -> Iterator[bytes]:
+                last: bool, initial: dict[bytes, Any] | None = None) -> Iterator[bytes]:
         """Frames answering one command whose result is the CBOR sequence `values`.
 
         An exception from `values` before its first value becomes a command error answer; one
         raised later becomes an error-response frame after everything already produced (the
         stream must stay decodable for the commands that follow). `classify(exc)` says
-        (kind "command"|"server", message, args).
+        (kind "command"|"server", message, args). `initial` replaces the `{status: ok}` object
+        that opens the answer (a content redirect: `{status: redirect, location: ...}`, with no
+        values after it).
         """
         try:
             first = next(values)
@@ -442,7 +444,7 @@ class ResponseWriter:
 
         error: tuple[str, str, list[bytes]] | None = None
         try:
-            yield from feed(encode(cbor.encode({b"status": b"ok"})))
+            yield from feed(encode(cbor.encode(initial or {b"status": b"ok"})))
             value = first
             while value is not _NOTHING:
                 for piece in _pieces(value):

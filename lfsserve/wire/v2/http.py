@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,8 +28,9 @@ from ...hg.error import RepoNotFound, UnsupportedRequirement
 from ...kernel import CTX, REQUEST_ID, ServerContext
 from ...repos import RepoRegistry, engine_repo
 from ...routing import Kind, Target
+from .. import clonebundles as cb
 from ..pushenv import push_env
-from . import cbor, commands
+from . import cbor, commands, redirect
 from .encoding import choose, make_encoder, order_from_config
 from .framing import ProtocolError, Request, ResponseWriter, coalesce, read_request
 
@@ -101,7 +104,10 @@ async def _context(state: _State, target: Target, request: web.BaseRequest,
                    stack: contextlib.ExitStack) -> commands.Context:
     rid = request.get(REQUEST_ID, "-")
     try:
-        return await run_blocking(_open_context, state, target.repo, rid, stack)
+        ctx = await run_blocking(_open_context, state, target.repo, rid, stack)
+        if state.server.config.clonebundles.v2_redirects:
+            ctx.redirect = redirect.descriptor(state.server.base_url(request))
+        return ctx
     except RepoNotFound:
         raise _Refusal(404, f"repository not found: {target.repo}") from None
     except UnsupportedRequirement as exc:
@@ -207,7 +213,7 @@ async def _serve(state: _State, request: web.Request, target: Target) -> web.Str
             ctx.push = push_env(state.server.config, state.server.auth, state.server.webhooks, target.repo,
                                 principal, request.scheme,
                                 request.remote or "")
-        return await _stream(request, ctx, parsed, encoding)
+        return await _stream(request, ctx, parsed, encoding, _redirector(state, request, target))
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -241,7 +247,28 @@ def _check_commands(parsed: Request, url_command: str, access: str) -> None:
                             f"command in URL ({url_command})")
 
 
-def _produce(ctx: commands.Context, parsed: Request, encoding: bytes) -> Iterator[bytes]:
+def _redirector(state: _State, request: web.Request, target: Target) -> redirect.Redirector | None:
+    """How to answer with content redirects, when they are on: the cached answer's signed URL
+    (or the bundle store's presigned one), served by the clone bundle route."""
+    server = state.server
+    cfg = server.config.clonebundles
+    if not cfg.v2_redirects:
+        return None
+    store = cb.open_bundle_store(server.config)
+
+    def url_for(key: str) -> str:
+        presigned = store.presigned_url(key, cfg.url_expiry)
+        if presigned is not None:
+            return presigned
+        expires = int(time.time()) + cfg.url_expiry
+        name = key.rsplit("/", 1)[1]
+        return (f"{server.base_url(request)}/{urllib.parse.quote(target.repo)}/.hg/clonebundles/{name}"
+                f"?expires={expires}&sig={server.auth.sign_bundle_url(key, expires)}")
+    return redirect.Redirector(store, target.repo, url_for, keep_for=cfg.url_expiry)
+
+
+def _produce(ctx: commands.Context, parsed: Request, encoding: bytes,
+             redirector: redirect.Redirector | None = None) -> Iterator[bytes]:
     writer = ResponseWriter(make_encoder(encoding))
 
     def classify(exc: BaseException):
@@ -250,17 +277,23 @@ def _produce(ctx: commands.Context, parsed: Request, encoding: bytes) -> Iterato
     def frames() -> Iterator[bytes]:
         last = len(parsed.commands) - 1
         for i, req in enumerate(parsed.commands):
+            if redirector is not None and redirector.wanted(req):
+                location = redirector.location(ctx, req)
+                if location is not None:
+                    yield from writer.respond(req.request_id, iter(()), classify, last=i == last,
+                                              initial={b"status": b"redirect", b"location": location})
+                    continue
             yield from writer.respond(req.request_id, commands.run(ctx, req), classify, last=i == last)
 
     return coalesce(frames())
 
 
 async def _stream(request: web.Request, ctx: commands.Context, parsed: Request,
-                  encoding: bytes) -> web.StreamResponse:
+                  encoding: bytes, redirector: redirect.Redirector | None = None) -> web.StreamResponse:
     response = web.StreamResponse(status=200, headers={"Content-Type": MEDIA_TYPE})
     response.enable_chunked_encoding()
     await response.prepare(request)
-    async with contextlib.aclosing(iterate_blocking(lambda: _produce(ctx, parsed, encoding))) as chunks:
+    async with contextlib.aclosing(iterate_blocking(lambda: _produce(ctx, parsed, encoding, redirector))) as chunks:
         async for chunk in chunks:
             await response.write(chunk)
     await response.write_eof()
