@@ -20,6 +20,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import secrets
 import sqlite3
@@ -35,6 +36,7 @@ from .base import (
     BlobHandle,
     BlobStore,
     CorruptObject,
+    DirectUpload,
     HashMismatch,
     InvalidOid,
     ObjectMissing,
@@ -154,6 +156,14 @@ class _Sink:
             _sync_file_range(fd, self._flushed, self._written - self._flushed, _SYNC_FILE_RANGE_WRITE)
             self._flushed = self._written
 
+    def hold(self, data: bytes) -> None:
+        """Keep `data` for absorb_rest() (a body received whole: no step of its own)."""
+        self.size += len(data)
+        if self.max_size and self.size > self.max_size:
+            raise TooLarge(self.max_size)
+        self._parts.append(data)
+        self._held += len(data)
+
     def _absorb(self, parts: list[bytes]) -> None:
         self._hash_parts(parts)
         if self.fd is not None:
@@ -216,6 +226,138 @@ class _Sink:
             await asyncio.shield(asyncio.get_running_loop().run_in_executor(
                 None, concurrent.futures.wait, inflight))
 
+
+
+_STAGE = 1 << 20  # a DirectUpload's buffer: received into, hashed as it fills, written when full
+_ALIGN = 4096     # O_DIRECT writes: whole blocks from an aligned buffer (mmap'ed: page-aligned)
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Turn O_DIRECT on or off for `fd`; False when the filesystem does not take it (tmpfs...)."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        return False
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (flags | direct) if on else (flags & ~direct))
+    except OSError:
+        return False
+    return True
+
+
+class _Staged(_Sink):
+    """The sink of a DirectUpload: the caller receives into space() and reports filled(n).
+
+    Bytes are hashed as they arrive and written a whole buffer at a time. A durable store writes
+    with O_DIRECT when the filesystem allows: the bytes must reach the disk before the upload is
+    acknowledged anyway, and going through the page cache costs far more CPU (measured on the
+    2-core VM: buffered writes of fresh pages 0.3-2.3 CPU-s per GiB, O_DIRECT ~0.1); the final
+    fsync then has only the metadata, the last partial block and the device cache to flush. The
+    price: a download right after the upload reads the disk instead of the page cache."""
+
+    def __init__(self, fd: int | None, max_size: int, durable: bool):
+        super().__init__(fd, max_size, writeback=durable)
+        self._buf = mmap.mmap(-1, _STAGE)
+        self._view = memoryview(self._buf)
+        self._pos = 0
+        # Only when the upload is synced anyway: without lfs.fsync, O_DIRECT would make every
+        # upload wait on the disk, which that setting opts out of.
+        self._direct = durable and fd is not None and _set_direct(fd, True)
+
+    def space(self) -> memoryview:
+        return self._view[self._pos:]
+
+    def filled(self, n: int) -> None:
+        self.size += n
+        if self.max_size and self.size > self.max_size:
+            raise TooLarge(self.max_size)
+        self.hash.update(self._view[self._pos:self._pos + n])
+        self._pos += n
+        if self._pos == _STAGE:
+            self._write_stage()
+
+    def copy_in(self, data: memoryview) -> None:
+        while data:
+            space = self.space()
+            n = min(len(space), len(data))
+            space[:n] = data[:n]
+            self.filled(n)
+            data = data[n:]
+
+    def _write_stage(self) -> None:
+        fd, n = self.fd, self._pos
+        self._pos = 0
+        if fd is None or not n:
+            return
+        view = self._view[:n]
+        if self._direct and n % _ALIGN:
+            self._direct = not _set_direct(fd, False)  # the tail: not a whole block
+        while view:
+            try:
+                done = os.write(fd, view)
+            except OSError as exc:
+                if not self._direct or exc.errno != errno.EINVAL:
+                    raise
+                self._direct = not _set_direct(fd, False)  # refused after all: go buffered
+                continue
+            view = view[done:]
+            if view and self._direct:
+                self._direct = not _set_direct(fd, False)  # a short write leaves us unaligned
+        self._written += n
+        if not self._direct and self._writeback and self._written - self._flushed >= _WRITEBACK_EVERY:
+            _sync_file_range(fd, self._flushed, self._written - self._flushed, _SYNC_FILE_RANGE_WRITE)
+            self._flushed = self._written
+
+    def absorb_rest(self) -> None:
+        self._write_stage()
+
+
+class _DirectPut(DirectUpload):
+    """LocalBlobStore.direct_upload(): the temp file written straight from the caller's thread."""
+
+    def __init__(self, store: LocalBlobStore, oid: str, sink: _Staged, tmp: Path | None):
+        self._store, self._oid, self._sink, self._tmp = store, oid, sink, tmp
+        self._ended = False
+
+    def buffer(self) -> memoryview:
+        return self._sink.space()
+
+    def filled(self, n: int) -> None:
+        try:
+            self._sink.filled(n)
+        except OSError as exc:
+            raise _storage_error(exc, self._oid)
+
+    def write(self, data: memoryview) -> None:
+        try:
+            self._sink.copy_in(data)
+        except OSError as exc:
+            raise _storage_error(exc, self._oid)
+
+    async def finish(self) -> PutResult:
+        assert not self._ended
+        self._ended = True
+        sink, oid = self._sink, self._oid
+        if sink.fd is None or self._tmp is None:
+            # Already stored and sound: only checked against the client's content.
+            digest = sink.hash.hexdigest()
+            if digest != oid:
+                raise HashMismatch(oid, digest, sink.size)
+            return PutResult(created=False, size=sink.size)
+        try:
+            # The sync-pool job owns the temp file from here, even if this task is cancelled.
+            created = await asyncio.get_running_loop().run_in_executor(
+                self._store._sync_pool, self._store._complete, sink, oid, sink.fd, self._tmp)
+        except OSError as exc:
+            raise _storage_error(exc, oid)
+        return PutResult(created=created, size=sink.size)
+
+    async def abort(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._sink.fd is not None and self._tmp is not None:
+            await asyncio.shield(run_blocking(_close_and_unlink, self._sink.fd, self._tmp))
 
 
 class LocalBlobStore(BlobStore):
@@ -486,6 +628,38 @@ class LocalBlobStore(BlobStore):
             except sqlite3.Error as exc:  # only a cache: the object gets re-hashed later
                 log.warning("could not record verification of %s: %s", oid, exc)
         return created
+
+    async def direct_upload(self, oid: str, *, max_size: int = 0) -> DirectUpload:
+        _check_oid(oid)
+        try:
+            _current, fd, tmp = await run_blocking(self._begin, oid)
+        except OSError as exc:
+            raise _storage_error(exc, oid)
+        return _DirectPut(self, oid, _Staged(fd, max_size, self.durable), tmp)
+
+    def _put_whole(self, oid: str, data: bytes, max_size: int) -> PutResult:
+        """put_bytes() in one sync-pool job: look up, hash, write, sync and install together."""
+        if max_size and len(data) > max_size:
+            raise TooLarge(max_size)
+        _current, fd, tmp = self._begin(oid)
+        if fd is None or tmp is None:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != oid:
+                raise HashMismatch(oid, digest, len(data))
+            return PutResult(created=False, size=len(data))
+        sink = _Sink(fd, max_size)
+        sink.hold(data)
+        return PutResult(created=self._complete(sink, oid, fd, tmp), size=len(data))
+
+    async def put_bytes(self, oid: str, data: bytes, *, max_size: int = 0) -> PutResult:
+        _check_oid(oid)
+        try:
+            # One thread hop for the whole upload; the job cleans up after itself if this task
+            # is cancelled meanwhile (_complete removes the temp file in any case).
+            return await asyncio.get_running_loop().run_in_executor(
+                self._sync_pool, self._put_whole, oid, data, max_size)
+        except OSError as exc:
+            raise _storage_error(exc, oid)
 
     async def put(self, oid: str, chunks: AsyncIterator[bytes], *, max_size: int = 0) -> PutResult:
         _check_oid(oid)

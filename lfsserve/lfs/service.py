@@ -21,6 +21,7 @@ from ..blobstore import (
     BlobHandle,
     BlobStore,
     CorruptObject,
+    DirectUpload,
     ObjectMissing,
     ObjectState,
     PutResult,
@@ -128,6 +129,38 @@ class LfsService:
         except BaseException:
             self.stats.uploads_rejected += 1
             raise
+        return await self._granted(namespace, oid, result)
+
+    async def receive_bytes(self, namespace: str, oid: str, data: bytes) -> PutResult:
+        """receive() of a body already received whole (a small upload: one worker job)."""
+        try:
+            result = await self.store.put_bytes(oid, data, max_size=self.config.lfs.max_object_size)
+        except BaseException:
+            self.stats.uploads_rejected += 1
+            raise
+        return await self._granted(namespace, oid, result)
+
+    async def open_upload(self, oid: str) -> DirectUpload | None:
+        """An upload a front end feeds from one worker thread (large bodies read straight from
+        the socket), or None when the backend has no such path; end it with complete_upload()."""
+        return await self.store.direct_upload(oid, max_size=self.config.lfs.max_object_size)
+
+    async def complete_upload(self, namespace: str, oid: str, upload: DirectUpload) -> PutResult:
+        """Finish an open_upload() whose whole body was written: checked, stored and granted as
+        by receive(); on any error nothing is left behind."""
+        try:
+            result = await upload.finish()
+        except BaseException:
+            await self.upload_failed(upload)
+            raise
+        return await self._granted(namespace, oid, result)
+
+    async def upload_failed(self, upload: DirectUpload) -> None:
+        """Drop an open_upload() that could not be completed."""
+        self.stats.uploads_rejected += 1
+        await upload.abort()
+
+    async def _granted(self, namespace: str, oid: str, result: PutResult) -> PutResult:
         await self.namespaces.grant(namespace, [oid])
         if not result.created and not (await self.store.state(oid)).present:
             # put() found the object already stored and only checked the upload against it; an

@@ -19,7 +19,7 @@ from ..auth import SIGNED_PREFIX, Permission, Principal
 from ..blobstore import BlobHandle, CorruptObject
 from ..reqkeys import PRINCIPAL
 from ..routing import Target
-from . import sendfile
+from . import receive, sendfile
 from .errors import LfsError, endpoint
 from .keys import LFS_SERVICE
 from .request import object_error, read_json
@@ -57,7 +57,19 @@ async def _upload(request: web.Request, svc: LfsService, ns: str, oid: str) -> w
     if limit and request.content_length is not None and request.content_length > limit:
         raise LfsError(413, f"object larger than this server's limit of {limit} bytes",
                        headers={"Connection": "close"})
-    result = await svc.receive(ns, oid, request.content.iter_any())
+    content = request.content
+    if content.is_eof():
+        # The whole body came with the headers (small objects): one worker job stores it.
+        result = await svc.receive_bytes(ns, oid, content.read_nowait(-1))
+    elif receive.eligible(request) and (upload := await svc.open_upload(oid)) is not None:
+        try:
+            await receive.read_into(request, upload, svc.config.limits.idle_timeout)
+        except BaseException:
+            await svc.upload_failed(upload)
+            raise
+        result = await svc.complete_upload(ns, oid, upload)
+    else:
+        result = await svc.receive(ns, oid, content.iter_any())
     return web.Response(status=201 if result.created else 200)
 
 
