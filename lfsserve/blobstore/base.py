@@ -129,6 +129,8 @@ class BlobHandle:
     # A local file with exactly this content that may be handed to the kernel (sendfile), only
     # when `verified`. None for remote backends, or when the content must be checked on the way.
     path: Path | None = None
+    # The whole content, when get(inline=...) could read it in the same step (small and verified).
+    data: bytes | None = None
 
 
 class DirectUpload(abc.ABC):
@@ -199,8 +201,9 @@ class BlobStore(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def get(self, oid: str) -> BlobHandle:
-        """Raises ObjectMissing, or CorruptObject if the object is known to be corrupt."""
+    async def get(self, oid: str, *, inline: int = 0) -> BlobHandle:
+        """Raises ObjectMissing, or CorruptObject if the object is known to be corrupt. A backend
+        may fill in `data` of a verified object of at most `inline` bytes (saving a read())."""
 
     @abc.abstractmethod
     def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:

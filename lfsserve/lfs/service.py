@@ -174,16 +174,24 @@ class LfsService:
         return result
 
     # -- downloads -----------------------------------------------------------------------------
-    async def open_download(self, namespace: str, oid: str, *, whole: bool) -> BlobHandle:
-        """A handle on object `oid` as repository `namespace` sees it, ready to be sent.
+    async def open_download(self, namespace: str, oid: str, *, whole: bool, inline: int = 0) -> BlobHandle:
+        """A handle on object `oid` as repository `namespace` sees it, ready to be sent (with
+        its content in `data` when it is verified and at most `inline` bytes).
 
         Raises ObjectMissing when it is not visible there (or not stored), CorruptObject when it
         is known or found to be corrupt. A whole read verifies an object that changed on disk as
         it streams (read()); for a part of one, or only its headers (`whole` false), that is
         impossible, so it is re-hashed first."""
-        if not await self.namespaces.visible(namespace, [oid]):
+        # Both lookups at once; the store's answer (even an error) counts only if visible.
+        visible, got = await asyncio.gather(self.namespaces.visible(namespace, [oid]),
+                                            self.store.get(oid, inline=inline), return_exceptions=True)
+        if isinstance(visible, BaseException):
+            raise visible
+        if not visible:
             raise ObjectMissing("The object does not exist")
-        handle = await self.store.get(oid)
+        if isinstance(got, BaseException):
+            raise got
+        handle = got
         if not handle.verified and not whole:
             state = await self.store.verify(oid)
             if state.status is Status.CORRUPT:
