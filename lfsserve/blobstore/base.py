@@ -189,8 +189,13 @@ class BlobStore(abc.ABC):
         If `chunks` raises (client gone), nothing is left behind.
         """
 
-    async def put_bytes(self, oid: str, data: bytes, *, max_size: int = 0) -> PutResult:
-        """put() of a content already in memory (a small upload received whole)."""
+    async def put_bytes(self, oid: str, data: bytes, *, max_size: int = 0,
+                        on_verified: Callable[[], None] | None = None) -> PutResult:
+        """put() of a content already in memory (a small upload received whole).
+
+        A backend may call `on_verified()` (from any thread) once the content is checked and in
+        place but before its last sync, so that the caller's own durable record can be written
+        meanwhile; when it does, put_bytes() still returns only after that sync."""
         async def one() -> AsyncIterator[bytes]:
             yield data
         return await self.put(oid, one(), max_size=max_size)

@@ -27,7 +27,7 @@ import secrets
 import sqlite3
 import stat as stat_mod
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from pathlib import Path
 
 from ..aio import run_blocking, submit_blocking
@@ -570,7 +570,7 @@ class LocalBlobStore(BlobStore):
             if self.durable:
                 _fsync_dir(d.parent)
 
-    def _install(self, oid: str, fd: int, tmp: Path) -> bool:
+    def _install(self, oid: str, fd: int, tmp: Path, on_verified: Callable[[], None] | None = None) -> bool:
         """Make the verified temp file the object. False when an intact copy got there first.
 
         The content is on disk before its name is, and the name before the upload is
@@ -581,7 +581,8 @@ class LocalBlobStore(BlobStore):
         commit less for most small uploads, which mostly land in a new shard).
         """
         final = self.path(oid)
-        self._ensure_dir(final.parent)
+        if not os.path.isdir(os.path.dirname(final)):  # (pathlib's exists() costs more per upload)
+            self._ensure_dir(final.parent)
         if self.durable:
             os.fsync(fd)
         os.fchmod(fd, 0o444)
@@ -597,6 +598,8 @@ class LocalBlobStore(BlobStore):
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
                 raise
             os.replace(tmp, final)  # no hard links here: rename (may replace a concurrent copy: same bytes)
+        if on_verified is not None:
+            on_verified()  # the caller's commit and the sync below wait on the disk together
         if self.durable:
             _fsync_dir(final.parent)
         return True
@@ -611,7 +614,8 @@ class LocalBlobStore(BlobStore):
         fd, tmp = self._open_temp(oid)
         return state, fd, tmp
 
-    def _complete(self, sink: _Sink, oid: str, fd: int, tmp: Path) -> bool:
+    def _complete(self, sink: _Sink, oid: str, fd: int, tmp: Path,
+                  on_verified: Callable[[], None] | None = None) -> bool:
         """Last step of an upload, in a sync-pool thread: hash and write what is left, check the
         oid, install, remember it as verified; the temp file is closed and removed in any case."""
         try:
@@ -619,7 +623,7 @@ class LocalBlobStore(BlobStore):
             digest = sink.hash.hexdigest()
             if digest != oid:
                 raise HashMismatch(oid, digest, sink.size)
-            created = self._install(oid, fd, tmp)
+            created = self._install(oid, fd, tmp, on_verified)
         finally:
             _close_and_unlink(fd, tmp)
         if created and self.durable:
@@ -642,7 +646,7 @@ class LocalBlobStore(BlobStore):
             raise _storage_error(exc, oid)
         return _DirectPut(self, oid, _Staged(fd, max_size, self.durable), tmp)
 
-    def _put_whole(self, oid: str, data: bytes, max_size: int) -> PutResult:
+    def _put_whole(self, oid: str, data: bytes, max_size: int, on_verified: Callable[[], None] | None) -> PutResult:
         """put_bytes() in one sync-pool job: look up, hash, write, sync and install together."""
         if max_size and len(data) > max_size:
             raise TooLarge(max_size)
@@ -654,15 +658,16 @@ class LocalBlobStore(BlobStore):
             return PutResult(created=False, size=len(data))
         sink = _Sink(fd, max_size)
         sink.hold(data)
-        return PutResult(created=self._complete(sink, oid, fd, tmp), size=len(data))
+        return PutResult(created=self._complete(sink, oid, fd, tmp, on_verified), size=len(data))
 
-    async def put_bytes(self, oid: str, data: bytes, *, max_size: int = 0) -> PutResult:
+    async def put_bytes(self, oid: str, data: bytes, *, max_size: int = 0,
+                        on_verified: Callable[[], None] | None = None) -> PutResult:
         _check_oid(oid)
         try:
             # One thread hop for the whole upload; the job cleans up after itself if this task
             # is cancelled meanwhile (_complete removes the temp file in any case).
             return await asyncio.get_running_loop().run_in_executor(
-                self._sync_pool, self._put_whole, oid, data, max_size)
+                self._sync_pool, self._put_whole, oid, data, max_size, on_verified)
         except OSError as exc:
             raise _storage_error(exc, oid)
 

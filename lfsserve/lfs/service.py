@@ -10,6 +10,7 @@ Its public methods are the whole interface the other front ends use; each says w
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -132,13 +133,33 @@ class LfsService:
         return await self._granted(namespace, oid, result)
 
     async def receive_bytes(self, namespace: str, oid: str, data: bytes) -> PutResult:
-        """receive() of a body already received whole (a small upload: one worker job)."""
+        """receive() of a body already received whole (a small upload: one worker job).
+
+        The grant is committed while the store syncs the object's name (both wait on the disk
+        at once): it is only started once the content is checked and in place, so it never
+        exposes content the client did not prove it has; a crash before the name is synced
+        leaves a grant without an object, which reads as missing (the upload was not
+        acknowledged, and is repeated)."""
+        loop = asyncio.get_running_loop()
+        granting: list[concurrent.futures.Future] = []
+
+        def verified() -> None:  # in the store's thread
+            granting.append(asyncio.run_coroutine_threadsafe(self.namespaces.grant(namespace, [oid]), loop))
+
         try:
-            result = await self.store.put_bytes(oid, data, max_size=self.config.lfs.max_object_size)
+            result = await self.store.put_bytes(oid, data, max_size=self.config.lfs.max_object_size,
+                                                on_verified=verified)
         except BaseException:
             self.stats.uploads_rejected += 1
+            if granting:
+                await asyncio.wait([asyncio.wrap_future(granting[0])])
             raise
-        return await self._granted(namespace, oid, result)
+        if not granting:
+            return await self._granted(namespace, oid, result)
+        await asyncio.wrap_future(granting[0])
+        self.stats.uploads += 1
+        self.stats.upload_bytes += result.size
+        return result
 
     async def open_upload(self, oid: str) -> DirectUpload | None:
         """An upload a front end feeds from one worker thread (large bodies read straight from
