@@ -140,11 +140,10 @@ class LfsService:
         exposes content the client did not prove it has; a crash before the name is synced
         leaves a grant without an object, which reads as missing (the upload was not
         acknowledged, and is repeated)."""
-        loop = asyncio.get_running_loop()
         granting: list[concurrent.futures.Future] = []
 
         def verified() -> None:  # in the store's thread
-            granting.append(asyncio.run_coroutine_threadsafe(self.namespaces.grant(namespace, [oid]), loop))
+            granting.append(self.namespaces.grant_nowait(namespace, [oid]))
 
         try:
             result = await self.store.put_bytes(oid, data, max_size=self.config.lfs.max_object_size,
