@@ -14,6 +14,7 @@ server must hash every byte it stores).
     python bench/lfs_bench.py --big-mib 5120 --skip small,concurrent,batch   # RSS on 5 GiB
     python bench/lfs_bench.py --targets lfsserve,lfsserve-nofsync,hgserve --skip concurrent,batch --rounds 2
                                              # issue 16's targets, as ratios against hg serve
+    python bench/lfs_bench.py --targets lfsserve-base,lfsserve,hgserve --base-src /tmp/old   # before / after
 
 giftless is installed on first use into a throwaway venv (default /tmp/lfsserve-bench-giftless,
 `pip install giftless gunicorn`) and served by gunicorn (gthread workers, one per core); hg serve
@@ -151,7 +152,7 @@ class Server:
                 self.proc.wait()
 
 
-def start_lfsserve(workdir: Path, fsync: bool = True) -> Server:
+def start_lfsserve(workdir: Path, fsync: bool = True, src: Path = REPO_ROOT) -> Server:
     port = free_port()
     logfile = workdir / "server.log"
     config = workdir / "lfsserve.toml"
@@ -159,8 +160,8 @@ def start_lfsserve(workdir: Path, fsync: bool = True) -> Server:
     proc = subprocess.Popen(
         [sys.executable, "-m", "lfsserve", "serve", "--root", str(workdir / "data"), "--port", str(port),
          "--anonymous", "write", "--config", str(config)],
-        cwd=REPO_ROOT, stdout=logfile.open("w"), stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("LFSSERVE_")})
+        cwd=src, stdout=logfile.open("w"), stderr=subprocess.STDOUT,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("LFSSERVE_")}, "PYTHONPATH": str(src)})
     wait_port(port, proc)
     return Server("lfsserve", proc, f"http://127.0.0.1:{port}/bench/repo.git/info/lfs", workdir, logfile)
 
@@ -687,6 +688,7 @@ def run_target(name: str, args) -> Results:
         res.notes.append(f"setting: lfs.fsync = {str(fsync).lower()}")
     starter = {"lfsserve": lambda w: start_lfsserve(w, fsync=fsync),
                "lfsserve-nofsync": lambda w: start_lfsserve(w, fsync=False),
+               "lfsserve-base": lambda w: start_lfsserve(w, fsync=fsync, src=Path(args.base_src)),
                "hgserve": start_hgserve,
                "giftless": lambda w: start_giftless(w, Path(args.giftless_venv))}[name]
     server = starter(workdir)
@@ -830,6 +832,9 @@ def main() -> int:
     p.add_argument("--no-fsync", action="store_true",
                    help="run lfsserve with lfs.fsync = false (hg serve and giftless never fsync); "
                         "the target lfsserve-nofsync runs a second lfsserve that way in the same run")
+    p.add_argument("--base-src", metavar="DIR",
+                   help="a source tree of another lfsserve version (e.g. `git archive <commit> | tar -x -C DIR`) "
+                        "for the target lfsserve-base: before / after in one run")
     p.add_argument("--rounds", type=int, default=1,
                    help="run every target this many times, alternating their order; report medians")
     p.add_argument("--profile", metavar="DIR",
