@@ -748,7 +748,7 @@ class LocalBlobStore(BlobStore):
         if state.status is Status.CORRUPT:
             raise CorruptObject(f"object {oid} is corrupt")
         ok = state.status is Status.OK
-        return BlobHandle(oid, state.size, ok, self.path(oid) if ok else None, data)
+        return BlobHandle(oid, state.size, ok, self.path(oid) if ok else None, data=data)
 
     async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         oid = handle.oid

@@ -9,11 +9,13 @@ import logging
 import sys
 import time
 
+from ..aio import run_blocking
 from ..auth import Authenticator, AuthError, Permission, Principal
 from ..config import Config
+from ..webhooks import Webhooks
 from .command import BadCommand, SshCommand, parse_command
 from .hg import serve_hg_stdio
-from .pktline import PktReader, PktWriter, ProtocolError, open_stdio
+from .pktline import STDIO_REFUSED, PktReader, PktWriter, ProtocolError, open_stdio, stdio_usable
 
 __all__ = ["authenticate_answer", "run_forced_command"]
 
@@ -75,11 +77,15 @@ async def _transfer(config: Config, auth: Authenticator, principal: Principal, c
     from ..lfs.service import LfsService
     from .transfer import SessionAbort, TransferSession
 
+    if not stdio_usable():
+        return _fail(f"git-lfs-transfer {STDIO_REFUSED}")
     svc = LfsService.create(config, auth)
     await svc.start()
+    webhooks = Webhooks(config)  # its queue opens at the first upload with a target
     try:
         reader, writer = await open_stdio()
-        session = TransferSession(svc, principal, cmd.repo, cmd.operation, PktReader(reader), PktWriter(writer))
+        session = TransferSession(svc, principal, cmd.repo, cmd.operation, PktReader(reader), PktWriter(writer),
+                                  webhooks)
         try:
             return await session.run()
         except ProtocolError as exc:
@@ -93,4 +99,5 @@ async def _transfer(config: Config, auth: Authenticator, principal: Principal, c
                 await writer.drain()
             writer.close()
     finally:
+        await run_blocking(webhooks.stop)
         await svc.stop()

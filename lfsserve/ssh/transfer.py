@@ -29,6 +29,7 @@ import sys
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
+from ..aio import run_blocking
 from ..auth import Forbidden, Permission, Principal
 from ..blobstore import (
     BlobError,
@@ -38,10 +39,12 @@ from ..blobstore import (
     ObjectMissing,
     Status,
     StorageFull,
+    StorageUnavailable,
     TooLarge,
     UploadRaced,
 )
 from ..lfs.service import LfsService, LockExists, VerifyFailed
+from ..webhooks import Webhooks
 from .pktline import DELIM, FLUSH, PktReader, PktWriter, ProtocolError
 
 __all__ = ["TransferSession"]
@@ -57,7 +60,7 @@ DEFAULT_LOCK_LIMIT = 100
 MAX_LOCK_LIMIT = 1000
 _BLOB_STATUS: list[tuple[type[BlobError], int]] = [
     (HashMismatch, 422), (CorruptObject, 422), (TooLarge, 413), (ObjectMissing, 404),
-    (InvalidOid, 422), (StorageFull, 507), (UploadRaced, 503),
+    (InvalidOid, 422), (StorageFull, 507), (UploadRaced, 503), (StorageUnavailable, 503),
 ]
 
 
@@ -89,8 +92,9 @@ class TransferSession:
     """One git-lfs-transfer process: one user, one namespace, one operation."""
 
     def __init__(self, svc: LfsService, principal: Principal, namespace: str, operation: str,
-                 reader: PktReader, writer: PktWriter):
+                 reader: PktReader, writer: PktWriter, webhooks: Webhooks | None = None):
         self.svc = svc
+        self.webhooks = webhooks  # uploads queue their `lfs` event here
         self.principal = principal
         self.ns = namespace
         self.operation = operation
@@ -291,6 +295,8 @@ class TransferSession:
             raise Refusal(413, f"object larger than this server's limit of {limit} bytes")
         async with contextlib.aclosing(self._body(req, size)) as body:
             await self.svc.receive(self.ns, oid, body)
+        if self.webhooks is not None and self.webhooks.targets(self.ns, "lfs"):
+            await run_blocking(self.webhooks.emit_sync, "lfs", self.ns, self.principal.name, {"lfs_oids": [oid]})
         self._status(200)
 
     async def _verify(self, req: Request, rest: str) -> None:
@@ -317,10 +323,10 @@ class TransferSession:
                     self.w.data(chunk)
                     sent += len(chunk)
                     await self.w.drain()
-        except CorruptObject:
+        except BlobError as exc:  # corrupt, or the object storage failed mid-way
             # The status line is gone: the only honest signal left is to stop short, so the
             # client's hash check fails and it keeps nothing.
-            print(f"lfsserve: LFS object {oid} is corrupt: download cut after {sent} of "
+            print(f"lfsserve: LFS object {oid}: {exc.message}: download cut after {sent} of "
                   f"{handle.size} bytes", file=sys.stderr)
             raise SessionAbort() from None
         self.w.flush()

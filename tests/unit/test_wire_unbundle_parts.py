@@ -44,3 +44,16 @@ def test_parts_are_dispatched_and_refused_as_hg_does(tmp_path):
                                                       (b"old", b"1" * 40), (b"new", b"")])])
         assert (b"reply:pushkey", {b"in-reply-to": b"1", b"return": b"0"}) in reply
         assert repo.bookmarks() == {}
+
+
+def test_divergent_bookmarks_refused_but_at_bookmarks_accepted(tmp_path):
+    # hg's rule (bookmarks.isdivergent): `name@path` is a client's divergent copy and is refused;
+    # `@` (the bookmark hg checks out on clone) and a name ending in `@` are ordinary bookmarks.
+    with RepoSettings(lock_timeout=5).apply(Repository.init(tmp_path / "r")) as repo:
+        nullid = b"\0" * 20
+        reply = _push(repo, [OutPart(b"BOOKMARKS", data=bundle2.encode_bookmarks([(b"feature@default", nullid)]))])
+        assert reply[-1] == (b"error:abort", {b"message": b"cannot accept divergent bookmark feature@default!"})
+        reply = _push(repo, [OutPart(b"BOOKMARKS", data=bundle2.encode_bookmarks([(b"@", nullid),
+                                                                                   (b"release@", nullid)]))])
+        assert not any(name.startswith(b"error") for name, _ in reply), reply
+        assert repo.bookmarks() == {b"@": nullid, b"release@": nullid}

@@ -37,9 +37,10 @@ from .. import v2
 from ..capabilities import BundleRequired
 from ..compression import MEDIA_01, compress_stream, negotiate
 from ..protocol import BadRequest, header_args, parse_client_proto, parse_qs_bytes
+from ..pushenv import push_env
 from ..unbundle import LfsCheck, PushReply
 from .commands import COMMANDS, Command, Result, Session, Stream, bind_args
-from .transport import SPOOL_CHUNK, PushTooLarge, lfs_checker, may_create, open_spool, spool_dir
+from .transport import SPOOL_CHUNK, PushTooLarge, lfs_checker, may_create, spool, spool_dir
 
 __all__ = ["V1", "V1State", "handle", "setup"]
 
@@ -229,7 +230,7 @@ def _may_create(request: web.Request, repo_name: str, principal: Principal) -> b
 
 
 def _opened(request: web.Request, target: Target, principal: Principal, stack: contextlib.ExitStack,
-            payload: BinaryIO | None = None) -> Callable[[Command, Args], Result]:
+            payload: BinaryIO | None = None, push: bool = False) -> Callable[[Command, Args], Result]:
     """A function for the executor that runs a command on the repository of `target`, opened
     through the registry into `stack` (which the caller closes once the answer is sent: a Stream
     reads the repository while it goes out)."""
@@ -240,7 +241,11 @@ def _opened(request: web.Request, target: Target, principal: Principal, stack: c
 
     def work(cmd: Command, args: Args) -> Result:
         repo = stack.enter_context(ctx.repos.open(target.repo, may_create=may_create))
-        return cmd.func(Session(ctx.config, repo, payload, check_lfs, offer_postargs=postargs), **args)
+        return cmd.func(Session(ctx.config, repo, payload, check_lfs, offer_postargs=postargs, push=env), **args)
+    env = None
+    if push:
+        env = push_env(ctx.config, ctx.auth, ctx.webhooks, target.repo, principal, request.scheme,
+                       request.remote or "")
     return work
 
 
@@ -249,7 +254,7 @@ async def _run(request: web.Request, target: Target, principal: Principal, cmd: 
     ctx = request.app[CTX]
     config = ctx.config
     with contextlib.ExitStack() as stack:
-        work = _opened(request, target, principal, stack)
+        work = _opened(request, target, principal, stack, push=cmd.permission == "push")
         if cmd.name == "capabilities" and config.hg.wire_v2 and request.headers.get("X-HgUpgrade-1"):
             caps = await run_blocking(work, cmd, args)
             assert isinstance(caps, bytes)
@@ -303,29 +308,11 @@ async def _stream(request: web.Request, result: Stream) -> web.StreamResponse:
 
 
 async def _spool(request: web.Request, directory: Path, limit: int = 0) -> BinaryIO:
-    """Copy the request body to an anonymous temporary file (never held in memory).
-
-    With `limit`, a body announced or found to be larger raises PushTooLarge; what was spooled
-    is dropped with the file."""
+    """The request body into a spool file; a body announced larger than `limit` is refused before
+    anything is read."""
     if limit and request.content_length is not None and request.content_length > limit:
         raise PushTooLarge(limit)
-    # the file outlives this function on success: the caller applies the push from it, then closes it
-    fh = await run_blocking(open_spool, directory)
-    size = 0
-    try:
-        while True:
-            chunk = await request.content.read(SPOOL_CHUNK)
-            if not chunk:
-                break
-            size += len(chunk)
-            if limit and size > limit:
-                raise PushTooLarge(limit)
-            await run_blocking(fh.write, chunk)
-        await run_blocking(fh.seek, 0)
-    except BaseException:
-        fh.close()
-        raise
-    return fh
+    return await spool(request.content.iter_chunked(SPOOL_CHUNK), directory, limit)
 
 
 def _lfs_checker(request: web.Request, repo_name: str, principal: Principal) -> LfsCheck:
@@ -350,7 +337,7 @@ async def _push(request: web.Request, target: Target, principal: Principal, cmd:
         return web.Response(status=413, reason=str(exc), text=f"{exc}\n")
     try:
         with metrics_of(request.app).push() as observed, contextlib.ExitStack() as stack:
-            work = _opened(request, target, principal, stack, body)
+            work = _opened(request, target, principal, stack, body, push=True)
             async with ctx.repos.write_lock(target.repo):
                 reply = await run_blocking(work, cmd, args)
             assert isinstance(reply, PushReply), f"{cmd.name} is a push command"

@@ -1,26 +1,32 @@
 """What the two wire v1 transports (HTTP in http.py, SSH in lfsserve/ssh/hg.py) share besides the
-commands themselves: the push spool file and its size limit, the LFS blob check bound to the
+commands themselves: spooling a push to a file under its size limit, the LFS blob check bound to the
 pusher, and whether a pusher may create the repository. Nothing here knows a transport.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from ...aio import run_blocking
 from ...auth import Authenticator, Permission, Principal
+from ...blobstore.base import StorageUnavailable
 from ...config import Config
+from ...hg.error import Abort
 from ..capabilities import BundleRequired
 from ..protocol import BadRequest
-from ..unbundle import LfsCheck, PushReply
+from ..pushenv import PushEnv, push_env
+from ..unbundle import LfsCheck, PushReply, refused_reply
 
 if TYPE_CHECKING:
     from ...kernel import LfsBlobPolicy
 
-# The errors and the push answer a transport turns into its own framing are re-exported here.
-__all__ = ["SPOOL_CHUNK", "BadRequest", "BundleRequired", "PushReply", "PushTooLarge", "lfs_checker",
-           "may_create", "open_spool", "size_text", "spool_dir"]
+# The errors and the push answer a transport turns into its own framing, and who pushes (with the
+# hooks, rights and webhooks around a push), are re-exported here.
+__all__ = ["SPOOL_CHUNK", "BadRequest", "BundleRequired", "PushEnv", "PushReply", "PushTooLarge", "lfs_checker",
+           "may_create", "open_spool", "push_env", "refused_reply", "size_text", "spool", "spool_dir"]
 
 SPOOL_CHUNK = 1024 * 1024
 
@@ -51,6 +57,25 @@ def open_spool(directory: Path) -> BinaryIO:
     return tempfile.TemporaryFile("w+b", dir=directory, prefix="unbundle-")
 
 
+async def spool(chunks: AsyncIterator[bytes], directory: Path, limit: int = 0) -> BinaryIO:
+    """A pushed bundle, from the transport's chunks into a new spool file (never held in memory),
+    rewound for reading. Over `limit` (0: none), PushTooLarge; what was spooled is dropped with the
+    file. The caller owns the file on success: it applies the push from it, then closes it."""
+    fh = await run_blocking(open_spool, directory)
+    size = 0
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if limit and size > limit:
+                raise PushTooLarge(limit)
+            await run_blocking(fh.write, chunk)
+        await run_blocking(fh.seek, 0)
+    except BaseException:
+        await run_blocking(fh.close)
+        raise
+    return fh
+
+
 def lfs_checker(config: Config, policy: LfsBlobPolicy | None, repo_name: str, principal: Principal) -> LfsCheck:
     """A callback for the push thread: which lfs oids of the push are not acceptable.
 
@@ -61,7 +86,12 @@ def lfs_checker(config: Config, policy: LfsBlobPolicy | None, repo_name: str, pr
         if policy is None:
             bad = set(oids)  # no LFS store in this server: nothing can vouch for these blobs
         else:
-            bad = set(policy.accept_pushed_pointers_sync(repo_name, sorted(oids), principal))
+            try:
+                bad = set(policy.accept_pushed_pointers_sync(repo_name, sorted(oids), principal))
+            except StorageUnavailable as exc:
+                # The object storage is down: refuse the push (nothing applied) as hg shows it.
+                raise Abort(f"push refused: its LFS objects cannot be checked now: {exc.message}",
+                            hint="push again in a moment") from None
         return bad if config.lfs.require_pushed_blobs else set()
     return check
 
