@@ -12,6 +12,9 @@ server must hash every byte it stores).
     python bench/lfs_bench.py                                  # lfsserve only
     python bench/lfs_bench.py --targets lfsserve,hgserve,giftless
     python bench/lfs_bench.py --big-mib 5120 --skip small,concurrent,batch   # RSS on 5 GiB
+    python bench/lfs_bench.py --targets lfsserve,lfsserve-nofsync,hgserve --skip concurrent,batch --rounds 2
+                                             # issue 16's targets, as ratios against hg serve
+    python bench/lfs_bench.py --targets lfsserve-base,lfsserve,hgserve --base-src /tmp/old   # before / after
 
 giftless is installed on first use into a throwaway venv (default /tmp/lfsserve-bench-giftless,
 `pip install giftless gunicorn`) and served by gunicorn (gthread workers, one per core); hg serve
@@ -29,6 +32,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MiB = 1 << 20
+GiB = 1 << 30
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HG = str(Path(sys.executable).with_name("hg"))
 LFS_JSON = "application/vnd.git-lfs+json"
@@ -83,14 +88,15 @@ def big_oid(size: int) -> str:
 
 
 def sha256_baseline(total_mib: int = 1024) -> float:
-    """Single-thread SHA-256 MiB/s over 1 MiB buffers (best of three)."""
+    """Single-thread SHA-256 MiB/s over 1 MiB buffers (best of three, by thread CPU time, so
+    other jobs on the machine do not count): 1024 / this is the CPU-s one GiB costs to hash."""
     best = 0.0
     for _ in range(3):
         h = hashlib.sha256()
-        t = time.perf_counter()
+        t = time.thread_time()
         for _ in range(total_mib // 3):
             h.update(_BLOCK)
-        best = max(best, (total_mib // 3) / (time.perf_counter() - t))
+        best = max(best, (total_mib // 3) / (time.thread_time() - t))
     return best
 
 
@@ -146,7 +152,7 @@ class Server:
                 self.proc.wait()
 
 
-def start_lfsserve(workdir: Path, fsync: bool = True) -> Server:
+def start_lfsserve(workdir: Path, fsync: bool = True, src: Path = REPO_ROOT) -> Server:
     port = free_port()
     logfile = workdir / "server.log"
     config = workdir / "lfsserve.toml"
@@ -154,8 +160,8 @@ def start_lfsserve(workdir: Path, fsync: bool = True) -> Server:
     proc = subprocess.Popen(
         [sys.executable, "-m", "lfsserve", "serve", "--root", str(workdir / "data"), "--port", str(port),
          "--anonymous", "write", "--config", str(config)],
-        cwd=REPO_ROOT, stdout=logfile.open("w"), stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("LFSSERVE_")})
+        cwd=src, stdout=logfile.open("w"), stderr=subprocess.STDOUT,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("LFSSERVE_")}, "PYTHONPATH": str(src)})
     wait_port(port, proc)
     return Server("lfsserve", proc, f"http://127.0.0.1:{port}/bench/repo.git/info/lfs", workdir, logfile)
 
@@ -270,6 +276,46 @@ class PeakRss:
     @property
     def mib(self) -> float:
         return self.peak_kib / 1024
+
+
+def server_cpu(server: Server) -> float:
+    """CPU seconds (user + system, all threads) the server's processes have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in server.pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+class Profile:
+    """`py-spy record` of the server while a block runs (--profile DIR), top entries kept for the report."""
+
+    def __init__(self, server: Server, outdir: str | None, tag: str):
+        self.server, self.outdir, self.tag = server, outdir, tag
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self):
+        if self.outdir:
+            out = Path(self.outdir) / f"{self.server.name.replace(' ', '')}-{self.tag}"
+            self.proc = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(self.server.proc.pid), "--rate", "250", "--nonblocking",
+                 "--threads", "--format", "raw", "-o", f"{out}.txt"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # attached before the phase starts
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 # -- a small blocking HTTP client for single large streams -----------------------------------------
@@ -493,32 +539,38 @@ class Results:
     notes: list[str] = field(default_factory=list)
 
 
-def phase_big(server: Server, res: Results, size: int) -> None:
+def phase_big(server: Server, res: Results, size: int, profile: str | None = None) -> None:
     log(f"  {server.name}: computing the oid of the {size // MiB} MiB object ...")
     oid = big_oid(size)
     answer = blocking_json(f"{server.lfs_base}/objects/batch",
                            {"operation": "upload", "objects": [{"oid": oid, "size": size}]})
     act = answer["objects"][0]["actions"]["upload"]
     log(f"  {server.name}: uploading {size // MiB} MiB ...")
-    with PeakRss(server) as rss:
+    with Profile(server, profile, "big-upload"), PeakRss(server) as rss:
+        cpu = server_cpu(server)
         t = time.perf_counter()
         status, _ = blocking_transfer(act["href"], "PUT", act.get("header", {}), big_chunks(size), size)
         dt = time.perf_counter() - t
+        cpu = server_cpu(server) - cpu
     if status not in (200, 201):
         raise RuntimeError(f"big upload: HTTP {status}")
     res.values["big_upload_mibs"] = size / MiB / dt
+    res.values["big_upload_cpu_gib"] = cpu / (size / GiB)
     res.values["big_upload_rss_mib"] = rss.mib
     answer = blocking_json(f"{server.lfs_base}/objects/batch",
                            {"operation": "download", "objects": [{"oid": oid, "size": size}]})
     act = answer["objects"][0]["actions"]["download"]
     log(f"  {server.name}: downloading {size // MiB} MiB ...")
     with PeakRss(server) as rss:
+        cpu = server_cpu(server)
         t = time.perf_counter()
         status, got = blocking_transfer(act["href"], "GET", act.get("header", {}))
         dt = time.perf_counter() - t
+        cpu = server_cpu(server) - cpu
     if status != 200 or got != size:
         raise RuntimeError(f"big download: HTTP {status}, {got} bytes")
     res.values["big_download_mibs"] = size / MiB / dt
+    res.values["big_download_cpu_gib"] = cpu / (size / GiB)
     res.values["big_download_rss_mib"] = rss.mib
 
 
@@ -530,22 +582,30 @@ def small_set(count: int, size: int, tag: int) -> dict[str, bytes]:
     return out
 
 
-async def phase_small(server: Server, res: Results, count: int) -> dict[str, int]:
+async def phase_small(server: Server, res: Results, count: int, profile: str | None = None) -> dict[str, int]:
     objects = small_set(count, 64 * 1024, 1)
     items = list(objects.items())
     conn = AConn()
-    t = time.perf_counter()
-    for i in range(0, len(items), 100):
-        await upload_objects(conn, server.lfs_base, dict(items[i:i + 100]))
-    dt = time.perf_counter() - t
+    with Profile(server, profile, "small-upload"):
+        cpu = server_cpu(server)
+        t = time.perf_counter()
+        for i in range(0, len(items), 100):
+            await upload_objects(conn, server.lfs_base, dict(items[i:i + 100]))
+        dt = time.perf_counter() - t
+        cpu = server_cpu(server) - cpu
     res.values["small_upload_mibs"] = count * 64 / 1024 / dt
     res.values["small_upload_objs"] = count / dt
-    t = time.perf_counter()
-    for i in range(0, len(items), 100):
-        await download_objects(conn, server.lfs_base, {o: len(d) for o, d in items[i:i + 100]})
-    dt = time.perf_counter() - t
+    res.values["small_upload_cpu_ms"] = 1000 * cpu / count
+    with Profile(server, profile, "small-download"):
+        cpu = server_cpu(server)
+        t = time.perf_counter()
+        for i in range(0, len(items), 100):
+            await download_objects(conn, server.lfs_base, {o: len(d) for o, d in items[i:i + 100]})
+        dt = time.perf_counter() - t
+        cpu = server_cpu(server) - cpu
     res.values["small_download_mibs"] = count * 64 / 1024 / dt
     res.values["small_download_objs"] = count / dt
+    res.values["small_download_cpu_ms"] = 1000 * cpu / count
     await conn.close()
     return {o: len(d) for o, d in objects.items()}
 
@@ -620,26 +680,31 @@ async def phase_batch(server: Server, res: Results, stored: dict[str, int]) -> N
         res.values[f"batch_c{conc}_errors"] = len(errs)
 
 
-def run_target(name: str, args, baseline: float) -> Results:
+def run_target(name: str, args) -> Results:
     res = Results(name)
-    if name == "lfsserve":
-        res.notes.append(f"setting: lfs.fsync = {str(not args.no_fsync).lower()}")
     workdir = Path(tempfile.mkdtemp(prefix=f"lfsbench-{name}-", dir=args.data_dir))
-    starter = {"lfsserve": lambda w: start_lfsserve(w, fsync=not args.no_fsync), "hgserve": start_hgserve,
+    fsync = not args.no_fsync
+    if name == "lfsserve":
+        res.notes.append(f"setting: lfs.fsync = {str(fsync).lower()}")
+    starter = {"lfsserve": lambda w: start_lfsserve(w, fsync=fsync),
+               "lfsserve-nofsync": lambda w: start_lfsserve(w, fsync=False),
+               "lfsserve-base": lambda w: start_lfsserve(w, fsync=fsync, src=Path(args.base_src)),
+               "hgserve": start_hgserve,
                "giftless": lambda w: start_giftless(w, Path(args.giftless_venv))}[name]
     server = starter(workdir)
+    server.name = name if name.startswith("lfsserve") else server.name
     log(f"{server.name}: {server.lfs_base}")
     try:
         with PeakRss(server) as whole:
             if "big" not in args.skip:
                 try:
-                    phase_big(server, res, args.big_mib * MiB)
+                    phase_big(server, res, args.big_mib * MiB, args.profile)
                 except Exception as exc:
                     res.notes.append(f"big object: {type(exc).__name__}: {exc}")
             stored: dict[str, int] = {}
             if "small" not in args.skip:
                 try:
-                    stored = asyncio.run(phase_small(server, res, args.small_count))
+                    stored = asyncio.run(phase_small(server, res, args.small_count, args.profile))
                 except Exception as exc:
                     res.notes.append(f"small objects: {type(exc).__name__}: {exc}")
             if "concurrent" not in args.skip:
@@ -658,13 +723,17 @@ def run_target(name: str, args, baseline: float) -> Results:
 
 ROWS = [
     ("big_upload_mibs", "large object upload, MiB/s", True),
+    ("big_upload_cpu_gib", "  server CPU-s per GiB", False),
     ("big_download_mibs", "large object download, MiB/s", True),
+    ("big_download_cpu_gib", "  server CPU-s per GiB", False),
     ("big_upload_rss_mib", "  peak RSS during upload, MiB", False),
     ("big_download_rss_mib", "  peak RSS during download, MiB", False),
     ("small_upload_mibs", "1000 x 64 KiB upload, MiB/s", True),
     ("small_upload_objs", "  objects/s", True),
+    ("small_upload_cpu_ms", "  server CPU-ms per object", False),
     ("small_download_mibs", "1000 x 64 KiB download, MiB/s", True),
     ("small_download_objs", "  objects/s", True),
+    ("small_download_cpu_ms", "  server CPU-ms per object", False),
     ("concurrent_upload_mibs", "64 clients x 10 x 1 MiB upload, MiB/s", True),
     ("concurrent_download_mibs", "64 clients x 10 x 1 MiB download, MiB/s", True),
     ("concurrent_errors", "  errors", False),
@@ -677,19 +746,56 @@ ROWS = [
 ]
 
 
-def report(results: list[Results], baseline: float, big_mib: int) -> str:
+def merge_rounds(rounds: list[Results]) -> Results:
+    """One target's results over several rounds: the median of each value."""
+    out = Results(rounds[0].target)
+    for key in {k for r in rounds for k in r.values}:
+        out.values[key] = statistics.median(r.values[key] for r in rounds if key in r.values)
+    out.notes = list(dict.fromkeys(n for r in rounds for n in r.notes))
+    return out
+
+
+def targets(results: list[Results], baseline: float) -> list[str]:
+    """Issue 16's targets, each as a ratio measured in this run, met or missed."""
+    by = {r.target: r.values for r in results}
+    lfs, hg, nofs = by.get("lfsserve", {}), by.get("hgserve", {}), by.get("lfsserve-nofsync", {})
+    sha_cpu = 1024 / baseline  # CPU-s to hash one GiB, one thread
+    rows: list[tuple[str, float, float, bool]] = []  # label, ratio, bound, higher is better
+
+    def add(label: str, a: dict, akey: str, b: dict | float, bkey: str | None, bound: float, higher: bool) -> None:
+        bv = b if isinstance(b, float) else b.get(bkey or akey)
+        if akey in a and bv:
+            rows.append((label, a[akey] / bv, bound, higher))
+
+    add("large upload: server CPU per GiB / single-thread SHA-256 CPU per GiB", lfs, "big_upload_cpu_gib",
+        sha_cpu, None, 1.5, False)
+    add("large upload: throughput / hg serve's", lfs, "big_upload_mibs", hg, None, 2.0, True)
+    add("64 KiB upload: server CPU per object / hg serve's", lfs, "small_upload_cpu_ms", hg, None, 0.5, False)
+    add("64 KiB download: server CPU per object / hg serve's", lfs, "small_download_cpu_ms", hg, None, 0.5, False)
+    add("64 KiB upload, lfs.fsync on: objects/s / hg serve's", lfs, "small_upload_objs", hg, None, 1.0, True)
+    add("64 KiB upload, lfs.fsync off: objects/s / hg serve's", nofs, "small_upload_objs", hg, None, 1.5, True)
+    add("64 KiB download: objects/s / hg serve's", lfs, "small_download_objs", hg, None, 1.5, True)
+    lines = [f"targets (issue 16; single-thread SHA-256 costs {sha_cpu:.2f} CPU-s per GiB here):"]
+    for label, ratio, bound, higher in rows:
+        met = ratio >= bound if higher else ratio <= bound
+        lines.append(f"  {label}: {ratio:.2f} ({'>=' if higher else '<='} {bound:g}) {'met' if met else 'MISSED'}")
+    return lines
+
+
+def report(results: list[Results], baseline: float, big_mib: int, load: float, rounds: int) -> str:
     lines = [f"single-thread SHA-256: {baseline:.0f} MiB/s   (large object: {big_mib} MiB; "
-             f"{os.cpu_count()} CPUs; load average at start {os.getloadavg()[0]:.2f})", ""]
+             f"{os.cpu_count()} CPUs; load average at start {load:.2f}, at end {os.getloadavg()[0]:.2f}; "
+             f"{rounds} round(s), servers alternating, medians)", ""]
     for r in results:
         for note in r.notes:
             if note.startswith("setting:"):
                 lines.insert(1, f"{r.target} {note}")
     names = [r.target for r in results]
-    lines.append(f"{'':42}" + "".join(f"{n:>14}" for n in names))
+    lines.append(f"{'':42}" + "".join(f"{n:>17}" for n in names))
     for key, label, _ in ROWS:
         if not any(key in r.values for r in results):
             continue
-        cells = "".join(f"{r.values[key]:>14.1f}" if key in r.values else f"{'-':>14}" for r in results)
+        cells = "".join(f"{r.values[key]:>17.2f}" if key in r.values else f"{'-':>17}" for r in results)
         lines.append(f"{label:42}{cells}")
     base = next((r for r in results if r.target == "lfsserve"), None)
     if base is not None:
@@ -703,6 +809,8 @@ def report(results: list[Results], baseline: float, big_mib: int) -> str:
                 if key in base.values and key in other.values and other.values[key] > 0 and higher_better:
                     lines.append(f"lfsserve / {other.target}: {label.strip()}: "
                                  f"{base.values[key] / other.values[key]:.2f}x")
+        lines.append("")
+        lines += targets(results, baseline)
     for r in results:
         for note in r.notes:
             if not note.startswith("setting:"):
@@ -722,7 +830,16 @@ def main() -> int:
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.add_argument("--keep", action="store_true", help="keep the servers' data directories")
     p.add_argument("--no-fsync", action="store_true",
-                   help="run lfsserve with lfs.fsync = false (hg serve and giftless never fsync)")
+                   help="run lfsserve with lfs.fsync = false (hg serve and giftless never fsync); "
+                        "the target lfsserve-nofsync runs a second lfsserve that way in the same run")
+    p.add_argument("--base-src", metavar="DIR",
+                   help="a source tree of another lfsserve version (e.g. `git archive <commit> | tar -x -C DIR`) "
+                        "for the target lfsserve-base: before / after in one run")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every target this many times, alternating their order; report medians")
+    p.add_argument("--profile", metavar="DIR",
+                   help="record the server with py-spy (raw, --threads) during the large upload and "
+                        "the small uploads / downloads, into DIR")
     args = p.parse_args()
     args.skip = set(filter(None, args.skip.split(",")))
     try:
@@ -730,10 +847,20 @@ def main() -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
         pass
+    load = os.getloadavg()[0]
     baseline = sha256_baseline()
     log(f"single-thread SHA-256: {baseline:.0f} MiB/s")
-    results = [run_target(t.strip(), args, baseline) for t in args.targets.split(",") if t.strip()]
-    text = report(results, baseline, args.big_mib)
+    names = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+    per: dict[str, list[Results]] = {n: [] for n in names}
+    for i in range(args.rounds):
+        # Alternate the order, so that neither server always runs right after the other.
+        for name in (names if i % 2 == 0 else names[::-1]):
+            per[name].append(run_target(name, args))
+        baseline = max(baseline, sha256_baseline())
+    results = [merge_rounds(per[n]) for n in names]
+    text = report(results, baseline, args.big_mib, load, args.rounds)
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({"sha256_mibs": baseline, "big_mib": args.big_mib,

@@ -21,7 +21,7 @@ from aiohttp import web
 from .config import LimitsConfig
 from .kernel import lfs_error
 from .metrics import METRICS
-from .reqkeys import CLIENT, RESPONSE_PREPARED, ROUTE_KIND
+from .reqkeys import BODY_WATCH, CLIENT, RESPONSE_PREPARED, ROUTE_KIND
 from .routing import BadPath, Kind, resolve
 from .urls import TrustedProxies, client_address
 
@@ -117,6 +117,14 @@ class _BodyWatch:
             return
         self.handle = self.loop.call_later(self.timeout / 4, self.check)
 
+    def handed_off(self) -> None:
+        """BodyWatch: the handler reads the rest from the socket and keeps the timeout itself."""
+        self.stop()
+
+    def expired(self) -> None:
+        """BodyWatch: the handler saw the client idle for the timeout (answered as 408 below)."""
+        self.fired = True
+
     def stop(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
@@ -148,6 +156,8 @@ async def limits_middleware(request: web.Request, handler):
                        {"Retry-After": str(RETRY_AFTER)})
     idle = limits.config.idle_timeout
     watch = _BodyWatch(request, idle) if idle and not request.content.is_eof() else None
+    if watch is not None:
+        request[BODY_WATCH] = watch
     timeout = limits.config.request_timeout
     try:
         try:

@@ -121,6 +121,10 @@ class SqliteDb:
                 self._readers.append(conn)
         return fn(conn)
 
+    def write_nowait(self, fn: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future:
+        """Queue a write and return at once (for caches); the future says how it went."""
+        return self._submit(fn, True)
+
     def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self._submit(fn, True).result()
 

@@ -25,6 +25,7 @@ __all__ = [
     "BlobHandle",
     "BlobStore",
     "CorruptObject",
+    "DirectUpload",
     "HashMismatch",
     "InvalidOid",
     "ObjectMissing",
@@ -141,6 +142,38 @@ class BlobHandle:
     # The backend's version of the object this handle describes (an S3 ETag), so that read()
     # notices when the object was replaced meanwhile; "" when the backend needs none.
     tag: str = ""
+    # The whole content, when get(inline=...) could read it in the same step (small and verified).
+    data: bytes | None = None
+
+
+class DirectUpload(abc.ABC):
+    """An upload fed synchronously from one worker thread (BlobStore.direct_upload).
+
+    The feeder receives straight into buffer() and reports filled(n), or hands over bytes it
+    already has with write(); each call hashes (and stores) the bytes at once. Then exactly one
+    of finish() or abort() ends it. Nothing becomes visible before finish() has checked the
+    content against the oid."""
+
+    @abc.abstractmethod
+    def buffer(self) -> memoryview:
+        """In the worker thread: where the next bytes go (never empty; reused)."""
+
+    @abc.abstractmethod
+    def filled(self, n: int) -> None:
+        """In the worker thread: the first `n` bytes of buffer() are the content's next bytes
+        (TooLarge past the size limit)."""
+
+    @abc.abstractmethod
+    def write(self, data: memoryview) -> None:
+        """In the worker thread: `data` are the content's next bytes."""
+
+    @abc.abstractmethod
+    async def finish(self) -> PutResult:
+        """Check the content hashes to the oid (HashMismatch otherwise) and store it, as put() does."""
+
+    @abc.abstractmethod
+    async def abort(self) -> None:
+        """Drop what was written; nothing is left behind."""
 
 
 class BlobStore(abc.ABC):
@@ -175,9 +208,26 @@ class BlobStore(abc.ABC):
         If `chunks` raises (client gone), nothing is left behind.
         """
 
+    async def put_bytes(self, oid: str, data: bytes, *, max_size: int = 0,
+                        on_verified: Callable[[], None] | None = None) -> PutResult:
+        """put() of a content already in memory (a small upload received whole).
+
+        A backend may call `on_verified()` (from any thread) once the content is checked and in
+        place but before its last sync, so that the caller's own durable record can be written
+        meanwhile; when it does, put_bytes() still returns only after that sync."""
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+        return await self.put(oid, one(), max_size=max_size)
+
+    async def direct_upload(self, oid: str, *, max_size: int = 0) -> DirectUpload | None:
+        """An upload to be fed from a worker thread (no per-chunk hand-offs), or None when this
+        backend only takes put()."""
+        return None
+
     @abc.abstractmethod
-    async def get(self, oid: str) -> BlobHandle:
-        """Raises ObjectMissing, or CorruptObject if the object is known to be corrupt."""
+    async def get(self, oid: str, *, inline: int = 0) -> BlobHandle:
+        """Raises ObjectMissing, or CorruptObject if the object is known to be corrupt. A backend
+        may fill in `data` of a verified object of at most `inline` bytes (saving a read())."""
 
     @abc.abstractmethod
     def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:

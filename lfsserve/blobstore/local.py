@@ -18,14 +18,16 @@ import concurrent.futures
 import ctypes
 import errno
 import fcntl
+import functools
 import hashlib
 import logging
+import mmap
 import os
 import secrets
 import sqlite3
 import stat as stat_mod
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from pathlib import Path
 
 from ..aio import run_blocking, submit_blocking
@@ -35,6 +37,7 @@ from .base import (
     BlobHandle,
     BlobStore,
     CorruptObject,
+    DirectUpload,
     HashMismatch,
     InvalidOid,
     ObjectMissing,
@@ -154,6 +157,14 @@ class _Sink:
             _sync_file_range(fd, self._flushed, self._written - self._flushed, _SYNC_FILE_RANGE_WRITE)
             self._flushed = self._written
 
+    def hold(self, data: bytes) -> None:
+        """Keep `data` for absorb_rest() (a body received whole: no step of its own)."""
+        self.size += len(data)
+        if self.max_size and self.size > self.max_size:
+            raise TooLarge(self.max_size)
+        self._parts.append(data)
+        self._held += len(data)
+
     def _absorb(self, parts: list[bytes]) -> None:
         self._hash_parts(parts)
         if self.fd is not None:
@@ -216,6 +227,140 @@ class _Sink:
             await asyncio.shield(asyncio.get_running_loop().run_in_executor(
                 None, concurrent.futures.wait, inflight))
 
+
+
+# A DirectUpload's buffer, received into, hashed as it fills, written when full (4 MiB: measured
+# ~15% less CPU per GiB than 1 MiB; 256 KiB was worse still).
+_STAGE = 4 << 20
+_ALIGN = 4096     # O_DIRECT writes: whole blocks from an aligned buffer (mmap'ed: page-aligned)
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Turn O_DIRECT on or off for `fd`; False when the filesystem does not take it (tmpfs...)."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        return False
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (flags | direct) if on else (flags & ~direct))
+    except OSError:
+        return False
+    return True
+
+
+class _Staged(_Sink):
+    """The sink of a DirectUpload: the caller receives into space() and reports filled(n).
+
+    Bytes are hashed as they arrive and written a whole buffer at a time, with O_DIRECT when the
+    filesystem allows. Going through the page cache costs far more (measured on the 2-core VM:
+    buffered writes of fresh pages 0.3-2.3 CPU-s per GiB, O_DIRECT ~0.1; without lfs.fsync a
+    1 GiB upload went from 3.5 CPU-s and 52 MiB/s buffered to ~1 CPU-s and ~300 MiB/s, since
+    buffered writers get throttled once dirty memory piles up), and with lfs.fsync the bytes
+    must reach the disk before the upload is acknowledged anyway: the final fsync then has only
+    the metadata, the last partial block and the device cache to flush. The price: a download
+    right after the upload reads the disk instead of the page cache."""
+
+    def __init__(self, fd: int | None, max_size: int, durable: bool):
+        super().__init__(fd, max_size, writeback=durable)
+        self._buf = mmap.mmap(-1, _STAGE)
+        self._view = memoryview(self._buf)
+        self._pos = 0
+        self._direct = fd is not None and _set_direct(fd, True)
+
+    def space(self) -> memoryview:
+        return self._view[self._pos:]
+
+    def filled(self, n: int) -> None:
+        self.size += n
+        if self.max_size and self.size > self.max_size:
+            raise TooLarge(self.max_size)
+        self.hash.update(self._view[self._pos:self._pos + n])
+        self._pos += n
+        if self._pos == _STAGE:
+            self._write_stage()
+
+    def copy_in(self, data: memoryview) -> None:
+        while data:
+            space = self.space()
+            n = min(len(space), len(data))
+            space[:n] = data[:n]
+            self.filled(n)
+            data = data[n:]
+
+    def _write_stage(self) -> None:
+        fd, n = self.fd, self._pos
+        self._pos = 0
+        if fd is None or not n:
+            return
+        view = self._view[:n]
+        if self._direct and n % _ALIGN:
+            self._direct = not _set_direct(fd, False)  # the tail: not a whole block
+        while view:
+            try:
+                done = os.write(fd, view)
+            except OSError as exc:
+                if not self._direct or exc.errno != errno.EINVAL:
+                    raise
+                self._direct = not _set_direct(fd, False)  # refused after all: go buffered
+                continue
+            view = view[done:]
+            if view and self._direct:
+                self._direct = not _set_direct(fd, False)  # a short write leaves us unaligned
+        self._written += n
+        if not self._direct and self._writeback and self._written - self._flushed >= _WRITEBACK_EVERY:
+            _sync_file_range(fd, self._flushed, self._written - self._flushed, _SYNC_FILE_RANGE_WRITE)
+            self._flushed = self._written
+
+    def absorb_rest(self) -> None:
+        self._write_stage()
+
+
+class _DirectPut(DirectUpload):
+    """LocalBlobStore.direct_upload(): the temp file written straight from the caller's thread."""
+
+    def __init__(self, store: LocalBlobStore, oid: str, sink: _Staged, tmp: Path | None):
+        self._store, self._oid, self._sink, self._tmp = store, oid, sink, tmp
+        self._ended = False
+
+    def buffer(self) -> memoryview:
+        return self._sink.space()
+
+    def filled(self, n: int) -> None:
+        try:
+            self._sink.filled(n)
+        except OSError as exc:
+            raise _storage_error(exc, self._oid)
+
+    def write(self, data: memoryview) -> None:
+        try:
+            self._sink.copy_in(data)
+        except OSError as exc:
+            raise _storage_error(exc, self._oid)
+
+    async def finish(self) -> PutResult:
+        assert not self._ended
+        self._ended = True
+        sink, oid = self._sink, self._oid
+        if sink.fd is None or self._tmp is None:
+            # Already stored and sound: only checked against the client's content.
+            digest = sink.hash.hexdigest()
+            if digest != oid:
+                raise HashMismatch(oid, digest, sink.size)
+            return PutResult(created=False, size=sink.size)
+        try:
+            # The sync-pool job owns the temp file from here, even if this task is cancelled.
+            created = await asyncio.get_running_loop().run_in_executor(
+                self._store._sync_pool, self._store._complete, sink, oid, sink.fd, self._tmp)
+        except OSError as exc:
+            raise _storage_error(exc, oid)
+        return PutResult(created=created, size=sink.size)
+
+    async def abort(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._sink.fd is not None and self._tmp is not None:
+            await asyncio.shield(run_blocking(_close_and_unlink, self._sink.fd, self._tmp))
 
 
 class LocalBlobStore(BlobStore):
@@ -427,18 +572,22 @@ class LocalBlobStore(BlobStore):
             if self.durable:
                 _fsync_dir(d.parent)
 
-    def _install(self, oid: str, fd: int, tmp: Path) -> bool:
+    def _install(self, oid: str, fd: int, tmp: Path, on_verified: Callable[[], None] | None = None) -> bool:
         """Make the verified temp file the object. False when an intact copy got there first.
 
         The content is on disk before its name is, and the name before the upload is
         acknowledged. (Linking first and syncing after was measured: ext4 still commits its
-        journal once per fsync, so nothing is saved by the weaker order.)
+        journal once per fsync, so nothing is saved by the weaker order.) New shard directories
+        are made first: they expose nothing, and on a journalling filesystem the content's
+        fsync then commits them too, so their own fsyncs find nothing left to do (one journal
+        commit less for most small uploads, which mostly land in a new shard).
         """
+        final = self.path(oid)
+        if not os.path.isdir(os.path.dirname(final)):  # (pathlib's exists() costs more per upload)
+            self._ensure_dir(final.parent)
         if self.durable:
             os.fsync(fd)
         os.fchmod(fd, 0o444)
-        final = self.path(oid)
-        self._ensure_dir(final.parent)
         try:
             os.link(tmp, final)
         except FileExistsError:
@@ -451,6 +600,8 @@ class LocalBlobStore(BlobStore):
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
                 raise
             os.replace(tmp, final)  # no hard links here: rename (may replace a concurrent copy: same bytes)
+        if on_verified is not None:
+            on_verified()  # the caller's commit and the sync below wait on the disk together
         if self.durable:
             _fsync_dir(final.parent)
         return True
@@ -465,7 +616,8 @@ class LocalBlobStore(BlobStore):
         fd, tmp = self._open_temp(oid)
         return state, fd, tmp
 
-    def _complete(self, sink: _Sink, oid: str, fd: int, tmp: Path) -> bool:
+    def _complete(self, sink: _Sink, oid: str, fd: int, tmp: Path,
+                  on_verified: Callable[[], None] | None = None) -> bool:
         """Last step of an upload, in a sync-pool thread: hash and write what is left, check the
         oid, install, remember it as verified; the temp file is closed and removed in any case."""
         try:
@@ -473,19 +625,53 @@ class LocalBlobStore(BlobStore):
             digest = sink.hash.hexdigest()
             if digest != oid:
                 raise HashMismatch(oid, digest, sink.size)
-            created = self._install(oid, fd, tmp)
+            created = self._install(oid, fd, tmp, on_verified)
         finally:
             _close_and_unlink(fd, tmp)
         if created and self.durable:
             # Stamped after the temp name is gone (unlinking it changes the file's ctime).
             # Without fsync a crash could leave the blocks unwritten under unchanged metadata,
             # so a non-durable store leaves new objects unverified until first checked.
+            # Not waited for: only a cache (the object gets re-hashed if it is lost), and the
+            # stamps thread runs its jobs in order, so a lookup made after this upload is
+            # acknowledged finds it.
             stamp = _stamp(os.stat(self._fspath(oid)))
-            try:
-                self._stamps.write_sync(self._stamp_writer(oid, stamp, True))
-            except sqlite3.Error as exc:  # only a cache: the object gets re-hashed later
-                log.warning("could not record verification of %s: %s", oid, exc)
+            self._stamps.write_nowait(self._stamp_writer(oid, stamp, True)).add_done_callback(
+                functools.partial(_stamp_written, oid))
         return created
+
+    async def direct_upload(self, oid: str, *, max_size: int = 0) -> DirectUpload:
+        _check_oid(oid)
+        try:
+            _current, fd, tmp = await run_blocking(self._begin, oid)
+        except OSError as exc:
+            raise _storage_error(exc, oid)
+        return _DirectPut(self, oid, _Staged(fd, max_size, self.durable), tmp)
+
+    def _put_whole(self, oid: str, data: bytes, max_size: int, on_verified: Callable[[], None] | None) -> PutResult:
+        """put_bytes() in one sync-pool job: look up, hash, write, sync and install together."""
+        if max_size and len(data) > max_size:
+            raise TooLarge(max_size)
+        _current, fd, tmp = self._begin(oid)
+        if fd is None or tmp is None:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != oid:
+                raise HashMismatch(oid, digest, len(data))
+            return PutResult(created=False, size=len(data))
+        sink = _Sink(fd, max_size)
+        sink.hold(data)
+        return PutResult(created=self._complete(sink, oid, fd, tmp, on_verified), size=len(data))
+
+    async def put_bytes(self, oid: str, data: bytes, *, max_size: int = 0,
+                        on_verified: Callable[[], None] | None = None) -> PutResult:
+        _check_oid(oid)
+        try:
+            # One thread hop for the whole upload; the job cleans up after itself if this task
+            # is cancelled meanwhile (_complete removes the temp file in any case).
+            return await asyncio.get_running_loop().run_in_executor(
+                self._sync_pool, self._put_whole, oid, data, max_size, on_verified)
+        except OSError as exc:
+            raise _storage_error(exc, oid)
 
     async def put(self, oid: str, chunks: AsyncIterator[bytes], *, max_size: int = 0) -> PutResult:
         _check_oid(oid)
@@ -532,14 +718,37 @@ class LocalBlobStore(BlobStore):
         return PutResult(created=created, size=sink.size)
 
     # -- reading -------------------------------------------------------------------------------
-    async def get(self, oid: str) -> BlobHandle:
-        state = await self.state(oid)
+    def _get_on(self, oid: str, inline: int):
+        """A job for the stamps thread: the object's state and, if it is verified and at most
+        `inline` bytes, its content (one hop for a small download)."""
+        def job(conn: sqlite3.Connection) -> tuple[ObjectState, bytes | None]:
+            stats = self._stat_many([oid])
+            stamps = self._stamps_query(list(stats))(conn) if stats else {}
+            state = _classify(stats.get(oid), stamps.get(oid))
+            if state.status is not Status.OK or state.size > inline:
+                return state, None
+            try:
+                fd = os.open(self._fspath(oid), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return MISSING, None
+            try:
+                data = os.read(fd, state.size + 1)
+                # The content read is the verified one only if the file is still the one stamped.
+                same = _stamp(os.fstat(fd)) == _stamp(stats[oid]) and len(data) == state.size
+            finally:
+                os.close(fd)
+            return state, (data if same else None)
+        return job
+
+    async def get(self, oid: str, *, inline: int = 0) -> BlobHandle:
+        _check_oid(oid)
+        state, data = await self._stamps.read(self._get_on(oid, inline))
         if state.status is Status.MISSING:
             raise ObjectMissing(f"object {oid} does not exist")
         if state.status is Status.CORRUPT:
             raise CorruptObject(f"object {oid} is corrupt")
         ok = state.status is Status.OK
-        return BlobHandle(oid, state.size, ok, self.path(oid) if ok else None)
+        return BlobHandle(oid, state.size, ok, self.path(oid) if ok else None, data=data)
 
     async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         oid = handle.oid
@@ -673,6 +882,12 @@ class LocalBlobStore(BlobStore):
         for shard in shards:
             for item in await run_blocking(self._list_shard, shard):
                 yield item
+
+
+def _stamp_written(oid: str, fut: concurrent.futures.Future) -> None:
+    exc = fut.exception()
+    if exc is not None:  # only a cache: the object gets re-hashed later
+        log.warning("could not record verification of %s: %s", oid, exc)
 
 
 def _fsync_dir(path: Path) -> None:

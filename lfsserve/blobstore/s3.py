@@ -384,7 +384,7 @@ class S3BlobStore(BlobStore):
         return None
 
     # -- reading -------------------------------------------------------------------------------
-    async def get(self, oid: str) -> BlobHandle:
+    async def get(self, oid: str, *, inline: int = 0) -> BlobHandle:
         head = await self._head(self.key(oid))
         state = self._classify(oid, head)
         if state.status is Status.MISSING:

@@ -8,6 +8,7 @@ repository references it and the pusher could already read it elsewhere (see Lfs
 
 from __future__ import annotations
 
+import concurrent.futures
 import sqlite3
 import time
 from collections.abc import Collection
@@ -64,6 +65,10 @@ class NamespaceIndex:
     async def grant(self, namespace: str, oids: Collection[str]) -> None:
         if oids:
             await self.db.write(self._grant(namespace, list(oids)))
+
+    def grant_nowait(self, namespace: str, oids: Collection[str]) -> concurrent.futures.Future:
+        """grant() from any thread, without waiting: the future is done once it is committed."""
+        return self.db.write_nowait(self._grant(namespace, list(oids)))
 
 
     async def namespaces_of(self, oids: Collection[str]) -> dict[str, list[str]]:

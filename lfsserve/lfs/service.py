@@ -10,6 +10,7 @@ Its public methods are the whole interface the other front ends use; each says w
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -21,6 +22,7 @@ from ..blobstore import (
     BlobHandle,
     BlobStore,
     CorruptObject,
+    DirectUpload,
     ObjectMissing,
     ObjectState,
     PutResult,
@@ -128,6 +130,57 @@ class LfsService:
         except BaseException:
             self.stats.uploads_rejected += 1
             raise
+        return await self._granted(namespace, oid, result)
+
+    async def receive_bytes(self, namespace: str, oid: str, data: bytes) -> PutResult:
+        """receive() of a body already received whole (a small upload: one worker job).
+
+        The grant is committed while the store syncs the object's name (both wait on the disk
+        at once): it is only started once the content is checked and in place, so it never
+        exposes content the client did not prove it has; a crash before the name is synced
+        leaves a grant without an object, which reads as missing (the upload was not
+        acknowledged, and is repeated)."""
+        granting: list[concurrent.futures.Future] = []
+
+        def verified() -> None:  # in the store's thread
+            granting.append(self.namespaces.grant_nowait(namespace, [oid]))
+
+        try:
+            result = await self.store.put_bytes(oid, data, max_size=self.config.lfs.max_object_size,
+                                                on_verified=verified)
+        except BaseException:
+            self.stats.uploads_rejected += 1
+            if granting:
+                await asyncio.wait([asyncio.wrap_future(granting[0])])
+            raise
+        if not granting:
+            return await self._granted(namespace, oid, result)
+        await asyncio.wrap_future(granting[0])
+        self.stats.uploads += 1
+        self.stats.upload_bytes += result.size
+        return result
+
+    async def open_upload(self, oid: str) -> DirectUpload | None:
+        """An upload a front end feeds from one worker thread (large bodies read straight from
+        the socket), or None when the backend has no such path; end it with complete_upload()."""
+        return await self.store.direct_upload(oid, max_size=self.config.lfs.max_object_size)
+
+    async def complete_upload(self, namespace: str, oid: str, upload: DirectUpload) -> PutResult:
+        """Finish an open_upload() whose whole body was written: checked, stored and granted as
+        by receive(); on any error nothing is left behind."""
+        try:
+            result = await upload.finish()
+        except BaseException:
+            await self.upload_failed(upload)
+            raise
+        return await self._granted(namespace, oid, result)
+
+    async def upload_failed(self, upload: DirectUpload) -> None:
+        """Drop an open_upload() that could not be completed."""
+        self.stats.uploads_rejected += 1
+        await upload.abort()
+
+    async def _granted(self, namespace: str, oid: str, result: PutResult) -> PutResult:
         await self.namespaces.grant(namespace, [oid])
         if (not result.created or self.store.recheck_after_grant) and not (await self.store.state(oid)).present:
             # put() found the object already stored and only checked the upload against it; an
@@ -141,16 +194,26 @@ class LfsService:
         return result
 
     # -- downloads -----------------------------------------------------------------------------
-    async def open_download(self, namespace: str, oid: str, *, whole: bool) -> BlobHandle:
-        """A handle on object `oid` as repository `namespace` sees it, ready to be sent.
+    async def open_download(self, namespace: str, oid: str, *, whole: bool, inline: int = 0) -> BlobHandle:
+        """A handle on object `oid` as repository `namespace` sees it, ready to be sent (with
+        its content in `data` when it is verified and at most `inline` bytes).
 
         Raises ObjectMissing when it is not visible there (or not stored), CorruptObject when it
         is known or found to be corrupt. A whole read verifies an object that changed on disk as
         it streams (read()); for a part of one, or only its headers (`whole` false), that is
         impossible, so it is re-hashed first."""
-        if not await self.namespaces.visible(namespace, [oid]) and not await self._promote(namespace, [oid]):
-            raise ObjectMissing("The object does not exist")
-        handle = await self.store.get(oid)
+        # Both lookups at once; the store's answer (even an error) counts only if visible.
+        visible, got = await asyncio.gather(self.namespaces.visible(namespace, [oid]),
+                                            self.store.get(oid, inline=inline), return_exceptions=True)
+        if isinstance(visible, BaseException):
+            raise visible
+        if not visible:
+            if not await self._promote(namespace, [oid]):
+                raise ObjectMissing("The object does not exist")
+            got = await self.store.get(oid, inline=inline)  # installed just now: look again
+        elif isinstance(got, BaseException):
+            raise got
+        handle = got
         if not handle.verified and not whole:
             state = await self.store.verify(oid)
             if state.status is Status.CORRUPT:

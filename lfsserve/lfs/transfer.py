@@ -22,7 +22,7 @@ from ..blobstore import BlobError, BlobHandle
 from ..kernel import CTX
 from ..reqkeys import PRINCIPAL
 from ..routing import Target
-from . import sendfile
+from . import receive, sendfile
 from .errors import LfsError, endpoint
 from .keys import LFS_SERVICE
 from .request import object_error, read_json
@@ -60,7 +60,19 @@ async def _upload(request: web.Request, svc: LfsService, ns: str, oid: str) -> w
     if limit and request.content_length is not None and request.content_length > limit:
         raise LfsError(413, f"object larger than this server's limit of {limit} bytes",
                        headers={"Connection": "close"})
-    result = await svc.receive(ns, oid, request.content.iter_any())
+    content = request.content
+    if content.is_eof():
+        # The whole body came with the headers (small objects): one worker job stores it.
+        result = await svc.receive_bytes(ns, oid, content.read_nowait(-1))
+    elif receive.eligible(request) and (upload := await svc.open_upload(oid)) is not None:
+        try:
+            await receive.read_into(request, upload, svc.config.limits.idle_timeout)
+        except BaseException:
+            await svc.upload_failed(upload)
+            raise
+        result = await svc.complete_upload(ns, oid, upload)
+    else:
+        result = await svc.receive(ns, oid, content.iter_any())
     hooks = request.app[CTX].webhooks
     if hooks is not None and hooks.targets(ns, "lfs"):
         await run_blocking(hooks.emit_sync, "lfs", ns, principal.name, {"lfs_oids": [oid]})
@@ -70,11 +82,17 @@ async def _upload(request: web.Request, svc: LfsService, ns: str, oid: str) -> w
 async def _download(request: web.Request, svc: LfsService, ns: str, oid: str) -> web.StreamResponse:
     await _principal(request, svc, ns, oid, "download", Permission.READ)
     # ObjectMissing -> 404, CorruptObject -> 422
-    handle = await svc.open_download(ns, oid, whole=request.method != "HEAD" and "Range" not in request.headers)
+    plain = _plain_get(request)
+    handle = await svc.open_download(ns, oid, whole=request.method != "HEAD" and "Range" not in request.headers,
+                                     inline=_SENDFILE_MIN - 1 if plain else 0)
     headers = {"Content-Type": _OCTETS}
+    if handle.data is not None and plain:
+        # Small and verified: read with the lookup, sent from memory.
+        svc.sent(handle.size)
+        return web.Response(body=handle.data, headers=headers)
     if handle.path is not None:
         svc.sent(handle.size)
-        if _plain_get(request) and handle.size >= _SENDFILE_MIN:
+        if plain and handle.size >= _SENDFILE_MIN:
             response = await sendfile.send(request, handle.path, handle.size, headers)
             if response is not None:
                 return response
