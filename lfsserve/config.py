@@ -123,6 +123,14 @@ STORAGE_BACKENDS = ("local",)
 
 
 @dataclass
+class DatabaseConfig:
+    # Where LFS metadata (which repository sees which object, file locks) lives. Empty: a SQLite
+    # file under <root>/lfs (one server). "postgresql://user:password@host:5432/db": shared by
+    # several lfsserve instances (schema created or migrated on start-up).
+    url: str = ""
+
+
+@dataclass
 class HgConfig:
     # Where repositories live; empty = <root>/repos.
     repos_dir: str = ""
@@ -200,6 +208,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     lfs: LfsConfig = field(default_factory=LfsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
     hg: HgConfig = field(default_factory=HgConfig)
     log: LogConfig = field(default_factory=LogConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -264,6 +273,8 @@ class Config:
         if self.storage.backend not in STORAGE_BACKENDS:
             raise ConfigError(f"storage.backend: must be one of {', '.join(STORAGE_BACKENDS)}, "
                               f"got {self.storage.backend!r}")
+        if self.database.url and not self.database.url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("database.url: must be empty (SQLite) or start with postgresql://")
         for i, engine in enumerate(self.hg.compression):
             if engine not in ("zstd", "zlib", "none"):
                 raise ConfigError(f"hg.compression[{i}]: unknown engine {engine!r} (zstd, zlib, none)")

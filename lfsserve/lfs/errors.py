@@ -28,6 +28,7 @@ from ..blobstore import (
     UploadRaced,
 )
 from ..kernel import CTX, LFS_JSON, Handler, lfs_error
+from ..pgdb import RETRY_AFTER, DatabaseUnavailable
 from ..routing import Target
 
 __all__ = ["LFS_JSON", "LfsError", "blob_status", "endpoint", "json_response"]
@@ -94,6 +95,10 @@ def endpoint(handler: Handler) -> Handler:
             return _error_response(request, exc.status, exc.message, headers)
         except BlobError as exc:
             return _error_response(request, blob_status(exc), exc.message)
+        except DatabaseUnavailable as exc:
+            # git-lfs retries a 503 after Retry-After; nothing was changed.
+            return _error_response(request, 503, f"metadata database unavailable, try again: {exc}",
+                                   {"Retry-After": str(RETRY_AFTER)})
         except (ClientPayloadError, asyncio.IncompleteReadError) as exc:
             # The client stopped sending mid-body; it is probably gone, but say why if it is not.
             return _error_response(request, 400, f"request body incomplete: {exc}",
