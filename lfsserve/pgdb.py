@@ -117,14 +117,14 @@ class PgDb:
             async with self._pool.acquire() as conn:
                 yield conn
         except self._lost as exc:
-            self._connection_lost()
+            await self._connection_lost()
             raise DatabaseUnavailable(f"{self._name}: {type(exc).__name__}: {exc}") from exc
 
-    def _connection_lost(self) -> None:
+    async def _connection_lost(self) -> None:
         # After a server restart every idle connection of the pool is dead: have them all
         # reopened, rather than each failing one more request.
         if self._pool is not None:
-            self._pool.expire_connections()
+            await self._pool.expire_connections()
 
     async def read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run a read-only `fn`; tried again once on a fresh connection if the connection was lost
@@ -149,7 +149,7 @@ class PgDb:
                 except self._lost:
                     if attempt == 2:
                         raise
-                    self._connection_lost()
+                    await self._connection_lost()
                     continue
                 try:
                     result = await fn(conn)

@@ -39,9 +39,14 @@ from .namespaces import NamespaceIndex, PgNamespaceIndex, SqliteNamespaceIndex
 
 # Lock and LockExists are what LfsService.locks hands out and raises, for front ends (ssh/) that
 # reach LFS storage through this module only.
-__all__ = ["GcReport", "LfsService", "LfsStats", "Lock", "LockExists", "VerifyFailed", "VerifyReport"]
+__all__ = ["PG_MIGRATIONS", "GcReport", "LfsService", "LfsStats", "Lock", "LockExists", "VerifyFailed",
+           "VerifyReport"]
 
 log = logging.getLogger(__name__)
+
+# The PostgreSQL schema, one migration per entry, applied in order once each (pgdb.PgDb). Append
+# new entries; never edit one that has shipped.
+PG_MIGRATIONS = [namespaces.PG_SCHEMA + locks.PG_SCHEMA]
 
 
 @dataclass
@@ -108,8 +113,7 @@ class LfsService:
         store = store or open_store(config)
         if config.database.url:
             # Shared by every instance using this database. Migrations only ever get appended.
-            return cls(config, auth, store, PgDb(config.database.url, [namespaces.PG_SCHEMA + locks.PG_SCHEMA],
-                                                 name="lfs-meta"))
+            return cls(config, auth, store, PgDb(config.database.url, PG_MIGRATIONS, name="lfs-meta"))
         root = config.lfs_dir
         # With lfs.fsync the visibility grants and locks are as durable as the objects: an
         # acknowledged upload is still visible to its repository after a power loss. (SqliteDb
