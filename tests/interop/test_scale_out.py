@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from ..bundle_build import LFS_FLAG, changegroup03, changegroup_bundle, lfs_pointer
 from ..pgserver import PgServer
-from ..support import HG, LfsserveProcess, hg_env, oid_of, run, start_lfsserve
+from ..support import HG, REPO_ROOT, LfsserveProcess, hg_env, oid_of, run, start_lfsserve
 from .lfs_http import LFS, batch, download, objects, request, upload
 from .lfs_util import stored_oids
 from .nginx import Nginx, start_nginx
@@ -35,6 +37,7 @@ pytestmark = pytest.mark.interop
 
 TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdef"}
 REPO = "team/proj"
+LFS_REPO = "team/lfs"  # made by `lfsserve init` (hg lfs requirement), pushed to raw
 COMMITS = 1  # per pushing client
 FILES = 150  # per commit
 
@@ -65,6 +68,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_server: PgServer) -> It
     try:
         for _ in range(3):
             servers.append(start_lfsserve(root, config=config))
+        subprocess.run([sys.executable, "-m", "lfsserve", "init", "--root", str(root), LFS_REPO],
+                       cwd=REPO_ROOT, check=True, capture_output=True)
         nginx = start_nginx(base / "nginx", [s.port for s in servers])
         yield Cluster(root, servers[0], servers[1], servers[2], nginx, pg_server)
     finally:
@@ -191,6 +196,14 @@ def _start_upload(server: LfsserveProcess, repo: str, data: bytes, sent: int) ->
     return sock
 
 
+def _push_pointer(server: LfsserveProcess, oid: str, size: int) -> tuple[int, bytes]:
+    """A raw hg push (bundle2) to LFS_REPO of one changeset whose file is an lfs pointer to `oid`."""
+    bundle = changegroup_bundle(changegroup03(b"big.bin", lfs_pointer(oid, str(size).encode()), file_flags=LFS_FLAG))
+    status, _, raw = request(f"{server.url}/{LFS_REPO}?cmd=unbundle", "POST", bundle,
+                             {"X-HgArg-1": "heads=" + b"force".hex(), "Content-Type": "application/mercurial-0.1"})
+    return status, raw
+
+
 def test_killed_instance_leaves_nothing_partial_and_database_restart(cluster: Cluster):
     data = os.urandom(4 * 1024 * 1024)
     oid = oid_of(data)
@@ -224,10 +237,17 @@ def test_killed_instance_leaves_nothing_partial_and_database_restart(cluster: Cl
         assert "database" in body["message"]
         status, body = lock_call(cluster.lfs(cluster.b), "locks", {"path": "during-outage"}, "alice")
         assert status == 503, body
+        # an hg push whose lfs pointer must be vouched for: refused cleanly, nothing applied
+        status, raw = _push_pointer(cluster.b, oid, len(data))
+        assert status == 503, raw[:500]
+        assert run([HG, "log", "-R", str(cluster.root / "repos" / LFS_REPO), "-T", "x"]).stdout == b""
         # what needs no metadata is still served
-        assert request(f"{cluster.b.url}/{REPO}?cmd=capabilities")[0] == 200
+        assert request(f"{cluster.b.url}/{LFS_REPO}?cmd=capabilities")[0] == 200
     finally:
         cluster.pg.start()
+    status, raw = _push_pointer(cluster.b, oid, len(data))
+    assert status == 200 and b"error" not in raw.lower(), raw[:500]
+    assert run([HG, "log", "-R", str(cluster.root / "repos" / LFS_REPO), "-T", "x"]).stdout == b"x"
     for server in (cluster.a, cluster.b):
         assert download(cluster.lfs(server), oid, len(data)) == (200, data)
         assert lock_call(cluster.lfs(server), "locks", {}, "alice", method="GET")[0] == 200
