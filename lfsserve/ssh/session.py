@@ -11,6 +11,7 @@ import time
 
 from ..auth import Authenticator, AuthError, Permission, Principal
 from ..config import Config
+from ..pgdb import DatabaseUnavailable
 from .command import BadCommand, SshCommand, parse_command
 from .hg import serve_hg_stdio
 from .pktline import PktReader, PktWriter, ProtocolError, open_stdio
@@ -76,7 +77,10 @@ async def _transfer(config: Config, auth: Authenticator, principal: Principal, c
     from .transfer import SessionAbort, TransferSession
 
     svc = LfsService.create(config, auth)
-    await svc.start()
+    try:
+        await svc.start()
+    except DatabaseUnavailable as exc:
+        return _fail(f"git-lfs-transfer: {exc}; try again later")
     try:
         reader, writer = await open_stdio()
         session = TransferSession(svc, principal, cmd.repo, cmd.operation, PktReader(reader), PktWriter(writer))
