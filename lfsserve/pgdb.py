@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     import asyncpg
 
-__all__ = ["RETRY_AFTER", "DatabaseUnavailable", "PgDb", "rowcount"]
+__all__ = ["RETRY_AFTER", "DatabaseUnavailable", "PgDb", "SchemaTooNew", "rowcount"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ _CONNECT_TIMEOUT = 10.0
 
 class DatabaseUnavailable(Exception):
     """The shared database could not be reached (down, restarting, unreachable): try again later."""
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer lfsserve than this one."""
 
 
 def rowcount(status: str) -> int:
@@ -60,7 +64,7 @@ class PgDb:
     # -- lifecycle -----------------------------------------------------------------------------
     async def astart(self) -> None:
         """Open the pool and bring the schema up to date; raises DatabaseUnavailable if the
-        server cannot be reached, RuntimeError if the schema is newer than this lfsserve."""
+        server cannot be reached, SchemaTooNew if the schema is newer than this lfsserve."""
         if self._pool is not None:
             return
         import asyncpg
@@ -98,7 +102,7 @@ class PgDb:
             await conn.execute("CREATE TABLE IF NOT EXISTS lfsserve_schema (version integer NOT NULL)")
             version = await conn.fetchval("SELECT max(version) FROM lfsserve_schema") or 0
             if version > len(self._migrations):
-                raise RuntimeError(f"{self._name}: the database schema is version {version}, newer than "
+                raise SchemaTooNew(f"{self._name}: the database schema is version {version}, newer than "
                                    f"this lfsserve knows ({len(self._migrations)}); upgrade lfsserve")
             for number, sql in enumerate(self._migrations[version:], start=version + 1):
                 async with conn.transaction():

@@ -19,7 +19,7 @@ from lfsserve.lfs import namespaces as ns_mod
 from lfsserve.lfs.locks import LockExists, LockStore, PgLockStore, SqliteLockStore
 from lfsserve.lfs.namespaces import NamespaceIndex, PgNamespaceIndex, SqliteNamespaceIndex
 from lfsserve.lfs.service import PG_MIGRATIONS
-from lfsserve.pgdb import DatabaseUnavailable, PgDb
+from lfsserve.pgdb import DatabaseUnavailable, PgDb, SchemaTooNew
 from lfsserve.sqlitedb import SqliteDb
 
 from ..support import free_port
@@ -215,7 +215,7 @@ async def test_instances_starting_at_once_migrate_once(pg_server):
         await newer.astop()
         # and an lfsserve that knows fewer migrations than the database refuses to start
         older = PgDb(url, PG_MIGRATIONS, max_size=1)
-        with pytest.raises(RuntimeError, match="newer than this lfsserve knows"):
+        with pytest.raises(SchemaTooNew, match="newer than this lfsserve knows"):
             await older.astart()
     finally:
         for db in dbs:
@@ -256,3 +256,12 @@ async def test_unreachable_at_start():
     db = PgDb(f"postgresql://nobody@127.0.0.1:{free_port()}/none", PG_MIGRATIONS)
     with pytest.raises(DatabaseUnavailable, match="cannot connect"):
         await db.astart()
+
+
+def test_admin_command_says_database_is_unreachable(tmp_path: Path, monkeypatch, capsys):
+    from lfsserve.cli import main
+
+    (tmp_path / "lfs").mkdir()
+    monkeypatch.setenv("LFSSERVE_DATABASE_URL", f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+    assert main(["gc", "--root", str(tmp_path)]) == 1
+    assert "lfs-meta: cannot connect" in capsys.readouterr().err
