@@ -27,10 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
-import stat
 import sys
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..aio import iterate_blocking, run_blocking
@@ -49,10 +48,11 @@ from ..wire.v1.transport import (
     PushTooLarge,
     lfs_checker,
     may_create,
-    open_spool,
+    refused_reply,
+    spool,
     spool_dir,
 )
-from .pktline import open_stdio
+from .pktline import STDIO_REFUSED, open_stdio, stdio_usable
 
 if TYPE_CHECKING:
     from ..lfs.service import LfsService
@@ -96,16 +96,16 @@ async def _serve(config: Config, principal: Principal, repo: str) -> int:
         with registry.open(repo, may_create=creatable):
             pass
     try:
-        # as `hg serve --stdio` does, a missing repository is an abort before the handshake
         await run_blocking(check)
-    except RepoNotFound as exc:
-        print(f"abort: {exc.message}", file=sys.stderr, flush=True)
-        return 255
     except CannotCreate as exc:
         return _fail(str(exc))
-    if not _streamable(0) or not _streamable(1):
-        # asyncio cannot wait on a regular file or /dev/null (it would wait forever)
-        return _fail("hg serve --stdio needs pipes or sockets as stdin and stdout (as sshd gives)")
+    except HgError as exc:
+        # as `hg serve --stdio` does, a missing (or unreadable) repository is an abort before the
+        # handshake
+        print(f"abort: {exc.message}", file=sys.stderr, flush=True)
+        return 255
+    if not stdio_usable():
+        return _fail(f"hg serve --stdio {STDIO_REFUSED}")
     reader, writer = await open_stdio()
     server = _HgServer(config, auth, registry, principal, repo, creatable, reader, writer)
     try:
@@ -118,11 +118,6 @@ async def _serve(config: Config, principal: Principal, repo: str) -> int:
         return _fail("the client went away")
     finally:
         await server.close()
-
-
-def _streamable(fd: int) -> bool:
-    mode = os.fstat(fd).st_mode
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 class _HgServer:
@@ -308,15 +303,26 @@ class _HgServer:
             await svc.start()
             self._lfs = svc
         await self._respond(b"")
-        body = await self._spool()
+        frames = self._frames()
+        reply: bytes | Stream | PushReply
         try:
-            with contextlib.ExitStack() as stack:
-                def work() -> bytes | Stream | PushReply:
-                    return cmd.func(self._session(stack, body), **args)
-                async with self.registry.write_lock(self.repo):
-                    reply = await run_blocking(work)
-        finally:
-            await run_blocking(body.close)
+            body = await spool(frames, spool_dir(self.config), self.config.hg.max_push_size)
+        except PushTooLarge as exc:
+            # The rest of the bundle is read and dropped, so that the client reads hg's own form of
+            # the refusal instead of failing on a closed channel.
+            async for _ in frames:
+                pass
+            log.info("push to %s by %s refused: %s", self.repo, self.principal, exc)
+            reply = refused_reply(frames.magic, exc)
+        else:
+            try:
+                with contextlib.ExitStack() as stack:
+                    def work() -> bytes | Stream | PushReply:
+                        return cmd.func(self._session(stack, body), **args)
+                    async with self.registry.write_lock(self.repo):
+                        reply = await run_blocking(work)
+            finally:
+                await run_blocking(body.close)
         assert isinstance(reply, PushReply), f"{cmd.name} is a push command"
         if reply.changed:
             log.info("push to %s by %s applied", self.repo, self.principal)
@@ -331,29 +337,40 @@ class _HgServer:
         await self._respond(b"")
         await self._respond(result)
 
-    async def _spool(self) -> BinaryIO:
-        """The pushed bundle's frames, into a temporary file (never held in memory)."""
-        limit = self.config.hg.max_push_size
-        fh: BinaryIO = await run_blocking(open_spool, spool_dir(self.config))
-        size = 0
-        try:
-            while True:
-                line = await self._line("the pushed bundle")
-                assert line is not None
-                if not _DIGITS.match(line):
-                    raise ChannelError(f"expected a frame length in the pushed bundle, got {line[:60]!r}")
-                n = int(line)
-                if n == 0:
-                    break
-                size += n
-                if limit and size > limit:
-                    raise PushTooLarge(limit)
-                while n:
-                    chunk = await self._exactly(min(n, SPOOL_CHUNK), "the pushed bundle")
-                    n -= len(chunk)
-                    await run_blocking(fh.write, chunk)
-            await run_blocking(fh.seek, 0)
-        except BaseException:
-            fh.close()
-            raise
-        return fh
+    def _frames(self) -> _Frames:
+        """The pushed bundle's frames (`<length>\\n<bytes>`, ended by `0\\n`), as chunks."""
+        return _Frames(self)
+
+
+class _Frames:
+    """The chunks of a pushed bundle as it arrives; `magic` keeps its first bytes (which bundle
+    format the client sent, for the answer to a refused push)."""
+
+    def __init__(self, server: _HgServer) -> None:
+        self._server = server
+        self._it = self._chunks()
+        self.magic = b""
+
+    def __aiter__(self) -> _Frames:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._it.__anext__()
+        if len(self.magic) < 4:
+            self.magic += chunk[:4 - len(self.magic)]
+        return chunk
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        server = self._server
+        while True:
+            line = await server._line("the pushed bundle")
+            assert line is not None
+            if not _DIGITS.match(line):
+                raise ChannelError(f"expected a frame length in the pushed bundle, got {line[:60]!r}")
+            n = int(line)
+            if n == 0:
+                return
+            while n:
+                chunk = await server._exactly(min(n, SPOOL_CHUNK), "the pushed bundle")
+                n -= len(chunk)
+                yield chunk

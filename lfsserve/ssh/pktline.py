@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import sys
 
-__all__ = ["DELIM", "FLUSH", "MAX_PAYLOAD", "PktReader", "PktWriter", "ProtocolError", "open_stdio"]
+__all__ = ["DELIM", "FLUSH", "MAX_PAYLOAD", "STDIO_REFUSED", "PktReader", "PktWriter", "ProtocolError",
+           "open_stdio", "stdio_usable"]
 
 MAX_PACKET = 65520
 MAX_PAYLOAD = MAX_PACKET - 4
@@ -99,8 +101,21 @@ class PktWriter:
         await self._w.drain()
 
 
+STDIO_REFUSED = "needs pipes or sockets as stdin and stdout (as sshd gives)"
+
+
+def stdio_usable() -> bool:
+    """Whether stdin and stdout are pipes or sockets. asyncio cannot wait on a regular file or
+    /dev/null (it would wait forever), so a session refuses to start on them."""
+    def streamable(fd: int) -> bool:
+        mode = os.fstat(fd).st_mode
+        return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+    return streamable(sys.stdin.fileno()) and streamable(sys.stdout.fileno())
+
+
 async def open_stdio() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Standard input and output (pipes or sockets from sshd) as asyncio streams."""
+    """Standard input and output (pipes or sockets from sshd) as asyncio streams. Check
+    stdio_usable() first."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_PACKET * 2)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),

@@ -14,7 +14,7 @@ from ..config import Config
 from ..pgdb import DatabaseUnavailable
 from .command import BadCommand, SshCommand, parse_command
 from .hg import serve_hg_stdio
-from .pktline import PktReader, PktWriter, ProtocolError, open_stdio
+from .pktline import STDIO_REFUSED, PktReader, PktWriter, ProtocolError, open_stdio, stdio_usable
 
 __all__ = ["authenticate_answer", "run_forced_command"]
 
@@ -76,6 +76,8 @@ async def _transfer(config: Config, auth: Authenticator, principal: Principal, c
     from ..lfs.service import LfsService
     from .transfer import SessionAbort, TransferSession
 
+    if not stdio_usable():
+        return _fail(f"git-lfs-transfer {STDIO_REFUSED}")
     svc = LfsService.create(config, auth)
     try:
         await svc.start()

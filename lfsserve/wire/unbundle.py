@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -119,6 +120,15 @@ def check_heads(repo: ServedRepo, their_heads: list[bytes], context: str) -> Non
     raise PushRaced(f"repository changed while {context} - please try again")
 
 
+def refused_reply(magic: bytes, exc: BaseException) -> PushReply:
+    """The answer to a push refused before it was applied (e.g. too large to spool), in the form
+    of the bundle the client sent (`magic`: its first bytes): an `error:abort` part for bundle2,
+    bundle1's `0\n<message>` otherwise."""
+    if magic[:4] == b"HG20":
+        return PushReply(bundle2.encode_parts([bundle2.abort_part(exc)]))
+    return PushReply(b"0\n%s\n" % str(exc).encode("utf-8"))
+
+
 def unbundle(config: Config, repo: ServedRepo, heads_arg: bytes, body: BinaryIO,
              check_lfs: LfsCheck | None = None) -> PushReply:
     """Apply a pushed bundle to `repo`: an opened repository, or an AbsentRepo when the push may
@@ -141,6 +151,11 @@ def unbundle(config: Config, repo: ServedRepo, heads_arg: bytes, body: BinaryIO,
         algo = body.read(2)
         if algo not in (b"UN", b"GZ", b"BZ"):
             raise BadRequest(f"unbundle: unknown bundle1 compression {algo!r}")
+    elif magic[:1] == b"\0" and len(magic) == 4 and body.seekable():
+        # hg's SSH client sends a bundle1 push as the bare changegroup (its first chunk length
+        # starts with a zero byte), which hg reads as HG10UN
+        kind, algo = "bundle1", b"UN"
+        body.seek(-len(magic), io.SEEK_CUR)
     else:
         raise BadRequest("unbundle: the request body is not a Mercurial bundle "
                          f"(starts with {magic[:4]!r}, expected HG20 or HG10)")

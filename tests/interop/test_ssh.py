@@ -507,6 +507,14 @@ def test_hg_channel_missing_repository(channel):
     assert res.returncode == 0, res
     assert _frames(res.stdout)[1:] == [b"\n", b"0" * 40 + b"\n"]
     assert not (channel.repo.parent / "new").exists()
+    # a repository lfsserve cannot read: hg's form of the abort, no traceback
+    odd = channel.repo.parent / "odd"
+    (odd / ".hg").mkdir(parents=True)
+    (odd / ".hg" / "requires").write_text("revlogv1\nstore\nsome-future-format\n")
+    res = channel("bob", HANDSHAKE, repo="team/odd")
+    err = res.stderr.decode()
+    assert res.returncode == 255 and err.startswith("abort: repository ") and "some-future-format" in err, res
+    assert "Traceback" not in err and err.count("\n") == 1, err
 
 
 def _bundle_frames(chunks: list[bytes]) -> bytes:
@@ -523,9 +531,12 @@ def test_hg_channel_unbundle_refusals_write_nothing(channel, tmp_path):
     # a frame length that is no number
     res = channel("alice", HANDSHAKE + push + b"12x\n")
     assert res.returncode == 1 and "expected a frame length" in res.stderr.decode(), res
-    # more than hg.max_push_size
-    res = channel("alice", HANDSHAKE + push + _bundle_frames([b"\0" * 60000] * 2) + b"0\n")
-    assert res.returncode == 1 and "push larger than this server's limit of 97.66 KiB" in res.stderr.decode(), res
+    # more than hg.max_push_size: the rest is read and dropped, the refusal answered as bundle1's
+    # (the bundle's first bytes are no HG20), and the session goes on
+    res = channel("alice", HANDSHAKE + push + _bundle_frames([b"\0" * 60000] * 2) + b"0\nheads\n")
+    assert res.returncode == 0, res
+    assert res.stderr.decode() == "push larger than this server's limit of 97.66 KiB (hg.max_push_size)\n", res
+    assert _frames(res.stdout)[2:] == [b"", b"", b"0", b"0" * 40 + b"\n"]
     # a reader: hg's out-of-band error before any of the bundle is read; the session goes on
     res = channel("bob", HANDSHAKE + push + b"heads\n")
     assert res.returncode == 0, res
@@ -539,3 +550,47 @@ def test_hg_channel_unbundle_refusals_write_nothing(channel, tmp_path):
     res = subprocess.run([HG, "verify", "-R", str(channel.repo)], env=hg_env(tmp_path / "home"), capture_output=True,
                          check=False)
     assert res.returncode == 0, res
+
+
+@pytest.fixture
+def fake_ssh(channel, tmp_path):
+    """A `ui.ssh` program that runs `lfsserve ssh` for alice directly (the forced command without
+    sshd), with the channel fixture's configuration."""
+    script = tmp_path / "fake-ssh"
+    config = tmp_path / "raw.toml"
+    script.write_text("#!/bin/sh\n"
+                      "for last; do :; done\n"   # the remote command is the last argument
+                      f'SSH_ORIGINAL_COMMAND="$last" exec {sys.executable} -m lfsserve ssh '
+                      f'--config {config} --user alice\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_hg_bundle1_push_and_pushes_over_the_size_limit(channel, fake_ssh, tmp_path):
+    env = hg_env(tmp_path / "home")
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    ssh = ["--config", f"ui.ssh={fake_ssh}"]
+    work = tmp_path / "work"
+    run([HG, "init", str(work)], env=env)
+    (work / "small").write_text("small\n")
+    run([HG, "-R", str(work), "commit", "-Am", "small", "-u", "t"], env=env)
+    url = "ssh://x/team/raw"
+    # an old client's bundle1 push is applied
+    res = subprocess.run([HG, "-R", str(work), "push", *ssh, "--config", "devel.legacy.exchange=bundle1", url],
+                         env=env, capture_output=True, timeout=120, check=False)
+    assert res.returncode == 0 and b"added 1 changesets with 1 changes to 1 files" in res.stdout + res.stderr, res
+    # over hg.max_push_size (100000 here): hg's own refusal, in the form of the bundle sent
+    (work / "big").write_bytes(random.Random(1).randbytes(300_000))
+    run([HG, "-R", str(work), "commit", "-Am", "big", "-u", "t"], env=env)
+    message = b"remote: push larger than this server's limit of 97.66 KiB (hg.max_push_size)"
+    res = subprocess.run([HG, "-R", str(work), "push", *ssh, url], env=env, capture_output=True, timeout=120,
+                         check=False)
+    assert res.returncode == 255 and message in res.stderr and b"abort: push failed on remote" in res.stderr, res
+    res = subprocess.run([HG, "-R", str(work), "push", *ssh, "--config", "devel.legacy.exchange=bundle1", url],
+                         env=env, capture_output=True, timeout=120, check=False)
+    assert res.returncode == 1 and message in res.stdout + res.stderr, res
+    # nothing of the refused pushes was applied or left behind
+    res = subprocess.run([HG, "log", "-R", str(channel.repo), "-T", "{desc}\n"], env=env, capture_output=True,
+                         check=False)
+    assert res.stdout == b"small\n", res
+    assert list(channel.spool.iterdir()) == []

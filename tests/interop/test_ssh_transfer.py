@@ -73,7 +73,7 @@ def root(tmp_path) -> Path:
     return tmp_path / "data"
 
 
-def transfer(root: Path, stdin: bytes, operation: str = "upload", repo: str = "team/app",
+def transfer(root: Path, stdin: bytes | None, operation: str = "upload", repo: str = "team/app",
              user: str = "alice", config: str = "", command: str = "git-lfs-transfer"
              ) -> subprocess.CompletedProcess:
     cfg = root.parent / "config.toml"
@@ -81,8 +81,10 @@ def transfer(root: Path, stdin: bytes, operation: str = "upload", repo: str = "t
     cfg.write_text(f'[server]\nroot = "{root}"\n[auth]\nauthenticated = "write"\n' + config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LFSSERVE_")}
     env["SSH_ORIGINAL_COMMAND"] = f"{command} {repo} {operation}"
+    # stdin None: /dev/null, which asyncio cannot wait on (a session started by hand, or by cron)
+    extra = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
     return subprocess.run([sys.executable, "-m", "lfsserve", "ssh", "--config", str(cfg), "--user", user],
-                          input=stdin, capture_output=True, cwd=REPO_ROOT, env=env, timeout=120, check=False)
+                          capture_output=True, cwd=REPO_ROOT, env=env, timeout=120, check=False, **extra)
 
 
 def stored(root: Path) -> set[str]:
@@ -207,6 +209,20 @@ def test_broken_framing_ends_the_session(root, stdin, message):
 def test_eof_between_messages_is_a_clean_end(root):
     res = transfer(root, VERSION)
     assert res.returncode == 0 and res.stderr == b""
+
+
+@pytest.mark.parametrize("command", ["git-lfs-transfer", "hg"])
+def test_stdin_that_cannot_be_waited_on_is_refused_not_hung(root, command):
+    # Before: git-lfs-transfer waited forever on /dev/null; both channels now refuse at once.
+    init = subprocess.run([sys.executable, "-m", "lfsserve", "init", "--root", str(root), "team/app"],
+                          capture_output=True, cwd=REPO_ROOT, timeout=120, check=False)
+    assert init.returncode == 0, init
+    if command == "hg":
+        res = transfer(root, None, command="hg -R", repo="team/app", operation="serve --stdio")
+    else:
+        res = transfer(root, None)
+    assert res.returncode == 1 and res.stdout == b"", res
+    assert res.stderr.decode().endswith("needs pipes or sockets as stdin and stdout (as sshd gives)\n"), res
 
 
 def test_read_only_user_cannot_open_an_upload_session(root):

@@ -39,7 +39,7 @@ from ..compression import MEDIA_01, compress_stream, negotiate
 from ..protocol import BadRequest, header_args, parse_client_proto, parse_qs_bytes
 from ..unbundle import LfsCheck, PushReply
 from .commands import COMMANDS, Command, Result, Session, Stream, bind_args
-from .transport import SPOOL_CHUNK, PushTooLarge, lfs_checker, may_create, open_spool, spool_dir
+from .transport import SPOOL_CHUNK, PushTooLarge, lfs_checker, may_create, spool, spool_dir
 
 __all__ = ["V1", "V1State", "handle", "setup"]
 
@@ -303,29 +303,11 @@ async def _stream(request: web.Request, result: Stream) -> web.StreamResponse:
 
 
 async def _spool(request: web.Request, directory: Path, limit: int = 0) -> BinaryIO:
-    """Copy the request body to an anonymous temporary file (never held in memory).
-
-    With `limit`, a body announced or found to be larger raises PushTooLarge; what was spooled
-    is dropped with the file."""
+    """The request body into a spool file; a body announced larger than `limit` is refused before
+    anything is read."""
     if limit and request.content_length is not None and request.content_length > limit:
         raise PushTooLarge(limit)
-    # the file outlives this function on success: the caller applies the push from it, then closes it
-    fh = await run_blocking(open_spool, directory)
-    size = 0
-    try:
-        while True:
-            chunk = await request.content.read(SPOOL_CHUNK)
-            if not chunk:
-                break
-            size += len(chunk)
-            if limit and size > limit:
-                raise PushTooLarge(limit)
-            await run_blocking(fh.write, chunk)
-        await run_blocking(fh.seek, 0)
-    except BaseException:
-        fh.close()
-        raise
-    return fh
+    return await spool(request.content.iter_chunked(SPOOL_CHUNK), directory, limit)
 
 
 def _lfs_checker(request: web.Request, repo_name: str, principal: Principal) -> LfsCheck:

@@ -1,26 +1,28 @@
 """What the two wire v1 transports (HTTP in http.py, SSH in lfsserve/ssh/hg.py) share besides the
-commands themselves: the push spool file and its size limit, the LFS blob check bound to the
+commands themselves: spooling a push to a file under its size limit, the LFS blob check bound to the
 pusher, and whether a pusher may create the repository. Nothing here knows a transport.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from ...aio import run_blocking
 from ...auth import Authenticator, Permission, Principal
 from ...config import Config
 from ..capabilities import BundleRequired
 from ..protocol import BadRequest
-from ..unbundle import LfsCheck, PushReply
+from ..unbundle import LfsCheck, PushReply, refused_reply
 
 if TYPE_CHECKING:
     from ...kernel import LfsBlobPolicy
 
 # The errors and the push answer a transport turns into its own framing are re-exported here.
 __all__ = ["SPOOL_CHUNK", "BadRequest", "BundleRequired", "PushReply", "PushTooLarge", "lfs_checker",
-           "may_create", "open_spool", "size_text", "spool_dir"]
+           "may_create", "open_spool", "refused_reply", "size_text", "spool", "spool_dir"]
 
 SPOOL_CHUNK = 1024 * 1024
 
@@ -49,6 +51,25 @@ def open_spool(directory: Path) -> BinaryIO:
     owns it: it applies the push from it, then closes it, which deletes it."""
     directory.mkdir(parents=True, exist_ok=True)
     return tempfile.TemporaryFile("w+b", dir=directory, prefix="unbundle-")
+
+
+async def spool(chunks: AsyncIterator[bytes], directory: Path, limit: int = 0) -> BinaryIO:
+    """A pushed bundle, from the transport's chunks into a new spool file (never held in memory),
+    rewound for reading. Over `limit` (0: none), PushTooLarge; what was spooled is dropped with the
+    file. The caller owns the file on success: it applies the push from it, then closes it."""
+    fh = await run_blocking(open_spool, directory)
+    size = 0
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if limit and size > limit:
+                raise PushTooLarge(limit)
+            await run_blocking(fh.write, chunk)
+        await run_blocking(fh.seek, 0)
+    except BaseException:
+        await run_blocking(fh.close)
+        raise
+    return fh
 
 
 def lfs_checker(config: Config, policy: LfsBlobPolicy | None, repo_name: str, principal: Principal) -> LfsCheck:
