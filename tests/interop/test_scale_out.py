@@ -33,7 +33,8 @@ from .lfs_http import LFS, batch, download, objects, request, upload
 from .lfs_util import stored_oids
 from .nginx import Nginx, start_nginx
 
-pytestmark = pytest.mark.interop
+# One worker starts the (module-scoped) cluster once, under `pytest -n 2 --dist loadgroup`.
+pytestmark = [pytest.mark.interop, pytest.mark.xdist_group("scale_out")]
 
 TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdef"}
 REPO = "team/proj"
