@@ -242,10 +242,14 @@ async def test_unreachable_database_fails_cleanly_then_recovers(pg_server):
         assert await meta.namespaces.visible("ns", OID[:1]) == {OID[0]}
         lock = await meta.locks.create("ns", "f", "alice")
         assert await meta.locks.list("ns") == ([lock], None)
-        # a server restart between two calls is not even noticed
+        # a server restart between two calls is not even noticed, by a read or by a write
+        await asyncio.gather(*(meta.namespaces.visible("ns", OID[:1]) for _ in range(3)))
         pg_server.restart()
         assert await meta.namespaces.visible("ns", OID[:1]) == {OID[0]}
+        await asyncio.gather(*(meta.namespaces.visible("ns", OID[:1]) for _ in range(3)))
+        pg_server.restart()
         assert await meta.locks.delete("ns", lock.id, owner="alice") == lock
+        await meta.namespaces.grant("ns", OID[1:2])
     finally:
         if pg_server.pid is None:
             pg_server.start()
