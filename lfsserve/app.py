@@ -60,7 +60,7 @@ async def _error_middleware(request: web.Request, handler):
     except DatabaseUnavailable as exc:
         # The shared metadata database is down or restarting: nothing was changed; try again.
         log.error("%s %s: %s", request.method, request.path, exc)
-        return web.Response(status=503, text=f"service unavailable: {exc}\n",
+        return web.Response(status=503, text="the metadata database is unavailable; try again later\n",
                             headers={"Retry-After": str(DB_RETRY_AFTER)})
     except Exception as exc:
         if isinstance(exc, ConnectionError) and client_gone(request):

@@ -96,8 +96,10 @@ def endpoint(handler: Handler) -> Handler:
         except BlobError as exc:
             return _error_response(request, blob_status(exc), exc.message)
         except DatabaseUnavailable as exc:
-            # git-lfs retries a 503 after Retry-After; nothing was changed.
-            return _error_response(request, 503, f"metadata database unavailable, try again: {exc}",
+            # git-lfs retries a 503 after Retry-After; nothing was changed. The details (the
+            # database's address) are for the log only.
+            log.error("LFS %s %s: %s", request.method, request.path, exc)
+            return _error_response(request, 503, "the metadata database is unavailable; try again later",
                                    {"Retry-After": str(RETRY_AFTER)})
         except (ClientPayloadError, asyncio.IncompleteReadError) as exc:
             # The client stopped sending mid-body; it is probably gone, but say why if it is not.
