@@ -127,7 +127,11 @@ class LfsService:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.store.open()
-        await self.db.astart()
+        try:
+            await self.db.astart()
+        except BaseException:  # e.g. the shared database is unreachable: nothing stays open
+            await self.store.close()
+            raise
 
     async def stop(self) -> None:
         await self.db.astop()
