@@ -32,6 +32,7 @@ from ..support import HG, REPO_ROOT, LfsserveProcess, hg_env, oid_of, run, start
 from .lfs_http import LFS, batch, download, objects, request, upload
 from .lfs_util import stored_oids
 from .nginx import Nginx, start_nginx
+from .test_lfs_git import Git
 
 # One worker starts the (module-scoped) cluster once, under `pytest -n 2 --dist loadgroup`.
 pytestmark = [pytest.mark.interop, pytest.mark.xdist_group("scale_out")]
@@ -133,6 +134,39 @@ def test_lfs_objects_and_locks_are_shared(cluster: Cluster):
     assert status == 200 and body["lock"] == lock
     status, listed = lock_call(a, "locks?path=art/hero.psd", {}, "alice", method="GET")
     assert listed["locks"] == []
+
+
+def test_git_lfs_through_one_instance_and_the_other(cluster: Cluster, tmp_path: Path):
+    """Real git-lfs: push and lock through one instance, pull, list and be refused through
+    another, and the same through nginx."""
+    git = Git(tmp_path / "home")
+    remote, work, clone = tmp_path / "remote.git", tmp_path / "work", tmp_path / "clone"
+    git("init", "-q", "--bare", str(remote))
+    git("init", "-q", str(work))
+    git("lfs", "install", "--local", cwd=work)
+    git("config", "lfs.url", cluster.lfs(cluster.a, "team/game"), cwd=work)
+    git("config", "lfs.locksverify", "true", cwd=work)
+    git("remote", "add", "origin", str(remote), cwd=work)
+    git("lfs", "track", "*.bin", cwd=work)
+    asset = os.urandom(2 * 1024 * 1024)
+    (work / "asset.bin").write_bytes(asset)
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "asset", cwd=work)
+    git("push", "-q", "origin", "main", cwd=work)  # uploads through instance a
+    assert oid_of(asset) in stored_oids(cluster.root)
+
+    git("clone", "-q", str(remote), str(clone), env={"GIT_LFS_SKIP_SMUDGE": "1"})
+    git("config", "lfs.url", cluster.lfs(cluster.b, "team/game"), cwd=clone)
+    git("lfs", "pull", cwd=clone)  # downloads through instance b
+    assert (clone / "asset.bin").read_bytes() == asset
+
+    assert "Locked asset.bin" in git.out("lfs", "lock", "asset.bin", cwd=work)  # through a
+    assert "asset.bin" in git.out("lfs", "locks", cwd=clone)  # listed through b
+    refused = git("lfs", "lock", "asset.bin", cwd=clone, check=False)  # and enforced there
+    assert refused.returncode != 0 and b"already" in refused.stderr.lower(), refused
+    git("config", "lfs.url", cluster.lfs(cluster.nginx, "team/game"), cwd=work)
+    git("lfs", "unlock", "asset.bin", cwd=work)  # released through nginx
+    assert "asset.bin" not in git.out("lfs", "locks", cwd=clone)
 
 
 def test_concurrent_pushes_through_different_instances_serialize(cluster: Cluster, tmp_path: Path):
