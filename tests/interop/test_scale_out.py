@@ -239,15 +239,25 @@ def _push_pointer(server: LfsserveProcess, oid: str, size: int) -> tuple[int, by
     return status, raw
 
 
+def _receiving(tmp: Path, oid: str) -> bool:
+    """Whether an upload of `oid` has written bytes into its temp file."""
+    for p in tmp.glob(f"{oid}.*") if tmp.exists() else []:
+        try:
+            if p.stat().st_size > 0:
+                return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
 def test_killed_instance_leaves_nothing_partial_and_database_restart(cluster: Cluster):
     data = os.urandom(4 * 1024 * 1024)
     oid = oid_of(data)
     sock = _start_upload(cluster.victim, REPO, data, 3 * 1024 * 1024)
     try:
         # the victim is receiving the body (its temp file grows), then dies without a word
-        deadline = time.monotonic() + 30
-        tmp = cluster.root / "lfs" / "tmp"
-        while not any(p.stat().st_size > 0 for p in (tmp.iterdir() if tmp.exists() else [])):
+        deadline = time.monotonic() + 60
+        while not _receiving(cluster.root / "lfs" / "tmp", oid):
             assert time.monotonic() < deadline, "the upload never reached the victim's temp file"
             time.sleep(0.05)
         cluster.victim.stop(signal.SIGKILL)
