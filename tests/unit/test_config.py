@@ -46,6 +46,7 @@ def test_rules(tmp_path):
     ("[server]\ntrusted_proxies = ['not-an-ip']\n", {}, "server.trusted_proxies[0]"),
     ("[hg]\ncompression = ['brotli']\n", {}, "hg.compression[0]"),
     ("[storage]\nbackend = 's3'\n", {}, "storage.backend"),
+    ("[database]\nurl = 'mysql://db/lfs'\n", {}, "database.url"),
     ("[[auth.rules]]\nrepos = 'x'\nread = 'alice'\n", {}, "auth.rules[0].read"),
     ("", {"LFSSERVE_SERVER_PROT": "1"}, "LFSSERVE_SERVER_PROT"),
     ("", {"LFSSERVE_PORT": "eighty"}, "server.port"),
