@@ -123,14 +123,6 @@ STORAGE_BACKENDS = ("local",)
 
 
 @dataclass
-class DatabaseConfig:
-    # Where LFS metadata (which repository sees which object, file locks) lives. Empty: a SQLite
-    # file under <root>/lfs (one server). "postgresql://user:password@host:5432/db": shared by
-    # several lfsserve instances (schema created or migrated on start-up).
-    url: str = ""
-
-
-@dataclass
 class HgConfig:
     # Where repositories live; empty = <root>/repos.
     repos_dir: str = ""
@@ -165,6 +157,14 @@ class HgConfig:
     # Largest file a pushed revision may keep in plain history, in bytes; 0 = no limit. Larger
     # files must be stored with LFS: a push adding one is refused with a message saying how.
     max_file_size: int = 0
+
+
+@dataclass
+class DatabaseConfig:
+    # Where LFS metadata (which repository sees which object, file locks) lives. Empty: a SQLite
+    # file under <root>/lfs (one server). "postgresql://user:password@host:5432/db": shared by
+    # several lfsserve instances (schema created or migrated on start-up).
+    url: str = ""
 
 
 @dataclass
@@ -208,8 +208,8 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     lfs: LfsConfig = field(default_factory=LfsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    database: DatabaseConfig = field(default_factory=DatabaseConfig)
     hg: HgConfig = field(default_factory=HgConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
     log: LogConfig = field(default_factory=LogConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     ssh: SshConfig = field(default_factory=SshConfig)
@@ -273,8 +273,6 @@ class Config:
         if self.storage.backend not in STORAGE_BACKENDS:
             raise ConfigError(f"storage.backend: must be one of {', '.join(STORAGE_BACKENDS)}, "
                               f"got {self.storage.backend!r}")
-        if self.database.url and not self.database.url.startswith(("postgresql://", "postgres://")):
-            raise ConfigError("database.url: must be empty (SQLite) or start with postgresql://")
         for i, engine in enumerate(self.hg.compression):
             if engine not in ("zstd", "zlib", "none"):
                 raise ConfigError(f"hg.compression[{i}]: unknown engine {engine!r} (zstd, zlib, none)")
@@ -300,6 +298,8 @@ class Config:
         if not self.ssh.command or any(c in self.ssh.command for c in '"\\\n\r'):
             raise ConfigError("ssh.command: must be a non-empty program path without quotes, "
                               "backslashes or line breaks (it goes into authorized_keys lines)")
+        if self.database.url and not self.database.url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("database.url: must be empty (SQLite) or start with postgresql://")
 
 
 # Short environment variable names for the options containers set most often.
