@@ -28,7 +28,7 @@ import pytest
 
 from ..bundle_build import LFS_FLAG, changegroup03, changegroup_bundle, lfs_pointer
 from ..pgserver import PgServer
-from ..support import HG, REPO_ROOT, LfsserveProcess, hg_env, oid_of, run, start_lfsserve
+from ..support import HG, REPO_ROOT, Hg, LfsserveProcess, hg_env, oid_of, run, start_lfsserve
 from .lfs_http import LFS, batch, download, objects, request, upload
 from .lfs_util import stored_oids
 from .nginx import Nginx, start_nginx
@@ -167,6 +167,24 @@ def test_git_lfs_through_one_instance_and_the_other(cluster: Cluster, tmp_path: 
     git("config", "lfs.url", cluster.lfs(cluster.nginx, "team/game"), cwd=work)
     git("lfs", "unlock", "asset.bin", cwd=work)  # released through nginx
     assert "asset.bin" not in git.out("lfs", "locks", cwd=clone)
+
+
+def test_hg_lfs_push_through_one_instance_clone_through_the_other(cluster: Cluster, tmp_path: Path):
+    repo = "team/hglfs"
+    subprocess.run([sys.executable, "-m", "lfsserve", "init", "--root", str(cluster.root), repo],
+                   cwd=REPO_ROOT, check=True, capture_output=True)
+    content = os.urandom(300_000)
+    pusher = Hg(tmp_path / "pusher", f"[extensions]\nlfs =\n[lfs]\nurl = {cluster.a.url}/{repo}/.git/info/lfs\n"
+                                     "track = all()\n")
+    work = tmp_path / "work"
+    pusher("init", str(work))
+    (work / "big.dat").write_bytes(content)
+    pusher("commit", "-A", "-q", "-m", "lfs file", cwd=work)
+    out = pusher.out("push", f"{cluster.a.url}/{repo}", cwd=work)
+    assert "lfs: uploaded 1 files" in out, out
+    puller = Hg(tmp_path / "puller", f"[extensions]\nlfs =\n[lfs]\nurl = {cluster.b.url}/{repo}/.git/info/lfs\n")
+    puller("clone", "-q", f"{cluster.b.url}/{repo}", str(tmp_path / "clone"))
+    assert (tmp_path / "clone" / "big.dat").read_bytes() == content
 
 
 def test_concurrent_pushes_through_different_instances_serialize(cluster: Cluster, tmp_path: Path):
