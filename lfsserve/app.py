@@ -30,6 +30,8 @@ from .routing import BadPath, Kind, Target, resolve
 from .shutdown import DRAIN, Drain, close_while_draining, drain_middleware
 from .urls import TrustedProxies
 from .web import pages
+from .webhooks import Webhooks
+from .webhooks.delivery import WEBHOOKS, webhooks_ctx
 from .wire import v1, v2
 
 __all__ = ["CTX", "FRONTENDS", "create_app"]
@@ -112,9 +114,11 @@ async def _index(request: web.Request, target: Target) -> web.StreamResponse:
 
 
 def create_app(config: Config, frontends: Sequence[Setup] = FRONTENDS) -> web.Application:
+    webhooks = Webhooks(config)
     ctx = ServerContext(config=config, auth=Authenticator(config),
                         proxies=TrustedProxies(config.server.trusted_proxies),
-                        repos=RepoRegistry(config.repos_dir, RepoSettings.from_config(config)))
+                        repos=RepoRegistry(config.repos_dir, RepoSettings.from_config(config)),
+                        webhooks=webhooks)
     # Bodies a handler reads whole (batch JSON, v1 POST args) are small; everything large streams
     # from request.content, which this limit does not apply to.
     app = web.Application(middlewares=[drain_middleware, request_id_middleware, limits_middleware,
@@ -125,6 +129,8 @@ def create_app(config: Config, frontends: Sequence[Setup] = FRONTENDS) -> web.Ap
     app[LIMITS] = Limits(config.limits, ctx.proxies)
     app.on_response_prepare.append(add_request_id_header)
     app.on_response_prepare.append(mark_prepared)
+    app[WEBHOOKS] = webhooks
+    app.cleanup_ctx.append(webhooks_ctx)
     app[DRAIN] = drain = Drain()
     app[METRICS].in_flight.set_function(lambda: drain.in_flight)  # read at scrape time
     app.on_response_prepare.append(close_while_draining)

@@ -46,6 +46,7 @@ __all__ = [
     "Forbidden",
     "Permission",
     "Principal",
+    "PushRights",
     "Unauthorized",
     "hash_token",
 ]
@@ -82,6 +83,28 @@ class Principal:
 
 
 ANONYMOUS = Principal(None, "anonymous")
+
+
+@dataclass(frozen=True)
+class PushRights:
+    """Publishing rights and branch / bookmark protection of one user on one repository."""
+
+    user: str | None
+    may_publish: bool
+    # (kind "branch" | "bookmark", name glob, this user may) in rule order: the first match decides
+    protect: tuple[tuple[str, re.Pattern[str], bool], ...]
+
+    def _may(self, kind: str, name: str) -> bool:
+        for k, regex, allowed in self.protect:
+            if k == kind and regex.match(name):
+                return allowed
+        return True
+
+    def may_push_branch(self, branch: str) -> bool:
+        return self._may("branch", branch)
+
+    def may_move_bookmark(self, name: str) -> bool:
+        return self._may("bookmark", name)
 
 
 class AuthError(Exception):
@@ -437,6 +460,20 @@ class Authenticator:
         if listed(rule.read):
             return Permission.READ
         return Permission.NONE
+
+    def push_rights(self, principal: Principal, repo: str) -> PushRights:
+        """What this principal may do beyond writing: publish, push to protected branches, move
+        protected bookmarks (the matching rule's `publish` and `protect`)."""
+        rule = self._rule_for(repo)
+        if rule is None:
+            return PushRights(principal.name, True, ())
+
+        def listed(names: list[str]) -> bool:
+            return "anonymous" in names or (principal.authenticated and ("*" in names or principal.name in names))
+
+        protect = tuple(("branch" if p.branches else "bookmark", _glob_to_regex(p.branches or p.bookmarks),
+                         listed(p.push)) for p in rule.protect)
+        return PushRights(principal.name, not rule.publish or listed(rule.publish), protect)
 
     def authorize(self, principal: Principal, repo: str, needed: Permission) -> None:
         """Raise Unauthorized (anonymous: ask for credentials) or Forbidden unless allowed."""

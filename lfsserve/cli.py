@@ -278,6 +278,51 @@ def cmd_repos(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    """The webhook delivery log (list, show one) and redelivery."""
+    import datetime
+
+    from .webhooks.store import WebhookQueue, queue_path
+
+    config = _data_config(args)
+    if config is None:
+        return 1
+    if not queue_path(config.root).exists():
+        print("no webhook events yet (configure [[webhooks.targets]])")
+        return 0 if args.action == "list" else 1
+    queue = WebhookQueue(config.root)
+    queue.start()
+    try:
+        if args.action == "redeliver":
+            if not queue.redeliver_sync(args.id):
+                print(f"lfsserve: no webhook delivery {args.id}", file=sys.stderr)
+                return 1
+            print(f"delivery {args.id} queued again; a running server sends it within seconds")
+            return 0
+        if args.action == "show":
+            d = queue.get_sync(args.id)
+            if d is None:
+                print(f"lfsserve: no webhook delivery {args.id}", file=sys.stderr)
+                return 1
+            print(f"id {d.id}  event {d.event} ({d.event_id})  repo {d.repo}\nurl {d.url}\nstatus {d.status}, "
+                  f"{d.attempts} attempt(s), last answer {d.last_status or '-'} {d.last_error}")
+            print(d.payload.decode("utf-8", "replace"))
+            return 0
+        rows = queue.list_sync(args.limit, args.status)
+        if not rows:
+            print("no webhook deliveries")
+            return 0
+        print(f"{'ID':>6}  {'CREATED (UTC)':<19}  {'EVENT':<8}  {'STATUS':<9}  {'TRIES':>5}  {'LAST':<14}  REPO -> URL")
+        for d in rows:
+            when = datetime.datetime.fromtimestamp(d.created, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+            last = str(d.last_status) if d.last_status else (d.last_error[:14] or "-")
+            print(f"{d.id:>6}  {when:<19}  {d.event:<8}  {d.status:<9}  {d.attempts:>5}  {last:<14}  "
+                  f"{d.repo} -> {d.url}")
+        return 0
+    finally:
+        queue.stop()
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -415,6 +460,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a deleted repository whose LFS references to drop first (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every object deleted")
     p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("webhooks", help="the webhook delivery log, and redelivery")
+    hooks_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    k = hooks_sub.add_parser("list", help="recent deliveries, newest first: event, status, attempts, last answer")
+    _add_config_args(k)
+    k.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    k.add_argument("--status", choices=("pending", "delivered", "failed"), help="only these")
+    k = hooks_sub.add_parser("show", help="one delivery with its JSON payload")
+    _add_config_args(k)
+    k.add_argument("id", type=int)
+    k = hooks_sub.add_parser("redeliver", help="send a delivery again (a failed one too), as soon as possible")
+    _add_config_args(k)
+    k.add_argument("id", type=int)
+    p.set_defaults(func=cmd_webhooks)
 
     p = sub.add_parser("ssh", help="the forced command of authorized_keys lines: serve hg and git-lfs "
                                    "over SSH (reads SSH_ORIGINAL_COMMAND)")

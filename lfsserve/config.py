@@ -31,14 +31,23 @@ __all__ = [
     "Config",
     "ConfigError",
     "HgConfig",
+    "HooksConfig",
     "LfsConfig",
     "LimitsConfig",
     "LogConfig",
+    "ProtectRule",
     "ServerConfig",
     "SshConfig",
     "StorageConfig",
+    "WebhookTarget",
+    "WebhooksConfig",
     "load_config",
 ]
+
+
+# The Mercurial hooks lfsserve runs on push, and the webhook events it sends.
+HOOK_TYPES = ("pretxnchangegroup", "pretxnclose", "changegroup", "incoming", "txnclose")
+WEBHOOK_EVENTS = ("push", "bookmark", "lfs")
 
 
 class ConfigError(ValueError):
@@ -69,6 +78,21 @@ class AccessRule:
     # Who may read and write: user names, "*" for any authenticated user, "anonymous" for everyone.
     read: list[str] = field(default_factory=list)
     write: list[str] = field(default_factory=list)
+    # Who may make changesets public (push to a publishing repository, or move the phase with
+    # the `phases` pushkey): user names or "*". Empty: everyone who may write.
+    publish: list[str] = field(default_factory=list)
+    # Branch and bookmark protection: the first entry whose glob matches a named branch pushed to
+    # (or a bookmark moved) says who may do it.
+    protect: list[ProtectRule] = field(default_factory=list)
+
+
+@dataclass
+class ProtectRule:
+    # Glob over named branches ("default", "release-*"), or over bookmarks; give one of the two.
+    branches: str = ""
+    bookmarks: str = ""
+    # Who may push changesets to those branches / move those bookmarks: user names or "*".
+    push: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -128,8 +152,19 @@ class HgConfig:
     repos_dir: str = ""
     # Let a push to a repository that does not exist create it (needs write permission there).
     create_on_push: bool = False
-    # A publishing server makes pushed changesets public.
+    # A publishing server makes pushed changesets public (a repository's `.hg/hgrc` may say
+    # otherwise with `[phases] publish`).
     publishing: bool = True
+    # Read each repository's own `.hg/hgrc` (`[phases]`, `[experimental] evolution`, `[web]`,
+    # `[hooks]`, `[extensions] topic`), as hg serve does; false: every repository has the defaults.
+    repo_hgrc: bool = True
+    # Default of Mercurial's `experimental.evolution` for every repository: [] (off), ["all"], or
+    # options among createmarkers, allowunstable, allowdivergence, exchange.
+    evolution: list[str] = field(default_factory=list)
+    # Let a repository's hgrc turn changeset evolution on or off for itself.
+    repo_evolution: bool = True
+    # Run the hooks a repository's own hgrc defines (`[hooks]`); off: only the server's own.
+    repo_hooks: bool = False
     # Compression engines for mercurial-0.2 responses, in the server's order of preference.
     compression: list[str] = field(default_factory=lambda: ["zstd", "zlib"])
     # Serve the experimental wire protocol v2 (exp-http-v2-0003).
@@ -203,6 +238,41 @@ class SshConfig:
 
 
 @dataclass
+class HooksConfig:
+    # Mercurial-style hooks run on push (external commands, as hg runs them): `name[.suffix]` =
+    # shell command, e.g. "pretxnchangegroup.check" = "/srv/hooks/check-msg", plus optional
+    # "priority.<name>" = "<int>". Apply to every repository (a repository's own .hg/hgrc [hooks]
+    # run too when hg.repo_hooks is on).
+    commands: dict[str, str] = field(default_factory=dict)
+    # Seconds a hook may run before it is killed (a pretxn* hook then aborts the push).
+    timeout: float = 300.0
+
+
+@dataclass
+class WebhookTarget:
+    url: str = ""
+    # Glob over repository / LFS namespace paths whose events go to this URL ("**": all).
+    repos: str = "**"
+    # HMAC-SHA256 key: the body's signature is sent as `X-Lfsserve-Signature: sha256=<hex>`.
+    secret: str = ""
+    # Which events: push, bookmark, lfs.
+    events: list[str] = field(default_factory=lambda: ["push", "bookmark", "lfs"])
+
+
+@dataclass
+class WebhooksConfig:
+    targets: list[WebhookTarget] = field(default_factory=list)
+    # Seconds one delivery attempt may take.
+    timeout: float = 10.0
+    # Seconds before the first retry of a failed delivery; each retry waits twice as long.
+    retry_base: float = 10.0
+    # Attempts before a delivery is given up (then `lfsserve webhooks redeliver` sends it again).
+    max_attempts: int = 12
+    # Days the delivery log keeps delivered and given-up deliveries; 0: forever.
+    keep_days: int = 30
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -213,6 +283,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     ssh: SshConfig = field(default_factory=SshConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
     # -- derived paths ---------------------------------------------------------------------
     @property
@@ -262,6 +334,38 @@ class Config:
         for i, rule in enumerate(self.auth.rules):
             if not rule.repos:
                 raise ConfigError(f"auth.rules[{i}].repos: must not be empty")
+            for j, prot in enumerate(rule.protect):
+                if bool(prot.branches) == bool(prot.bookmarks):
+                    raise ConfigError(f"auth.rules[{i}].protect[{j}]: give one of branches or bookmarks")
+        for name, cmd in self.hooks.commands.items():
+            kind = name.split(".", 1)[0]
+            if kind == "priority":
+                try:
+                    int(cmd)
+                except ValueError:
+                    raise ConfigError(f"hooks.commands.{name}: a priority must be an integer, got {cmd!r}")
+            elif kind not in HOOK_TYPES:
+                raise ConfigError(f"hooks.commands.{name}: unknown hook type {kind!r} "
+                                  f"(lfsserve runs {', '.join(HOOK_TYPES)})")
+            elif cmd.strip().startswith("python:"):
+                raise ConfigError(f"hooks.commands.{name}: in-process python: hooks are not supported "
+                                  "by lfsserve; run an external command instead")
+        if self.hooks.timeout <= 0:
+            raise ConfigError("hooks.timeout: must be > 0")
+        for i, target in enumerate(self.webhooks.targets):
+            if not target.url.startswith(("http://", "https://")):
+                raise ConfigError(f"webhooks.targets[{i}].url: must start with http:// or https://, "
+                                  f"got {target.url!r}")
+            for ev in target.events:
+                if ev not in WEBHOOK_EVENTS:
+                    raise ConfigError(f"webhooks.targets[{i}].events: unknown event {ev!r} "
+                                      f"({', '.join(WEBHOOK_EVENTS)})")
+        if self.webhooks.timeout <= 0 or self.webhooks.retry_base <= 0:
+            raise ConfigError("webhooks.timeout and webhooks.retry_base: must be > 0")
+        if self.webhooks.max_attempts < 1:
+            raise ConfigError("webhooks.max_attempts: must be >= 1")
+        if self.webhooks.keep_days < 0:
+            raise ConfigError("webhooks.keep_days: must be >= 0")
         if self.lfs.max_batch_objects < 1:
             raise ConfigError("lfs.max_batch_objects: must be >= 1")
         if self.lfs.max_object_size < 0:
@@ -280,6 +384,10 @@ class Config:
             raise ConfigError(f"hg.zstd_level: must be 1-22, got {self.hg.zstd_level}")
         if self.hg.lock_timeout < 0:
             raise ConfigError("hg.lock_timeout: must be >= 0")
+        for i, word in enumerate(self.hg.evolution):
+            if word not in ("all", "createmarkers", "allowunstable", "allowdivergence", "exchange"):
+                raise ConfigError(f"hg.evolution[{i}]: unknown option {word!r} (all, createmarkers, "
+                                  "allowunstable, allowdivergence, exchange)")
         for name in ("max_push_size", "max_unpacked_push_size", "max_revision_size", "max_file_size"):
             if getattr(self.hg, name) < 0:
                 raise ConfigError(f"hg.{name}: must be >= 0")
@@ -348,6 +456,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, value_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return {str(k): _convert(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a table, got {value!r}")

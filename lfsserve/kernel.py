@@ -22,6 +22,7 @@ from .repos import RepoRegistry
 from .reqkeys import CLIENT, PRINCIPAL, REQUEST_ID, RESPONSE_PREPARED, ROUTE_KIND
 from .routing import Kind, Target
 from .urls import TrustedProxies, external_base
+from .webhooks import Webhooks
 
 __all__ = [
     "CLIENT",
@@ -68,6 +69,8 @@ class ServerContext:
     handlers: dict[Kind, Handler] = field(default_factory=dict)
     # None: no LFS front end in this server, so nothing can vouch for a pushed blob.
     lfs_blobs: LfsBlobPolicy | None = None
+    # The webhook targets and their durable queue (events are queued from worker threads).
+    webhooks: Webhooks | None = None
 
     def register(self, kind: Kind, handler: Handler) -> None:
         if kind in self.handlers:

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from .hg import hgrc
 from .hg.error import RepoNotFound, UnknownRevision
+from .hg.hgrc import EvolutionSettings, RepoConfig, TopicSettings, WebSettings
 from .hg.node import NULLID
 from .hg.repository import DEFAULT_LOCK_TIMEOUT, Repository
 
@@ -34,7 +36,8 @@ if TYPE_CHECKING:
     from .config import Config
 
 __all__ = [
-    "AbsentRepo", "CannotCreate", "RepoPathError", "RepoRegistry", "RepoSettings", "ServedRepo", "engine_repo",
+    "AbsentRepo", "CannotCreate", "EvolutionSettings", "RepoConfig", "RepoPathError", "RepoRegistry", "RepoSettings",
+    "ServedRepo", "TopicSettings", "WebSettings", "engine_repo",
     "how_to_create", "make_dirs", "remove_created",
 ]
 
@@ -49,6 +52,7 @@ class ServedRepo(Protocol):
 
     root: Path
     publishing: bool
+    config: RepoConfig
     lock_timeout: float
     has_lfs: bool
     requirements: frozenset[str]
@@ -76,19 +80,60 @@ def engine_repo(repo: ServedRepo) -> Repository:
 
 @dataclass(frozen=True)
 class RepoSettings:
-    """The server's settings for every repository it opens (from the `[hg]` config section)."""
+    """The server's settings for every repository it opens (from the `[hg]` config section), and
+    what a repository's own `.hg/hgrc` may change (`hg.repo_hgrc`, `hg.repo_evolution`,
+    `hg.repo_hooks`)."""
 
     publishing: bool = True
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    evolution: tuple[str, ...] = ()
+    repo_hgrc: bool = True
+    repo_evolution: bool = True
+    repo_hooks: bool = False
 
     @classmethod
     def from_config(cls, config: Config) -> RepoSettings:
-        return cls(publishing=config.hg.publishing, lock_timeout=config.hg.lock_timeout)
+        hg = config.hg
+        return cls(publishing=hg.publishing, lock_timeout=hg.lock_timeout, evolution=tuple(hg.evolution),
+                   repo_hgrc=hg.repo_hgrc, repo_evolution=hg.repo_evolution, repo_hooks=hg.repo_hooks)
+
+    def defaults(self) -> RepoConfig:
+        """A repository's settings when its hgrc says nothing (and for one not created yet)."""
+        return self.resolve(hgrc.EMPTY)
+
+    def resolve(self, rc: hgrc.Hgrc) -> RepoConfig:
+        """What the settings of a repository with hgrc `rc` are (HgrcError for a value hg would
+        refuse). Cached on `rc`, which hgrc.load() keeps while the file is unchanged."""
+        cached = rc.resolved.get(self)
+        if cached is not None:
+            return cached
+        own = rc if self.repo_hgrc else hgrc.EMPTY
+        evo_rc = own if self.repo_evolution else hgrc.EMPTY
+        evo = hgrc.evolution_options(evo_rc, self.evolution)
+        archive = own.get("web", "allow-archive", own.get("web", "allow_archive"))
+        config = RepoConfig(
+            publishing=own.getbool("phases", "publish", self.publishing),
+            evolution=EvolutionSettings(**evo),
+            topics=TopicSettings(
+                enabled=hgrc.extension_enabled(own, "topic"),
+                publish_bare_branch=own.getbool("experimental", "topic.publish-bare-branch", False)),
+            web=WebSettings(name=own.get("web", "name"), description=own.get("web", "description"),
+                            contact=own.get("web", "contact"),
+                            allow_archive=tuple(hgrc.parse_list(archive)),
+                            hidden=own.getbool("web", "hidden", False)),
+            hooks=tuple(own.items("hooks")),
+            hooks_allowed=self.repo_hooks,
+            hgrc=own,
+        )
+        rc.resolved[self] = config
+        return config
 
     def apply(self, repo: Repository) -> Repository:
-        """The one place a served repository gets its settings (where per-repository `.hg/hgrc`
-        settings such as `[phases] publish` would be read and applied too)."""
-        repo.publishing = self.publishing
+        """The one place a served repository gets its settings: the server's, then its own
+        `.hg/hgrc` (read once per version of the file)."""
+        config = self.resolve(hgrc.load(repo.root) if self.repo_hgrc else hgrc.EMPTY)
+        repo.config = config
+        repo.publishing = config.publishing
         repo.lock_timeout = self.lock_timeout
         return repo
 
@@ -257,6 +302,7 @@ class AbsentRepo:
     def __init__(self, root: Path, settings: RepoSettings = RepoSettings()):
         self.root = Path(root)
         self.settings = settings
+        self.config = settings.defaults()
         self.publishing = settings.publishing
         self.lock_timeout = settings.lock_timeout
         self._made: list[Path] = []

@@ -66,6 +66,10 @@ class BookmarkStore:
             tr.replace_file(b"bookmarks", format_bookmarks(self._marks or {}), location=self.location)
             self._changed = False
 
+    def pending_data(self) -> bytes | None:
+        """The bookmarks file the open transaction will write, or None if it changes none."""
+        return format_bookmarks(self._marks or {}) if self._changed else None
+
     def invalidate(self) -> None:
         """Forget what was read and changed (after a commit or a rollback)."""
         self._marks = None

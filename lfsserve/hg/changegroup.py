@@ -239,6 +239,7 @@ class ApplyResult:
     revisions: int = 0  # every new revision: changesets, manifests and file revisions
     file_revisions: int = 0  # new file revisions (hg's "added N changesets with M changes")
     files: int = 0  # files with new revisions
+    branches: dict = field(default_factory=dict)  # new changeset node -> its named branch
 
 
 class _Writers:
@@ -432,6 +433,7 @@ def apply(repo, tr, source: BinaryIO, version: str, *, on_lfs_pointer=None,
             entry = parse_changeset(text)
         except CorruptRevlog as exc:
             raise BadChangegroup(f"changeset {node.hex()[:12]} is malformed: {exc.message}") from None
+        result.branches[node] = entry.branch
         if entry.manifest != NULLID:
             manifests_needed.setdefault(entry.manifest, len(clw))
         for path in entry.files:

@@ -179,5 +179,12 @@ class PhaseState:
         if data != self.read_roots():
             tr.replace_file(b"phaseroots", data)
 
+    def pending_roots(self, parents: Sequence[tuple[int, int]], nodes: list[bytes]) -> bytes | None:
+        """The phaseroots file the open transaction will write, or None if it changes no phase."""
+        if self.pending is None:
+            return None
+        roots = roots_for(parents, self.pending)
+        return format_phaseroots({p: [nodes[r] for r in rs] for p, rs in roots.items()})
+
     def reset(self) -> None:
         self.pending = None

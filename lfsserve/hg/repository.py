@@ -27,6 +27,7 @@ from .bookmarks import BookmarkStore
 from .changelog import Changelog
 from .error import Abort, CorruptRevlog, HgError, LockTimeout, LookupError, PushRaced, RepoNotFound, UnknownRevision
 from .filelog import Filelog
+from .hgrc import RepoConfig
 from .lock import Lock, local_mutex
 from .manifest import Manifestlog
 from .node import NULLID, NULLREV
@@ -75,6 +76,8 @@ class Repository:
         self.store = Store(self.root, requirements)
         self.has_lfs = "lfs" in requirements
         self.publishing = True
+        # the repository's settings (its .hg/hgrc within what the server allows); the opener sets them
+        self.config = RepoConfig()
         # How long lock() waits for another writer; the server's opener sets it from its config.
         self.lock_timeout = DEFAULT_LOCK_TIMEOUT
         # fsync pushes before acknowledging them (set False only where durability does not matter)
@@ -95,6 +98,7 @@ class Repository:
         else:
             self._bookmarks = BookmarkStore(self.root / ".hg" / "bookmarks", b"plain")
         self._pending: PendingRevlogs | None = None  # revlog writers of the open transaction
+        self._pending_files: set[bytes] = set()  # hg's pending files the open transaction wrote
         self._stream_inodes: dict[bytes, int] = {}  # inode of each file stream_files() listed
 
     # -- opening and creating
@@ -662,6 +666,7 @@ class Repository:
         finally:
             self._tr = None
             self._pending = None
+            self._pending_files = set()
             self._phases.reset()
         self._remove_undo()
         self.invalidate()
@@ -683,6 +688,32 @@ class Repository:
         self._bookmarks.write(tr)
         if self._pending is not None:
             self._pending.publish()
+
+    def write_pending(self, tr: Transaction) -> bool:
+        """Make what `tr` wrote so far readable by Mercurial run with HG_PENDING=<root> (a
+        pretxn* hook): `00changelog.i.a` (the changelog index with the new revisions, whose data
+        is already in 00changelog.d), `phaseroots.pending`, `bookmarks.pending` — hg's pending
+        files. They are temporary files of `tr`, gone when it ends either way. True when there
+        is something pending."""
+        self.check_transaction(tr)
+        written = False
+        if self._pending is not None:
+            if b"00changelog.i.a" not in self._pending_files:
+                tr.registertmp(b"00changelog.i.a")
+                self._pending_files.add(b"00changelog.i.a")
+            written = self._pending.changelog.write_pending_index(self.store.join(b"00changelog.i.a"))
+        parents, nodes = self._tr_dag()
+        for name, location, data in ((b"phaseroots.pending", b"", self._phases.pending_roots(parents, nodes)),
+                                     (b"bookmarks.pending", self._bookmarks.location, self._bookmarks.pending_data())):
+            if data is None:
+                continue
+            if name not in self._pending_files:
+                tr.registertmp(name, location)
+                self._pending_files.add(name)
+            with open(tr.path(name, location), "wb") as fh:
+                fh.write(data)
+            written = True
+        return written
 
     def _tr_dag(self) -> tuple[list, list]:
         """(parents, nodes) of the changelog including revisions added by the open transaction."""

@@ -935,6 +935,25 @@ class RevlogWriter:
         self._dfd = os.open(self.rl.data_path, os.O_RDWR | os.O_CLOEXEC)
         self._inline_pos = {}
 
+    def write_pending_index(self, path: str) -> bool:
+        """Write to `path` the index this revlog will have after finalize() (hg's `<radix>.i.a`,
+        which hg reads under HG_PENDING), copying the committed part in chunks; False when no
+        revision waits (nothing written)."""
+        if not (self._started and self.delay and self._pending_index):
+            return False
+        left = self.old_count * ENTRY_SIZE
+        with open(path, "wb") as out:
+            if left:
+                with open(self.rl.index_path, "rb") as src:
+                    while left:
+                        chunk = src.read(min(left, 1 << 20))
+                        if not chunk:
+                            raise CorruptRevlog(f"{self.display_name}: index shorter than its entries")
+                        out.write(chunk)
+                        left -= len(chunk)
+            out.write(b"".join(self._pending_index))
+        return True
+
     def finalize(self) -> None:
         """Make delayed revisions visible (the changelog, at the very end of a transaction)."""
         if self._started and self.delay and self._pending_index:

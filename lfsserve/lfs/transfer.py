@@ -15,8 +15,10 @@ import logging
 
 from aiohttp import web
 
+from ..aio import run_blocking
 from ..auth import SIGNED_PREFIX, Permission, Principal
 from ..blobstore import BlobHandle, CorruptObject
+from ..kernel import CTX
 from ..reqkeys import PRINCIPAL
 from ..routing import Target
 from . import sendfile
@@ -52,12 +54,15 @@ async def handle_object(request: web.Request, target: Target) -> web.StreamRespo
 
 
 async def _upload(request: web.Request, svc: LfsService, ns: str, oid: str) -> web.StreamResponse:
-    await _principal(request, svc, ns, oid, "upload", Permission.WRITE)
+    principal = await _principal(request, svc, ns, oid, "upload", Permission.WRITE)
     limit = svc.config.lfs.max_object_size
     if limit and request.content_length is not None and request.content_length > limit:
         raise LfsError(413, f"object larger than this server's limit of {limit} bytes",
                        headers={"Connection": "close"})
     result = await svc.receive(ns, oid, request.content.iter_any())
+    hooks = request.app[CTX].webhooks
+    if hooks is not None and hooks.targets(ns, "lfs"):
+        await run_blocking(hooks.emit_sync, "lfs", ns, principal.name, {"lfs_oids": [oid]})
     return web.Response(status=201 if result.created else 200)
 
 

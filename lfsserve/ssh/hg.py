@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -39,15 +40,18 @@ from ..hg.bundle2 import Bundle2Error
 from ..hg.error import HgError, RepoNotFound
 from ..pgdb import DatabaseUnavailable
 from ..repos import CannotCreate, RepoRegistry, RepoSettings
+from ..webhooks import Webhooks
 from ..wire.v1.commands import COMMANDS, Command, Session, Stream, bind_args
 from ..wire.v1.transport import (
     SPOOL_CHUNK,
     BadRequest,
     BundleRequired,
+    PushEnv,
     PushReply,
     PushTooLarge,
     lfs_checker,
     may_create,
+    push_env,
     refused_reply,
     spool,
     spool_dir,
@@ -134,11 +138,13 @@ class _HgServer:
         self.r = reader
         self.w = writer
         self._lfs: LfsService | None = None   # the LFS service, started at the first push (it vouches for lfs blobs)
+        self._webhooks = Webhooks(config)     # its queue opens at the first event
 
     async def close(self) -> None:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             await self.w.drain()
         self.w.close()
+        await run_blocking(self._webhooks.stop)
         if self._lfs is not None:
             await self._lfs.stop()
 
@@ -255,16 +261,24 @@ class _HgServer:
                 log.error("%s on %s: %s", cmd.name, self.repo, exc)
                 await self._out_of_band(f"{exc}; try again later")
 
-    def _session(self, stack: contextlib.ExitStack, payload: BinaryIO | None = None) -> Session:
+    def _session(self, stack: contextlib.ExitStack, payload: BinaryIO | None = None,
+                 push: PushEnv | None = None) -> Session:
         """A Session on the repository, opened into `stack` (blocking: in the executor)."""
         repo = stack.enter_context(self.registry.open(self.repo, may_create=self.creatable))
         check = lfs_checker(self.config, self._lfs, self.repo, self.principal) if payload is not None else None
-        return Session(self.config, repo, payload, check, transport="ssh")
+        return Session(self.config, repo, payload, check, transport="ssh", push=push)
+
+    def _push_env(self) -> PushEnv:
+        """In the event loop: the hooks run on it. HG_URL as hg's SSH server gives it."""
+        client = os.environ.get("SSH_CLIENT", "").split(" ", 1)[0]
+        return push_env(self.config, self.auth, self._webhooks, self.repo, self.principal, "ssh", client)
 
     async def _run(self, cmd: Command, args: Args) -> None:
         with contextlib.ExitStack() as stack:
+            env = self._push_env() if cmd.permission == "push" else None
+
             def work() -> bytes | Stream | PushReply:
-                return cmd.func(self._session(stack), **args)
+                return cmd.func(self._session(stack, push=env), **args)
             if cmd.permission == "push":
                 async with self.registry.write_lock(self.repo):
                     result = await run_blocking(work)
@@ -317,8 +331,10 @@ class _HgServer:
         else:
             try:
                 with contextlib.ExitStack() as stack:
+                    env = self._push_env()
+
                     def work() -> bytes | Stream | PushReply:
-                        return cmd.func(self._session(stack, body), **args)
+                        return cmd.func(self._session(stack, body, env), **args)
                     async with self.registry.write_lock(self.repo):
                         reply = await run_blocking(work)
             finally:

@@ -9,9 +9,11 @@ import logging
 import sys
 import time
 
+from ..aio import run_blocking
 from ..auth import Authenticator, AuthError, Permission, Principal
 from ..config import Config
 from ..pgdb import DatabaseUnavailable
+from ..webhooks import Webhooks
 from .command import BadCommand, SshCommand, parse_command
 from .hg import serve_hg_stdio
 from .pktline import STDIO_REFUSED, PktReader, PktWriter, ProtocolError, open_stdio, stdio_usable
@@ -83,9 +85,11 @@ async def _transfer(config: Config, auth: Authenticator, principal: Principal, c
         await svc.start()
     except DatabaseUnavailable as exc:
         return _fail(f"git-lfs-transfer: {exc}; try again later")
+    webhooks = Webhooks(config)  # its queue opens at the first upload with a target
     try:
         reader, writer = await open_stdio()
-        session = TransferSession(svc, principal, cmd.repo, cmd.operation, PktReader(reader), PktWriter(writer))
+        session = TransferSession(svc, principal, cmd.repo, cmd.operation, PktReader(reader), PktWriter(writer),
+                                  webhooks)
         try:
             return await session.run()
         except ProtocolError as exc:
@@ -99,4 +103,5 @@ async def _transfer(config: Config, auth: Authenticator, principal: Principal, c
                 await writer.drain()
             writer.close()
     finally:
+        await run_blocking(webhooks.stop)
         await svc.stop()

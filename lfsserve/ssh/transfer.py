@@ -29,6 +29,7 @@ import sys
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
+from ..aio import run_blocking
 from ..auth import Forbidden, Permission, Principal
 from ..blobstore import (
     BlobError,
@@ -43,6 +44,7 @@ from ..blobstore import (
 )
 from ..lfs.service import LfsService, LockExists, VerifyFailed
 from ..pgdb import DatabaseUnavailable
+from ..webhooks import Webhooks
 from .pktline import DELIM, FLUSH, PktReader, PktWriter, ProtocolError
 
 __all__ = ["TransferSession"]
@@ -90,8 +92,9 @@ class TransferSession:
     """One git-lfs-transfer process: one user, one namespace, one operation."""
 
     def __init__(self, svc: LfsService, principal: Principal, namespace: str, operation: str,
-                 reader: PktReader, writer: PktWriter):
+                 reader: PktReader, writer: PktWriter, webhooks: Webhooks | None = None):
         self.svc = svc
+        self.webhooks = webhooks  # uploads queue their `lfs` event here
         self.principal = principal
         self.ns = namespace
         self.operation = operation
@@ -295,6 +298,8 @@ class TransferSession:
             raise Refusal(413, f"object larger than this server's limit of {limit} bytes")
         async with contextlib.aclosing(self._body(req, size)) as body:
             await self.svc.receive(self.ns, oid, body)
+        if self.webhooks is not None and self.webhooks.targets(self.ns, "lfs"):
+            await run_blocking(self.webhooks.emit_sync, "lfs", self.ns, self.principal.name, {"lfs_oids": [oid]})
         self._status(200)
 
     async def _verify(self, req: Request, rest: str) -> None:

@@ -27,6 +27,7 @@ from ..hg.transaction import Transaction
 from ..repos import AbsentRepo, ServedRepo, engine_repo
 from .capabilities import BundleRequired, repo_heads
 from .protocol import BadRequest
+from .pushenv import PushEnv
 
 __all__ = [
     "PART_HANDLERS",
@@ -36,6 +37,7 @@ __all__ = [
     "PushOperation",
     "PushReply",
     "check_heads",
+    "check_pushkey",
     "parse_unbundle_heads",
     "parthandler",
     "unbundle",
@@ -130,11 +132,11 @@ def refused_reply(magic: bytes, exc: BaseException) -> PushReply:
 
 
 def unbundle(config: Config, repo: ServedRepo, heads_arg: bytes, body: BinaryIO,
-             check_lfs: LfsCheck | None = None) -> PushReply:
+             check_lfs: LfsCheck | None = None, env: PushEnv | None = None) -> PushReply:
     """Apply a pushed bundle to `repo`: an opened repository, or an AbsentRepo when the push may
     create it (the opener checked that nothing but possibly an empty directory is there). It then
     is, and if the push changes nothing, only what this call made is removed. `check_lfs`: None,
-    no check."""
+    no check. `env`: who pushes, with the hooks, rights and webhooks around the push (None: none)."""
     their_heads = parse_unbundle_heads(heads_arg)
     # As hg: the heads argument is checked before the bundle is even looked at, and a mismatch is
     # the plain "0\n<message>" answer whatever the bundle's format.
@@ -161,6 +163,8 @@ def unbundle(config: Config, repo: ServedRepo, heads_arg: bytes, body: BinaryIO,
                          f"(starts with {magic[:4]!r}, expected HG20 or HG10)")
     if kind == "bundle1" and not config.hg.bundle1:
         raise BundleRequired()
+    if env is not None:
+        env.bundle2 = kind == "bundle2"
 
     limits = PushLimits.of(config)
     with contextlib.ExitStack() as stack:
@@ -177,9 +181,10 @@ def unbundle(config: Config, repo: ServedRepo, heads_arg: bytes, body: BinaryIO,
                 if limits.max_unpacked:
                     stream = bundle2.LimitedReader(stream, max_total=limits.max_unpacked,  # type: ignore[assignment]
                                                    total_setting="hg.max_unpacked_push_size")
-                reply = _apply_bundle1(target, their_heads, limits.changegroup_source(stream), check_lfs, limits)
+                reply = _apply_bundle1(target, their_heads, limits.changegroup_source(stream), check_lfs, limits,
+                                       env)
             else:
-                reply = _apply_bundle2(target, body, check_lfs, limits)
+                reply = _apply_bundle2(target, body, check_lfs, limits, env)
             ok = reply.changed
             return reply
         finally:
@@ -232,7 +237,8 @@ def _check_lfs(oids: set[str], check_lfs: LfsCheck | None) -> None:
 
 
 def _apply_bundle1(repo: Repository, their_heads: list[bytes], stream: BinaryIO,
-                   check_lfs: LfsCheck | None, limits: PushLimits = PushLimits()) -> PushReply:
+                   check_lfs: LfsCheck | None, limits: PushLimits = PushLimits(),
+                   env: PushEnv | None = None) -> PushReply:
     output: list[str] = []
     try:
         with repo.lock():
@@ -240,16 +246,25 @@ def _apply_bundle1(repo: Repository, their_heads: list[bytes], stream: BinaryIO,
             with repo.transaction(b"push") as tr:
                 output.append("adding changesets\nadding manifests\nadding file changes\n")
                 result = repo.add_changegroup(tr, stream, "01", on_file_revision=limits.file_revision_check())
+                if env is not None:
+                    _check_branches(env, result)
+                    if repo.publishing and result.added:
+                        env.check_publish(repo, result.added)
                 if repo.publishing and result.added:
                     repo.phases_advance(tr, PUBLIC, result.added)
                 _check_lfs(set(result.lfs_oids), check_lfs)
-                if result.added:
-                    output.append(_added_message(result))
+                if env is not None and result.added:
+                    args = _node_args(result.added)
+                    env.run_hooks(repo, "pretxnchangegroup", output, throw=True, pending=tr, args=args)
+                    env.run_hooks(repo, "pretxnclose", output, throw=True, pending=tr, args=args)
+        # said once the transaction is committed
+        if result.added:
+            output.append(_added_message(result))
+        if env is not None:
+            _after_push(repo, env, output, result.added, {}, result.lfs_oids)
     except PushRaced as exc:
         return PushReply(b"0\n%s\n" % exc.message.encode("utf-8"))
     except (HgError, Bundle2Error) as exc:
-        if len(output) > 1:
-            output.pop()
         output.append(f"transaction abort!\nrollback completed\nabort: {exc.message}\n")
         hint = getattr(exc, "hint", None)
         if hint:
@@ -289,6 +304,9 @@ class PushOperation:
     output: list[str] = field(default_factory=list)
     final: list[str] = field(default_factory=list)
     lfs_oids: set[str] = field(default_factory=set)
+    env: PushEnv | None = None
+    added: list[bytes] = field(default_factory=list)   # the changesets the push adds
+    moved: dict[bytes, tuple[bytes | None, bytes | None]] = field(default_factory=dict)  # bookmark: (old, new)
     _tr_cm: contextlib.AbstractContextManager[Transaction] | None = None
     _tr: Transaction | None = None
 
@@ -336,14 +354,14 @@ def parthandler(name: bytes, params: Iterable[bytes] | None = None) -> Callable[
 
 
 def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None,
-                   limits: PushLimits = PushLimits()) -> PushReply:
+                   limits: PushLimits = PushLimits(), env: PushEnv | None = None) -> PushReply:
     """Process the parts in order under the store lock; the transaction opens on the first write.
 
     The reply lists, in order, each part's reply parts then the output printed while handling it,
     then one output part for the transaction close. On failure: the output so far, the
     rollback notice, and one error part; nothing of the push is kept.
     """
-    op = PushOperation(repo, check_lfs, limits)
+    op = PushOperation(repo, check_lfs, limits, env=env)
     try:
         reader = bundle2.BundleReader(body, max_unpacked=limits.max_unpacked,
                                       unpacked_setting="hg.max_unpacked_push_size")
@@ -358,6 +376,16 @@ def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None,
                             op.reply.append(OutPart(b"output", [], [(b"in-reply-to", b"%d" % part.id)],
                                                     "".join(op.output).encode("utf-8")))
                 _check_lfs(op.lfs_oids, check_lfs)
+                if env is not None and op.started:
+                    hook_output: list[str] = []
+                    try:
+                        env.run_hooks(repo, "pretxnclose", hook_output, throw=True, pending=op.transaction(),
+                                      args=_node_args(op.added))
+                    finally:
+                        if hook_output:
+                            op.reply.append(OutPart(b"output", data="".join(hook_output).encode("utf-8")))
+        if env is not None and op.started:
+            _after_push(repo, env, op.final, op.added, op.moved, op.lfs_oids)
         op.reply.append(OutPart(b"output", data="".join(op.final).encode("utf-8")))
         return PushReply(bundle2.encode_parts(op.reply), changed=op.started)
     except (HgError, Bundle2Error) as exc:
@@ -367,6 +395,28 @@ def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None,
         parts.append(_error_part(exc, op.replycaps))
         log.info("push refused: %s", exc)
         return PushReply(bundle2.encode_parts(parts))
+
+
+def _node_args(added: list[bytes]) -> dict[str, str]:
+    """HG_NODE / HG_NODE_LAST of hg's changegroup hooks (nothing when nothing was added)."""
+    return {"node": added[0].hex(), "node_last": added[-1].hex()} if added else {}
+
+
+def _check_branches(env: PushEnv, result: ApplyResult) -> None:
+    for node in result.added:
+        env.check_branch(result.branches.get(node, b"default"), node)
+
+
+def _after_push(repo: Repository, env: PushEnv, output: list[str], added: list[bytes],
+                moved: dict[bytes, tuple[bytes | None, bytes | None]], lfs_oids: Iterable[str]) -> None:
+    """Once the transaction committed and the lock is released: hg's changegroup, incoming and
+    txnclose hooks (a failure is only a warning), then the webhook event."""
+    if added:
+        env.run_hooks(repo, "changegroup", output, throw=False, args=_node_args(added))
+        for node in added:
+            env.run_hooks(repo, "incoming", output, throw=False, args={"node": node.hex()})
+    env.run_hooks(repo, "txnclose", output, throw=False, args=_node_args(added))
+    env.emit_push(repo, added, moved, lfs_oids)
 
 
 def _handle_part(op: PushOperation, part: InPart) -> None:
@@ -458,11 +508,19 @@ def _changegroup(op: PushOperation, part: InPart) -> None:
     result = repo.add_changegroup(tr, op.limits.changegroup_source(part), version,
                                   on_file_revision=op.limits.file_revision_check())
     target = part.params.get(b"targetphase")
+    env = op.env
+    if env is not None:
+        _check_branches(env, result)
+        if result.added and (repo.publishing or target == b"0"):
+            env.check_publish(repo, result.added)
     if result.added and (repo.publishing or target == b"0"):
         repo.phases_advance(tr, PUBLIC, result.added)
     op.lfs_oids.update(result.lfs_oids)
+    op.added.extend(result.added)
     if result.added:
         op.final.append(_added_message(result))
+    if env is not None and result.added:
+        env.run_hooks(repo, "pretxnchangegroup", op.output, throw=True, pending=tr, args=_node_args(result.added))
     op.reply.append(OutPart(b"reply:changegroup", [],
                             [(b"in-reply-to", b"%d" % part.id), (b"return", b"%d" % result.return_code)]))
 
@@ -472,6 +530,8 @@ def _phase_heads(op: PushOperation, part: InPart) -> None:
     entries = bundle2.decode_phase_heads(part.read_all(MAX_SMALL_PART))
     for phase in (PUBLIC, DRAFT):
         nodes = [n for p, n in entries if p == phase]
+        if nodes and phase == PUBLIC and op.env is not None:
+            op.env.check_publish(op.repo, nodes)
         if nodes:
             op.repo.phases_advance(op.transaction(), phase, nodes)  # the engine refuses unknown nodes (LookupError)
 
@@ -483,8 +543,35 @@ def _bookmarks(op: PushOperation, part: InPart) -> None:
         if b"@" in book:
             raise Abort(f"cannot accept divergent bookmark {book.decode('utf-8', 'replace')}!")
         changes[book] = node  # unknown nodes: the engine raises LookupError
+    _note_bookmarks(op, changes)
     if changes:
         op.repo.set_bookmarks(op.transaction(), changes)
+
+
+def _note_bookmarks(op: PushOperation, changes: dict[bytes, bytes | None]) -> None:
+    """Check the bookmark moves against protection and remember them for the webhook event."""
+    current = op.repo.bookmarks()
+    for book, node in changes.items():
+        if current.get(book) == node:
+            continue
+        if op.env is not None:
+            op.env.check_bookmark(book)
+        old = op.moved[book][0] if book in op.moved else current.get(book)
+        op.moved[book] = (old, node)
+
+
+def check_pushkey(env: PushEnv | None, repo: Repository, namespace: bytes, key: bytes, new: bytes) -> None:
+    """The rights a pushkey needs: publishing for a phase moved to public, protection for a
+    bookmark (both pushkey transports and the bundle2 part)."""
+    if env is None:
+        return
+    if namespace == b"phases" and new == b"0":
+        try:
+            env.check_publish(repo, [bytes.fromhex(key.decode("ascii"))])
+        except (ValueError, UnicodeDecodeError):
+            return  # not a node: the engine answers the pushkey with failure
+    elif namespace == b"bookmarks":
+        env.check_bookmark(key)
 
 
 @parthandler(b"pushkey")
@@ -493,8 +580,13 @@ def _pushkey(op: PushOperation, part: InPart) -> None:
     missing = [k for k in (b"namespace", b"key", b"old", b"new") if k not in params]
     if missing:
         raise Bundle2Error("pushkey part without " + ", ".join(k.decode() for k in missing))
-    ok = bool(op.repo.pushkey(op.transaction(), params[b"namespace"], params[b"key"], params[b"old"],
-                              params[b"new"]))
+    check_pushkey(op.env, op.repo, params[b"namespace"], params[b"key"], params[b"new"])
+    key = params[b"key"]
+    old = op.repo.bookmarks().get(key)
+    ok = bool(op.repo.pushkey(op.transaction(), params[b"namespace"], key, params[b"old"], params[b"new"]))
+    if ok and params[b"namespace"] == b"bookmarks":
+        first = op.moved[key][0] if key in op.moved else old
+        op.moved[key] = (first, bytes.fromhex(params[b"new"].decode("ascii")) if params[b"new"] else None)
     op.reply.append(OutPart(b"REPLY:PUSHKEY", [], [(b"in-reply-to", b"%d" % part.id), (b"return", b"%d" % ok)]))
     if part.mandatory and not ok:
         raise _PushkeyFailed(part.id, dict(params))

@@ -23,7 +23,8 @@ from .. import getbundle as pull
 from .. import streamclone
 from ..capabilities import BundleRequired, capabilities_bytes, clonebundles_manifest, http_capabilities, repo_heads
 from ..protocol import MAX_PAIRS, BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
-from ..unbundle import LfsCheck, PushReply
+from ..pushenv import PushEnv
+from ..unbundle import LfsCheck, PushReply, check_pushkey
 from ..unbundle import unbundle as apply_push
 
 __all__ = ["COMMANDS", "Command", "Result", "Session", "Stream", "bind_args", "command"]
@@ -44,6 +45,8 @@ class Session:
     # Whether `capabilities` may offer httppostargs to this client (hg.httppostargs permitting):
     # only where no 401 can follow, see wire/v1/http.py. Off unless the HTTP transport says so.
     offer_postargs: bool = False
+    # For push commands: who pushes, with the hooks, rights and webhooks around the push.
+    push: PushEnv | None = None
 
 
 @dataclass
@@ -186,8 +189,12 @@ def protocaps(s: Session, caps: bytes) -> bytes:
 def pushkey(s: Session, namespace: bytes, key: bytes, old: bytes, new: bytes) -> bytes:
     repo = engine_repo(s.repo)
     with repo.lock():
+        before = repo.bookmarks().get(key)
+        check_pushkey(s.push, repo, namespace, key, new)
         with repo.transaction(b"pushkey") as tr:
             ok = repo.pushkey(tr, namespace, key, old, new)
+    if ok and namespace == b"bookmarks" and s.push is not None:
+        s.push.emit_push(repo, [], {key: (before, bytes.fromhex(new.decode("ascii")) if new else None)}, [])
     return b"%d\n" % bool(ok)
 
 
@@ -240,4 +247,4 @@ def unbundle(s: Session, heads: bytes) -> PushReply:
     create the repository."""
     if s.payload is None:
         raise BadRequest("unbundle: no bundle in the request")
-    return apply_push(s.config, s.repo, heads, s.payload, s.check_lfs)
+    return apply_push(s.config, s.repo, heads, s.payload, s.check_lfs, s.push)

@@ -37,6 +37,7 @@ from .. import v2
 from ..capabilities import BundleRequired
 from ..compression import MEDIA_01, compress_stream, negotiate
 from ..protocol import BadRequest, header_args, parse_client_proto, parse_qs_bytes
+from ..pushenv import push_env
 from ..unbundle import LfsCheck, PushReply
 from .commands import COMMANDS, Command, Result, Session, Stream, bind_args
 from .transport import SPOOL_CHUNK, PushTooLarge, lfs_checker, may_create, spool, spool_dir
@@ -229,7 +230,7 @@ def _may_create(request: web.Request, repo_name: str, principal: Principal) -> b
 
 
 def _opened(request: web.Request, target: Target, principal: Principal, stack: contextlib.ExitStack,
-            payload: BinaryIO | None = None) -> Callable[[Command, Args], Result]:
+            payload: BinaryIO | None = None, push: bool = False) -> Callable[[Command, Args], Result]:
     """A function for the executor that runs a command on the repository of `target`, opened
     through the registry into `stack` (which the caller closes once the answer is sent: a Stream
     reads the repository while it goes out)."""
@@ -240,7 +241,11 @@ def _opened(request: web.Request, target: Target, principal: Principal, stack: c
 
     def work(cmd: Command, args: Args) -> Result:
         repo = stack.enter_context(ctx.repos.open(target.repo, may_create=may_create))
-        return cmd.func(Session(ctx.config, repo, payload, check_lfs, offer_postargs=postargs), **args)
+        return cmd.func(Session(ctx.config, repo, payload, check_lfs, offer_postargs=postargs, push=env), **args)
+    env = None
+    if push:
+        env = push_env(ctx.config, ctx.auth, ctx.webhooks, target.repo, principal, request.scheme,
+                       request.remote or "")
     return work
 
 
@@ -249,7 +254,7 @@ async def _run(request: web.Request, target: Target, principal: Principal, cmd: 
     ctx = request.app[CTX]
     config = ctx.config
     with contextlib.ExitStack() as stack:
-        work = _opened(request, target, principal, stack)
+        work = _opened(request, target, principal, stack, push=cmd.permission == "push")
         if cmd.name == "capabilities" and config.hg.wire_v2 and request.headers.get("X-HgUpgrade-1"):
             caps = await run_blocking(work, cmd, args)
             assert isinstance(caps, bytes)
@@ -332,7 +337,7 @@ async def _push(request: web.Request, target: Target, principal: Principal, cmd:
         return web.Response(status=413, reason=str(exc), text=f"{exc}\n")
     try:
         with metrics_of(request.app).push() as observed, contextlib.ExitStack() as stack:
-            work = _opened(request, target, principal, stack, body)
+            work = _opened(request, target, principal, stack, body, push=True)
             async with ctx.repos.write_lock(target.repo):
                 reply = await run_blocking(work, cmd, args)
             assert isinstance(reply, PushReply), f"{cmd.name} is a push command"

@@ -15,14 +15,16 @@ from ...auth import Authenticator, Permission, Principal
 from ...config import Config
 from ..capabilities import BundleRequired
 from ..protocol import BadRequest
+from ..pushenv import PushEnv, push_env
 from ..unbundle import LfsCheck, PushReply, refused_reply
 
 if TYPE_CHECKING:
     from ...kernel import LfsBlobPolicy
 
-# The errors and the push answer a transport turns into its own framing are re-exported here.
-__all__ = ["SPOOL_CHUNK", "BadRequest", "BundleRequired", "PushReply", "PushTooLarge", "lfs_checker",
-           "may_create", "open_spool", "refused_reply", "size_text", "spool", "spool_dir"]
+# The errors and the push answer a transport turns into its own framing, and who pushes (with the
+# hooks, rights and webhooks around a push), are re-exported here.
+__all__ = ["SPOOL_CHUNK", "BadRequest", "BundleRequired", "PushEnv", "PushReply", "PushTooLarge", "lfs_checker",
+           "may_create", "open_spool", "push_env", "refused_reply", "size_text", "spool", "spool_dir"]
 
 SPOOL_CHUNK = 1024 * 1024
 

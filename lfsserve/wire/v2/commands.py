@@ -22,6 +22,8 @@ from ...hg.manifest import find_entry
 from ...hg.node import NULLID, NULLREV
 from ...hg.storageutil import DeltaEmitter
 from ..protocol import MAX_NODES
+from ..pushenv import PushEnv
+from ..unbundle import check_pushkey
 from .framing import CommandError, CommandRequest, IndefiniteBytes
 
 if TYPE_CHECKING:
@@ -66,6 +68,8 @@ class Context:
     publishing: bool = True
     stream_clone: bool = True
     request_id: str = "-"
+    # For requests that write: who pushes, with the rights around a push (publishing, protection).
+    push: PushEnv | None = None
 
 
 @dataclass(frozen=True)
@@ -378,6 +382,7 @@ def lookup(ctx: Context, key: bytes) -> Iterator[Any]:
 def pushkey(ctx: Context, namespace: bytes, key: bytes, old: bytes, new: bytes) -> Iterator[Any]:
     repo = ctx.repo
     with repo.lock():
+        check_pushkey(ctx.push, repo, namespace, key, new)
         with repo.transaction(b"pushkey") as tr:
             ok = repo.pushkey(tr, namespace, key, old, new)
     yield bool(ok)

@@ -26,6 +26,7 @@ from ...hg.error import RepoNotFound, UnsupportedRequirement
 from ...kernel import CTX, REQUEST_ID, ServerContext
 from ...repos import RepoRegistry, engine_repo
 from ...routing import Kind, Target
+from ..pushenv import push_env
 from . import cbor, commands
 from .encoding import choose, make_encoder, order_from_config
 from .framing import ProtocolError, Request, ResponseWriter, coalesce, read_request
@@ -173,7 +174,7 @@ async def _serve(state: _State, request: web.Request, target: Target) -> web.Str
     if request.method != "POST":
         raise _Refusal(405, "commands require POST requests", {"Allow": "POST"})
     needed = Permission.READ if access == "ro" else Permission.WRITE
-    await state.server.auth.require(request.headers, target.repo, needed)
+    principal = await state.server.auth.require(request.headers, target.repo, needed)
 
     bname = name.encode("utf-8", "surrogateescape")
     multi = name == "multirequest"
@@ -202,6 +203,10 @@ async def _serve(state: _State, request: web.Request, target: Target) -> web.Str
             await stack.enter_async_context(state.registry.write_lock(target.repo))
         opened = stack.enter_context(contextlib.ExitStack())
         ctx = await _context(state, target, request, opened)
+        if writes:
+            ctx.push = push_env(state.server.config, state.server.auth, state.server.webhooks, target.repo,
+                                principal, request.scheme,
+                                request.remote or "")
         return await _stream(request, ctx, parsed, encoding)
 
 
