@@ -5,7 +5,8 @@ instances serialize, a killed instance leaves nothing partial and the others kee
 PostgreSQL restart fails requests cleanly (503 + Retry-After) until it is back.
 
 The cluster is module-scoped (started once): three instances, the third (`victim`) is the one a
-test kills; nginx's upstream has all three.
+test kills; nginx's upstream has all three. Its LFS objects are on the shared data directory; the
+last test runs two instances on one S3 bucket (moto) instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pytest
 
 from ..bundle_build import LFS_FLAG, changegroup03, changegroup_bundle, lfs_pointer
 from ..pgserver import PgServer
+from ..s3server import MotoServer
 from ..support import HG, REPO_ROOT, Hg, LfsserveProcess, hg_env, oid_of, run, start_lfsserve
 from .lfs_http import LFS, batch, download, objects, request, upload
 from .lfs_util import stored_oids
@@ -317,3 +319,47 @@ def test_killed_instance_leaves_nothing_partial_and_database_restart(cluster: Cl
         assert lock_call(cluster.lfs(server), "locks", {}, "alice", method="GET")[0] == 200
     for server in (cluster.a, cluster.b):
         assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
+def test_two_instances_share_an_s3_bucket(pg_server: PgServer, moto: MotoServer, tmp_path: Path):
+    """The same deployment with the objects in one S3 bucket (moto): an object uploaded through
+    one instance is served by the other and through nginx; an instance killed mid-upload leaves
+    no object in the bucket and the other keeps serving."""
+    bucket = moto.create_bucket()
+    config = (f'[server]\ntrusted_proxies = ["127.0.0.1"]\n[database]\nurl = "{pg_server.create_database()}"\n'
+              + moto.storage_toml(bucket))
+    root = tmp_path / "data"
+    servers = [start_lfsserve(root, config=config, env=moto.env) for _ in range(2)]
+    nginx = start_nginx(tmp_path / "nginx", [s.port for s in servers])
+    one, two = servers
+    try:
+        data = os.urandom(300_000)
+        oid = upload(f"{one.url}/{REPO}/info/lfs", data)
+        assert download(f"{two.url}/{REPO}/info/lfs", oid, len(data)) == (200, data)
+        assert download(f"{nginx.url}/{REPO}/info/lfs", oid, len(data)) == (200, data)
+        assert not (root / "lfs" / "objects").exists() or not stored_oids(root)  # the objects are in the bucket
+
+        # Large enough for a multipart upload to the final key: kill the instance once it has begun.
+        big = os.urandom(20 * 1024 * 1024)
+        final = f"lfs/objects/{oid_of(big)[:2]}/{oid_of(big)[2:4]}/{oid_of(big)}"
+        sock = _start_upload(two, REPO, big, 17 * 1024 * 1024)
+        try:
+            deadline = time.monotonic() + 60
+            while not moto.client().list_multipart_uploads(Bucket=bucket, Prefix=final).get("Uploads"):
+                assert time.monotonic() < deadline, "the upload never reached the bucket"
+                time.sleep(0.1)
+            two.stop(signal.SIGKILL)
+        finally:
+            sock.close()
+        listed = moto.client().list_objects_v2(Bucket=bucket, Prefix=final)
+        assert listed.get("KeyCount", 0) == 0, listed
+        for base in (one.url, nginx.url):
+            status, _, answer = batch(f"{base}/{REPO}/info/lfs", "download", objects((oid_of(big), len(big))))
+            assert status == 200 and answer["objects"][0]["error"]["code"] == 404, answer
+        assert upload(f"{nginx.url}/{REPO}/info/lfs", big) == oid_of(big)
+        assert download(f"{one.url}/{REPO}/info/lfs", oid_of(big), len(big)) == (200, big)
+        assert "Traceback" not in one.log(), one.log()[-3000:]
+    finally:
+        nginx.stop()
+        for s in servers:
+            s.stop()
