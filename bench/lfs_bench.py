@@ -15,6 +15,12 @@ server must hash every byte it stores).
     python bench/lfs_bench.py --targets lfsserve,lfsserve-nofsync,hgserve --skip concurrent,batch --rounds 2
                                              # issue 16's targets, as ratios against hg serve
     python bench/lfs_bench.py --targets lfsserve-base,lfsserve,hgserve --base-src /tmp/old   # before / after
+    PYTHONPATH=$PWD python bench/lfs_bench.py --targets lfsserve-1x,lfsserve-2x --skip big
+                          # one vs two instances behind nginx, sharing PostgreSQL and a data dir
+
+lfsserve-1x and lfsserve-2x run the scale-out deployment (README "Several instances") with the
+test fixtures' PostgreSQL (tests/pgserver.py) and nginx (tests/interop/nginx.py, deploy/nginx.conf):
+`lfsserve-Nx` is N instances in nginx's upstream; RSS is summed over the instances.
 
 giftless is installed on first use into a throwaway venv (default /tmp/lfsserve-bench-giftless,
 `pip install giftless gunicorn`) and served by gunicorn (gthread workers, one per core); hg serve
@@ -39,6 +45,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,10 +135,14 @@ class Server:
     lfs_base: str          # URL the batch endpoint is under ({lfs_base}/objects/batch)
     workdir: Path
     logfile: Path
+    # More server processes (other instances), and what runs around them (nginx, PostgreSQL),
+    # stopped after them.
+    more: list[subprocess.Popen] = field(default_factory=list)
+    around: list[Callable[[], None]] = field(default_factory=list)
 
     def pids(self) -> list[int]:
-        """The server process and all its descendants (gunicorn workers)."""
-        out, todo = [], [self.proc.pid]
+        """The server processes and all their descendants (gunicorn workers)."""
+        out, todo = [], [self.proc.pid, *(p.pid for p in self.more)]
         while todo:
             pid = todo.pop()
             out.append(pid)
@@ -143,27 +154,65 @@ class Server:
         return out
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        for proc in (self.proc, *self.more):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in (self.proc, *self.more):
             try:
-                self.proc.wait(30)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                proc.kill()
+                proc.wait()
+        for stop in self.around:
+            stop()
 
 
-def start_lfsserve(workdir: Path, fsync: bool = True, src: Path = REPO_ROOT) -> Server:
+def start_lfsserve(workdir: Path, fsync: bool = True, extra_config: str = "", name: str = "server",
+                   src: Path = REPO_ROOT) -> tuple[subprocess.Popen, int, Path]:
     port = free_port()
-    logfile = workdir / "server.log"
-    config = workdir / "lfsserve.toml"
-    config.write_text('[log]\naccess_format = "off"\n' + ("" if fsync else "[lfs]\nfsync = false\n"))
+    logfile = workdir / f"{name}.log"
+    config = workdir / f"{name}.toml"
+    config.write_text('[log]\naccess_format = "off"\n' + ("" if fsync else "[lfs]\nfsync = false\n")
+                      + extra_config)
     proc = subprocess.Popen(
         [sys.executable, "-m", "lfsserve", "serve", "--root", str(workdir / "data"), "--port", str(port),
          "--anonymous", "write", "--config", str(config)],
         cwd=src, stdout=logfile.open("w"), stderr=subprocess.STDOUT,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("LFSSERVE_")}, "PYTHONPATH": str(src)})
     wait_port(port, proc)
+    return proc, port, logfile
+
+
+def start_lfsserve_alone(workdir: Path, fsync: bool = True, src: Path = REPO_ROOT) -> Server:
+    proc, port, logfile = start_lfsserve(workdir, fsync, src=src)
     return Server("lfsserve", proc, f"http://127.0.0.1:{port}/bench/repo.git/info/lfs", workdir, logfile)
+
+
+def start_lfsserve_cluster(workdir: Path, instances: int, fsync: bool = True) -> Server:
+    """`instances` lfsserve behind one nginx, sharing a PostgreSQL database and the data dir."""
+    from tests.interop.nginx import start_nginx
+    from tests.pgserver import PgServer
+
+    pg = PgServer()
+    pg.start()
+    around: list[Callable[[], None]] = [pg.close]
+    procs: list[subprocess.Popen] = []
+    try:
+        config = f'[server]\ntrusted_proxies = ["127.0.0.1"]\n[database]\nurl = "{pg.create_database()}"\n'
+        ports = []
+        for i in range(instances):
+            proc, port, _ = start_lfsserve(workdir, fsync, config, name=f"server{i}")
+            procs.append(proc)
+            ports.append(port)
+        nginx = start_nginx(workdir / "nginx", ports)
+        around.insert(0, nginx.stop)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        pg.close()
+        raise
+    return Server(f"lfsserve-{instances}x", procs[0], f"{nginx.url}/bench/repo.git/info/lfs", workdir,
+                  workdir / "server0.log", procs[1:], around)
 
 
 def start_hgserve(workdir: Path) -> Server:
@@ -684,11 +733,13 @@ def run_target(name: str, args) -> Results:
     res = Results(name)
     workdir = Path(tempfile.mkdtemp(prefix=f"lfsbench-{name}-", dir=args.data_dir))
     fsync = not args.no_fsync
-    if name == "lfsserve":
+    if name.startswith("lfsserve"):
         res.notes.append(f"setting: lfs.fsync = {str(fsync).lower()}")
-    starter = {"lfsserve": lambda w: start_lfsserve(w, fsync=fsync),
-               "lfsserve-nofsync": lambda w: start_lfsserve(w, fsync=False),
-               "lfsserve-base": lambda w: start_lfsserve(w, fsync=fsync, src=Path(args.base_src)),
+    starter = {"lfsserve": lambda w: start_lfsserve_alone(w, fsync=fsync),
+               "lfsserve-nofsync": lambda w: start_lfsserve_alone(w, fsync=False),
+               "lfsserve-base": lambda w: start_lfsserve_alone(w, fsync=fsync, src=Path(args.base_src)),
+               "lfsserve-1x": lambda w: start_lfsserve_cluster(w, 1, fsync=fsync),
+               "lfsserve-2x": lambda w: start_lfsserve_cluster(w, 2, fsync=fsync),
                "hgserve": start_hgserve,
                "giftless": lambda w: start_giftless(w, Path(args.giftless_venv))}[name]
     server = starter(workdir)
@@ -820,7 +871,8 @@ def report(results: list[Results], baseline: float, big_mib: int, load: float, r
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--targets", default="lfsserve", help="comma-separated: lfsserve,hgserve,giftless")
+    p.add_argument("--targets", default="lfsserve",
+                   help="comma-separated: lfsserve,hgserve,giftless,lfsserve-1x,lfsserve-2x")
     p.add_argument("--big-mib", type=int, default=1024, help="size of the large object in MiB (default 1024)")
     p.add_argument("--small-count", type=int, default=1000)
     p.add_argument("--clients", type=int, default=64)

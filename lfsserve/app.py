@@ -24,6 +24,8 @@ from .kernel import CTX, REQUEST_ID, ROUTE_KIND, ServerContext, Setup, lfs_error
 from .limits import LIMITS, PROBE_PATHS, Limits, limits_middleware, mark_prepared
 from .logs import add_request_id_header, client_gone, request_id_middleware
 from .metrics import METRICS, Metrics, metrics_handler
+from .pgdb import RETRY_AFTER as DB_RETRY_AFTER
+from .pgdb import DatabaseUnavailable
 from .repos import RepoRegistry, RepoSettings
 from .routing import BadPath, Kind, Target, resolve
 from .shutdown import DRAIN, Drain, close_while_draining, drain_middleware
@@ -57,6 +59,11 @@ async def _error_middleware(request: web.Request, handler):
         return await handler(request)
     except web.HTTPException:
         raise
+    except DatabaseUnavailable as exc:
+        # The shared metadata database is down or restarting: nothing was changed; try again.
+        log.error("%s %s: %s", request.method, request.path, exc)
+        return web.Response(status=503, text="the metadata database is unavailable; try again later\n",
+                            headers={"Retry-After": str(DB_RETRY_AFTER)})
     except Exception as exc:
         if isinstance(exc, ConnectionError) and client_gone(request):
             raise  # the client went away: logs.request_id_middleware records it (499)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config, ConfigError, load_config
+from .pgdb import DatabaseUnavailable, SchemaTooNew
 
 __all__ = ["main"]
 
@@ -602,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lfsserve: configuration error: {exc}", file=sys.stderr)
         return 2
+    except (DatabaseUnavailable, SchemaTooNew) as exc:  # `serve` says it itself; the admin commands here
+        print(f"lfsserve: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

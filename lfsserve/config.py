@@ -242,6 +242,14 @@ CLONEBUNDLE_FORMATS = ("zstd-v2", "gzip-v2", "none-v2", "none-v2;stream=v2")
 
 
 @dataclass
+class DatabaseConfig:
+    # Where LFS metadata (which repository sees which object, file locks) lives. Empty: a SQLite
+    # file under <root>/lfs (one server). "postgresql://user:password@host:5432/db": shared by
+    # several lfsserve instances (schema created or migrated on start-up).
+    url: str = ""
+
+
+@dataclass
 class LogConfig:
     # debug|info|warning|error
     level: str = "info"
@@ -331,6 +339,7 @@ class Config:
     lfs: LfsConfig = field(default_factory=LfsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     hg: HgConfig = field(default_factory=HgConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
     log: LogConfig = field(default_factory=LogConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     ssh: SshConfig = field(default_factory=SshConfig)
@@ -490,6 +499,8 @@ class Config:
         if not self.ssh.command or any(c in self.ssh.command for c in '"\\\n\r'):
             raise ConfigError("ssh.command: must be a non-empty program path without quotes, "
                               "backslashes or line breaks (it goes into authorized_keys lines)")
+        if self.database.url and not self.database.url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("database.url: must be empty (SQLite) or start with postgresql://")
 
 
 # Short environment variable names for the options containers set most often.

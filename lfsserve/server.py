@@ -20,6 +20,7 @@ from .config import Config
 from .kernel import CTX
 from .logs import access_logger_class, setup_logging
 from .metrics import METRICS
+from .pgdb import DatabaseUnavailable, SchemaTooNew
 from .shutdown import DRAIN
 
 __all__ = ["run", "runner_options", "serve"]
@@ -89,8 +90,12 @@ def run(config: Config) -> int:
         import uvloop
     except ImportError:
         uvloop = None  # type: ignore[assignment]
-    if uvloop is not None and sys.platform != "win32":
-        uvloop.run(serve(config))
-    else:
-        asyncio.run(serve(config))
+    try:
+        if uvloop is not None and sys.platform != "win32":
+            uvloop.run(serve(config))
+        else:
+            asyncio.run(serve(config))
+    except (DatabaseUnavailable, SchemaTooNew) as exc:  # at start-up: say why, no traceback
+        print(f"lfsserve: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0

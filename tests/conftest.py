@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from . import support
+from .pgserver import PgServer
 from .s3server import MotoServer
 from .support import Hg, LfsserveProcess, hg593_exe, start_lfsserve
 
 INTEROP_DIR = Path(__file__).resolve().parent / "interop"
 # Fixtures (here and under tests/interop) that start a server or an external program.
-INTEROP_FIXTURES = frozenset({"lfsserve", "hg", "hg593", "hg593_path", "moto"})
+INTEROP_FIXTURES = frozenset({"lfsserve", "hg", "hg593", "hg593_path", "moto", "pg_server"})
 # In a module's source: it starts our own command as a process.
 RUNS_LFSSERVE = '"-m", "lfsserve"'
 
@@ -101,3 +102,15 @@ def hg593_path() -> str:
 def hg593(tmp_path: Path, hg593_path: str) -> Hg:
     """The real Mercurial 5.9.3 client (wire protocol v2 capable), isolated like `hg`."""
     return Hg(tmp_path / "hg593-home", exe=hg593_path)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL server (tests/pgserver.py) for the whole session; `create_database()`
+    gives each test its own database. Tests that restart it must leave it running."""
+    server = PgServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -29,6 +29,7 @@ from ..blobstore import (
     UploadRaced,
 )
 from ..kernel import CTX, LFS_JSON, Handler, lfs_error
+from ..pgdb import RETRY_AFTER, DatabaseUnavailable
 from ..routing import Target
 
 __all__ = ["LFS_JSON", "LfsError", "blob_status", "endpoint", "json_response"]
@@ -99,6 +100,12 @@ def endpoint(handler: Handler) -> Handler:
             return _error_response(request, 503, exc.message, {"Retry-After": str(exc.retry_after)})
         except BlobError as exc:
             return _error_response(request, blob_status(exc), exc.message)
+        except DatabaseUnavailable as exc:
+            # git-lfs retries a 503 after Retry-After; nothing was changed. The details (the
+            # database's address) are for the log only.
+            log.error("LFS %s %s: %s", request.method, request.path, exc)
+            return _error_response(request, 503, "the metadata database is unavailable; try again later",
+                                   {"Retry-After": str(RETRY_AFTER)})
         except (ClientPayloadError, asyncio.IncompleteReadError) as exc:
             # The client stopped sending mid-body; it is probably gone, but say why if it is not.
             return _error_response(request, 400, f"request body incomplete: {exc}",

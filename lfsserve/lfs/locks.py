@@ -17,11 +17,12 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from ..auth import Permission, Principal
+from ..pgdb import PgDb, rowcount
 from ..reqkeys import PRINCIPAL, REQUEST_ID
 from ..routing import Target
 from ..sqlitedb import SqliteDb
@@ -29,11 +30,28 @@ from .errors import LfsError, endpoint, json_response
 from .keys import LFS_SERVICE
 from .request import check_ref, read_json
 
-__all__ = ["SCHEMA", "Lock", "LockExists", "LockStore", "handle_locks"]
+if TYPE_CHECKING:
+    import asyncpg
+
+__all__ = ["PG_SCHEMA", "SCHEMA", "Lock", "LockExists", "LockStore", "PgLockStore", "SqliteLockStore",
+           "handle_locks"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS locks (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    id        TEXT NOT NULL UNIQUE,
+    namespace TEXT NOT NULL,
+    path      TEXT NOT NULL,
+    owner     TEXT NOT NULL,
+    locked_at TEXT NOT NULL,
+    UNIQUE (namespace, path)
+);
+"""
+
+# Part of the first PostgreSQL migration (see LfsService.create).
+PG_SCHEMA = """
+CREATE TABLE lfs_locks (
+    seq       BIGSERIAL PRIMARY KEY,
     id        TEXT NOT NULL UNIQUE,
     namespace TEXT NOT NULL,
     path      TEXT NOT NULL,
@@ -74,14 +92,42 @@ def _row(r) -> Lock:
 _COLUMNS = "id, path, owner, locked_at, seq"
 
 
-class LockStore:
+def _new_lock(path: str, owner: str) -> Lock:
+    return Lock(id=secrets.token_hex(16), path=path, owner=owner,
+                locked_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+class LockStore(Protocol):
+    """The locks of every namespace: what every backend answers alike. Creating and releasing
+    are atomic, also between server instances sharing the store: of two racing creates of one
+    path exactly one wins, and a lock is released at most once."""
+
+    async def create(self, namespace: str, path: str, owner: str) -> Lock:
+        """Lock `path`; raises LockExists carrying the current lock if someone holds it."""
+        ...
+
+    async def list(self, namespace: str, *, path: str | None = None, lock_id: str | None = None,
+                   cursor: int = 0, limit: int = DEFAULT_LIMIT, owner: str | None = None
+                   ) -> tuple[list[Lock], int | None]:
+        """Locks in creation order from `cursor` on; returns (locks, next cursor or None)."""
+        ...
+
+    async def delete(self, namespace: str, lock_id: str, *, owner: str | None) -> Lock | None:
+        """Release a lock and return it; None when there is no such lock. With `owner` set, only
+        that user's lock is released: another's raises PermissionError carrying the lock."""
+        ...
+
+    async def forget_namespace(self, namespace: str) -> int:
+        """Drop every lock of a namespace; returns how many."""
+        ...
+
+
+class SqliteLockStore:
     def __init__(self, db: SqliteDb):
         self.db = db
 
     async def create(self, namespace: str, path: str, owner: str) -> Lock:
-        """Lock `path`; raises LockExists carrying the current lock if someone holds it."""
-        lock = Lock(id=secrets.token_hex(16), path=path, owner=owner,
-                    locked_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        lock = _new_lock(path, owner)
 
         def w(conn: sqlite3.Connection) -> Lock | LockExists:
             try:
@@ -104,7 +150,6 @@ class LockStore:
     async def list(self, namespace: str, *, path: str | None = None, lock_id: str | None = None,
                    cursor: int = 0, limit: int = DEFAULT_LIMIT, owner: str | None = None
                    ) -> tuple[list[Lock], int | None]:
-        """Locks in creation order from `cursor` on; returns (locks, next cursor or None)."""
         def q(conn: sqlite3.Connection):
             sql = f"SELECT {_COLUMNS} FROM locks WHERE namespace = ? AND seq >= ?"
             args: list[Any] = [namespace, cursor]
@@ -127,8 +172,6 @@ class LockStore:
         return rows, None
 
     async def delete(self, namespace: str, lock_id: str, *, owner: str | None) -> Lock | None:
-        """Release a lock and return it; None when there is no such lock. With `owner` set, only
-        that user's lock is released: another's raises PermissionError carrying the lock."""
         def w(conn: sqlite3.Connection):
             row = conn.execute(f"SELECT {_COLUMNS} FROM locks WHERE namespace = ? AND id = ?",
                                (namespace, lock_id)).fetchone()
@@ -148,6 +191,76 @@ class LockStore:
     async def forget_namespace(self, namespace: str) -> int:
         def w(conn: sqlite3.Connection) -> int:
             return conn.execute("DELETE FROM locks WHERE namespace = ?", (namespace,)).rowcount
+        return await self.db.write(w)
+
+
+class PgLockStore:
+    """The locks in PostgreSQL, shared by every instance using the database. The (namespace, path)
+    unique key decides racing creates; a release is one DELETE, so it happens at most once."""
+
+    def __init__(self, db: PgDb):
+        self.db = db
+
+    async def create(self, namespace: str, path: str, owner: str) -> Lock:
+        lock = _new_lock(path, owner)
+
+        async def w(conn: asyncpg.Connection) -> Lock | LockExists | None:
+            seq = await conn.fetchval(
+                "INSERT INTO lfs_locks (id, namespace, path, owner, locked_at) VALUES ($1, $2, $3, $4, $5) "
+                "ON CONFLICT (namespace, path) DO NOTHING RETURNING seq",
+                lock.id, namespace, path, owner, lock.locked_at)
+            if seq is not None:
+                return Lock(lock.id, path, owner, lock.locked_at, seq)
+            existing = await conn.fetchrow(f"SELECT {_COLUMNS} FROM lfs_locks WHERE namespace = $1 AND path = $2",
+                                           namespace, path)
+            # None: the holder released it between the two statements; try again.
+            return LockExists(_row(existing)) if existing is not None else None
+
+        while True:
+            result = await self.db.write(w)
+            if isinstance(result, LockExists):
+                raise result
+            if result is not None:
+                return result
+
+    async def list(self, namespace: str, *, path: str | None = None, lock_id: str | None = None,
+                   cursor: int = 0, limit: int = DEFAULT_LIMIT, owner: str | None = None
+                   ) -> tuple[list[Lock], int | None]:
+        async def q(conn: asyncpg.Connection) -> list[Lock]:
+            sql = f"SELECT {_COLUMNS} FROM lfs_locks WHERE namespace = $1 AND seq >= $2"
+            args: list[Any] = [namespace, cursor]
+            for column, value in (("path", path), ("id", lock_id), ("owner", owner)):
+                if value is not None:
+                    args.append(value)
+                    sql += f" AND {column} = ${len(args)}"
+            args.append(limit + 1)
+            sql += f" ORDER BY seq LIMIT ${len(args)}"
+            return [_row(r) for r in await conn.fetch(sql, *args)]
+
+        rows = await self.db.read(q)
+        if len(rows) > limit:
+            return rows[:limit], rows[limit].seq
+        return rows, None
+
+    async def delete(self, namespace: str, lock_id: str, *, owner: str | None) -> Lock | None:
+        async def w(conn: asyncpg.Connection) -> Lock | PermissionError | None:
+            row = await conn.fetchrow(
+                f"DELETE FROM lfs_locks WHERE namespace = $1 AND id = $2 AND ($3::text IS NULL OR owner = $3) "
+                f"RETURNING {_COLUMNS}", namespace, lock_id, owner)
+            if row is not None:
+                return _row(row)
+            held = await conn.fetchrow(f"SELECT {_COLUMNS} FROM lfs_locks WHERE namespace = $1 AND id = $2",
+                                       namespace, lock_id)
+            return PermissionError(_row(held)) if held is not None else None
+
+        result = await self.db.write(w)
+        if isinstance(result, PermissionError):
+            raise result
+        return result
+
+    async def forget_namespace(self, namespace: str) -> int:
+        async def w(conn: asyncpg.Connection) -> int:
+            return rowcount(await conn.execute("DELETE FROM lfs_locks WHERE namespace = $1", namespace))
         return await self.db.write(w)
 
 

@@ -32,17 +32,23 @@ from ..blobstore import (
     open_store,
 )
 from ..config import Config
+from ..pgdb import PgDb
 from ..sqlitedb import SqliteDb
 from . import locks, namespaces
 from .adapters import TransferAdapter, open_adapter
-from .locks import Lock, LockExists
-from .namespaces import NamespaceIndex
+from .locks import Lock, LockExists, LockStore, PgLockStore, SqliteLockStore
+from .namespaces import NamespaceIndex, PgNamespaceIndex, SqliteNamespaceIndex
 
 # Lock and LockExists are what LfsService.locks hands out and raises, for front ends (ssh/) that
 # reach LFS storage through this module only.
-__all__ = ["GcReport", "LfsService", "LfsStats", "Lock", "LockExists", "VerifyFailed", "VerifyReport"]
+__all__ = ["PG_MIGRATIONS", "GcReport", "LfsService", "LfsStats", "Lock", "LockExists", "VerifyFailed",
+           "VerifyReport"]
 
 log = logging.getLogger(__name__)
+
+# The PostgreSQL schema, one migration per entry, applied in order once each (pgdb.PgDb). Append
+# new entries; never edit one that has shipped.
+PG_MIGRATIONS = [namespaces.PG_SCHEMA + locks.PG_SCHEMA]
 
 
 @dataclass
@@ -88,13 +94,17 @@ class VerifyFailed(Exception):
 
 
 class LfsService:
-    def __init__(self, config: Config, auth: Authenticator, store: BlobStore, db: SqliteDb):
+    def __init__(self, config: Config, auth: Authenticator, store: BlobStore, db: SqliteDb | PgDb):
         self.config = config
         self.auth = auth
         self.store = store
         self.db = db
-        self.namespaces = NamespaceIndex(db)
-        self.locks = locks.LockStore(db)
+        self.namespaces: NamespaceIndex
+        self.locks: LockStore
+        if isinstance(db, PgDb):
+            self.namespaces, self.locks = PgNamespaceIndex(db), PgLockStore(db)
+        else:
+            self.namespaces, self.locks = SqliteNamespaceIndex(db), SqliteLockStore(db)
         self.stats = LfsStats()
         # Where batch answers send clients to transfer objects: chosen with the backend.
         self.transfer: TransferAdapter = open_adapter(config, auth, store)
@@ -102,6 +112,10 @@ class LfsService:
 
     @classmethod
     def create(cls, config: Config, auth: Authenticator, store: BlobStore | None = None) -> LfsService:
+        store = store or open_store(config)
+        if config.database.url:
+            # Shared by every instance using this database. Migrations only ever get appended.
+            return cls(config, auth, store, PgDb(config.database.url, PG_MIGRATIONS, name="lfs-meta"))
         root = config.lfs_dir
         # With lfs.fsync the visibility grants and locks are as durable as the objects: an
         # acknowledged upload is still visible to its repository after a power loss. (SqliteDb
@@ -110,12 +124,16 @@ class LfsService:
         # from that repository until uploaded again. A process crash loses nothing either way.
         db = SqliteDb(root / "meta.sqlite3", namespaces.SCHEMA + locks.SCHEMA, durable=config.lfs.fsync,
                       name="lfs-meta")
-        return cls(config, auth, store or open_store(config), db)
+        return cls(config, auth, store, db)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.store.open()
-        await self.db.astart()
+        try:
+            await self.db.astart()
+        except BaseException:  # e.g. the shared database is unreachable: nothing stays open
+            await self.store.close()
+            raise
 
     async def stop(self) -> None:
         await self.db.astop()

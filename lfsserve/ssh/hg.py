@@ -38,6 +38,7 @@ from ..auth import Authenticator, AuthError, Permission, Principal
 from ..config import Config
 from ..hg.bundle2 import Bundle2Error
 from ..hg.error import HgError, RepoNotFound
+from ..pgdb import DatabaseUnavailable
 from ..repos import CannotCreate, RepoRegistry, RepoSettings
 from ..webhooks import Webhooks
 from ..wire.v1.commands import COMMANDS, Command, Session, Stream, bind_args
@@ -256,6 +257,9 @@ class _HgServer:
             except (HgError, Bundle2Error) as exc:
                 log.info("%s on %s refused: %s", cmd.name, self.repo, exc)
                 await self._out_of_band(exc.message, getattr(exc, "hint", None))
+            except DatabaseUnavailable as exc:  # nothing was applied
+                log.error("%s on %s: %s", cmd.name, self.repo, exc)
+                await self._out_of_band(f"{exc}; try again later")
 
     def _session(self, stack: contextlib.ExitStack, payload: BinaryIO | None = None,
                  push: PushEnv | None = None) -> Session:

@@ -12,6 +12,7 @@ import time
 from ..aio import run_blocking
 from ..auth import Authenticator, AuthError, Permission, Principal
 from ..config import Config
+from ..pgdb import DatabaseUnavailable
 from ..webhooks import Webhooks
 from .command import BadCommand, SshCommand, parse_command
 from .hg import serve_hg_stdio
@@ -80,7 +81,10 @@ async def _transfer(config: Config, auth: Authenticator, principal: Principal, c
     if not stdio_usable():
         return _fail(f"git-lfs-transfer {STDIO_REFUSED}")
     svc = LfsService.create(config, auth)
-    await svc.start()
+    try:
+        await svc.start()
+    except DatabaseUnavailable as exc:
+        return _fail(f"git-lfs-transfer: {exc}; try again later")
     webhooks = Webhooks(config)  # its queue opens at the first upload with a target
     try:
         reader, writer = await open_stdio()

@@ -44,6 +44,7 @@ from ..blobstore import (
     UploadRaced,
 )
 from ..lfs.service import LfsService, LockExists, VerifyFailed
+from ..pgdb import DatabaseUnavailable
 from ..webhooks import Webhooks
 from .pktline import DELIM, FLUSH, PktReader, PktWriter, ProtocolError
 
@@ -196,6 +197,9 @@ class TransferSession:
             except BlobError as exc:
                 await self._drain(req)
                 self._error(_blob_status(exc), exc.message)
+            except DatabaseUnavailable as exc:
+                await self._drain(req)
+                self._error(503, f"{exc}; try again later")
             await self.w.drain()
 
     async def _dispatch(self, req: Request) -> None:

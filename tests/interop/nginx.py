@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,19 +46,23 @@ class Nginx:
                 self.proc.wait()
 
 
-def site_config(backend_port: int, listen_port: int) -> str:
-    """deploy/nginx.conf with the backend and listen addresses of this test; fails if it drifted."""
+def site_config(backend_port: int | Sequence[int], listen_port: int) -> str:
+    """deploy/nginx.conf with the backend(s) and listen address of this test; fails if it drifted.
+    Several backend ports: an upstream of several lfsserve instances."""
     text = TEMPLATE.read_text()
-    for old, new in (("server 127.0.0.1:8080;", f"server 127.0.0.1:{backend_port};"),
+    ports = [backend_port] if isinstance(backend_port, int) else list(backend_port)
+    servers = "\n    ".join(f"server 127.0.0.1:{p};" for p in ports)
+    for old, new in (("server 127.0.0.1:8080;", servers),
                      ("listen 80;", f"listen 127.0.0.1:{listen_port};")):
         assert text.count(old) == 1, f"deploy/nginx.conf no longer has exactly one {old!r}"
         text = text.replace(old, new)
     return text
 
 
-def start_nginx(prefix: Path, backend_port: int, timeout: float = 20) -> Nginx:
-    """nginx in front of `backend_port`, on a free port (another one if that port is taken meanwhile,
-    e.g. by another test worker: free_port() only says it was free a moment ago)."""
+def start_nginx(prefix: Path, backend_port: int | Sequence[int], timeout: float = 20) -> Nginx:
+    """nginx in front of `backend_port` (or an upstream of several), on a free port (another one if
+    that port is taken meanwhile, e.g. by another test worker: free_port() only says it was free a
+    moment ago)."""
     require_interop_marker("nginx")
     exe = require_program("nginx", "apt-get install -y nginx-light")
     for _ in range(4):
@@ -72,7 +77,7 @@ class PortTaken(Exception):
     pass
 
 
-def _start_nginx(exe: str, prefix: Path, backend_port: int, port: int, timeout: float) -> Nginx:
+def _start_nginx(exe: str, prefix: Path, backend_port: int | Sequence[int], port: int, timeout: float) -> Nginx:
     prefix.mkdir(parents=True, exist_ok=True)
     (prefix / "error.log").unlink(missing_ok=True)  # what a previous attempt logged
     (prefix / "lfsserve.conf").write_text(site_config(backend_port, port))

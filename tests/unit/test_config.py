@@ -41,6 +41,7 @@ def test_rules(tmp_path):
     ("[server]\nport = 'x'\n", {}, "server.port"),
     ("[server]\nprot = 1\n", {}, "server.prot"),
     ("[nope]\n", {}, "nope"),
+    ("[database]\nurl = 'mysql://db/lfs'\n", {}, "database.url"),
     ("[server]\nport = 70000\n", {}, "server.port"),
     ("[auth]\nanonymous = 'all'\n", {}, "auth.anonymous"),
     ("[server]\ntrusted_proxies = ['not-an-ip']\n", {}, "server.trusted_proxies[0]"),

@@ -8,7 +8,7 @@ those under `if TYPE_CHECKING:`, which only annotations see):
                                                      reaches LFS storage through lfs.service only
     kernel       every other top-level module        never imports a front end or the top
     stores       hg/, blobstore/                      import only themselves and the utils
-    utils        aio, sqlitedb, config               leaves: no HTTP, no front end, no kernel
+    utils        aio, sqlitedb, pgdb, config             leaves: no HTTP, no front end, no kernel
 
 plus: no import cycle between modules at all.
 """
@@ -22,7 +22,7 @@ import lfsserve
 
 ROOT = Path(lfsserve.__file__).parent
 TOP = {"lfsserve.app", "lfsserve.server", "lfsserve.cli", "lfsserve.admin", "lfsserve.__main__"}
-UTILS = {"lfsserve.aio", "lfsserve.sqlitedb", "lfsserve.config"}
+UTILS = {"lfsserve.aio", "lfsserve.sqlitedb", "lfsserve.pgdb", "lfsserve.config"}
 FRONT_ENDS = ("lfsserve.wire", "lfsserve.lfs", "lfsserve.ssh", "lfsserve.web")
 # Service modules of a front end that other front ends may use: LfsService is the one door to LFS
 # storage (its HTTP handlers in lfs/ stay private to that front end); the transport-free wire v1
