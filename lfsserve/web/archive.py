@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -156,11 +157,14 @@ class ArchiveCache:
 
     def _evict(self) -> None:
         files = []
+        stale = time.time() - 86400
         for p in self.root.iterdir():
-            if not p.name.endswith(".tmp"):
-                with contextlib.suppress(OSError):
-                    st = p.stat()
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                if not p.name.endswith(".tmp"):
                     files.append((st.st_mtime, st.st_size, p))
+                elif st.st_mtime < stale:
+                    p.unlink()  # left by a process that died while writing it
         total = sum(size for _, size, _ in files)
         for _, size, p in sorted(files):
             if total <= self.limit:
