@@ -10,6 +10,7 @@ work. Progress goes to a `Progress` the command line draws as a bar on a termina
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -182,3 +183,58 @@ async def collect_garbage(config: Config, grace_seconds: float, apply: bool, for
                                   disregard=frozenset(forget))
         progress.done()
         return GcResult(len(report.deleted) + report.kept, report.deleted, report.freed_bytes, report.kept, forgotten)
+
+
+# -- lfsserve storage copy ----------------------------------------------------------------------
+@dataclass
+class CopyResult:
+    copied: int = 0
+    copied_bytes: int = 0
+    skipped: int = 0      # already in the target, intact
+    failed: dict[str, str] = field(default_factory=dict)  # oid -> why
+
+
+async def copy_store(config: Config, to: str = "s3", concurrency: int = 4,
+                     progress: Progress = NO_PROGRESS) -> CopyResult:
+    """Copy every object of the local store (<root>/lfs) into the `[storage]` bucket, each read
+    back verified from the source and hashed again by the target before it becomes visible there.
+    Resumable: objects the target already holds intact are skipped."""
+    from .blobstore import BlobError, LocalBlobStore, Status
+    from .blobstore.s3 import S3BlobStore
+
+    if to != "s3":
+        raise ValueError(f"unknown target {to!r}")
+    result = CopyResult()
+    source = LocalBlobStore(config.lfs_dir, durable=False)
+    target = S3BlobStore.from_config(config.storage)
+    await source.open()
+    try:
+        await target.open()
+        try:
+            items = [item async for item in source.list()]
+            progress.start("copying LFS objects", sum(size for _, size, _ in items), "B")
+            slots = asyncio.Semaphore(concurrency)
+
+            async def one(oid: str, size: int) -> None:
+                async with slots:
+                    try:
+                        state = await target.state(oid)
+                        if state.status is Status.OK and state.size == size:
+                            result.skipped += 1
+                            return
+                        handle = await source.get(oid)
+                        await target.put(oid, source.read(handle))
+                        result.copied += 1
+                        result.copied_bytes += size
+                    except BlobError as exc:
+                        result.failed[oid] = exc.message
+                    finally:
+                        progress.advance(size)
+
+            await asyncio.gather(*(one(oid, size) for oid, size, _ in items))
+            progress.done()
+        finally:
+            await target.close()
+    finally:
+        await source.close()
+    return result

@@ -349,6 +349,29 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage_copy(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .admin import copy_store
+
+    config = _data_config(args)
+    if config is None:
+        return 1
+    if not config.storage.bucket:
+        print("lfsserve: storage copy --to s3 needs the bucket's [storage] options (bucket, endpoint_url, ...) "
+              "in --config", file=sys.stderr)
+        return 2
+    res = asyncio.run(copy_store(config, args.to, progress=_Bar()))
+    print(f"copied {res.copied} LFS objects ({_size(res.copied_bytes)}) to s3://{config.storage.bucket}/"
+          f"{config.storage.prefix}; {res.skipped} were already there")
+    for oid, why in sorted(res.failed.items()):
+        print(f"  not copied: {oid}: {why}")
+    if res.failed:
+        print(f"lfsserve: {len(res.failed)} objects not copied; run again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_ssh(args: argparse.Namespace) -> int:
     from .ssh import run_forced_command
 
@@ -459,6 +482,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a deleted repository whose LFS references to drop first (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every object deleted")
     p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("storage", help="LFS storage backends")
+    storage_sub = p.add_subparsers(dest="storage_command", metavar="ACTION", required=True)
+    c = storage_sub.add_parser("copy", help="copy the local LFS store into the [storage] S3 bucket, each "
+                                            "object verified (resumable: what is there intact is skipped)")
+    _add_config_args(c)
+    c.add_argument("--to", choices=["s3"], required=True, help="the target backend")
+    c.set_defaults(func=cmd_storage_copy)
 
     p = sub.add_parser("webhooks", help="the webhook delivery log, and redelivery")
     hooks_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -139,11 +139,26 @@ class LfsConfig:
 
 @dataclass
 class StorageConfig:
-    # Where LFS objects are kept: "local" (files under <root>/lfs) is the only backend so far.
+    # Where LFS objects are kept: "local" (files under <root>/lfs) or "s3" (an S3-compatible
+    # bucket; the options below). Namespace grants and locks stay in <root>/lfs either way.
     backend: str = "local"
+    bucket: str = ""
+    # Key prefix inside the bucket ("" or e.g. "lfsserve/"): objects go to <prefix>lfs/objects/.
+    prefix: str = ""
+    # "" = AWS; else the S3-compatible service's URL (MinIO, Ceph RGW, R2...).
+    endpoint_url: str = ""
+    region: str = ""
+    addressing_style: str = "auto"  # auto | path | virtual
+    # "proxy": object bytes pass through lfsserve; "direct": batch answers hand out presigned URLs.
+    transfer: str = "proxy"
+    # Lifetime in seconds of the presigned URLs handed out in direct mode.
+    presign_expires: int = 3600
+    # Only if the standard AWS chain (environment, ~/.aws, instance role) must not be used.
+    access_key_id: str = ""
+    secret_access_key: str = ""
 
 
-STORAGE_BACKENDS = ("local",)
+STORAGE_BACKENDS = ("local", "s3")
 
 
 @dataclass
@@ -385,6 +400,19 @@ class Config:
         if self.storage.backend not in STORAGE_BACKENDS:
             raise ConfigError(f"storage.backend: must be one of {', '.join(STORAGE_BACKENDS)}, "
                               f"got {self.storage.backend!r}")
+        st = self.storage
+        if st.backend == "s3" and not st.bucket:
+            raise ConfigError("storage.bucket: required with backend = \"s3\"")
+        if st.addressing_style not in ("auto", "path", "virtual"):
+            raise ConfigError(f"storage.addressing_style: must be auto, path or virtual, got {st.addressing_style!r}")
+        if st.transfer not in ("proxy", "direct"):
+            raise ConfigError(f"storage.transfer: must be proxy or direct, got {st.transfer!r}")
+        if not 10 <= st.presign_expires <= 7 * 86400:
+            raise ConfigError("storage.presign_expires: must be 10 s to 7 days (S3's limit)")
+        if st.prefix and not st.prefix.endswith("/"):
+            raise ConfigError(f"storage.prefix: must end with \"/\", got {st.prefix!r}")
+        if bool(st.access_key_id) != bool(st.secret_access_key):
+            raise ConfigError("storage.access_key_id and storage.secret_access_key: give both or neither")
         for i, engine in enumerate(self.hg.compression):
             if engine not in ("zstd", "zlib", "none"):
                 raise ConfigError(f"hg.compression[{i}]: unknown engine {engine!r} (zstd, zlib, none)")

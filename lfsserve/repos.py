@@ -8,8 +8,9 @@ outside `repos_dir`.
 
 Every front end (wire v1, wire v2, the web pages) and the CLI open repositories through
 `RepoRegistry.open`, which applies the server's settings for a repository (publishing, lock
-timeout; per-repository `.hg/hgrc` settings belong there too) in one place and closes what it
-opened. What they get is a `ServedRepo`: the engine's Repository, or, when a push may create the
+timeout, evolution) and the repository's own `.hg/hgrc` within what the server allows, as a
+typed `RepoConfig` (`repo.config`: publishing, evolution, topics, web, hooks), in one place, and
+closes what it opened. What they get is a `ServedRepo`: the engine's Repository, or, when a push may create the
 repository, an `AbsentRepo` that answers discovery as an empty repository does. Opening and
 reading happen in the executor (blocking file I/O).
 """

@@ -18,8 +18,10 @@ apart by suffix, so every repository gets all of them:
 A web command is the first segment (after at least one repository segment) that names one of
 hgweb's commands (WEB_COMMANDS, optionally with a `json-`/`raw-`/`atom-`/`rss-` style prefix); what
 follows it (revisions, file paths, which may be non-ASCII or start with a dot) is the web front
-end's to check. A repository whose path has such a segment is still cloned and pushed by its
-`?cmd=` URL; only its web pages are not reachable.
+end's to check; it is looked for before the bare LFS (`{prefix}/objects/batch`, `/locks`) and v2
+(`/api`) suffixes, which a file path may end with. A repository whose path has such a segment is
+still cloned and pushed by its `?cmd=` URL and its `.git/info/lfs` / `.hg/lfs` endpoints; its web
+pages, bare LFS prefix and v2 API are not reachable.
 
 All LFS spellings of one repository map to the same namespace, the repository path. Paths are
 validated here, once: no empty, "." or ".."-like segments, no hidden segments, a restricted
@@ -153,14 +155,16 @@ def resolve(path: str, raw_path: str, has_cmd: bool) -> Target:
             if not _LFS_SERVICE.match(m.group("rest")):
                 raise BadPath(f"unknown Git LFS endpoint {m.group('rest')!r}")
             return _lfs_service(m.group("repo"), m.group("rest"))
+    # A web URL's file path may end like the bare LFS or v2 endpoints (`file/tip/docs/api`): the
+    # first web command segment decides, before those suffixes are looked at.
+    segments = p.split("/")
+    for i in range(1, min(len(segments), MAX_DEPTH + 1)):
+        if is_web_command(segments[i]):
+            return Target(Kind.WEB, validate_repo_path("/".join(segments[:i])), "/".join(segments[i:]))
     m = _LFS_BARE.match(p)
     if m:
         return _lfs_service(m.group("repo"), m.group("rest"))
     m = _HG_API.match(p)
     if m:
         return Target(Kind.HG_API, validate_repo_path(m.group("repo")), m.group("rest") or "")
-    segments = p.split("/")
-    for i in range(1, min(len(segments), MAX_DEPTH + 1)):
-        if is_web_command(segments[i]):
-            return Target(Kind.WEB, validate_repo_path("/".join(segments[:i])), "/".join(segments[i:]))
     return Target(Kind.HG, validate_repo_path(p))

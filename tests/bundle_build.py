@@ -30,12 +30,14 @@ def revision(text: bytes, link: bytes, flags: int = 0, node: bytes | None = None
     return chunk(_CG03.pack(node, NULLID, NULLID, NULLID, link, flags) + trivial_header(len(text)) + text)
 
 
-def changegroup03(path: bytes, filetext: bytes, *, file_flags: int = 0) -> bytes:
-    """One root changeset adding `path` with `filetext` (flagged lfs with `file_flags`)."""
+def changegroup03(path: bytes, filetext: bytes, *, file_flags: int = 0, extra: bytes = b"") -> bytes:
+    """One root changeset adding `path` with `filetext` (flagged lfs with `file_flags`), with
+    `extra` (encoded extras, e.g. b"topic:x") on its date line."""
     fnode = hash_revision(filetext, NULLID, NULLID)
     manifest = path + b"\0" + fnode.hex().encode() + b"\n"
     mnode = hash_revision(manifest, NULLID, NULLID)
-    cs = mnode.hex().encode() + b"\nTest <t@example.com>\n1700000000 0\n" + path + b"\n\nhostile\n"
+    cs = (mnode.hex().encode() + b"\nTest <t@example.com>\n1700000000 0" + (b" " + extra if extra else b"")
+          + b"\n" + path + b"\n\nhostile\n")
     cnode = hash_revision(cs, NULLID, NULLID)
     end = _I32.pack(0)
     return b"".join([

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 from . import support
+from .s3server import MotoServer
 from .support import Hg, LfsserveProcess, hg593_exe, start_lfsserve
 
 INTEROP_DIR = Path(__file__).resolve().parent / "interop"
 # Fixtures (here and under tests/interop) that start a server or an external program.
-INTEROP_FIXTURES = frozenset({"lfsserve", "hg", "hg593", "hg593_path"})
+INTEROP_FIXTURES = frozenset({"lfsserve", "hg", "hg593", "hg593_path", "moto"})
 # In a module's source: it starts our own command as a process.
 RUNS_LFSSERVE = '"-m", "lfsserve"'
 
@@ -80,6 +81,14 @@ def lfsserve(tmp_path: Path):
 def hg(tmp_path: Path) -> Hg:
     """The real hg 7.2.4 client with an isolated HOME/hgrc (lfs usercache private to the test)."""
     return Hg(tmp_path / "hg-home")
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    """A moto S3 server for the whole session (tests create their own buckets); see tests/s3server.py."""
+    server = MotoServer.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Content-addressed storage of LFS objects behind a small interface (local filesystem now, S3-compatible later).
+"""Content-addressed storage of LFS objects behind a small interface (local filesystem, S3-compatible).
 
 `open_store(config)` builds the backend `[storage] backend` names; nothing else constructs one.
 """
@@ -18,6 +18,7 @@ from .base import (
     PutResult,
     Status,
     StorageFull,
+    StorageUnavailable,
     TooLarge,
     UploadRaced,
     is_oid,
@@ -37,6 +38,7 @@ __all__ = [
     "PutResult",
     "Status",
     "StorageFull",
+    "StorageUnavailable",
     "TooLarge",
     "UploadRaced",
     "is_oid",
@@ -49,4 +51,8 @@ def open_store(config: Config) -> BlobStore:
     backend = config.storage.backend
     if backend == "local":
         return LocalBlobStore(config.lfs_dir, durable=config.lfs.fsync)
+    if backend == "s3":
+        from .s3 import S3BlobStore  # imports aiobotocore: only when configured
+
+        return S3BlobStore.from_config(config.storage)
     raise ConfigError(f"storage.backend: unknown backend {backend!r}")

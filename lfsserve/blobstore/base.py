@@ -32,6 +32,7 @@ __all__ = [
     "PutResult",
     "Status",
     "StorageFull",
+    "StorageUnavailable",
     "TooLarge",
     "UploadRaced",
     "is_oid",
@@ -83,6 +84,15 @@ class StorageFull(BlobError):
     """The backend ran out of space (or quota)."""
 
 
+class StorageUnavailable(BlobError):
+    """The backend cannot be reached or answers with a server error (S3 down, overloaded or
+    slow); nothing was stored or served partially, and the same request may succeed later."""
+
+    def __init__(self, message: str, retry_after: int = 10):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class UploadRaced(BlobError):
     """The stored copy an upload was checked against was garbage-collected before the upload
     could reference it; the client should upload again (nothing was lost: it still has it)."""
@@ -128,10 +138,19 @@ class BlobHandle:
     # A local file with exactly this content that may be handed to the kernel (sendfile), only
     # when `verified`. None for remote backends, or when the content must be checked on the way.
     path: Path | None = None
+    # The backend's version of the object this handle describes (an S3 ETag), so that read()
+    # notices when the object was replaced meanwhile; "" when the backend needs none.
+    tag: str = ""
 
 
 class BlobStore(abc.ABC):
     """Content-addressed object storage. All methods are safe to call concurrently."""
+
+    # Whether an upload that stored a new object must still check, after granting it to a
+    # namespace, that the object is there: true for backends whose delete_unless() cannot take
+    # an object aside atomically (S3: copy, then delete), where a garbage collection running at
+    # that moment may delete an object that was just written.
+    recheck_after_grant = False
 
     async def open(self) -> None:
         """Prepare the store (create directories, open indexes, clean up after a crash)."""
@@ -188,6 +207,18 @@ class BlobStore(abc.ABC):
         """Take a (corrupt) object out of service but keep its bytes for inspection; the oid then
         reads as missing, so a client that still has the content can upload it again. Returns
         where the bytes went, for the operator. Raises ObjectMissing when it is not stored."""
+
+    async def promote_staged(self, oids: Collection[str], owner: str) -> dict[str, ObjectState]:
+        """Check and install objects clients uploaded straight to the backend for `owner` (a
+        namespace) and never confirmed (presigned uploads; see S3BlobStore). The state of each
+        oid that had such an upload: OK (installed now), or MISSING (it did not match and was
+        discarded). Backends without direct uploads have none."""
+        return {}
+
+    async def clean_abandoned(self, older_than: float) -> int:
+        """Remove uploads started before `older_than` (Unix time) that never completed and never
+        will (their process died; a direct upload never confirmed). How many were removed."""
+        return 0
 
     @abc.abstractmethod
     def list(self) -> AsyncIterator[tuple[str, int, float]]:

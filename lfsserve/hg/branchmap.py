@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .changelog import Changelog
 
-__all__ = ["branch_heads", "branch_info", "branch_tip"]
+__all__ = ["branch_heads", "branch_info", "branch_tip", "fqbn", "parse_fqbn", "topic_info"]
 
 
 def branch_info(cl: Changelog) -> list[tuple[bytes, bool]]:
@@ -70,3 +70,41 @@ def branch_tip(info: list[tuple[bytes, bool]], heads: list[int]) -> int | None:
         return None
     open_heads = [h for h in heads if not info[h][1]]
     return (open_heads or heads)[-1]
+
+
+def topic_info(cl: Changelog) -> list[tuple[bytes, bytes]]:
+    """(topic namespace, topic) of every changeset of `cl`, by rev (kept like branch_info)."""
+    idx = cl.index
+    n = len(idx)
+    got = idx.prefix_derived.get("topics")
+    if got is not None and len(got) == n:
+        return got
+    info = list(got or ())
+    for r in range(len(info), n):
+        info.append(cl.topic_info(r))
+    idx.prefix_derived["topics"] = info
+    return info
+
+
+def fqbn(branch: bytes, namespace: bytes = b"none", topic: bytes = b"") -> bytes:
+    """The topic extension's "fully qualified branch name", short form: `branch`, or
+    `branch//topic`, or `branch//namespace/topic` (the namespace `none` is not shown)."""
+    out = branch
+    shown_ns = namespace and namespace != b"none"
+    if shown_ns or topic or b"//" in branch:
+        out += b"//"
+    if shown_ns:
+        out += namespace + b"/"
+    return out + topic
+
+
+def parse_fqbn(name: bytes) -> tuple[bytes, bytes, bytes]:
+    """(branch, namespace, topic) of a fully qualified branch name (the inverse of fqbn)."""
+    branch, sep, other = name.rpartition(b"//")
+    if not sep:
+        branch, other = other, b""
+    branch = branch or b"default"
+    namespace, sep, topic = other.partition(b"/")
+    if not sep:
+        namespace, topic = b"none", namespace
+    return branch, namespace, topic

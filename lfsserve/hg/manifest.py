@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import binascii
 import re
+import threading
+from collections import OrderedDict
 
 from .error import CorruptRevlog
 from .mdiff import iter_hunks
@@ -206,20 +208,63 @@ def find_entry(text: bytes, path: bytes) -> tuple[bytes, bytes] | None:
         raise CorruptRevlog("malformed manifest line") from None
 
 
+class _TextCache:
+    """Manifest texts by manifest node, shared by every Repository of the process. A node hashes
+    its text, so an entry never goes stale. Readers ask for the same few manifests over and over
+    (web pages: tip, a changeset and its parent; tags: the heads), and rebuilding one walks a
+    delta chain of hundreds of patches. Bounded in bytes; a huge manifest is not kept."""
+
+    def __init__(self, max_bytes: int = 32 << 20, max_item: int = 8 << 20):
+        self.max_bytes = max_bytes
+        self.max_item = max_item
+        self._texts: OrderedDict[bytes, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, node: bytes) -> bytes | None:
+        with self._lock:
+            text = self._texts.get(node)
+            if text is not None:
+                self._texts.move_to_end(node)
+            return text
+
+    def put(self, node: bytes, text: bytes) -> None:
+        if len(text) > self.max_item:
+            return
+        with self._lock:
+            if node in self._texts:
+                return
+            self._texts[node] = text
+            self._size += len(text)
+            while self._size > self.max_bytes:
+                _, old = self._texts.popitem(last=False)
+                self._size -= len(old)
+
+
+_TEXTS = _TextCache()
+
+
 class Manifestlog:
     """The manifest revlog (`00manifest.i`) and parsed access to its revisions."""
 
     def __init__(self, revlog: Revlog):
         self.revlog = revlog
 
-    def read(self, node: bytes) -> dict[bytes, tuple[bytes, bytes]]:
+    def text(self, node: bytes) -> bytes:
+        """The text of manifest `node` (LookupError if this revlog has no such node)."""
         rev = self.revlog.rev(node)
-        return parse_manifest(self.revlog.revision(rev), f"{self.revlog.name} revision {rev}")
+        text = _TEXTS.get(node)
+        if text is None:
+            text = self.revlog.revision(rev)
+            _TEXTS.put(node, text)
+        return text
 
+    def read(self, node: bytes) -> dict[bytes, tuple[bytes, bytes]]:
+        return parse_manifest(self.text(node), f"{self.revlog.name} revision {self.revlog.rev(node)}")
 
     def find(self, node: bytes, path: bytes) -> tuple[bytes, bytes] | None:
         """(file node, flags) of `path` in the manifest `node`, without building a dict."""
         try:
-            return find_entry(self.revlog.revision(self.revlog.rev(node)), path)
+            return find_entry(self.text(node), path)
         except CorruptRevlog:
             raise CorruptRevlog(f"{self.revlog.name}: malformed manifest line for {path[:80]!r}") from None

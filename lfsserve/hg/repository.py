@@ -5,13 +5,15 @@ uses are cached process-wide (see revlog.py), and so is everything derived from 
 changelog index (parents, phases, branches), keyed by that immutable index.
 
 What is served: every changeset whose phase is public or draft. Secret, archived and internal
-changesets are invisible (unknown to `known`, `lookup`, `heads`, never in a changegroup).
-Obsolescence markers (`.hg/store/obsstore`) are ignored: obsolete changesets stay visible, as a
-server without the evolve extension would show them.
+changesets are invisible (unknown to `known`, `lookup`, `heads`, never in a changegroup), and so
+are obsolete ones (named as predecessor by a marker of `.hg/store/obsstore`, and not public)
+unless a visible changeset descends from them or a bookmark, the working directory or a local
+tag pins them: Mercurial's "served" view.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -22,9 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 
 from . import branchmap as branchmod
-from . import dagop, phases
+from . import dagop, obsolete, phases
 from .bookmarks import BookmarkStore
-from .changelog import Changelog
+from .changelog import Changelog, topic_from_text
 from .error import Abort, CorruptRevlog, HgError, LockTimeout, LookupError, PushRaced, RepoNotFound, UnknownRevision
 from .filelog import Filelog
 from .hgrc import RepoConfig
@@ -45,6 +47,8 @@ __all__ = ["AmbiguousRevision", "PendingRevlogs", "Repository", "recover_abandon
 DEFAULT_LOCK_TIMEOUT = 600.0
 _HEX = re.compile(rb"[0-9a-fA-F]+\Z")
 # what `hg init` leaves in .hg/00changelog.i so that very old clients refuse the store layout
+# the most marker bytes in one `obsolete` pushkey value (hg's, to fit HTTP answers of old servers)
+OBS_PUSHKEY_CHUNK = 5300
 _DUMMY_CHANGELOG = b"\0\0\xff\xff dummy changelog to prevent using the old repo layout"
 
 
@@ -100,6 +104,7 @@ class Repository:
         self._pending: PendingRevlogs | None = None  # revlog writers of the open transaction
         self._pending_files: set[bytes] = set()  # hg's pending files the open transaction wrote
         self._stream_inodes: dict[bytes, int] = {}  # inode of each file stream_files() listed
+        self._new_markers = 0  # obsolescence markers the open transaction added
 
     # -- opening and creating
     @classmethod
@@ -214,12 +219,124 @@ class Repository:
 
     @property
     def visible_mask(self) -> bytearray:
-        return self._phases.visible_mask(self.changelog.index, self.parents_list)
+        """1 for each served revision: not secret (or higher), not hidden as obsolete."""
+        base = self._phases.visible_mask(self.changelog.index, self.parents_list)
+        obs = self.obsstore
+        if not obs:
+            return base
+        pinned = self._pinned_nodes()
+        if self._phases.pending is None:
+            got = obs.visible
+            if got is not None and got[0] is base and got[1] == pinned:
+                return got[2]
+        mask = self._hide_obsolete(base, obs, pinned)
+        if self._phases.pending is None:
+            obs.visible = (base, pinned, mask)
+        return mask
+
+    @property
+    def obsstore(self) -> obsolete.ObsStore:
+        """The obsolescence markers (`.hg/store/obsstore`), as on disk now."""
+        return obsolete.load(self.store.path / "obsstore")
+
+    def _pinned_nodes(self) -> frozenset[bytes]:
+        """What keeps an obsolete changeset visible in hg (repoview.pinnedrevs): bookmarks, the
+        working directory's parent, local tags."""
+        pinned = set(self._bookmarks.read().values())
+        pinned.add(self._working_parent())
+        try:
+            pinned.update(n for n, _ in parse_tags((self.root / ".hg" / "localtags").read_bytes()).values())
+        except (FileNotFoundError, ValueError, TypeError):
+            pass
+        pinned.discard(NULLID)
+        return frozenset(pinned)
+
+    def _hide_obsolete(self, base: bytearray, obs: obsolete.ObsStore, pinned: frozenset[bytes]) -> bytearray:
+        """`base` without the revisions hg's "visible" filter hides (repoview.computehidden):
+        obsolete ones, except pinned ones and ancestors of the non-public revisions left visible."""
+        arr = self.phase_array
+        parents, nodes = self._tr_dag()
+        n = min(len(arr), len(nodes), len(base))
+        rev_of = {node: r for r, node in enumerate(nodes)} if self._pending is not None else None
+        hidden = set()
+        for node in obs.successors:
+            r = rev_of.get(node) if rev_of is not None else self.changelog.get_rev(node)
+            if r is not None and 0 <= r < n and arr[r] != phases.PUBLIC and node not in pinned:
+                hidden.add(r)
+        if not hidden:
+            return base
+        mutable_visible = [r for r in range(n) if arr[r] != phases.PUBLIC and r not in hidden]
+        revealed = dagop.ancestors_mask(parents, mutable_visible, n)
+        mask = bytearray(base)
+        for r in hidden:
+            if not revealed[r]:
+                mask[r] = 0
+        return mask
+
+    def obsolete_revs(self) -> list[int]:
+        """Revisions that are obsolete (hidden or not): non-public predecessors of some marker."""
+        obs = self.obsstore
+        arr = self.phase_array
+        out = []
+        for node in obs.successors:
+            r = self.changelog.get_rev(node)
+            if r is not None and 0 <= r < len(arr) and arr[r] != phases.PUBLIC:
+                out.append(r)
+        return sorted(out)
+
+    def instabilities(self) -> dict[str, frozenset[int]]:
+        """hg's obsolescence sets: `obsolete`, and the troubled visible-or-not changesets
+        `orphan` (descends from an obsolete one), `phase-divergent` (rewrites a changeset that is
+        public), `content-divergent` (its predecessor was rewritten more than one way)."""
+        obs = self.obsstore
+        empty: frozenset[int] = frozenset()
+        if not obs:
+            return {"obsolete": empty, "orphan": empty, "phase-divergent": empty, "content-divergent": empty}
+        cl = self.changelog
+        arr = self.phase_array
+        parents = self.parents_list
+        obs_revs = frozenset(self.obsolete_revs())
+        orphan: set[int] = set()
+        first = min((r for r, p in enumerate(arr) if p != phases.PUBLIC), default=len(arr))
+        for r in range(first, len(arr)):
+            if arr[r] == phases.PUBLIC or r in obs_revs:
+                continue
+            if any(p != NULLREV and (p in obs_revs or p in orphan) for p in parents[r]):
+                orphan.add(r)
+
+        def is_final(node: bytes) -> bool:
+            return node not in obs.successors and cl.get_rev(node) is not None
+
+        memo: dict[bytes, list[frozenset[bytes]]] = {}
+        phase_div, content_div = set(), set()
+        for node in obs.predecessors:
+            rev = cl.get_rev(node)
+            if rev is None or not 0 <= rev < len(arr) or arr[rev] == phases.PUBLIC or rev in obs_revs:
+                continue
+            seen = {node}
+            todo = [node]
+            while todo:
+                cur = todo.pop()
+                for m in obs.predecessors.get(cur, ()):
+                    prec = m[0]
+                    if prec in seen:
+                        continue
+                    seen.add(prec)
+                    todo.append(prec)
+                    pr = cl.get_rev(prec)
+                    if pr is not None and 0 <= pr < len(arr) and arr[pr] == phases.PUBLIC and not m[2] & 1:
+                        phase_div.add(rev)  # (flag 1: the marker itself fixes a phase-divergence)
+                    if len([x for x in obs.successor_sets(prec, is_final, memo) if x]) > 1:
+                        content_div.add(rev)
+        return {"obsolete": obs_revs, "orphan": frozenset(orphan), "phase-divergent": frozenset(phase_div),
+                "content-divergent": frozenset(content_div)}
 
     def has_hidden(self) -> bool:
-        """True when some changeset is not served (secret, archived or internal)."""
+        """True when some changeset is not served (secret, archived, internal or hidden obsolete)."""
         arr = self.phase_array
-        return bool(arr) and max(arr) >= phases.HIDDEN_FROM
+        if bool(arr) and max(arr) >= phases.HIDDEN_FROM:
+            return True
+        return bool(self.obsstore) and 0 in self.visible_mask
 
     has_secret = has_hidden
 
@@ -287,6 +404,26 @@ class Repository:
         cl = self.changelog
         heads = branchmod.branch_heads(self.branch_of(), self.parents_list, self.visible_mask)
         return {branch: [cl.node(r) for r in revs] for branch, revs in heads.items()}
+
+    def branchmap_tns(self) -> dict[bytes, list[bytes]]:
+        """The branch map of the topic extension (`branchmaptns`): heads by fully qualified branch
+        name, where a draft changeset with a topic belongs to `branch//[namespace/]topic`."""
+        cl = self.changelog
+        arr = self.phase_array
+        topics = branchmod.topic_info(cl)
+        info = [(branchmod.fqbn(b, *topics[r]) if topics[r][1] and arr[r] != phases.PUBLIC else b, closed)
+                for r, (b, closed) in enumerate(self.branch_of())]
+        heads = branchmod.branch_heads(info, self.parents_list, self.visible_mask)
+        return {name: [cl.node(r) for r in revs] for name, revs in heads.items()}
+
+    def topic_of(self, node: bytes) -> bytes:
+        """The topic of a changeset of this repository or of the open transaction (b"": none)."""
+        rev = self._resolve_tr_rev(node)
+        if rev is None:
+            return b""
+        if self._pending is not None and rev >= len(self.changelog):
+            return topic_from_text(self._pending.changelog.revision(rev))[1]
+        return branchmod.topic_info(self.changelog)[rev][1]
 
     def branch_tip(self, branch: bytes) -> bytes | None:
         info = self.branch_of()
@@ -523,7 +660,12 @@ class Repository:
         if isinstance(namespace, str):
             namespace = namespace.encode()
         if namespace == b"namespaces":
-            return {b"bookmarks": b"", b"namespaces": b"", b"phases": b""}
+            names = {b"bookmarks": b"", b"namespaces": b"", b"phases": b""}
+            if self.config.evolution.exchange:
+                names[b"obsolete"] = b""
+            return names
+        if namespace == b"obsolete":
+            return self._obsolete_keys() if self.config.evolution.exchange else {}
         if namespace == b"bookmarks":
             return {name: node.hex().encode() for name, node in self.bookmarks().items()}
         if namespace == b"phases":
@@ -532,6 +674,49 @@ class Repository:
                 keys[b"publishing"] = b"True"
             return keys
         return {}
+
+    def _obsolete_keys(self) -> dict[bytes, bytes]:
+        """The `obsolete` pushkey namespace of old clients: every marker in format 0, in base85
+        chunks `dump0`, `dump1`... of at most ~5300 bytes each (hg's limit for an HTTP answer)."""
+        chunks: list[list[bytes]] = []
+        size = OBS_PUSHKEY_CHUNK
+        for m in obsolete.sorted_markers(self.obsstore.markers):
+            data = obsolete.encode_markers([m], 0, header=False)
+            if size + len(data) > OBS_PUSHKEY_CHUNK:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(data)
+            size += len(data)
+        return {b"dump%d" % i: base64.b85encode(b"\0" + b"".join(part))
+                for i, part in enumerate(reversed(chunks))}
+
+    # -- obsolescence markers
+    def add_markers(self, tr: Transaction, markers: list[obsolete.Marker]) -> int:
+        """Add `markers` to the obsstore in `tr` (those it has already are skipped); returns how
+        many are new. Refused unless the repository creates markers, and on a publishing
+        repository for markers that would obsolete a public changeset."""
+        self.check_transaction(tr)
+        if not self.config.evolution.createmarkers:
+            raise Abort("creating obsolete markers is not enabled on this repo")
+        obs = self.obsstore
+        new = obs.new_markers(markers)
+        if not new:
+            return 0
+        if self.publishing:
+            arr = self._edit_phases()[0] if self._phases.pending is not None else self.phase_array
+            for m in new:
+                r = self._resolve_tr_rev(m[0])
+                if r is not None and 0 <= r < len(arr) and arr[r] == phases.PUBLIC:
+                    raise Abort(f"cannot obsolete public changeset: {m[0].hex()[:12]}",
+                                hint="see 'hg help phases' for details")
+        try:
+            size = os.path.getsize(self.store.join(b"obsstore"))
+        except FileNotFoundError:
+            size = 0
+        version = obs.version if size else obsolete.DEFAULT_FORMAT
+        tr.append_file(b"obsstore", obsolete.encode_markers(new, version, header=size == 0))
+        self._new_markers += len(new)
+        return len(new)
 
     # -- stream clones
     def stream_files(self) -> list[tuple[bytes, int]]:
@@ -654,6 +839,7 @@ class Repository:
             return
         tr = Transaction(self.store, desc, durable=self.durable)
         self._tr = tr
+        self._new_markers = 0
         self._phases.reset()
         try:
             yield tr
@@ -809,6 +995,15 @@ class Repository:
             if node is None:
                 return False
             self.set_bookmarks(tr, {key: node})
+            return True
+        if ns == b"obsolete":
+            if not key.startswith(b"dump") or old or not self.config.evolution.exchange:
+                return False
+            try:
+                data = base64.b85decode(new)
+            except ValueError:
+                return False
+            self.add_markers(tr, obsolete.decode_markers(data)[1])
             return True
         if ns == b"phases":
             node = self._node_from_hex(key)

@@ -8,6 +8,8 @@ S3 URLs) brings its own adapter, registered in `_ADAPTERS` under its `[storage] 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple, Protocol
 
@@ -16,7 +18,7 @@ from ..blobstore import BlobStore
 from ..config import Config, ConfigError
 from ..kernel import LFS_JSON
 
-__all__ = ["Action", "BasicServerAdapter", "BatchActions", "TransferAdapter", "open_adapter"]
+__all__ = ["Action", "BasicServerAdapter", "BatchActions", "PresignedS3Adapter", "TransferAdapter", "open_adapter"]
 
 # What a basic-transfer PUT / GET body is (git-lfs sends this Accept on transfers).
 TRANSFER_ACCEPT = "application/vnd.git-lfs"
@@ -40,6 +42,10 @@ class BatchActions(Protocol):
     def verify(self, oid: str, size: int) -> Action | None:
         """The verify action that follows an upload; None when the adapter needs none."""
         ...
+
+    # Optional: `async def prepare(self, objects: list[tuple[str, int]]) -> None`, awaited once
+    # with the (oid, size) of every object the batch answer will ask actions for, before it
+    # asks (an adapter whose actions need I/O, such as presigning, does it there, all at once).
 
 
 class TransferAdapter(Protocol):
@@ -92,9 +98,67 @@ class BasicServerAdapter:
                               expires_at)
 
 
+class _PresignedActions:
+    """Direct S3 transfer: presigned GETs of the objects and presigned PUTs to a staging key of
+    the namespace; the verify action (this server's) checks and installs what was uploaded."""
+
+    def __init__(self, store, server: _ServerActions, namespace: str, operation: str, expires_at: int):
+        self._store = store
+        self._server = server
+        self._namespace = namespace
+        self._operation = operation
+        # A presigned URL stops working after presign_expires, whatever the batch said.
+        self._expires_at = min(expires_at, int(time.time()) + store.presign_expires - 5)
+        self._urls: dict[str, tuple[str, dict[str, str]]] = {}
+
+    async def prepare(self, objects: list[tuple[str, int]]) -> None:
+        async def one(oid: str, size: int) -> None:
+            if self._operation == "download":
+                self._urls[oid] = (await self._store.presign_download(oid), {})
+            else:
+                self._urls[oid] = await self._store.presign_upload(oid, size, self._namespace)
+
+        await asyncio.gather(*(one(oid, size) for oid, size in objects))
+
+    def download(self, oid: str, size: int) -> Action:
+        url, header = self._urls[oid]
+        return Action(url, header, self._expires_at)
+
+    def upload(self, oid: str, size: int) -> Action:
+        url, header = self._urls[oid]
+        return Action(url, header, self._expires_at)
+
+    def verify(self, oid: str, size: int) -> Action:
+        return self._server.verify(oid, size)
+
+
+class PresignedS3Adapter:
+    """`[storage] transfer = "direct"`: object bytes go between clients and the bucket, never
+    through this server (S3BlobStore.presign_download / presign_upload / promote_staged)."""
+
+    name = "basic"
+
+    def __init__(self, auth: Authenticator, store):
+        self.auth = auth
+        self.store = store
+
+    def for_batch(self, *, base_url: str, namespace: str, principal: Principal, operation: str,
+                  expires_at: int) -> BatchActions:
+        server = _ServerActions(self.auth, f"{base_url}/{namespace}/.hg/lfs", principal, namespace, operation,
+                                expires_at)
+        return _PresignedActions(self.store, server, namespace, operation, expires_at)
+
+
+def _s3_adapter(config: Config, auth: Authenticator, store: BlobStore) -> TransferAdapter:
+    if config.storage.transfer == "direct":
+        return PresignedS3Adapter(auth, store)
+    return BasicServerAdapter(auth)
+
+
 # [storage] backend -> the adapter its objects are transferred through.
 _ADAPTERS: dict[str, Callable[[Config, Authenticator, BlobStore], TransferAdapter]] = {
     "local": lambda config, auth, store: BasicServerAdapter(auth),
+    "s3": _s3_adapter,
 }
 
 

@@ -122,7 +122,9 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
     svc.stats.batch_requests += 1
     svc.stats.batch_objects += len(req.objects)
 
-    out = []
+    # First what each object gets: its answer already, or actions from the adapter (after prepare).
+    out: list[str] = []  # "" = actions to come from the adapter
+    need: list[tuple[str, int]] = []
     for obj in req.objects:
         if obj.error is not None:
             out.append(_error(obj, 422, obj.error))
@@ -138,9 +140,8 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
             elif state.size != size:
                 out.append(_error(obj, 422, f"The object's size is {state.size} bytes, not {size}"))
             else:
-                download = _render(actions.download(oid, size), now, iso)
-                out.append(f'{{"oid":"{oid}","size":{size},"authenticated":true,'
-                           f'"actions":{{"download":{download}}}}}')
+                out.append("")
+                need.append((oid, size))
             continue
         if cfg.max_object_size and size > cfg.max_object_size:
             out.append(_error(obj, 413, f"The object is larger than this server's limit of "
@@ -150,11 +151,26 @@ async def answer_batch(svc, namespace: str, principal: Principal, req: BatchRequ
         elif state is not None and state.servable:
             out.append(_error(obj, 422, f"An object with this oid is stored with size {state.size}, not {size}"))
         else:
+            out.append("")
+            need.append((oid, size))
+    prepare = getattr(actions, "prepare", None)
+    if prepare is not None and need:
+        await prepare(need)
+    todo = iter(need)
+    for i, answer in enumerate(out):
+        if answer:
+            continue
+        oid, size = next(todo)
+        if req.operation == "download":
+            download = _render(actions.download(oid, size), now, iso)
+            out[i] = (f'{{"oid":"{oid}","size":{size},"authenticated":true,'
+                      f'"actions":{{"download":{download}}}}}')
+        else:
             upload = _render(actions.upload(oid, size), now, iso)
             verify_action = actions.verify(oid, size)
             verify = "" if verify_action is None else f',"verify":{_render(verify_action, now, iso)}'
-            out.append(f'{{"oid":"{oid}","size":{size},"authenticated":true,'
-                       f'"actions":{{"upload":{upload}{verify}}}}}')
+            out[i] = (f'{{"oid":"{oid}","size":{size},"authenticated":true,'
+                      f'"actions":{{"upload":{upload}{verify}}}}}')
     head = f'{{"transfer":{_quote(svc.transfer.name)},"objects":['
     return (head + ",".join(out) + '],"hash_algo":"sha256"}').encode("utf-8")
 

@@ -24,6 +24,7 @@ from ..blobstore import (
     InvalidOid,
     ObjectMissing,
     StorageFull,
+    StorageUnavailable,
     TooLarge,
     UploadRaced,
 )
@@ -55,6 +56,7 @@ _BLOB_STATUS: list[tuple[type[BlobError], int]] = [
     (InvalidOid, 422),
     (StorageFull, 507),
     (UploadRaced, 503),
+    (StorageUnavailable, 503),
 ]
 
 
@@ -92,6 +94,9 @@ def endpoint(handler: Handler) -> Handler:
         except AuthError as exc:
             headers = request.app[CTX].auth.challenge() if exc.status == 401 else None
             return _error_response(request, exc.status, exc.message, headers)
+        except StorageUnavailable as exc:
+            # The client retries on its own after Retry-After (git-lfs and hg both honour 503).
+            return _error_response(request, 503, exc.message, {"Retry-After": str(exc.retry_after)})
         except BlobError as exc:
             return _error_response(request, blob_status(exc), exc.message)
         except (ClientPayloadError, asyncio.IncompleteReadError) as exc:

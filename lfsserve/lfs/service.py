@@ -129,7 +129,7 @@ class LfsService:
             self.stats.uploads_rejected += 1
             raise
         await self.namespaces.grant(namespace, [oid])
-        if not result.created and not (await self.store.state(oid)).present:
+        if (not result.created or self.store.recheck_after_grant) and not (await self.store.state(oid)).present:
             # put() found the object already stored and only checked the upload against it; an
             # `lfsserve gc` in another process may have deleted that unreferenced copy before
             # the grant above made it referenced. gc checks references before deleting, so
@@ -148,7 +148,7 @@ class LfsService:
         is known or found to be corrupt. A whole read verifies an object that changed on disk as
         it streams (read()); for a part of one, or only its headers (`whole` false), that is
         impossible, so it is re-hashed first."""
-        if not await self.namespaces.visible(namespace, [oid]):
+        if not await self.namespaces.visible(namespace, [oid]) and not await self._promote(namespace, [oid]):
             raise ObjectMissing("The object does not exist")
         handle = await self.store.get(oid)
         if not handle.verified and not whole:
@@ -170,6 +170,20 @@ class LfsService:
             self.stats.corrupt_detected += 1
             raise
 
+    async def _promote(self, namespace: str, oids: list[str]) -> dict[str, ObjectState]:
+        """Install the direct uploads (presigned, straight to the backend) made for `namespace`
+        and never confirmed; those that matched their oid become visible there. Their states
+        (only the installed ones are present)."""
+        if not oids:
+            return {}
+        states = await self.store.promote_staged(oids, namespace)
+        installed = [oid for oid, st in states.items() if st.present]
+        if installed:
+            await self.namespaces.grant(namespace, installed)
+            self.stats.uploads += len(installed)
+            self.stats.upload_bytes += sum(states[oid].size for oid in installed)
+        return {oid: st for oid, st in states.items() if st.present}
+
     def sent(self, size: int) -> None:
         """Count a download of `size` bytes handed to a client."""
         self.stats.downloads += 1
@@ -184,6 +198,9 @@ class LfsService:
         wanted = list(dict.fromkeys(oids))
         visible, states = await asyncio.gather(self.namespaces.visible(namespace, wanted),
                                                self.store.states(wanted))
+        promoted = await self._promote(namespace, [oid for oid in wanted if oid not in visible])
+        states.update(promoted)
+        visible = set(visible) | promoted.keys()
         states = {oid: st for oid, st in states.items() if oid in visible}
         stale = [oid for oid, st in states.items() if st.status is Status.UNVERIFIED]
         budget = self.config.lfs.batch_rehash_bytes
@@ -213,6 +230,8 @@ class LfsService:
         wanted = list(dict.fromkeys(oids))
         bad = {oid for oid in wanted if not is_oid(oid)}
         candidates = [oid for oid in wanted if oid not in bad]
+        # Blobs hg uploaded straight to the backend (it never calls verify) are checked now.
+        await self._promote(namespace, candidates)
         states = await self.store.states(candidates, rehash_budget=self.config.lfs.batch_rehash_bytes)
         present = [oid for oid in candidates if states[oid].servable]
         bad.update(oid for oid in candidates if not states[oid].servable)
@@ -340,4 +359,8 @@ class LfsService:
             if len(batch) >= 500:
                 await sweep()
         await sweep()
+        if not dry_run:
+            abandoned = await self.store.clean_abandoned(cutoff)
+            if abandoned:
+                log.info("removed %d abandoned upload(s) older than the grace period", abandoned)
         return report

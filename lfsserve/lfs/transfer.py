@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 
 from aiohttp import web
 
 from ..aio import run_blocking
 from ..auth import SIGNED_PREFIX, Permission, Principal
-from ..blobstore import BlobHandle, CorruptObject
+from ..blobstore import BlobError, BlobHandle
 from ..kernel import CTX
 from ..reqkeys import PRINCIPAL
 from ..routing import Target
@@ -100,25 +101,73 @@ def _plain_get(request: web.Request) -> bool:
                          "If-Unmodified-Since"))
 
 
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
+
+
+def _range(request: web.Request, size: int) -> tuple[int, int] | None:
+    """The single byte range [start, end) a GET asks for, None for the whole object; LfsError
+    416 when it lies outside the object. (Multi-range requests get the whole object, as RFC 9110
+    allows; no LFS client sends them.)"""
+    header = request.headers.get("Range")
+    if header is None or request.method != "GET":
+        return None
+    m = _RANGE.match(header.strip())
+    if m is None or (not m.group(1) and not m.group(2)):
+        return None
+    if not m.group(1):  # the last N bytes
+        start, end = max(0, size - int(m.group(2))), size
+    else:
+        start = int(m.group(1))
+        end = min(size, int(m.group(2)) + 1) if m.group(2) else size
+    if start >= size or start >= end:
+        raise LfsError(416, f"range {header[:60]!r} is outside the object ({size} bytes)",
+                       headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
 async def _stream(request: web.Request, svc: LfsService, handle: BlobHandle, headers: dict[str, str]
                   ) -> web.StreamResponse:
-    """Send an object while verifying it; on a mismatch the connection is cut before the end."""
-    response = web.StreamResponse(status=200, headers=headers)
-    response.content_length = handle.size
-    await response.prepare(request)
-    sent = 0
-    try:
-        async with contextlib.aclosing(svc.read(handle)) as chunks:
+    """Send an object (or the range asked for) while verifying it (backends without a local file,
+    or an object that changed); on a mismatch or a backend failure mid-way the connection is cut
+    before the end, so the client never takes a partial object for a whole one."""
+    wanted = _range(request, handle.size)
+    start, end = wanted or (0, handle.size)
+    if wanted is None:
+        response = web.StreamResponse(status=200, headers=headers)
+    else:
+        response = web.StreamResponse(status=206, headers={
+            **headers, "Content-Range": f"bytes {start}-{end - 1}/{handle.size}"})
+    response.headers["Accept-Ranges"] = "bytes"
+    response.content_length = end - start
+    if request.method == "HEAD":
+        await response.prepare(request)
+        return response
+    chunks = svc.read(handle, start, end)
+    async with contextlib.aclosing(chunks):
+        first = b""
+        if handle.verified:
+            # The first chunk before the status line: a backend that fails at once gets its 503.
+            # An unverified object's status line goes out first whatever its size: if it turns
+            # out corrupt, the client sees the connection cut before the end.
+            with contextlib.suppress(StopAsyncIteration):
+                first = await chunks.__anext__()
+        await response.prepare(request)
+        sent = 0
+        try:
+            if first:
+                await response.write(first)
+                sent = len(first)
             async for chunk in chunks:
                 await response.write(chunk)
                 sent += len(chunk)
-    except CorruptObject:
-        log.error("LFS object %s is corrupt: download cut after %d of %d bytes", handle.oid, sent, handle.size)
-        # The status line is long gone: the only way left to tell the client is to cut the
-        # connection short of Content-Length, so it discards what it received.
-        if request.transport is not None:
-            request.transport.abort()
-        return response
+        except BlobError as exc:
+            log.error("LFS download of %s cut after %d of %d bytes: %s", handle.oid, sent, end - start,
+                      exc.message)
+            # The status line is long gone: the only way left to tell the client is to cut the
+            # connection short of Content-Length, so it discards what it received.
+            if request.transport is not None:
+                request.transport.abort()
+            return response
     svc.sent(sent)
     await response.write_eof()
     return response

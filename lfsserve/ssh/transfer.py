@@ -39,6 +39,7 @@ from ..blobstore import (
     ObjectMissing,
     Status,
     StorageFull,
+    StorageUnavailable,
     TooLarge,
     UploadRaced,
 )
@@ -59,7 +60,7 @@ DEFAULT_LOCK_LIMIT = 100
 MAX_LOCK_LIMIT = 1000
 _BLOB_STATUS: list[tuple[type[BlobError], int]] = [
     (HashMismatch, 422), (CorruptObject, 422), (TooLarge, 413), (ObjectMissing, 404),
-    (InvalidOid, 422), (StorageFull, 507), (UploadRaced, 503),
+    (InvalidOid, 422), (StorageFull, 507), (UploadRaced, 503), (StorageUnavailable, 503),
 ]
 
 
@@ -322,10 +323,10 @@ class TransferSession:
                     self.w.data(chunk)
                     sent += len(chunk)
                     await self.w.drain()
-        except CorruptObject:
+        except BlobError as exc:  # corrupt, or the object storage failed mid-way
             # The status line is gone: the only honest signal left is to stop short, so the
             # client's hash check fails and it keeps nothing.
-            print(f"lfsserve: LFS object {oid} is corrupt: download cut after {sent} of "
+            print(f"lfsserve: LFS object {oid}: {exc.message}: download cut after {sent} of "
                   f"{handle.size} bytes", file=sys.stderr)
             raise SessionAbort() from None
         self.w.flush()

@@ -86,6 +86,8 @@ def read_web_settings(repo_root: Path, defaults: WebSettings = WebSettings()) ->
         description=items.get("description", defaults.description),
         contact=items.get("contact", defaults.contact),
         hidden=_bool(items["hidden"], defaults.hidden) if "hidden" in items else defaults.hidden,
-        allow_archive=_list(items["allow_archive"]) if "allow_archive" in items else list(defaults.allow_archive),
+        # hgweb's spelling is allow-archive; allow_archive is its older one
+        allow_archive=(_list(items.get("allow-archive", items.get("allow_archive", "")))
+                       if "allow-archive" in items or "allow_archive" in items else list(defaults.allow_archive)),
         labels=_list(items["labels"]) if "labels" in items else list(defaults.labels),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from ..hg import dagop, phases
 from ..hg.error import HgError, LookupError, UnknownRevision
@@ -166,7 +167,7 @@ def branches(repo: Repository) -> list[dict]:
     cl = repo.changelog
     heads = set(repo.head_revs())
     info = repo.branch_of()
-    out = []
+    out: list[dict[str, Any]] = []
     for name, nodes in repo.branchmap().items():
         revs = [cl.rev(n) for n in nodes]
         open_revs = [r for r in revs if not info[r][1]]
@@ -175,7 +176,7 @@ def branches(repo: Repository) -> list[dict]:
         cs = cl.read(tip)
         out.append({"branch": text(name), "node": cl.node(tip).hex(), "date": [float(cs.time), cs.tz],
                     "status": status, "rev": tip})
-    out.sort(key=lambda b: -b["rev"])
+    out.sort(key=lambda b: b["rev"], reverse=True)
     return out
 
 
@@ -293,7 +294,7 @@ def file_revs(repo: Repository, rev: int, path: str, limit: int) -> tuple[list[t
         return None
     mask = repo.visible_mask
     ancestors = dagop.ancestors_mask(repo.parents_list, [rev])
-    out = []
+    out: list[tuple[int, list[int]]] = []
     for frev in range(len(fl) - 1, -1, -1):
         link = fl.linkrev(frev)
         if link < len(ancestors) and ancestors[link] and mask[link]:
@@ -310,21 +311,23 @@ def files_status(repo: Repository, rev: int) -> list[dict]:
     or rename, where it came from (`source`)."""
     cl = repo.changelog
     cs = cl.read(rev)
-    man = _manifest(repo, rev)
+    ml = repo.manifestlog
     p1 = repo.parents_list[rev][0]
-    pman = _manifest(repo, p1)
+    pnode = cl.manifest_node(p1) if p1 != NULLREV else None
     out = []
     for f in sorted(set(cs.files)):
-        if f not in man:
+        # a lookup in each manifest's text, not a parse of its thousands of lines
+        entry = ml.find(cs.manifest, f)
+        if entry is None:
             status = "removed"
-        elif f not in pman:
+        elif pnode is None or ml.find(pnode, f) is None:
             status = "added"
         else:
             status = "modified"
         item = {"file": text(f), "status": status}
-        if status != "removed":
+        if entry is not None and status == "added":  # as hg status: only added files show a source
             try:
-                copy = repo.file(f).copy_info(man[f][0])
+                copy = repo.file(f).copy_info(entry[0])
             except (LookupError, HgError):
                 copy = None
             if copy is not None:

@@ -39,6 +39,7 @@ from ..hg.repository import Repository
 from ..kernel import CTX, PRINCIPAL, ServerContext
 from ..repos import engine_repo, how_to_create
 from ..routing import Target
+from . import archive as archivemod
 from . import diffs, model, raw
 from .hgrc import WebSettings, read_web_settings
 from .router import PageHandler, WebError, WebRequest
@@ -53,8 +54,17 @@ MAX_PAGE = 500
 MAX_VIEW_SIZE = 2 << 20        # bigger files: a download link, no inline view
 MAX_HIGHLIGHT_SIZE = 512 << 10  # bigger files: shown without syntax highlighting
 IMMUTABLE = "max-age=31536000, immutable"
+# hgweb's archive types, in its order, and their file extensions
+ARCHIVE_KINDS = {"zip": ".zip", "gz": ".tar.gz", "bz2": ".tar.bz2"}
 
 _MEDIA_01 = "application/mercurial-0.1"
+# The pages run no script at all: a policy that forbids any is a second wall behind escaping.
+_HTML_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
@@ -116,7 +126,7 @@ def _page_values(wr: WebRequest, page: str, title: str) -> dict[str, Any]:
 def _html(wr: WebRequest, template: str, page: str, title: str, headers: dict | None = None,
           **values: Any) -> web.Response:
     return web.Response(text=render(template, **_page_values(wr, page, title), **values),
-                        content_type="text/html", headers=headers)
+                        content_type="text/html", headers={**_HTML_HEADERS, **(headers or {})})
 
 
 def error_page(request: web.Request, status: int, message: str, json_style: bool) -> web.Response:
@@ -128,7 +138,7 @@ def error_page(request: web.Request, status: int, message: str, json_style: bool
     text = render("error.html", title=f"{status} {reason}", home=_home(request), repo=False, repo_url="",
                   repo_name="", page="", link=None, status=status, reason=reason, message=message,
                   user=principal.name if principal is not None and principal.authenticated else "")
-    return web.Response(text=text, status=status, content_type="text/html")
+    return web.Response(text=text, status=status, content_type="text/html", headers=_HTML_HEADERS)
 
 
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -138,8 +148,10 @@ _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not
 def web_settings(ctx: ServerContext, repo: str) -> WebSettings:
     """A repository's `[web]` settings over the server's defaults (blocking: run in the executor)."""
     c = ctx.config.web
-    return read_web_settings(ctx.repos.path_of(repo), WebSettings(description=c.description, contact=c.contact,
-                                                                  allow_archive=list(c.allow_archive)))
+    defaults = WebSettings(description=c.description, contact=c.contact, allow_archive=list(c.allow_archive))
+    if not ctx.config.hg.repo_hgrc:  # the server reads no repository's hgrc at all
+        return defaults
+    return read_web_settings(ctx.repos.path_of(repo), defaults)
 
 
 def _home(request: web.Request) -> str:
@@ -156,8 +168,6 @@ async def _with_repo(wr: WebRequest, fn: Callable[[Repository], T]) -> T:
     except RepoNotFound:
         raise WebError(404, f"no repository at /{wr.repo}") from None
     except HgError as exc:
-        if isinstance(exc, WebError):
-            raise
         raise WebError(404, exc.message) from None
 
 
@@ -189,14 +199,14 @@ def _count(wr: WebRequest, default: int) -> int:
     raw = wr.request.query.get("revcount", "")
     if not raw:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 1 <= int(raw) <= MAX_PAGE:
         raise WebError(400, f"revcount must be a number from 1 to {MAX_PAGE}")
     return int(raw)
 
 
 def _offset(wr: WebRequest) -> int:
     raw = wr.request.query.get("skip", "0") or "0"
-    if not raw.isdigit() or len(raw) > 9:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         raise WebError(400, "skip must be a number")
     return int(raw)
 
@@ -272,13 +282,14 @@ async def index(request: web.Request, target: Target) -> web.StreamResponse:
                   repo_name="", page="index", link=None, entries=items, query=query,
                   empty=empty if not readable else "No repository matches.",
                   user=principal.name if principal.authenticated else "")
-    return web.Response(text=text, content_type="text/html")
+    return web.Response(text=text, content_type="text/html", headers=_HTML_HEADERS)
 
 
 # -- summary ---------------------------------------------------------------------------------------
 
 async def summary(wr: WebRequest) -> web.StreamResponse:
     settings = await run_blocking(web_settings, wr.ctx, wr.repo)
+    kinds = await run_blocking(lambda: [k for k in ARCHIVE_KINDS if archivemod.archive_allowed(wr.ctx, wr.repo, k)])
 
     def read(repo: Repository) -> dict:
         names = model.Names.read(repo)
@@ -303,7 +314,11 @@ async def summary(wr: WebRequest) -> web.StreamResponse:
     if wr.json:
         return _json({"node": data["node"], "lastchange": data["lastchange"], "bookmarks": data["bookmarks"],
                       "branches": data["branches"], "shortlog": [_strip(c) for c in data["shortlog"]],
-                      "tags": data["tags"], "archives": [], "labels": settings.labels})
+                      "tags": data["tags"], "labels": settings.labels,
+                      # hgweb offers the summary's archives as of `tip`
+                      "archives": [{"node": "tip", "extension": ARCHIVE_KINDS[k], "type": k,
+                                    "url": f"{wr.base}/{wr.repo}/archive/tip{ARCHIVE_KINDS[k]}"}
+                                   for k in kinds]})
     base = wr.base
     ssh_base = wr.ctx.config.web.ssh_clone_base.rstrip("/")
     clone_ssh = f"{ssh_base}/{wr.repo}" if ssh_base else ""
@@ -311,7 +326,9 @@ async def summary(wr: WebRequest) -> web.StreamResponse:
                  contact=settings.contact, lastchange=data["lastchange"] if data["shortlog"] else None,
                  lfs=data["lfs"], clone_http=f"{base}/{wr.repo}", clone_ssh=clone_ssh,
                  shortlog=data["shortlog"], bookmarks=data["bookmarks"], branches=data["branches"],
-                 tags=data["tags"])
+                 tags=data["tags"],
+                 archives=[(ARCHIVE_KINDS[k], wr.link("archive", "tip" + ARCHIVE_KINDS[k])) for k in kinds]
+                 if data["shortlog"] else [])
 
 
 # -- logs ------------------------------------------------------------------------------------------
@@ -486,9 +503,7 @@ async def rev(wr: WebRequest) -> web.StreamResponse:
     rev_arg = wr.args[0]
     sidebyside = wr.request.query.get("sidebyside", "") == "1"
 
-    lfs = _lfs_reader(wr)
-
-    def read(repo: Repository) -> dict:
+    def read(repo: Repository, lfs: diff.LfsReader | None) -> dict:
         names = model.Names.read(repo)
         r = model.resolve_rev(repo, rev_arg)
         if r == NULLREV:
@@ -501,7 +516,7 @@ async def rev(wr: WebRequest) -> web.StreamResponse:
         fds = diff.changeset_file_diffs(repo, cl.node(r), limits=diffs.PAGE_LIMITS, lfs=lfs)
         return {"cs": cs, "parents": parents, "children": kids, "files": files, "diff": diffs.page_diff(fds)}
 
-    data = await _with_repo(wr, read)
+    data = await _with_repo_lfs(wr, read)
     cs = data["cs"]
     headers = _immutable(wr, rev_arg, cs["node"], cs["date"])
     if (nm := _not_modified(wr, headers)) is not None:
@@ -638,12 +653,19 @@ async def _lfs_preview(wr: WebRequest, fd: model.FileData) -> bytes | None:
     return await raw.lfs_preview(wr, fd.lfs[0], fd.lfs[1])
 
 
-def _lfs_reader(wr: WebRequest) -> diff.LfsReader | None:
-    """Diffs show LFS files by their content (from the blob store) when it is small enough."""
+async def _with_repo_lfs(wr: WebRequest, fn: Callable[[Repository, diff.LfsReader | None], T]) -> T:
+    """Run `fn(repo, lfs)` for a page that diffs files: in a repository with LFS files, on
+    raw.blob_workers() with a reader of small blobs (the diff then shows their content, not their
+    pointers); elsewhere on the shared executor, without one."""
     svc = raw.lfs_service(wr.ctx)
-    if svc is None:
-        return None
-    return raw.LfsBlobReader(asyncio.get_running_loop(), svc, wr.repo, MAX_VIEW_SIZE).read_sync
+
+    def has_lfs() -> bool:
+        with wr.ctx.repos.open(wr.repo) as served:
+            return served.has_lfs
+    if svc is None or not await run_blocking(has_lfs):
+        return await _with_repo(wr, lambda repo: fn(repo, None))
+    reader = raw.LfsBlobReader(asyncio.get_running_loop(), svc, wr.repo, MAX_VIEW_SIZE).read_sync
+    return await raw.with_repo(wr, lambda repo: fn(repo, reader), reads_blobs=True)
 
 
 def _file_children(repo: Repository, fd: model.FileData) -> list[str]:
@@ -662,9 +684,8 @@ async def file_diff(wr: WebRequest) -> web.StreamResponse:
     if not path:
         raise WebError(400, "which file? diff/{rev}/{path}")
     sidebyside = wr.request.query.get("sidebyside", "") == "1"
-    lfs = _lfs_reader(wr)
 
-    def read(repo: Repository) -> dict:
+    def read(repo: Repository, lfs: diff.LfsReader | None) -> dict:
         names = model.Names.read(repo)
         r = model.resolve_rev(repo, rev_arg)
         if r == NULLREV:
@@ -685,7 +706,7 @@ async def file_diff(wr: WebRequest) -> web.StreamResponse:
         one = diff.file_diff(repo, cl.node(p1), cl.node(r), path.encode(), limits=diffs.PAGE_LIMITS, lfs=lfs)
         return {"cs": cs, "parents": parents, "children": kids, "diff": diffs.page_diff([one] if one else [])}
 
-    data = await _with_repo(wr, read)
+    data = await _with_repo_lfs(wr, read)
     cs = data["cs"]
     headers = _immutable(wr, rev_arg, cs["node"], cs["date"])
     if (nm := _not_modified(wr, headers)) is not None:

@@ -23,6 +23,7 @@ __all__ = [
     "server_bundle2_caps",
     "stream_allowed",
     "stream_requirements",
+    "topic_capabilities",
 ]
 
 # Requirements a stream-clone client need not share with us (they are about the working copy or
@@ -59,7 +60,9 @@ def stream_allowed(config: Config, repo: ServedRepo) -> bool:
     return config.hg.stream_clone and not repo.has_secret()
 
 
-def server_bundle2_caps(streamable: bool) -> dict[str, list[str]]:
+def server_bundle2_caps(streamable: bool, obsmarkers: bool = False) -> dict[str, list[str]]:
+    """The bundle2 capabilities; `obsmarkers`: the repository exchanges obsolescence markers
+    (both formats, as hg advertises them when experimental.evolution.exchange is on)."""
     caps: dict[str, list[str]] = {
         "HG20": [],
         "bookmarks": [],
@@ -73,6 +76,8 @@ def server_bundle2_caps(streamable: bool) -> dict[str, list[str]]:
     }
     if streamable:
         caps["stream"] = ["v2"]
+    if obsmarkers:
+        caps["obsmarkers"] = ["V0", "V1"]
     return caps
 
 
@@ -100,10 +105,11 @@ def capabilities_bytes(config: Config, repo: ServedRepo, transport_caps: Iterabl
     hence no `delta-compression`. lfsserve always serves LFS, so `lfs` is always there.
     """
     streamable = stream_allowed(config, repo)
+    b2caps = server_bundle2_caps(streamable, repo.config.evolution.exchange)
     caps = [
         "batch",
         "branchmap",
-        "bundle2=" + urllib.parse.quote(bundle2.encode_caps(server_bundle2_caps(streamable))),
+        "bundle2=" + urllib.parse.quote(bundle2.encode_caps(b2caps)),
         "changegroupsubset",
         "getbundle",
         "known",
@@ -114,6 +120,7 @@ def capabilities_bytes(config: Config, repo: ServedRepo, transport_caps: Iterabl
         "unbundlehash",
     ]
     caps += transport_caps
+    caps += topic_capabilities(repo)
     if repo.has_lfs:
         caps.append("lfs-serve")
     if streamable:
@@ -122,6 +129,17 @@ def capabilities_bytes(config: Config, repo: ServedRepo, transport_caps: Iterabl
     if clonebundles_manifest(repo) is not None:
         caps += ["clonebundles", "clonebundles_manifest"]
     return " ".join(sorted(caps)).encode("ascii")
+
+
+def topic_capabilities(repo: ServedRepo) -> list[str]:
+    """What a server with hg-evolve's topic extension adds for topic-aware clients: its commands
+    (`_exttopics_heads`, `tns_heads`, `branchmaptns`) and what a push publishes (all, only what
+    has no topic, or nothing)."""
+    topics = repo.config.topics
+    if not topics.enabled:
+        return []
+    mode = "all" if repo.publishing else "auto" if topics.publish_bare_branch else "none"
+    return ["_exttopics_heads", "ext-topics-publish=" + mode, "ext-topics-tns-heads", "topics", "topics-namespaces"]
 
 
 def clonebundles_manifest(repo: ServedRepo) -> bytes | None:

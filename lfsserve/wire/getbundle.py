@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..config import Config
-from ..hg import bundle2, changegroup
+from ..hg import bundle2, changegroup, dagop, obsolete
 from ..hg.bundle2 import Bundle2Error, OutPart
 from ..hg.error import Abort, HgError, UnknownRevision
 from ..hg.node import NULLID
@@ -22,7 +22,8 @@ from .capabilities import BundleRequired, stream_allowed
 from .protocol import BadRequest, decode_nodes
 from .streamclone import StreamPlan, stream2_part, stream_plan
 
-__all__ = ["GetbundlePlan", "changegroup_legacy", "getbundle", "parse_bundlecaps", "phase_heads", "tags_fnodes"]
+__all__ = ["GetbundlePlan", "changegroup_legacy", "getbundle", "obsmarkers_part", "parse_bundlecaps", "phase_heads",
+           "tags_fnodes"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def getbundle(config: Config, repo: ServedRepo, args: dict[str, bytes]) -> Getbu
     b2caps = b2caps or {}
     opts = {name: _bool(args, name, name == "cg") for name in _BOOL_ARGS}
     listkeys = [ns for ns in args.get("listkeys", b"").split(b",") if ns]
-    if opts["obsmarkers"]:
+    if opts["obsmarkers"] and not repo.config.evolution.exchange:
         raise BadRequest("getbundle: obsolescence markers are not served (the server did not advertise them)")
     try:
         parts = _plan_parts(config, repo, heads, common, b2caps, opts, listkeys)
@@ -156,6 +157,10 @@ def _plan_parts(config: Config, repo: ServedRepo, heads: list[bytes], common: li
                 yield OutPart(b"BOOKMARKS", data=bundle2.encode_bookmarks(marks))
         for ns in listkeys:
             yield OutPart(b"LISTKEYS", [(b"namespace", ns)], data=bundle2.encode_listkeys(repo.listkeys(ns)))
+        if opts["obsmarkers"] and isinstance(repo, Repository):
+            part = obsmarkers_part(repo, requested_heads, b2caps)
+            if part is not None:
+                yield part
         if opts["phases"]:
             yield OutPart(b"PHASE-HEADS", data=bundle2.encode_phase_heads(phase_heads(repo, requested_heads)))
         if revs and engine is not None and "hgtagsfnodes" in b2caps:
@@ -192,6 +197,30 @@ def phase_heads(served: ServedRepo, heads: list[bytes]) -> dict[int, list[bytes]
             by_phase.setdefault(PUBLIC, set()).update(cl.node(r) for r in below if r not in has_child)
     by_phase.pop(SECRET, None)
     return {phase: sorted(nodes) for phase, nodes in by_phase.items()}
+
+
+def obsmarkers_part(repo: Repository, heads: list[bytes], b2caps: dict[str, list[str]]) -> OutPart | None:
+    """The `obsmarkers` part of a pull of `heads`: the markers relevant to their ancestors, in
+    the newest format both sides read (None: no marker, or no common format)."""
+    obs = repo.obsstore
+    if not obs:
+        return None
+    theirs = {int(v[1:]) for v in b2caps.get("obsmarkers", []) if v[1:].isdigit() and v.startswith("V")}
+    common = sorted(theirs & set(obsolete.FORMATS))
+    if not common:
+        return None
+    cl = repo.changelog
+    head_revs = [r for r in (cl.get_rev(h) for h in heads) if r is not None and r >= 0]
+    ancestors = dagop.ancestors_mask(repo.parents_list, head_revs)
+    nodes = []
+    for node in {*obs.predecessors, *obs.successors, *obs.children}:
+        r = cl.get_rev(node)
+        if r is not None and r >= 0 and ancestors[r]:
+            nodes.append(node)
+    markers = obsolete.sorted_markers(obs.relevant(nodes))
+    if not markers:
+        return None
+    return OutPart(b"OBSMARKERS", data=obsolete.encode_markers(markers, common[-1]))
 
 
 MAX_TAGS_FNODES_HEADS = 64

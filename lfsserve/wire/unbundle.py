@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, cast
 
 from ..config import Config
-from ..hg import bundle2
+from ..hg import bundle2, obsolete
 from ..hg.bundle2 import Bundle2Error, InPart, OutPart, UnsupportedContent
 from ..hg.changegroup import ApplyResult
 from ..hg.error import Abort, HgError, PushRaced
@@ -304,6 +304,7 @@ class PushOperation:
     output: list[str] = field(default_factory=list)
     final: list[str] = field(default_factory=list)
     lfs_oids: set[str] = field(default_factory=set)
+    new_markers: int = 0
     env: PushEnv | None = None
     added: list[bytes] = field(default_factory=list)   # the changesets the push adds
     moved: dict[bytes, tuple[bytes | None, bytes | None]] = field(default_factory=dict)  # bookmark: (old, new)
@@ -366,6 +367,7 @@ def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None,
         reader = bundle2.BundleReader(body, max_unpacked=limits.max_unpacked,
                                       unpacked_setting="hg.max_unpacked_push_size")
         with repo.lock():
+            troubles = repo.instabilities() if repo.config.evolution.createmarkers else None
             with op:
                 for part in reader.parts():
                     op.output = []
@@ -384,6 +386,9 @@ def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None,
                     finally:
                         if hook_output:
                             op.reply.append(OutPart(b"output", data="".join(hook_output).encode("utf-8")))
+            # hg's transaction summary comes when the transaction closes, before txnclose hooks
+            if troubles is not None and op.started:
+                op.final.extend(_evolution_report(repo, troubles, op.new_markers))
         if env is not None and op.started:
             _after_push(repo, env, op.final, op.added, op.moved, op.lfs_oids)
         op.reply.append(OutPart(b"output", data="".join(op.final).encode("utf-8")))
@@ -470,6 +475,9 @@ def _check_heads(op: PushOperation, part: InPart) -> None:
 def _check_updated_heads(op: PushOperation, part: InPart) -> None:
     theirs = bundle2.decode_nodes(part.read_all(MAX_SMALL_PART))
     current = {h for hs in op.repo.branchmap().values() for h in hs}
+    if op.repo.config.topics.enabled:
+        # a topic client checks the heads of each branch//topic it updates (topic's handler)
+        current.update(h for hs in op.repo.branchmap_tns().values() for h in hs)
     for h in theirs:
         if h not in current:
             raise PushRaced(_RACED)
@@ -515,6 +523,11 @@ def _changegroup(op: PushOperation, part: InPart) -> None:
             env.check_publish(repo, result.added)
     if result.added and (repo.publishing or target == b"0"):
         repo.phases_advance(tr, PUBLIC, result.added)
+    elif result.added and repo.config.topics.enabled and repo.config.topics.publish_bare_branch:
+        # the topic extension's experimental.topic.publish-bare-branch: what has no topic is public
+        bare = [n for n in result.added if not repo.topic_of(n)]
+        if bare:
+            repo.phases_advance(tr, PUBLIC, bare)
     op.lfs_oids.update(result.lfs_oids)
     op.added.extend(result.added)
     if result.added:
@@ -590,3 +603,38 @@ def _pushkey(op: PushOperation, part: InPart) -> None:
     op.reply.append(OutPart(b"REPLY:PUSHKEY", [], [(b"in-reply-to", b"%d" % part.id), (b"return", b"%d" % ok)]))
     if part.mandatory and not ok:
         raise _PushkeyFailed(part.id, dict(params))
+
+
+# The most bytes of obsolescence markers one push may carry (about 90,000 typical markers); the
+# part is read whole, so this also bounds the memory a push can make the server use for them.
+MAX_OBSMARKERS_PART = 8 * 1024 * 1024
+
+
+@parthandler(b"obsmarkers")
+def _obsmarkers(op: PushOperation, part: InPart) -> None:
+    repo = op.repo
+    if not repo.config.evolution.createmarkers and not part.mandatory:
+        return  # as hg: advisory markers are dropped where the feature is off
+    data = part.read_all(MAX_OBSMARKERS_PART)
+    _version, markers = obsolete.decode_markers(data)  # raises before anything is written
+    new = repo.add_markers(op.transaction(), markers)
+    op.new_markers += new
+    op.reply.append(OutPart(b"reply:obsmarkers", [], [(b"in-reply-to", b"%d" % part.id), (b"new", b"%d" % new)]))
+
+
+def _evolution_report(repo: Repository, before: dict[str, frozenset[int]], new_markers: int) -> list[str]:
+    """What hg's transaction summary says about obsolescence after a push: the new markers, the
+    changesets they obsoleted, and the new troubled changesets of each kind."""
+    after = repo.instabilities()
+    out = []
+    if new_markers:
+        out.append(f"{new_markers} new obsolescence markers\n")
+    obsoleted = after["obsolete"] - before["obsolete"]
+    if obsoleted:
+        out.append(f"obsoleted {len(obsoleted)} changesets\n")
+    mask = repo.visible_mask
+    for kind in ("orphan", "phase-divergent", "content-divergent"):
+        delta = sum(1 for r in after[kind] if mask[r]) - sum(1 for r in before[kind] if r < len(mask) and mask[r])
+        if delta > 0:
+            out.append(f"{delta} new {kind} changesets\n")
+    return out

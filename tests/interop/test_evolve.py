@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lfsserve.hg import obsolete
+
 from ..support import Hg, LfsserveProcess, start_lfsserve
 
 pytestmark = pytest.mark.interop
@@ -59,3 +61,133 @@ def test_non_publishing_repository_keeps_pushed_drafts(server, hg, tmp_path):
     hg("push", cwd=tmp_path / "a")
     assert hg.out("log", "-T", "{phase} ", cwd=served) == "public public "
     hg("verify", cwd=served)
+
+
+EVOLVE_RC = "[phases]\npublish = False\n[experimental]\nevolution = all\n"
+
+
+def log(hg: Hg, repo: Path, *args: str) -> list[str]:
+    return hg.out("log", "-T", "{desc}\n", *args, cwd=repo).splitlines()
+
+
+def test_amend_prune_divergence_with_evolve_clients(server, tmp_path):
+    served = server_repo(server, Hg(tmp_path / "admin"), "team/evo", EVOLVE_RC)
+    url = f"{server.url}/team/evo"
+    evo = Hg(tmp_path / "evo-home", "[extensions]\nevolve =\n")
+    plain = Hg(tmp_path / "plain-home")
+    a, b = tmp_path / "a", tmp_path / "b"
+    evo("clone", url, str(a))
+    commit(evo, a, "f", "base\n")
+    commit(evo, a, "f", "one\n")
+    evo("push", cwd=a)
+    evo("clone", url, str(b))
+    old = evo.out("log", "-r", ".", "-T", "{node}", cwd=a)
+
+    # A amends and pushes: no --force needed, the marker reaches the server
+    (a / "f").write_text("one, amended\n")
+    evo("amend", "-m", "f: one amended", cwd=a)
+    new = evo.out("log", "-r", ".", "-T", "{node}", cwd=a)
+    out = evo.out("push", cwd=a)
+    assert "remote: 1 new obsolescence markers" in out and "remote: obsoleted 1 changesets" in out, out
+    markers = evo.out("debugobsolete", cwd=served)
+    assert markers.startswith(f"{old} {new} 0 (") and markers.count("\n") == 1, markers
+    assert evo.out("heads", "-T", "{node}\n", cwd=served).split() == [new]
+
+    # B pulls: one head, the amended changeset; the old one is obsolete there too
+    evo("pull", "-u", cwd=b)
+    assert evo.out("heads", "-T", "{node}\n", cwd=b).split() == [new]
+    assert evo.out("log", "-r", "obsolete()", "--hidden", "-T", "{node}", cwd=b) == old
+    # a client without evolve sees only the visible changesets
+    plain("clone", url, str(tmp_path / "c"))
+    assert log(plain, tmp_path / "c") == ["f: one amended", "f: base"]
+
+    # prune: a draft pushed, then pruned; the prune marker travels without any changeset
+    commit(evo, a, "g", "doomed\n")
+    evo("push", cwd=a)
+    evo("prune", "-r", ".", cwd=a)
+    res = evo("push", cwd=a, check=False)
+    assert "remote: 1 new obsolescence markers" in res.stdout.decode(), res.stdout
+    assert log(plain, served, "-r", "all()") == ["f: base", "f: one amended"]
+    assert evo.out("heads", "-T", "{node}\n", cwd=served).split() == [new]
+
+    # divergence: A and B rewrite the same changeset each their own way
+    evo("pull", "-u", cwd=b)
+    (a / "f").write_text("A's way\n")
+    evo("amend", "-m", "f: A's way", cwd=a)
+    evo("push", cwd=a)
+    (b / "f").write_text("B's way\n")
+    evo("amend", "-m", "f: B's way", cwd=b)
+    out = evo.out("push", "-f", cwd=b)
+    assert "remote: 2 new content-divergent changesets" in out, out
+    evo("pull", cwd=a)
+    assert len(evo.out("log", "-r", "contentdivergent()", "-T", "{node}\n", cwd=a).split()) == 2
+    # a new plain clone: both rewrites, not what they replaced
+    plain("clone", "-U", url, str(tmp_path / "d"))
+    assert sorted(log(plain, tmp_path / "d")) == ["f: A's way", "f: B's way", "f: base"]
+    evo("verify", cwd=served)
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_obsstore_read_and_written_as_hg_does(hg, tmp_path, version):
+    """Markers hg wrote decode and encode back to the same bytes; the v0/v1 choice is the file's."""
+    repo = tmp_path / "r"
+    hg("init", str(repo))
+    commit(hg, repo, "f", "one\n")
+    commit(hg, repo, "f", "two\n")
+    nodes = hg.out("log", "-r", "0:", "-T", "{node}\n", cwd=repo).split()
+    cfg = ["--config", "experimental.evolution.createmarkers=1", "--config", f"format.obsstore-version={version}"]
+    hg("debugobsolete", *cfg, "--record-parents", "-d", "1700000000 -3600", "-u", "Ünïcode <u@example.com>",
+       nodes[0], "ab" * 20, "cd" * 20, cwd=repo)
+    hg("debugobsolete", *cfg, "--record-parents", nodes[1], cwd=repo)  # a prune
+    hg("debugobsolete", *cfg, "12" * 20, "34" * 20, cwd=repo)  # parents unknown, not recorded
+    obsstore = repo / ".hg" / "store" / "obsstore"
+    data = obsstore.read_bytes()
+    listed = hg.out("debugobsolete", *cfg, "-T", "json", cwd=repo)
+    got_version, markers = obsolete.decode_markers(data)
+    assert got_version == version and len(markers) == 3
+    ours = obsolete.encode_markers(markers, version)
+    if version == 1:
+        assert ours == data
+    else:  # hg writes a date given as an integer without ".0"; the marker is the same
+        assert obsolete.decode_markers(ours) == (0, markers)
+    obsstore.write_bytes(ours)
+    assert hg.out("debugobsolete", *cfg, "-T", "json", cwd=repo) == listed
+    assert markers[0][1] == (bytes.fromhex("ab" * 20), bytes.fromhex("cd" * 20))
+    assert markers[0][4] == (1700000000.0, -3600)
+    assert markers[0][5] == (bytes(20),)  # the root's parent, recorded
+    assert markers[1][1] == () and markers[1][5] == (bytes.fromhex(nodes[0]),)
+    assert markers[2][5] is None
+
+
+def test_topics_push_pull_and_bare_branch_publishing(server, tmp_path):
+    served = server_repo(server, Hg(tmp_path / "admin"), "team/topics",
+                         EVOLVE_RC + "topic.publish-bare-branch = yes\n[extensions]\ntopic =\n")
+    url = f"{server.url}/team/topics"
+    top = Hg(tmp_path / "top-home", "[extensions]\nevolve =\ntopic =\n")
+    a, b = tmp_path / "a", tmp_path / "b"
+    top("clone", url, str(a))
+    caps = top.out("debugcapabilities", url)
+    for cap in ("topics", "topics-namespaces", "_exttopics_heads", "ext-topics-publish=auto",
+                "ext-topics-tns-heads", "obsmarkers", "V0", "V1"):
+        assert f"  {cap}\n" in caps or f"    {cap}\n" in caps, (cap, caps)
+    commit(top, a, "f", "base\n")
+    top("push", cwd=a)
+    # without a topic: published by the push (ext-topics-publish=auto)
+    assert top.out("log", "-T", "{phase}", cwd=served) == "public"
+    top("topics", "feature", cwd=a)
+    commit(top, a, "f", "feature work\n")
+    top("push", cwd=a)
+    assert top.out("log", "-r", "tip", "-T", "{phase} {topic}", cwd=served) == "draft feature"
+    top("clone", url, str(b))
+    assert "feature" in top.out("topics", cwd=b)
+    top("update", "feature", cwd=b)
+    assert "feature work" in top.out("stack", cwd=b)
+    # the topic's changeset amended in A: B pulls one head on the topic
+    (a / "f").write_text("feature work, amended\n")
+    top("amend", "-m", "f: feature work amended", cwd=a)
+    top("push", cwd=a)
+    top("pull", cwd=b)
+    # (B's working directory keeps the old one visible there, as obsolete)
+    assert log(top, b, "-r", "obsolete()") == ["f: feature work"]
+    assert log(top, b, "-r", "heads(all()) - obsolete()") == ["f: feature work amended"]
+    assert log(top, served, "-r", "topic(feature)") == ["f: feature work amended"]

@@ -124,7 +124,8 @@ ssh_clone_base = "ssh://hg@example.com"
         priv = server.root / "repos" / "private" / "hidden-gem"
         hg("clone", "-q", "-U", str(src), str(priv))
         (priv / ".hg" / "hgrc").write_text("[web]\ndescription = secret stuff\n")
-        (src / ".hg" / "hgrc").write_text("[web]\ndescription = The <i>site</i> repo\ncontact = Ann\n")
+        (src / ".hg" / "hgrc").write_text("[web]\ndescription = The <i>site</i> repo\ncontact = Ann\n"
+                                          "allow-archive = gz zip\n")
         shutil.copy(src / ".hg" / "hgrc", server.root / "repos" / "team" / "site" / ".hg" / "hgrc")
         hidden = server.root / "repos" / "team" / "unlisted"
         hg("init", str(hidden))
@@ -173,6 +174,7 @@ def test_pages(site: Site):
     assert f"hg clone {site.server.url}/team/site" in summary
     assert "hg clone ssh://hg@example.com/team/site" in summary
     assert "rewrite main" in summary and "v1.0" in summary and "feat-mark" in summary
+    assert 'href="/team/site/archive/tip.zip"' in summary and ".tar.bz2" not in summary
     assert "<script>" not in summary and "&lt;script&gt;" in summary and "<img" not in summary
 
     shortlog = page(f"{site.repo}/shortlog")
@@ -222,6 +224,9 @@ def test_pages(site: Site):
     assert 'class="source sbs"' in sbs and "hello, world" in sbs
     diff = page(f"{site.repo}/diff/{n['rename and add a binary']}/new-name.txt")
     assert "(added)" in diff and "+moved" in diff
+    # an LFS file's diff shows its content (read from the blob store), not the pointer
+    lfs_diff = page(f"{site.repo}/rev/{n[f'add LFS data and a hostile {SCRIPT} name']}")
+    assert "+LFS line 39 of the tracked data file" in lfs_diff and "oid sha256:" not in lfs_diff
     blame = page(f"{site.repo}/annotate/tip/new-name.txt")
     assert blame.count("<tr id=") == 2 and "old-name.txt" in blame  # followed the rename
     history = page(f"{site.repo}/log/tip/src/main.py")
@@ -271,6 +276,7 @@ def test_index_permissions_and_settings(site: Site):
     "rev/zzzzzz", "rev/" + "a" * 300, "rev/%00", "rev/", "rev/-99999", "file/tip/..", "file/tip/a/../../x",
     "file/tip/no-such-file", "file/nosuchrev/README.md", "file/tip/%0a", "log/tip/no-such-file",
     "shortlog?revcount=0", "shortlog?revcount=999999", "shortlog?skip=-1", "shortlog?revcount=abc",
+    "shortlog?revcount=%C2%B2", "shortlog?skip=%D9%A1", "rev/%D9%A1",
     "graph/zzz", "json-rev/zzz", "log/%FF%FE", "file/tip/README.md/inner", "json-file/tip/..",
     "nosuchcommand", "rev/tip%20", "file/tip%00/x",
 ])
@@ -278,6 +284,14 @@ def test_hostile_arguments_are_4xx(site: Site, path: str):
     status, _, body = get(f"{site.repo}/{path}")
     assert 400 <= status < 500, (path, status, body[:300])
     assert b"Traceback" not in body
+
+
+def test_pages_forbid_scripts(site: Site):
+    for url in (site.server.url + "/", site.repo, f"{site.repo}/graph", f"{site.repo}/rev/tip", f"{site.repo}/nope"):
+        _, headers, _ = get(url)
+        assert "default-src 'none'" in headers["Content-Security-Policy"] and "script-src" not in \
+            headers["Content-Security-Policy"], url
+        assert headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_immutable_urls_are_cacheable(site: Site):
@@ -327,9 +341,8 @@ def test_json_matches_hgweb(site: Site):
     for url in urls:
         ours = _json(f"{site.repo}/{url}")
         theirs = _json(f"{site.hgweb}/{url}")
-        # the graph's layout is ours to draw; archives depend on allow_archive, which differs
-        # between the two servers' configs
-        ignore = {"col", "row", "color", "edges", "archives"}
+        # the graph's layout is ours to draw; archive URLs name each server
+        ignore = {"col", "row", "color", "edges", "url"}
         assert _drop(ours, ignore) == _drop(theirs, ignore), url
 
 

@@ -34,6 +34,10 @@ OID = "a" * 64
     ("/repo/logs", False, Target(Kind.HG, "repo/logs")),
     ("/repo/json-nothing", False, Target(Kind.HG, "repo/json-nothing")),
     ("/repo/log", True, Target(Kind.HG, "repo/log")),
+    ("/repo/file/tip/docs/api", False, Target(Kind.WEB, "repo", "file/tip/docs/api")),
+    ("/repo/file/tip/objects/batch", False, Target(Kind.WEB, "repo", "file/tip/objects/batch")),
+    ("/repo/raw-file/tip/locks", False, Target(Kind.WEB, "repo", "raw-file/tip/locks")),
+    ("/repo/file/tip/.git/info/lfs/objects/batch", False, Target(Kind.LFS_BATCH, "repo/file/tip")),
 ])
 def test_resolve(path, cmd, target):
     assert resolve(path, path, cmd) == target

@@ -19,6 +19,9 @@ def test_hgrc_web_section(tmp_path):
                               allow_archive=["gz", "zip", "bz2"], labels=["a", "b"])
     # nothing there: the server's defaults; a huge file is not one a person wrote
     assert read_web_settings(tmp_path / "none", WebSettings(contact="c")) == WebSettings(contact="c")
+    # hgweb's spelling wins over the older one
+    (tmp_path / ".hg" / "hgrc").write_text("[web]\nallow_archive = zip\nallow-archive = gz bz2\n")
+    assert read_web_settings(tmp_path).allow_archive == ["gz", "bz2"]
     (tmp_path / ".hg" / "hgrc").write_text("[web]\ndescription = x\n" + "#" * (300 << 10))
     assert read_web_settings(tmp_path) == WebSettings()
 
@@ -47,3 +50,16 @@ def test_page_diff_blocks_and_budget():
     # everything is escaped
     evil = page_diff([_fd(b"<img src=x>", 1)]).html(True, lambda p: "/f")
     assert "<img" not in evil and "&lt;img src=x&gt;" in evil
+
+
+def test_manifest_text_cache_is_bounded():
+    from lfsserve.hg.manifest import _TextCache
+
+    cache = _TextCache(max_bytes=100, max_item=60)
+    cache.put(b"a", b"x" * 40)
+    cache.put(b"b", b"y" * 40)
+    assert cache.get(b"a") == b"x" * 40  # a is now the most recent
+    cache.put(b"c", b"z" * 40)            # over 100 bytes: the least recent (b) goes
+    assert cache.get(b"b") is None and cache.get(b"a") and cache.get(b"c")
+    cache.put(b"huge", b"h" * 61)         # larger than one item may be: not kept
+    assert cache.get(b"huge") is None and cache.get(b"a")

@@ -26,7 +26,7 @@ def _push(repo: Repository, parts: list[OutPart]) -> list[tuple[bytes, dict[byte
 
 def test_registry_declares_the_parts_we_accept():
     assert {b"replycaps", b"check:heads", b"check:updated-heads", b"check:phases", b"check:bookmarks",
-            b"changegroup", b"phase-heads", b"bookmarks", b"pushkey"} == set(unbundle.PART_HANDLERS)
+            b"changegroup", b"phase-heads", b"bookmarks", b"pushkey", b"obsmarkers"} == set(unbundle.PART_HANDLERS)
     assert unbundle.PART_HANDLERS[b"changegroup"].params == {b"version", b"nbchanges", b"targetphase"}
 
 
@@ -36,8 +36,11 @@ def test_parts_are_dispatched_and_refused_as_hg_does(tmp_path):
         reply = _push(repo, [OutPart(b"CHANGEGROUP", [(b"version", b"02"), (b"bogus", b"1")])])
         assert reply[-1] == (b"error:unsupportedcontent", {b"parttype": b"changegroup", b"params": b"bogus"})
         # a mandatory part nobody handles: unsupported content naming it; an advisory one is skipped
-        reply = _push(repo, [OutPart(b"cache:rev-branch-cache"), OutPart(b"OBSMARKERS")])
-        assert reply[-1] == (b"error:unsupportedcontent", {b"parttype": b"obsmarkers"})
+        reply = _push(repo, [OutPart(b"cache:rev-branch-cache"), OutPart(b"REMOTE-CHANGEGROUP")])
+        assert reply[-1] == (b"error:unsupportedcontent", {b"parttype": b"remote-changegroup"})
+        # obsolescence markers where the repository does not create them: hg's refusal
+        reply = _push(repo, [OutPart(b"OBSMARKERS", data=b"\1")])
+        assert reply[-1] == (b"error:abort", {b"message": b"creating obsolete markers is not enabled on this repo"})
         # check:heads against the empty repository passes; a pushkey on a missing bookmark replies 0
         reply = _push(repo, [OutPart(b"CHECK:HEADS", data=b"\0" * 20),
                              OutPart(b"pushkey", [], [(b"namespace", b"bookmarks"), (b"key", b"b"),

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
 from ...config import Config
+from ...hg.branchmap import parse_fqbn
 from ...hg.error import HgError
+from ...hg.repository import Repository
 from ...repos import ServedRepo, engine_repo
 from .. import getbundle as pull
 from .. import streamclone
@@ -128,6 +130,39 @@ def heads(s: Session) -> bytes:
     return encode_nodes(repo_heads(s.repo)) + b"\n"
 
 
+@command("_exttopics_heads")
+def exttopics_heads(s: Session) -> bytes:
+    """The topic extension's `heads` for topic-aware clients (the same heads: lfsserve does not
+    hide topic changesets from other clients)."""
+    return encode_nodes(repo_heads(s.repo)) + b"\n"
+
+
+@command("tns_heads", "namespaces")
+def tns_heads(s: Session, namespaces: bytes) -> bytes:
+    """Heads of the changesets in the topic namespaces asked for (`*`: all), and of those
+    without a namespace (the topic extension's command)."""
+    try:  # hex words, as hg's wireprototypes.encodelist sends any list
+        wanted = {bytes.fromhex(w.decode("ascii")) for w in namespaces.split()}
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("tns_heads: namespaces must be hex-encoded words") from None
+    if b"*" in wanted or not s.repo.config.topics.enabled or not isinstance(s.repo, Repository):
+        return encode_nodes(repo_heads(s.repo)) + b"\n"
+    heads = []
+    for name, nodes in sorted(s.repo.branchmap_tns().items()):
+        namespace = parse_fqbn(name)[1]
+        if namespace == b"none" or namespace in wanted:
+            heads.extend(nodes)
+    return encode_nodes(heads) + b"\n"
+
+
+@command("branchmaptns")
+def branchmaptns(s: Session) -> bytes:
+    """The branch map by fully qualified branch name (`branch//topic`), for topic clients."""
+    if not s.repo.config.topics.enabled or not isinstance(s.repo, Repository):
+        return _encode_branchmap(s.repo.branchmap())
+    return _encode_branchmap(s.repo.branchmap_tns())
+
+
 @command("known", "nodes *")
 def known(s: Session, nodes: bytes, others: dict[str, bytes]) -> bytes:
     return b"".join(b"1" if k else b"0" for k in s.repo.known(decode_nodes(nodes)))
@@ -135,8 +170,12 @@ def known(s: Session, nodes: bytes, others: dict[str, bytes]) -> bytes:
 
 @command("branchmap")
 def branchmap(s: Session) -> bytes:
+    return _encode_branchmap(s.repo.branchmap())
+
+
+def _encode_branchmap(bm: dict[bytes, list[bytes]]) -> bytes:
     lines = []
-    for branch, nodes in sorted(s.repo.branchmap().items()):
+    for branch, nodes in sorted(bm.items()):
         lines.append(urllib.parse.quote_from_bytes(branch).encode("ascii") + b" " + encode_nodes(list(nodes)))
     return b"\n".join(lines)
 

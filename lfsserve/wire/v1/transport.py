@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ...aio import run_blocking
 from ...auth import Authenticator, Permission, Principal
+from ...blobstore.base import StorageUnavailable
 from ...config import Config
+from ...hg.error import Abort
 from ..capabilities import BundleRequired
 from ..protocol import BadRequest
 from ..pushenv import PushEnv, push_env
@@ -84,7 +86,12 @@ def lfs_checker(config: Config, policy: LfsBlobPolicy | None, repo_name: str, pr
         if policy is None:
             bad = set(oids)  # no LFS store in this server: nothing can vouch for these blobs
         else:
-            bad = set(policy.accept_pushed_pointers_sync(repo_name, sorted(oids), principal))
+            try:
+                bad = set(policy.accept_pushed_pointers_sync(repo_name, sorted(oids), principal))
+            except StorageUnavailable as exc:
+                # The object storage is down: refuse the push (nothing applied) as hg shows it.
+                raise Abort(f"push refused: its LFS objects cannot be checked now: {exc.message}",
+                            hint="push again in a moment") from None
         return bad if config.lfs.require_pushed_blobs else set()
     return check
 

@@ -312,8 +312,9 @@ def test_stream_files_make_a_working_copy_of_the_store(built, session_hg, tmp_pa
         copy.open_store_file(b"data/a.txt.i")
 
 
-def test_obsstore_is_ignored_not_fatal(session_hg, tmp_path):
-    """Obsolete changesets stay visible (README: obsmarkers are neither read nor exchanged)."""
+def test_obsstore_hides_obsolete_changesets(session_hg, tmp_path):
+    """As hg's served view: an obsolete draft is hidden (evolution settings or not), its
+    successor is served, and nothing obsolete is sent."""
     evo = ("--config", "experimental.evolution=all")
     path = tmp_path / "evo"
     session_hg("init", str(path))
@@ -324,10 +325,14 @@ def test_obsstore_is_ignored_not_fatal(session_hg, tmp_path):
     session_hg(*evo, "commit", "--amend", "-m", "two, amended", cwd=path)
     assert (path / ".hg" / "store" / "obsstore").stat().st_size > 0
     repo = Repository.open(path)
-    assert len(repo.heads()) == 2  # the obsolete "two" is still a head for us
+    served = session_hg(*evo, "log", "-T", "{node}\n", cwd=path).stdout.decode().split()
+    assert repo.heads() == [bytes.fromhex(served[0])]
+    assert repo.known([bytes.fromhex(n) for n in served]) == [True, True]
+    hidden = session_hg(*evo, "log", "--hidden", "-r", "obsolete()", "-T", "{node}", cwd=path).stdout.decode()
+    assert repo.known([bytes.fromhex(hidden)]) == [False]
     data = b"".join(changegroup.generate(repo, repo.missing([], repo.heads()), "02"))
     target = tmp_path / "target"
     session_hg("init", str(target))
     (tmp_path / "b.hg").write_bytes(hg20([data], "02"))
     session_hg("unbundle", str(tmp_path / "b.hg"), cwd=target)
-    assert len(session_hg("log", "-T", "x", cwd=target).stdout) == 3
+    assert len(session_hg("log", "-T", "x", cwd=target).stdout) == 2

@@ -1,0 +1,121 @@
+"""S3BlobStore against a real S3 API (moto in server mode): the shared contract, plus what is
+specific to a bucket (layout, direct uploads, S3 going away)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from lfsserve.blobstore import HashMismatch, Status, open_store
+from lfsserve.blobstore.s3 import S3BlobStore
+from lfsserve.config import load_config
+from tests.s3server import ACCESS_KEY, REGION, SECRET_KEY
+
+from .blobstore_contract import BlobStoreContract, chunks_of, collect, oid_of
+
+pytestmark = pytest.mark.interop  # talks to a moto server process
+
+
+def _store(moto, bucket: str, **kwargs) -> S3BlobStore:
+    return S3BlobStore(bucket, endpoint_url=moto.url, region=REGION, addressing_style="path",
+                       access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, **kwargs)
+
+
+@pytest.fixture
+async def store(moto):
+    s = _store(moto, moto.create_bucket(), prefix="pre/")
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def damage(store, moto):
+    """Overwrite the object with one flipped byte, the way another tool writing the bucket would."""
+    def corrupt(oid: str) -> None:
+        c = moto.client()
+        data = bytearray(c.get_object(Bucket=store.bucket, Key=store.key(oid))["Body"].read())
+        data[len(data) // 2] ^= 0xFF
+        c.put_object(Bucket=store.bucket, Key=store.key(oid), Body=bytes(data))
+    return corrupt
+
+
+@pytest.fixture
+def touch(store, moto):
+    """Rewrite the object with the same bytes but without this store's verification mark."""
+    def rewrite(oid: str) -> None:
+        c = moto.client()
+        data = c.get_object(Bucket=store.bucket, Key=store.key(oid))["Body"].read()
+        c.put_object(Bucket=store.bucket, Key=store.key(oid), Body=data)
+    return rewrite
+
+
+class TestS3BlobStore(BlobStoreContract):
+    pass
+
+
+def _keys(moto, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in moto.client().list_objects_v2(Bucket=bucket).get("Contents", ()))
+
+
+async def test_layout_multipart_and_no_leftovers(moto):
+    bucket = moto.create_bucket()
+    store = _store(moto, bucket, prefix="team/")
+    await store.open()
+    try:
+        big = os.urandom(17 * 1024 * 1024 + 3)  # three parts of a multipart upload
+        oid = oid_of(big)
+        assert (await store.put(oid, chunks_of(big, 100_000))).created
+        assert _keys(moto, bucket) == [f"team/lfs/objects/{oid[:2]}/{oid[2:4]}/{oid}"]
+        handle = await store.get(oid)
+        assert handle.verified and handle.path is None
+        assert await collect(store, handle, 9 * 1024 * 1024, 9 * 1024 * 1024 + 10) == big[9 << 20:(9 << 20) + 10]
+        # A multipart upload whose content does not match is aborted: no parts stay behind.
+        bad = bytearray(big)
+        bad[-1] ^= 1
+        other = oid_of(b"not this")
+        with pytest.raises(HashMismatch):
+            await store.put(other, chunks_of(bytes(bad), 1 << 20))
+        assert moto.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        assert _keys(moto, bucket) == [store.key(oid)]
+    finally:
+        await store.close()
+
+
+def test_open_store_builds_s3_from_config(tmp_path, moto):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(moto.storage_toml("some-bucket", transfer="direct", prefix="p/"))
+    store = open_store(load_config(cfg, env={"LFSSERVE_ROOT": str(tmp_path)}))
+    assert isinstance(store, S3BlobStore)
+    assert (store.bucket, store.prefix, store.transfer) == ("some-bucket", "p/", "direct")
+
+
+async def test_direct_upload_is_invisible_until_promoted(moto):
+    import aiohttp
+
+    bucket = moto.create_bucket()
+    store = _store(moto, bucket, transfer="direct")
+    await store.open()
+    try:
+        data = os.urandom(300_000)
+        oid = oid_of(data)
+        url, headers = await store.presign_upload(oid, len(data), "team/app")
+        async with aiohttp.ClientSession() as http:
+            async with http.put(url, data=data, headers=headers) as r:
+                assert r.status == 200
+        assert (await store.state(oid)).status is Status.MISSING  # staged, not an object yet
+        assert await store.promote_staged([oid], "other/repo") == {}  # not staged for that owner
+        assert await store.promote_staged([oid], "team/app") == {oid: (Status.OK, len(data))}
+        assert (await store.state(oid)).status is Status.OK
+        assert _keys(moto, bucket) == [store.key(oid)]
+        # A staged upload that does not match its oid is dropped, never installed.
+        liar = oid_of(b"claimed")
+        url, headers = await store.presign_upload(liar, 5, "team/app")
+        async with aiohttp.ClientSession() as http:
+            async with http.put(url, data=b"other") as r:
+                assert r.status == 200
+        assert await store.promote_staged([liar], "team/app") == {liar: (Status.MISSING, 0)}
+        assert _keys(moto, bucket) == [store.key(oid)]
+    finally:
+        await store.close()
