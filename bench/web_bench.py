@@ -157,6 +157,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=40, help="requests per page and concurrency (x2 at 16)")
     ap.add_argument("--archive-requests", type=int, default=4, help="archives per concurrency level (x4 at 16)")
     ap.add_argument("--only", default="", help="comma-separated pages to run (default: all)")
+    ap.add_argument("--archive-cache", action="store_true",
+                    help="let lfsserve keep finished archives ([web] archive_cache_mb); by default it makes "
+                         "every archive anew, as hgweb does")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "lfsserve" / "bench"))
     args = ap.parse_args()
 
@@ -190,7 +193,8 @@ def main() -> int:
         shutil.copytree(src, root / "repos" / "bench", symlinks=True)
         shutil.copytree(annot_src, root / "repos" / "annot", symlinks=True)
         cfg = work / "lfsserve.toml"
-        cfg.write_text('[web]\nallow_archive = ["gz"]\n[log]\naccess_format = "off"\n')
+        cfg.write_text(f'[web]\nallow_archive = ["gz"]\narchive_cache_mb = {256 if args.archive_cache else 0}\n'
+                       '[log]\naccess_format = "off"\n')
         webconf = work / "hgweb.conf"
         webconf.write_text(f"[paths]\nbench = {root / 'repos' / 'bench'}\nannot = {root / 'repos' / 'annot'}\n"
                            "[web]\nallow-archive = gz\n")

@@ -295,6 +295,9 @@ class WebConfig:
     # What a repository's SSH clone URL starts with, e.g. "ssh://hg@hg.example.com" (the summary
     # page then shows `hg clone ssh://hg@hg.example.com/<repo>`). Empty: no SSH URL shown.
     ssh_clone_base: str = ""
+    # MiB of finished archives kept on disk (<root>/cache/web-archives) and sent again when the same
+    # archive is asked for; least recently used first out. 0: every archive is made anew.
+    archive_cache_mb: int = 256
 
 
 @dataclass

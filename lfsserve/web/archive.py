@@ -15,13 +15,20 @@ one request in flight for its client, so the per-client concurrency limit
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import os
 import re
+import tempfile
 import threading
+import time
+from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
 from ..aio import run_blocking
-from ..hg.archive import ARCHIVE_TYPES, ArchiveError, write_archive
+from ..hg.archive import ARCHIVE_TYPES, ArchiveError, Sink, archival_metadata, write_archive
 from ..hg.node import NULLREV
 from ..hg.repository import Repository
 from ..kernel import ServerContext
@@ -90,6 +97,111 @@ def lfs_oids(repo: Repository, rev: int) -> dict[str, str]:
     return out
 
 
+class ArchiveCache:
+    """Finished archives on disk, so that the same archive asked again (crawlers, release links)
+    is sent from a file instead of being made again. Keyed by everything the bytes depend on:
+    repository, node, type, prefix and the `.hg_archival.txt` text (which moves with new tags);
+    files and LFS blobs are fixed by the node and their oids. At most `limit` bytes: the least
+    recently used archives go first. Methods block (file I/O): worker threads only."""
+
+    def __init__(self, root: Path, limit: int):
+        self.root = root
+        self.limit = limit
+
+    @classmethod
+    def of(cls, ctx: ServerContext) -> ArchiveCache | None:
+        mib = ctx.config.web.archive_cache_mb
+        return cls(ctx.config.root / "cache" / "web-archives", mib << 20) if mib > 0 else None
+
+    @staticmethod
+    def key(repo: str, node_hex: str, kind: str, name: str, meta: bytes) -> str:
+        h = hashlib.sha256("\0".join((repo, node_hex, kind, name)).encode("utf-8") + b"\0" + meta)
+        return h.hexdigest()
+
+    def open(self, key: str) -> BinaryIO | None:
+        try:
+            f = open(self.root / key, "rb")  # noqa: SIM115 - handed to the response, which closes it
+        except OSError:
+            return None
+        os.utime(self.root / key)  # recently used
+        return f
+
+    def writer(self, key: str) -> BinaryIO | None:
+        """A temporary file for the archive being made (None: the cache cannot be written)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f"{key}.", suffix=".tmp", dir=self.root)
+            os.close(fd)
+            return open(tmp, "wb")
+        except OSError:
+            return None
+
+    def commit(self, f: BinaryIO) -> None:
+        """Keep a finished archive (unless it alone is over the limit), then make room."""
+        f.close()
+        tmp = Path(f.name)
+        try:
+            if tmp.stat().st_size > self.limit:
+                tmp.unlink()
+                return
+            os.replace(tmp, self.root / tmp.name.split(".", 1)[0])
+            self._evict()
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def discard(self, f: BinaryIO) -> None:
+        f.close()
+        with contextlib.suppress(OSError):
+            os.unlink(f.name)
+
+    def _evict(self) -> None:
+        files = []
+        stale = time.time() - 86400
+        for p in self.root.iterdir():
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                if not p.name.endswith(".tmp"):
+                    files.append((st.st_mtime, st.st_size, p))
+                elif st.st_mtime < stale:
+                    p.unlink()  # left by a process that died while writing it
+        total = sum(size for _, size, _ in files)
+        for _, size, p in sorted(files):
+            if total <= self.limit:
+                break
+            with contextlib.suppress(OSError):
+                p.unlink()
+            total -= size
+
+
+class _Tee:
+    """Writes to the cache file and to the client's queue."""
+
+    def __init__(self, f: BinaryIO, sink: Sink):
+        self.f = f
+        self.sink = sink
+
+    def write(self, data: bytes) -> int:
+        self.f.write(data)
+        self.sink.write(data)
+        return len(data)
+
+
+async def _send_cached(wr: WebRequest, f: BinaryIO, headers: dict[str, str]) -> web.StreamResponse:
+    """A cached archive, read in pieces in the executor (memory stays flat)."""
+    try:
+        size = await run_blocking(lambda: os.fstat(f.fileno()).st_size)
+        resp = web.StreamResponse(headers=headers)
+        resp.content_length = size
+        await resp.prepare(wr.request)
+        while piece := await run_blocking(f.read, 4 * PIECE):
+            await resp.write(piece)
+        await resp.write_eof()
+        return resp
+    finally:
+        await run_blocking(f.close)
+
+
 def archive_allowed(ctx: ServerContext, repo: str, kind: str) -> bool:
     """Whether `kind` (gz, bz2, zip) may be downloaded, as hgweb decides: listed in the
     repository's `[web] allow-archive` (or its older spelling allow_archive; without either,
@@ -123,13 +235,13 @@ async def archive(wr: WebRequest) -> web.StreamResponse:
     if not await run_blocking(archive_allowed, wr.ctx, wr.repo, kind):
         raise WebError(403, "Archive type not allowed")
 
-    def resolve(repo: Repository) -> tuple[str, dict[str, str]]:
+    def resolve(repo: Repository) -> tuple[str, dict[str, str], bytes]:
         r = model.resolve_rev(repo, rev_arg)
         if r == NULLREV:
             raise WebError(404, "the null revision has no files")
-        return repo.changelog.node(r).hex(), lfs_oids(repo, r) if repo.has_lfs else {}
+        return repo.changelog.node(r).hex(), lfs_oids(repo, r) if repo.has_lfs else {}, archival_metadata(repo, r)
 
-    node_hex, oids = await with_repo(wr, resolve)
+    node_hex, oids, meta = await with_repo(wr, resolve)
     if oids:
         # every blob must be there before the first byte goes out: a missing one found half-way
         # could only cut the download short
@@ -147,6 +259,11 @@ async def archive(wr: WebRequest) -> web.StreamResponse:
     if wr.request.method == "HEAD":
         return web.Response(headers=headers)
 
+    cache = ArchiveCache.of(wr.ctx)
+    key = cache.key(wr.repo, node_hex, kind, name, meta) if cache is not None else ""
+    if cache is not None and (cached := await run_blocking(cache.open, key)) is not None:
+        return await _send_cached(wr, cached, headers)
+
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     sink = _QueueSink(loop, queue)
@@ -155,11 +272,16 @@ async def archive(wr: WebRequest) -> web.StreamResponse:
     node = bytes.fromhex(node_hex)
 
     def work() -> None:
+        keep = cache.writer(key) if cache is not None else None
+        out: Sink = sink if keep is None else _Tee(keep, sink)
         try:
             with wr.ctx.repos.open(wr.repo) as served:
                 repo = engine_repo(served)
-                write_archive(repo, repo.changelog.rev(node), kind, name, sink, lfs=lfs)
+                write_archive(repo, repo.changelog.rev(node), kind, name, out, lfs=lfs)
             sink.flush()
+            if keep is not None and cache is not None:
+                cache.commit(keep)
+                keep = None
             sink.put(_DONE)
         except _Gone:
             pass
@@ -168,6 +290,9 @@ async def archive(wr: WebRequest) -> web.StreamResponse:
                 sink.put(exc)
             except _Gone:
                 pass
+        finally:
+            if keep is not None and cache is not None:
+                cache.discard(keep)
 
     future = blob_workers().submit(work)
     resp = web.StreamResponse(headers=headers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import os
 import shutil
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -201,6 +202,13 @@ def test_archive_identical_to_hg_archive(site):
         want = hg("archive", "-R", str(repo), "-r", node, "-t", kind, "-p", f"repo-{node[:12]}", "-").stdout
         assert body == want, suffix
         assert headers["Content-Disposition"] == f'attachment; filename="repo-{node[:12]}{suffix}"'
+    # asked again: sent from the archive cache, the same bytes
+    cached = sorted((site["server"].root / "cache" / "web-archives").iterdir())
+    assert len(cached) >= 3 and not [p for p in cached if p.name.endswith(".tmp")]
+    for p in cached:
+        os.utime(p, (0, 0))
+    assert get(site, f"/team/repo/archive/{node}.zip")[2] == want
+    assert len([p for p in cached if p.stat().st_mtime > 0]) == 1  # the one sent was marked used
     # a symbolic name is the archive's prefix, as in hgweb; .hg_archival.txt names the latest tag
     body = get(site, "/team/repo/archive/stable.tar.gz")[2]
     assert body == hg("archive", "-R", str(repo), "-r", "stable", "-t", "tgz", "-p", "repo-stable", "-").stdout
