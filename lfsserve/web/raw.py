@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import mimetypes
 import posixpath
 import re
@@ -100,7 +101,9 @@ def cache_headers(wr: WebRequest, rev_arg: str, node: str, etag_extra: str = "")
         return {}
     public = wr.ctx.auth.permission(ANONYMOUS, wr.repo) >= Permission.READ
     path = "/".join(wr.args[1:])
-    tag = f'"{node}-{wr.command}-{abs(hash((path, etag_extra))) & 0xffffffff:x}"'
+    # a digest, not hash(): every instance behind a balancer must give the same tag
+    digest = hashlib.sha256(f"{path}\0{etag_extra}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    tag = f'"{node}-{wr.command}-{digest}"'
     return {"ETag": tag, "Cache-Control": ("public, " if public else "private, ") + IMMUTABLE}
 
 
