@@ -69,7 +69,7 @@ class Redirector:
         name = f"v2-{key}.cbor"
         meta_key = bundle_key(self.repo_name, f"v2-{key}.json")
         meta = self.store.read_small(meta_key)
-        if meta is None or self.store.local_path(bundle_key(self.repo_name, name)) is None:
+        if meta is None or not self.store.exists(bundle_key(self.repo_name, name)):
             try:
                 made = self._materialize(ctx, request, name)
             except Exception:
