@@ -87,7 +87,8 @@ class S3BundleStore(BundleStore):
             "region_name": storage.region or None,
             "config": BotoConfig(signature_version="s3v4", s3={"addressing_style": storage.addressing_style},
                                  retries={"max_attempts": 2, "mode": "standard"},
-                                 connect_timeout=5, read_timeout=15, max_pool_connections=16),
+                                 connect_timeout=5, read_timeout=storage.read_timeout,
+                                 max_pool_connections=16),
         }
         if storage.access_key_id:
             args["aws_access_key_id"] = storage.access_key_id
@@ -199,7 +200,7 @@ _stores_lock = threading.Lock()
 def shared_store(storage: Any, local_root: Path) -> S3BundleStore:
     """One store (one client: creating one loads botocore's service model) per configuration."""
     ident = (storage.bucket, storage.prefix, storage.endpoint_url, storage.region, storage.addressing_style,
-             storage.access_key_id, storage.secret_access_key, str(local_root))
+             storage.access_key_id, storage.secret_access_key, storage.read_timeout, str(local_root))
     with _stores_lock:
         store = _stores.get(ident)
         if store is None:
