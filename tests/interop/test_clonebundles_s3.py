@@ -1,6 +1,7 @@
 """Clone bundles kept in the S3 bucket (moto) of the S3 blob store: the manifest hands out presigned
 GETs, the real hg 7.2.4 applies the bundle straight from the bucket, and the bytes never pass
-through lfsserve. Wire protocol v2 content-redirect answers land in the bucket the same way.
+through lfsserve (over SSH, the inline entry is streamed from the bucket). Wire protocol v2
+content-redirect answers land in the bucket the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lfsserve.wire import clonebundles as cb
 
 from ..support import REPO_ROOT, Hg, run
 from .hgrepos import history, install, verify
+from .test_clonebundles import _ssh_wrapper
 
 pytestmark = pytest.mark.interop
 
@@ -91,14 +93,19 @@ def test_clone_bundles_from_the_bucket(lfsserve, moto, tmp_path):
     while not any(e["revs"] == 4 for e in _index(moto, bucket, "team/app")):
         assert time.monotonic() < deadline, server.log()[-3000:]
         time.sleep(0.2)
-    c2 = tmp_path / "c2"
-    log = hg("clone", "--debug", url, str(c2)).stdout.decode()
-    assert f"applying clone bundle from {moto.url}/{bucket}/{PREFIX}clonebundles/team/app/.clonebundles/zstd-v2-4-" \
-        in log, log
-    assert "added 4 changesets" in log and log.count("added ") == 1, log
-    verify(hg, c2)
-    assert history(hg, served) == history(hg, c2)
     assert len(_bundle_keys(moto, bucket)) == 3  # keep = 2 bundles, and the index
+
+    # the new bundle, over SSH: the entry is inline (peer-bundle-cache://), streamed by lfsserve
+    # from the bucket
+    ssh_config = tmp_path / "ssh.toml"
+    ssh_config.write_text(f'[server]\nroot = "{server.root}"\n' + moto.storage_toml(bucket, prefix=PREFIX) + CONFIG)
+    hg.env.update(moto.env)  # (the wrapper's `lfsserve ssh` finds its S3 credentials there)
+    c3 = tmp_path / "c3"
+    log = hg("clone", "--debug", "--config", f"ui.ssh={_ssh_wrapper(tmp_path, ssh_config)}",
+             "ssh://lfsserve/team/app", str(c3)).stdout.decode()
+    assert "applying clone bundle from peer-bundle-cache://zstd-v2-4-" in log, log
+    assert "added 4 changesets" in log and log.count("added ") == 1, log
+    assert history(hg, served) == history(hg, c3)
     assert "Traceback" not in server.log()
 
     # wire protocol v2 content redirects: the cached answer goes to the bucket, its location is
