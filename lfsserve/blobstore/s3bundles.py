@@ -80,6 +80,9 @@ class S3BundleStore(BundleStore):
     def __init__(self, storage: Any, local_root: Path | str):
         self.bucket = storage.bucket
         self._root = f"{storage.prefix}clonebundles/"
+        # Clients are sent to the bucket itself only in direct mode: in proxy mode they may not
+        # reach it (an internal MinIO...), so lfsserve serves the bundles (presigned_url None).
+        self.direct = storage.transfer == "direct"
         # local: the build's temporary files and the build lock (never bundle contents)
         self._local = LocalBundleStore(local_root, durable=False)
         args: dict[str, Any] = {
@@ -158,6 +161,8 @@ class S3BundleStore(BundleStore):
         return resp["Body"], resp["ContentLength"]
 
     def presigned_url(self, key: str, expires_in: int) -> str | None:
+        if not self.direct:
+            return None
         # signing only: no request to S3
         return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
                                                   ExpiresIn=expires_in)

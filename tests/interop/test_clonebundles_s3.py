@@ -59,7 +59,8 @@ def test_clone_bundles_from_the_bucket(lfsserve, moto, tmp_path):
         # public, as the publishing server shows them
         hg("commit", "-q", "-A", "-m", f"change {i}", "--config", "phases.new-commit=public", cwd=src)
     bucket = moto.create_bucket()
-    server = lfsserve(config=moto.storage_toml(bucket, prefix=PREFIX) + CONFIG, env=moto.env)
+    # direct mode: clients are sent to the bucket (presigned URLs)
+    server = lfsserve(config=moto.storage_toml(bucket, transfer="direct", prefix=PREFIX) + CONFIG, env=moto.env)
     served = install(server, src, "team/app")
     url = f"{server.url}/team/app"
 
@@ -135,3 +136,13 @@ def test_clone_bundles_from_the_bucket(lfsserve, moto, tmp_path):
     finally:
         for k in moto.env:
             os.environ.pop(k, None)
+
+    # proxy mode (clients may not reach the bucket): a second instance on the same data serves
+    # the bundle itself, streamed from the bucket
+    proxy = lfsserve(config=moto.storage_toml(bucket, prefix=PREFIX) + CONFIG, env=moto.env, root=server.root)
+    c4 = tmp_path / "c4"
+    log = hg("clone", "--debug", f"{proxy.url}/team/app", str(c4)).stdout.decode()
+    assert f"applying clone bundle from {proxy.url}/team/app/.hg/clonebundles/" in log, log
+    assert "X-Amz-Signature=" not in log and "added 4 changesets" in log and log.count("added ") == 1, log
+    assert history(hg, served) == history(hg, c4)
+    assert "Traceback" not in proxy.log()
