@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from .diff import line_blocks, line_keys, split_lines
 from .error import HgError, LookupError
+from .filelog import Filelog
+from .mdiff import PatchError, iter_hunks
 from .node import NULLID, NULLREV
 from .repository import Repository
 from .revlog import E_ULEN
@@ -114,6 +116,71 @@ def _file_parents(repo: Repository, key: _Key) -> list[_Key]:
     return out
 
 
+_Block = tuple[int, int, int, int]
+
+
+def _line_count(text: bytes) -> int:
+    return text.count(b"\n") + (1 if text and not text.endswith(b"\n") else 0)
+
+
+def _delta_blocks(fl: Filelog, rev: int, prev: int, base: bytes, base_lines: int) -> list[_Block] | None:
+    """The matching line runs between file revisions `prev` and `rev` read off the delta the
+    revlog stores for `rev`, when that delta is against `prev` and is a line diff: hunks on
+    line boundaries, no line of any replaced region found in any inserted one, no insertion or
+    deletion that could slide down over equal lines. Such a delta is the line diff the
+    longest-match search finds (hg stores bdiff's), and reading it costs a few `count`s per
+    hunk instead of hashing and comparing every line of both texts, which is what annotating a
+    long history of small edits spends its time on. None: match the lines instead.
+    `base` is the raw text of `prev` (no copy metadata), `base_lines` its number of lines; the
+    last block ends at the number of lines of `rev`."""
+    if fl.deltaparent(rev) != prev or fl.is_lfs(rev):
+        return None
+    try:
+        hunks = list(iter_hunks(fl.chunk(rev)))
+    except (PatchError, HgError):
+        return None
+    nl = 0x0A
+    na = len(base)
+    blocks: list[_Block] = []
+    removed: list[bytes] = []
+    added: list[bytes] = []
+    a_line = b_line = 0
+    last = 0
+    for start, end, mv in hunks:
+        data = bytes(mv)
+        if end > na or (start and base[start - 1] != nl) or (end > start and end < na and base[end - 1] != nl):
+            return None  # not on line boundaries
+        if data and data[-1] != nl and end != na:
+            return None
+        same = base.count(b"\n", last, start)
+        if same:
+            blocks.append((a_line, a_line + same, b_line, b_line + same))
+        a_line += same
+        b_line += same
+        old = base[start:end]
+        n_old, n_new = _line_count(old), _line_count(data)
+        if not n_old and not n_new:
+            last = end
+            continue
+        if not n_old or not n_new:
+            # a pure insertion or deletion slides down while the line after it repeats its first
+            moved = data if n_new else old
+            if moved[:moved.find(b"\n") + 1 or len(moved)] == base[end:base.find(b"\n", end) + 1 or na]:
+                return None
+        removed.append(old)
+        added.append(data)
+        a_line += n_old
+        b_line += n_new
+        last = end
+    if removed:
+        gone = set(line_keys(b"".join(removed)))
+        if any(k in gone for k in line_keys(b"".join(added))):
+            return None  # a line left and came back: let the search place it
+    same = base_lines - a_line
+    blocks.append((a_line, a_line + same, b_line, b_line + same))
+    return blocks
+
+
 def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimits = AnnotateLimits(),
              follow: bool = True) -> AnnotateResult:
     """Blame `path` as of changeset `node`. LookupError if the file is not in that changeset;
@@ -160,7 +227,9 @@ def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimi
             if p not in parents:
                 todo.append(p)
     # 2: annotate parents before children, keeping only what a pending child still needs
-    done: dict[_Key, tuple[list[_Key], list[int], list[bytes]]] = {}
+    # per file revision: owners, line numbers, whether its stored text is the file's (no copy
+    # metadata), its text, its line keys (made when first needed), its number of lines
+    done: dict[_Key, list] = {}
     budget = limits.max_bytes
     stack = [base]
     while stack:
@@ -173,16 +242,35 @@ def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimi
             stack.extend(pending)
             continue
         stack.pop()
-        data = text if key == base else repo.file(key[0]).read(key[1])
+        kfl = repo.file(key[0])
+        krev = kfl.rev(key[1])
+        raw = kfl.revision(krev)
+        plain = not kfl.is_lfs(krev) and not raw.startswith(b"\x01\n")  # the raw text is the file's
+        data = raw if plain else kfl.read(key[1])
         budget -= len(data)
         if budget < 0:
             raise AnnotateTooExpensive(f"more than {limits.max_bytes} bytes of history to compare")
-        lines = line_keys(data)
-        owners = [key] * len(lines)
-        linenos = list(range(1, len(lines) + 1))
+        lines: list[bytes] | None = None
+        matches = []
         for p in parents[key]:
-            powners, plinenos, plines = done[p]
-            for a1, a2, b1, b2 in line_blocks(plines, lines):
+            pdone = done[p]
+            blocks = None
+            if plain and pdone[2] and p[0] == key[0]:
+                blocks = _delta_blocks(kfl, krev, kfl.rev(p[1]), pdone[3], pdone[5])
+            if blocks is None:
+                if lines is None:
+                    lines = line_keys(data)
+                if pdone[4] is None:
+                    pdone[4] = line_keys(pdone[3])
+                blocks = line_blocks(pdone[4], lines)
+            matches.append((pdone, blocks))
+        # a diff's last block ends at the end of both texts: no need to count this one's lines
+        nlines = matches[0][1][-1][3] if matches else _line_count(data)
+        owners = [key] * nlines
+        linenos = list(range(1, nlines + 1))
+        for pdone, blocks in matches:
+            powners, plinenos = pdone[0], pdone[1]
+            for a1, a2, b1, b2 in blocks:
                 if a2 > a1:
                     owners[b1:b2] = powners[a1:a2]
                     linenos[b1:b2] = plinenos[a1:a2]
@@ -190,8 +278,8 @@ def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimi
             needed[p] -= 1
             if not needed[p]:
                 del done[p]
-        done[key] = (owners, linenos, lines)
-    owners, linenos, _ = done[base]
+        done[key] = [owners, linenos, plain, data, lines, nlines]
+    owners, linenos = done[base][:2]
     users: dict[int, bytes] = {}
     out = []
     for owner, lineno, line in zip(owners, linenos, split_lines(text), strict=True):
