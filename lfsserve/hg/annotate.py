@@ -14,6 +14,7 @@ raises AnnotateTooExpensive instead of running on.
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 
 from .diff import line_blocks, line_keys, split_lines
@@ -123,16 +124,19 @@ def _line_count(text: bytes) -> int:
     return text.count(b"\n") + (1 if text and not text.endswith(b"\n") else 0)
 
 
-def _delta_blocks(fl: Filelog, rev: int, prev: int, base: bytes, base_lines: int) -> list[_Block] | None:
+def _delta_blocks(fl: Filelog, rev: int, prev: int, base: bytes, base_lines: int,
+                  base_counts: dict[bytes, int]) -> tuple[list[_Block], dict[bytes, int]] | None:
     """The matching line runs between file revisions `prev` and `rev` read off the delta the
     revlog stores for `rev`, when that delta is against `prev` and is a line diff: hunks on
-    line boundaries, no line of any replaced region found in any inserted one, no insertion or
-    deletion that could slide down over equal lines. Such a delta is the line diff the
-    longest-match search finds (hg stores bdiff's), and reading it costs a few `count`s per
+    line boundaries, no removed line still in the new text nor added line already in the old
+    one, no insertion or deletion that could slide down over equal lines. Such a delta is the line diff the
+    longest-match search finds, and reading it costs a few `count`s per
     hunk instead of hashing and comparing every line of both texts, which is what annotating a
     long history of small edits spends its time on. None: match the lines instead.
-    `base` is the raw text of `prev` (no copy metadata), `base_lines` its number of lines; the
-    last block ends at the number of lines of `rev`."""
+    `base` is the raw text of `prev` (no copy metadata), `base_lines` its number of lines,
+    `base_counts` how many times each of its lines (line_keys) occurs. Returns the blocks (the
+    last one ends at the number of lines of `rev`) and the lines of `rev` counted the same way,
+    made from `base_counts` in a few steps, not by hashing every line of `rev`."""
     if fl.deltaparent(rev) != prev or fl.is_lfs(rev):
         return None
     try:
@@ -172,13 +176,27 @@ def _delta_blocks(fl: Filelog, rev: int, prev: int, base: bytes, base_lines: int
         a_line += n_old
         b_line += n_new
         last = end
-    if removed:
-        gone = set(line_keys(b"".join(removed)))
-        if any(k in gone for k in line_keys(b"".join(added))):
-            return None  # a line left and came back: let the search place it
+    # A line removed that the new text still has, or added that the old text had, makes the
+    # alignment a matter of tie rules (which copy of a repeated line matches): leave it to the
+    # search. Without such lines every common subsequence of the two texts is made of the lines
+    # outside the hunks, and the delta's alignment of them is the only one.
+    gone = line_keys(b"".join(removed))
+    new = line_keys(b"".join(added))
+    if any(k in base_counts for k in new):
+        return None
+    counts = dict(base_counts)  # the new text's lines, counted from the old one's
+    for k in gone:
+        if counts[k] == 1:
+            del counts[k]
+        else:
+            counts[k] -= 1
+    if any(k in counts for k in gone):
+        return None
+    for k in new:
+        counts[k] = counts.get(k, 0) + 1
     same = base_lines - a_line
     blocks.append((a_line, a_line + same, b_line, b_line + same))
-    return blocks
+    return blocks, counts
 
 
 def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimits = AnnotateLimits(),
@@ -228,7 +246,8 @@ def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimi
                 todo.append(p)
     # 2: annotate parents before children, keeping only what a pending child still needs
     # per file revision: owners, line numbers, whether its stored text is the file's (no copy
-    # metadata), its text, its line keys (made when first needed), its number of lines
+    # metadata), its text, its line keys (made when first needed), its number of lines, how many
+    # times each line occurs (made when first needed)
     done: dict[_Key, list] = {}
     budget = limits.max_bytes
     stack = [base]
@@ -251,12 +270,17 @@ def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimi
         if budget < 0:
             raise AnnotateTooExpensive(f"more than {limits.max_bytes} bytes of history to compare")
         lines: list[bytes] | None = None
+        counts = None
         matches = []
         for p in parents[key]:
             pdone = done[p]
             blocks = None
             if plain and pdone[2] and p[0] == key[0]:
-                blocks = _delta_blocks(kfl, krev, kfl.rev(p[1]), pdone[3], pdone[5])
+                if pdone[6] is None:
+                    pdone[6] = collections.Counter(pdone[4] if pdone[4] is not None else line_keys(pdone[3]))
+                found = _delta_blocks(kfl, krev, kfl.rev(p[1]), pdone[3], pdone[5], pdone[6])
+                if found is not None:
+                    blocks, counts = found
             if blocks is None:
                 if lines is None:
                     lines = line_keys(data)
@@ -278,7 +302,7 @@ def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimi
             needed[p] -= 1
             if not needed[p]:
                 del done[p]
-        done[key] = [owners, linenos, plain, data, lines, nlines]
+        done[key] = [owners, linenos, plain, data, lines, nlines, counts]
     owners, linenos = done[base][:2]
     users: dict[int, bytes] = {}
     out = []
