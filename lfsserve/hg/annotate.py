@@ -124,8 +124,8 @@ def _line_count(text: bytes) -> int:
     return text.count(b"\n") + (1 if text and not text.endswith(b"\n") else 0)
 
 
-def _delta_blocks(fl: Filelog, rev: int, prev: int, base: bytes, base_lines: int,
-                  base_counts: dict[bytes, int]) -> tuple[list[_Block], dict[bytes, int]] | None:
+def _delta_blocks(fl: Filelog, rev: int, prev: int, base: bytes, base_lines: int, base_counts: dict[bytes, int],
+                  *, consume: bool = False) -> tuple[list[_Block], dict[bytes, int]] | None:
     """The matching line runs between file revisions `prev` and `rev` read off the delta the
     revlog stores for `rev`, when that delta is against `prev` and is a line diff: hunks on
     line boundaries, no removed line still in the new text nor added line already in the old
@@ -136,7 +136,9 @@ def _delta_blocks(fl: Filelog, rev: int, prev: int, base: bytes, base_lines: int
     `base` is the raw text of `prev` (no copy metadata), `base_lines` its number of lines,
     `base_counts` how many times each of its lines (line_keys) occurs. Returns the blocks (the
     last one ends at the number of lines of `rev`) and the lines of `rev` counted the same way,
-    made from `base_counts` in a few steps, not by hashing every line of `rev`."""
+    made from `base_counts` in a few steps, not by hashing every line of `rev` (with `consume`,
+    `base_counts` itself is changed into them, or left changed when the answer is None: for a
+    base no other revision compares with)."""
     if fl.deltaparent(rev) != prev or fl.is_lfs(rev):
         return None
     try:
@@ -184,7 +186,7 @@ def _delta_blocks(fl: Filelog, rev: int, prev: int, base: bytes, base_lines: int
     new = line_keys(b"".join(added))
     if any(k in base_counts for k in new):
         return None
-    counts = dict(base_counts)  # the new text's lines, counted from the old one's
+    counts = base_counts if consume else dict(base_counts)  # the new text's lines, counted from the old one's
     for k in gone:
         if counts[k] == 1:
             del counts[k]
@@ -278,7 +280,10 @@ def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimi
             if plain and pdone[2] and p[0] == key[0]:
                 if pdone[6] is None:
                     pdone[6] = collections.Counter(pdone[4] if pdone[4] is not None else line_keys(pdone[3]))
-                found = _delta_blocks(kfl, krev, kfl.rev(p[1]), pdone[3], pdone[5], pdone[6])
+                last_use = needed[p] == 1 and parents[key].count(p) == 1  # a linear history: no copy
+                found = _delta_blocks(kfl, krev, kfl.rev(p[1]), pdone[3], pdone[5], pdone[6], consume=last_use)
+                if last_use:
+                    pdone[6] = None
                 if found is not None:
                     blocks, counts = found
             if blocks is None:
