@@ -272,20 +272,20 @@ def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimi
         if budget < 0:
             raise AnnotateTooExpensive(f"more than {limits.max_bytes} bytes of history to compare")
         lines: list[bytes] | None = None
-        counts = None
-        matches = []
+        counts: dict[bytes, int] | None = None
+        matches: list[tuple[list, list[_Block]]] = []
         for p in parents[key]:
             pdone = done[p]
-            blocks = None
+            blocks: list[_Block] | None = None
             if plain and pdone[2] and p[0] == key[0]:
                 if pdone[6] is None:
                     pdone[6] = collections.Counter(pdone[4] if pdone[4] is not None else line_keys(pdone[3]))
                 last_use = needed[p] == 1 and parents[key].count(p) == 1  # a linear history: no copy
-                found = _delta_blocks(kfl, krev, kfl.rev(p[1]), pdone[3], pdone[5], pdone[6], consume=last_use)
+                from_delta = _delta_blocks(kfl, krev, kfl.rev(p[1]), pdone[3], pdone[5], pdone[6], consume=last_use)
                 if last_use:
                     pdone[6] = None
-                if found is not None:
-                    blocks, counts = found
+                if from_delta is not None:
+                    blocks, counts = from_delta
             if blocks is None:
                 if lines is None:
                     lines = line_keys(data)

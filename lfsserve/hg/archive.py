@@ -238,7 +238,7 @@ def _write_tar(repo: Repository, members, prefix: str, meta: bytes, mtime: int, 
             # tarfile writes each header, content and padding apart: gathered into large
             # writes, gzip's per-write work (crc, bookkeeping, a compress call) is paid per
             # 64 KiB, not per member piece; deflate's output does not depend on the chunking
-            buf = stack.enter_context(io.BufferedWriter(gz, 1 << 16))  # type: ignore[arg-type]
+            buf = stack.enter_context(io.BufferedWriter(gz, 1 << 16))
             tar = stack.enter_context(tarfile.TarFile.taropen("", "w", buf))
         else:
             tar = stack.enter_context(tarfile.open("", "w|bz2", out))  # type: ignore[call-overload]
