@@ -3,6 +3,7 @@ hg-evolve 12.0.0: one server for the module, one repository per scenario."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,6 +125,72 @@ def test_amend_prune_divergence_with_evolve_clients(server, tmp_path):
     # a new plain clone: both rewrites, not what they replaced
     plain("clone", "-U", url, str(tmp_path / "d"))
     assert sorted(log(plain, tmp_path / "d")) == ["f: A's way", "f: B's way", "f: base"]
+    evo("verify", cwd=served)
+
+
+def both(res: subprocess.CompletedProcess) -> str:
+    """stdout and stderr of a command (hg reports new instabilities after a pull on stderr)."""
+    return res.stdout.decode("utf-8") + res.stderr.decode("utf-8")
+
+
+def test_fold_split_orphans_and_phase_divergence(server, tmp_path):
+    """fold and split pushed to the server; the orphans a fold leaves are reported on push and on
+    pull, and gone once evolved; a rewrite of a changeset published meanwhile is phase-divergent."""
+    served = server_repo(server, Hg(tmp_path / "admin"), "team/rewrite", EVOLVE_RC)
+    url = f"{server.url}/team/rewrite"
+    evo = Hg(tmp_path / "evo-home", "[extensions]\nevolve =\n[ui]\neditor = true\n")
+    a, b = tmp_path / "a", tmp_path / "b"
+    evo("clone", url, str(a))
+    commit(evo, a, "f", "base\n")
+    commit(evo, a, "f", "one\n")
+    commit(evo, a, "f", "two\n")
+    (a / "g").write_text("g\n")
+    commit(evo, a, "f", "three\n")  # touches f and g: split below
+    evo("push", cwd=a)
+    evo("clone", url, str(b))
+
+    # fold "one" and "two": "three" is left an orphan; pushed as it is (-f), the server says so
+    evo("fold", "--exact", "-r", "desc('f: one')+desc('f: two')", "-m", "f: one and two", cwd=a)
+    out = evo.out("push", "-f", cwd=a)
+    assert "remote: 1 new orphan changesets" in out, out
+    out = both(evo("pull", cwd=b))
+    assert "1 new orphan changesets" in out, out
+    assert log(evo, b, "-r", "orphan()") == ["f: three"]
+
+    # evolve the orphan, then split it in two (f, then g) and push: one head everywhere
+    evo("evolve", "--all", "--any", cwd=a)
+    evo("update", "tip", cwd=a)
+    evo("split", "-r", ".", "--config", "ui.interactive=true", cwd=a, input=b"y\ny\nn\nc\n")
+    wanted = ["f: three", "f: three", "f: one and two", "f: base"]
+    assert log(evo, a) == wanted
+    out = evo.out("push", cwd=a)
+    assert "new obsolescence markers" in out and "orphan" not in out, out
+    head = evo.out("heads", "-T", "{node}\n", cwd=a).split()
+    assert evo.out("heads", "-T", "{node}\n", cwd=served).split() == head
+    out = both(evo("pull", "-u", cwd=b))
+    assert "orphan" not in out, out
+    assert evo.out("heads", "-T", "{node}\n", cwd=b).split() == head
+    assert log(evo, b) == wanted
+    assert evo.out("log", "-r", "tip", "-T", "{files}", cwd=b) == "g"
+    assert log(evo, b, "-r", "orphan() + obsolete()") == []
+    # the fold's and split's markers are on the server as the client wrote them
+    assert sorted(evo.out("debugobsolete", cwd=served).splitlines()) == sorted(
+        evo.out("debugobsolete", cwd=a).splitlines())
+    plain = Hg(tmp_path / "plain-home")
+    plain("clone", "-U", url, str(tmp_path / "c"))
+    assert log(plain, tmp_path / "c") == wanted
+
+    # A publishes the tip while B rewrites it: B's push makes a phase-divergent changeset
+    evo("phase", "--public", "-r", "tip", cwd=a)
+    evo("push", cwd=a, check=False)  # no changesets to push: hg's exit status is 1
+    assert evo.out("log", "-r", "tip", "-T", "{phase}", cwd=served) == "public"
+    (b / "g").write_text("g, amended\n")
+    evo("amend", "-m", "g: amended", cwd=b)
+    out = evo.out("push", "-f", cwd=b)
+    assert "remote: 1 new phase-divergent changesets" in out, out
+    out = both(evo("pull", cwd=a))
+    assert "1 new phase-divergent changesets" in out, out
+    assert log(evo, a, "-r", "phasedivergent()") == ["g: amended"]
     evo("verify", cwd=served)
 
 
