@@ -378,6 +378,13 @@ def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None,
                             op.reply.append(OutPart(b"output", [], [(b"in-reply-to", b"%d" % part.id)],
                                                     "".join(op.output).encode("utf-8")))
                 _check_lfs(op.lfs_oids, check_lfs)
+                if op.started and repo.config.topics.enabled:
+                    topic_output: list[str] = []
+                    try:
+                        _check_topics(op, topic_output)
+                    finally:
+                        if topic_output:
+                            op.reply.append(OutPart(b"output", data="".join(topic_output).encode("utf-8")))
                 if env is not None and op.started:
                     hook_output: list[str] = []
                     try:
@@ -400,6 +407,39 @@ def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None,
         parts.append(_error_part(exc, op.replycaps))
         log.info("push refused: %s", exc)
         return PushReply(bundle2.encode_parts(parts))
+
+
+def _some(nodes: list[bytes]) -> str:
+    """hg-evolve's way of naming the changesets a check refuses: the first, and how many more."""
+    first = nodes[0].hex()[:12]
+    return first if len(nodes) == 1 else f"{first} and {len(nodes) - 1} more"
+
+
+def _check_topics(op: PushOperation, output: list[str]) -> None:
+    """The push checks of a server with hg-evolve's topic extension, made when the transaction
+    closes, as its validators: `topic-mode.server` on the pushed drafts without a topic,
+    `tns-reject-push` on those naming a topic namespace, `topic.allow-publish = no` on anything
+    the push makes public. An Abort rolls the push back."""
+    repo = op.repo
+    topics = repo.config.topics
+    drafts = [n for n in op.added if repo.tr_phase(n) != PUBLIC]
+    if topics.server_mode != "ignore" and drafts:
+        untopiced = [n for n in drafts if not repo.tr_extra(n).get(b"topic")]
+        if untopiced and topics.server_mode == "warning":
+            output.append(f"pushed draft changeset without topic: {_some(untopiced)}\n")
+        elif untopiced and topics.server_mode == "enforce":
+            raise Abort(f"rejecting draft changesets: {_some(untopiced)}")
+        elif untopiced:
+            output.append(f"unknown 'topic-mode.server': {topics.server_mode}\n")
+    if topics.reject_tns_push:
+        with_tns = [n for n in drafts if b"topic-namespace" in repo.tr_extra(n)]
+        if with_tns:
+            raise Abort(f"rejecting draft changesets with topic namespace: {_some(with_tns)}")
+    if not topics.allow_publish:
+        published = repo.tr_published()
+        if published:
+            more = f" and {len(published) - 1} others" if len(published) > 1 else ""
+            raise Abort(f"rejecting publishing of changeset {published[0].hex()[:12]}{more}")
 
 
 def _node_args(added: list[bytes]) -> dict[str, str]:
@@ -523,8 +563,10 @@ def _changegroup(op: PushOperation, part: InPart) -> None:
             env.check_publish(repo, result.added)
     if result.added and (repo.publishing or target == b"0"):
         repo.phases_advance(tr, PUBLIC, result.added)
-    elif result.added and repo.config.topics.enabled and repo.config.topics.publish_bare_branch:
+    elif (result.added and repo.config.topics.enabled and repo.config.topics.publish_bare_branch
+          and repo.config.topics.server_mode == "ignore"):
         # the topic extension's experimental.topic.publish-bare-branch: what has no topic is public
+        # (hg-evolve applies it only where topic-mode.server is `ignore`)
         bare = [n for n in result.added if not repo.topic_of(n)]
         if bare:
             repo.phases_advance(tr, PUBLIC, bare)

@@ -4,6 +4,7 @@ hg-evolve 12.0.0: one server for the module, one repository per scenario."""
 from __future__ import annotations
 
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -258,3 +259,61 @@ def test_topics_push_pull_and_bare_branch_publishing(server, tmp_path):
     assert log(top, b, "-r", "obsolete()") == ["f: feature work"]
     assert log(top, b, "-r", "heads(all()) - obsolete()") == ["f: feature work amended"]
     assert log(top, served, "-r", "topic(feature)") == ["f: feature work amended"]
+
+
+def test_topic_server_checks_gate_and_branchmap(server, tmp_path):
+    """hg-evolve's server-side topic settings from the repository's hgrc, as a Heptapod-style
+    deployment sets them: drafts without a topic refused (topic-mode.server = enforce), topic
+    namespaces refused (tns-reject-push), topic changesets hidden from clients without the topic
+    extension (server-gate-topic-changesets), `branch:topic` in the branch map, and no publishing
+    at all (topic.allow-publish = no)."""
+    rc = (EVOLVE_RC + "topic-mode.server = enforce\ntopic.server-gate-topic-changesets = yes\n"
+          "tns-reject-push = yes\n[extensions]\ntopic =\n")
+    served = server_repo(server, Hg(tmp_path / "admin"), "team/heptapod", rc)
+    url = f"{server.url}/team/heptapod"
+    top = Hg(tmp_path / "top-home", "[extensions]\nevolve =\ntopic =\n")
+    a = tmp_path / "a"
+    top("clone", url, str(a))
+    commit(top, a, "f", "base\n")
+    top("push", "--publish", cwd=a)  # public: no topic needed
+    base = top.out("log", "-r", ".", "-T", "{node}", cwd=a)
+
+    # a draft without a topic: refused, nothing applied
+    commit(top, a, "f", "no topic\n")
+    res = top("push", cwd=a, check=False)
+    short = top.out("log", "-r", ".", "-T", "{node|short}", cwd=a)
+    refused = f"remote: rejecting draft changesets: {short}\nabort: push failed on remote"
+    assert res.returncode != 0 and refused in res.stderr.decode(), res
+    assert log(top, served, "-r", "all()") == ["f: base"]
+    # given a topic (a rewrite), it goes through
+    top("topics", "-r", ".", "feature", cwd=a)
+    top("push", cwd=a)
+    feature = top.out("log", "-r", ".", "-T", "{node}", cwd=a)
+    assert top.out("log", "-r", "tip", "-T", "{phase} {topic}", cwd=served) == "draft feature"
+
+    # a topic namespace: refused
+    top("debug-topic-namespace", "alice", cwd=a)
+    top("topics", "other", cwd=a)
+    commit(top, a, "g", "namespaced\n")
+    res = top("push", "-r", ".", cwd=a, check=False)
+    assert "remote: rejecting draft changesets with topic namespace:" in res.stderr.decode(), res
+    assert log(top, served, "-r", "all()") == ["f: base", "f: no topic"]
+
+    # gate: a client without topic sees only what has no topic; a topic client sees everything
+    plain = Hg(tmp_path / "plain-home")
+    plain("clone", "-U", url, str(tmp_path / "p"))
+    assert log(plain, tmp_path / "p") == ["f: base"]
+    top("clone", "-U", url, str(tmp_path / "t"))
+    assert log(top, tmp_path / "t") == ["f: no topic", "f: base"]
+    wire_heads = urllib.request.urlopen(f"{url}?cmd=heads", timeout=60).read().decode().split()
+    assert wire_heads == [base]
+    # the non-publishing topic repository's branch map: the topic's head under `default:feature`
+    bm = urllib.request.urlopen(f"{url}?cmd=branchmap", timeout=60).read().decode().splitlines()
+    assert sorted(bm) == sorted([f"default {base}", f"default%3Afeature {feature}"]), bm
+
+    # no publishing at all: a push that would publish is refused
+    (served / ".hg" / "hgrc").write_text(rc + "[experimental]\ntopic.allow-publish = no\n")
+    res = top("push", "--publish", "-r", feature, cwd=a, check=False)
+    assert f"remote: rejecting publishing of changeset {feature[:12]}" in res.stderr.decode(), res
+    assert top.out("log", "-r", "tip", "-T", "{phase}", cwd=served) == "draft"
+    top("verify", cwd=served)

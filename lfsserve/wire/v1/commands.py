@@ -138,13 +138,17 @@ def hello(s: Session) -> bytes:
 
 @command("heads")
 def heads(s: Session) -> bytes:
+    topics = s.repo.config.topics
+    if topics.enabled and topics.gate_topic_changesets and isinstance(s.repo, Repository):
+        # topic clients ask `_exttopics_heads` / `tns_heads`: `heads` is the others' view
+        return encode_nodes(s.repo.heads_without_topics()) + b"\n"
     return encode_nodes(repo_heads(s.repo)) + b"\n"
 
 
 @command("_exttopics_heads")
 def exttopics_heads(s: Session) -> bytes:
-    """The topic extension's `heads` for topic-aware clients (the same heads: lfsserve does not
-    hide topic changesets from other clients)."""
+    """The topic extension's `heads` for topic-aware clients: every visible head (`heads` leaves
+    topic changesets out under `topic.server-gate-topic-changesets`)."""
     return encode_nodes(repo_heads(s.repo)) + b"\n"
 
 
@@ -181,6 +185,14 @@ def known(s: Session, nodes: bytes, others: dict[str, bytes]) -> bytes:
 
 @command("branchmap")
 def branchmap(s: Session) -> bytes:
+    if s.repo.config.topics.enabled and not s.repo.publishing and isinstance(s.repo, Repository):
+        # as hg-evolve's server: a non-publishing topic repository names the heads of a topic
+        # `branch:topic` (the namespace is not shown), so a new topic head is no new branch head
+        out: dict[bytes, list[bytes]] = {}
+        for name, nodes in s.repo.branchmap_tns().items():
+            branch, _namespace, topic = parse_fqbn(name)
+            out.setdefault(branch + b":" + topic if topic else branch, []).extend(nodes)
+        return _encode_branchmap(out)
     return _encode_branchmap(s.repo.branchmap())
 
 
