@@ -31,7 +31,7 @@ from ..capabilities import BundleRequired, capabilities_bytes, http_capabilities
 from ..protocol import MAX_PAIRS, BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
 from ..pushenv import PushEnv
 from ..streamclone import STREAM_READ
-from ..unbundle import LfsCheck, PushReply, check_pushkey
+from ..unbundle import LfsCheck, PushReply, check_pushkey, pushkey_hook_args
 from ..unbundle import unbundle as apply_push
 
 __all__ = ["COMMANDS", "Command", "Result", "Session", "Stream", "bind_args", "command"]
@@ -284,14 +284,20 @@ def protocaps(s: Session, caps: bytes) -> bytes:
 @command("pushkey", "namespace key old new", permission="push")
 def pushkey(s: Session, namespace: bytes, key: bytes, old: bytes, new: bytes) -> bytes:
     repo = engine_repo(s.repo)
+    output: list[str] = []  # hooks' output: after the answer, which hg's client shows as `remote:`
+    args = pushkey_hook_args(namespace, key, old, new)
     with repo.lock():
         before = repo.bookmarks().get(key)
         check_pushkey(s.push, repo, namespace, key, new)
-        with repo.transaction(b"pushkey") as tr:
-            ok = repo.pushkey(tr, namespace, key, old, new)
+        ok = s.push is None or s.push.prepushkey(repo, output, args)
+        if ok:
+            with repo.transaction(b"pushkey") as tr:
+                ok = repo.pushkey(tr, namespace, key, old, new)
+    if s.push is not None:
+        s.push.run_hooks(repo, "pushkey", output, throw=False, args={**args, "ret": "1" if ok else "0"})
     if ok and namespace == b"bookmarks" and s.push is not None:
         s.push.emit_push(repo, [], {key: (before, bytes.fromhex(new.decode("ascii")) if new else None)}, [])
-    return b"%d\n" % bool(ok)
+    return b"%d\n" % bool(ok) + "".join(output).encode("utf-8")
 
 
 @command("batch", "cmds *")
