@@ -237,6 +237,7 @@ class Authenticator:
     # Successful bcrypt checks are remembered for this long, so that the dozens of requests of one
     # `hg clone` cost one bcrypt computation, not dozens.
     CACHE_SECONDS = 300.0
+    CACHE_ENTRIES = 10000
 
     def __init__(self, config: Config):
         self.config = config
@@ -442,8 +443,12 @@ class Authenticator:
         ok = await run_blocking(bcrypt.checkpw, password.encode("utf-8"), hashed.encode("ascii"))
         if not ok:
             raise Unauthorized("unknown user or wrong password")
-        if len(self._basic_cache) > 10000:
+        if len(self._basic_cache) >= self.CACHE_ENTRIES:
             self._basic_cache = {k: v for k, v in self._basic_cache.items() if v[1] > now}
+            if len(self._basic_cache) >= self.CACHE_ENTRIES:
+                # Still full of live entries (many users, or someone cycling passwords that
+                # work): start over rather than grow, or rebuild the dict on every miss.
+                self._basic_cache.clear()
         self._basic_cache[cache_key] = (user, now + self.CACHE_SECONDS)
         return Principal(user, "basic")
 

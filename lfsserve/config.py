@@ -154,6 +154,9 @@ class StorageConfig:
     transfer: str = "proxy"
     # Lifetime in seconds of the presigned URLs handed out in direct mode.
     presign_expires: int = 3600
+    # Seconds S3 may stay silent (per read, not per object) before a request to it is given up
+    # (tried twice, then the client gets 503 with Retry-After).
+    read_timeout: float = 15.0
     # Only if the standard AWS chain (environment, ~/.aws, instance role) must not be used.
     access_key_id: str = ""
     secret_access_key: str = ""
@@ -456,6 +459,8 @@ class Config:
             raise ConfigError(f"storage.transfer: must be proxy or direct, got {st.transfer!r}")
         if not 10 <= st.presign_expires <= 7 * 86400:
             raise ConfigError("storage.presign_expires: must be 10 s to 7 days (S3's limit)")
+        if not 0 < st.read_timeout <= 3600:
+            raise ConfigError("storage.read_timeout: must be more than 0 and at most 3600 seconds")
         if st.prefix and not st.prefix.endswith("/"):
             raise ConfigError(f"storage.prefix: must end with \"/\", got {st.prefix!r}")
         if bool(st.access_key_id) != bool(st.secret_access_key):

@@ -217,7 +217,12 @@ class QuietAccessLogger(AbstractAccessLogger):
     metrics: Metrics | None = None
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
-        self.observe(request, response, elapsed)
+        if request.get(REQUEST_ID) is None or self.metrics is None:
+            self.observe(request, response, elapsed)  # a parser refusal still gets its WARNING line
+            return
+        # No line to write: only what the metrics need (no path, client or request id to format).
+        self.metrics.observe_request(request.get(ROUTE_KIND, "other"), request.method, response.status,
+                                     request.content.total_bytes, _body_sent(request, response), elapsed)
 
     def observe(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> _Entry:
         entry = _Entry(request, response)

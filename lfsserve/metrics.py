@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -126,6 +127,7 @@ class Metrics:
             self.uploads_in_flight.labels(protocol)
         for result in ("accepted", "refused", "error"):
             self.pushes.labels(result)
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
         self.store_stats: StoreStats | None = None
         self.store_scan_interval = store_scan_interval
         self._scanner: Callable[[], Awaitable[StoreStats]] | None = None
@@ -136,12 +138,22 @@ class Metrics:
     # -- hooks for the front ends ---------------------------------------------------------------
     def observe_request(self, kind: str, method: str, status: int, bytes_in: int, bytes_out: int,
                         seconds: float) -> None:
-        self.requests.labels(kind, method, str(status)).inc()
-        self.request_seconds.labels(kind).observe(seconds)
+        # The labelled children, looked up once per (kind, method, status): labels() builds a
+        # tuple and takes a lock on every call, and this runs for every request.
+        key = (kind, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(kind, method, str(status)), self.request_seconds.labels(kind),
+                        self.bytes_in.labels(kind), self.bytes_out.labels(kind))
+            if len(self._request_children) < 1024:  # methods are client-chosen: stay bounded
+                self._request_children[key] = children
+        requests, request_seconds, counted_in, counted_out = children
+        requests.inc()
+        request_seconds.observe(seconds)
         if bytes_in:
-            self.bytes_in.labels(kind).inc(bytes_in)
+            counted_in.inc(bytes_in)
         if bytes_out:
-            self.bytes_out.labels(kind).inc(bytes_out)
+            counted_out.inc(bytes_out)
 
     @contextmanager
     def upload(self, protocol: str) -> Iterator[None]:

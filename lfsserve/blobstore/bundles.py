@@ -20,6 +20,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["BundleStore", "BundleStoreBusy", "LocalBundleStore", "bundle_key"]
 
@@ -54,6 +55,21 @@ class BundleStore(abc.ABC):
     def local_path(self, key: str) -> Path | None:
         """A local file with the content of `key` the server may send itself; None when absent
         or when the backend is remote."""
+
+    def exists(self, key: str) -> bool:
+        """Whether `key` is stored."""
+        return self.local_path(key) is not None
+
+    def open_read(self, key: str) -> tuple[BinaryIO, int] | None:
+        """(a readable file object, its size) for `key`, or None when absent. The caller closes it."""
+        path = self.local_path(key)
+        if path is None:
+            return None
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 (the caller closes it)
+        except FileNotFoundError:
+            return None
+        return fh, os.fstat(fh.fileno()).st_size
 
     def presigned_url(self, key: str, expires_in: int) -> str | None:
         """A URL a client may GET `key` from without passing through lfsserve, valid for

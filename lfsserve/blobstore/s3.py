@@ -108,7 +108,7 @@ class S3BlobStore(BlobStore):
 
     def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str = "", region: str = "",
                  addressing_style: str = "auto", transfer: str = "proxy", presign_expires: int = 3600,
-                 access_key_id: str = "", secret_access_key: str = ""):
+                 access_key_id: str = "", secret_access_key: str = "", read_timeout: float = 15.0):
         self.bucket = bucket
         self.prefix = prefix
         self.transfer = transfer
@@ -132,7 +132,7 @@ class S3BlobStore(BlobStore):
                 # (git-lfs gives up on a server silent for 30 s). read_timeout is per read, not
                 # per object: a large download takes as long as it needs.
                 retries={"max_attempts": 2, "mode": "standard"},
-                connect_timeout=5, read_timeout=15, max_pool_connections=64),
+                connect_timeout=5, read_timeout=read_timeout, max_pool_connections=64),
         }
         if access_key_id:
             self._client_args["aws_access_key_id"] = access_key_id
@@ -147,7 +147,7 @@ class S3BlobStore(BlobStore):
         return cls(st.bucket, prefix=st.prefix, endpoint_url=st.endpoint_url, region=st.region,
                    addressing_style=st.addressing_style, transfer=st.transfer,
                    presign_expires=st.presign_expires, access_key_id=st.access_key_id,
-                   secret_access_key=st.secret_access_key)
+                   secret_access_key=st.secret_access_key, read_timeout=st.read_timeout)
 
     def key(self, oid: str) -> str:
         _check_oid(oid)

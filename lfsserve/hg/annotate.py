@@ -14,10 +14,13 @@ raises AnnotateTooExpensive instead of running on.
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 
 from .diff import line_blocks, line_keys, split_lines
 from .error import HgError, LookupError
+from .filelog import Filelog
+from .mdiff import PatchError, iter_hunks
 from .node import NULLID, NULLREV
 from .repository import Repository
 from .revlog import E_ULEN
@@ -114,6 +117,90 @@ def _file_parents(repo: Repository, key: _Key) -> list[_Key]:
     return out
 
 
+_Block = tuple[int, int, int, int]
+
+
+def _line_count(text: bytes) -> int:
+    return text.count(b"\n") + (1 if text and not text.endswith(b"\n") else 0)
+
+
+def _delta_blocks(fl: Filelog, rev: int, prev: int, base: bytes, base_lines: int, base_counts: dict[bytes, int],
+                  *, consume: bool = False) -> tuple[list[_Block], dict[bytes, int]] | None:
+    """The matching line runs between file revisions `prev` and `rev` read off the delta the
+    revlog stores for `rev`, when that delta is against `prev` and is a line diff: hunks on
+    line boundaries, no removed line still in the new text nor added line already in the old
+    one, no insertion or deletion that could slide down over equal lines. Such a delta is the line diff the
+    longest-match search finds, and reading it costs a few `count`s per
+    hunk instead of hashing and comparing every line of both texts, which is what annotating a
+    long history of small edits spends its time on. None: match the lines instead.
+    `base` is the raw text of `prev` (no copy metadata), `base_lines` its number of lines,
+    `base_counts` how many times each of its lines (line_keys) occurs. Returns the blocks (the
+    last one ends at the number of lines of `rev`) and the lines of `rev` counted the same way,
+    made from `base_counts` in a few steps, not by hashing every line of `rev` (with `consume`,
+    `base_counts` itself is changed into them, or left changed when the answer is None: for a
+    base no other revision compares with)."""
+    if fl.deltaparent(rev) != prev or fl.is_lfs(rev):
+        return None
+    try:
+        hunks = list(iter_hunks(fl.chunk(rev)))
+    except (PatchError, HgError):
+        return None
+    nl = 0x0A
+    na = len(base)
+    blocks: list[_Block] = []
+    removed: list[bytes] = []
+    added: list[bytes] = []
+    a_line = b_line = 0
+    last = 0
+    for start, end, mv in hunks:
+        data = bytes(mv)
+        if end > na or (start and base[start - 1] != nl) or (end > start and end < na and base[end - 1] != nl):
+            return None  # not on line boundaries
+        if data and data[-1] != nl and end != na:
+            return None
+        same = base.count(b"\n", last, start)
+        if same:
+            blocks.append((a_line, a_line + same, b_line, b_line + same))
+        a_line += same
+        b_line += same
+        old = base[start:end]
+        n_old, n_new = _line_count(old), _line_count(data)
+        if not n_old and not n_new:
+            last = end
+            continue
+        if not n_old or not n_new:
+            # a pure insertion or deletion slides down while the line after it repeats its first
+            moved = data if n_new else old
+            if moved[:moved.find(b"\n") + 1 or len(moved)] == base[end:base.find(b"\n", end) + 1 or na]:
+                return None
+        removed.append(old)
+        added.append(data)
+        a_line += n_old
+        b_line += n_new
+        last = end
+    # A line removed that the new text still has, or added that the old text had, makes the
+    # alignment a matter of tie rules (which copy of a repeated line matches): leave it to the
+    # search. Without such lines every common subsequence of the two texts is made of the lines
+    # outside the hunks, and the delta's alignment of them is the only one.
+    gone = line_keys(b"".join(removed))
+    new = line_keys(b"".join(added))
+    if any(k in base_counts for k in new):
+        return None
+    counts = base_counts if consume else dict(base_counts)  # the new text's lines, counted from the old one's
+    for k in gone:
+        if counts[k] == 1:
+            del counts[k]
+        else:
+            counts[k] -= 1
+    if any(k in counts for k in gone):
+        return None
+    for k in new:
+        counts[k] = counts.get(k, 0) + 1
+    same = base_lines - a_line
+    blocks.append((a_line, a_line + same, b_line, b_line + same))
+    return blocks, counts
+
+
 def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimits = AnnotateLimits(),
              follow: bool = True) -> AnnotateResult:
     """Blame `path` as of changeset `node`. LookupError if the file is not in that changeset;
@@ -160,7 +247,10 @@ def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimi
             if p not in parents:
                 todo.append(p)
     # 2: annotate parents before children, keeping only what a pending child still needs
-    done: dict[_Key, tuple[list[_Key], list[int], list[bytes]]] = {}
+    # per file revision: owners, line numbers, whether its stored text is the file's (no copy
+    # metadata), its text, its line keys (made when first needed), its number of lines, how many
+    # times each line occurs (made when first needed)
+    done: dict[_Key, list] = {}
     budget = limits.max_bytes
     stack = [base]
     while stack:
@@ -173,16 +263,43 @@ def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimi
             stack.extend(pending)
             continue
         stack.pop()
-        data = text if key == base else repo.file(key[0]).read(key[1])
+        kfl = repo.file(key[0])
+        krev = kfl.rev(key[1])
+        raw = kfl.revision(krev)
+        plain = not kfl.is_lfs(krev) and not raw.startswith(b"\x01\n")  # the raw text is the file's
+        data = raw if plain else kfl.read(key[1])
         budget -= len(data)
         if budget < 0:
             raise AnnotateTooExpensive(f"more than {limits.max_bytes} bytes of history to compare")
-        lines = line_keys(data)
-        owners = [key] * len(lines)
-        linenos = list(range(1, len(lines) + 1))
+        lines: list[bytes] | None = None
+        counts: dict[bytes, int] | None = None
+        matches: list[tuple[list, list[_Block]]] = []
         for p in parents[key]:
-            powners, plinenos, plines = done[p]
-            for a1, a2, b1, b2 in line_blocks(plines, lines):
+            pdone = done[p]
+            blocks: list[_Block] | None = None
+            if plain and pdone[2] and p[0] == key[0]:
+                if pdone[6] is None:
+                    pdone[6] = collections.Counter(pdone[4] if pdone[4] is not None else line_keys(pdone[3]))
+                last_use = needed[p] == 1 and parents[key].count(p) == 1  # a linear history: no copy
+                from_delta = _delta_blocks(kfl, krev, kfl.rev(p[1]), pdone[3], pdone[5], pdone[6], consume=last_use)
+                if last_use:
+                    pdone[6] = None
+                if from_delta is not None:
+                    blocks, counts = from_delta
+            if blocks is None:
+                if lines is None:
+                    lines = line_keys(data)
+                if pdone[4] is None:
+                    pdone[4] = line_keys(pdone[3])
+                blocks = line_blocks(pdone[4], lines)
+            matches.append((pdone, blocks))
+        # a diff's last block ends at the end of both texts: no need to count this one's lines
+        nlines = matches[0][1][-1][3] if matches else _line_count(data)
+        owners = [key] * nlines
+        linenos = list(range(1, nlines + 1))
+        for pdone, blocks in matches:
+            powners, plinenos = pdone[0], pdone[1]
+            for a1, a2, b1, b2 in blocks:
                 if a2 > a1:
                     owners[b1:b2] = powners[a1:a2]
                     linenos[b1:b2] = plinenos[a1:a2]
@@ -190,8 +307,8 @@ def annotate(repo: Repository, node: bytes, path: bytes, *, limits: AnnotateLimi
             needed[p] -= 1
             if not needed[p]:
                 del done[p]
-        done[key] = (owners, linenos, lines)
-    owners, linenos, _ = done[base]
+        done[key] = [owners, linenos, plain, data, lines, nlines, counts]
+    owners, linenos = done[base][:2]
     users: dict[int, bytes] = {}
     out = []
     for owner, lineno, line in zip(owners, linenos, split_lines(text), strict=True):

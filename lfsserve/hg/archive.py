@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import struct
 import tarfile
 import time
@@ -234,7 +235,11 @@ def _write_tar(repo: Repository, members, prefix: str, meta: bytes, mtime: int, 
         if kind == "gz":
             gz = stack.enter_context(gzip.GzipFile(b"", "wb", zlib.Z_BEST_COMPRESSION, out,
                                                    mtime=mtime))
-            tar = stack.enter_context(tarfile.TarFile.taropen("", "w", gz))
+            # tarfile writes each header, content and padding apart: gathered into large
+            # writes, gzip's per-write work (crc, bookkeeping, a compress call) is paid per
+            # 64 KiB, not per member piece; deflate's output does not depend on the chunking
+            buf = stack.enter_context(io.BufferedWriter(gz, 1 << 16))
+            tar = stack.enter_context(tarfile.TarFile.taropen("", "w", buf))
         else:
             tar = stack.enter_context(tarfile.open("", "w|bz2", out))  # type: ignore[call-overload]
 

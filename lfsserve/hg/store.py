@@ -132,6 +132,11 @@ def audit_path(path: bytes) -> None:
             raise BadPath(f"path '{shown}' is inside nested repo '{nested}'")
 
 
+# Encoded store names, process-wide (see Store.encode); cleared when full, a few MB at most.
+_ENCODED: dict[tuple[bytes, bool, bool], str] = {}
+_ENCODED_MAX = 65536
+
+
 def _check_inside(encoded: bytes, name: bytes) -> None:
     """The last guard before a file is opened: an encoded store name stays inside the store."""
     if encoded.startswith(b"/") or any(p in (b"", b".", b"..") for p in encoded.split(b"/")):
@@ -262,9 +267,18 @@ class Store:
         """Path relative to .hg/store of the store file `name` (unencoded, like b"data/a.txt.i")."""
         got = self._encoded.get(name)
         if got is None:
-            enc = encode_path(name, fncache=self.fncache, dotencode=self.dotencode)
-            _check_inside(enc, name)
-            got = self._encoded[name] = os.fsdecode(enc)
+            # the encoding is a pure function of the name and two requirements: shared by every
+            # Store of the process (a request opens its own; an archive encodes thousands of names)
+            key = (name, self.fncache, self.dotencode)
+            got = _ENCODED.get(key)
+            if got is None:
+                enc = encode_path(name, fncache=self.fncache, dotencode=self.dotencode)
+                _check_inside(enc, name)
+                got = os.fsdecode(enc)
+                if len(_ENCODED) >= _ENCODED_MAX:
+                    _ENCODED.clear()
+                _ENCODED[key] = got
+            self._encoded[name] = got
         return got
 
     def join(self, name: bytes) -> str:

@@ -59,12 +59,16 @@ class TransferAdapter(Protocol):
 
 
 class _ServerActions:
+    """Actions on this server's own endpoints. `verify`: whether uploads get a verify action;
+    uploads through this server need none (see BasicServerAdapter)."""
+
     def __init__(self, auth: Authenticator, prefix: str, principal: Principal, namespace: str,
-                 operation: str, expires_at: int):
+                 operation: str, expires_at: int, *, verify: bool):
         self._object_href = f"{prefix}/objects/"
         self._verify_href = f"{prefix}/verify"
         self._expires_at = expires_at
-        ops = ("download",) if operation == "download" else ("upload", "verify")
+        self._verify = verify
+        ops = ("download",) if operation == "download" else ("upload", "verify") if verify else ("upload",)
         self._sign = {op: auth.action_signer(principal, namespace, op, expires_at) for op in ops}
 
     # Spelled out per operation: a batch answer asks for thousands of these.
@@ -78,14 +82,22 @@ class _ServerActions:
         return Action(self._object_href + oid, {"Accept": TRANSFER_ACCEPT, "Authorization": f"Bearer {token}"},
                       self._expires_at)
 
-    def verify(self, oid: str, size: int) -> Action:
+    def verify(self, oid: str, size: int) -> Action | None:
+        if not self._verify:
+            return None
         token = self._sign["verify"](oid)
         return Action(self._verify_href, {"Accept": LFS_JSON, "Authorization": f"Bearer {token}"}, self._expires_at)
 
 
 class BasicServerAdapter:
-    """Objects move through this server ({repo}/.hg/lfs/objects/{oid}, {repo}/.hg/lfs/verify),
-    each action carrying a signed token valid for exactly that object and operation."""
+    """Objects move through this server ({repo}/.hg/lfs/objects/{oid}), each action carrying a
+    signed token valid for exactly that object and operation.
+
+    Uploads get no verify action: every backend's put() hashes the body against its oid and the
+    PUT is answered only once the object is stored (and synced, with lfs.fsync) and granted, so
+    a 200/201 already says everything a verify would; a second request per object would add a
+    round trip and no guarantee. The verify endpoint stays for clients holding older answers
+    and for direct uploads (PresignedS3Adapter), whose bytes this server never saw."""
 
     name = "basic"
 
@@ -95,7 +107,7 @@ class BasicServerAdapter:
     def for_batch(self, *, base_url: str, namespace: str, principal: Principal, operation: str,
                   expires_at: int) -> BatchActions:
         return _ServerActions(self.auth, f"{base_url}/{namespace}/.hg/lfs", principal, namespace, operation,
-                              expires_at)
+                              expires_at, verify=False)
 
 
 class _PresignedActions:
@@ -128,7 +140,7 @@ class _PresignedActions:
         url, header = self._urls[oid]
         return Action(url, header, self._expires_at)
 
-    def verify(self, oid: str, size: int) -> Action:
+    def verify(self, oid: str, size: int) -> Action | None:
         return self._server.verify(oid, size)
 
 
@@ -144,8 +156,9 @@ class PresignedS3Adapter:
 
     def for_batch(self, *, base_url: str, namespace: str, principal: Principal, operation: str,
                   expires_at: int) -> BatchActions:
+        # The verify action is what checks and installs an upload made straight to the bucket.
         server = _ServerActions(self.auth, f"{base_url}/{namespace}/.hg/lfs", principal, namespace, operation,
-                                expires_at)
+                                expires_at, verify=True)
         return _PresignedActions(self.store, server, namespace, operation, expires_at)
 
 

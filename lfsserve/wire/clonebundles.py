@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from ..blobstore.base import StorageUnavailable
 from ..blobstore.bundles import BundleStore, BundleStoreBusy, LocalBundleStore, bundle_key
 from ..config import Config
 from ..hg import bundle2, changegroup
@@ -70,8 +71,12 @@ class BuildReport:
 
 
 def open_bundle_store(config: Config) -> BundleStore:
-    """The store clone bundles go to (the local store under <root>/clonebundles for every
-    storage backend so far; a remote backend supplies its own with presigned URLs)."""
+    """The store clone bundles go to: the blob store's bucket with the S3 backend (the manifest
+    then hands out presigned URLs), else files under <root>/clonebundles."""
+    if config.storage.backend == "s3":
+        from ..blobstore.s3bundles import shared_store  # imports botocore: only when configured
+
+        return shared_store(config.storage, config.clonebundles_dir)
     return LocalBundleStore(config.clonebundles_dir, durable=config.lfs.fsync)
 
 
@@ -87,7 +92,11 @@ def repo_name_of(config: Config, repo: ServedRepo) -> str | None:
 def read_index(store: BundleStore, repo_name: str) -> list[BundleEntry]:
     """The bundles recorded for `repo_name`, newest first; [] when none (or an unreadable index:
     advertising nothing is always safe)."""
-    raw = store.read_small(bundle_key(repo_name, INDEX))
+    try:
+        raw = store.read_small(bundle_key(repo_name, INDEX))
+    except StorageUnavailable as exc:
+        log.warning("%s: clone bundle index unreadable, advertising none: %s", repo_name, exc)
+        return []
     if not raw:
         return []
     try:
@@ -159,7 +168,13 @@ def has_manifest(config: Config, store: BundleStore, repo_name: str | None, repo
     makes the client clone normally)."""
     if (repo.root / ".hg" / "clonebundles.manifest").is_file():
         return True
-    return repo_name is not None and store.read_small(bundle_key(repo_name, INDEX)) is not None
+    if repo_name is None:
+        return False
+    try:
+        return store.read_small(bundle_key(repo_name, INDEX)) is not None
+    except StorageUnavailable as exc:  # the clone goes on without bundles
+        log.warning("%s: clone bundle index unreadable, advertising none: %s", repo_name, exc)
+        return False
 
 
 def static_manifest_lines(repo: ServedRepo) -> list[bytes]:

@@ -8,17 +8,21 @@ revisions and paths answered 4xx. One server for the module."""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import urllib.parse
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from lfsserve.hg import annotate as annotatemod
 from lfsserve.hg import diff
 from lfsserve.hg.annotate import AnnotateLimits, AnnotateTooExpensive, annotate
 from lfsserve.hg.error import LookupError
@@ -277,3 +281,64 @@ def test_private_and_hostile(site):
                  "raw-file/tip/" + "x/" * 3000):
         status, _, body = get(site, "/team/repo/" + urllib.parse.quote(path, safe="/%?="))
         assert 400 <= status < 500, (path, status, body[:200])
+
+
+REPEATED_SCRIPT = r'''
+import random, sys
+from mercurial import context, hg, ui as uimod
+from mercurial.node import nullid
+rng = random.Random(11)
+u = uimod.ui.load()
+repo = hg.repository(u, sys.argv[1].encode(), create=True)
+vocab = [b"\n", b"}\n", b"{\n", b"    return x\n", b"    pass\n", b"# note\n", b"x = 1\n"]
+lines = [rng.choice(vocab) if rng.random() < 0.6 else b"unique %d\n" % i for i in range(150)]
+p1 = nullid
+with repo.wlock(), repo.lock(), repo.transaction(b"t"):
+    for i in range(60):
+        if i:
+            for _ in range(rng.randint(1, 4)):
+                k = rng.randrange(len(lines))
+                op = rng.randrange(4)
+                if op == 0:
+                    lines[k] = rng.choice(vocab)
+                elif op == 1:
+                    lines[k:k] = [rng.choice(vocab) for _ in range(rng.randint(1, 3))]
+                elif op == 2:
+                    del lines[k:k + rng.randint(1, 4)]
+                else:
+                    lines[k] = b"rev %d line %d\n" % (i, k)
+        data = b"".join(lines) + (b"no newline" if i % 7 == 3 else b"")
+        names = [b"f.txt"] + ([b"g.txt"] if i == 30 else [])
+        def filectx(repo, mctx, p, _d=data):
+            if p == b"g.txt":  # a copy of f.txt, edited afterwards in the history of neither
+                return context.memfilectx(repo, mctx, p, _d, copysource=b"f.txt")
+            return context.memfilectx(repo, mctx, p, _d)
+        ctx = context.memctx(repo, (p1, nullid), b"edit %d" % i, names, filectx,
+                             user=b"U%d <u@example.com>" % (i % 3), date=(1700000000 + i, 0))
+        p1 = ctx.commit()
+'''
+
+
+def test_annotate_repeated_lines_matches_hg(tmp_path) -> None:
+    """A file of mostly repeated lines (blank lines, braces) edited 60 times by hg, then copied:
+    annotate, reading some line diffs off the deltas hg stored and matching the others, agrees
+    with `hg annotate`."""
+    hg = Hg(tmp_path / "home")
+    path = tmp_path / "repeated"
+    subprocess.run([sys.executable, "-c", REPEATED_SCRIPT, str(path)], check=True, env=hg.env)
+    with Repository.open(path) as repo:
+        cl = repo.changelog
+        fl = repo.file(b"f.txt")
+        olds = [fl.revision(r) for r in range(len(fl) - 1)]
+        from_deltas = sum(annotatemod._delta_blocks(fl, r + 1, r, old, annotatemod._line_count(old),
+                                                    collections.Counter(diff.line_keys(old))) is not None
+                          for r, old in enumerate(olds))
+        # edits of unique lines are read off the deltas, those moving repeated lines are matched
+        assert 0 < from_deltas < len(fl) - 1
+        for rev, name in ((15, "f.txt"), (44, "f.txt"), (len(cl) - 1, "f.txt"), (len(cl) - 1, "g.txt")):
+            want = json.loads(hg("annotate", "-Tjson", "-n", "-c", "-u", "-l", "-r", str(rev), name,
+                                 cwd=path).stdout)[0]["lines"]
+            res = annotate(repo, cl.node(rev), name.encode())
+            got = [{"line": ln.text.decode(), "lineno": ln.lineno, "node": ln.node.hex(), "rev": ln.rev,
+                    "user": ln.user.decode()} for ln in res.lines]
+            assert got == want, (rev, name)

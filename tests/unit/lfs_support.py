@@ -74,10 +74,11 @@ async def upload(client, ns, data, headers=ALICE):
     act = obj["actions"]["upload"]
     status, _, _ = await call(client, "PUT", act["href"], act["header"], data)
     assert status in (200, 201)
-    ver = obj["actions"]["verify"]
-    status, _, _ = await call(client, "POST", ver["href"], {**ver["header"], "Content-Type": LFS},
-                              json.dumps({"oid": oid, "size": len(data)}))
-    assert status == 200
+    ver = obj["actions"].get("verify")  # only direct-to-bucket uploads get one (adapters.py)
+    if ver is not None:
+        status, _, _ = await call(client, "POST", ver["href"], {**ver["header"], "Content-Type": LFS},
+                                  json.dumps({"oid": oid, "size": len(data)}))
+        assert status == 200
     return obj
 
 

@@ -58,8 +58,8 @@ class Served:
         await self.runner.cleanup()
 
 
-async def serve(tmp_path, handlers):
-    env = {"LFSSERVE_ROOT": str(tmp_path / "data"), "LFSSERVE_LOG_ACCESS_FORMAT": "json"}
+async def serve(tmp_path, handlers, access_format="json"):
+    env = {"LFSSERVE_ROOT": str(tmp_path / "data"), "LFSSERVE_LOG_ACCESS_FORMAT": access_format}
     (tmp_path / "data").mkdir(parents=True, exist_ok=True)
     app = create_app(load_config(env=env), frontends=[])
     for kind, handler in handlers.items():
@@ -110,6 +110,39 @@ async def test_requests_the_parser_refuses_are_logged_and_counted(tmp_path, logs
     assert "Got more than 8190 bytes" in warnings[1].getMessage()
     # No traceback, no error: a client's junk is not a server failure.
     assert not [r for r in diag.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_access_log_off_still_counts_every_request(tmp_path, logs):
+    """`access_format = "off"` takes the short path (metrics only): same counts and sizes, no
+    lines, and a request the parser refused still gets its WARNING."""
+    diag, access = logs
+
+    async def put(request, target):
+        await request.read()
+        return web.Response(status=201, body=b"stored")
+
+    app, server = await serve(tmp_path, {Kind.LFS_OBJECT: put}, access_format="off")
+    try:
+        async with ClientSession() as session:
+            for _ in range(3):
+                async with session.put(server.make_url(f"/r/.hg/lfs/objects/{OID}"), data=b"x" * 1000) as r:
+                    assert r.status == 201 and await r.read() == b"stored"
+        junk = await raw(server, b"GET / " + b"x" * 10_000 + b"\r\n\r\n")
+        assert junk.startswith(b"HTTP/1.0 400")
+        for _ in range(200):
+            if requests_total(app, kind="invalid", method="-", status="400"):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await server.close()
+    assert requests_total(app, kind="lfs-object", method="PUT", status="201") == 3
+    value = app[METRICS].registry.get_sample_value
+    assert value("lfsserve_http_received_bytes_total", {"kind": "lfs-object"}) == 3000
+    assert value("lfsserve_http_sent_bytes_total", {"kind": "lfs-object"}) == 18
+    assert value("lfsserve_http_request_duration_seconds_count", {"kind": "lfs-object"}) == 3
+    assert requests_total(app, kind="invalid", method="-", status="400") == 1
+    assert not access.records
+    assert [r for r in diag.records if r.levelno == logging.WARNING and "malformed HTTP request" in r.getMessage()]
 
 
 async def test_client_disconnect_is_a_499_one_liner_with_the_request_id(tmp_path, logs):

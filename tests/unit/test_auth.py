@@ -49,6 +49,24 @@ async def test_basic_and_tokens(authn):
             await authn.authenticate(headers)
 
 
+async def test_basic_checks_are_cached_bounded_and_keyed_on_the_password(authn, monkeypatch):
+    """bcrypt runs once per (user, password, hash), not per request; the cache never outgrows
+    CACHE_ENTRIES; a wrong password is never served from it."""
+    calls = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw", lambda pw, hashed: calls.append(pw) or real(pw, hashed))
+    for _ in range(3):
+        assert (await authn.authenticate(basic("alice", "wonderland"))).name == "alice"
+    assert calls == [b"wonderland"]
+    with pytest.raises(Unauthorized):
+        await authn.authenticate(basic("alice", "wonderland!"))
+    monkeypatch.setattr(authn, "CACHE_ENTRIES", 1)
+    assert (await authn.authenticate(basic("bob", "builder"))).name == "bob"
+    assert len(authn._basic_cache) <= 1
+    assert (await authn.authenticate(basic("alice", "wonderland"))).name == "alice"
+    assert len(authn._basic_cache) <= 1 and len(calls) == 4
+
+
 async def test_rules(authn):
     alice, bob, carol = Principal("alice", "basic"), Principal("bob", "basic"), Principal("carol", "bearer")
     assert authn.permission(alice, "private/x/y") is Permission.WRITE

@@ -119,3 +119,55 @@ async def test_direct_upload_is_invisible_until_promoted(moto):
         assert _keys(moto, bucket) == [store.key(oid)]
     finally:
         await store.close()
+
+
+def test_bundle_store_in_the_bucket(moto, tmp_path, monkeypatch):
+    """The clone bundle store on S3: the BundleStore interface, keys under <prefix>clonebundles/,
+    a multipart upload for large files, presigned GETs; S3 failures become StorageUnavailable."""
+    import urllib.request
+
+    from lfsserve.blobstore import StorageUnavailable, s3bundles
+    from lfsserve.blobstore.bundles import BundleStoreBusy, bundle_key
+    from lfsserve.config import StorageConfig
+
+    bucket = moto.create_bucket()
+    st = StorageConfig(backend="s3", bucket=bucket, prefix="p/", endpoint_url=moto.url, region=REGION,
+                       addressing_style="path", access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+    store = s3bundles.S3BundleStore(st, tmp_path / "cb")
+    key = bundle_key("team/app", "zstd-v2-3-abc.hg")
+    assert store.read_small(bundle_key("team/app", "index.json")) is None and not store.exists(key)
+    assert store.open_read(key) is None and store.names("team/app") == []
+
+    monkeypatch.setattr(s3bundles, "SINGLE_PUT_LIMIT", 4 << 20)  # the multipart path, cheaply
+    monkeypatch.setattr(s3bundles, "PART", 5 << 20)
+    data = os.urandom((5 << 20) + 5)  # two parts
+    with store.exclusive("team/app"):
+        with pytest.raises(BundleStoreBusy):
+            with s3bundles.S3BundleStore(st, tmp_path / "cb").exclusive("team/app"):
+                pass
+        tmp = store.temp_dir("team/app") / ".build-x"
+        tmp.write_bytes(data)
+        store.install(key, tmp)
+        assert not tmp.exists()
+        store.write_small(bundle_key("team/app", "index.json"), b"{}")
+    c = moto.client()
+    assert c.get_object(Bucket=bucket, Key="p/clonebundles/" + key)["Body"].read() == data
+    assert c.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert store.exists(key) and store.local_path(key) is None
+    assert sorted(n for n, _ in store.names("team/app")) == ["index.json", "zstd-v2-3-abc.hg"]
+    assert store.names("team") == []  # only the repository's own files
+    fh, size = store.open_read(key)
+    with fh:
+        assert size == len(data) and fh.read() == data
+    with urllib.request.urlopen(store.presigned_url(key, 60), timeout=30) as resp:
+        assert resp.read() == data
+    store.delete(key)
+    store.delete(key)  # absent is fine
+    assert not store.exists(key) and store.read_small(bundle_key("team/app", "index.json")) == b"{}"
+    with pytest.raises(ValueError):
+        store.read_small("../x")
+
+    gone = StorageConfig(**{**st.__dict__, "endpoint_url": "http://127.0.0.1:9", "read_timeout": 1.0})
+    down = s3bundles.S3BundleStore(gone, tmp_path / "cb")
+    with pytest.raises(StorageUnavailable):
+        down.read_small(bundle_key("team/app", "index.json"))

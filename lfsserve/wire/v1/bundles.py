@@ -18,6 +18,7 @@ import urllib.parse
 from aiohttp import hdrs, web
 
 from ...aio import run_blocking
+from ...blobstore.base import BlobError
 from ...blobstore.bundles import BundleStore, BundleStoreBusy, bundle_key
 from ...kernel import CTX, ServerContext
 from ...repos import engine_repo
@@ -160,10 +161,48 @@ async def serve_bundle(request: web.Request, target: Target) -> web.StreamRespon
         presigned = jobs.store.presigned_url(key, ctx.config.clonebundles.url_expiry)
         if presigned is not None:
             raise web.HTTPFound(presigned)
-        return web.Response(status=404, text="clone bundle gone (a newer one replaced it): clone again\n")
+        return await _stream_bundle(request, jobs.store, key)
     # FileResponse: sendfile, Range, If-Modified-Since; the name is content-addressed, so
     # the bytes under it never change
     media = "application/mercurial-cbor" if path.suffix == ".cbor" else "application/mercurial-bundle"
     return web.FileResponse(path, chunk_size=256 * 1024,
                             headers={hdrs.CONTENT_TYPE: media,
                                      hdrs.CACHE_CONTROL: "private, max-age=31536000, immutable"})
+
+
+async def _stream_bundle(request: web.Request, store: BundleStore, key: str) -> web.StreamResponse:
+    """A bundle the store keeps elsewhere (S3 in proxy mode), streamed through in chunks read in
+    the executor (constant memory)."""
+    try:
+        opened = await run_blocking(store.open_read, key)
+    except BlobError as exc:
+        return web.Response(status=503, headers={hdrs.RETRY_AFTER: "5"}, text=f"{exc}\n")
+    if opened is None:
+        return web.Response(status=404, text="clone bundle gone (a newer one replaced it): clone again\n")
+    body, size = opened
+    try:
+        media = "application/mercurial-cbor" if key.endswith(".cbor") else "application/mercurial-bundle"
+        resp = web.StreamResponse(headers={hdrs.CONTENT_TYPE: media, hdrs.CONTENT_LENGTH: str(size),
+                                           hdrs.CACHE_CONTROL: "private, max-age=31536000, immutable"})
+        await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp
+        sent = 0
+        try:
+            while True:
+                chunk = await run_blocking(body.read, 256 * 1024)
+                if not chunk:
+                    break
+                sent += len(chunk)
+                await resp.write(chunk)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # the store failed mid-body: the answer can only be cut short
+            log.warning("clone bundle %s: the store failed after %d of %d bytes: %s", key, sent, size, exc)
+            if request.transport is not None:
+                request.transport.close()
+            return resp
+        await resp.write_eof()
+        return resp
+    finally:
+        await run_blocking(body.close)

@@ -11,7 +11,7 @@ the transport turns them into its own framing.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -263,14 +263,15 @@ def get_cached_bundle_inline(s: Session, path: bytes) -> Stream:
     name = path.decode("ascii", "replace")
     # only a bundle the index names (never a path the client makes up)
     known = repo_name is not None and any(e.name == name for e in cb.read_index(store, repo_name))
-    local = store.local_path(bundle_key(repo_name, name)) if known and repo_name is not None else None
-    if local is None:
+    opened = store.open_read(bundle_key(repo_name, name)) if known and repo_name is not None else None
+    if opened is None:
         raise Abort(f"clonebundle {name} does not exist")
+    fh, size = opened
 
     def chunks() -> Iterator[bytes]:
-        # (the first chunk is produced before the status line: a vanished file is still an error)
-        with open(local, "rb") as fh:
-            yield uvarint(os.fstat(fh.fileno()).st_size)
+        # (opened before the status line: a vanished file is still an error)
+        with contextlib.closing(fh):
+            yield uvarint(size)
             while data := fh.read(STREAM_READ):
                 yield data
     return Stream(chunks, prefer_uncompressed=True)

@@ -14,18 +14,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ...blobstore.base import StorageUnavailable
 from ...blobstore.bundles import BundleStore, bundle_key
 from ...hg.repository import Repository
 from . import cbor, commands
 from .framing import CommandRequest, _pieces
 
 __all__ = ["CACHEABLE", "TARGET_NAME", "Redirector", "descriptor"]
+
+log = logging.getLogger(__name__)
 
 TARGET_NAME = b"lfsserve"
 CBOR_MEDIA = b"application/mercurial-cbor"
@@ -63,13 +67,21 @@ class Redirector:
 
     def location(self, ctx: commands.Context, request: CommandRequest) -> dict[bytes, Any] | None:
         """The `location` of the cached answer (made now if missing); None when the command
-        fails (the ordinary answer then reports the error)."""
+        fails (the ordinary answer then reports the error) or the store is unavailable (the
+        answer then carries the bytes)."""
+        try:
+            return self._location(ctx, request)
+        except StorageUnavailable as exc:
+            log.warning("%s: answering without a content redirect: %s", self.repo_name, exc)
+            return None
+
+    def _location(self, ctx: commands.Context, request: CommandRequest) -> dict[bytes, Any] | None:
         state = _state_key(ctx.repo)
         key = f"{state}-{_request_key(request)}"
         name = f"v2-{key}.cbor"
         meta_key = bundle_key(self.repo_name, f"v2-{key}.json")
         meta = self.store.read_small(meta_key)
-        if meta is None or self.store.local_path(bundle_key(self.repo_name, name)) is None:
+        if meta is None or not self.store.exists(bundle_key(self.repo_name, name)):
             try:
                 made = self._materialize(ctx, request, name)
             except Exception:
