@@ -47,7 +47,7 @@ __all__ = [
 
 
 # The Mercurial hooks lfsserve runs on push, and the webhook events it sends.
-HOOK_TYPES = ("pretxnchangegroup", "pretxnclose", "changegroup", "incoming", "txnclose")
+HOOK_TYPES = ("pretxnchangegroup", "pretxnclose", "changegroup", "incoming", "txnclose", "prepushkey", "pushkey")
 WEBHOOK_EVENTS = ("push", "bookmark", "lfs")
 
 

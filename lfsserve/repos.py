@@ -118,7 +118,11 @@ class RepoSettings:
             evolution=EvolutionSettings(**evo),
             topics=TopicSettings(
                 enabled=hgrc.extension_enabled(own, "topic"),
-                publish_bare_branch=own.getbool("experimental", "topic.publish-bare-branch", False)),
+                publish_bare_branch=own.getbool("experimental", "topic.publish-bare-branch", False),
+                server_mode=(own.get("experimental", "topic-mode.server") or "ignore").strip(),
+                gate_topic_changesets=own.getbool("experimental", "topic.server-gate-topic-changesets", False),
+                reject_tns_push=own.getbool("experimental", "tns-reject-push", False),
+                allow_publish=own.getbool("experimental", "topic.allow-publish", True)),
             web=WebSettings(name=own.get("web", "name"), description=own.get("web", "description"),
                             contact=own.get("web", "contact"),
                             allow_archive=tuple(hgrc.parse_list(archive)),

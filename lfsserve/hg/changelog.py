@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from .error import CorruptRevlog
 from .revlog import Revlog
 
-__all__ = ["Changelog", "ChangesetEntry", "check_changeset", "decode_extra", "encode_extra", "parse_changeset",
-           "topic_from_text"]
+__all__ = ["Changelog", "ChangesetEntry", "check_changeset", "decode_extra", "encode_extra", "extra_from_text",
+           "parse_changeset", "topic_from_text"]
 
 
 _SIMPLE_ESCAPES = {
@@ -224,15 +224,18 @@ class Changelog(Revlog):
         return topic_from_text(self.revision(rev))
 
 
-def topic_from_text(text: bytes) -> tuple[bytes, bytes]:
-    """(topic namespace, topic) of a changeset's text (hg-evolve's topic extension keeps them in
-    the extras `topic-namespace` and `topic`): (b"none", b"") without a topic."""
+def extra_from_text(text: bytes) -> dict[bytes, bytes]:
+    """The extras of a changeset's text (empty when its date line has none)."""
     head = text.split(b"\n\n", 1)[0]
     start = head.find(b"\n", head.find(b"\n") + 1) + 1
     end = head.find(b"\n", start)
     parts = (head[start:] if end < 0 else head[start:end]).split(b" ", 2)
-    if len(parts) < 3:
-        return b"none", b""
-    extra = decode_extra(parts[2])
+    return decode_extra(parts[2]) if len(parts) == 3 else {}
+
+
+def topic_from_text(text: bytes) -> tuple[bytes, bytes]:
+    """(topic namespace, topic) of a changeset's text (hg-evolve's topic extension keeps them in
+    the extras `topic-namespace` and `topic`): (b"none", b"") without a topic."""
+    extra = extra_from_text(text)
     topic = extra.get(b"topic", b"")
     return (extra.get(b"topic-namespace", b"none") if topic else b"none"), topic

@@ -295,6 +295,17 @@ class TopicSettings:
     # `[experimental] topic.publish-bare-branch`: a push publishes the changesets it brings that
     # have no topic (Heptapod's behaviour), even on a non-publishing repository
     publish_bare_branch: bool = False
+    # `[experimental] topic-mode.server`: what a push of draft changesets without a topic gets:
+    # `ignore`, `warning` (a `remote:` warning) or `enforce` (refused); not `ignore` also turns
+    # publish-bare-branch off, as in hg-evolve
+    server_mode: str = "ignore"
+    # `[experimental] topic.server-gate-topic-changesets`: clients without the topic extension
+    # see no draft changeset with a topic (the `heads` command leaves them out)
+    gate_topic_changesets: bool = False
+    # `[experimental] tns-reject-push`: refuse draft changesets that name a topic namespace
+    reject_tns_push: bool = False
+    # `[experimental] topic.allow-publish`: false refuses any push that makes a changeset public
+    allow_publish: bool = True
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 from . import branchmap as branchmod
 from . import dagop, obsolete, phases
 from .bookmarks import BookmarkStore
-from .changelog import Changelog, topic_from_text
+from .changelog import Changelog, extra_from_text, topic_from_text
 from .error import Abort, CorruptRevlog, HgError, LockTimeout, LookupError, PushRaced, RepoNotFound, UnknownRevision
 from .filelog import Filelog
 from .hgrc import RepoConfig
@@ -415,6 +415,58 @@ class Repository:
                 for r, (b, closed) in enumerate(self.branch_of())]
         heads = branchmod.branch_heads(info, self.parents_list, self.visible_mask)
         return {name: [cl.node(r) for r in revs] for name, revs in heads.items()}
+
+    def heads_without_topics(self) -> list[bytes]:
+        """Visible heads once the changesets with a topic that are not public, and what descends
+        from them, are left out: what hg-evolve's `topic.server-gate-topic-changesets` serves
+        to clients without the topic extension (its `served-no-topic` view). Newest first."""
+        visible = self.visible_mask
+        arr = self.phase_array
+        topics = branchmod.topic_info(self.changelog)
+        parents = self.parents_list
+        served = bytearray(visible)
+        gated = bytearray(len(served))
+        for r in range(len(served)):
+            if not visible[r] or arr[r] == phases.PUBLIC:
+                continue
+            p1, p2 = parents[r]
+            if topics[r][1] or (p1 != NULLREV and gated[p1]) or (p2 != NULLREV and gated[p2]):
+                gated[r] = 1
+                served[r] = 0
+        revs = dagop.heads_of(parents, served)
+        return [self.changelog.node(r) for r in reversed(revs)] or [NULLID]
+
+    def tr_extra(self, node: bytes) -> dict[bytes, bytes]:
+        """The extras of a changeset of this repository or of the open transaction."""
+        rev = self._resolve_tr_rev(node)
+        if rev is None:
+            return {}
+        if self._pending is not None and rev >= len(self.changelog):
+            return extra_from_text(self._pending.changelog.revision(rev))
+        return extra_from_text(self.changelog.revision(rev))
+
+    def tr_phase(self, node: bytes) -> int | None:
+        """The phase of a changeset as the open transaction sees it (None: unknown)."""
+        rev = self._resolve_tr_rev(node)
+        if rev is None:
+            return None
+        arr = self.phase_array
+        return arr[rev] if rev < len(arr) else phases.DRAFT
+
+    def tr_published(self) -> list[bytes]:
+        """The changesets the open transaction makes public (hg's `tr.changes['phases']` moves to
+        public), oldest first."""
+        pending = self._phases.pending
+        if pending is None:
+            return []
+        self._phases.pending = None
+        try:
+            before = self._phases.array(self.changelog.index, self.parents_list)
+        finally:
+            self._phases.pending = pending
+        _, nodes = self._tr_dag()
+        return [nodes[r] for r, p in enumerate(pending)
+                if p == phases.PUBLIC and (r >= len(before) or before[r] != phases.PUBLIC)]
 
     def topic_of(self, node: bytes) -> bytes:
         """The topic of a changeset of this repository or of the open transaction (b"": none)."""

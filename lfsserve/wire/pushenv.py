@@ -85,6 +85,16 @@ class PushEnv:
                     raise HookFailed(message)
                 output.append(f"warning: {message}\n")
 
+    def prepushkey(self, repo: Repository, output: list[str], args: dict[str, str]) -> bool:
+        """hg's `prepushkey` hooks for one pushkey (`args`: namespace, key, old, new): False, with
+        hg's `pushkey-abort:` line, when one refuses; the pushkey then fails, not the push."""
+        try:
+            self.run_hooks(repo, "prepushkey", output, throw=True, args=args)
+        except HookFailed as exc:
+            output.append(f"pushkey-abort: {exc.message}\n")
+            return False
+        return True
+
     # -- rights
     def check_publish(self, repo: Repository, nodes: Iterable[bytes]) -> None:
         """Refuse making `nodes` public unless this user may publish (already public: fine)."""

@@ -40,6 +40,7 @@ __all__ = [
     "check_pushkey",
     "parse_unbundle_heads",
     "parthandler",
+    "pushkey_hook_args",
     "unbundle",
 ]
 
@@ -308,6 +309,7 @@ class PushOperation:
     env: PushEnv | None = None
     added: list[bytes] = field(default_factory=list)   # the changesets the push adds
     moved: dict[bytes, tuple[bytes | None, bytes | None]] = field(default_factory=dict)  # bookmark: (old, new)
+    pushkeys: list[dict[str, str]] = field(default_factory=list)  # the `pushkey` hooks to run after the push
     _tr_cm: contextlib.AbstractContextManager[Transaction] | None = None
     _tr: Transaction | None = None
 
@@ -378,6 +380,13 @@ def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None,
                             op.reply.append(OutPart(b"output", [], [(b"in-reply-to", b"%d" % part.id)],
                                                     "".join(op.output).encode("utf-8")))
                 _check_lfs(op.lfs_oids, check_lfs)
+                if op.started and repo.config.topics.enabled:
+                    topic_output: list[str] = []
+                    try:
+                        _check_topics(op, topic_output)
+                    finally:
+                        if topic_output:
+                            op.reply.append(OutPart(b"output", data="".join(topic_output).encode("utf-8")))
                 if env is not None and op.started:
                     hook_output: list[str] = []
                     try:
@@ -389,8 +398,8 @@ def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None,
             # hg's transaction summary comes when the transaction closes, before txnclose hooks
             if troubles is not None and op.started:
                 op.final.extend(_evolution_report(repo, troubles, op.new_markers))
-        if env is not None and op.started:
-            _after_push(repo, env, op.final, op.added, op.moved, op.lfs_oids)
+        if env is not None and (op.started or op.pushkeys):
+            _after_push(repo, env, op.final, op.added, op.moved, op.lfs_oids, op.pushkeys)
         op.reply.append(OutPart(b"output", data="".join(op.final).encode("utf-8")))
         return PushReply(bundle2.encode_parts(op.reply), changed=op.started)
     except (HgError, Bundle2Error) as exc:
@@ -400,6 +409,39 @@ def _apply_bundle2(repo: Repository, body: BinaryIO, check_lfs: LfsCheck | None,
         parts.append(_error_part(exc, op.replycaps))
         log.info("push refused: %s", exc)
         return PushReply(bundle2.encode_parts(parts))
+
+
+def _some(nodes: list[bytes]) -> str:
+    """hg-evolve's way of naming the changesets a check refuses: the first, and how many more."""
+    first = nodes[0].hex()[:12]
+    return first if len(nodes) == 1 else f"{first} and {len(nodes) - 1} more"
+
+
+def _check_topics(op: PushOperation, output: list[str]) -> None:
+    """The push checks of a server with hg-evolve's topic extension, made when the transaction
+    closes, as its validators: `topic-mode.server` on the pushed drafts without a topic,
+    `tns-reject-push` on those naming a topic namespace, `topic.allow-publish = no` on anything
+    the push makes public. An Abort rolls the push back."""
+    repo = op.repo
+    topics = repo.config.topics
+    drafts = [n for n in op.added if repo.tr_phase(n) != PUBLIC]
+    if topics.server_mode != "ignore" and drafts:
+        untopiced = [n for n in drafts if not repo.tr_extra(n).get(b"topic")]
+        if untopiced and topics.server_mode == "warning":
+            output.append(f"pushed draft changeset without topic: {_some(untopiced)}\n")
+        elif untopiced and topics.server_mode == "enforce":
+            raise Abort(f"rejecting draft changesets: {_some(untopiced)}")
+        elif untopiced:
+            output.append(f"unknown 'topic-mode.server': {topics.server_mode}\n")
+    if topics.reject_tns_push:
+        with_tns = [n for n in drafts if b"topic-namespace" in repo.tr_extra(n)]
+        if with_tns:
+            raise Abort(f"rejecting draft changesets with topic namespace: {_some(with_tns)}")
+    if not topics.allow_publish:
+        published = repo.tr_published()
+        if published:
+            more = f" and {len(published) - 1} others" if len(published) > 1 else ""
+            raise Abort(f"rejecting publishing of changeset {published[0].hex()[:12]}{more}")
 
 
 def _node_args(added: list[bytes]) -> dict[str, str]:
@@ -413,13 +455,16 @@ def _check_branches(env: PushEnv, result: ApplyResult) -> None:
 
 
 def _after_push(repo: Repository, env: PushEnv, output: list[str], added: list[bytes],
-                moved: dict[bytes, tuple[bytes | None, bytes | None]], lfs_oids: Iterable[str]) -> None:
-    """Once the transaction committed and the lock is released: hg's changegroup, incoming and
-    txnclose hooks (a failure is only a warning), then the webhook event."""
+                moved: dict[bytes, tuple[bytes | None, bytes | None]], lfs_oids: Iterable[str],
+                pushkeys: Iterable[dict[str, str]] = ()) -> None:
+    """Once the transaction committed and the lock is released: hg's changegroup, incoming,
+    pushkey and txnclose hooks (a failure is only a warning), then the webhook event."""
     if added:
         env.run_hooks(repo, "changegroup", output, throw=False, args=_node_args(added))
         for node in added:
             env.run_hooks(repo, "incoming", output, throw=False, args={"node": node.hex()})
+    for args in pushkeys:
+        env.run_hooks(repo, "pushkey", output, throw=False, args=args)
     env.run_hooks(repo, "txnclose", output, throw=False, args=_node_args(added))
     env.emit_push(repo, added, moved, lfs_oids)
 
@@ -523,8 +568,10 @@ def _changegroup(op: PushOperation, part: InPart) -> None:
             env.check_publish(repo, result.added)
     if result.added and (repo.publishing or target == b"0"):
         repo.phases_advance(tr, PUBLIC, result.added)
-    elif result.added and repo.config.topics.enabled and repo.config.topics.publish_bare_branch:
+    elif (result.added and repo.config.topics.enabled and repo.config.topics.publish_bare_branch
+          and repo.config.topics.server_mode == "ignore"):
         # the topic extension's experimental.topic.publish-bare-branch: what has no topic is public
+        # (hg-evolve applies it only where topic-mode.server is `ignore`)
         bare = [n for n in result.added if not repo.topic_of(n)]
         if bare:
             repo.phases_advance(tr, PUBLIC, bare)
@@ -557,6 +604,16 @@ def _bookmarks(op: PushOperation, part: InPart) -> None:
             raise Abort(f"cannot accept divergent bookmark {book.decode('utf-8', 'replace')}!")
         changes[book] = node  # unknown nodes: the engine raises LookupError
     _note_bookmarks(op, changes)
+    if changes and op.env is not None:
+        # as hg's server (server.bookmarks-pushkey-compat): each move runs the pushkey hooks, and
+        # a refusing prepushkey hook aborts the push
+        current = op.repo.bookmarks()
+        for book, node in changes.items():
+            old = current.get(book)
+            args = {"namespace": "bookmarks", "key": book.decode("utf-8", "surrogateescape"),
+                    "old": old.hex() if old else "", "new": node.hex() if node else "", "pushkeycompat": "1"}
+            op.env.run_hooks(op.repo, "prepushkey", op.output, throw=True, args=args)
+            op.pushkeys.append({**args, "ret": "1"})
     if changes:
         op.repo.set_bookmarks(op.transaction(), changes)
 
@@ -571,6 +628,12 @@ def _note_bookmarks(op: PushOperation, changes: dict[bytes, bytes | None]) -> No
             op.env.check_bookmark(book)
         old = op.moved[book][0] if book in op.moved else current.get(book)
         op.moved[book] = (old, node)
+
+
+def pushkey_hook_args(namespace: bytes, key: bytes, old: bytes, new: bytes) -> dict[str, str]:
+    """HG_NAMESPACE, HG_KEY, HG_OLD, HG_NEW of hg's prepushkey and pushkey hooks."""
+    return {name: value.decode("utf-8", "surrogateescape")
+            for name, value in (("namespace", namespace), ("key", key), ("old", old), ("new", new))}
 
 
 def check_pushkey(env: PushEnv | None, repo: Repository, namespace: bytes, key: bytes, new: bytes) -> None:
@@ -596,7 +659,10 @@ def _pushkey(op: PushOperation, part: InPart) -> None:
     check_pushkey(op.env, op.repo, params[b"namespace"], params[b"key"], params[b"new"])
     key = params[b"key"]
     old = op.repo.bookmarks().get(key)
-    ok = bool(op.repo.pushkey(op.transaction(), params[b"namespace"], key, params[b"old"], params[b"new"]))
+    args = pushkey_hook_args(params[b"namespace"], key, params[b"old"], params[b"new"])
+    ok = op.env is None or op.env.prepushkey(op.repo, op.output, args)
+    ok = ok and bool(op.repo.pushkey(op.transaction(), params[b"namespace"], key, params[b"old"], params[b"new"]))
+    op.pushkeys.append({**args, "ret": "1" if ok else "0"})
     if ok and params[b"namespace"] == b"bookmarks":
         first = op.moved[key][0] if key in op.moved else old
         op.moved[key] = (first, bytes.fromhex(params[b"new"].decode("ascii")) if params[b"new"] else None)

@@ -3,6 +3,8 @@ hg-evolve 12.0.0: one server for the module, one repository per scenario."""
 
 from __future__ import annotations
 
+import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,6 +129,72 @@ def test_amend_prune_divergence_with_evolve_clients(server, tmp_path):
     evo("verify", cwd=served)
 
 
+def both(res: subprocess.CompletedProcess) -> str:
+    """stdout and stderr of a command (hg reports new instabilities after a pull on stderr)."""
+    return res.stdout.decode("utf-8") + res.stderr.decode("utf-8")
+
+
+def test_fold_split_orphans_and_phase_divergence(server, tmp_path):
+    """fold and split pushed to the server; the orphans a fold leaves are reported on push and on
+    pull, and gone once evolved; a rewrite of a changeset published meanwhile is phase-divergent."""
+    served = server_repo(server, Hg(tmp_path / "admin"), "team/rewrite", EVOLVE_RC)
+    url = f"{server.url}/team/rewrite"
+    evo = Hg(tmp_path / "evo-home", "[extensions]\nevolve =\n[ui]\neditor = true\n")
+    a, b = tmp_path / "a", tmp_path / "b"
+    evo("clone", url, str(a))
+    commit(evo, a, "f", "base\n")
+    commit(evo, a, "f", "one\n")
+    commit(evo, a, "f", "two\n")
+    (a / "g").write_text("g\n")
+    commit(evo, a, "f", "three\n")  # touches f and g: split below
+    evo("push", cwd=a)
+    evo("clone", url, str(b))
+
+    # fold "one" and "two": "three" is left an orphan; pushed as it is (-f), the server says so
+    evo("fold", "--exact", "-r", "desc('f: one')+desc('f: two')", "-m", "f: one and two", cwd=a)
+    out = evo.out("push", "-f", cwd=a)
+    assert "remote: 1 new orphan changesets" in out, out
+    out = both(evo("pull", cwd=b))
+    assert "1 new orphan changesets" in out, out
+    assert log(evo, b, "-r", "orphan()") == ["f: three"]
+
+    # evolve the orphan, then split it in two (f, then g) and push: one head everywhere
+    evo("evolve", "--all", "--any", cwd=a)
+    evo("update", "tip", cwd=a)
+    evo("split", "-r", ".", "--config", "ui.interactive=true", cwd=a, input=b"y\ny\nn\nc\n")
+    wanted = ["f: three", "f: three", "f: one and two", "f: base"]
+    assert log(evo, a) == wanted
+    out = evo.out("push", cwd=a)
+    assert "new obsolescence markers" in out and "orphan" not in out, out
+    head = evo.out("heads", "-T", "{node}\n", cwd=a).split()
+    assert evo.out("heads", "-T", "{node}\n", cwd=served).split() == head
+    out = both(evo("pull", "-u", cwd=b))
+    assert "orphan" not in out, out
+    assert evo.out("heads", "-T", "{node}\n", cwd=b).split() == head
+    assert log(evo, b) == wanted
+    assert evo.out("log", "-r", "tip", "-T", "{files}", cwd=b) == "g"
+    assert log(evo, b, "-r", "orphan() + obsolete()") == []
+    # the fold's and split's markers are on the server as the client wrote them
+    assert sorted(evo.out("debugobsolete", cwd=served).splitlines()) == sorted(
+        evo.out("debugobsolete", cwd=a).splitlines())
+    plain = Hg(tmp_path / "plain-home")
+    plain("clone", "-U", url, str(tmp_path / "c"))
+    assert log(plain, tmp_path / "c") == wanted
+
+    # A publishes the tip while B rewrites it: B's push makes a phase-divergent changeset
+    evo("phase", "--public", "-r", "tip", cwd=a)
+    evo("push", cwd=a, check=False)  # no changesets to push: hg's exit status is 1
+    assert evo.out("log", "-r", "tip", "-T", "{phase}", cwd=served) == "public"
+    (b / "g").write_text("g, amended\n")
+    evo("amend", "-m", "g: amended", cwd=b)
+    out = evo.out("push", "-f", cwd=b)
+    assert "remote: 1 new phase-divergent changesets" in out, out
+    out = both(evo("pull", cwd=a))
+    assert "1 new phase-divergent changesets" in out, out
+    assert log(evo, a, "-r", "phasedivergent()") == ["g: amended"]
+    evo("verify", cwd=served)
+
+
 @pytest.mark.parametrize("version", [0, 1])
 def test_obsstore_read_and_written_as_hg_does(hg, tmp_path, version):
     """Markers hg wrote decode and encode back to the same bytes; the v0/v1 choice is the file's."""
@@ -191,3 +259,61 @@ def test_topics_push_pull_and_bare_branch_publishing(server, tmp_path):
     assert log(top, b, "-r", "obsolete()") == ["f: feature work"]
     assert log(top, b, "-r", "heads(all()) - obsolete()") == ["f: feature work amended"]
     assert log(top, served, "-r", "topic(feature)") == ["f: feature work amended"]
+
+
+def test_topic_server_checks_gate_and_branchmap(server, tmp_path):
+    """hg-evolve's server-side topic settings from the repository's hgrc, as a Heptapod-style
+    deployment sets them: drafts without a topic refused (topic-mode.server = enforce), topic
+    namespaces refused (tns-reject-push), topic changesets hidden from clients without the topic
+    extension (server-gate-topic-changesets), `branch:topic` in the branch map, and no publishing
+    at all (topic.allow-publish = no)."""
+    rc = (EVOLVE_RC + "topic-mode.server = enforce\ntopic.server-gate-topic-changesets = yes\n"
+          "tns-reject-push = yes\n[extensions]\ntopic =\n")
+    served = server_repo(server, Hg(tmp_path / "admin"), "team/heptapod", rc)
+    url = f"{server.url}/team/heptapod"
+    top = Hg(tmp_path / "top-home", "[extensions]\nevolve =\ntopic =\n")
+    a = tmp_path / "a"
+    top("clone", url, str(a))
+    commit(top, a, "f", "base\n")
+    top("push", "--publish", cwd=a)  # public: no topic needed
+    base = top.out("log", "-r", ".", "-T", "{node}", cwd=a)
+
+    # a draft without a topic: refused, nothing applied
+    commit(top, a, "f", "no topic\n")
+    res = top("push", cwd=a, check=False)
+    short = top.out("log", "-r", ".", "-T", "{node|short}", cwd=a)
+    refused = f"remote: rejecting draft changesets: {short}\nabort: push failed on remote"
+    assert res.returncode != 0 and refused in res.stderr.decode(), res
+    assert log(top, served, "-r", "all()") == ["f: base"]
+    # given a topic (a rewrite), it goes through
+    top("topics", "-r", ".", "feature", cwd=a)
+    top("push", cwd=a)
+    feature = top.out("log", "-r", ".", "-T", "{node}", cwd=a)
+    assert top.out("log", "-r", "tip", "-T", "{phase} {topic}", cwd=served) == "draft feature"
+
+    # a topic namespace: refused
+    top("debug-topic-namespace", "alice", cwd=a)
+    top("topics", "other", cwd=a)
+    commit(top, a, "g", "namespaced\n")
+    res = top("push", "-r", ".", cwd=a, check=False)
+    assert "remote: rejecting draft changesets with topic namespace:" in res.stderr.decode(), res
+    assert log(top, served, "-r", "all()") == ["f: base", "f: no topic"]
+
+    # gate: a client without topic sees only what has no topic; a topic client sees everything
+    plain = Hg(tmp_path / "plain-home")
+    plain("clone", "-U", url, str(tmp_path / "p"))
+    assert log(plain, tmp_path / "p") == ["f: base"]
+    top("clone", "-U", url, str(tmp_path / "t"))
+    assert log(top, tmp_path / "t") == ["f: no topic", "f: base"]
+    wire_heads = urllib.request.urlopen(f"{url}?cmd=heads", timeout=60).read().decode().split()
+    assert wire_heads == [base]
+    # the non-publishing topic repository's branch map: the topic's head under `default:feature`
+    bm = urllib.request.urlopen(f"{url}?cmd=branchmap", timeout=60).read().decode().splitlines()
+    assert sorted(bm) == sorted([f"default {base}", f"default%3Afeature {feature}"]), bm
+
+    # no publishing at all: a push that would publish is refused
+    (served / ".hg" / "hgrc").write_text(rc + "[experimental]\ntopic.allow-publish = no\n")
+    res = top("push", "--publish", "-r", feature, cwd=a, check=False)
+    assert f"remote: rejecting publishing of changeset {feature[:12]}" in res.stderr.decode(), res
+    assert top.out("log", "-r", "tip", "-T", "{phase}", cwd=served) == "draft"
+    top("verify", cwd=served)

@@ -38,6 +38,14 @@ line="$HG_HOOKTYPE $HG_HOOKNAME $HG_NODE $HG_NODE_LAST $HG_SOURCE $HG_URL $LFSSE
 echo "$line $HG_BUNDLE2 $HG_TXNID" >> "$HOOK_DIR/log"
 """
 
+GUARD = """#!/bin/sh
+echo "$HG_HOOKTYPE|$HG_NAMESPACE|$HG_KEY|$HG_OLD|$HG_NEW|$HG_PUSHKEYCOMPAT|$HG_RET|$HG_USER" >> "$HOOK_DIR/pushkeys"
+if [ "$HG_HOOKTYPE" = prepushkey ] && [ "$HG_KEY" = protected ]; then
+    echo "bookmark $HG_KEY is frozen"
+    exit 1
+fi
+"""
+
 
 def _script(path: Path, text: str) -> str:
     path.write_text(text)
@@ -50,12 +58,15 @@ def test_pretxnchangegroup_refuses_changegroup_sees_nodes_http_and_ssh(lfsserve,
     hook_dir.mkdir()
     check = _script(hook_dir / "check.sh", CHECK)
     record = _script(hook_dir / "record.sh", RECORD)
+    guard = _script(hook_dir / "guard.sh", GUARD)
     root = tmp_path / "data"
     config_text = (f'[server]\nroot = "{root}"\n[auth]\nauthenticated = "write"\n[hg]\nrepo_hooks = true\n'
                    "[hooks]\ntimeout = 60\n[hooks.commands]\n"
                    f'"pretxnchangegroup.msg" = "{check}"\n'
                    f'"changegroup.record" = "{record}"\n'
                    f'"incoming.record" = "{record}"\n'
+                   f'"prepushkey.guard" = "{guard}"\n'
+                   f'"pushkey.guard" = "{guard}"\n'
                    # a hook type lfsserve never fires is ignored, as hg ignores it where it does not apply
                    '"priority.changegroup.record" = "5"\n')
     run([sys.executable, "-m", "lfsserve", "init", "--root", str(root), "team/app"], cwd=REPO_ROOT)
@@ -131,6 +142,25 @@ exec {sys.executable} -m lfsserve ssh --config {server_config(root)} --user alic
                          "alice"], entry
     assert run([HG, "log", "-r", "tip", "-T", "{node}"], cwd=served,
                env=hg_env(tmp_path / "h2")).stdout.decode() == last
+
+    # bookmarks pushed: hg's prepushkey and pushkey hooks (HG_NAMESPACE, HG_KEY, HG_OLD, HG_NEW);
+    # a refusing prepushkey aborts the push, with its output, and moves nothing
+    assert not (hook_dir / "pushkeys").exists()  # no pushkey in the pushes above
+    hg("bookmark", "-r", last, "protected", cwd=work)
+    hg("bookmark", "-r", last, "release", cwd=work)
+    res = hg("push", "-B", "protected", cwd=work, check=False, timeout=TIMEOUT)
+    out = res.stdout.decode() + res.stderr.decode()
+    assert res.returncode != 0 and "remote: bookmark protected is frozen\n" in out, out
+    assert "remote: prepushkey.guard hook exited with status 1\nabort: push failed on remote" in out, out
+    books = run([HG, "bookmarks", "-T", "{bookmark} "], cwd=served, env=hg_env(tmp_path / "h2")).stdout.decode()
+    assert books == ""
+    hg("push", "-B", "release", "-e", fake_ssh, ssh_url, cwd=work, check=False, timeout=TIMEOUT)
+    books = run([HG, "bookmarks", "-T", "{bookmark} "], cwd=served, env=hg_env(tmp_path / "h2")).stdout.decode()
+    assert books == "release "
+    assert (hook_dir / "pushkeys").read_text().splitlines() == [
+        "prepushkey|bookmarks|protected||" + last + "|1||",
+        "prepushkey|bookmarks|release||" + last + "|1||alice",
+        "pushkey|bookmarks|release||" + last + "|1|1|alice"]
 
 
 def server_config(root: Path) -> Path:

@@ -277,3 +277,43 @@ def test_hg_session_runs_without_asyncio_or_aiohttp(root):
                 if line.startswith("import time:")}
     assert "lfsserve.ssh.hg" in imported and "lfsserve.wire.v1.commands" in imported, sorted(imported)
     assert not {m for m in imported if m.split(".")[0] in ("asyncio", "aiohttp")}, sorted(imported)
+
+
+def test_upload_queues_signed_lfs_webhook_a_server_delivers(root, lfsserve):
+    """An object uploaded over git-lfs-transfer queues the `lfs` webhook event in the durable
+    queue (the SSH session does not deliver); a failed upload queues nothing; the server started
+    afterwards delivers the event, signed, to the receiver."""
+    import hmac
+    import json
+
+    from .test_webhooks_rights import Receiver
+
+    receiver = Receiver()
+    receiver.accepting = True
+    try:
+        hooks = (f'[webhooks]\nretry_base = 0.5\ntimeout = 5.0\n[[webhooks.targets]]\nurl = "{receiver.url}"\n'
+                 f'repos = "team/**"\nevents = ["lfs"]\nsecret = "s3cret"\n')
+        data = os.urandom(10_000)
+        o = oid(data)
+        bad = os.urandom(100)
+        res = transfer(root, VERSION + msg(f"put-object {oid(bad)}", f"size={len(bad)}", data=bad[::-1]) + QUIT,
+                       config=hooks)  # the content does not match its oid: refused, no event
+        res = transfer(root, VERSION + msg(f"put-object {o}", f"size={len(data)}", data=data) + QUIT, config=hooks)
+        assert res.returncode == 0 and parse(res.stdout)[1] == ["status 200"], res.stderr
+        cfg = root.parent / "config.toml"
+        listed = subprocess.run([sys.executable, "-m", "lfsserve", "webhooks", "list", "--config", str(cfg)],
+                                capture_output=True, cwd=REPO_ROOT, timeout=120, check=True).stdout.decode()
+        rows = [line for line in listed.splitlines()[1:] if line.strip()]
+        assert len(rows) == 1 and " lfs " in rows[0] and " pending " in rows[0], listed
+        assert receiver.attempts == []
+
+        lfsserve(root=root, config=f'[server]\nroot = "{root}"\n' + hooks)
+        receiver.wait(lambda: len(receiver.accepted) == 1)
+        event = receiver.accepted[0]
+        assert (event["event"], event["repo"], event["user"], event["lfs_oids"]) == ("lfs", "team/app", "alice", [o])
+        headers, body = receiver.attempts[0]
+        sig = {k.lower(): v for k, v in headers.items()}["x-lfsserve-signature"]
+        assert sig == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        assert json.loads(body) == event
+    finally:
+        receiver.close()

@@ -112,6 +112,9 @@ def test_opener_applies_hgrc_within_server_limits(tmp_path):
         assert repo.publishing is False and c.publishing is False
         assert c.evolution.createmarkers and c.evolution.exchange and c.evolution.allowunstable
         assert c.topics.enabled and c.topics.publish_bare_branch
+        # hg-evolve's other server settings keep their defaults when the hgrc does not set them
+        assert (c.topics.server_mode, c.topics.gate_topic_changesets, c.topics.reject_tns_push,
+                c.topics.allow_publish) == ("ignore", False, False, True)
         assert (c.web.description, c.web.contact, c.web.allow_archive, c.web.hidden) == \
             ("The app", "me", ("gz", "zip"), True)
         assert c.hooks == (("changegroup", "./notify"),) and not c.hooks_allowed
@@ -123,3 +126,17 @@ def test_opener_applies_hgrc_within_server_limits(tmp_path):
         assert not repo.publishing and not repo.config.evolution.createmarkers and repo.config.hooks_allowed
     with RepoRegistry(tmp_path, RepoSettings(repo_hgrc=False)).open("a") as repo:
         assert repo.publishing and repo.config.web.description is None and repo.config.hooks == ()
+
+
+def test_topic_server_settings_from_hgrc(tmp_path):
+    Repository.init(tmp_path / "t").close()
+    write(tmp_path / "t" / ".hg" / "hgrc",
+          "[extensions]\ntopic =\n[experimental]\ntopic-mode.server = enforce\n"
+          "topic.server-gate-topic-changesets = on\ntns-reject-push = 1\ntopic.allow-publish = no\n")
+    with RepoRegistry(tmp_path).open("t") as repo:
+        t = repo.config.topics
+        assert (t.server_mode, t.gate_topic_changesets, t.reject_tns_push, t.allow_publish) == \
+            ("enforce", True, True, False)
+    write(tmp_path / "t" / ".hg" / "hgrc", "[experimental]\ntopic.allow-publish = maybe\n")
+    with pytest.raises(HgrcError, match=r"topic\.allow-publish is not a boolean"), RepoRegistry(tmp_path).open("t"):
+        pass

@@ -31,7 +31,7 @@ from ..capabilities import BundleRequired, capabilities_bytes, http_capabilities
 from ..protocol import MAX_PAIRS, BadRequest, batch_escape, decode_batch, decode_nodes, encode_nodes
 from ..pushenv import PushEnv
 from ..streamclone import STREAM_READ
-from ..unbundle import LfsCheck, PushReply, check_pushkey
+from ..unbundle import LfsCheck, PushReply, check_pushkey, pushkey_hook_args
 from ..unbundle import unbundle as apply_push
 
 __all__ = ["COMMANDS", "Command", "Result", "Session", "Stream", "bind_args", "command"]
@@ -138,13 +138,17 @@ def hello(s: Session) -> bytes:
 
 @command("heads")
 def heads(s: Session) -> bytes:
+    topics = s.repo.config.topics
+    if topics.enabled and topics.gate_topic_changesets and isinstance(s.repo, Repository):
+        # topic clients ask `_exttopics_heads` / `tns_heads`: `heads` is the others' view
+        return encode_nodes(s.repo.heads_without_topics()) + b"\n"
     return encode_nodes(repo_heads(s.repo)) + b"\n"
 
 
 @command("_exttopics_heads")
 def exttopics_heads(s: Session) -> bytes:
-    """The topic extension's `heads` for topic-aware clients (the same heads: lfsserve does not
-    hide topic changesets from other clients)."""
+    """The topic extension's `heads` for topic-aware clients: every visible head (`heads` leaves
+    topic changesets out under `topic.server-gate-topic-changesets`)."""
     return encode_nodes(repo_heads(s.repo)) + b"\n"
 
 
@@ -181,6 +185,14 @@ def known(s: Session, nodes: bytes, others: dict[str, bytes]) -> bytes:
 
 @command("branchmap")
 def branchmap(s: Session) -> bytes:
+    if s.repo.config.topics.enabled and not s.repo.publishing and isinstance(s.repo, Repository):
+        # as hg-evolve's server: a non-publishing topic repository names the heads of a topic
+        # `branch:topic` (the namespace is not shown), so a new topic head is no new branch head
+        out: dict[bytes, list[bytes]] = {}
+        for name, nodes in s.repo.branchmap_tns().items():
+            branch, _namespace, topic = parse_fqbn(name)
+            out.setdefault(branch + b":" + topic if topic else branch, []).extend(nodes)
+        return _encode_branchmap(out)
     return _encode_branchmap(s.repo.branchmap())
 
 
@@ -273,14 +285,20 @@ def protocaps(s: Session, caps: bytes) -> bytes:
 @command("pushkey", "namespace key old new", permission="push")
 def pushkey(s: Session, namespace: bytes, key: bytes, old: bytes, new: bytes) -> bytes:
     repo = engine_repo(s.repo)
+    output: list[str] = []  # hooks' output: after the answer, which hg's client shows as `remote:`
+    args = pushkey_hook_args(namespace, key, old, new)
     with repo.lock():
         before = repo.bookmarks().get(key)
         check_pushkey(s.push, repo, namespace, key, new)
-        with repo.transaction(b"pushkey") as tr:
-            ok = repo.pushkey(tr, namespace, key, old, new)
+        ok = s.push is None or s.push.prepushkey(repo, output, args)
+        if ok:
+            with repo.transaction(b"pushkey") as tr:
+                ok = repo.pushkey(tr, namespace, key, old, new)
+    if s.push is not None:
+        s.push.run_hooks(repo, "pushkey", output, throw=False, args={**args, "ret": "1" if ok else "0"})
     if ok and namespace == b"bookmarks" and s.push is not None:
         s.push.emit_push(repo, [], {key: (before, bytes.fromhex(new.decode("ascii")) if new else None)}, [])
-    return b"%d\n" % bool(ok)
+    return b"%d\n" % bool(ok) + "".join(output).encode("utf-8")
 
 
 @command("batch", "cmds *")

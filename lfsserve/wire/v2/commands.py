@@ -23,7 +23,7 @@ from ...hg.node import NULLID, NULLREV
 from ...hg.storageutil import DeltaEmitter
 from ..protocol import MAX_NODES
 from ..pushenv import PushEnv
-from ..unbundle import check_pushkey
+from ..unbundle import check_pushkey, pushkey_hook_args
 from .framing import CommandError, CommandRequest, IndefiniteBytes
 
 if TYPE_CHECKING:
@@ -384,10 +384,16 @@ def lookup(ctx: Context, key: bytes) -> Iterator[Any]:
          args={"namespace": Arg("bytes"), "key": Arg("bytes"), "old": Arg("bytes"), "new": Arg("bytes")})
 def pushkey(ctx: Context, namespace: bytes, key: bytes, old: bytes, new: bytes) -> Iterator[Any]:
     repo = ctx.repo
+    output: list[str] = []  # v2 answers carry no output: the hooks' is dropped, as hg's v2 server does
+    args = pushkey_hook_args(namespace, key, old, new)
     with repo.lock():
         check_pushkey(ctx.push, repo, namespace, key, new)
-        with repo.transaction(b"pushkey") as tr:
-            ok = repo.pushkey(tr, namespace, key, old, new)
+        ok = ctx.push is None or ctx.push.prepushkey(repo, output, args)
+        if ok:
+            with repo.transaction(b"pushkey") as tr:
+                ok = repo.pushkey(tr, namespace, key, old, new)
+    if ctx.push is not None:
+        ctx.push.run_hooks(repo, "pushkey", output, throw=False, args={**args, "ret": "1" if ok else "0"})
     yield bool(ok)
 
 
