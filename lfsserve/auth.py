@@ -36,7 +36,6 @@ from pathlib import Path
 
 import bcrypt
 
-from .aio import run_blocking
 from .config import AccessRule, Config
 
 __all__ = [
@@ -440,6 +439,8 @@ class Authenticator:
         hit = self._basic_cache.get(cache_key)
         if hit is not None and hit[1] > now:
             return Principal(user, "basic")
+        from .aio import run_blocking  # lazily: hg over SSH runs without asyncio
+
         ok = await run_blocking(bcrypt.checkpw, password.encode("utf-8"), hashed.encode("ascii"))
         if not ok:
             raise Unauthorized("unknown user or wrong password")

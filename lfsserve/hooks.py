@@ -14,15 +14,18 @@ loop (the thread waits for it), killed after `hooks.timeout` seconds.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .config import HOOK_TYPES, HooksConfig
 from .hg.error import Abort
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Hook", "HookError", "HookRunner", "HookSet", "load_hooks"]
 
@@ -103,10 +106,14 @@ class HookRunner:
 
     def run_sync(self, hook: Hook, cwd: str, env: Mapping[str, str]) -> tuple[int, bytes]:
         """(exit code, stdout+stderr) of `hook`; blocks the calling thread, never the loop."""
+        import asyncio  # lazily: hg over SSH imports it only for a write
+
         fut = asyncio.run_coroutine_threadsafe(self._run(hook, cwd, env), self.loop)
         return fut.result()
 
     async def _run(self, hook: Hook, cwd: str, env: Mapping[str, str]) -> tuple[int, bytes]:
+        import asyncio
+
         full_env = {**os.environ, **env}
         proc = await asyncio.create_subprocess_shell(
             hook.command, cwd=cwd, env=full_env, stdin=asyncio.subprocess.DEVNULL,

@@ -15,13 +15,14 @@ asyncpg is imported on start only: single-node servers (SQLite) never load it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
+    import asyncio
+
     import asyncpg
 
 __all__ = ["RETRY_AFTER", "DatabaseUnavailable", "PgDb", "SchemaTooNew", "rowcount"]
@@ -88,6 +89,8 @@ class PgDb:
                 raise DatabaseUnavailable(f"{self._name}: cannot connect: {exc}") from exc
             raise
         self._pool = pool
+        import asyncio  # lazily: hg over SSH reads without an event loop
+
         self.loop = asyncio.get_running_loop()
 
     async def astop(self) -> None:

@@ -17,7 +17,6 @@ reading happen in the executor (blocking file I/O).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -34,6 +33,8 @@ from .hg.node import NULLID
 from .hg.repository import DEFAULT_LOCK_TIMEOUT, Repository
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .config import Config
 
 __all__ = [
@@ -264,6 +265,8 @@ class RepoRegistry:
         """
         lock = self._locks.get(name)
         if lock is None:
+            import asyncio  # lazily: hg over SSH (one session per process) never takes this lock
+
             lock = asyncio.Lock()
             self._locks[name] = lock
         return lock

@@ -9,7 +9,6 @@ failing one does not undo the others: one fsync covers a burst of concurrent upl
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import queue
@@ -18,8 +17,6 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
-
-from .aio import run_blocking
 
 __all__ = ["SqliteDb", "select_in"]
 
@@ -79,9 +76,13 @@ class SqliteDb:
         self._local = threading.local()
 
     async def astart(self) -> None:
+        from .aio import run_blocking  # lazily: hg over SSH uses the *_sync calls only
+
         await run_blocking(self.start)
 
     async def astop(self) -> None:
+        from .aio import run_blocking
+
         await run_blocking(self.stop)
 
     # -- calls ---------------------------------------------------------------------------------
@@ -93,10 +94,14 @@ class SqliteDb:
         return fut
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        import asyncio  # lazily: hg over SSH uses the *_sync calls only
+
         return await asyncio.wrap_future(self._submit(fn, False))
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run fn in a transaction; returns once it is committed."""
+        import asyncio
+
         return await asyncio.wrap_future(self._submit(fn, True))
 
     def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:

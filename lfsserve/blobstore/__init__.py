@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ..config import Config, ConfigError
 from .base import (
     BlobError,
@@ -24,7 +26,9 @@ from .base import (
     UploadRaced,
     is_oid,
 )
-from .local import LocalBlobStore
+
+if TYPE_CHECKING:
+    from .local import LocalBlobStore
 
 __all__ = [
     "BlobError",
@@ -52,9 +56,20 @@ def open_store(config: Config) -> BlobStore:
     """The blob store `[storage] backend` names, not yet opened (see BlobStore.open)."""
     backend = config.storage.backend
     if backend == "local":
+        from .local import LocalBlobStore
+
         return LocalBlobStore(config.lfs_dir, durable=config.lfs.fsync)
     if backend == "s3":
         from .s3 import S3BlobStore  # imports aiobotocore: only when configured
 
         return S3BlobStore.from_config(config.storage)
     raise ConfigError(f"storage.backend: unknown backend {backend!r}")
+
+
+def __getattr__(name: str) -> Any:
+    # The local backend (asyncio and its executors) is imported when used: hg over SSH imports
+    # this package for bundle_key() only, and runs without asyncio.
+    if name == "LocalBlobStore":
+        from .local import LocalBlobStore
+        return LocalBlobStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

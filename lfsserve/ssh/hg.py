@@ -14,26 +14,32 @@ of lfsserve/wire/v1/commands.py (one implementation of each command for HTTP and
     an empty line or end of input ends the session
 
 The handshake (`hello`, `between` with the null pair) is two ordinary commands. Writes need
-write permission (checked per command: the user is the one the key names), take the same
-per-repository lock and engine transaction as HTTP pushes (Mercurial's lock files keep this
-process, the HTTP server and `hg` apart), and spool the bundle to a temporary file first, within
+write permission (checked per command: the user is the one the key names), take the same engine
+transaction and Mercurial's on-disk repository lock as HTTP pushes (which keeps this process, the
+HTTP server and `hg` apart), and spool the bundle to a temporary file first, within
 hg.max_push_size. Broken framing (garbage, truncated arguments, an absurd length, end of input
 inside a push) cannot be answered in step: it is said on stderr and the process exits non-zero,
 having written nothing to the repository.
+
+One process serves one session of strictly sequential commands, as `hg serve --stdio` does, and
+it starts once per hg command (clone, pull, push): start-up and per-chunk overhead are most of its
+CPU (bench/ssh_bench.py). So it runs synchronously, without an event loop: blocking reads on
+stdin, answers written straight to stdout, commands run in this thread. Only what a write needs
+asynchronously (the hooks' subprocesses, the LFS service that vouches for pushed lfs blobs, and
+PostgreSQL metadata behind it) gets an event loop, in a thread, started at the first write
+command of the session (_WriteLoop); asyncio is not even imported before then.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, BinaryIO
+from collections.abc import Coroutine, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from ..aio import iterate_blocking, run_blocking
 from ..auth import Authenticator, AuthError, Permission, Principal
 from ..config import Config
 from ..hg.bundle2 import Bundle2Error
@@ -51,19 +57,24 @@ from ..wire.v1.transport import (
     PushTooLarge,
     lfs_checker,
     may_create,
+    open_spool,
     push_env,
     refused_reply,
-    spool,
     spool_dir,
 )
-from .pktline import STDIO_REFUSED, open_stdio, stdio_usable
+from .stdio import STDIO_REFUSED, stdio_usable
 
 if TYPE_CHECKING:
+    import asyncio
+    import threading
+
     from ..lfs.service import LfsService
 
 __all__ = ["serve_hg_stdio"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A command name or an argument header line (`<name> <len>`); hg's are a few dozen bytes.
 MAX_LINE = 1024
@@ -71,6 +82,8 @@ MAX_LINE = 1024
 MAX_ARGS_BYTES = 16 * 1024 * 1024
 # Pairs in a command's dict argument (getbundle sends about ten).
 MAX_PAIRS = 1024
+# stdout's buffer: small answers and the small chunks of a changegroup leave in few writes.
+OUT_BUFFER = 256 * 1024
 _NAME = re.compile(rb"[A-Za-z0-9_]{1,64}\Z")
 _DIGITS = re.compile(rb"[0-9]{1,19}\Z")
 
@@ -81,26 +94,19 @@ class ChannelError(Exception):
     """The client broke the framing: nothing more can be read in step."""
 
 
-def serve_hg_stdio(config: Config, principal: Principal, repo: str) -> int:
-    """Serve Mercurial's SSH protocol for `repo` to `principal` (who may at least read it)."""
-    return asyncio.run(_serve(config, principal, repo))
-
-
 def _fail(message: str) -> int:
     print(f"lfsserve: {message}", file=sys.stderr, flush=True)
     return 1
 
 
-async def _serve(config: Config, principal: Principal, repo: str) -> int:
+def serve_hg_stdio(config: Config, principal: Principal, repo: str) -> int:
+    """Serve Mercurial's SSH protocol for `repo` to `principal` (who may at least read it)."""
     auth = Authenticator(config)
     registry = RepoRegistry(config.repos_dir, RepoSettings.from_config(config))
     creatable = may_create(config, auth, principal, repo)
-
-    def check() -> None:
+    try:
         with registry.open(repo, may_create=creatable):
             pass
-    try:
-        await run_blocking(check)
     except CannotCreate as exc:
         return _fail(str(exc))
     except HgError as exc:
@@ -110,10 +116,11 @@ async def _serve(config: Config, principal: Principal, repo: str) -> int:
         return 255
     if not stdio_usable():
         return _fail(f"hg serve --stdio {STDIO_REFUSED}")
-    reader, writer = await open_stdio()
+    reader = open(sys.stdin.fileno(), "rb", buffering=SPOOL_CHUNK, closefd=False)  # noqa: SIM115
+    writer = open(sys.stdout.fileno(), "wb", buffering=OUT_BUFFER, closefd=False)  # noqa: SIM115
     server = _HgServer(config, auth, registry, principal, repo, creatable, reader, writer)
     try:
-        return await server.run()
+        return server.run()
     except ChannelError as exc:
         return _fail(f"hg protocol error: {exc}; nothing was written to the repository by this request")
     except PushTooLarge as exc:
@@ -121,14 +128,39 @@ async def _serve(config: Config, principal: Principal, repo: str) -> int:
     except (BrokenPipeError, ConnectionResetError):
         return _fail("the client went away")
     finally:
-        await server.close()
+        server.close()
+
+
+class _WriteLoop:
+    """An event loop in a thread, for what a write needs asynchronously: the hooks' subprocesses
+    (HookRunner.run_sync), the LFS service (its *_sync calls) and its metadata store. Started at
+    the first write command: reads never pay for asyncio."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        self._asyncio = asyncio
+        self.loop: asyncio.AbstractEventLoop = asyncio.new_event_loop()
+        self._thread: threading.Thread = threading.Thread(target=self.loop.run_forever, name="lfsserve-write",
+                                                          daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and wait for its result (from this session's thread)."""
+        return self._asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
 
 
 class _HgServer:
     """One `hg serve --stdio` session: one user, one repository, commands one after the other."""
 
     def __init__(self, config: Config, auth: Authenticator, registry: RepoRegistry, principal: Principal,
-                 repo: str, creatable: bool, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+                 repo: str, creatable: bool, reader: BinaryIO, writer: BinaryIO):
         self.config = config
         self.auth = auth
         self.registry = registry
@@ -137,249 +169,266 @@ class _HgServer:
         self.creatable = creatable
         self.r = reader
         self.w = writer
+        self._loop: _WriteLoop | None = None  # started at the first write command
         self._lfs: LfsService | None = None   # the LFS service, started at the first push (it vouches for lfs blobs)
         self._webhooks = Webhooks(config)     # its queue opens at the first event
 
-    async def close(self) -> None:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            await self.w.drain()
-        self.w.close()
-        await run_blocking(self._webhooks.stop)
-        if self._lfs is not None:
-            await self._lfs.stop()
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, ValueError):
+            self.w.flush()
+        self._webhooks.stop()
+        if self._loop is not None:
+            try:
+                if self._lfs is not None:
+                    self._loop.call(self._lfs.stop())
+            finally:
+                self._loop.stop()
+
+    def _write_loop(self) -> _WriteLoop:
+        if self._loop is None:
+            self._loop = _WriteLoop()
+        return self._loop
 
     # -- framing --------------------------------------------------------------------------------
-    async def _line(self, what: str, *, eof_ok: bool = False) -> bytes | None:
-        try:
-            line = await self.r.readuntil(b"\n")
-        except asyncio.IncompleteReadError as exc:
-            if eof_ok and not exc.partial:
+    def _line(self, what: str, *, eof_ok: bool = False) -> bytes | None:
+        line = self.r.readline(MAX_LINE + 1)
+        if not line.endswith(b"\n"):
+            if len(line) > MAX_LINE:
+                raise ChannelError(f"{what} is longer than {MAX_LINE} bytes")
+            if eof_ok and not line:
                 return None
-            raise ChannelError(f"input ended in the middle of {what}") from None
-        except asyncio.LimitOverrunError:
-            raise ChannelError(f"{what} is longer than {MAX_LINE} bytes") from None
-        if len(line) > MAX_LINE + 1:
-            raise ChannelError(f"{what} is longer than {MAX_LINE} bytes")
+            raise ChannelError(f"input ended in the middle of {what}")
         return line[:-1]
 
-    async def _exactly(self, n: int, what: str) -> bytes:
-        try:
-            return await self.r.readexactly(n)
-        except asyncio.IncompleteReadError:
-            raise ChannelError(f"input ended in the middle of {what}") from None
+    def _exactly(self, n: int, what: str) -> bytes:
+        data = self.r.read(n)
+        if len(data) != n:
+            raise ChannelError(f"input ended in the middle of {what}")
+        return data
 
-    async def _header(self, what: str) -> tuple[bytes, int]:
+    def _header(self, what: str) -> tuple[bytes, int]:
         """An argument header `<name> <len>`."""
-        line = await self._line(what)
+        line = self._line(what)
         assert line is not None
         parts = line.split(b" ")
         if len(parts) != 2 or not _DIGITS.match(parts[1]):
             raise ChannelError(f"expected `<name> <length>` for {what}, got {line[:60]!r}")
         return parts[0], int(parts[1])
 
-    async def _args(self, cmd: Command) -> dict[str, bytes]:
+    def _args(self, cmd: Command) -> dict[str, bytes]:
         """The arguments hg sends for `cmd`: one header per declared name, in any order."""
         out: dict[str, bytes] = {}
         budget = MAX_ARGS_BYTES
         declared = set(cmd.args)
 
-        async def value(name: bytes, n: int) -> bytes:
+        def value(name: bytes, n: int) -> bytes:
             nonlocal budget
             what = f"argument {name[:40].decode('latin-1')!r} of {cmd.name}"
             if n > budget:
                 raise ChannelError(f"{what} declares {n} bytes; the arguments of one command may take at "
                                    f"most {MAX_ARGS_BYTES}")
             budget -= n
-            return await self._exactly(n, what)
+            return self._exactly(n, what)
 
         for _ in cmd.args:
-            name, n = await self._header(f"an argument of {cmd.name}")
+            name, n = self._header(f"an argument of {cmd.name}")
             key = name.decode("latin-1")
             if key not in declared:
                 raise ChannelError(f"unexpected argument {key[:40]!r} for {cmd.name}")
             declared.discard(key)
             if key != "*":
-                out[key] = await value(name, n)
+                out[key] = value(name, n)
                 continue
             if n > MAX_PAIRS:
                 raise ChannelError(f"{n} pairs in the dict argument of {cmd.name} (at most {MAX_PAIRS})")
             for _ in range(n):
-                sub, m = await self._header(f"a dict argument of {cmd.name}")
-                out.setdefault(sub.decode("latin-1"), await value(sub, m))
+                sub, m = self._header(f"a dict argument of {cmd.name}")
+                out.setdefault(sub.decode("latin-1"), value(sub, m))
         return out
 
-    async def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes) -> None:
         self.w.write(data)
-        await self.w.drain()
+        self.w.flush()
 
-    async def _respond(self, value: bytes) -> None:
-        await self._send(b"%d\n%s" % (len(value), value))
+    def _respond(self, value: bytes) -> None:
+        self._send(b"%d\n%s" % (len(value), value))
 
-    async def _out_of_band(self, message: str, hint: str | None = None) -> None:
+    def _out_of_band(self, message: str, hint: str | None = None) -> None:
         """An error hg shows as `remote: <message>` then `abort: remote error`: the message on
         stderr, an empty line where the answer's length would be."""
         text = message.rstrip("\n") + (f"\n({hint})" if hint else "")
         sys.stderr.write(f"{text}\n-\n")
         sys.stderr.flush()
-        await self._send(b"\n")
+        self._send(b"\n")
 
     # -- the session ----------------------------------------------------------------------------
-    async def run(self) -> int:
+    def run(self) -> int:
         while True:
-            line = await self._line("a command name", eof_ok=True)
+            line = self._line("a command name", eof_ok=True)
             if not line:
                 return 0   # end of input or an empty line: the client is done
             if not _NAME.match(line):
                 raise ChannelError(f"expected a command name, got {line[:60]!r}")
             cmd = COMMANDS.get(line.decode("ascii"))
             if cmd is None:
-                await self._respond(b"")   # as the protocol says: an unknown command, an empty answer
+                self._respond(b"")   # as the protocol says: an unknown command, an empty answer
                 continue
-            given = await self._args(cmd)
+            given = self._args(cmd)
             try:
                 if cmd.permission == "push":
                     self.auth.authorize(self.principal, self.repo, Permission.WRITE)
                 args = bind_args(cmd, given)
                 if cmd.kind == "push":
-                    await self._push(cmd, args)
+                    self._push(cmd, args)
                 else:
-                    await self._run(cmd, args)
+                    self._run(cmd, args)
             except AuthError as exc:
-                await self._out_of_band(exc.message)
+                self._out_of_band(exc.message)
             except BadRequest as exc:
-                await self._out_of_band(f"bad request: {exc.message}")
+                self._out_of_band(f"bad request: {exc.message}")
             except RepoNotFound as exc:
-                await self._out_of_band(exc.message)
+                self._out_of_band(exc.message)
             except CannotCreate as exc:
-                await self._out_of_band(str(exc))
+                self._out_of_band(str(exc))
             except BundleRequired as exc:
-                await self._out_of_band(exc.message)
+                self._out_of_band(exc.message)
             except (HgError, Bundle2Error) as exc:
                 log.info("%s on %s refused: %s", cmd.name, self.repo, exc)
-                await self._out_of_band(exc.message, getattr(exc, "hint", None))
+                self._out_of_band(exc.message, getattr(exc, "hint", None))
             except DatabaseUnavailable as exc:  # nothing was applied
                 log.error("%s on %s: %s", cmd.name, self.repo, exc)
-                await self._out_of_band(f"{exc}; try again later")
+                self._out_of_band(f"{exc}; try again later")
 
     def _session(self, stack: contextlib.ExitStack, payload: BinaryIO | None = None,
                  push: PushEnv | None = None) -> Session:
-        """A Session on the repository, opened into `stack` (blocking: in the executor)."""
+        """A Session on the repository, opened into `stack`."""
         repo = stack.enter_context(self.registry.open(self.repo, may_create=self.creatable))
         check = lfs_checker(self.config, self._lfs, self.repo, self.principal) if payload is not None else None
         return Session(self.config, repo, payload, check, transport="ssh", push=push)
 
     def _push_env(self) -> PushEnv:
-        """In the event loop: the hooks run on it. HG_URL as hg's SSH server gives it."""
+        """Built on the write loop (the hooks run on it). HG_URL as hg's SSH server gives it."""
         client = os.environ.get("SSH_CLIENT", "").split(" ", 1)[0]
-        return push_env(self.config, self.auth, self._webhooks, self.repo, self.principal, "ssh", client)
 
-    async def _run(self, cmd: Command, args: Args) -> None:
+        async def build() -> PushEnv:
+            return push_env(self.config, self.auth, self._webhooks, self.repo, self.principal, "ssh", client)
+        return self._write_loop().call(build())
+
+    def _run(self, cmd: Command, args: Args) -> None:
         with contextlib.ExitStack() as stack:
+            # A write (pushkey) is serialized with other writers by the engine's on-disk lock.
             env = self._push_env() if cmd.permission == "push" else None
-
-            def work() -> bytes | Stream | PushReply:
-                return cmd.func(self._session(stack, push=env), **args)
-            if cmd.permission == "push":
-                async with self.registry.write_lock(self.repo):
-                    result = await run_blocking(work)
-            else:
-                result = await run_blocking(work)
+            result = cmd.func(self._session(stack, push=env), **args)
             if isinstance(result, Stream):
-                await self._stream(result)
+                self._stream(result)
                 return
             assert isinstance(result, bytes), f"{cmd.name} is a bytes command"
-            await self._respond(result)
+            self._respond(result)
 
-    async def _stream(self, result: Stream) -> None:
+    def _stream(self, result: Stream) -> None:
         """A streamed answer, raw (no compression over SSH: hg leaves that to ssh). The first chunk
         is produced before anything is written, so an error at the start is still an error hg
         shows; a later one can only cut the session."""
-        async with contextlib.aclosing(iterate_blocking(result.chunks)) as chunks:
-            try:
-                first = await chunks.__anext__()
-            except StopAsyncIteration:
-                first = b""
+        chunks = iter(result.chunks())
+        try:
+            first = next(chunks, b"")
             self.w.write(first)
             try:
-                async for chunk in chunks:
+                for chunk in chunks:
                     self.w.write(chunk)
-                    await self.w.drain()
             except (HgError, Bundle2Error, OSError) as exc:
                 raise ChannelError(f"the answer failed after it started: {exc}") from exc
-            await self.w.drain()
+            self.w.flush()
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
 
-    async def _push(self, cmd: Command, args: Args) -> None:
-        """unbundle: `0\\n` (send the bundle), the bundle into a spool file, then applied under the
-        repository's write lock."""
+    def _push(self, cmd: Command, args: Args) -> None:
+        """unbundle: `0\\n` (send the bundle), the bundle into a spool file, then applied (under
+        the repository's on-disk lock, which the engine takes)."""
         if self._lfs is None:
             from ..lfs.service import LfsService  # only pushes need the LFS store
-            svc = LfsService.create(self.config, self.auth)
-            await svc.start()
-            self._lfs = svc
-        await self._respond(b"")
-        frames = self._frames()
+
+            async def start() -> LfsService:
+                svc = LfsService.create(self.config, self.auth)
+                await svc.start()
+                return svc
+            self._lfs = self._write_loop().call(start())
+        self._respond(b"")
+        frames = _Frames(self)
         reply: bytes | Stream | PushReply
         try:
-            body = await spool(frames, spool_dir(self.config), self.config.hg.max_push_size)
+            body = self._spool(frames)
         except PushTooLarge as exc:
             # The rest of the bundle is read and dropped, so that the client reads hg's own form of
             # the refusal instead of failing on a closed channel.
-            async for _ in frames:
+            for _ in frames:
                 pass
             log.info("push to %s by %s refused: %s", self.repo, self.principal, exc)
             reply = refused_reply(frames.magic, exc)
         else:
             try:
                 with contextlib.ExitStack() as stack:
-                    env = self._push_env()
-
-                    def work() -> bytes | Stream | PushReply:
-                        return cmd.func(self._session(stack, body, env), **args)
-                    async with self.registry.write_lock(self.repo):
-                        reply = await run_blocking(work)
+                    reply = cmd.func(self._session(stack, body, self._push_env()), **args)
             finally:
-                await run_blocking(body.close)
+                body.close()
         assert isinstance(reply, PushReply), f"{cmd.name} is a push command"
         if reply.changed:
             log.info("push to %s by %s applied", self.repo, self.principal)
         if reply.body.startswith(b"HG20"):
-            await self._send(reply.body)   # a bundle2 reply, read as a stream
+            self._send(reply.body)   # a bundle2 reply, read as a stream
             return
         # bundle1: `<result>\n<output>`; the output goes where hg's does, to stderr
         result, _, output = reply.body.partition(b"\n")
         if output:
             sys.stderr.buffer.write(output)
             sys.stderr.flush()
-        await self._respond(b"")
-        await self._respond(result)
+        self._respond(b"")
+        self._respond(result)
 
-    def _frames(self) -> _Frames:
-        """The pushed bundle's frames (`<length>\\n<bytes>`, ended by `0\\n`), as chunks."""
-        return _Frames(self)
+    def _spool(self, frames: _Frames) -> BinaryIO:
+        """The pushed bundle into a new spool file (never held in memory), rewound; over
+        hg.max_push_size, PushTooLarge (the file is dropped)."""
+        limit = self.config.hg.max_push_size
+        fh = open_spool(spool_dir(self.config))
+        size = 0
+        try:
+            for chunk in frames:
+                size += len(chunk)
+                if limit and size > limit:
+                    raise PushTooLarge(limit)
+                fh.write(chunk)
+            fh.seek(0)
+        except BaseException:
+            fh.close()
+            raise
+        return fh
 
 
 class _Frames:
-    """The chunks of a pushed bundle as it arrives; `magic` keeps its first bytes (which bundle
-    format the client sent, for the answer to a refused push)."""
+    """The chunks of a pushed bundle as it arrives (`<length>\\n<bytes>` frames ended by `0\\n`);
+    `magic` keeps its first bytes (which bundle format the client sent, for the answer to a
+    refused push)."""
 
     def __init__(self, server: _HgServer) -> None:
         self._server = server
         self._it = self._chunks()
         self.magic = b""
 
-    def __aiter__(self) -> _Frames:
+    def __iter__(self) -> _Frames:
         return self
 
-    async def __anext__(self) -> bytes:
-        chunk = await self._it.__anext__()
+    def __next__(self) -> bytes:
+        chunk = next(self._it)
         if len(self.magic) < 4:
             self.magic += chunk[:4 - len(self.magic)]
         return chunk
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
+    def _chunks(self) -> Iterator[bytes]:
         server = self._server
         while True:
-            line = await server._line("the pushed bundle")
+            line = server._line("the pushed bundle")
             assert line is not None
             if not _DIGITS.match(line):
                 raise ChannelError(f"expected a frame length in the pushed bundle, got {line[:60]!r}")
@@ -387,6 +436,6 @@ class _Frames:
             if n == 0:
                 return
             while n:
-                chunk = await server._exactly(min(n, SPOOL_CHUNK), "the pushed bundle")
+                chunk = server._exactly(min(n, SPOOL_CHUNK), "the pushed bundle")
                 n -= len(chunk)
                 yield chunk

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat
 import sys
+
+from .stdio import STDIO_REFUSED, stdio_usable
 
 __all__ = ["DELIM", "FLUSH", "MAX_PAYLOAD", "STDIO_REFUSED", "PktReader", "PktWriter", "ProtocolError",
            "open_stdio", "stdio_usable"]
@@ -99,18 +100,6 @@ class PktWriter:
 
     async def drain(self) -> None:
         await self._w.drain()
-
-
-STDIO_REFUSED = "needs pipes or sockets as stdin and stdout (as sshd gives)"
-
-
-def stdio_usable() -> bool:
-    """Whether stdin and stdout are pipes or sockets. asyncio cannot wait on a regular file or
-    /dev/null (it would wait forever), so a session refuses to start on them."""
-    def streamable(fd: int) -> bool:
-        mode = os.fstat(fd).st_mode
-        return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
-    return streamable(sys.stdin.fileno()) and streamable(sys.stdout.fileno())
 
 
 async def open_stdio() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import sys
 import time
 
-from ..aio import run_blocking
 from ..auth import Authenticator, AuthError, Permission, Principal
 from ..config import Config
-from ..pgdb import DatabaseUnavailable
-from ..webhooks import Webhooks
 from .command import BadCommand, SshCommand, parse_command
-from .hg import serve_hg_stdio
-from .pktline import STDIO_REFUSED, PktReader, PktWriter, ProtocolError, open_stdio, stdio_usable
 
 __all__ = ["authenticate_answer", "run_forced_command"]
 
@@ -42,6 +36,9 @@ def run_forced_command(config: Config, user: str, original_command: str | None) 
     except AuthError as exc:
         return _fail(exc.message)
     if cmd.kind == "hg":
+        # hg's session runs without an event loop (one process per hg command: start-up is its
+        # cost), so asyncio and the git-lfs modules are imported only on the branches below.
+        from .hg import serve_hg_stdio
         return serve_hg_stdio(config, principal, cmd.repo)
     if cmd.kind == "git-lfs-authenticate":
         try:
@@ -53,6 +50,7 @@ def run_forced_command(config: Config, user: str, original_command: str | None) 
     if not config.ssh.lfs_transfer:
         return _fail("git-lfs-transfer is turned off on this server (ssh.lfs_transfer); "
                      "git-lfs falls back to git-lfs-authenticate and HTTP")
+    import asyncio
     return asyncio.run(_transfer(config, auth, principal, cmd))
 
 
@@ -75,7 +73,11 @@ def authenticate_answer(config: Config, auth: Authenticator, principal: Principa
 
 
 async def _transfer(config: Config, auth: Authenticator, principal: Principal, cmd: SshCommand) -> int:
+    from ..aio import run_blocking
     from ..lfs.service import LfsService
+    from ..pgdb import DatabaseUnavailable
+    from ..webhooks import Webhooks
+    from .pktline import STDIO_REFUSED, PktReader, PktWriter, ProtocolError, open_stdio, stdio_usable
     from .transfer import SessionAbort, TransferSession
 
     if not stdio_usable():

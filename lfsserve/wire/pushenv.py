@@ -6,7 +6,6 @@ worker thread.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import secrets
@@ -168,6 +167,8 @@ def push_env(config: Config, auth: Authenticator, webhooks: Webhooks | None, rep
     """Built in the transport's event loop (the hooks run on it). `transport`: the URL scheme the
     client used (http, https) or ssh; HG_URL is then what hg serve gives: remote:<scheme>:<address>:<user>
     over HTTP, remote:ssh:<address> over SSH."""
+    import asyncio  # lazily: hg over SSH imports it only for a write
+
     user = principal.name
     if transport == "ssh":
         url = f"remote:ssh:{address}"

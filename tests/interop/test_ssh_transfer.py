@@ -251,6 +251,34 @@ def test_git_lfs_authenticate_needs_base_url_and_transfer_can_be_turned_off(root
     assert "git-lfs-transfer is turned off on this server (ssh.lfs_transfer)" in res.stderr.decode()
 
 
+def test_hg_session_runs_without_asyncio_or_aiohttp(root):
+    """`lfsserve ssh` starts once per hg command: what its hg session imports is start-up CPU on
+    every clone and pull (bench/ssh_bench.py). A whole read session (handshake, heads) through the
+    forced command imports neither the HTTP stack nor asyncio (it runs without an event loop; only
+    writes start one)."""
+    init = subprocess.run([sys.executable, "-m", "lfsserve", "init", "--root", str(root), "team/app"],
+                          capture_output=True, cwd=REPO_ROOT, timeout=120, check=False)
+    assert init.returncode == 0, init
+    cfg = root.parent / "config.toml"
+    cfg.write_text(f'[server]\nroot = "{root}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LFSSERVE_")}
+    env["SSH_ORIGINAL_COMMAND"] = "hg -R team/app serve --stdio"
+    null = b"0" * 40
+    session = b"hello\nbetween\npairs 81\n" + null + b"-" + null + b"heads\n"
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "lfsserve", "ssh", "--config", str(cfg),
+                          "--user", "alice"], input=session, cwd=REPO_ROOT, env=env, capture_output=True,
+                         timeout=120, check=False)
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
+    length, _, rest = res.stdout.partition(b"\n")
+    hello, rest = rest[:int(length)], rest[int(length):]
+    assert hello.startswith(b"capabilities: ") and b" unbundle=" in hello, hello
+    assert rest == b"1\n\n" + b"41\n" + null + b"\n", rest
+    imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.decode().splitlines()
+                if line.startswith("import time:")}
+    assert "lfsserve.ssh.hg" in imported and "lfsserve.wire.v1.commands" in imported, sorted(imported)
+    assert not {m for m in imported if m.split(".")[0] in ("asyncio", "aiohttp")}, sorted(imported)
+
+
 def test_upload_queues_signed_lfs_webhook_a_server_delivers(root, lfsserve):
     """An object uploaded over git-lfs-transfer queues the `lfs` webhook event in the durable
     queue (the SSH session does not deliver); a failed upload queues nothing; the server started

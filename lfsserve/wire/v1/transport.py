@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ...aio import run_blocking
 from ...auth import Authenticator, Permission, Principal
 from ...blobstore.base import StorageUnavailable
 from ...config import Config
@@ -61,6 +60,8 @@ async def spool(chunks: AsyncIterator[bytes], directory: Path, limit: int = 0) -
     """A pushed bundle, from the transport's chunks into a new spool file (never held in memory),
     rewound for reading. Over `limit` (0: none), PushTooLarge; what was spooled is dropped with the
     file. The caller owns the file on success: it applies the push from it, then closes it."""
+    from ...aio import run_blocking  # lazily: hg over SSH spools synchronously, without asyncio
+
     fh = await run_blocking(open_spool, directory)
     size = 0
     try:
