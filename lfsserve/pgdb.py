@@ -94,6 +94,8 @@ class PgDb:
         self.loop = asyncio.get_running_loop()
 
     async def astop(self) -> None:
+        import asyncio  # lazily, as in astart
+
         pool, self._pool = self._pool, None
         if pool is not None:
             try:

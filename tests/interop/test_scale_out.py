@@ -272,9 +272,11 @@ def _receiving(tmp: Path, oid: str) -> bool:
 
 
 def test_killed_instance_leaves_nothing_partial_and_database_restart(cluster: Cluster):
-    data = os.urandom(4 * 1024 * 1024)
+    # more than one 4 MiB receive buffer of a large upload is sent (lfs/receive.py writes whole
+    # buffers), so bytes reach the temp file before the victim dies
+    data = os.urandom(10 * 1024 * 1024)
     oid = oid_of(data)
-    sock = _start_upload(cluster.victim, REPO, data, 3 * 1024 * 1024)
+    sock = _start_upload(cluster.victim, REPO, data, 9 * 1024 * 1024)
     try:
         # the victim is receiving the body (its temp file grows), then dies without a word
         deadline = time.monotonic() + 60
