@@ -47,6 +47,7 @@ __all__ = [
     "Principal",
     "PushRights",
     "Unauthorized",
+    "glob_to_regex",
     "hash_token",
 ]
 
@@ -137,7 +138,9 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def _glob_to_regex(glob: str) -> re.Pattern[str]:
+def glob_to_regex(glob: str) -> re.Pattern[str]:
+    """A repository-path glob of the config (`*` within a segment, `**` across, `?` one
+    character) as an anchored regex."""
     out = []
     i = 0
     while i < len(glob):
@@ -246,7 +249,7 @@ class Authenticator:
         self.authenticated = max(self.anonymous, Permission.parse(config.auth.authenticated))
         self._htpasswd = _ReloadingFile(config.auth.htpasswd, _parse_htpasswd)
         self._tokens = _ReloadingFile(config.auth.tokens, _parse_tokens)
-        self._rules = [(_glob_to_regex(r.repos), r) for r in config.auth.rules]
+        self._rules = [(glob_to_regex(r.repos), r) for r in config.auth.rules]
         self._basic_cache: dict[bytes, tuple[str, float]] = {}
         self._key = self._load_key()
         self._hmac = hmac.new(self._key, digestmod=hashlib.sha256)
@@ -489,7 +492,7 @@ class Authenticator:
         def listed(names: list[str]) -> bool:
             return "anonymous" in names or (principal.authenticated and ("*" in names or principal.name in names))
 
-        protect = tuple(("branch" if p.branches else "bookmark", _glob_to_regex(p.branches or p.bookmarks),
+        protect = tuple(("branch" if p.branches else "bookmark", glob_to_regex(p.branches or p.bookmarks),
                          listed(p.push)) for p in rule.protect)
         return PushRights(principal.name, not rule.publish or listed(rule.publish), protect)
 

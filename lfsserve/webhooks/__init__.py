@@ -14,13 +14,13 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..auth import glob_to_regex
 from ..config import Config, WebhookTarget
 from .store import WebhookQueue
 
@@ -38,29 +38,13 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
-def _glob(glob: str) -> re.Pattern[str]:
-    out = []
-    i = 0
-    while i < len(glob):
-        if glob.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif glob[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        else:
-            out.append(re.escape(glob[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
 class Webhooks:
     """The configured targets and the queue. `start()` opens the queue (nothing is opened when no
     target is configured)."""
 
     def __init__(self, config: Config, root: Path | None = None):
         self.config = config.webhooks
-        self._targets = [(_glob(t.repos), t) for t in self.config.targets]
+        self._targets = [(glob_to_regex(t.repos), t) for t in self.config.targets]
         self.queue = WebhookQueue(root if root is not None else config.root)
         self._started = False
         # Called after an event is queued (from the queuing thread): wakes the delivery worker.
