@@ -12,10 +12,12 @@ import re
 import secrets
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import Config, ConfigError, load_config
-from .pgdb import DatabaseUnavailable, SchemaTooNew
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = ["main"]
 
@@ -27,6 +29,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from(args: argparse.Namespace, **server_overrides) -> Config:
+    from .config import load_config
+
     overrides = {"server": {"root": args.root, **server_overrides}}
     overrides["auth"] = {key: getattr(args, key, None) for key in ("anonymous", "authenticated", "htpasswd")}
     return load_config(args.config, overrides=overrides)
@@ -422,7 +426,7 @@ def cmd_storage_copy(args: argparse.Namespace) -> int:
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
-    from .ssh import run_forced_command
+    from .ssh.session import run_forced_command
 
     if not _USER.match(args.user):
         print(f"lfsserve: invalid user name {args.user!r}", file=sys.stderr)
@@ -593,6 +597,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["ssh"]:
+        # The forced command of an SSH key, once per hg command: hand the session to the running
+        # server before importing anything else (ssh/forward.py).
+        from .ssh.forward import forward
+
+        status = forward(words[1:])
+        if status is not None:
+            return status
+    from .config import ConfigError
+    from .pgdb import DatabaseUnavailable, SchemaTooNew
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -285,6 +285,17 @@ class SshConfig:
     # Offer git-lfs's pure-SSH transfer protocol (git-lfs-transfer). Off: git-lfs falls back to
     # git-lfs-authenticate and transfers objects over HTTP(S) at server.base_url.
     lfs_transfer: bool = True
+    # A running `lfsserve serve` takes over the hg sessions of forced commands that name the same
+    # configuration file and data directory: they pass their stdin/stdout/stderr over a Unix socket
+    # and the server runs the session in a thread, with its warm caches (no start-up per hg
+    # command). false: every forced command serves its session itself.
+    handoff: bool = True
+    # The server's Unix socket for that (mode 0600: only the user running the server and root may
+    # connect). Empty: <root>/run/ssh.sock. Give a local path when the data directory is shared
+    # between hosts (a socket does not cross machines; forced commands then serve themselves).
+    handoff_socket: str = ""
+    # Sessions the server runs at once; the forced commands of more serve their sessions themselves.
+    handoff_sessions: int = 32
 
 
 @dataclass
@@ -352,6 +363,8 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    # The TOML file this configuration was read from (resolved), "" for none; not an option.
+    source = ""
     clonebundles: ClonebundlesConfig = field(default_factory=ClonebundlesConfig)
 
     # -- derived paths ---------------------------------------------------------------------
@@ -373,6 +386,12 @@ class Config:
     def clonebundles_dir(self) -> Path:
         """Where generated clone bundles live (the local bundle store), beside the LFS objects."""
         return self.root / "clonebundles"
+
+    @property
+    def handoff_socket(self) -> Path:
+        if self.ssh.handoff_socket:
+            return Path(self.ssh.handoff_socket).expanduser().resolve()
+        return self.root / "run" / "ssh.sock"
 
     @property
     def authorized_keys(self) -> Path:
@@ -504,6 +523,8 @@ class Config:
             raise ConfigError("clonebundles.keep: must be >= 1")
         if cb.url_expiry < 60:
             raise ConfigError("clonebundles.url_expiry: must be at least 60 seconds")
+        if self.ssh.handoff_sessions < 1:
+            raise ConfigError("ssh.handoff_sessions: must be at least 1")
         if not self.ssh.command or any(c in self.ssh.command for c in '"\\\n\r'):
             raise ConfigError("ssh.command: must be a non-empty program path without quotes, "
                               "backslashes or line breaks (it goes into authorized_keys lines)")
@@ -638,4 +659,5 @@ def load_config(
     data = _merge(data, _env_overrides(os.environ if env is None else env))
     config = _build(Config, data, "")
     config.validate()
+    config.source = os.path.realpath(path) if path is not None else ""
     return config

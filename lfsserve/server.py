@@ -1,7 +1,8 @@
-"""Running the server: event loop (uvloop when installed), executor, listening socket, signals.
+"""Running the server: event loop (uvloop when installed), executor, listening sockets, signals.
 
-On SIGTERM or SIGINT the server stops accepting connections, gives in-flight requests up to
-`server.shutdown_grace` seconds to finish, and exits 0.
+Besides HTTP, the server listens on a Unix socket for the hg sessions of SSH forced commands
+(ssh/handoff.py, `ssh.handoff`). On SIGTERM or SIGINT it stops accepting connections on both,
+gives in-flight requests and sessions up to `server.shutdown_grace` seconds to finish, and exits 0.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .logs import access_logger_class, setup_logging
 from .metrics import METRICS
 from .pgdb import DatabaseUnavailable, SchemaTooNew
 from .shutdown import DRAIN
+from .ssh.handoff import HandoffListener
 
 __all__ = ["run", "runner_options", "serve"]
 
@@ -67,6 +69,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         port = server.sockets[0].getsockname()[1]
     host = config.server.host
     shown = f"[{host}]" if ":" in host else host
+    handoff = HandoffListener(app[CTX]) if config.ssh.handoff else None
+    if handoff is not None:
+        await handoff.start()
     for line in app[CTX].auth.describe():
         print(line, flush=True)
     # Tests and scripts wait for this exact line (and read the port from it when --port 0).
@@ -77,9 +82,14 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         log.info("shutting down: no new connections, up to %gs for %d request(s) in flight",
                  config.server.shutdown_grace, drain.in_flight)
         await site.stop()
-        if not await drain.wait(config.server.shutdown_grace):
+        grace = config.server.shutdown_grace
+        drained, _ = await asyncio.gather(drain.wait(grace),
+                                          handoff.stop(grace) if handoff is not None else asyncio.sleep(0))
+        if not drained:
             log.warning("shutdown grace period over: cancelling %d request(s) still in flight", drain.in_flight)
     finally:
+        if handoff is not None:
+            await handoff.stop(0)
         await runner.cleanup()
         executor.shutdown()
 

@@ -28,6 +28,11 @@ stdin, answers written straight to stdout, commands run in this thread. Only wha
 asynchronously (the hooks' subprocesses, the LFS service that vouches for pushed lfs blobs, and
 PostgreSQL metadata behind it) gets an event loop, in a thread, started at the first write
 command of the session (_WriteLoop); asyncio is not even imported before then.
+
+When an lfsserve server runs on the same data directory, the forced command hands its session to
+it instead (handoff.py): the same _HgServer then runs in a thread of the server, on the client's
+stdin, stdout and stderr passed over a Unix socket, with the server's warm revlog caches, its
+event loop for what writes need, and its LFS service and webhook queue (_ServerWrites).
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ import os
 import re
 import sys
 from collections.abc import Coroutine, Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 
 from ..auth import Authenticator, AuthError, Permission, Principal
 from ..config import Config
@@ -68,9 +74,10 @@ if TYPE_CHECKING:
     import asyncio
     import threading
 
+    from ..kernel import LfsBlobPolicy
     from ..lfs.service import LfsService
 
-__all__ = ["serve_hg_stdio"]
+__all__ = ["Channel", "WriteServices", "serve_hg_stdio"]
 
 log = logging.getLogger(__name__)
 
@@ -94,41 +101,88 @@ class ChannelError(Exception):
     """The client broke the framing: nothing more can be read in step."""
 
 
-def _fail(message: str) -> int:
-    print(f"lfsserve: {message}", file=sys.stderr, flush=True)
+@dataclass
+class Channel:
+    """What one session talks over: the client's input and output (pipes or sockets, as sshd gives
+    them), the stream hg shows as `remote: ...` (stderr) and the client's address (SSH_CLIENT's
+    first word, for HG_URL)."""
+    stdin: int
+    stdout: int
+    stderr: BinaryIO
+    client: str
+
+    @classmethod
+    def of_process(cls) -> Channel:
+        """This process's own stdio (the forced command serving the session itself)."""
+        return cls(sys.stdin.fileno(), sys.stdout.fileno(), sys.stderr.buffer,
+                   os.environ.get("SSH_CLIENT", "").split(" ", 1)[0])
+
+    def say(self, text: str | bytes) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, ValueError):
+            self.stderr.write(text if isinstance(text, bytes) else text.encode("utf-8", "replace"))
+            self.stderr.flush()
+
+
+class WriteServices(Protocol):
+    """What a session's write commands need beyond the repository: an event loop to run the
+    hooks' subprocesses (and build the push environment) on, the LFS policy that vouches for a
+    push's lfs blobs, and the webhook queue."""
+
+    webhooks: Webhooks | None
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and wait for its result (from the session's thread)."""
+        ...
+
+    def lfs_policy(self) -> LfsBlobPolicy | None:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def _fail(channel: Channel, message: str) -> int:
+    channel.say(f"lfsserve: {message}\n")
     return 1
 
 
-def serve_hg_stdio(config: Config, principal: Principal, repo: str) -> int:
-    """Serve Mercurial's SSH protocol for `repo` to `principal` (who may at least read it)."""
-    auth = Authenticator(config)
-    registry = RepoRegistry(config.repos_dir, RepoSettings.from_config(config))
+def serve_hg_stdio(config: Config, principal: Principal, repo: str, *, auth: Authenticator | None = None,
+                   registry: RepoRegistry | None = None, channel: Channel | None = None,
+                   services: WriteServices | None = None) -> int:
+    """Serve Mercurial's SSH protocol for `repo` to `principal` (who may at least read it), on
+    `channel` (default: this process's stdio); the exit status. Without `services`, writes get
+    their own event loop and LFS service (_ProcessWrites), closed at the end."""
+    auth = auth or Authenticator(config)
+    registry = registry or RepoRegistry(config.repos_dir, RepoSettings.from_config(config))
+    channel = channel or Channel.of_process()
     creatable = may_create(config, auth, principal, repo)
     try:
         with registry.open(repo, may_create=creatable):
             pass
     except CannotCreate as exc:
-        return _fail(str(exc))
+        return _fail(channel, str(exc))
     except HgError as exc:
         # as `hg serve --stdio` does, a missing (or unreadable) repository is an abort before the
         # handshake
-        print(f"abort: {exc.message}", file=sys.stderr, flush=True)
+        channel.say(f"abort: {exc.message}\n")
         return 255
-    if not stdio_usable():
-        return _fail(f"hg serve --stdio {STDIO_REFUSED}")
-    reader = open(sys.stdin.fileno(), "rb", buffering=SPOOL_CHUNK, closefd=False)  # noqa: SIM115
-    writer = open(sys.stdout.fileno(), "wb", buffering=OUT_BUFFER, closefd=False)  # noqa: SIM115
-    server = _HgServer(config, auth, registry, principal, repo, creatable, reader, writer)
+    if not stdio_usable(channel.stdin, channel.stdout):
+        return _fail(channel, f"hg serve --stdio {STDIO_REFUSED}")
+    reader = open(channel.stdin, "rb", buffering=SPOOL_CHUNK, closefd=False)  # noqa: SIM115
+    writer = open(channel.stdout, "wb", buffering=OUT_BUFFER, closefd=False)  # noqa: SIM115
+    own = services is None
+    server = _HgServer(config, auth, registry, principal, repo, creatable, reader, writer, channel,
+                       services or _ProcessWrites(config, auth))
     try:
         return server.run()
     except ChannelError as exc:
-        return _fail(f"hg protocol error: {exc}; nothing was written to the repository by this request")
+        return _fail(channel, f"hg protocol error: {exc}; nothing was written to the repository by this request")
     except PushTooLarge as exc:
-        return _fail(f"abort: {exc}")
+        return _fail(channel, f"abort: {exc}")
     except (BrokenPipeError, ConnectionResetError):
-        return _fail("the client went away")
+        return _fail(channel, "the client went away")
     finally:
-        server.close()
+        server.close(own)
 
 
 class _WriteLoop:
@@ -156,11 +210,51 @@ class _WriteLoop:
         self.loop.close()
 
 
+class _ProcessWrites:
+    """WriteServices of a forced command serving its session itself: a _WriteLoop started at the
+    first write, an LFS service started at the first push, a webhook queue opened at the first
+    event; all closed with the session."""
+
+    def __init__(self, config: Config, auth: Authenticator) -> None:
+        self._config = config
+        self._auth = auth
+        self._loop: _WriteLoop | None = None
+        self._lfs: LfsService | None = None
+        self.webhooks: Webhooks | None = Webhooks(config)
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:
+            self._loop = _WriteLoop()
+        return self._loop.call(coro)
+
+    def lfs_policy(self) -> LfsBlobPolicy | None:
+        if self._lfs is None:
+            from ..lfs.service import LfsService  # only pushes need the LFS store
+
+            async def start() -> LfsService:
+                svc = LfsService.create(self._config, self._auth)
+                await svc.start()
+                return svc
+            self._lfs = self.call(start())
+        return self._lfs
+
+    def close(self) -> None:
+        if self.webhooks is not None:
+            self.webhooks.stop()
+        if self._loop is not None:
+            try:
+                if self._lfs is not None:
+                    self._loop.call(self._lfs.stop())
+            finally:
+                self._loop.stop()
+
+
 class _HgServer:
     """One `hg serve --stdio` session: one user, one repository, commands one after the other."""
 
     def __init__(self, config: Config, auth: Authenticator, registry: RepoRegistry, principal: Principal,
-                 repo: str, creatable: bool, reader: BinaryIO, writer: BinaryIO):
+                 repo: str, creatable: bool, reader: BinaryIO, writer: BinaryIO, channel: Channel,
+                 services: WriteServices):
         self.config = config
         self.auth = auth
         self.registry = registry
@@ -169,25 +263,15 @@ class _HgServer:
         self.creatable = creatable
         self.r = reader
         self.w = writer
-        self._loop: _WriteLoop | None = None  # started at the first write command
-        self._lfs: LfsService | None = None   # the LFS service, started at the first push (it vouches for lfs blobs)
-        self._webhooks = Webhooks(config)     # its queue opens at the first event
+        self.channel = channel
+        self.services = services
+        self._lfs: LfsBlobPolicy | None = None  # asked for at the first push (it vouches for lfs blobs)
 
-    def close(self) -> None:
+    def close(self, services_too: bool) -> None:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError, ValueError):
             self.w.flush()
-        self._webhooks.stop()
-        if self._loop is not None:
-            try:
-                if self._lfs is not None:
-                    self._loop.call(self._lfs.stop())
-            finally:
-                self._loop.stop()
-
-    def _write_loop(self) -> _WriteLoop:
-        if self._loop is None:
-            self._loop = _WriteLoop()
-        return self._loop
+        if services_too:
+            self.services.close()
 
     # -- framing --------------------------------------------------------------------------------
     def _line(self, what: str, *, eof_ok: bool = False) -> bytes | None:
@@ -257,8 +341,7 @@ class _HgServer:
         """An error hg shows as `remote: <message>` then `abort: remote error`: the message on
         stderr, an empty line where the answer's length would be."""
         text = message.rstrip("\n") + (f"\n({hint})" if hint else "")
-        sys.stderr.write(f"{text}\n-\n")
-        sys.stderr.flush()
+        self.channel.say(f"{text}\n-\n")
         self._send(b"\n")
 
     # -- the session ----------------------------------------------------------------------------
@@ -308,11 +391,10 @@ class _HgServer:
 
     def _push_env(self) -> PushEnv:
         """Built on the write loop (the hooks run on it). HG_URL as hg's SSH server gives it."""
-        client = os.environ.get("SSH_CLIENT", "").split(" ", 1)[0]
-
         async def build() -> PushEnv:
-            return push_env(self.config, self.auth, self._webhooks, self.repo, self.principal, "ssh", client)
-        return self._write_loop().call(build())
+            return push_env(self.config, self.auth, self.services.webhooks, self.repo, self.principal, "ssh",
+                            self.channel.client)
+        return self.services.call(build())
 
     def _run(self, cmd: Command, args: Args) -> None:
         with contextlib.ExitStack() as stack:
@@ -348,13 +430,7 @@ class _HgServer:
         """unbundle: `0\\n` (send the bundle), the bundle into a spool file, then applied (under
         the repository's on-disk lock, which the engine takes)."""
         if self._lfs is None:
-            from ..lfs.service import LfsService  # only pushes need the LFS store
-
-            async def start() -> LfsService:
-                svc = LfsService.create(self.config, self.auth)
-                await svc.start()
-                return svc
-            self._lfs = self._write_loop().call(start())
+            self._lfs = self.services.lfs_policy()
         self._respond(b"")
         frames = _Frames(self)
         reply: bytes | Stream | PushReply
@@ -382,8 +458,7 @@ class _HgServer:
         # bundle1: `<result>\n<output>`; the output goes where hg's does, to stderr
         result, _, output = reply.body.partition(b"\n")
         if output:
-            sys.stderr.buffer.write(output)
-            sys.stderr.flush()
+            self.channel.say(output)
         self._respond(b"")
         self._respond(result)
 

@@ -11,8 +11,36 @@ import time
 from ..auth import Authenticator, AuthError, Permission, Principal
 from ..config import Config
 from .command import BadCommand, SshCommand, parse_command
+from .keys import USER
 
-__all__ = ["authenticate_answer", "run_forced_command"]
+__all__ = ["Refused", "admit", "authenticate_answer", "run_forced_command"]
+
+
+class Refused(Exception):
+    """The client may not run what it asked for; the message (one line) says why."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def admit(auth: Authenticator, user: str, original_command: str | None) -> tuple[SshCommand, Principal]:
+    """The command an SSH client asked for and who asks, once the command is one of the accepted
+    shapes and the user (the one the key names) may at least read the repository (write, to
+    upload); else Refused. The same check whether this process or the server serves the session."""
+    if not USER.match(user):
+        raise Refused(f"invalid user name {user[:70]!r}")
+    try:
+        cmd = parse_command(original_command)
+    except BadCommand as exc:
+        raise Refused(str(exc)) from None
+    principal = Principal(user, "ssh")
+    needed = Permission.WRITE if cmd.operation == "upload" else Permission.READ
+    try:
+        auth.authorize(principal, cmd.repo, needed)
+    except AuthError as exc:
+        raise Refused(exc.message) from None
+    return cmd, principal
 
 
 def _fail(message: str) -> int:
@@ -22,24 +50,19 @@ def _fail(message: str) -> int:
 
 
 def run_forced_command(config: Config, user: str, original_command: str | None) -> int:
-    """What `lfsserve ssh --user USER` does with SSH_ORIGINAL_COMMAND; returns the exit status."""
+    """What `lfsserve ssh --user USER` does with SSH_ORIGINAL_COMMAND when it serves the session
+    itself (no server took it over: forward.py); returns the exit status."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="lfsserve: %(message)s")
-    try:
-        cmd = parse_command(original_command)
-    except BadCommand as exc:
-        return _fail(str(exc))
     auth = Authenticator(config)
-    principal = Principal(user, "ssh")
-    needed = Permission.WRITE if cmd.operation == "upload" else Permission.READ
     try:
-        auth.authorize(principal, cmd.repo, needed)
-    except AuthError as exc:
+        cmd, principal = admit(auth, user, original_command)
+    except Refused as exc:
         return _fail(exc.message)
     if cmd.kind == "hg":
         # hg's session runs without an event loop (one process per hg command: start-up is its
         # cost), so asyncio and the git-lfs modules are imported only on the branches below.
         from .hg import serve_hg_stdio
-        return serve_hg_stdio(config, principal, cmd.repo)
+        return serve_hg_stdio(config, principal, cmd.repo, auth=auth)
     if cmd.kind == "git-lfs-authenticate":
         try:
             answer = authenticate_answer(config, auth, principal, cmd)
