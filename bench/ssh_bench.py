@@ -3,16 +3,25 @@
 
 Not a test. Serves the wire v1 benchmark's synthetic repository (5,000 changesets, 3,000 files;
 built once and cached by wire_v1_bench.py's builder) through a real OpenSSH server on 127.0.0.1
-with two keys: one whose forced command is `lfsserve ssh`, one whose forced command is
-`hg -R <repo> serve --stdio`. Each forced command runs under GNU time, which appends the server
-command's user+system CPU seconds (its own and its children's) to a file per server. Measured:
+with three keys, each with its forced command run under GNU time (which appends the command's
+user+system CPU seconds, its own and its children's, to a file per key):
+
+  lfsserve        `lfsserve ssh`, with `lfsserve serve` running on the same data directory and
+                  configuration file: the forced command hands the session to the server
+                  (ssh.handoff, the default); its CPU is the forced command's plus the server
+                  process's (all threads, from /proc) over the same run
+  lfsserve-alone  `lfsserve ssh` with LFSSERVE_SSH_HANDOFF=0: the forced command serves the
+                  session itself, as without a running server
+  hg              `hg -R <repo> serve --stdio`
+
+Measured:
 
   clone     `hg clone -U ssh://...`
   stream    `hg clone -U --stream ssh://...`
   pull100   `hg pull` of the last 100 changesets into a clone of the first 4,900
 
-printing wall time and the server command's CPU seconds (sshd's own crypto is outside both), best
-of --repeat, and lfsserve/hg ratios paired per back-to-back run with the order alternating, as
+printing wall time and server CPU seconds (sshd's own crypto is outside all of them), best of
+--repeat, and lfsserve/hg ratios paired per back-to-back run with the order rotating, as
 wire_v1_bench.py does. Needs root (sshd logs the client in as root), openssh-server, GNU time.
 
     python bench/ssh_bench.py [--changesets 5000] [--files 3000] [--repeat 4]
@@ -34,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wire_v1_bench import HG, REPO_ROOT, build_repo, free_port, hg_env, run_hg
+from wire_v1_bench import CLK, HG, REPO_ROOT, build_repo, free_port, hg_env, run_hg
 
 SSHD = "/usr/sbin/sshd"
 GNU_TIME = "/usr/bin/time"
@@ -46,11 +55,11 @@ def keygen(path: Path) -> Path:
 
 
 class Sshd:
-    def __init__(self, work: Path, lfs_command: str, hg_command: str, keys: dict[str, Path]):
+    def __init__(self, work: Path, commands: dict[str, str], keys: dict[str, Path]):
         host = keygen(work / "host_key")
         self.port = free_port()
         lines = []
-        for name, command in (("lfsserve", lfs_command), ("hg", hg_command)):
+        for name, command in commands.items():
             pub = keys[name].with_suffix(".pub").read_text().strip()
             lines.append(f'command="{command}",no-pty,no-port-forwarding,no-agent-forwarding {pub}')
         authorized = work / "authorized_keys"
@@ -89,21 +98,54 @@ class Sshd:
             self.proc.kill()
 
 
-class Side:
-    """One server as the client reaches it: its ssh command line (key) and its CPU record."""
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of process `pid`, all its threads (children not included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
 
-    def __init__(self, name: str, url: str, ssh: str, cpu_file: Path):
-        self.name, self.url, self.ssh, self.cpu_file = name, url, ssh, cpu_file
+
+class Side:
+    """One server as the client reaches it: its ssh command line (key) and its CPU record: the
+    forced commands' (GNU time's file) plus, with handoff, the running server's."""
+
+    def __init__(self, name: str, url: str, ssh: str, cpu_file: Path, server_pid: int | None = None):
+        self.name, self.url, self.ssh, self.cpu_file, self.server_pid = name, url, ssh, cpu_file, server_pid
 
     def cpu(self) -> float:
+        total = process_cpu(self.server_pid) if self.server_pid else 0.0
         if not self.cpu_file.exists():
-            return 0.0
-        total = 0.0
+            return total
         for line in self.cpu_file.read_text().splitlines():
             words = line.split()
             if len(words) == 2:
                 total += float(words[0]) + float(words[1])
         return total
+
+
+class LfsserveServer:
+    """`lfsserve serve` on the benchmark's data directory and configuration file (it takes the
+    SSH sessions handed to it); stopped by its pid."""
+
+    def __init__(self, config: Path, work: Path):
+        log = work / "lfsserve.log"
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "lfsserve", "serve", "--config", str(config),
+                                          "--port", "0"], cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        deadline = time.monotonic() + 60
+        while "listening on" not in log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("lfsserve serve did not start:\n" + log.read_text(errors="replace"))
+            time.sleep(0.1)
+        self.pid = self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     def hg(self, args: list[str], env: dict) -> None:
         run_hg(["--config", f"ui.ssh={self.ssh}", *args], env)
@@ -165,7 +207,8 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="ssh-bench-"))
     os.chmod(work, 0o755)
-    sshd = None
+    sshd = server = None
+    names = ("lfsserve", "lfsserve-alone", "hg")
     try:
         root = work / "root"
         repos = root / "repos"
@@ -175,48 +218,60 @@ def main() -> int:
         run_hg(["phase", "-p", "-r", "all()", "-R", str(base)], env)
         config = work / "lfsserve.toml"
         config.write_text(f'[server]\nroot = "{root}"\n[auth]\nanonymous = "none"\nauthenticated = "write"\n')
-        keys = {name: keygen(work / f"key-{name}") for name in ("lfsserve", "hg")}
+        server = LfsserveServer(config, work)
+        keys = {name: keygen(work / f"key-{name}") for name in names}
         cpu_files = {name: work / f"cpu-{name}" for name in keys}
         timed = f"{GNU_TIME} -f '%U %S' -a -o"
-        lfs_command = (f"PYTHONPATH={REPO_ROOT} {timed} {cpu_files['lfsserve']} {sys.executable} -m lfsserve "
-                       f"ssh --config {config} --user bench")
-        hg_command = f"cd {repos} && {timed} {cpu_files['hg']} {HG} -R bench serve --stdio"
-        sshd = Sshd(work, lfs_command, hg_command, keys)
+        lfs = f"{sys.executable} -m lfsserve ssh --config {config} --user bench"
+        commands = {
+            "lfsserve": f"PYTHONPATH={REPO_ROOT} {timed} {cpu_files['lfsserve']} {lfs}",
+            "lfsserve-alone": (f"PYTHONPATH={REPO_ROOT} LFSSERVE_SSH_HANDOFF=0 {timed} {cpu_files['lfsserve-alone']} "
+                               f"{lfs}"),
+            "hg": f"cd {repos} && {timed} {cpu_files['hg']} {HG} -R bench serve --stdio",
+        }
+        sshd = Sshd(work, commands, keys)
         url = f"ssh://root@127.0.0.1:{sshd.port}/bench"
-        sides = {name: Side(name, url, sshd.ssh_command(keys[name]), cpu_files[name]) for name in keys}
+        sides = {name: Side(name, url, sshd.ssh_command(keys[name]), cpu_files[name],
+                            server.pid if name == "lfsserve" else None) for name in names}
         results: dict[str, dict[str, tuple[float, float]]] = {}
-        pairs: dict[str, list[tuple[float, float]]] = {}
+        pairs: dict[str, dict[str, list[tuple[float, float]]]] = {"lfsserve": {}, "lfsserve-alone": {}}
         for i in range(args.repeat):
             for name, fn, check in SCENARIOS:
                 got = {}
-                order = ("hg", "lfsserve") if i % 2 == 0 else ("lfsserve", "hg")
+                order = names[i % 3:] + names[:i % 3]
                 for side in order:
                     v = got[side] = run_scenario(name, fn, check, sides[side], work, env, base)
                     best = results.setdefault(side, {})
                     best[name] = (min(best.get(name, v)[0], v[0]), min(best.get(name, v)[1], v[1]))
-                h, ours = got["hg"], got["lfsserve"]
-                pairs.setdefault(name, []).append((ours[0] / h[0], ours[1] / h[1] if h[1] else float("inf")))
+                h = got["hg"]
+                for ours in pairs:
+                    o = got[ours]
+                    pairs[ours].setdefault(name, []).append((o[0] / h[0], o[1] / h[1] if h[1] else float("inf")))
     finally:
         if sshd is not None:
             sshd.stop()
+        if server is not None:
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nhg over SSH: {args.changesets} changesets / {args.files} files, best of {args.repeat}; "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-    print(f"{'scenario':14} {'wall: hg':>9} {'lfsserve':>9} {'ratio':>6}   "
-          f"{'server CPU: hg':>14} {'lfsserve':>9} {'ratio':>6}")
+    print(f"{'scenario':14} {'wall: hg':>9} {'lfsserve':>9} {'alone':>9}   "
+          f"{'server CPU: hg':>14} {'lfsserve':>9} {'alone':>9}")
     for k in results["hg"]:
         hw, hc = results["hg"][k]
         lw, lc = results["lfsserve"][k]
-        print(f"{k:14} {hw:8.2f}s {lw:8.2f}s {lw / hw:6.2f}   {hc:13.2f}s {lc:8.2f}s "
-              f"{(lc / hc if hc else float('inf')):6.2f}")
-    print(f"\npaired ratios, lfsserve / hg serve --stdio (geometric mean over {args.repeat} back-to-back "
-          f"pairs, order alternating):")
-    for k, rs in pairs.items():
-        wall = math.exp(sum(math.log(w) for w, _ in rs) / len(rs))
-        cpu = math.exp(sum(math.log(c) for _, c in rs) / len(rs))
-        each = " ".join(f"{w:.2f}" for w, _ in rs)
-        print(f"{k:14} wall {wall:5.2f} (each: {each})   server CPU {cpu:5.2f}")
+        aw, ac = results["lfsserve-alone"][k]
+        print(f"{k:14} {hw:8.2f}s {lw:8.2f}s {aw:8.2f}s   {hc:13.2f}s {lc:8.2f}s {ac:8.2f}s")
+    for ours, by_scenario in pairs.items():
+        print(f"\npaired ratios, {ours} / hg serve --stdio (geometric mean over {args.repeat} back-to-back "
+              f"runs, order rotating; targets: server CPU <= 0.6, wall <= 1.0):")
+        for k, rs in by_scenario.items():
+            wall = math.exp(sum(math.log(w) for w, _ in rs) / len(rs))
+            cpu = math.exp(sum(math.log(c) for _, c in rs) / len(rs))
+            each = " ".join(f"{w:.2f}/{c:.2f}" for w, c in rs)
+            verdict = "met" if wall <= 1.0 and cpu <= 0.6 else "MISSED"
+            print(f"{k:14} wall {wall:5.2f}   server CPU {cpu:5.2f}   {verdict}   (each wall/CPU: {each})")
     return 0
 
 

@@ -597,15 +597,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    words = sys.argv[1:] if argv is None else argv
-    if words[:1] == ["ssh"]:
-        # The forced command of an SSH key, once per hg command: hand the session to the running
-        # server before importing anything else (ssh/forward.py).
-        from .ssh.forward import forward
-
-        status = forward(words[1:])
-        if status is not None:
-            return status
     from .config import ConfigError
     from .pgdb import DatabaseUnavailable, SchemaTooNew
 

@@ -3,7 +3,8 @@
 Read from the sources (ast), so every import counts, including those inside functions (but not
 those under `if TYPE_CHECKING:`, which only annotations see):
 
-    top          app, server, cli, admin, __main__   compose and run everything
+    top          app, server, cli, admin, entry,     compose and run everything
+                 __main__
     front ends   wire/, lfs/, ssh/, web/             never import the top, nor each other; ssh/
                                                      reaches LFS storage through lfs.service only
     kernel       every other top-level module        never imports a front end or the top
@@ -21,7 +22,7 @@ from pathlib import Path
 import lfsserve
 
 ROOT = Path(lfsserve.__file__).parent
-TOP = {"lfsserve.app", "lfsserve.server", "lfsserve.cli", "lfsserve.admin", "lfsserve.__main__"}
+TOP = {"lfsserve.app", "lfsserve.server", "lfsserve.cli", "lfsserve.admin", "lfsserve.__main__", "lfsserve.entry"}
 UTILS = {"lfsserve.aio", "lfsserve.sqlitedb", "lfsserve.pgdb", "lfsserve.config"}
 FRONT_ENDS = ("lfsserve.wire", "lfsserve.lfs", "lfsserve.ssh", "lfsserve.web")
 # Service modules of a front end that other front ends may use: LfsService is the one door to LFS
