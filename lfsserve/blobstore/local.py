@@ -557,20 +557,23 @@ class LocalBlobStore(BlobStore):
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd, path
 
-    def _ensure_dir(self, path: Path) -> None:
-        """mkdir -p, fsync'ing the parent of every directory created so the new entries last."""
+    @staticmethod
+    def _ensure_dir(path: str) -> list[str]:
+        """mkdir -p; returns the parents of the directories it created, which the caller fsyncs
+        (so the new entries last) before it acknowledges anything stored below them."""
         missing = []
         p = path
-        while not p.exists():
+        while not os.path.isdir(p):
             missing.append(p)
-            p = p.parent
+            p = os.path.dirname(p)
+        created = []
         for d in reversed(missing):
             try:
-                d.mkdir()
+                os.mkdir(d)
             except FileExistsError:
                 continue
-            if self.durable:
-                _fsync_dir(d.parent)
+            created.append(os.path.dirname(d))
+        return created
 
     def _install(self, oid: str, fd: int, tmp: Path, on_verified: Callable[[], None] | None = None) -> bool:
         """Make the verified temp file the object. False when an intact copy got there first.
@@ -582,9 +585,11 @@ class LocalBlobStore(BlobStore):
         fsync then commits them too, so their own fsyncs find nothing left to do (one journal
         commit less for most small uploads, which mostly land in a new shard).
         """
-        final = self.path(oid)
-        if not os.path.isdir(os.path.dirname(final)):  # (pathlib's exists() costs more per upload)
-            self._ensure_dir(final.parent)
+        final = self._fspath(oid)
+        shard = os.path.dirname(final)
+        # The parents of new shard directories are synced last (syncing each right after its
+        # mkdir cost one more journal commit, i.e. one more wait on the disk, per upload).
+        created = [] if os.path.isdir(shard) else self._ensure_dir(shard)
         if self.durable:
             os.fsync(fd)
         os.fchmod(fd, 0o444)
@@ -594,6 +599,9 @@ class LocalBlobStore(BlobStore):
             # A concurrent upload finished first, or a damaged copy is in place: keep a good one.
             res = self._hash_file(oid)
             if res is not None and res[0] == oid:
+                if self.durable:
+                    for parent in reversed(created):
+                        _fsync_dir(parent)
                 return False
             os.replace(tmp, final)
         except OSError as exc:
@@ -603,7 +611,9 @@ class LocalBlobStore(BlobStore):
         if on_verified is not None:
             on_verified()  # the caller's commit and the sync below wait on the disk together
         if self.durable:
-            _fsync_dir(final.parent)
+            _fsync_dir(shard)
+            for parent in reversed(created):  # deepest first: objects/ab/cd's entry in ab, then ab's
+                _fsync_dir(parent)
         return True
 
     def _begin(self, oid: str) -> tuple[ObjectState, int | None, Path | None]:
