@@ -770,7 +770,7 @@ class LocalBlobStore(BlobStore):
         if state.status is Status.CORRUPT:
             raise CorruptObject(f"object {oid} is corrupt")
         ok = state.status is Status.OK
-        return BlobHandle(oid, state.size, ok, self.path(oid) if ok else None, data=data)
+        return BlobHandle(oid, state.size, ok, Path(self._fspath(oid)) if ok else None, data=data)  # oid checked
 
     async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         oid = handle.oid

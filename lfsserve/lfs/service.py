@@ -174,7 +174,10 @@ class LfsService:
             raise
         if not granting:
             return await self._granted(namespace, oid, result)
-        await asyncio.wrap_future(granting[0])
+        if granting[0].done():
+            granting[0].result()  # committed while the store synced (raises what the commit raised)
+        else:
+            await asyncio.wrap_future(granting[0])
         self.stats.uploads += 1
         self.stats.upload_bytes += result.size
         return result
