@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lfs_bench import AConn, free_port, wait_port  # noqa: E402
+from lfs_bench import AConn, free_port, wait_port
 
 _SERVER = r"""
 import hashlib, sys

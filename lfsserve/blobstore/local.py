@@ -381,6 +381,9 @@ class LocalBlobStore(BlobStore):
         # its own threads, so that concurrent uploads wait on the disk together (the journal
         # commits their fsyncs as a group) without starving the shared executor's hashing.
         self._sync_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # Syncs of directories that must run beside one a sync-pool job makes (_sync_dirs): a
+        # pool of their own, since those jobs wait for them.
+        self._dir_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def path(self, oid: str) -> Path:
         _check_oid(oid)
@@ -393,6 +396,7 @@ class LocalBlobStore(BlobStore):
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
         self._sync_pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="lfsserve-fsync")
+        self._dir_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="lfsserve-dirsync")
         await run_blocking(self._prepare)
         await self._stamps.astart()
         removed = await run_blocking(self.clean_temps)
@@ -403,6 +407,9 @@ class LocalBlobStore(BlobStore):
         await self._stamps.astop()
         if self._sync_pool is not None:
             pool, self._sync_pool = self._sync_pool, None
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        if self._dir_pool is not None:  # after the sync pool: its jobs use this one
+            pool, self._dir_pool = self._dir_pool, None
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
 
     def _prepare(self) -> None:
@@ -580,19 +587,19 @@ class LocalBlobStore(BlobStore):
 
         The content is on disk before its name is, and the name before the upload is
         acknowledged. (Linking first and syncing after was measured: ext4 still commits its
-        journal once per fsync, so nothing is saved by the weaker order.) New shard directories
-        are made first: they expose nothing, and on a journalling filesystem the content's
-        fsync then commits them too, so their own fsyncs find nothing left to do (one journal
-        commit less for most small uploads, which mostly land in a new shard).
+        journal once per fsync, so nothing is saved by the weaker order.) A new shard directory
+        is made after the content's sync, with the name: the directories that change (the shard,
+        and the parents of new shards) are then synced at the same time, which a journalling
+        filesystem commits together. (Syncing a new directory's parent on its own, before or
+        after, costs one more journal commit or cache flush: one more wait on the disk for most
+        uploads into a young store, whose shards are mostly new.)
         """
         final = self._fspath(oid)
         shard = os.path.dirname(final)
-        # The parents of new shard directories are synced last (syncing each right after its
-        # mkdir cost one more journal commit, i.e. one more wait on the disk, per upload).
-        created = [] if os.path.isdir(shard) else self._ensure_dir(shard)
         if self.durable:
             os.fsync(fd)
         os.fchmod(fd, 0o444)
+        created = [] if os.path.isdir(shard) else self._ensure_dir(shard)
         try:
             os.link(tmp, final)
         except FileExistsError:
@@ -600,8 +607,7 @@ class LocalBlobStore(BlobStore):
             res = self._hash_file(oid)
             if res is not None and res[0] == oid:
                 if self.durable:
-                    for parent in reversed(created):
-                        _fsync_dir(parent)
+                    self._sync_dirs(created)
                 return False
             os.replace(tmp, final)
         except OSError as exc:
@@ -611,10 +617,20 @@ class LocalBlobStore(BlobStore):
         if on_verified is not None:
             on_verified()  # the caller's commit and the sync below wait on the disk together
         if self.durable:
-            _fsync_dir(shard)
-            for parent in reversed(created):  # deepest first: objects/ab/cd's entry in ab, then ab's
-                _fsync_dir(parent)
+            self._sync_dirs([shard, *created])
         return True
+
+    def _sync_dirs(self, dirs: list[str]) -> None:
+        """fsync these directories at the same time (one journal commit), from a sync-pool job."""
+        if not dirs:
+            return
+        assert self._dir_pool is not None, "the store is open"
+        others = [self._dir_pool.submit(_fsync_dir, d) for d in dirs[1:]]
+        try:
+            _fsync_dir(dirs[0])
+        finally:
+            for f in others:
+                f.result()
 
     def _begin(self, oid: str) -> tuple[ObjectState, int | None, Path | None]:
         """First step of an upload, in a worker thread: the object's state and, unless it is
