@@ -381,9 +381,6 @@ class LocalBlobStore(BlobStore):
         # its own threads, so that concurrent uploads wait on the disk together (the journal
         # commits their fsyncs as a group) without starving the shared executor's hashing.
         self._sync_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        # Syncs of directories that must run beside one a sync-pool job makes (_sync_dirs): a
-        # pool of their own, since those jobs wait for them.
-        self._dir_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def path(self, oid: str) -> Path:
         _check_oid(oid)
@@ -396,7 +393,6 @@ class LocalBlobStore(BlobStore):
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
         self._sync_pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="lfsserve-fsync")
-        self._dir_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="lfsserve-dirsync")
         await run_blocking(self._prepare)
         await self._stamps.astart()
         removed = await run_blocking(self.clean_temps)
@@ -407,9 +403,6 @@ class LocalBlobStore(BlobStore):
         await self._stamps.astop()
         if self._sync_pool is not None:
             pool, self._sync_pool = self._sync_pool, None
-            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
-        if self._dir_pool is not None:  # after the sync pool: its jobs use this one
-            pool, self._dir_pool = self._dir_pool, None
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
 
     def _prepare(self) -> None:
@@ -564,50 +557,43 @@ class LocalBlobStore(BlobStore):
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd, path
 
-    @staticmethod
-    def _ensure_dir(path: str) -> list[str]:
-        """mkdir -p; returns the parents of the directories it created, which the caller fsyncs
-        (so the new entries last) before it acknowledges anything stored below them."""
+    def _ensure_dir(self, path: Path) -> None:
+        """mkdir -p, fsync'ing the parent of every directory created so the new entries last."""
         missing = []
         p = path
-        while not os.path.isdir(p):
+        while not p.exists():
             missing.append(p)
-            p = os.path.dirname(p)
-        created = []
+            p = p.parent
         for d in reversed(missing):
             try:
-                os.mkdir(d)
+                d.mkdir()
             except FileExistsError:
                 continue
-            created.append(os.path.dirname(d))
-        return created
+            if self.durable:
+                _fsync_dir(d.parent)
 
     def _install(self, oid: str, fd: int, tmp: Path, on_verified: Callable[[], None] | None = None) -> bool:
         """Make the verified temp file the object. False when an intact copy got there first.
 
         The content is on disk before its name is, and the name before the upload is
         acknowledged. (Linking first and syncing after was measured: ext4 still commits its
-        journal once per fsync, so nothing is saved by the weaker order.) A new shard directory
-        is made after the content's sync, with the name: the directories that change (the shard,
-        and the parents of new shards) are then synced at the same time, which a journalling
-        filesystem commits together. (Syncing a new directory's parent on its own, before or
-        after, costs one more journal commit or cache flush: one more wait on the disk for most
-        uploads into a young store, whose shards are mostly new.)
+        journal once per fsync, so nothing is saved by the weaker order.) New shard directories
+        are made first: they expose nothing, and on a journalling filesystem the content's
+        fsync then commits them too, so their own fsyncs find nothing left to do (one journal
+        commit less for most small uploads, which mostly land in a new shard).
         """
-        final = self._fspath(oid)
-        shard = os.path.dirname(final)
+        final = self.path(oid)
+        if not os.path.isdir(os.path.dirname(final)):  # (pathlib's exists() costs more per upload)
+            self._ensure_dir(final.parent)
         if self.durable:
             os.fsync(fd)
         os.fchmod(fd, 0o444)
-        created = [] if os.path.isdir(shard) else self._ensure_dir(shard)
         try:
             os.link(tmp, final)
         except FileExistsError:
             # A concurrent upload finished first, or a damaged copy is in place: keep a good one.
             res = self._hash_file(oid)
             if res is not None and res[0] == oid:
-                if self.durable:
-                    self._sync_dirs(created)
                 return False
             os.replace(tmp, final)
         except OSError as exc:
@@ -617,20 +603,8 @@ class LocalBlobStore(BlobStore):
         if on_verified is not None:
             on_verified()  # the caller's commit and the sync below wait on the disk together
         if self.durable:
-            self._sync_dirs([shard, *created])
+            _fsync_dir(final.parent)
         return True
-
-    def _sync_dirs(self, dirs: list[str]) -> None:
-        """fsync these directories at the same time (one journal commit), from a sync-pool job."""
-        if not dirs:
-            return
-        assert self._dir_pool is not None, "the store is open"
-        others = [self._dir_pool.submit(_fsync_dir, d) for d in dirs[1:]]
-        try:
-            _fsync_dir(dirs[0])
-        finally:
-            for f in others:
-                f.result()
 
     def _begin(self, oid: str) -> tuple[ObjectState, int | None, Path | None]:
         """First step of an upload, in a worker thread: the object's state and, unless it is
