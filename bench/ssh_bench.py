@@ -121,6 +121,9 @@ class Side:
                 total += float(words[0]) + float(words[1])
         return total
 
+    def hg(self, args: list[str], env: dict) -> None:
+        run_hg(["--config", f"ui.ssh={self.ssh}", *args], env)
+
 
 class LfsserveServer:
     """`lfsserve serve` on the benchmark's data directory and configuration file (it takes the

@@ -80,6 +80,7 @@ class HandoffListener:
         self._sock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._inode = 0   # of the socket file this server bound
         self._sessions = 0
         self._idle = threading.Condition()
 
@@ -127,6 +128,7 @@ class HandoffListener:
             sock.bind(str(tmp))
             os.chmod(tmp, 0o600)
             os.replace(tmp, path)
+            self._inode = os.stat(path).st_ino
             sock.listen(64)
             sock.setblocking(False)
         except BaseException:
@@ -144,7 +146,7 @@ class HandoffListener:
                 await self._accepting
         with contextlib.suppress(OSError):
             # Only our own socket: another server may have replaced a path it thought stale.
-            if os.stat(self.path).st_ino == os.fstat(self._sock.fileno()).st_ino:
+            if os.stat(self.path).st_ino == self._inode:
                 self.path.unlink()
         self._sock.close()
         self._sock = None
@@ -189,7 +191,7 @@ class HandoffListener:
                 answer = None
                 return
             conn.settimeout(None)
-            answer = self._session(hello, fds)
+            answer = self._session(hello, fds, pid)
         except (OSError, ValueError) as exc:
             log.warning("SSH handoff: %s", exc)
         finally:
@@ -228,7 +230,7 @@ class HandoffListener:
             return None, fds
         return (hello if isinstance(hello, dict) else None), fds
 
-    def _session(self, hello: dict, fds: list[int]) -> bytes:
+    def _session(self, hello: dict, fds: list[int], pid: int) -> bytes:
         config = self.ctx.config
         if hello.get("config") != config.source or hello.get("root") != str(config.root):
             return b"fallback\n"   # another configuration: the forced command applies its own
@@ -250,6 +252,7 @@ class HandoffListener:
                 return b"exit 1\n"
             if cmd.kind != "hg":
                 return b"fallback\n"
+            log.info("SSH session handed over: %s, hg -R %s (forced command pid %d)", user, cmd.repo, pid)
             assert self._loop is not None
             status = serve_hg_stdio(config, principal, cmd.repo, auth=self.ctx.auth, registry=self.ctx.repos,
                                     channel=channel, services=_ServerWrites(self._loop, self.ctx))
