@@ -176,7 +176,7 @@ class HandoffListener:
     # -- one forced command ---------------------------------------------------------------------
     def _connection(self, conn: socket.socket) -> None:
         fds: list[int] = []
-        answer: bytes | None = b"fallback\n"
+        answer = b"fallback\n"   # until a session starts, the forced command can still serve it
         try:
             conn.setblocking(True)
             conn.settimeout(HELLO_TIMEOUT)
@@ -187,8 +187,8 @@ class HandoffListener:
                 return
             hello, fds = self._receive(conn)
             if hello is None or len(fds) != 3:
-                log.warning("SSH handoff: a malformed message from pid %d", pid)
-                answer = None
+                # (`fallback` all the same: a forced command of another lfsserve version serves itself)
+                log.warning("SSH handoff: a message this server does not understand from pid %d", pid)
                 return
             conn.settimeout(None)
             answer = self._session(hello, fds, pid)
@@ -198,9 +198,8 @@ class HandoffListener:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            if answer is not None:
-                with contextlib.suppress(OSError):
-                    conn.sendall(answer)
+            with contextlib.suppress(OSError):
+                conn.sendall(answer)
             conn.close()
 
     def _receive(self, conn: socket.socket) -> tuple[dict | None, list[int]]:
