@@ -70,36 +70,22 @@ def site(lfsserve, tmp_path):
              handoff: bool = False) -> Site:
         wrapper = make_wrapper()
         wrappers.append(wrapper)
+        def text(root: Path, server_extra: str, auth_extra: str) -> str:
+            return (f'[server]\nroot = "{root}"\n{server_extra}\n[ssh]\ncommand = "{wrapper}"\n'
+                    f'lfs_transfer = {str(lfs_transfer).lower()}\n[auth]\nanonymous = "none"\n{auth_extra}\n{RULES}')
+
         if handoff:
             # The forced commands name the server's own configuration file: the running server
             # takes their hg sessions (ssh.handoff). git-lfs-authenticate has no base_url here.
             root = tmp_path / "handoff"
-            server = lfsserve(root=root, anonymous="none", config=f"""
-[server]
-root = "{root}"
-[ssh]
-command = "{wrapper}"
-lfs_transfer = {str(lfs_transfer).lower()}
-[auth]
-anonymous = "none"
-{http_auth}
-{RULES}""")
+            server = lfsserve(root=root, anonymous="none", config=text(root, "", http_auth))
             config = root.parent / f"{root.name}-config.toml"
         else:
             # Another configuration file than the server's: the server declines the sessions
             # (`fallback`) and each forced command serves its own.
             server = lfsserve(anonymous="none", config="[auth]\n" + http_auth + "\n" + RULES)
             config = tmp_path / "ssh-config.toml"
-            config.write_text(f"""
-[server]
-root = "{server.root}"
-base_url = "{server.url}"
-[ssh]
-command = "{wrapper}"
-lfs_transfer = {str(lfs_transfer).lower()}
-[auth]
-anonymous = "none"
-{RULES}""")
+            config.write_text(text(server.root, f'base_url = "{server.url}"', ""))
         keys = {name: make_key(tmp_path / "keys", name) for name in ("alice", "bob", "eve")}
         for name in ("alice", "bob"):
             res = lfsserve_cli("authorized-keys", "add", "--config", config, name, keys[name].with_suffix(".pub"))
