@@ -11,7 +11,8 @@ its stdin, stdout and stderr with a JSON header; each connection gets a thread t
     refusal on the client's stderr (`exit 1`);
   - serves an hg session (hg.serve_hg_stdio) on the passed descriptors with this server's
     Authenticator, RepoRegistry (its revlog caches are process-wide and warm), event loop (hooks),
-    LFS policy and webhook queue; git-lfs commands get `fallback`;
+    LFS policy and webhook queue; a git-lfs-transfer session on this server's event loop and
+    LfsService (session.serve_transfer); git-lfs-authenticate's answer;
   - closes its copies of the descriptors, then answers `exit N`.
 
 At most ssh.handoff_sessions run at once; a forced command beyond that serves its session itself
@@ -40,9 +41,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..kernel import LfsBlobPolicy, ServerContext
+from ..lfs.service import LfsService
 from .forward import HEADER, MAX_HELLO
 from .hg import Channel, serve_hg_stdio
-from .session import Refused, admit
+from .session import Refused, admit, authenticate_answer, serve_transfer
+from .stdio import stdio_usable
 
 __all__ = ["HandoffListener"]
 
@@ -249,12 +252,33 @@ class HandoffListener:
             except Refused as exc:
                 channel.say(f"lfsserve: {exc.message}\n")
                 return b"exit 1\n"
-            if cmd.kind != "hg":
-                return b"fallback\n"
-            log.info("SSH session handed over: %s, hg -R %s (forced command pid %d)", user, cmd.repo, pid)
             assert self._loop is not None
-            status = serve_hg_stdio(config, principal, cmd.repo, auth=self.ctx.auth, registry=self.ctx.repos,
-                                    channel=channel, services=_ServerWrites(self._loop, self.ctx))
+            if cmd.kind == "hg":
+                log.info("SSH session handed over: %s, hg -R %s (forced command pid %d)", user, cmd.repo, pid)
+                status = serve_hg_stdio(config, principal, cmd.repo, auth=self.ctx.auth, registry=self.ctx.repos,
+                                        channel=channel, services=_ServerWrites(self._loop, self.ctx))
+                return b"exit %d\n" % status
+            if cmd.kind == "git-lfs-authenticate":
+                try:
+                    answer = authenticate_answer(config, self.ctx.auth, principal, cmd)
+                except ValueError as exc:
+                    channel.say(f"lfsserve: {exc}\n")
+                    return b"exit 1\n"
+                log.info("SSH session handed over: %s, git-lfs-authenticate %s %s (forced command pid %d)",
+                         user, cmd.repo, cmd.operation, pid)
+                with open(fds[1], "wb", closefd=False) as out:
+                    out.write(json.dumps(answer).encode("utf-8") + b"\n")
+                return b"exit 0\n"
+            svc = self.ctx.lfs_blobs
+            if not isinstance(svc, LfsService) or not config.ssh.lfs_transfer:
+                return b"fallback\n"   # no LFS here, or the forced command's refusal to give
+            if not stdio_usable(fds[0], fds[1]):
+                return b"fallback\n"
+            log.info("SSH session handed over: %s, git-lfs-transfer %s %s (forced command pid %d)",
+                     user, cmd.repo, cmd.operation, pid)
+            session = serve_transfer(svc, self.ctx.webhooks, principal, cmd, fds[0], fds[1],
+                                     lambda text: channel.say(text + "\n"))
+            status = asyncio.run_coroutine_threadsafe(session, self._loop).result()
             return b"exit %d\n" % status
         except Exception:
             log.exception("SSH session of %s failed", user)

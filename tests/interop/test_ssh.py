@@ -138,8 +138,24 @@ def _text(res) -> str:
     return (res.stdout + res.stderr).decode(errors="replace")
 
 
-def test_pure_ssh_push_pull_and_locks(site, tmp_path):
-    s = site()
+HANDED_OVER = "SSH session handed over"
+
+
+def _check_handoff(site: Site, handoff: bool, user: str = "alice", what: str = "hg -R") -> None:
+    """The sessions were served by the running server (handoff) or by the forced commands."""
+    log = site.server.log()
+    if handoff:
+        assert f"{HANDED_OVER}: {user}, {what}" in log, log[-3000:]
+    else:
+        assert HANDED_OVER not in log, log[-3000:]
+
+
+HANDOFF = pytest.mark.parametrize("handoff", [False, True], ids=["forced-command", "handoff"])
+
+
+@HANDOFF
+def test_pure_ssh_push_pull_and_locks(site, tmp_path, handoff):
+    s = site(handoff=handoff)
     big, small = _data(3 * 1024 * 1024 + 17, 1), b"small lfs object\n"
     remote, work = _new_repo(s, tmp_path, {"big.bin": big, "small.bin": small})
 
@@ -164,6 +180,8 @@ def test_pure_ssh_push_pull_and_locks(site, tmp_path):
     assert refused.returncode != 0 and "may not write" in _text(refused)
     assert "Unlocked big.bin" in _text(s.git_as("alice", "lfs", "unlock", "big.bin", cwd=work))
     assert "big.bin" not in _text(s.git_as("bob", "lfs", "locks", cwd=clone)).replace("GIT_TRACE", "")
+    _check_handoff(s, handoff, "alice", "git-lfs-transfer team/game upload")
+    _check_handoff(s, handoff, "bob", "git-lfs-transfer team/game download")
 
 
 def test_git_lfs_authenticate_fallback_over_http(site, tmp_path):
@@ -292,19 +310,6 @@ def _commit(hg: Hg, repo: Path, name: str, data: bytes) -> None:
     hg("commit", "-A", "-m", f"add {name}", cwd=repo)
 
 
-HANDED_OVER = "SSH session handed over"
-
-
-def _check_handoff(site: Site, handoff: bool, user: str = "alice") -> None:
-    """The sessions were served by the running server (handoff) or by the forced commands."""
-    log = site.server.log()
-    if handoff:
-        assert f"{HANDED_OVER}: {user}," in log, log[-3000:]
-    else:
-        assert HANDED_OVER not in log, log[-3000:]
-
-
-HANDOFF = pytest.mark.parametrize("handoff", [False, True], ids=["forced-command", "handoff"])
 
 
 @HANDOFF

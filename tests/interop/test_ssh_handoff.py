@@ -7,6 +7,7 @@ The hg clients through a real sshd in both modes are in test_ssh.py.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -45,8 +46,8 @@ def handoff_site(lfsserve, tmp_path):
     run(["hg", "push", "-R", str(work), str(root / "repos" / "team" / "app")], env=env)
     config = root.parent / f"{root.name}-config.toml"
 
-    def start(extra: str = ""):
-        return lfsserve(root=root, anonymous=None, config=_config_text(root, extra))
+    def start(extra: str = "", env: dict | None = None):
+        return lfsserve(root=root, anonymous=None, config=_config_text(root, extra), env=env)
     return start, config, root
 
 
@@ -119,12 +120,33 @@ def test_another_configuration_or_handoff_off_is_served_by_the_forced_command(ha
     for cfg, env in ((other, None), (config, {"LFSSERVE_SSH_HANDOFF": "0"})):
         status, out, err = _talk(cfg, "bob", HANDSHAKE, tmp_path, extra_env=env)
         assert status == 0 and b"capabilities: " in out, err
+        p = _forced(cfg, "bob", "git-lfs-authenticate team/app download", tmp_path, env)
+        out, err = p.communicate(b"", timeout=60)
+        assert p.returncode == 1 and b"server.base_url" in err, err   # no base_url in this configuration
     assert _handed(server) == 0
-    # git-lfs commands are the forced command's own, too
+
+
+def test_git_lfs_commands_are_answered_by_the_server(handoff_site, tmp_path):
+    start, config, _root = handoff_site
+    # base_url comes from the server's environment, which the forced command does not share:
+    # only the server can answer git-lfs-authenticate
+    server = start("[ssh]\nlfs_transfer = false\n", env={"LFSSERVE_BASE_URL": "https://hg.example.com"})
     p = _forced(config, "bob", "git-lfs-authenticate team/app download", tmp_path)
     out, err = p.communicate(b"", timeout=60)
-    assert b"server.base_url" in err, err   # answered by the forced command (no base_url here)
-    assert _handed(server) == 0
+    assert p.returncode == 0, err
+    answer = json.loads(out)
+    assert answer["href"] == "https://hg.example.com/team/app.git/info/lfs"
+    assert answer["header"]["Authorization"].startswith("Bearer ") and answer["expires_in"] > 0
+    assert _handed(server, 1) == 1 and "bob, git-lfs-authenticate team/app download" in server.log()
+    # a reader's upload token is refused before anything is handed over
+    p = _forced(config, "bob", "git-lfs-authenticate team/app upload", tmp_path)
+    out, err = p.communicate(b"", timeout=60)
+    assert p.returncode == 1 and out == b"" and b"may not write" in err, err
+    # with ssh.lfs_transfer off the server declines git-lfs-transfer; the forced command says why
+    p = _forced(config, "alice", "git-lfs-transfer team/app upload", tmp_path)
+    out, err = p.communicate(b"", timeout=60)
+    assert p.returncode == 1 and b"git-lfs-transfer is turned off" in err, err
+    assert _handed(server) == 1
 
 
 def test_garbage_on_the_socket_leaves_the_server_serving(handoff_site, tmp_path):
