@@ -130,6 +130,11 @@ class SqliteNamespaceIndex:
         """grant() from any thread, without waiting: the future is done once it is committed."""
         return self.db.write_nowait(self._grant(namespace, list(oids)))
 
+    def grant_here(self, namespace: str, oids: Collection[str]) -> None:
+        """grant() committed from the calling worker thread (SqliteDb.write_here: for a database
+        whose commits do not fsync)."""
+        self.db.write_here(self._grant(namespace, list(oids)))
+
 
     async def namespaces_of(self, oids: Collection[str]) -> dict[str, list[str]]:
         """For each oid visible anywhere, the namespaces that see it."""

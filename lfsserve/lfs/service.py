@@ -102,10 +102,16 @@ class LfsService:
         self.db = db
         self.namespaces: NamespaceIndex
         self.locks: LockStore
+        # A small upload's grant committed by the worker job that stores the object, when that
+        # commit costs no fsync (SQLite without lfs.fsync): no hop to the database thread.
+        self._grant_here: Callable[[str, Collection[str]], None] | None = None
         if isinstance(db, PgDb):
             self.namespaces, self.locks = PgNamespaceIndex(db), PgLockStore(db)
         else:
-            self.namespaces, self.locks = SqliteNamespaceIndex(db), SqliteLockStore(db)
+            index = SqliteNamespaceIndex(db)
+            self.namespaces, self.locks = index, SqliteLockStore(db)
+            if not db.durable:
+                self._grant_here = index.grant_here
         self.stats = LfsStats()
         # Where batch answers send clients to transfer objects: chosen with the backend.
         self.transfer: TransferAdapter = open_adapter(config, auth, store)
@@ -158,26 +164,34 @@ class LfsService:
         at once): it is only started once the content is checked and in place, so it never
         exposes content the client did not prove it has; a crash before the name is synced
         leaves a grant without an object, which reads as missing (the upload was not
-        acknowledged, and is repeated)."""
-        granting: list[concurrent.futures.Future] = []
+        acknowledged, and is repeated). Without lfs.fsync (SQLite commits that do not fsync) the
+        store's job commits the grant itself, sparing two thread wake-ups per upload."""
+        # The grant's future, or None once it is committed here; empty if never started.
+        granting: list[concurrent.futures.Future | None] = []
+        grant_here = self._grant_here
 
         def verified() -> None:  # in the store's thread
-            granting.append(self.namespaces.grant_nowait(namespace, [oid]))
+            if grant_here is not None:
+                grant_here(namespace, [oid])  # an error fails the upload, as a failed future does
+                granting.append(None)
+            else:
+                granting.append(self.namespaces.grant_nowait(namespace, [oid]))
 
         try:
             result = await self.store.put_bytes(oid, data, max_size=self.config.lfs.max_object_size,
                                                 on_verified=verified)
         except BaseException:
             self.stats.uploads_rejected += 1
-            if granting:
+            if granting and granting[0] is not None:
                 await asyncio.wait([asyncio.wrap_future(granting[0])])
             raise
         if not granting:
             return await self._granted(namespace, oid, result)
-        if granting[0].done():
-            granting[0].result()  # committed while the store synced (raises what the commit raised)
-        else:
-            await asyncio.wrap_future(granting[0])
+        pending = granting[0]  # None: already committed by the store's job
+        if pending is not None and pending.done():
+            pending.result()  # committed while the store synced (raises what the commit raised)
+        elif pending is not None:
+            await asyncio.wrap_future(pending)
         self.stats.uploads += 1
         self.stats.upload_bytes += result.size
         return result
