@@ -372,9 +372,6 @@ class LocalBlobStore(BlobStore):
         # its own threads, so that concurrent uploads wait on the disk together (the journal
         # commits their fsyncs as a group) without starving the shared executor's hashing.
         self._sync_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        # /proc/self/fd, open when small uploads can use nameless temp files (O_TMPFILE, linked
-        # into place through this directory): see _open_temp().
-        self._proc_fd: int | None = None
 
     def path(self, oid: str) -> Path:
         _check_oid(oid)
@@ -395,9 +392,6 @@ class LocalBlobStore(BlobStore):
 
     async def close(self) -> None:
         await self._stamps.astop()
-        if self._proc_fd is not None:
-            fd, self._proc_fd = self._proc_fd, None
-            os.close(fd)
         if self._sync_pool is not None:
             pool, self._sync_pool = self._sync_pool, None
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
@@ -407,30 +401,6 @@ class LocalBlobStore(BlobStore):
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.gc_pending.mkdir(parents=True, exist_ok=True)
         self._restore_gc_pending()
-        self._proc_fd = self._probe_tmpfile()
-
-    def _probe_tmpfile(self) -> int | None:
-        """/proc/self/fd opened, if a nameless temp file can be made in tmp/ and then linked
-        (O_TMPFILE and linkat through /proc: Linux, and a filesystem that has both); else None."""
-        tmpfile = getattr(os, "O_TMPFILE", 0)
-        if not tmpfile:
-            return None
-        probe = self.tmp / f"probe.{secrets.token_hex(8)}.tmp"
-        proc = fd = None
-        try:
-            proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            fd = os.open(self.tmp, os.O_WRONLY | tmpfile | os.O_CLOEXEC, 0o600)
-            os.link(str(fd), probe, src_dir_fd=proc, follow_symlinks=True)
-            os.unlink(probe)
-        except OSError as exc:
-            log.debug("no nameless temp files in %s (%s): small uploads use named ones", self.tmp, exc)
-            if proc is not None:
-                os.close(proc)
-            return None
-        finally:
-            if fd is not None:
-                os.close(fd)
-        return proc
 
     def _restore_gc_pending(self) -> None:
         """Put back objects a garbage collection took aside and did not finish with (a crash)."""
@@ -572,25 +542,11 @@ class LocalBlobStore(BlobStore):
         return await self._rehash(oid)
 
     # -- writing -------------------------------------------------------------------------------
-    def _open_temp(self, oid: str, nameless: bool = False) -> tuple[int, Path | None]:
-        """A temp file in tmp/ and its path, flock'ed (clean_temps() leaves it alone).
-
-        `nameless` (a job that writes, installs and closes it at once: small uploads): an
-        O_TMPFILE file, path None, when the filesystem has them. It costs no name to create and
-        remove (measured on this ext4 VM: ~150-200 CPU-us less per 64 KiB object than a named
-        one), and a crash leaves nothing behind: the kernel frees a file nothing links to.
-        """
-        if nameless and self._proc_fd is not None:
-            return os.open(self.tmp, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600), None
+    def _open_temp(self, oid: str) -> tuple[int, Path]:
         path = self.tmp / f"{oid}.{secrets.token_hex(8)}.tmp"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd, path
-
-    def _link_nameless(self, fd: int, path: Path | str) -> None:
-        """Give the O_TMPFILE file open as `fd` the name `path` (linkat through /proc)."""
-        assert self._proc_fd is not None
-        os.link(str(fd), path, src_dir_fd=self._proc_fd, follow_symlinks=True)
 
     def _ensure_dir(self, path: Path) -> None:
         """mkdir -p, fsync'ing the parent of every directory created so the new entries last."""
@@ -607,9 +563,8 @@ class LocalBlobStore(BlobStore):
             if self.durable:
                 _fsync_dir(d.parent)
 
-    def _install(self, oid: str, fd: int, tmp: Path | None, on_verified: Callable[[], None] | None = None) -> bool:
-        """Make the verified temp file the object (`tmp` None: a nameless one, see _open_temp).
-        False when an intact copy got there first.
+    def _install(self, oid: str, fd: int, tmp: Path, on_verified: Callable[[], None] | None = None) -> bool:
+        """Make the verified temp file the object. False when an intact copy got there first.
 
         The content is on disk before its name is, and the name before the upload is
         acknowledged. (Linking first and syncing after was measured: ext4 still commits its
@@ -625,27 +580,16 @@ class LocalBlobStore(BlobStore):
             os.fsync(fd)
         os.fchmod(fd, 0o444)
         try:
-            if tmp is None:
-                self._link_nameless(fd, final)
-            else:
-                os.link(tmp, final)
+            os.link(tmp, final)
         except FileExistsError:
             # A concurrent upload finished first, or a damaged copy is in place: keep a good one.
             res = self._hash_file(oid)
             if res is not None and res[0] == oid:
                 return False
-            if tmp is None:
-                # Only a rename replaces a name atomically: name it first (flock'ed, so that
-                # clean_temps() in another process leaves it until the rename, or this job's end).
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                named = self.tmp / f"{oid}.{secrets.token_hex(8)}.tmp"
-                self._link_nameless(fd, named)
-                os.replace(named, final)
-            else:
-                os.replace(tmp, final)
+            os.replace(tmp, final)
         except OSError as exc:
-            if tmp is None or exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
-                raise  # (nameless files are only used where the probe could link one)
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
             os.replace(tmp, final)  # no hard links here: rename (may replace a concurrent copy: same bytes)
         if on_verified is not None:
             on_verified()  # the caller's commit and the sync below wait on the disk together
@@ -663,7 +607,7 @@ class LocalBlobStore(BlobStore):
         fd, tmp = self._open_temp(oid)
         return state, fd, tmp
 
-    def _complete(self, sink: _Sink, oid: str, fd: int, tmp: Path | None,
+    def _complete(self, sink: _Sink, oid: str, fd: int, tmp: Path,
                   on_verified: Callable[[], None] | None = None) -> bool:
         """Last step of an upload, in a sync-pool thread: hash and write what is left, check the
         oid, install, remember it as verified; the temp file is closed and removed in any case."""
@@ -713,7 +657,7 @@ class LocalBlobStore(BlobStore):
         stats, stamps = self._lookup([oid])
         if _classify(stats.get(oid), stamps.get(oid)).status is Status.OK:
             return PutResult(created=False, size=len(data))  # already stored and sound
-        fd, tmp = self._open_temp(oid, nameless=True)
+        fd, tmp = self._open_temp(oid)
         try:
             view = memoryview(data)
             while view:
@@ -972,10 +916,9 @@ async def _discard(sink: _Sink, fd: int, tmp: Path) -> None:
     await run_blocking(_close_and_unlink, fd, tmp)
 
 
-def _close_and_unlink(fd: int, path: Path | None) -> None:
+def _close_and_unlink(fd: int, path: Path) -> None:
     try:
-        if path is not None:  # (a nameless temp file goes with its last descriptor)
-            os.unlink(path)
+        os.unlink(path)
     except FileNotFoundError:
         pass
     finally:
