@@ -11,7 +11,7 @@ from lfsserve.auth import Principal
 from lfsserve.lfs import LFS_SERVICE
 from tests.support import oid_of
 
-from .lfs_support import ALICE, upload
+from .lfs_support import ALICE, batch, call, upload
 
 BOB = Principal("bob", "basic")      # reads shared/**, nothing in team/**
 CAROL = Principal("carol", "bearer")  # reads and writes shared/** and team/**
@@ -147,5 +147,73 @@ async def test_small_body_in_several_reads_is_stored_whole(setup):
     assert list((svc.store.root / "tmp").iterdir()) == []
     answer = await send([head, data[:30_000], data[30_000:]])
     assert answer.startswith(b"HTTP/1.1 201")
+    r = await client.get(f"/team/app/.hg/lfs/objects/{oid}", headers=ALICE)
+    assert r.status == 200 and await r.read() == data
+
+
+async def _put_href(client, ns: str, data: bytes) -> tuple[str, dict]:
+    """The upload action the batch API gives for `data` in `ns` (href, headers)."""
+    status, body = await batch(client, ns, "upload", [{"oid": oid_of(data), "size": len(data)}])
+    assert status == 200, body
+    act = body["objects"][0]["actions"]["upload"]
+    return act["href"], act["header"]
+
+
+@pytest.mark.parametrize("fsync", [True, False])  # grant by the database thread / by the store's job
+async def test_concurrent_small_uploads_of_one_object(make_client, fsync):
+    """Several PUTs of one small object at once, into two namespaces: every one succeeds, the
+    object is stored once and intact, each namespace sees it, and no temp file is left."""
+    client = await make_client(extra=f"[lfs]\nfsync = {str(fsync).lower()}\n")
+    svc = client.server.app[LFS_SERVICE]
+    data = os.urandom(64 * 1024)
+    oid = oid_of(data)
+    hrefs = [await _put_href(client, ns, data) for ns in ("team/app", "team/other")]
+    results = await asyncio.gather(*[call(client, "PUT", href, headers, data)
+                                     for href, headers in hrefs for _ in range(4)])
+    assert all(r[0] in (200, 201) for r in results)
+    assert svc.store.path(oid).read_bytes() == data
+    assert list((svc.store.root / "tmp").iterdir()) == []
+    for ns in ("team/app", "team/other"):
+        assert await svc.namespaces.visible(ns, [oid]) == {oid}
+        r = await client.get(f"/{ns}/.hg/lfs/objects/{oid}", headers=ALICE)
+        assert r.status == 200 and await r.read() == data
+    assert svc.stats.uploads == 8 and svc.stats.uploads_rejected == 0
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+async def test_small_upload_with_wrong_content_stores_and_grants_nothing(make_client, fsync):
+    client = await make_client(extra=f"[lfs]\nfsync = {str(fsync).lower()}\n")
+    svc = client.server.app[LFS_SERVICE]
+    data = os.urandom(10_000)
+    href, headers = await _put_href(client, "team/app", data)
+    status, _, _ = await call(client, "PUT", href, headers, data[:-1] + bytes([data[-1] ^ 1]))
+    assert status == 422
+    assert not (await svc.store.state(oid_of(data))).present
+    assert await svc.namespaces.visible("team/app", [oid_of(data)]) == set()
+    assert list((svc.store.root / "tmp").iterdir()) == []
+    assert svc.stats.uploads_rejected == 1
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+async def test_small_upload_whose_grant_fails_is_not_visible(make_client, fsync):
+    """A grant that cannot be committed (here the index refuses every insert) fails the upload:
+    nothing becomes visible, no temp file is left, and the same upload succeeds once the index
+    works again (finding the object already in place)."""
+    client = await make_client(extra=f"[lfs]\nfsync = {str(fsync).lower()}\n")
+    svc = client.server.app[LFS_SERVICE]
+    data = os.urandom(20_000)
+    oid = oid_of(data)
+    href, headers = await _put_href(client, "team/app", data)
+    await svc.db.write(lambda conn: conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON visible BEGIN SELECT RAISE(ABORT, 'refused'); END"))
+    status, _, _ = await call(client, "PUT", href, headers, data)
+    assert status >= 500
+    assert await svc.namespaces.visible("team/app", [oid]) == set()
+    r = await client.get(f"/team/app/.hg/lfs/objects/{oid}", headers=ALICE)
+    assert r.status == 404
+    assert list((svc.store.root / "tmp").iterdir()) == []
+    await svc.db.write(lambda conn: conn.execute("DROP TRIGGER refuse"))
+    status, _, _ = await call(client, "PUT", href, headers, data)
+    assert status in (200, 201)
     r = await client.get(f"/team/app/.hg/lfs/objects/{oid}", headers=ALICE)
     assert r.status == 200 and await r.read() == data

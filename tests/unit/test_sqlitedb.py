@@ -61,3 +61,31 @@ async def test_data_survives_reopen(tmp_path):
     finally:
         await d.astop()
     assert not any(t.name == "lfsserve-sqlite" for t in threading.enumerate())
+
+
+async def test_worker_threads_write_in_their_own_transactions(db):
+    """write_here commits from the calling thread: what it wrote is there for everyone once it
+    returns, a failing call keeps none of its writes, and writers in several threads and the
+    database's own thread at once all get through (they queue on one lock)."""
+    assert await asyncio.to_thread(db.write_here, insert("w", 1)) == 1
+    assert await db.read(lambda c: c.execute("SELECT v FROM t WHERE k = 'w'").fetchone()[0]) == 1
+
+    def half_then_fail(conn):
+        conn.execute("INSERT INTO t VALUES ('half', 1)")
+        conn.execute("INSERT INTO t VALUES ('w', 2)")  # duplicate key
+
+    with pytest.raises(sqlite3.IntegrityError):
+        await asyncio.to_thread(db.write_here, half_then_fail)
+    assert await db.read(count) == 1  # 'half' rolled back with it
+    assert await asyncio.to_thread(db.write_here, insert("after", 1)) == 1  # the connection still works
+
+    keys = [f"k{i}" for i in range(40)]
+    await asyncio.gather(*[asyncio.to_thread(db.write_here, insert(k, 1)) for k in keys[:20]],
+                         *[db.write(insert(k, 1)) for k in keys[20:]])
+    assert await db.read(count) == 42
+
+
+async def test_write_here_needs_an_open_database(tmp_path):
+    d = SqliteDb(tmp_path / "t.sqlite3", SCHEMA)
+    with pytest.raises(RuntimeError):
+        d.write_here(insert("k", 1))
