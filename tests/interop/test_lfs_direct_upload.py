@@ -46,7 +46,9 @@ def put_head(oid: str, size: int) -> bytes:
 
 def test_large_uploads_keep_the_connection_and_never_leave_a_partial_object(lfsserve):
     server = lfsserve(config=f"[limits]\nidle_timeout = {IDLE}\n")
-    data = os.urandom((3 << 20) + 12345)  # not a whole number of blocks: the tail takes the other path
+    # More than the upload's buffers (written while the next ones are received into, then
+    # reused), and not a whole number of blocks: the tail takes the other path.
+    data = os.urandom((17 << 20) + 12345)
     oid = oid_of(data)
     with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
         # The body and a pipelined request in one write: the request must not be eaten as body.
