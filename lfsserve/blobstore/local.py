@@ -252,6 +252,27 @@ def _set_direct(fd: int, on: bool) -> bool:
     return True
 
 
+_HUGE = 2 << 20  # a transparent huge page (x86-64)
+
+
+def _huge_aligned(size: int) -> tuple[mmap.mmap, int]:
+    """Anonymous memory of `size` bytes starting at a huge-page boundary: (mapping, offset of
+    the start). With transparent huge pages, an O_DIRECT write of a buffer pins two 2 MiB pages
+    instead of a thousand 4 KiB ones (perf, 1 GiB upload: pinning the written pages went from
+    3.5-6% of the server's CPU with mmap's default shared 4 KiB pages to ~0.1%). The slack
+    before the start is never touched, so never allocated."""
+    # Private: mmap's default for anonymous memory is shared (shmem), which gets no huge pages.
+    region = mmap.mmap(-1, size + _HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    start = -address % _HUGE
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            region.madvise(mmap.MADV_HUGEPAGE, start, size)
+        except OSError:
+            pass  # no transparent huge pages here: 4 KiB pages work too
+    return region, start
+
+
 class _Staged(_Sink):
     """The sink of a DirectUpload: the caller receives into space() and reports filled(n).
 
@@ -276,10 +297,11 @@ class _Staged(_Sink):
         super().__init__(fd, max_size, writeback=durable)
         self._direct = fd is not None and _set_direct(fd, True)
         self._pool = writer if self._direct else None
-        self._bufs = [mmap.mmap(-1, _STAGE) for _ in range(_STAGES if self._pool is not None else 1)]
-        self._views = [memoryview(b) for b in self._bufs]
+        count = _STAGES if self._pool is not None else 1
+        self._region, start = _huge_aligned(count * _STAGE)
+        self._views = [memoryview(self._region)[start + i * _STAGE:start + (i + 1) * _STAGE] for i in range(count)]
         # The write of each buffer still (possibly) running, by buffer index.
-        self._busy: list[concurrent.futures.Future | None] = [None] * len(self._bufs)
+        self._busy: list[concurrent.futures.Future | None] = [None] * count
         self._cur = 0
         self._view = self._views[0]
         self._pos = 0
@@ -324,7 +346,7 @@ class _Staged(_Sink):
         for other in self._busy:
             if other is not None and other.done() and other.exception() is not None:
                 raise other.exception()  # type: ignore[misc]  # fail fast (ENOSPC...)
-        self._cur = (self._cur + 1) % len(self._bufs)
+        self._cur = (self._cur + 1) % len(self._views)
         self._view = self._views[self._cur]
         pending = self._busy[self._cur]
         if pending is not None:
@@ -354,7 +376,7 @@ class _Staged(_Sink):
 
     def _writes(self) -> list[concurrent.futures.Future]:
         busy = [f for f in self._busy if f is not None]
-        self._busy = [None] * len(self._bufs)
+        self._busy = [None] * len(self._views)
         return busy
 
     async def drain(self) -> None:
