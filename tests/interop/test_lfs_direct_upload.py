@@ -95,3 +95,25 @@ def test_large_uploads_keep_the_connection_and_never_leave_a_partial_object(lfss
         assert read_response(sock)[0].startswith(b"HTTP/1.1 200 ")
     log = server.log()
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+
+
+def test_a_slow_upload_is_not_an_idle_one_and_the_connection_serves_on(lfsserve):
+    """The receiver sleeps until megabytes are waiting (SO_RCVLOWAT): a client sending small
+    pieces, each well within limits.idle_timeout but together far longer, must still get its
+    object stored; and the connection's next, small request must be read at once."""
+    server = lfsserve(config=f"[limits]\nidle_timeout = {IDLE}\n")
+    data = os.urandom((3 << 20) + 777)
+    oid = oid_of(data)
+    piece = 256 << 10
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        sock.sendall(put_head(oid, len(data)))
+        for i in range(0, len(data), piece):  # ~13 pieces, IDLE / 4 apart: 3 * IDLE in all
+            time.sleep(IDLE / 4)
+            sock.sendall(data[i:i + piece])
+        head, body, rest = read_response(sock)
+        assert head.startswith(b"HTTP/1.1 201 "), (head, body)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body, rest = read_response(sock, rest)
+        assert head.startswith(b"HTTP/1.1 200 ") and body == b"ok\n", (head, body)
+    assert object_path(server.root, oid).read_bytes() == data
+    assert temp_files(server.root) == []
