@@ -276,6 +276,32 @@ async def test_abort_waits_for_the_writes_on_their_way(tmp_path):
     await store.close()
 
 
+async def test_buffers_are_reused_only_once_their_upload_is_over(tmp_path, monkeypatch):
+    """Uploads at the same time have buffers of their own; a finished or aborted upload's
+    buffers go to the next one, whose content must come out intact, as the earlier ones'."""
+    from lfsserve.blobstore import local
+
+    monkeypatch.setattr(local, "_spare", [])
+    store = LocalBlobStore(tmp_path / "lfs")
+    await store.open()
+    a, b, c = (os.urandom(3 * _STAGE + i) for i in (5, 6, 7))
+    first = await store.direct_upload(oid_of(a))
+    second = await store.direct_upload(oid_of(b))
+    regions = {id(first._sink._region), id(second._sink._region)}
+    assert len(regions) == 2
+    await _feed(first, a)
+    await _feed(second, b)
+    assert (await first.finish()).created
+    await second.abort()
+    third = await store.direct_upload(oid_of(c))
+    assert id(third._sink._region) in regions
+    await _feed(third, c)
+    assert (await third.finish()).created
+    assert store.path(oid_of(a)).read_bytes() == a and store.path(oid_of(c)).read_bytes() == c
+    assert not store.path(oid_of(b)).exists() and _temps(store) == []
+    await store.close()
+
+
 async def test_quarantine_keeps_the_bytes_under_the_store(tmp_path):
     s = LocalBlobStore(tmp_path / "lfs")
     await s.open()
