@@ -30,10 +30,8 @@ wire_v1_bench.py does. Needs root (sshd logs the client in as root), openssh-ser
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -43,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wire_v1_bench import CLK, HG, REPO_ROOT, build_repo, free_port, hg_env, run_hg
+from wire_v1_bench import HG, REPO_ROOT, build_repo, cpu_seconds, free_port, geomean, hg_env, run_hg, stop_process
 
 SSHD = "/usr/sbin/sshd"
 GNU_TIME = "/usr/bin/time"
@@ -91,17 +89,7 @@ class Sshd:
                 f"-o StrictHostKeyChecking=yes -o IdentityFile={key} -o IdentitiesOnly=yes")
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of process `pid`, all its threads (children not included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
+        stop_process(self.proc)
 
 
 class Side:
@@ -112,7 +100,7 @@ class Side:
         self.name, self.url, self.ssh, self.cpu_file, self.server_pid = name, url, ssh, cpu_file, server_pid
 
     def cpu(self) -> float:
-        total = process_cpu(self.server_pid) if self.server_pid else 0.0
+        total = cpu_seconds(self.server_pid) if self.server_pid else 0.0
         if not self.cpu_file.exists():
             return total
         for line in self.cpu_file.read_text().splitlines():
@@ -120,6 +108,9 @@ class Side:
             if len(words) == 2:
                 total += float(words[0]) + float(words[1])
         return total
+
+    def hg(self, args: list[str], env: dict) -> None:
+        run_hg(["--config", f"ui.ssh={self.ssh}", *args], env)
 
 
 class LfsserveServer:
@@ -140,12 +131,7 @@ class LfsserveServer:
         self.pid = self.proc.pid
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
     def hg(self, args: list[str], env: dict) -> None:
         run_hg(["--config", f"ui.ssh={self.ssh}", *args], env)
@@ -267,8 +253,7 @@ def main() -> int:
         print(f"\npaired ratios, {ours} / hg serve --stdio (geometric mean over {args.repeat} back-to-back "
               f"runs, order rotating; targets: server CPU <= 0.6, wall <= 1.0):")
         for k, rs in by_scenario.items():
-            wall = math.exp(sum(math.log(w) for w, _ in rs) / len(rs))
-            cpu = math.exp(sum(math.log(c) for _, c in rs) / len(rs))
+            wall, cpu = geomean([w for w, _ in rs]), geomean([c for _, c in rs])
             each = " ".join(f"{w:.2f}/{c:.2f}" for w, c in rs)
             verdict = "met" if wall <= 1.0 and cpu <= 0.6 else "MISSED"
             print(f"{k:14} wall {wall:5.2f}   server CPU {cpu:5.2f}   {verdict}   (each wall/CPU: {each})")

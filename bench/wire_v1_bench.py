@@ -101,6 +101,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK  # utime, stime (fields 14, 15)
 
 
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s; reaped either way."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_http(url: str, timeout: float = 30) -> None:
     import urllib.request
     deadline = time.monotonic() + timeout
@@ -123,11 +137,7 @@ class Server:
         return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
 
 
 def run_hg(args: list[str], env: dict, cwd: Path | None = None) -> None:
@@ -273,8 +283,7 @@ def main() -> int:
     print(f"\npaired ratios, lfsserve / hg serve (geometric mean over {args.repeat} back-to-back pairs, "
           f"order alternating{'' if args.repeat % 2 == 0 else '; use an even --repeat to cancel drift'}):")
     for k, rs in pairs.items():
-        wall = math.exp(sum(math.log(w) for w, _ in rs) / len(rs))
-        cpu = math.exp(sum(math.log(c) for _, c in rs) / len(rs))
+        wall, cpu = geomean([w for w, _ in rs]), geomean([c for _, c in rs])
         each = " ".join(f"{w:.2f}" for w, _ in rs)
         print(f"{k:20} wall {wall:5.2f} (each: {each})   server CPU {cpu:5.2f}")
     return 0

@@ -285,10 +285,10 @@ class SshConfig:
     # Offer git-lfs's pure-SSH transfer protocol (git-lfs-transfer). Off: git-lfs falls back to
     # git-lfs-authenticate and transfers objects over HTTP(S) at server.base_url.
     lfs_transfer: bool = True
-    # A running `lfsserve serve` takes over the hg sessions of forced commands that name the same
+    # A running `lfsserve serve` takes over the SSH sessions of forced commands that name the same
     # configuration file and data directory: they pass their stdin/stdout/stderr over a Unix socket
-    # and the server runs the session in a thread, with its warm caches (no start-up per hg
-    # command). false: every forced command serves its session itself.
+    # and the server serves the session, with its warm caches (no start-up per hg command).
+    # false: every forced command serves its session itself.
     handoff: bool = True
     # The server's Unix socket for that (mode 0600: only the user running the server and root may
     # connect). Empty: <root>/run/ssh.sock. Give a local path when the data directory is shared

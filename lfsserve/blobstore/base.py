@@ -229,6 +229,24 @@ class BlobStore(abc.ABC):
         """Raises ObjectMissing, or CorruptObject if the object is known to be corrupt. A backend
         may fill in `data` of a verified object of at most `inline` bytes (saving a read())."""
 
+    async def get_visible(self, oid: str, visible: Callable[[], bool], *, inline: int = 0) -> BlobHandle | None:
+        """get(), for a caller allowed to see the object only if `visible()` (a blocking check,
+        run in a worker thread) says so: None when it does not, whatever is stored. A backend
+        that looks objects up in a worker thread runs the check in the same job."""
+        import asyncio
+
+        from ..aio import run_blocking
+
+        seen, got = await asyncio.gather(run_blocking(visible), self.get(oid, inline=inline),
+                                         return_exceptions=True)
+        if isinstance(seen, BaseException):
+            raise seen
+        if not seen:
+            return None
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
     @abc.abstractmethod
     def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         """Bytes [start, end) of the object. Reading the whole of an unverified object verifies

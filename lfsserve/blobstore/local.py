@@ -861,10 +861,13 @@ class LocalBlobStore(BlobStore):
         return PutResult(created=created, size=sink.size)
 
     # -- reading -------------------------------------------------------------------------------
-    def _get_on(self, oid: str, inline: int):
+    def _get_on(self, oid: str, inline: int, visible: Callable[[], bool] | None = None):
         """A job for the stamps thread: the object's state and, if it is verified and at most
-        `inline` bytes, its content (one hop for a small download)."""
-        def job(conn: sqlite3.Connection) -> tuple[ObjectState, bytes | None]:
+        `inline` bytes, its content (one hop for a small download); None when `visible()` says
+        the caller may not see it (asked first: nothing else is looked at then)."""
+        def job(conn: sqlite3.Connection) -> tuple[ObjectState, bytes | None] | None:
+            if visible is not None and not visible():
+                return None
             stats = self._stat_many([oid])
             stamps = self._stamps_query(list(stats))(conn) if stats else {}
             state = _classify(stats.get(oid), stamps.get(oid))
@@ -885,13 +888,22 @@ class LocalBlobStore(BlobStore):
 
     async def get(self, oid: str, *, inline: int = 0) -> BlobHandle:
         _check_oid(oid)
-        state, data = await self._stamps.read(self._get_on(oid, inline))
+        found = await self._stamps.read(self._get_on(oid, inline))
+        assert found is not None  # no visibility check asked
+        return self._handle(oid, *found)
+
+    async def get_visible(self, oid: str, visible: Callable[[], bool], *, inline: int = 0) -> BlobHandle | None:
+        _check_oid(oid)
+        found = await self._stamps.read(self._get_on(oid, inline, visible))
+        return None if found is None else self._handle(oid, *found)
+
+    def _handle(self, oid: str, state: ObjectState, data: bytes | None) -> BlobHandle:
         if state.status is Status.MISSING:
             raise ObjectMissing(f"object {oid} does not exist")
         if state.status is Status.CORRUPT:
             raise CorruptObject(f"object {oid} is corrupt")
         ok = state.status is Status.OK
-        return BlobHandle(oid, state.size, ok, self.path(oid) if ok else None, data=data)
+        return BlobHandle(oid, state.size, ok, Path(self._fspath(oid)) if ok else None, data=data)  # oid checked
 
     async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         oid = handle.oid

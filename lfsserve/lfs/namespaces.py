@@ -114,6 +114,14 @@ class SqliteNamespaceIndex:
         return await self.db.read(self._visible(namespace, list(oids))) if oids else set()
 
 
+    def visible_here(self, namespace: str, oid: str) -> bool:
+        """Whether `oid` is visible in `namespace`, asked from the calling worker thread (never
+        the event loop's): a download's lookup joins the job that reads the object (one hop)."""
+        def q(conn: sqlite3.Connection) -> bool:
+            return conn.execute("SELECT 1 FROM visible WHERE namespace = ? AND oid = ?",
+                                (namespace, oid)).fetchone() is not None
+        return self.db.read_here(q)
+
     async def grant(self, namespace: str, oids: Collection[str]) -> None:
         if oids:
             await self.db.write(self._grant(namespace, list(oids)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable
@@ -173,7 +174,10 @@ class LfsService:
             raise
         if not granting:
             return await self._granted(namespace, oid, result)
-        await asyncio.wrap_future(granting[0])
+        if granting[0].done():
+            granting[0].result()  # committed while the store synced (raises what the commit raised)
+        else:
+            await asyncio.wrap_future(granting[0])
         self.stats.uploads += 1
         self.stats.upload_bytes += result.size
         return result
@@ -220,17 +224,11 @@ class LfsService:
         is known or found to be corrupt. A whole read verifies an object that changed on disk as
         it streams (read()); for a part of one, or only its headers (`whole` false), that is
         impossible, so it is re-hashed first."""
-        # Both lookups at once; the store's answer (even an error) counts only if visible.
-        visible, got = await asyncio.gather(self.namespaces.visible(namespace, [oid]),
-                                            self.store.get(oid, inline=inline), return_exceptions=True)
-        if isinstance(visible, BaseException):
-            raise visible
-        if not visible:
+        got = await self._get_visible(namespace, oid, inline)
+        if got is None:
             if not await self._promote(namespace, [oid]):
                 raise ObjectMissing("The object does not exist")
             got = await self.store.get(oid, inline=inline)  # installed just now: look again
-        elif isinstance(got, BaseException):
-            raise got
         handle = got
         if not handle.verified and not whole:
             state = await self.store.verify(oid)
@@ -239,6 +237,23 @@ class LfsService:
                 raise CorruptObject("The object is corrupt")
             handle = await self.store.get(oid)
         return handle
+
+    async def _get_visible(self, namespace: str, oid: str, inline: int) -> BlobHandle | None:
+        """store.get() of `oid` if it is visible in `namespace`, else None (whatever is stored)."""
+        if isinstance(self.namespaces, SqliteNamespaceIndex):
+            # Visibility and the object looked up in one worker job (the store's).
+            return await self.store.get_visible(
+                oid, functools.partial(self.namespaces.visible_here, namespace, oid), inline=inline)
+        # Both lookups at once; the store's answer (even an error) counts only if visible.
+        visible, got = await asyncio.gather(self.namespaces.visible(namespace, [oid]),
+                                            self.store.get(oid, inline=inline), return_exceptions=True)
+        if isinstance(visible, BaseException):
+            raise visible
+        if not visible:
+            return None
+        if isinstance(got, BaseException):
+            raise got
+        return got
 
     async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         """Bytes [start, end) of an opened download (BlobStore.read: an unverified object is

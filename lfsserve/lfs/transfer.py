@@ -64,6 +64,11 @@ async def _upload(request: web.Request, svc: LfsService, ns: str, oid: str) -> w
     if content.is_eof():
         # The whole body came with the headers (small objects): one worker job stores it.
         result = await svc.receive_bytes(ns, oid, content.read_nowait(-1))
+    elif (request.content_length is not None and request.content_length <= _WHOLE_MAX
+          and "Content-Encoding" not in request.headers):
+        # A small body that took more than one read (64 KiB and its headers often do): read
+        # whole, then stored by one worker job, rather than streamed through two.
+        result = await svc.receive_bytes(ns, oid, await content.read())
     elif receive.eligible(request) and (upload := await svc.open_upload(oid)) is not None:
         try:
             await receive.read_into(request, upload, svc.config.limits.idle_timeout)
@@ -109,6 +114,9 @@ def _signed_token(request: web.Request) -> bool:
 
 # Below this, the thread hand-off costs more than copying through the event loop.
 _SENDFILE_MIN = 256 * 1024
+# Upload bodies of at most this many bytes (by Content-Length) are received whole before they
+# are stored: at most this much memory per upload.
+_WHOLE_MAX = 256 * 1024
 
 
 def _plain_get(request: web.Request) -> bool:

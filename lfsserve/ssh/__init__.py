@@ -11,9 +11,9 @@ HTTP, and dispatches:
 
 When an lfsserve server runs on the same data directory with the same configuration file, the
 forced command does not serve the session itself: forward.py (standard library only, so it starts
-fast) passes its stdin, stdout and stderr to the server over a Unix socket, and the server runs the
-session in a thread (handoff.py) with its warm caches; otherwise, or when the server declines, the
-forced command serves it as above.
+fast) passes its stdin, stdout and stderr to the server over a Unix socket, and the server serves
+the session (handoff.py) with its warm caches; otherwise, or when the server declines, the forced
+command serves it as above.
 
 keys.py manages the authorized_keys file (and answers sshd's AuthorizedKeysCommand). This package
 imports the kernel (auth, config, routing), the stores and the services other front ends share

@@ -12,8 +12,8 @@ descriptors (handoff.py); this process only waits for the exit status and exits 
 
 The server answers one line: `exit N` once the session is over (it closed its copies of the
 descriptors first, so the client sees the end of the output when this process exits), or
-`fallback` when it does not take the session (another configuration, a git-lfs command, too many
-sessions): it has not touched the descriptors, and the forced command serves the session itself.
+`fallback` when it does not take the session (another configuration, too many sessions, a
+message it does not understand): it has not touched the descriptors, and the forced command serves the session itself.
 No server, a stale socket, or handoff disabled: the same fallback, without a word.
 
 The data directory and socket are found from the command line, the TOML file and the environment

@@ -11,7 +11,8 @@ its stdin, stdout and stderr with a JSON header; each connection gets a thread t
     refusal on the client's stderr (`exit 1`);
   - serves an hg session (hg.serve_hg_stdio) on the passed descriptors with this server's
     Authenticator, RepoRegistry (its revlog caches are process-wide and warm), event loop (hooks),
-    LFS policy and webhook queue; git-lfs commands get `fallback`;
+    LFS policy and webhook queue; a git-lfs-transfer session on this server's event loop and
+    LfsService (session.serve_transfer); git-lfs-authenticate's answer;
   - closes its copies of the descriptors, then answers `exit N`.
 
 At most ssh.handoff_sessions run at once; a forced command beyond that serves its session itself
@@ -40,9 +41,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..kernel import LfsBlobPolicy, ServerContext
+from ..lfs.service import LfsService
 from .forward import HEADER, MAX_HELLO
 from .hg import Channel, serve_hg_stdio
-from .session import Refused, admit
+from .session import Refused, admit, authenticate_answer, serve_transfer
+from .stdio import stdio_usable
 
 __all__ = ["HandoffListener"]
 
@@ -80,6 +83,7 @@ class HandoffListener:
         self._sock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._inode = 0   # of the socket file this server bound
         self._sessions = 0
         self._idle = threading.Condition()
 
@@ -127,6 +131,7 @@ class HandoffListener:
             sock.bind(str(tmp))
             os.chmod(tmp, 0o600)
             os.replace(tmp, path)
+            self._inode = os.stat(path).st_ino
             sock.listen(64)
             sock.setblocking(False)
         except BaseException:
@@ -144,7 +149,7 @@ class HandoffListener:
                 await self._accepting
         with contextlib.suppress(OSError):
             # Only our own socket: another server may have replaced a path it thought stale.
-            if os.stat(self.path).st_ino == os.fstat(self._sock.fileno()).st_ino:
+            if os.stat(self.path).st_ino == self._inode:
                 self.path.unlink()
         self._sock.close()
         self._sock = None
@@ -174,7 +179,7 @@ class HandoffListener:
     # -- one forced command ---------------------------------------------------------------------
     def _connection(self, conn: socket.socket) -> None:
         fds: list[int] = []
-        answer: bytes | None = b"fallback\n"
+        answer = b"fallback\n"   # until a session starts, the forced command can still serve it
         try:
             conn.setblocking(True)
             conn.settimeout(HELLO_TIMEOUT)
@@ -185,20 +190,19 @@ class HandoffListener:
                 return
             hello, fds = self._receive(conn)
             if hello is None or len(fds) != 3:
-                log.warning("SSH handoff: a malformed message from pid %d", pid)
-                answer = None
+                # (`fallback` all the same: a forced command of another lfsserve version serves itself)
+                log.warning("SSH handoff: a message this server does not understand from pid %d", pid)
                 return
             conn.settimeout(None)
-            answer = self._session(hello, fds)
+            answer = self._session(hello, fds, pid)
         except (OSError, ValueError) as exc:
             log.warning("SSH handoff: %s", exc)
         finally:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            if answer is not None:
-                with contextlib.suppress(OSError):
-                    conn.sendall(answer)
+            with contextlib.suppress(OSError):
+                conn.sendall(answer)
             conn.close()
 
     def _receive(self, conn: socket.socket) -> tuple[dict | None, list[int]]:
@@ -228,7 +232,7 @@ class HandoffListener:
             return None, fds
         return (hello if isinstance(hello, dict) else None), fds
 
-    def _session(self, hello: dict, fds: list[int]) -> bytes:
+    def _session(self, hello: dict, fds: list[int], pid: int) -> bytes:
         config = self.ctx.config
         if hello.get("config") != config.source or hello.get("root") != str(config.root):
             return b"fallback\n"   # another configuration: the forced command applies its own
@@ -248,11 +252,33 @@ class HandoffListener:
             except Refused as exc:
                 channel.say(f"lfsserve: {exc.message}\n")
                 return b"exit 1\n"
-            if cmd.kind != "hg":
-                return b"fallback\n"
             assert self._loop is not None
-            status = serve_hg_stdio(config, principal, cmd.repo, auth=self.ctx.auth, registry=self.ctx.repos,
-                                    channel=channel, services=_ServerWrites(self._loop, self.ctx))
+            if cmd.kind == "hg":
+                log.info("SSH session handed over: %s, hg -R %s (forced command pid %d)", user, cmd.repo, pid)
+                status = serve_hg_stdio(config, principal, cmd.repo, auth=self.ctx.auth, registry=self.ctx.repos,
+                                        channel=channel, services=_ServerWrites(self._loop, self.ctx))
+                return b"exit %d\n" % status
+            if cmd.kind == "git-lfs-authenticate":
+                try:
+                    answer = authenticate_answer(config, self.ctx.auth, principal, cmd)
+                except ValueError as exc:
+                    channel.say(f"lfsserve: {exc}\n")
+                    return b"exit 1\n"
+                log.info("SSH session handed over: %s, git-lfs-authenticate %s %s (forced command pid %d)",
+                         user, cmd.repo, cmd.operation, pid)
+                with open(fds[1], "wb", closefd=False) as out:
+                    out.write(json.dumps(answer).encode("utf-8") + b"\n")
+                return b"exit 0\n"
+            svc = self.ctx.lfs_blobs
+            if not isinstance(svc, LfsService) or not config.ssh.lfs_transfer:
+                return b"fallback\n"   # no LFS here, or the forced command's refusal to give
+            if not stdio_usable(fds[0], fds[1]):
+                return b"fallback\n"
+            log.info("SSH session handed over: %s, git-lfs-transfer %s %s (forced command pid %d)",
+                     user, cmd.repo, cmd.operation, pid)
+            session = serve_transfer(svc, self.ctx.webhooks, principal, cmd, fds[0], fds[1],
+                                     lambda text: channel.say(text + "\n"))
+            status = asyncio.run_coroutine_threadsafe(session, self._loop).result()
             return b"exit %d\n" % status
         except Exception:
             log.exception("SSH session of %s failed", user)

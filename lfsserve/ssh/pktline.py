@@ -102,14 +102,19 @@ class PktWriter:
         await self._w.drain()
 
 
-async def open_stdio() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Standard input and output (pipes or sockets from sshd) as asyncio streams. Check
-    stdio_usable() first."""
+async def open_stdio(stdin: int | None = None, stdout: int | None = None
+                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.BaseTransport]:
+    """Standard input and output (pipes or sockets from sshd; this process's, or the given
+    descriptors, which stay open) as asyncio streams, and the input's transport: close it with
+    the writer when the session ends (a loop that goes on serving must stop watching the input).
+    Check stdio_usable() first."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_PACKET * 2)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                 os.fdopen(sys.stdin.fileno(), "rb", buffering=0, closefd=False))
+    fd_in = sys.stdin.fileno() if stdin is None else stdin
+    fd_out = sys.stdout.fileno() if stdout is None else stdout
+    read_transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                     os.fdopen(fd_in, "rb", buffering=0, closefd=False))
     transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(sys.stdout.fileno(), "wb", buffering=0, closefd=False))
+        asyncio.streams.FlowControlMixin, os.fdopen(fd_out, "wb", buffering=0, closefd=False))
     writer = asyncio.StreamWriter(transport, protocol, None, loop)
-    return reader, writer
+    return reader, writer, read_transport

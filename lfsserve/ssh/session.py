@@ -7,13 +7,19 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..auth import Authenticator, AuthError, Permission, Principal
 from ..config import Config
 from .command import BadCommand, SshCommand, parse_command
 from .keys import USER
 
-__all__ = ["Refused", "admit", "authenticate_answer", "run_forced_command"]
+if TYPE_CHECKING:
+    from ..lfs.service import LfsService
+    from ..webhooks import Webhooks
+
+__all__ = ["Refused", "admit", "authenticate_answer", "run_forced_command", "serve_transfer"]
 
 
 class Refused(Exception):
@@ -100,8 +106,7 @@ async def _transfer(config: Config, auth: Authenticator, principal: Principal, c
     from ..lfs.service import LfsService
     from ..pgdb import DatabaseUnavailable
     from ..webhooks import Webhooks
-    from .pktline import STDIO_REFUSED, PktReader, PktWriter, ProtocolError, open_stdio, stdio_usable
-    from .transfer import SessionAbort, TransferSession
+    from .pktline import STDIO_REFUSED, stdio_usable
 
     if not stdio_usable():
         return _fail(f"git-lfs-transfer {STDIO_REFUSED}")
@@ -112,21 +117,35 @@ async def _transfer(config: Config, auth: Authenticator, principal: Principal, c
         return _fail(f"git-lfs-transfer: {exc}; try again later")
     webhooks = Webhooks(config)  # its queue opens at the first upload with a target
     try:
-        reader, writer = await open_stdio()
-        session = TransferSession(svc, principal, cmd.repo, cmd.operation, PktReader(reader), PktWriter(writer),
-                                  webhooks)
-        try:
-            return await session.run()
-        except ProtocolError as exc:
-            return _fail(f"git-lfs-transfer: protocol error: {exc}; nothing was stored from this message")
-        except SessionAbort:
-            return 1
-        except (BrokenPipeError, ConnectionResetError):
-            return _fail("git-lfs-transfer: the client went away")
-        finally:
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await writer.drain()
-            writer.close()
+        return await serve_transfer(svc, webhooks, principal, cmd, sys.stdin.fileno(), sys.stdout.fileno(),
+                                    lambda text: print(text, file=sys.stderr, flush=True))
     finally:
         await run_blocking(webhooks.stop)
         await svc.stop()
+
+
+async def serve_transfer(svc: LfsService, webhooks: Webhooks | None, principal: Principal, cmd: SshCommand,
+                         stdin: int, stdout: int, say: Callable[[str], None]) -> int:
+    """A git-lfs-transfer session on `stdin`/`stdout` (pipes or sockets), on a started LfsService;
+    `say` writes a line to the client's stderr. The exit status."""
+    from .pktline import PktReader, PktWriter, ProtocolError, open_stdio
+    from .transfer import SessionAbort, TransferSession
+
+    reader, writer, read_transport = await open_stdio(stdin, stdout)
+    session = TransferSession(svc, principal, cmd.repo, cmd.operation, PktReader(reader), PktWriter(writer),
+                              webhooks, say)
+    try:
+        return await session.run()
+    except ProtocolError as exc:
+        say(f"lfsserve: git-lfs-transfer: protocol error: {exc}; nothing was stored from this message")
+        return 1
+    except SessionAbort:
+        return 1
+    except (BrokenPipeError, ConnectionResetError):
+        say("lfsserve: git-lfs-transfer: the client went away")
+        return 1
+    finally:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            await writer.drain()
+        writer.close()
+        read_transport.close()

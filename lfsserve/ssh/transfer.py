@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..aio import run_blocking
@@ -93,8 +93,11 @@ class TransferSession:
     """One git-lfs-transfer process: one user, one namespace, one operation."""
 
     def __init__(self, svc: LfsService, principal: Principal, namespace: str, operation: str,
-                 reader: PktReader, writer: PktWriter, webhooks: Webhooks | None = None):
+                 reader: PktReader, writer: PktWriter, webhooks: Webhooks | None = None,
+                 say: Callable[[str], None] | None = None):
         self.svc = svc
+        # a line for the client's stderr (ssh shows it to the user)
+        self.say = say or (lambda text: print(text, file=sys.stderr, flush=True))
         self.webhooks = webhooks  # uploads queue their `lfs` event here
         self.principal = principal
         self.ns = namespace
@@ -330,8 +333,8 @@ class TransferSession:
         except BlobError as exc:  # corrupt, or the object storage failed mid-way
             # The status line is gone: the only honest signal left is to stop short, so the
             # client's hash check fails and it keeps nothing.
-            print(f"lfsserve: LFS object {oid}: {exc.message}: download cut after {sent} of "
-                  f"{handle.size} bytes", file=sys.stderr)
+            self.say(f"lfsserve: LFS object {oid}: {exc.message}: download cut after {sent} of "
+                     f"{handle.size} bytes")
             raise SessionAbort() from None
         self.w.flush()
         self.svc.sent(sent)

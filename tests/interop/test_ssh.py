@@ -12,6 +12,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,21 +66,26 @@ def site(lfsserve, tmp_path):
     started: list[Sshd] = []
     wrappers: list[Path] = []
 
-    def make(lfs_transfer: bool = True, keys_command: bool = False, http_auth: str = "") -> Site:
-        server = lfsserve(anonymous="none", config="[auth]\n" + http_auth + "\n" + RULES)
+    def make(lfs_transfer: bool = True, keys_command: bool = False, http_auth: str = "",
+             handoff: bool = False) -> Site:
         wrapper = make_wrapper()
         wrappers.append(wrapper)
-        config = tmp_path / "ssh-config.toml"
-        config.write_text(f"""
-[server]
-root = "{server.root}"
-base_url = "{server.url}"
-[ssh]
-command = "{wrapper}"
-lfs_transfer = {str(lfs_transfer).lower()}
-[auth]
-anonymous = "none"
-{RULES}""")
+        def text(root: Path, server_extra: str, auth_extra: str) -> str:
+            return (f'[server]\nroot = "{root}"\n{server_extra}\n[ssh]\ncommand = "{wrapper}"\n'
+                    f'lfs_transfer = {str(lfs_transfer).lower()}\n[auth]\nanonymous = "none"\n{auth_extra}\n{RULES}')
+
+        if handoff:
+            # The forced commands name the server's own configuration file: the running server
+            # takes their hg sessions (ssh.handoff). git-lfs-authenticate has no base_url here.
+            root = tmp_path / "handoff"
+            server = lfsserve(root=root, anonymous="none", config=text(root, "", http_auth))
+            config = root.parent / f"{root.name}-config.toml"
+        else:
+            # Another configuration file than the server's: the server declines the sessions
+            # (`fallback`) and each forced command serves its own.
+            server = lfsserve(anonymous="none", config="[auth]\n" + http_auth + "\n" + RULES)
+            config = tmp_path / "ssh-config.toml"
+            config.write_text(text(server.root, f'base_url = "{server.url}"', ""))
         keys = {name: make_key(tmp_path / "keys", name) for name in ("alice", "bob", "eve")}
         for name in ("alice", "bob"):
             res = lfsserve_cli("authorized-keys", "add", "--config", config, name, keys[name].with_suffix(".pub"))
@@ -132,8 +138,24 @@ def _text(res) -> str:
     return (res.stdout + res.stderr).decode(errors="replace")
 
 
-def test_pure_ssh_push_pull_and_locks(site, tmp_path):
-    s = site()
+HANDED_OVER = "SSH session handed over"
+
+
+def _check_handoff(site: Site, handoff: bool, user: str = "alice", what: str = "hg -R") -> None:
+    """The sessions were served by the running server (handoff) or by the forced commands."""
+    log = site.server.log()
+    if handoff:
+        assert f"{HANDED_OVER}: {user}, {what}" in log, log[-3000:]
+    else:
+        assert HANDED_OVER not in log, log[-3000:]
+
+
+HANDOFF = pytest.mark.parametrize("handoff", [False, True], ids=["forced-command", "handoff"])
+
+
+@HANDOFF
+def test_pure_ssh_push_pull_and_locks(site, tmp_path, handoff):
+    s = site(handoff=handoff)
     big, small = _data(3 * 1024 * 1024 + 17, 1), b"small lfs object\n"
     remote, work = _new_repo(s, tmp_path, {"big.bin": big, "small.bin": small})
 
@@ -158,6 +180,8 @@ def test_pure_ssh_push_pull_and_locks(site, tmp_path):
     assert refused.returncode != 0 and "may not write" in _text(refused)
     assert "Unlocked big.bin" in _text(s.git_as("alice", "lfs", "unlock", "big.bin", cwd=work))
     assert "big.bin" not in _text(s.git_as("bob", "lfs", "locks", cwd=clone)).replace("GIT_TRACE", "")
+    _check_handoff(s, handoff, "alice", "git-lfs-transfer team/game upload")
+    _check_handoff(s, handoff, "bob", "git-lfs-transfer team/game download")
 
 
 def test_git_lfs_authenticate_fallback_over_http(site, tmp_path):
@@ -286,8 +310,11 @@ def _commit(hg: Hg, repo: Path, name: str, data: bytes) -> None:
     hg("commit", "-A", "-m", f"add {name}", cwd=repo)
 
 
-def test_hg_clone_pull_push_over_ssh(site, tmp_path):
-    s = site()
+
+
+@HANDOFF
+def test_hg_clone_pull_push_over_ssh(site, tmp_path, handoff):
+    s = site(handoff=handoff)
     served = _hg_repo(s, "team/hg")
     url = _hg_url(s, "team/hg")
     alice, bob = _hg_as(s, "alice", tmp_path), _hg_as(s, "bob", tmp_path)
@@ -342,10 +369,13 @@ def test_hg_clone_pull_push_over_ssh(site, tmp_path):
     assert bob.out("bookmarks", "-R", str(served)).strip() == "no bookmarks set"
     assert "Traceback" not in out
     alice("verify", "-R", str(served))
+    _check_handoff(s, handoff)
+    _check_handoff(s, handoff, "bob")
 
 
-def test_hg_http_and_ssh_pushes_race_on_one_repository(site, tmp_path):
-    s = site(http_auth=f'htpasswd = "{_htpasswd(tmp_path, "alice")}"')
+@HANDOFF
+def test_hg_http_and_ssh_pushes_race_on_one_repository(site, tmp_path, handoff):
+    s = site(http_auth=f'htpasswd = "{_htpasswd(tmp_path, "alice")}"', handoff=handoff)
     served = _hg_repo(s, "team/race")
     alice = _hg_as(s, "alice", tmp_path)
     base = tmp_path / "base"
@@ -375,6 +405,7 @@ def test_hg_http_and_ssh_pushes_race_on_one_repository(site, tmp_path):
     res = alice("verify", "-R", str(served))
     assert "checked 41 changesets" in _text(res), _text(res)
     assert len(alice.out("log", "-R", str(served), "-r", "head()", "-T", "{node}\n").split()) == 2
+    _check_handoff(s, handoff)
 
 
 def _htpasswd(tmp_path: Path, *users: str) -> Path:
@@ -387,8 +418,9 @@ def _htpasswd(tmp_path: Path, *users: str) -> Path:
     return htpasswd
 
 
-def test_hg_lfs_over_ssh_with_blobs_over_http(site, tmp_path):
-    s = site(http_auth=f'htpasswd = "{_htpasswd(tmp_path, "alice", "bob")}"')
+@HANDOFF
+def test_hg_lfs_over_ssh_with_blobs_over_http(site, tmp_path, handoff):
+    s = site(http_auth=f'htpasswd = "{_htpasswd(tmp_path, "alice", "bob")}"', handoff=handoff)
     served = _hg_repo(s, "team/media")
     lfs_url = f"{s.server.url}/team/media/.git/info/lfs"
 
@@ -416,10 +448,12 @@ def test_hg_lfs_over_ssh_with_blobs_over_http(site, tmp_path):
     out = _text(bob("clone", _hg_url(s, "team/media"), str(clone)))
     assert (clone / "big.bin").read_bytes() == big, out
     alice("verify", "-R", str(served))
+    _check_handoff(s, handoff)
 
 
-def test_hg593_clones_over_ssh(site, tmp_path, hg593_path):
-    s = site()
+@HANDOFF
+def test_hg593_clones_over_ssh(site, tmp_path, hg593_path, handoff):
+    s = site(handoff=handoff)
     _hg_repo(s, "team/old")
     alice = _hg_as(s, "alice", tmp_path)
     work = tmp_path / "work"
@@ -431,6 +465,7 @@ def test_hg593_clones_over_ssh(site, tmp_path, hg593_path):
     assert "added 1 changesets with 1 changes to 1 files" in out, out
     assert (tmp_path / "old-clone" / "a.txt").read_bytes() == b"a\n" * 500
     old("verify", cwd=tmp_path / "old-clone")
+    _check_handoff(s, handoff, "bob")
 
 
 # -- the hg channel driven directly (no sshd): `lfsserve ssh` with SSH_ORIGINAL_COMMAND ----------------
@@ -439,22 +474,39 @@ NULL_PAIR = b"-".join([b"0" * 40] * 2)
 HANDSHAKE = b"hello\nbetween\npairs %d\n%s" % (len(NULL_PAIR), NULL_PAIR)
 
 
-@pytest.fixture
-def channel(tmp_path):
-    """channel(user, input, repo="team/raw") -> CompletedProcess of `lfsserve ssh` speaking hg."""
+@pytest.fixture(params=["forced-command", "handoff"])
+def channel(request, tmp_path, lfsserve):
+    """channel(user, input, repo="team/raw") -> CompletedProcess of `lfsserve ssh` speaking hg:
+    serving the session itself, or handing it to a running server of the same configuration."""
     root = tmp_path / "root"
-    config = tmp_path / "raw.toml"
-    config.write_text(f'[server]\nroot = "{root}"\n[hg]\nmax_push_size = 100000\ncreate_on_push = true\n'
-                      f'[auth]\nanonymous = "none"\n{RULES}')
+    text = (f'[server]\nroot = "{root}"\n[hg]\nmax_push_size = 100000\ncreate_on_push = true\n'
+            f'[auth]\nanonymous = "none"\n{RULES}')
     res = lfsserve_cli("init", "--root", root, "team/raw")
     assert res.returncode == 0, res.stderr.decode()
+    if request.param == "handoff":
+        server = lfsserve(root=root, anonymous=None, config=text)
+        config = root.parent / f"{root.name}-config.toml"
+    else:
+        server = None
+        config = tmp_path / "raw.toml"
+        config.write_text(text)
 
     def talk(user: str, data: bytes, repo: str = "team/raw") -> subprocess.CompletedProcess:
         env = {**hg_env(tmp_path / "home"), "SSH_ORIGINAL_COMMAND": f"hg -R {repo} serve --stdio"}
-        return subprocess.run([sys.executable, "-m", "lfsserve", "ssh", "--config", str(config), "--user", user],
-                              cwd=REPO_ROOT, env=env, input=data, capture_output=True, timeout=120, check=False)
+        before = server.log().count("SSH session handed over") if server is not None else 0
+        res = subprocess.run([sys.executable, "-m", "lfsserve", "ssh", "--config", str(config), "--user", user],
+                             cwd=REPO_ROOT, env=env, input=data, capture_output=True, timeout=120, check=False)
+        if server is not None and b"may not" not in res.stderr:
+            # the session was the server's (a refused user's never starts); its log line may
+            # reach this test's reader of the server's output a moment later
+            deadline = time.monotonic() + 30
+            while server.log().count("SSH session handed over") != before + 1:
+                assert time.monotonic() < deadline, server.log()[-2000:]
+                time.sleep(0.05)
+        return res
     talk.repo = root / "repos" / "team" / "raw"  # type: ignore[attr-defined]
     talk.spool = root / "tmp"  # type: ignore[attr-defined]
+    talk.config = config  # type: ignore[attr-defined]
     return talk
 
 
@@ -557,7 +609,7 @@ def fake_ssh(channel, tmp_path):
     """A `ui.ssh` program that runs `lfsserve ssh` for alice directly (the forced command without
     sshd), with the channel fixture's configuration."""
     script = tmp_path / "fake-ssh"
-    config = tmp_path / "raw.toml"
+    config = channel.config
     script.write_text("#!/bin/sh\n"
                       "for last; do :; done\n"   # the remote command is the last argument
                       f'SSH_ORIGINAL_COMMAND="$last" exec {sys.executable} -m lfsserve ssh '

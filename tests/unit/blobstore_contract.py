@@ -151,6 +151,25 @@ class BlobStoreContract:
         assert states[oid_of(a)].servable and states[oid_of(a)].size == 100
         assert states[missing].status is Status.MISSING and not states[missing].present
 
+    async def test_get_visible_answers_only_when_visible(self, store):
+        data = b"visible?" * 100
+        oid, absent = oid_of(data), oid_of(b"never stored")
+        await store.put(oid, chunks_of(data))
+        asked = []
+
+        def no() -> bool:
+            asked.append(False)
+            return False
+
+        assert await store.get_visible(oid, no) is None  # stored, but not for this caller
+        assert await store.get_visible(absent, no) is None  # the same answer: nothing told
+        assert asked == [False, False]
+        handle = await store.get_visible(oid, lambda: True)
+        assert handle is not None and handle.size == len(data)
+        assert await collect(store, handle) == data
+        with pytest.raises(ObjectMissing):
+            await store.get_visible(absent, lambda: True)
+
     async def test_missing_and_invalid(self, store):
         with pytest.raises(ObjectMissing):
             await store.get(oid_of(b"never stored"))

@@ -89,3 +89,63 @@ async def test_visibility_records_are_as_durable_as_objects(make_client, fsync, 
     client = await make_client(extra=f"[lfs]\nfsync = {str(fsync).lower()}\n")
     svc = client.server.app[LFS_SERVICE]
     assert await svc.db.write(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) == synchronous
+
+
+async def test_download_lookup_follows_visibility_and_store_changes(setup):
+    """A GET looks visibility and the object up afresh each time: an object quarantined or
+    collected, or a namespace forgotten, reads as missing at once, and a namespace never granted
+    an object gets 404 whatever is stored."""
+    client, svc = setup
+    kept, quarantined, other = b"kept object", b"to be quarantined", b"in another namespace only"
+    for data in (kept, quarantined):
+        await upload(client, "team/app", data)
+    await upload(client, "team/other", other)
+
+    async def get(ns: str, data: bytes) -> int:
+        r = await client.get(f"/{ns}/.hg/lfs/objects/{oid_of(data)}", headers=ALICE)
+        if r.status == 200:
+            assert await r.read() == data
+        return r.status
+
+    assert [await get("team/app", d) for d in (kept, quarantined, other)] == [200, 200, 404]
+    assert await get("team/other", kept) == 404
+    await svc.quarantine(oid_of(quarantined))
+    assert await get("team/app", quarantined) == 404
+    assert await svc.forget_namespace("team/other") == 1
+    assert await get("team/other", other) == 404
+    assert (await svc.gc(grace_seconds=0)).deleted == [oid_of(other)]
+    await svc.namespaces.grant("team/other", [oid_of(other)])  # a grant left without its object
+    assert await get("team/other", other) == 404
+    assert await get("team/app", kept) == 200
+
+
+async def test_small_body_in_several_reads_is_stored_whole(setup):
+    """A small PUT whose body arrives after its headers, in pieces, is stored (one worker job);
+    one cut short stores nothing and leaves no temp file."""
+    client, svc = setup
+    data = os.urandom(100_000)
+    oid = oid_of(data)
+    head = (f"PUT /team/app/.hg/lfs/objects/{oid} HTTP/1.1\r\nHost: x\r\nAuthorization: {ALICE['Authorization']}\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
+
+    async def send(parts: list[bytes], close: bool = False) -> bytes:
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        try:
+            for part in parts:
+                writer.write(part)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            if close:
+                return b""
+            return await reader.read()
+        finally:
+            writer.close()
+
+    await send([head, data[:30_000]], close=True)
+    await asyncio.sleep(0.2)
+    assert not (await svc.store.state(oid)).present
+    assert list((svc.store.root / "tmp").iterdir()) == []
+    answer = await send([head, data[:30_000], data[30_000:]])
+    assert answer.startswith(b"HTTP/1.1 201")
+    r = await client.get(f"/team/app/.hg/lfs/objects/{oid}", headers=ALICE)
+    assert r.status == 200 and await r.read() == data
