@@ -378,7 +378,8 @@ class _Staged(_Sink):
             self._write_at(fd, view, offset)
             return
         self._hashed = self._pool.submit(self._hash_after, self._hashed, view)
-        self._busy[self._cur] = (self._hashed, self._pool.submit(self._write_at, fd, view, offset))
+        self._busy[self._cur] = (self._hashed,)  # tracked before anything else can fail
+        self._busy[self._cur] += (self._pool.submit(self._write_at, fd, view, offset),)
         for jobs in self._busy:
             for job in jobs:
                 if job.done() and job.exception() is not None:

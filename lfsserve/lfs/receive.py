@@ -190,6 +190,8 @@ async def read_into(request: web.Request, upload: DirectUpload, idle: float) -> 
                 except OSError:
                     pass
                 await asyncio.wait([job])
+                if not job.cancelled():
+                    job.exception()  # (the socket shut under it): retrieved, the upload is dropped
                 raise
         finally:
             sock.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import time
 
@@ -117,3 +118,26 @@ def test_a_slow_upload_is_not_an_idle_one_and_the_connection_serves_on(lfsserve)
         assert head.startswith(b"HTTP/1.1 200 ") and body == b"ok\n", (head, body)
     assert object_path(server.root, oid).read_bytes() == data
     assert temp_files(server.root) == []
+
+
+def test_shutdown_mid_body_leaves_nothing(lfsserve):
+    """SIGTERM while buffers of a large upload are being hashed and written in other threads:
+    after the grace period the upload is dropped, its temp file removed once those threads are
+    done, and the server exits cleanly."""
+    server = lfsserve(config="[server]\nshutdown_grace = 0.5\n")
+    data = os.urandom(24 << 20)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        sock.sendall(put_head(oid_of(data + b"more"), len(data) + 4) + data)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:  # until several buffers have reached the disk
+            temps = temp_files(server.root)
+            if temps and temps[0].stat().st_size >= 8 << 20:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the upload never reached its temp file")
+        assert server.stop(signal.SIGTERM) == 0, server.log()[-3000:]
+    assert temp_files(server.root) == []
+    assert not list((server.root / "lfs" / "objects").glob("*/*/*"))
+    log = server.log()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
