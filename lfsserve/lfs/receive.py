@@ -3,9 +3,9 @@
 Through aiohttp, every piece of a body is a fresh bytes object (parsed, queued, handed to hashing
 and writing threads), which costs several times the SHA-256 of the bytes. Here, once the handler
 knows the upload is acceptable, the event loop stops reading the connection; one worker thread
-`recv_into`s the upload's own reused buffer, which hashes each piece as it lands and writes the
-buffer when full (DirectUpload), then the loop
-reads the connection again for the next request. The worker reads exactly the rest of the body
+`recv_into`s the upload's own reused buffers (DirectUpload: a full buffer is hashed and written
+in other threads while the next one fills), then the loop reads the connection again for the
+next request. The worker reads exactly the rest of the body
 (Content-Length), never a byte of what follows, and aiohttp's parser, which was left expecting
 the body, is replaced by a fresh one (the only private parts of aiohttp used: checked once per
 upload, the ordinary path is taken when they are not there).
@@ -25,6 +25,7 @@ import logging
 import os
 import select
 import socket
+import time
 from typing import Any
 
 from aiohttp import ClientPayloadError, web
@@ -42,6 +43,11 @@ log = logging.getLogger(__name__)
 
 # Below this the body mostly arrives with the headers: the ordinary path costs less.
 MIN_DIRECT = 1 << 20
+# The worker sleeps until this much of the body is waiting (SO_RCVLOWAT; less at the end): the
+# upload's hashing and writing run in other threads, so the receiver empties the connection
+# faster than a client fills it and, woken for every segment, spent more CPU on wake-ups and
+# small receives than on copying (measured, 1 GiB: 1.19 server CPU-s without, 1.05 with 2 MiB).
+_LOWAT = 2 << 20
 
 
 class _Idle(Exception):
@@ -108,21 +114,40 @@ def _pump(sock: socket.socket, upload: DirectUpload, parts: list[bytes], remaini
         upload.write(memoryview(part))
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
-    timeout_ms = int(idle * 1000) if idle else -1
-    while remaining:
-        space = upload.buffer()
-        try:
-            n = sock.recv_into(space, min(len(space), remaining))
-        except BlockingIOError:
-            if not poller.poll(timeout_ms):
-                raise _Idle() from None
-            continue
-        except InterruptedError:
-            continue
-        if not n:
-            raise ClientPayloadError(f"the connection closed {remaining} bytes before its end")
-        remaining -= n
-        upload.filled(n)
+    # With SO_RCVLOWAT, poll() does not report a few bytes: it wakes every slice to look for
+    # them, so that a slow client is not taken for an idle one (idle to idle + 1 s of silence).
+    slice_ms = min(int(idle * 1000), 1000) if idle else -1
+    deadline = 0.0  # set when the connection is found empty: limits.idle_timeout from then
+    lowat = 1
+    try:
+        while remaining:
+            space = upload.buffer()
+            try:
+                n = sock.recv_into(space, min(len(space), remaining))
+            except BlockingIOError:
+                want = min(_LOWAT, remaining)  # never more than is to come
+                if want != lowat:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+                    lowat = want
+                if idle:
+                    now = time.monotonic()
+                    if not deadline:
+                        deadline = now + idle
+                    elif now >= deadline:
+                        raise _Idle() from None
+                poller.poll(slice_ms)
+                continue
+            except InterruptedError:
+                continue
+            if not n:
+                raise ClientPayloadError(f"the connection closed {remaining} bytes before its end")
+            deadline = 0.0
+            remaining -= n
+            upload.filled(n)
+    finally:
+        if lowat != 1:
+            # The socket is the connection's: its next request is read by the event loop.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
 
 async def read_into(request: web.Request, upload: DirectUpload, idle: float) -> None:
@@ -165,6 +190,8 @@ async def read_into(request: web.Request, upload: DirectUpload, idle: float) -> 
                 except OSError:
                     pass
                 await asyncio.wait([job])
+                if not job.cancelled():
+                    job.exception()  # (the socket shut under it): retrieved, the upload is dropped
                 raise
         finally:
             sock.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import time
 
@@ -46,7 +47,9 @@ def put_head(oid: str, size: int) -> bytes:
 
 def test_large_uploads_keep_the_connection_and_never_leave_a_partial_object(lfsserve):
     server = lfsserve(config=f"[limits]\nidle_timeout = {IDLE}\n")
-    data = os.urandom((3 << 20) + 12345)  # not a whole number of blocks: the tail takes the other path
+    # More than the upload's buffers (written while the next ones are received into, then
+    # reused), and not a whole number of blocks: the tail takes the other path.
+    data = os.urandom((17 << 20) + 12345)
     oid = oid_of(data)
     with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
         # The body and a pipelined request in one write: the request must not be eaten as body.
@@ -91,5 +94,50 @@ def test_large_uploads_keep_the_connection_and_never_leave_a_partial_object(lfss
     with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(sock)[0].startswith(b"HTTP/1.1 200 ")
+    log = server.log()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+
+
+def test_a_slow_upload_is_not_an_idle_one_and_the_connection_serves_on(lfsserve):
+    """The receiver sleeps until megabytes are waiting (SO_RCVLOWAT): a client sending small
+    pieces, each well within limits.idle_timeout but together far longer, must still get its
+    object stored; and the connection's next, small request must be read at once."""
+    server = lfsserve(config=f"[limits]\nidle_timeout = {IDLE}\n")
+    data = os.urandom((3 << 20) + 777)
+    oid = oid_of(data)
+    piece = 256 << 10
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        sock.sendall(put_head(oid, len(data)))
+        for i in range(0, len(data), piece):  # ~13 pieces, IDLE / 4 apart: 3 * IDLE in all
+            time.sleep(IDLE / 4)
+            sock.sendall(data[i:i + piece])
+        head, body, rest = read_response(sock)
+        assert head.startswith(b"HTTP/1.1 201 "), (head, body)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body, rest = read_response(sock, rest)
+        assert head.startswith(b"HTTP/1.1 200 ") and body == b"ok\n", (head, body)
+    assert object_path(server.root, oid).read_bytes() == data
+    assert temp_files(server.root) == []
+
+
+def test_shutdown_mid_body_leaves_nothing(lfsserve):
+    """SIGTERM while buffers of a large upload are being hashed and written in other threads:
+    after the grace period the upload is dropped, its temp file removed once those threads are
+    done, and the server exits cleanly."""
+    server = lfsserve(config="[server]\nshutdown_grace = 0.5\n")
+    data = os.urandom(24 << 20)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        sock.sendall(put_head(oid_of(data + b"more"), len(data) + 4) + data)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:  # until several buffers have reached the disk
+            temps = temp_files(server.root)
+            if temps and temps[0].stat().st_size >= 8 << 20:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the upload never reached its temp file")
+        assert server.stop(signal.SIGTERM) == 0, server.log()[-3000:]
+    assert temp_files(server.root) == []
+    assert not list((server.root / "lfs" / "objects").glob("*/*/*"))
     log = server.log()
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]

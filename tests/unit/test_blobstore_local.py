@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import fcntl
 import os
+import resource
+import signal
+import threading
 from pathlib import Path
 
 import pytest
 
-from lfsserve.blobstore import LocalBlobStore, Status, open_store
+from lfsserve.blobstore import HashMismatch, LocalBlobStore, Status, open_store
+from lfsserve.blobstore.local import _STAGE, _STAGES
 from lfsserve.config import load_config
 
 from .blobstore_contract import BlobStoreContract, chunks_of, oid_of
@@ -165,6 +171,135 @@ async def test_abandon_waits_for_a_writing_thread_even_after_cancellation(tmp_pa
     await asyncio.wait_for(abandoning, 10)
     assert finished.is_set()
     os.close(fd)
+
+
+async def _feed(upload, data: bytes, piece: int = (1 << 20) + 17) -> None:
+    """Feed a DirectUpload as lfs/receive.py does, from a worker thread: a few bytes that came
+    with the headers, then pieces received into its buffer (not block-sized)."""
+    def run() -> None:
+        view = memoryview(data)
+        upload.write(view[:1000])
+        view = view[1000:]
+        while view:
+            space = upload.buffer()
+            n = min(len(space), piece, len(view))
+            space[:n] = view[:n]
+            upload.filled(n)
+            view = view[n:]
+    await asyncio.to_thread(run)
+
+
+def _temps(store: LocalBlobStore) -> list[Path]:
+    return list(store.tmp.iterdir())
+
+
+async def test_direct_upload_longer_than_its_buffers_stores_exactly_its_content(store):
+    """Every buffer is written while the next ones are received into, then reused: the file
+    must be the content, byte for byte, and a wrong content must leave nothing."""
+    data = os.urandom((_STAGES + 2) * _STAGE + 12345)
+    oid = oid_of(data)
+    upload = await store.direct_upload(oid)
+    await _feed(upload, data)
+    result = await upload.finish()
+    assert result.created and result.size == len(data)
+    assert store.path(oid).read_bytes() == data
+    assert (await store.state(oid)).status in (Status.OK, Status.UNVERIFIED)
+
+    wrong = oid_of(b"not this content")
+    upload = await store.direct_upload(wrong)
+    await _feed(upload, data)
+    with pytest.raises(HashMismatch):
+        await upload.finish()
+    await upload.abort()
+    assert not store.path(wrong).exists() and _temps(store) == []
+
+
+async def test_a_write_failing_mid_upload_is_raised_and_leaves_nothing(tmp_path):
+    """A write that fails in a writer thread (here the file size limit, EFBIG; ENOSPC alike)
+    reaches the feeding thread or finish(); abort() then removes the temp file."""
+    store = LocalBlobStore(tmp_path / "lfs")
+    await store.open()
+    data = os.urandom((_STAGES + 2) * _STAGE)
+    oid = oid_of(data)
+    upload = await store.direct_upload(oid)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (_STAGE + _STAGE // 2, old_limit[1]))
+    try:
+        with pytest.raises(OSError) as info:
+            await _feed(upload, data)
+            await upload.finish()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert info.value.errno == errno.EFBIG
+    await upload.abort()
+    assert _temps(store) == [] and not store.path(oid).exists()
+    # The store goes on: the same upload succeeds once the disk takes it.
+    upload = await store.direct_upload(oid)
+    await _feed(upload, data)
+    assert (await upload.finish()).created
+    assert store.path(oid).read_bytes() == data
+    await store.close()
+
+
+async def test_abort_waits_for_the_writes_on_their_way(tmp_path):
+    """A client gone while full buffers are still being written: the temp file is closed and
+    removed only once those writes are done (never a write into a closed descriptor)."""
+    store = LocalBlobStore(tmp_path / "lfs")
+    await store.open()
+    data = os.urandom(2 * _STAGE + 100)
+    upload = await store.direct_upload(oid_of(data))
+    sink = upload._sink
+    real_write = sink._write_at
+    started, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def held_write(fd, view, offset):
+        started.set()
+        release.wait(10)
+        try:
+            real_write(fd, view, offset)
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    sink._write_at = held_write
+    await _feed(upload, data)  # two full buffers handed to writers, the rest in the third
+    assert await asyncio.to_thread(started.wait, 10)
+    aborting = asyncio.create_task(upload.abort())
+    await asyncio.sleep(0.2)
+    assert not aborting.done() and _temps(store) != []  # still waiting for the writers
+    release.set()
+    await asyncio.wait_for(aborting, 10)
+    assert errors == [] and _temps(store) == []
+    await store.close()
+
+
+async def test_buffers_are_reused_only_once_their_upload_is_over(tmp_path, monkeypatch):
+    """Uploads at the same time have buffers of their own; a finished or aborted upload's
+    buffers go to the next one, whose content must come out intact, as the earlier ones'."""
+    from lfsserve.blobstore import local
+
+    monkeypatch.setattr(local, "_spare", [])
+    store = LocalBlobStore(tmp_path / "lfs")
+    await store.open()
+    a, b, c = (os.urandom(3 * _STAGE + i) for i in (5, 6, 7))
+    first = await store.direct_upload(oid_of(a))
+    second = await store.direct_upload(oid_of(b))
+    regions = {id(first._sink._region), id(second._sink._region)}
+    assert len(regions) == 2
+    await _feed(first, a)
+    await _feed(second, b)
+    assert (await first.finish()).created
+    await second.abort()
+    third = await store.direct_upload(oid_of(c))
+    assert id(third._sink._region) in regions
+    await _feed(third, c)
+    assert (await third.finish()).created
+    assert store.path(oid_of(a)).read_bytes() == a and store.path(oid_of(c)).read_bytes() == c
+    assert not store.path(oid_of(b)).exists() and _temps(store) == []
+    await store.close()
 
 
 async def test_quarantine_keeps_the_bytes_under_the_store(tmp_path):
