@@ -30,21 +30,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wire_v1_bench import HG, REPO_ROOT, Server, build_repo, free_port, hg_env, measure, run_hg
+from wire_v1_bench import HG, REPO_ROOT, Server, add_repo_args, cached_repo, free_port, measure, run_hg
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--changesets", type=int, default=5000)
-    ap.add_argument("--files", type=int, default=3000)
+    add_repo_args(ap)
     ap.add_argument("--repeat", type=int, default=4)
-    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "lfsserve" / "bench"))
     args = ap.parse_args()
 
-    cache = Path(args.cache)
-    env = hg_env(cache / "home")
-    src = cache / f"wire-v1-{args.changesets}x{args.files}"
-    build_repo(src, args.changesets, args.files, env)
+    env, src = cached_repo(args)
 
     work = Path(tempfile.mkdtemp(prefix="clonebundle-bench-"))
     try:

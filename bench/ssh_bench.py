@@ -41,7 +41,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wire_v1_bench import HG, REPO_ROOT, build_repo, cpu_seconds, free_port, geomean, hg_env, run_hg, stop_process
+from wire_v1_bench import (
+    HG,
+    REPO_ROOT,
+    add_repo_args,
+    cached_repo,
+    cpu_seconds,
+    free_port,
+    geomean,
+    run_hg,
+    stop_process,
+)
 
 SSHD = "/usr/sbin/sshd"
 GNU_TIME = "/usr/bin/time"
@@ -177,19 +187,14 @@ def run_scenario(name: str, fn: Callable[[Side, Path, dict], None], check: str, 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--changesets", type=int, default=5000)
-    ap.add_argument("--files", type=int, default=3000)
+    add_repo_args(ap)
     ap.add_argument("--repeat", type=int, default=4, help="back-to-back pairs, order alternating")
-    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "lfsserve" / "bench"))
     args = ap.parse_args()
     for program in (SSHD, GNU_TIME):
         if not os.path.exists(program):
             sys.exit(f"{program} is needed (apt-get install -y openssh-server time)")
 
-    cache = Path(args.cache)
-    env = hg_env(cache / "home")
-    src = cache / f"wire-v1-{args.changesets}x{args.files}"
-    build_repo(src, args.changesets, args.files, env)
+    env, src = cached_repo(args)
 
     work = Path(tempfile.mkdtemp(prefix="ssh-bench-"))
     os.chmod(work, 0o755)

@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aiohttp
-from wire_v1_bench import HG, REPO_ROOT, build_repo, free_port, hg_env
+from wire_v1_bench import HG, REPO_ROOT, add_repo_args, cached_repo, free_port
 
 ANNOT_SCRIPT = r'''
 import random, sys
@@ -152,21 +152,17 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--changesets", type=int, default=5000)
-    ap.add_argument("--files", type=int, default=3000)
+    add_repo_args(ap)
     ap.add_argument("--requests", type=int, default=40, help="requests per page and concurrency (x2 at 16)")
     ap.add_argument("--archive-requests", type=int, default=4, help="archives per concurrency level (x4 at 16)")
     ap.add_argument("--only", default="", help="comma-separated pages to run (default: all)")
     ap.add_argument("--archive-cache", action="store_true",
                     help="let lfsserve keep finished archives ([web] archive_cache_mb); by default it makes "
                          "every archive anew, as hgweb does")
-    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "lfsserve" / "bench"))
     args = ap.parse_args()
 
+    env, src = cached_repo(args)
     cache = Path(args.cache)
-    env = hg_env(cache / "home")
-    src = cache / f"wire-v1-{args.changesets}x{args.files}"
-    build_repo(src, args.changesets, args.files, env)
     annot_src = cache / "web-annotate-500x2000"
     build_annot(annot_src, 500, 2000, env)
 

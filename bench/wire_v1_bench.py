@@ -101,6 +101,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK  # utime, stime (fields 14, 15)
 
 
+def add_repo_args(ap: argparse.ArgumentParser) -> None:
+    """--changesets, --files, --cache: the synthetic repository the hg benchmarks share."""
+    ap.add_argument("--changesets", type=int, default=5000)
+    ap.add_argument("--files", type=int, default=3000)
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "lfsserve" / "bench"))
+
+
+def cached_repo(args: argparse.Namespace) -> tuple[dict[str, str], Path]:
+    """(hg's environment, the synthetic repository built once into --cache)."""
+    cache = Path(args.cache)
+    env = hg_env(cache / "home")
+    src = cache / f"wire-v1-{args.changesets}x{args.files}"
+    build_repo(src, args.changesets, args.files, env)
+    return env, src
+
+
 def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
@@ -218,18 +234,13 @@ def run_scenario(name, fn, check, server: Server, work: Path, env: dict, base_cl
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--changesets", type=int, default=5000)
-    ap.add_argument("--files", type=int, default=3000)
+    add_repo_args(ap)
     ap.add_argument("--repeat", type=int, default=4,
                     help="back-to-back pairs, order alternating (even: a steady drift cancels in the "
                          "paired ratios); the best wall and CPU times per server are printed too")
-    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "lfsserve" / "bench"))
     args = ap.parse_args()
 
-    cache = Path(args.cache)
-    env = hg_env(cache / "home")
-    src = cache / f"wire-v1-{args.changesets}x{args.files}"
-    build_repo(src, args.changesets, args.files, env)
+    env, src = cached_repo(args)
 
     work = Path(tempfile.mkdtemp(prefix="wire-v1-bench-"))
     try:
