@@ -229,6 +229,18 @@ def write_archive(repo: Repository, rev: int, kind: str, prefix: str, sink: Sink
     return len(members)
 
 
+def _entries(repo: Repository, members, prefix: str, meta: bytes, lfs: LfsOpener | None):
+    """(name, flags, size, reader) of each member of the archive, `.hg_archival.txt` first; a
+    member's reader is closed once the next one is asked for (or the generator is closed)."""
+    yield prefix.encode() + b".hg_archival.txt", b"", len(meta), _Stream(meta)
+    for path, fnode, flags in members:
+        size, reader = _content(repo, path, fnode, lfs)
+        try:
+            yield prefix.encode() + path, flags, size, reader
+        finally:
+            getattr(reader, "close", lambda: None)()
+
+
 def _write_tar(repo: Repository, members, prefix: str, meta: bytes, mtime: int, kind: str, out: _Writer,
                lfs: LfsOpener | None) -> None:
     with contextlib.ExitStack() as stack:
@@ -257,13 +269,9 @@ def _write_tar(repo: Repository, members, prefix: str, meta: bytes, mtime: int, 
                 info.size = size
                 tar.addfile(info, reader)
 
-        add(prefix.encode() + b".hg_archival.txt", b"", len(meta), _Stream(meta))
-        for path, fnode, flags in members:
-            size, reader = _content(repo, path, fnode, lfs)
-            try:
-                add(prefix.encode() + path, flags, size, reader)
-            finally:
-                getattr(reader, "close", lambda: None)()
+        with contextlib.closing(_entries(repo, members, prefix, meta, lfs)) as entries:
+            for entry in entries:
+                add(*entry)
 
 
 def _write_zip(repo: Repository, members, prefix: str, meta: bytes, mtime: int, out: _Writer,
@@ -296,10 +304,6 @@ def _zip_members(zf: zipfile.ZipFile, repo: Repository, members, prefix: str, me
                     break
                 dest.write(piece)
 
-    add(prefix.encode() + b".hg_archival.txt", b"", len(meta), _Stream(meta))
-    for path, fnode, flags in members:
-        size, reader = _content(repo, path, fnode, lfs)
-        try:
-            add(prefix.encode() + path, flags, size, reader)
-        finally:
-            getattr(reader, "close", lambda: None)()
+    with contextlib.closing(_entries(repo, members, prefix, meta, lfs)) as entries:
+        for entry in entries:
+            add(*entry)

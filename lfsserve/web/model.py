@@ -52,6 +52,14 @@ def resolve_rev(repo: Repository, arg: str) -> int:
     return repo.changelog.rev(node)
 
 
+def resolve_changed_rev(repo: Repository, arg: str) -> int:
+    """resolve_rev() for pages about a changeset's changes: WebError 404 for the null revision."""
+    r = resolve_rev(repo, arg)
+    if r == NULLREV:
+        raise WebError(404, "the null revision has no changes")
+    return r
+
+
 def parse_path(parts: list[str]) -> str:
     """A file path from URL segments: "" for the root; WebError 400 for "." / ".." / empty
     segments or control characters (manifests never hold them; refusing says so plainly)."""

@@ -505,9 +505,7 @@ async def rev(wr: WebRequest) -> web.StreamResponse:
 
     def read(repo: Repository, lfs: diff.LfsReader | None) -> dict:
         names = model.Names.read(repo)
-        r = model.resolve_rev(repo, rev_arg)
-        if r == NULLREV:
-            raise WebError(404, "the null revision has no changes")
+        r = model.resolve_changed_rev(repo, rev_arg)
         cs = model.changeset(repo, r, names)
         cl = repo.changelog
         parents = [model.changeset(repo, p, names) for p in repo.parents_list[r] if p != NULLREV]
@@ -687,9 +685,7 @@ async def file_diff(wr: WebRequest) -> web.StreamResponse:
 
     def read(repo: Repository, lfs: diff.LfsReader | None) -> dict:
         names = model.Names.read(repo)
-        r = model.resolve_rev(repo, rev_arg)
-        if r == NULLREV:
-            raise WebError(404, "the null revision has no changes")
+        r = model.resolve_changed_rev(repo, rev_arg)
         cl = repo.changelog
         cs = model.changeset(repo, r, names)
         fd = model.file_data(repo, r, path, 0)

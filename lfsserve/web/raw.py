@@ -234,9 +234,7 @@ async def raw_rev(wr: WebRequest) -> web.StreamResponse:
     reader = LfsBlobReader(loop, svc, wr.repo, RAW_REV_LIMITS.max_file_bytes) if svc is not None else None
 
     def read(repo: Repository) -> tuple[str, bytes]:
-        r = model.resolve_rev(repo, rev_arg)
-        if r == NULLREV:
-            raise WebError(404, "the null revision has no changes")
+        r = model.resolve_changed_rev(repo, rev_arg)
         node = repo.changelog.node(r)
         try:
             return node.hex(), b"".join(export_patch(repo, node, git=git, limits=RAW_REV_LIMITS,
