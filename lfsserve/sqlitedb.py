@@ -119,17 +119,22 @@ class SqliteDb:
         For executor jobs that combine file I/O with a lookup: no hop to the database thread.
         WAL lets these readers run alongside the writer; each sees the last committed state.
         """
-        conn = getattr(self._local, "conn", None)
+        return fn(self._thread_conn("conn", "PRAGMA query_only = 1"))
+
+    def _thread_conn(self, attr: str, pragma: str) -> sqlite3.Connection:
+        """The calling thread's own connection of kind `attr` (made at first use with `pragma`,
+        closed with the database)."""
+        conn = getattr(self._local, attr, None)
         if conn is None:
             if self._thread is None:
                 raise RuntimeError(f"{self.path}: database is not open")
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 10000")
-            conn.execute("PRAGMA query_only = 1")
-            self._local.conn = conn
+            conn.execute(pragma)
+            setattr(self._local, attr, conn)
             with self._readers_lock:
                 self._readers.append(conn)
-        return fn(conn)
+        return conn
 
     def write_here(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a write in the calling (worker) thread, in its own transaction, committed on return.
@@ -140,16 +145,7 @@ class SqliteDb:
         synchronous=NORMAL only write the log); on a durable one each call would pay an fsync
         that the database thread shares among the writes arriving together.
         """
-        conn = getattr(self._local, "wconn", None)
-        if conn is None:
-            if self._thread is None:
-                raise RuntimeError(f"{self.path}: database is not open")
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 10000")
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            self._local.wconn = conn
-            with self._readers_lock:
-                self._readers.append(conn)
+        conn = self._thread_conn("wconn", f"PRAGMA synchronous = {self._synchronous}")
         with self._write_lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
