@@ -24,6 +24,7 @@ from .base import (
     StorageUnavailable,
     TooLarge,
     UploadRaced,
+    get_if_visible,
     is_oid,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "StorageUnavailable",
     "TooLarge",
     "UploadRaced",
+    "get_if_visible",
     "is_oid",
     "open_store",
 ]

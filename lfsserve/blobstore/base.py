@@ -36,6 +36,7 @@ __all__ = [
     "StorageUnavailable",
     "TooLarge",
     "UploadRaced",
+    "get_if_visible",
     "is_oid",
 ]
 
@@ -176,6 +177,21 @@ class DirectUpload(abc.ABC):
         """Drop what was written; nothing is left behind."""
 
 
+async def get_if_visible(visible: Awaitable[object], get: Awaitable[BlobHandle]) -> BlobHandle | None:
+    """Both lookups at once: get's handle if `visible` comes out true, else None; get's error
+    (missing, corrupt, storage down) counts only for a caller who may see the object."""
+    import asyncio
+
+    seen, got = await asyncio.gather(visible, get, return_exceptions=True)
+    if isinstance(seen, BaseException):
+        raise seen
+    if not seen:
+        return None
+    if isinstance(got, BaseException):
+        raise got
+    return got
+
+
 class BlobStore(abc.ABC):
     """Content-addressed object storage. All methods are safe to call concurrently."""
 
@@ -233,19 +249,9 @@ class BlobStore(abc.ABC):
         """get(), for a caller allowed to see the object only if `visible()` (a blocking check,
         run in a worker thread) says so: None when it does not, whatever is stored. A backend
         that looks objects up in a worker thread runs the check in the same job."""
-        import asyncio
-
         from ..aio import run_blocking
 
-        seen, got = await asyncio.gather(run_blocking(visible), self.get(oid, inline=inline),
-                                         return_exceptions=True)
-        if isinstance(seen, BaseException):
-            raise seen
-        if not seen:
-            return None
-        if isinstance(got, BaseException):
-            raise got
-        return got
+        return await get_if_visible(run_blocking(visible), self.get(oid, inline=inline))
 
     @abc.abstractmethod
     def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:

@@ -29,6 +29,7 @@ from ..blobstore import (
     PutResult,
     Status,
     UploadRaced,
+    get_if_visible,
     is_oid,
     open_store,
 )
@@ -258,16 +259,7 @@ class LfsService:
             # Visibility and the object looked up in one worker job (the store's).
             return await self.store.get_visible(
                 oid, functools.partial(self.namespaces.visible_here, namespace, oid), inline=inline)
-        # Both lookups at once; the store's answer (even an error) counts only if visible.
-        visible, got = await asyncio.gather(self.namespaces.visible(namespace, [oid]),
-                                            self.store.get(oid, inline=inline), return_exceptions=True)
-        if isinstance(visible, BaseException):
-            raise visible
-        if not visible:
-            return None
-        if isinstance(got, BaseException):
-            raise got
-        return got
+        return await get_if_visible(self.namespaces.visible(namespace, [oid]), self.store.get(oid, inline=inline))
 
     async def read(self, handle: BlobHandle, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         """Bytes [start, end) of an opened download (BlobStore.read: an unverified object is
